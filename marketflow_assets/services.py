@@ -35,7 +35,15 @@ LOOPBACK = "127.0.0.1"
 
 
 class ServiceError(RuntimeError):
-    """A service could not be started or reached; the message is one line a user can act on."""
+    """A service could not be started or reached; the message is one line a user can act on.
+
+    ``configured`` is true when the service was configured by the user (an env var pointing at
+    it): that is a configuration problem, reported with exit code 2.
+    """
+
+    def __init__(self, message: str, configured: bool = False):
+        super().__init__(message)
+        self.configured = configured
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -242,6 +250,13 @@ class EmbeddedPostgres:
 # ------------------------------------------------------------------------------------------------
 # Both
 # ------------------------------------------------------------------------------------------------
+def _configured(check: Callable[[str, float], None], target: str, timeout: float) -> None:
+    try:
+        check(target, timeout)
+    except ServiceError as exc:
+        raise ServiceError(str(exc), configured=True) from exc
+
+
 @contextlib.contextmanager
 def running_services(
     settings: Settings,
@@ -255,24 +270,28 @@ def running_services(
         resolved = settings
         if postgres:
             if settings.postgres_url:
-                wait_for_postgres(settings.postgres_url, timeout=10)
+                _configured(wait_for_postgres, settings.postgres_url, 10)
                 log(f"postgres: using {redact_url(settings.postgres_url)}")
             else:
                 started = time.monotonic()
                 pg = EmbeddedPostgres(settings.data_dir / "postgres")
                 url = stack.enter_context(pg)
                 resolved = dataclasses.replace(resolved, postgres_url=url)
-                log(f"postgres: embedded PostgreSQL ready in {time.monotonic() - started:.1f} s "
-                    f"({url})")
+                log(
+                    f"postgres: embedded PostgreSQL ready in {time.monotonic() - started:.1f} s "
+                    f"({url})"
+                )
         if kafka:
             if settings.kafka_bootstrap:
-                wait_for_kafka(settings.kafka_bootstrap, timeout=15)
+                _configured(wait_for_kafka, settings.kafka_bootstrap, 15)
                 log(f"kafka: using {settings.kafka_bootstrap}")
             else:
                 started = time.monotonic()
                 broker = EmbeddedKafka(settings.data_dir / "logs")
                 bootstrap = stack.enter_context(broker)
                 resolved = dataclasses.replace(resolved, kafka_bootstrap=bootstrap)
-                log(f"kafka: embedded Tansu broker ready in {time.monotonic() - started:.1f} s "
-                    f"on {bootstrap}")
+                log(
+                    f"kafka: embedded Tansu broker ready in {time.monotonic() - started:.1f} s "
+                    f"on {bootstrap}"
+                )
         yield resolved
