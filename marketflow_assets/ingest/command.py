@@ -1,0 +1,244 @@
+"""``marketflow ingest``: poll a source, validate, publish to Kafka (dead letters to the DLQ).
+
+Exit codes: 0 success, 2 bad usage/config (:class:`~marketflow_assets.settings.ConfigError`),
+1 runtime failure. A finite run (``--once``, a replay file, ``--max-polls``) exits 0 only when
+every poll completed and every message was acknowledged by the broker; an endless run stopped
+by SIGINT/SIGTERM exits 0 after finishing the poll in hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from marketflow_assets.ingest.coingecko import (
+    PLAN_QUOTAS,
+    CoinGeckoClient,
+    cache_note,
+    pages_for,
+    quota_warnings,
+)
+from marketflow_assets.ingest.publish import Publisher
+from marketflow_assets.ingest.sources import (
+    LiveSource,
+    ReplayRecorder,
+    ReplaySource,
+    SimulateSource,
+)
+from marketflow_assets.ingest.validate import validate_poll
+from marketflow_assets.settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("coingecko", "replay", "simulate")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``marketflow ingest`` (SPEC: command line)."""
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="coingecko",
+        help="live CoinGecko, a replay file, or the seeded simulator (default: coingecko)",
+    )
+    parser.add_argument(
+        "--once",
+        action="store_true",
+        help="one poll (replay: the whole file, as fast as possible), then exit; exit 0 only "
+        "when every record was acknowledged by the broker",
+    )
+    parser.add_argument(
+        "--interval", type=float, default=30.0, help="seconds between poll starts (default 30)"
+    )
+    parser.add_argument(
+        "--coins", type=int, default=100, help="top-N coins by market cap per poll (default 100)"
+    )
+    parser.add_argument(
+        "--replay-file", type=Path, help="replay file (JSON Lines) for --source replay"
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="replay speed: multiplies real time between recorded polls; 0 = no waiting",
+    )
+    parser.add_argument(
+        "--record", type=Path, help="append every poll (raw records) to this replay file"
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=3,
+        help="partitions of the topic and DLQ topic when they are created (default 3)",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="simulator seed (default 42)")
+    parser.add_argument(
+        "--max-polls", type=int, default=None, help="stop after this many polls (default: no limit)"
+    )
+
+
+def _check_args(args: argparse.Namespace, settings: Settings) -> None:
+    if not settings.kafka_bootstrap:
+        raise ConfigError(
+            "MARKETFLOW_KAFKA_BOOTSTRAP is not set: ingest needs a Kafka broker "
+            "(`marketflow up` starts an embedded one)"
+        )
+    if args.interval <= 0:
+        raise ConfigError(f"--interval must be positive, got {args.interval:g}")
+    if args.coins < 1:
+        raise ConfigError(f"--coins must be at least 1, got {args.coins}")
+    if args.speed < 0:
+        raise ConfigError(f"--speed must be 0 or more, got {args.speed:g}")
+    if args.partitions < 1:
+        raise ConfigError(f"--partitions must be at least 1, got {args.partitions}")
+    if args.max_polls is not None and args.max_polls < 1:
+        raise ConfigError(f"--max-polls must be at least 1, got {args.max_polls}")
+    if args.source == "replay":
+        if args.replay_file is None:
+            raise ConfigError("--source replay needs --replay-file PATH")
+        if not Path(args.replay_file).is_file():
+            raise ConfigError(f"--replay-file {args.replay_file}: no such file")
+
+
+def _make_source(args: argparse.Namespace, settings: Settings, recorder: ReplayRecorder | None):
+    if args.source == "replay":
+        speed = 0.0 if args.once else args.speed
+        return ReplaySource(args.replay_file, speed=speed)
+    if args.source == "simulate":
+        return SimulateSource(
+            n_coins=args.coins,
+            seed=args.seed,
+            interval_s=args.interval,
+            once=args.once,
+            recorder=recorder,
+        )
+    pages, _ = pages_for(args.coins)
+    for warning in quota_warnings(settings.coingecko_api_plan, args.interval, pages):
+        log.warning("%s", warning)
+    note = cache_note(settings.coingecko_api_plan, args.interval)
+    if note:
+        log.info("%s", note)
+    log.info(
+        "CoinGecko %s plan at %s: top %d coins in %d page(s) every %g s",
+        PLAN_QUOTAS[settings.coingecko_api_plan].label,
+        settings.coingecko_api_url,
+        args.coins,
+        pages,
+        args.interval,
+    )
+    client = CoinGeckoClient.from_settings(settings)
+    return LiveSource(
+        client,
+        n_coins=args.coins,
+        interval_s=args.interval,
+        once=args.once,
+        recorder=recorder,
+    )
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop`` (the poll in hand finishes); a second SIGINT interrupts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("received %s; stopping after the current poll", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | None = None) -> int:
+    """Run ``marketflow ingest``; returns the exit code (raises ConfigError for bad config)."""
+    _check_args(args, settings)
+    if logging.getLogger("kafka").level == logging.NOTSET:
+        logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
+    stop = stop or threading.Event()
+    recorder = ReplayRecorder(args.record) if args.record else None
+    publisher = None
+    try:
+        source = _make_source(args, settings, recorder)
+        publisher = Publisher(
+            settings.kafka_bootstrap,
+            settings.kafka_topic,
+            settings.dlq_topic,
+            partitions=args.partitions,
+        )
+        publisher.ensure_topics()
+        log.info(
+            "ingest: source=%s -> topic %s (dead letters: %s) on %s",
+            args.source,
+            settings.kafka_topic,
+            settings.dlq_topic,
+            settings.kafka_bootstrap,
+        )
+        finite = args.once or args.source == "replay" or args.max_polls is not None
+        totals = {"polls": 0, "failed_polls": 0, "good": 0, "bad": 0, "unacked": 0}
+        with _stop_on_signals(stop):
+            for poll in source.polls(stop, max_polls=args.max_polls):
+                totals["polls"] += 1
+                if poll.records is None:
+                    totals["failed_polls"] += 1
+                    log.error(
+                        "poll %s failed and was skipped: %s", poll.ts or poll.label, poll.error
+                    )
+                    continue
+                started = time.monotonic()
+                validated = validate_poll(poll.records, poll.ts)
+                for message in validated.bad:
+                    log.warning(
+                        "poll %s: rejected %s: %s",
+                        poll.ts,
+                        message.key or "record without id",
+                        message.value["reason"],
+                    )
+                result = publisher.publish(validated)
+                totals["good"] += result.good_acked
+                totals["bad"] += result.bad_acked
+                totals["unacked"] += len(result.failures)
+                for failure in result.failures[:5]:
+                    log.error("poll %s: send failed: %s", poll.ts, failure)
+                log.info(
+                    "poll %s: %d good, %d bad -> %d + %d acknowledged%s (%.2f s)",
+                    poll.ts,
+                    len(validated.good),
+                    len(validated.bad),
+                    result.good_acked,
+                    result.bad_acked,
+                    f", {len(result.failures)} NOT acknowledged" if result.failures else "",
+                    time.monotonic() - started,
+                )
+        log.info(
+            "ingest finished: %d poll(s), %d failed; %d messages and %d dead letters "
+            "acknowledged, %d not acknowledged",
+            totals["polls"],
+            totals["failed_polls"],
+            totals["good"],
+            totals["bad"],
+            totals["unacked"],
+        )
+        if not finite:
+            return 0
+        if totals["polls"] == 0 and not stop.is_set():
+            log.warning("ingest: the source produced no polls (empty replay file?)")
+        return 1 if (totals["failed_polls"] or totals["unacked"]) else 0
+    finally:
+        if publisher is not None:
+            publisher.close()
+        if recorder is not None:
+            recorder.close()

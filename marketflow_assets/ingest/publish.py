@@ -1,0 +1,204 @@
+"""Kafka publishing of validated polls (kafka-python), with delivery checked per message.
+
+* Producer: key = coin id, ``acks=all``, bounded retries inside a delivery timeout, and
+  idempotence (the embedded Tansu broker supports ``InitProducerId``; a broker that does not gets
+  a plain producer and one log line saying so).
+* Topics: the price topic and its dead-letter twin are created when missing, with the
+  configured partition count; an existing topic is used as it is.
+* Delivery: every send's future is resolved after ``flush``; a failed send is counted and
+  reported, never ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaConfigurationError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+    UnsupportedVersionError,
+)
+
+from marketflow_assets.ingest.validate import Message, ValidatedPoll
+from marketflow_assets.settings import ConfigError
+
+log = logging.getLogger(__name__)
+
+_IDEMPOTENCE_ERRORS = (UnsupportedVersionError, ClusterAuthorizationFailedError)
+
+
+@dataclass
+class PublishResult:
+    """Acknowledged counts of one poll and the reasons of failed sends."""
+
+    good_acked: int = 0
+    bad_acked: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+class Publisher:
+    """Sends validated polls to ``topic`` and dead letters to ``dlq_topic``."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        dlq_topic: str,
+        *,
+        partitions: int = 3,
+        client_id: str = "marketflow-ingest",
+        delivery_timeout_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+    ):
+        if partitions < 1:
+            raise ConfigError("--partitions must be at least 1")
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.dlq_topic = dlq_topic
+        self.partitions = partitions
+        self.client_id = client_id
+        self.delivery_timeout_s = delivery_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.idempotent = True
+        self._producer = self._make_producer(idempotent=True)
+
+    # ----------------------------------------------------------------------------------------
+    def _make_producer(self, *, idempotent: bool) -> KafkaProducer:
+        delivery_ms = int(self.delivery_timeout_s * 1000)
+        config = {
+            "bootstrap_servers": self.bootstrap.split(","),
+            "client_id": self.client_id,
+            "acks": "all",
+            "retries": 10,
+            "retry_backoff_ms": 200,
+            "linger_ms": 5,
+            "request_timeout_ms": min(10_000, delivery_ms - 10),
+            "delivery_timeout_ms": delivery_ms,
+            "max_block_ms": int(self.connect_timeout_s * 1000),
+            "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
+            "enable_idempotence": idempotent,
+            "allow_auto_create_topics": False,
+        }
+        try:
+            producer = KafkaProducer(**config)
+        except KafkaTimeoutError:
+            raise ConfigError(
+                f"Kafka broker at {self.bootstrap} unreachable: start it or fix "
+                "MARKETFLOW_KAFKA_BOOTSTRAP"
+            ) from None
+        except KafkaConfigurationError as exc:
+            if not idempotent:
+                raise
+            log.warning("broker cannot do idempotent produce (%s); using acks=all without it", exc)
+            self.idempotent = False
+            return self._make_producer(idempotent=False)
+        log.info(
+            "Kafka producer connected to %s (acks=all, idempotence %s)",
+            self.bootstrap,
+            "on" if idempotent else "off",
+        )
+        return producer
+
+    def ensure_topics(self) -> None:
+        """Create the topic and the DLQ topic when missing (``partitions`` each)."""
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap.split(","),
+                client_id=self.client_id + "-admin",
+                request_timeout_ms=int(self.connect_timeout_s * 1000),
+                bootstrap_timeout_ms=int(self.connect_timeout_s * 1000),
+            )
+        except KafkaTimeoutError:
+            raise ConfigError(
+                f"Kafka broker at {self.bootstrap} unreachable: start it or fix "
+                "MARKETFLOW_KAFKA_BOOTSTRAP"
+            ) from None
+        try:
+            existing = set(admin.list_topics())
+            for name in (self.topic, self.dlq_topic):
+                if name in existing:
+                    log.info("Kafka topic %s exists", name)
+                    continue
+                try:
+                    admin.create_topics([NewTopic(name, self.partitions, 1)])
+                    log.info("created Kafka topic %s with %d partition(s)", name, self.partitions)
+                except TopicAlreadyExistsError:
+                    log.info("Kafka topic %s exists", name)
+        finally:
+            admin.close()
+        # wait until the producer sees both topics (metadata), so the first send cannot stall
+        deadline = time.monotonic() + self.connect_timeout_s
+        for name in (self.topic, self.dlq_topic):
+            while not self._producer.partitions_for(name):
+                if time.monotonic() > deadline:
+                    raise KafkaError(f"topic {name} has no partitions after creation")
+                time.sleep(0.1)
+
+    # ----------------------------------------------------------------------------------------
+    def _send_all(self, messages: list[tuple[str, Message]]) -> list[str | None]:
+        """Send and wait; returns per message None (acknowledged) or an error text."""
+        futures = []
+        outcomes: list[str | None] = []
+        for topic, message in messages:
+            try:
+                futures.append(
+                    self._producer.send(topic, key=message.key_bytes(), value=message.value_bytes())
+                )
+            except (KafkaError, ValueError, TypeError) as exc:
+                futures.append(exc)
+        try:
+            self._producer.flush(timeout=self.delivery_timeout_s)
+        except KafkaError as exc:
+            log.warning("flush did not complete: %s", exc)
+        for future in futures:
+            if isinstance(future, Exception):
+                outcomes.append(f"{type(future).__name__}: {future}")
+                continue
+            try:
+                future.get(timeout=max(1.0, self.delivery_timeout_s))
+                outcomes.append(None)
+            except _IDEMPOTENCE_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of a send is reported
+                outcomes.append(f"{type(exc).__name__}: {exc}")
+        return outcomes
+
+    def publish(self, poll: ValidatedPoll) -> PublishResult:
+        """Send every good message to the topic and every dead letter to the DLQ."""
+        messages = [(self.topic, m) for m in poll.good] + [(self.dlq_topic, m) for m in poll.bad]
+        try:
+            outcomes = self._send_all(messages)
+        except _IDEMPOTENCE_ERRORS as exc:
+            if not self.idempotent:
+                raise
+            log.warning(
+                "broker refused idempotent produce (%s); continuing with acks=all without it", exc
+            )
+            self._producer.close(timeout=5)
+            self.idempotent = False
+            self._producer = self._make_producer(idempotent=False)
+            outcomes = self._send_all(messages)
+        result = PublishResult()
+        for (topic, message), outcome in zip(messages, outcomes, strict=True):
+            if outcome is None:
+                if topic == self.topic:
+                    result.good_acked += 1
+                else:
+                    result.bad_acked += 1
+            else:
+                result.failures.append(f"{topic} key={message.key}: {outcome}")
+        return result
+
+    def close(self) -> None:
+        self._producer.close(timeout=self.delivery_timeout_s)
