@@ -1,0 +1,282 @@
+"""Indicator math against an independent plain-Python reference written straight from SPEC.md.
+
+The reference below uses only the standard library (datetime, math, statistics), loops over each
+observation and scans every window; it shares no code with ``marketflow_assets.indicators``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+import statistics
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from marketflow_assets import indicators as ind
+
+REL = 1e-9
+BASE = datetime(2024, 3, 9, 22, 50, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------------------------
+# Independent reference (SPEC "Indicator definitions"), O(n^2), plain Python.
+# --------------------------------------------------------------------------------------------
+def reference_indicators(rows: list[tuple[str, str, datetime, float]]) -> dict:
+    """{(coin_id, ts): {column: value or None}} for rows (coin_id, symbol, ts, price).
+
+    Timestamps are unique per coin (SPEC: at most one row per (id, ts)).
+    """
+    by_coin: dict[str, list[tuple[datetime, float, str]]] = {}
+    for coin, symbol, ts, price in rows:
+        by_coin.setdefault(coin, []).append((ts, price, symbol))
+    out = {}
+    for coin, obs in by_coin.items():
+        obs.sort()
+        ema = None
+        prev_t = None
+        times = [t for t, _, _ in obs]
+
+        def change(seconds, t_i, p_i, times=times, obs=obs):
+            # p_ref = price of the latest observation with t <= t_i - seconds
+            j = bisect.bisect_right(times, t_i - timedelta(seconds=seconds)) - 1
+            return None if j < 0 else 100 * (p_i / obs[j][1] - 1)
+
+        for i, (t_i, p_i, symbol) in enumerate(obs):
+            # window (t_i - 300 s, t_i]
+            first = bisect.bisect_right(times, t_i - timedelta(seconds=300))
+            window = [p for _, p, _ in obs[first : i + 1]]
+            if ema is None:
+                ema = p_i
+            else:
+                alpha = 1 - math.exp(-(t_i - prev_t).total_seconds() / 180)
+                ema = ema + alpha * (p_i - ema)
+            prev_t = t_i
+            out[(coin, t_i)] = {
+                "symbol": symbol,
+                "price": p_i,
+                "change_1min": change(60, t_i, p_i),
+                "change_5min": change(300, t_i, p_i),
+                "sma_5min": statistics.fmean(window),
+                "ema_3min": ema,
+                "volatility_5min": statistics.stdev(window) if len(window) >= 2 else None,
+            }
+    return out
+
+
+def reference_movers(ref: dict) -> list[tuple]:
+    """Sorted list of (snapshot_ts, direction, rank, coin_id, change_5min)."""
+    by_ts: dict[datetime, list[tuple[str, float]]] = {}
+    for (coin, ts), row in ref.items():
+        if row["change_5min"] is not None:
+            by_ts.setdefault(ts, []).append((coin, row["change_5min"]))
+    out = []
+    for ts, items in by_ts.items():
+        gainers = sorted(items, key=lambda x: (-x[1], x[0]))[:5]
+        losers = sorted(items, key=lambda x: (x[1], x[0]))[:5]
+        out += [(ts, "gainer", r + 1, c, v) for r, (c, v) in enumerate(gainers)]
+        out += [(ts, "loser", r + 1, c, v) for r, (c, v) in enumerate(losers)]
+    return sorted(out)
+
+
+# --------------------------------------------------------------------------------------------
+# Irregular test data.
+# --------------------------------------------------------------------------------------------
+def irregular_rows(seed: int = 7, coins: int = 9, polls: int = 160) -> list[tuple]:
+    """Polls at irregular times with gaps; coins appear, disappear, repeat prices; one single."""
+    rng = random.Random(seed)
+    rows = []
+    t = BASE
+    prices = {f"coin-{k:02d}": 10.0 ** rng.uniform(-6, 5) for k in range(coins)}
+    alive = {c: rng.random() < 0.7 for c in prices}
+    for _ in range(polls):
+        step = rng.choice([1, 15, 29, 30, 30, 31, 45, 60, 61, 299, 300, 301])
+        if rng.random() < 0.04:
+            step = rng.choice([420, 900, 3600])  # gaps longer than every window
+        t += timedelta(seconds=step, microseconds=rng.choice([0, 0, 1, 999_999]))
+        for coin in prices:
+            if rng.random() < 0.05:
+                alive[coin] = not alive[coin]  # coins appear and disappear
+            if not alive[coin] or rng.random() < 0.1:
+                continue
+            if rng.random() < 0.3:  # duplicate (unchanged) prices are common
+                pass
+            else:
+                prices[coin] *= math.exp(rng.gauss(0, 0.004))
+            rows.append((coin, coin.upper()[:4], t, prices[coin]))
+    rows.append(("solo", "SOLO", BASE + timedelta(minutes=50), 3.25))  # single observation
+    rows.append(("flat", "FLAT", BASE + timedelta(minutes=1), 0.1))  # constant price
+    rows += [("flat", "FLAT", BASE + timedelta(minutes=1, seconds=s), 0.1) for s in (7, 30, 200)]
+    return rows
+
+
+def to_frame(rows) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["id", "symbol", "ts", "current_price"])
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame.sample(frac=1.0, random_state=3).reset_index(drop=True)  # any input order
+
+
+def assert_close(actual, expected, where):
+    if expected is None:
+        assert actual is None or (isinstance(actual, float) and math.isnan(actual)), where
+        return
+    assert actual is not None and not math.isnan(actual), where
+    assert math.isclose(actual, expected, rel_tol=REL, abs_tol=0.0), (where, actual, expected)
+
+
+def assert_matches_reference(result: pd.DataFrame, ref: dict, keys=None):
+    keys = set(ref) if keys is None else keys
+    got = {(r.coin_id, r.ts.to_pydatetime()): r for r in result.itertuples(index=False)}
+    assert set(got) == keys
+    for key in keys:
+        row, exp = got[key], ref[key]
+        assert row.symbol == exp["symbol"]
+        assert row.price == exp["price"]
+        for col in ("change_1min", "change_5min", "sma_5min", "ema_3min", "volatility_5min"):
+            assert_close(getattr(row, col), exp[col], (key, col))
+
+
+# --------------------------------------------------------------------------------------------
+# Tests
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rows():
+    return irregular_rows()
+
+
+@pytest.fixture(scope="module")
+def reference(rows):
+    return reference_indicators(rows)
+
+
+def test_full_computation_matches_reference(rows, reference):
+    result = ind.compute_indicators(to_frame(rows))
+    assert list(result.columns) == list(ind.INDICATOR_COLUMNS)
+    assert len(result) == len(rows)
+    assert_matches_reference(result, reference)
+    # the data really exercises the edge cases
+    assert result["change_5min"].isna().sum() > 0 and result["change_5min"].notna().sum() > 0
+    flat = result[result.coin_id == "flat"]
+    assert (flat["volatility_5min"].iloc[1:] == 0.0).all() and (flat["sma_5min"] == 0.1).all()
+    solo = result[result.coin_id == "solo"].iloc[0]
+    assert math.isnan(solo.volatility_5min) and math.isnan(solo.change_1min)
+    assert solo.ema_3min == solo.sma_5min == 3.25
+
+
+def test_window_edges_are_exact():
+    """Observations exactly 60 s / 300 s before count as p_ref; the 300 s window is (t-300, t]."""
+    t0 = BASE
+    rows = [
+        ("a", "A", t0, 100.0),
+        ("a", "A", t0 + timedelta(seconds=240), 110.0),
+        ("a", "A", t0 + timedelta(seconds=300), 121.0),
+        ("a", "A", t0 + timedelta(seconds=300, microseconds=1), 90.0),
+    ]
+    result = ind.compute_indicators(to_frame(rows)).sort_values("ts").reset_index(drop=True)
+    assert result.loc[2, "change_5min"] == pytest.approx(21.0, rel=1e-12)  # ref at exactly -300 s
+    assert result.loc[2, "change_1min"] == pytest.approx(10.0, rel=1e-12)  # ref at exactly -60 s
+    assert result.loc[2, "sma_5min"] == pytest.approx((110 + 121) / 2, rel=1e-12)  # t0 excluded
+    assert result.loc[3, "change_5min"] == pytest.approx(-10.0, rel=1e-12)
+    assert_matches_reference(result, reference_indicators(rows))
+
+
+def test_volatility_is_accurate_for_nearly_equal_prices():
+    """No catastrophic cancellation: tiny spread on a large price, long history before it."""
+    rows = [
+        ("big", "BIG", BASE + timedelta(seconds=30 * i), 65_000.0 + 1e-7 * (i % 3))
+        for i in range(400)
+    ]
+    rows += [("big", "BIG", BASE + timedelta(seconds=30 * 400 + i), 1e-9 * i) for i in (1, 2, 3)]
+    result = ind.compute_indicators(to_frame(rows))
+    assert_matches_reference(result, reference_indicators(rows))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_incremental_equals_full_recompute(seed):
+    """Refreshing consecutive periods from stored state equals one full recompute."""
+    rows = irregular_rows(seed=seed, coins=6, polls=140)
+    raw = to_frame(rows)
+    full = ind.compute_indicators(raw)
+    t_min, t_max = raw["ts"].min(), raw["ts"].max()
+    rng = random.Random(seed)
+    cuts = sorted(t_min + (t_max - t_min) * rng.random() for _ in range(6)) + [
+        raw["ts"].sort_values().iloc[40]
+    ]  # one cut exactly on an observation
+    bounds = [t_min - pd.Timedelta(days=1), *sorted(cuts), t_max + pd.Timedelta(seconds=1)]
+    stored = None
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+        window = raw[(raw["ts"] >= ind.lookback_start(start)) & (raw["ts"] < end)]
+        state = None if stored is None else ind.state_from_indicators(stored, start)
+        part = ind.compute_indicators(window, state, start=start, end=end)
+        assert ((part["ts"] >= start) & (part["ts"] < end)).all()
+        stored = part if stored is None else pd.concat([stored, part], ignore_index=True)
+    assert len(stored) == len(full)
+    assert_matches_reference(stored, reference_indicators(rows))
+    key = ["coin_id", "ts"]
+    a = stored.sort_values(key).reset_index(drop=True)
+    b = full.sort_values(key).reset_index(drop=True)
+    assert (a["coin_id"] == b["coin_id"]).all() and (a["ts"] == b["ts"]).all()
+    for col in ("change_1min", "change_5min", "sma_5min", "ema_3min", "volatility_5min"):
+        np.testing.assert_allclose(a[col], b[col], rtol=REL, atol=0, equal_nan=True)
+
+
+def test_ema_long_history_and_huge_gaps():
+    """The blocked closed-form EMA matches the recursion over days, across huge gaps."""
+    rng = random.Random(5)
+    t, rows, price = BASE, [], 1234.5
+    for _ in range(6000):
+        t += timedelta(seconds=rng.choice([30, 30, 31, 29]) if rng.random() > 0.002 else 86400)
+        price *= math.exp(rng.gauss(0, 0.002))
+        rows.append(("btc", "BTC", t, price))
+    frame = to_frame(rows)
+    result = ind.compute_indicators(frame).sort_values("ts")
+    ref = reference_indicators(rows)
+    expected = [ref[("btc", r[2])]["ema_3min"] for r in rows]
+    np.testing.assert_allclose(result["ema_3min"], expected, rtol=REL, atol=0)
+
+
+def test_naive_timestamps_and_duplicate_keys():
+    rows = irregular_rows(seed=11, coins=3, polls=30)
+    frame = to_frame(rows)
+    naive = frame.assign(ts=frame["ts"].dt.tz_localize(None))
+    dup = pd.concat([naive.iloc[:5].assign(current_price=-1.0), naive], ignore_index=True)
+    result = ind.compute_indicators(dup)  # duplicates (id, ts): the last row wins
+    assert result["ts"].dt.tz is None and len(result) == len(rows)
+    result["ts"] = result["ts"].dt.tz_localize("UTC")
+    assert_matches_reference(result, reference_indicators(rows))
+
+
+def test_empty_input():
+    empty = to_frame([]).astype({"current_price": float})
+    assert ind.compute_indicators(empty).empty
+    assert ind.compute_movers(ind.compute_indicators(empty)).empty
+
+
+def test_movers_match_reference(rows, reference):
+    # several coins share a change_5min at one snapshot: ties go by coin_id
+    tie_rows = [
+        (c, c.upper(), BASE + timedelta(seconds=s), p)
+        for c in ("tie-b", "tie-a", "tie-c")
+        for s, p in ((0, 2.0), (300, 3.0))
+    ]
+    all_rows = rows + tie_rows
+    ref = reference_indicators(all_rows)
+    movers = ind.compute_movers(ind.compute_indicators(to_frame(all_rows)))
+    assert list(movers.columns) == list(ind.MOVER_COLUMNS)
+    got = sorted(
+        (m.snapshot_ts.to_pydatetime(), m.direction, m.rank, m.coin_id, m.change_5min)
+        for m in movers.itertuples(index=False)
+    )
+    exp = reference_movers(ref)
+    assert [g[:4] for g in got] == [e[:4] for e in exp]
+    for g, e in zip(got, exp, strict=True):
+        assert math.isclose(g[4], e[4], rel_tol=REL)
+    tie_ts = BASE + timedelta(seconds=300)
+    at_tie = [g for g in got if g[0] == tie_ts and g[1] == "gainer"]
+    assert [g[3] for g in at_tie][:3] == ["tie-a", "tie-b", "tie-c"]
+    # fewer than 5 eligible coins -> fewer rows
+    counts = movers.groupby(["snapshot_ts", "direction"]).size()
+    assert counts.max() == 5 and counts.min() < 5
