@@ -171,12 +171,16 @@ def dead_letter(payload: Any, reason: str, ts: str) -> Message:
 
 
 def _json_safe(payload: Any) -> Any:
-    """``payload`` if it serialises as strict JSON, else its ``repr`` (NaN from a lax parser)."""
-    try:
-        json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError):
-        return repr(payload)
-    return payload
+    """``payload`` made strict-JSON: NaN/Infinity (accepted by lax parsers) become strings."""
+    if isinstance(payload, float) and not math.isfinite(payload):
+        return "NaN" if math.isnan(payload) else ("Infinity" if payload > 0 else "-Infinity")
+    if isinstance(payload, dict):
+        return {str(k): _json_safe(v) for k, v in payload.items()}
+    if isinstance(payload, list | tuple):
+        return [_json_safe(v) for v in payload]
+    if payload is None or isinstance(payload, str | int | float | bool):
+        return payload
+    return repr(payload)
 
 
 def validate_poll(records: Iterable[Any], ts: str) -> ValidatedPoll:
