@@ -1,0 +1,176 @@
+"""Data-quality checks on the ``price_indicators`` table (PostgreSQL).
+
+Each ``*_outcome(conn, window)`` is a plain function over a psycopg2 connection and a time
+window; the ``@dg.asset_check`` wrappers below pick the window (the partition being
+materialized, or the last ``MARKETFLOW_CHECK_WINDOW_HOURS`` of data) and report the outcome.
+"""
+
+import dagster as dg
+
+from marketflow_assets.checks.common import (
+    REL_TOLERANCE,
+    Outcome,
+    Window,
+    latest_window,
+    load_check_settings,
+    no_data,
+    partition_window,
+    sample_table,
+)
+from marketflow_assets.checks.tables import fetch_dicts, fetch_one, newest_ts, table_exists
+from marketflow_assets.indicators import WINDOW_SECONDS
+from marketflow_assets.resources.postgres import PostgresResource
+
+TABLE = "price_indicators"
+ASSET = dg.AssetKey(TABLE)
+
+_IN_WINDOW = "ts >= %(start)s AND ts < %(end)s"
+
+
+def _params(window: Window) -> dict:
+    return {"start": window.start, "end": window.end}
+
+
+def _rows(conn, window: Window) -> int:
+    return fetch_one(conn, f"SELECT count(*) FROM {TABLE} WHERE {_IN_WINDOW}", _params(window))
+
+
+def prices_positive_outcome(conn, window: Window) -> Outcome:
+    """Every row has a finite ``price`` > 0 (NULL, zero, negative, NaN and infinity fail)."""
+    if not table_exists(conn, TABLE) or not (rows := _rows(conn, window)):
+        return no_data("indicator rows")
+    bad_sql = (
+        f"FROM {TABLE} WHERE {_IN_WINDOW} AND (price IS NULL OR NOT (price > 0)"
+        " OR price IN ('NaN'::float8, 'Infinity'::float8))"
+    )
+    bad = fetch_one(conn, f"SELECT count(*) {bad_sql}", _params(window))
+    sample = fetch_dicts(
+        conn, f"SELECT coin_id, ts, price {bad_sql} ORDER BY ts, coin_id LIMIT 10", _params(window)
+    )
+    return Outcome(
+        passed=bad == 0,
+        description=f"{bad} of {rows} rows have a NULL, non-positive or non-finite price.",
+        metadata={"rows": rows, "bad_rows": bad, "sample": sample_table(sample)},
+    )
+
+
+def unique_key_outcome(conn, window: Window) -> Outcome:
+    """(``coin_id``, ``ts``) is unique (guards tables created without the primary key)."""
+    if not table_exists(conn, TABLE) or not (rows := _rows(conn, window)):
+        return no_data("indicator rows")
+    dup_sql = (
+        f"SELECT coin_id, ts, count(*) AS copies FROM {TABLE} WHERE {_IN_WINDOW}"
+        " GROUP BY coin_id, ts HAVING count(*) > 1"
+    )
+    dups = fetch_one(conn, f"SELECT count(*) FROM ({dup_sql}) d", _params(window))
+    sample = fetch_dicts(conn, dup_sql + " ORDER BY ts, coin_id LIMIT 10", _params(window))
+    return Outcome(
+        passed=dups == 0,
+        description=f"{dups} (coin_id, ts) keys occur more than once among {rows} rows.",
+        metadata={"rows": rows, "duplicate_keys": dups, "sample": sample_table(sample)},
+    )
+
+
+def sma_within_range_outcome(conn, window: Window) -> Outcome:
+    """``sma_5min`` lies within [min, max] of the coin's prices in ``(ts - 300 s, ts]``.
+
+    The window's prices are the stored ``price`` values (one row per raw observation); rows
+    before the checked window are read as needed. Tolerance: ``1e-9 * max(|min|, |max|)``.
+    """
+    if not table_exists(conn, TABLE) or not (rows := _rows(conn, window)):
+        return no_data("indicator rows")
+    bad_sql = f"""
+        SELECT a.coin_id, a.ts, a.sma_5min, min(b.price) AS window_min, max(b.price) AS window_max
+        FROM {TABLE} a
+        JOIN {TABLE} b ON b.coin_id = a.coin_id
+             AND b.ts > a.ts - make_interval(secs => %(secs)s) AND b.ts <= a.ts
+        WHERE a.ts >= %(start)s AND a.ts < %(end)s AND a.sma_5min IS NOT NULL
+        GROUP BY a.coin_id, a.ts, a.sma_5min
+        HAVING a.sma_5min = 'NaN'::float8
+            OR a.sma_5min < min(b.price) - %(tol)s * greatest(abs(min(b.price)), abs(max(b.price)))
+            OR a.sma_5min > max(b.price) + %(tol)s * greatest(abs(min(b.price)), abs(max(b.price)))
+    """
+    params = {**_params(window), "secs": WINDOW_SECONDS, "tol": REL_TOLERANCE}
+    bad_rows = fetch_dicts(conn, bad_sql + " ORDER BY a.ts, a.coin_id", params)
+    return Outcome(
+        passed=not bad_rows,
+        description=(
+            f"{len(bad_rows)} of {rows} rows have sma_5min outside the min/max price of their"
+            " 5-minute window."
+        ),
+        metadata={"rows": rows, "bad_rows": len(bad_rows), "sample": sample_table(bad_rows)},
+    )
+
+
+def volatility_non_negative_outcome(conn, window: Window) -> Outcome:
+    """``volatility_5min`` is NULL (fewer than 2 observations) or a finite value >= 0."""
+    if not table_exists(conn, TABLE) or not (rows := _rows(conn, window)):
+        return no_data("indicator rows")
+    bad_sql = (
+        f"FROM {TABLE} WHERE {_IN_WINDOW} AND volatility_5min IS NOT NULL"
+        " AND (volatility_5min < 0 OR volatility_5min IN ('NaN'::float8, 'Infinity'::float8))"
+    )
+    bad = fetch_one(conn, f"SELECT count(*) {bad_sql}", _params(window))
+    sample = fetch_dicts(
+        conn,
+        f"SELECT coin_id, ts, volatility_5min {bad_sql} ORDER BY ts, coin_id LIMIT 10",
+        _params(window),
+    )
+    return Outcome(
+        passed=bad == 0,
+        description=f"{bad} of {rows} rows have a negative or non-finite volatility_5min.",
+        metadata={"rows": rows, "bad_rows": bad, "sample": sample_table(sample)},
+    )
+
+
+def check_window(context: dg.AssetCheckExecutionContext | None, conn) -> Window | None:
+    """The partition being materialized, else the latest ``MARKETFLOW_CHECK_WINDOW_HOURS``."""
+    return partition_window(context) or latest_window(
+        newest_ts(conn, TABLE, "ts"), load_check_settings().window_hours
+    )
+
+
+def _run(context, postgres: PostgresResource, outcome_fn) -> dg.AssetCheckResult:
+    with postgres.get_connection() as conn:
+        window = check_window(context, conn)
+        if window is None:
+            return no_data("indicator rows").to_result()
+        return outcome_fn(conn, window).to_result(window)
+
+
+_META = {"table": TABLE, "window_env": "MARKETFLOW_CHECK_WINDOW_HOURS"}
+
+
+@dg.asset_check(asset=ASSET, blocking=True, metadata=_META)
+def prices_positive(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+) -> dg.AssetCheckResult:
+    """No NULL, zero, negative or non-finite `price`. Blocking: stops `market_movers`."""
+    return _run(context, postgres, prices_positive_outcome)
+
+
+@dg.asset_check(asset=ASSET, blocking=True, metadata=_META)
+def unique_coin_ts(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+) -> dg.AssetCheckResult:
+    """(`coin_id`, `ts`) is unique. Blocking: duplicates would double-count movers."""
+    return _run(context, postgres, unique_key_outcome)
+
+
+@dg.asset_check(asset=ASSET, metadata=_META)
+def sma_within_window_range(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+) -> dg.AssetCheckResult:
+    """`sma_5min` lies between the min and max price of its 5-minute window."""
+    return _run(context, postgres, sma_within_range_outcome)
+
+
+@dg.asset_check(asset=ASSET, metadata=_META)
+def volatility_non_negative(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+) -> dg.AssetCheckResult:
+    """`volatility_5min` is NULL or >= 0."""
+    return _run(context, postgres, volatility_non_negative_outcome)
+
+
+CHECKS = [prices_positive, unique_coin_ts, sma_within_window_range, volatility_non_negative]

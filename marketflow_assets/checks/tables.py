@@ -1,0 +1,44 @@
+"""Small SQL helpers shared by the PostgreSQL-backed checks."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from marketflow_assets.schema import TABLES
+
+
+def _table(table: str) -> str:
+    if table not in TABLES:  # identifiers come from schema.py only, never from input
+        raise ValueError(f"unknown table {table!r}")
+    return table
+
+
+def table_exists(conn, table: str) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (_table(table),))
+        return bool(cur.fetchone()[0])
+
+
+def newest_ts(conn, table: str, column: str) -> datetime | None:
+    """``max(column)`` of ``table`` (timestamptz, UTC), or None when empty or missing."""
+    if not table_exists(conn, table):
+        return None
+    if column not in {name for name, _ in TABLES[table][0]}:
+        raise ValueError(f"unknown column {table}.{column}")
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT max({column}) FROM {_table(table)}")
+        return cur.fetchone()[0]
+
+
+def fetch_dicts(conn, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def fetch_one(conn, sql: str, params: dict[str, Any]) -> Any:
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()[0]

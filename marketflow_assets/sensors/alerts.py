@@ -1,0 +1,259 @@
+"""``marketflow_alert_sensor``: one alert per state change of any asset check or job.
+
+Every 30 s the sensor reads, from the Dagster instance, the latest evaluation of every asset
+check in the code location (whether it ran in a run or was recorded by
+``monitoring_checks_sensor``) and the runs that finished since its last tick. It keeps the last
+known state of each check (``passed`` / ``WARN`` / ``ERROR`` / ``EXECUTION_FAILED``) and of each
+job (``SUCCESS`` / ``FAILURE``) in its cursor and alerts only when a state changes — a check that
+stays red for an hour alerts once, and once more when it recovers. No storms.
+
+An alert is a log line (WARNING for failures, INFO for recoveries) and, when
+``MARKETFLOW_ALERT_WEBHOOK_URL`` is set, an HTTP POST of ``{"text": ...}`` (the Slack incoming
+webhook format, also accepted by Mattermost, Teams' Slack-compatible hooks, etc.), retried up to
+3 times with backoff on connection errors, 429 and 5xx. The webhook URL is a secret: only its host
+is ever logged.
+
+Runs that failed only because a blocking check failed are not alerted separately (the check's
+own alert says more). Unknown previous state counts as healthy, so failures that exist when the
+sensor first starts are alerted once.
+"""
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import dagster as dg
+import requests
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+from marketflow_assets.checks.common import load_check_settings
+
+log = logging.getLogger(__name__)
+
+SENSOR_INTERVAL_SECONDS = 30
+#: On its first tick the sensor looks at runs that finished this long ago at most.
+FIRST_TICK_LOOKBACK = timedelta(minutes=15)
+WEBHOOK_ATTEMPTS = 3
+WEBHOOK_BACKOFF_SECONDS = 0.5
+WEBHOOK_TIMEOUT_SECONDS = 5.0
+
+PASSED = "passed"
+EXECUTION_FAILED = "EXECUTION_FAILED"
+RUN_OK = "SUCCESS"
+RUN_FAILED = "FAILURE"
+_FINISHED_RUN = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
+_CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"
+
+
+@dataclass(frozen=True)
+class Alert:
+    key: str  # "raw_prices:freshness_check" or "job:<name>"
+    previous: str
+    state: str
+    text: str
+
+    @property
+    def is_failure(self) -> bool:
+        return self.state not in (PASSED, RUN_OK)
+
+
+# ------------------------------------------------------------------------------------------
+# Webhook
+# ------------------------------------------------------------------------------------------
+def webhook_host(url: str) -> str:
+    """The part of a webhook URL that is safe to log."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+
+def post_webhook(
+    url: str,
+    text: str,
+    attempts: int = WEBHOOK_ATTEMPTS,
+    backoff: float = WEBHOOK_BACKOFF_SECONDS,
+    timeout: float = WEBHOOK_TIMEOUT_SECONDS,
+) -> bool:
+    """POST ``{"text": text}``; retry on connection errors, 429 and 5xx. True on a 2xx."""
+    for attempt in range(1, attempts + 1):
+        try:
+            response = requests.post(url, json={"text": text}, timeout=timeout)
+            if response.status_code < 300:
+                return True
+            retriable = response.status_code == 429 or response.status_code >= 500
+            reason = f"HTTP {response.status_code}"
+        except requests.RequestException as exc:
+            retriable, reason = True, type(exc).__name__
+        log.warning(
+            "alert webhook %s attempt %d/%d failed: %s",
+            webhook_host(url),
+            attempt,
+            attempts,
+            reason,
+        )
+        if not retriable or attempt == attempts:
+            break
+        time.sleep(backoff * 2 ** (attempt - 1))
+    log.error("alert webhook %s gave up; the alert is only in this log", webhook_host(url))
+    return False
+
+
+# ------------------------------------------------------------------------------------------
+# State of checks and runs
+# ------------------------------------------------------------------------------------------
+def check_state(instance: dg.DagsterInstance, record) -> tuple[str | None, str]:
+    """(state, detail) of a check's latest execution; state None while it is in progress."""
+    if record.status == AssetCheckExecutionRecordStatus.SUCCEEDED:
+        return PASSED, record.evaluation.description or ""
+    if record.status == AssetCheckExecutionRecordStatus.FAILED:
+        evaluation = record.evaluation
+        return evaluation.severity.value, evaluation.description or ""
+    # PLANNED: still running, or its run ended without an evaluation (the check raised).
+    run = instance.get_run_by_id(record.run_id) if record.run_id else None
+    if run is not None and run.is_finished:
+        return EXECUTION_FAILED, f"the check raised an error in run {record.run_id}"
+    return None, ""
+
+
+def check_alerts(
+    instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey], known: dict[str, str]
+) -> list[Alert]:
+    """Alerts for checks whose state differs from ``known`` (updated in place)."""
+    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    alerts = []
+    for key in sorted(records, key=lambda k: k.to_user_string()):
+        state, detail = check_state(instance, records[key])
+        name = key.to_user_string()
+        previous = known.get(name, PASSED)
+        if state is None or state == previous:
+            continue
+        known[name] = state
+        where = f" (run {records[key].run_id[:8]})" if records[key].run_id else ""
+        if state == PASSED:
+            text = f"RESOLVED: Marketflow check {name} passes again{where}. {detail}"
+        else:
+            text = f"{state}: Marketflow check {name} failed{where}. {detail}"
+        alerts.append(Alert(name, previous, state, text.strip()))
+    return alerts
+
+
+def _job_key(run: dg.DagsterRun) -> str:
+    if run.job_name.startswith("__"):  # ad-hoc materializations: key by what they materialize
+        keys = sorted(k.to_user_string() for k in (run.asset_selection or ()))
+        return f"job:{run.job_name}[{','.join(keys)}]"
+    return f"job:{run.job_name}"
+
+
+def _failure(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, str]:
+    """(failed only by blocking checks, first error message) of a failed run."""
+    failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    errors = [
+        e.dagster_event.step_failure_data.error
+        for e in failures
+        if e.dagster_event and e.dagster_event.step_failure_data
+    ]
+    errors = [e for e in errors if e is not None]
+    only_checks = bool(errors) and all(e.cls_name == _CHECK_FAILED_ERROR for e in errors)
+    if errors:
+        return only_checks, errors[0].message.strip().splitlines()[0]
+    run_failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    message = run_failures[-1].message if run_failures else "no error recorded"
+    return False, message.strip().splitlines()[0] if message.strip() else "no error recorded"
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def run_alerts(
+    instance: dg.DagsterInstance, updated_after: datetime, known: dict[str, str]
+) -> tuple[list[Alert], datetime]:
+    """Alerts for jobs whose last finished run changed state; returns the new high-water mark."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=list(_FINISHED_RUN), updated_after=updated_after),
+        order_by="update_timestamp",
+        ascending=True,
+        limit=500,
+    )
+    alerts = []
+    newest = updated_after
+    for record in records:
+        newest = max(newest, _aware(record.update_timestamp))
+        run = record.dagster_run
+        key = _job_key(run)
+        previous = known.get(key, RUN_OK)
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            if previous != RUN_OK:
+                known[key] = RUN_OK
+                text = f"RESOLVED: Marketflow {key} succeeded again (run {run.run_id[:8]})."
+                alerts.append(Alert(key, previous, RUN_OK, text))
+            continue
+        only_checks, message = _failure(instance, run.run_id)
+        if only_checks or previous == RUN_FAILED:
+            continue  # the check alert covers it / already alerted for this failure streak
+        known[key] = RUN_FAILED
+        text = f"FAILURE: Marketflow {key} run {run.run_id[:8]} failed: {message}"
+        alerts.append(Alert(key, previous, RUN_FAILED, text))
+    return alerts, newest
+
+
+# ------------------------------------------------------------------------------------------
+# Sensor
+# ------------------------------------------------------------------------------------------
+def load_cursor(raw: str | None) -> dict:
+    state = json.loads(raw) if raw else {}
+    state.setdefault("checks", {})
+    state.setdefault("runs", {})
+    return state
+
+
+def evaluate_alerts(
+    instance: dg.DagsterInstance,
+    check_keys: list[dg.AssetCheckKey],
+    cursor: str | None,
+    webhook_url: str | None,
+    now: datetime | None = None,
+) -> tuple[list[Alert], str]:
+    """Find state changes since ``cursor``, send one alert each; return (alerts, new cursor)."""
+    state = load_cursor(cursor)
+    now = now or datetime.now(UTC)
+    after = (
+        datetime.fromtimestamp(state["runs_after"], UTC)
+        if "runs_after" in state
+        else now - FIRST_TICK_LOOKBACK
+    )
+    alerts = check_alerts(instance, check_keys, state["checks"])
+    more, newest = run_alerts(instance, after, state["runs"])
+    alerts += more
+    state["runs_after"] = newest.timestamp()
+    for alert in alerts:
+        (log.warning if alert.is_failure else log.info)("ALERT %s", alert.text)
+        if webhook_url:
+            post_webhook(webhook_url, alert.text)
+    return alerts, json.dumps(state, sort_keys=True)
+
+
+@dg.sensor(
+    name="marketflow_alert_sensor",
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Alerts once per state change of any asset check or job: a log line and, when"
+        " MARKETFLOW_ALERT_WEBHOOK_URL is set, a Slack-compatible JSON POST."
+    ),
+)
+def marketflow_alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    check_keys = list(context.repository_def.asset_graph.asset_check_keys)
+    settings = load_check_settings()
+    alerts, cursor = evaluate_alerts(
+        context.instance, check_keys, context.cursor, settings.alert_webhook_url
+    )
+    for alert in alerts:
+        (context.log.warning if alert.is_failure else context.log.info)(alert.text)
+    if not alerts:
+        return dg.SensorResult(
+            cursor=cursor, skip_reason=dg.SkipReason("no check or job changed state")
+        )
+    return dg.SensorResult(cursor=cursor)
