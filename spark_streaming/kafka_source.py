@@ -1,0 +1,337 @@
+"""A Kafka streaming source on Spark 4's Python Data Source API (no Maven connector needed).
+
+Registered as format ``marketflow_kafka``. It yields the same columns as Spark's built-in
+``kafka`` source (``key``/``value`` binary, ``topic``, ``partition``, ``offset``, ``timestamp``)
+so the job's parsing code is identical for both.
+
+Design
+------
+* Offsets are ``{topic: {"<partition>": next_offset}}`` -- the JSON layout Spark's own Kafka
+  source checkpoints.
+* ``partitions(start, end)`` plans one :class:`KafkaRange` per Kafka partition with new data;
+  ``read`` runs on the executors and fetches exactly ``[start, end)`` with kafka-python using
+  manual ``assign`` + ``seek`` (no consumer group: no group join, no committed group offsets --
+  Spark's checkpoint is the only source of truth).
+* **True end offsets.** Some brokers (the embedded Tansu broker) report a partition's end offset
+  as "base offset of the last record batch + 1", i.e. they under-report by the rest of the last
+  batch although those records are readable. A bounded run (``availableNow``) planned on reported
+  end offsets would strand that tail for ever. :meth:`KafkaOffsetProbe.end_offsets` therefore
+  fetches from ``reported_end - 1`` and takes the position after the last record it actually
+  received. On a broker that reports correctly this costs one tiny fetch per partition.
+* **Broker reset.** A memory-only broker that restarts comes back with empty topics, so the
+  checkpointed start offset can be beyond the topic's current end. That is detected
+  (``end < start``) and the partition is re-read from its earliest offset, with a warning,
+  instead of failing or waiting for the topic to grow past the stale offset. A start offset below
+  the earliest available one (retention) likewise continues from the earliest, with a warning.
+* Topics that do not exist yet yield no partitions (the query idles); partitions that appear
+  later start at their earliest offset.
+
+Options (``spark.readStream.format("marketflow_kafka").option(...)``):
+``kafka.bootstrap.servers`` (required), ``subscribe`` (one topic, required),
+``startingOffsets`` (``earliest`` | ``latest``, default ``earliest``),
+``maxOffsetsPerTrigger`` (optional cap on records per micro-batch),
+``pollTimeoutMs`` (executor fetch timeout without progress before the task fails, default 60000).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
+from pyspark.sql.streaming.datasource import (
+    ReadAllAvailable,
+    ReadLimit,
+    ReadMaxRows,
+    SupportsTriggerAvailableNow,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "marketflow_kafka"
+# Same columns and types as Spark's built-in Kafka source (minus headers / timestampType).
+KAFKA_ROW_SCHEMA = (
+    "key BINARY, value BINARY, topic STRING, partition INT, offset BIGINT, timestamp TIMESTAMP"
+)
+
+Offsets = dict[int, int]  # partition -> next offset to read
+
+
+def _consumer(bootstrap: str, client_id: str, **extra):
+    """A group-less kafka-python consumer (manual assignment only; nothing is ever committed)."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","),
+        client_id=client_id,
+        group_id=None,
+        enable_auto_commit=False,
+        allow_auto_create_topics=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=100,
+        request_timeout_ms=30000,
+        **extra,
+    )
+
+
+class KafkaOffsetProbe:
+    """Driver-side view of a topic's partitions and their *true* beginning/end offsets."""
+
+    def __init__(self, bootstrap: str, topic: str, client_id: str = "marketflow-spark-offsets"):
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.client_id = client_id
+        self._consumer = None
+
+    @property
+    def consumer(self):
+        if self._consumer is None:
+            self._consumer = _consumer(self.bootstrap, self.client_id)
+        return self._consumer
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def partitions(self) -> list[int]:
+        """Current partition ids of the topic (fresh metadata); ``[]`` if it does not exist."""
+        topics = self.consumer.topics()  # always a remote metadata call
+        if self.topic not in topics:
+            return []
+        return sorted(self.consumer.partitions_for_topic(self.topic) or [])
+
+    def beginning_offsets(self, partitions: Sequence[int]) -> Offsets:
+        from kafka import TopicPartition
+
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        return {tp.partition: off for tp, off in self.consumer.beginning_offsets(tps).items()}
+
+    def end_offsets(self, partitions: Sequence[int], probe_timeout_s: float = 2.0) -> Offsets:
+        """True end offsets: reported end, extended by fetching past it (see module doc)."""
+        from kafka import TopicPartition
+
+        if not partitions:
+            return {}
+        c = self.consumer
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        reported = {tp.partition: off for tp, off in c.end_offsets(tps).items()}
+        begin = self.beginning_offsets(partitions)
+        probe = [tp for tp in tps if reported[tp.partition] > begin[tp.partition]]
+        true_end = dict(reported)
+        if not probe:
+            return true_end
+        c.assign(probe)
+        for tp in probe:
+            c.seek(tp, reported[tp.partition] - 1)
+        pending = {tp.partition for tp in probe}
+        deadline = time.monotonic() + probe_timeout_s
+        while pending and time.monotonic() < deadline:
+            records = c.poll(timeout_ms=200, max_records=1_000_000, update_offsets=True)
+            for tp, recs in records.items():
+                if recs:
+                    last = recs[-1].offset + 1
+                    true_end[tp.partition] = max(true_end[tp.partition], last)
+                    pending.discard(tp.partition)
+        for tp in probe:
+            # position() is the offset after the last record handed out (covers empty polls).
+            try:
+                true_end[tp.partition] = max(true_end[tp.partition], c.position(tp))
+            except Exception:  # pragma: no cover - position unknown after a failed fetch
+                pass
+        c.assign([])
+        if pending:
+            logger.debug("end-offset probe got no record from partitions %s", sorted(pending))
+        return true_end
+
+
+@dataclass(frozen=True)
+class KafkaRange(InputPartition):
+    """One Spark input partition: offsets ``[start, end)`` of one Kafka partition."""
+
+    bootstrap: str
+    topic: str
+    partition: int
+    start: int
+    end: int
+    poll_timeout_ms: int = 60000
+
+
+def read_range(part: KafkaRange) -> Iterator[tuple]:
+    """Yield the records of ``part`` as rows of :data:`KAFKA_ROW_SCHEMA` (runs on executors)."""
+    from kafka import TopicPartition
+
+    if part.end <= part.start:
+        return
+    tp = TopicPartition(part.topic, part.partition)
+    c = _consumer(part.bootstrap, f"marketflow-spark-read-{part.partition}")
+    try:
+        c.assign([tp])
+        c.seek(tp, part.start)
+        position = part.start
+        last_progress = time.monotonic()
+        while position < part.end:
+            batch = c.poll(timeout_ms=500, max_records=5000).get(tp, [])
+            for rec in batch:
+                if rec.offset < part.start:
+                    continue
+                if rec.offset >= part.end:
+                    position = part.end
+                    break
+                ts = dt.datetime.fromtimestamp(rec.timestamp / 1000.0, tz=dt.UTC)
+                yield (rec.key, rec.value, part.topic, part.partition, rec.offset, ts)
+                position = rec.offset + 1
+            position = max(position, min(c.position(tp), part.end))
+            now = time.monotonic()
+            if batch:
+                last_progress = now
+            elif now - last_progress > part.poll_timeout_ms / 1000.0:
+                raise RuntimeError(
+                    f"Kafka {part.topic}[{part.partition}]: no record between offset {position} "
+                    f"and {part.end} after {part.poll_timeout_ms} ms "
+                    f"(broker {part.bootstrap} unreachable or topic truncated?)"
+                )
+    finally:
+        c.close()
+
+
+class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
+    """Micro-batch reader; its driver-side methods run in one long-lived Python process."""
+
+    def __init__(self, options: dict[str, str]):
+        self.bootstrap = options.get("kafka.bootstrap.servers") or options.get("bootstrap")
+        self.topic = options.get("subscribe") or options.get("topic")
+        if not self.bootstrap or not self.topic:
+            raise ValueError("marketflow_kafka needs options kafka.bootstrap.servers and subscribe")
+        self.starting = (options.get("startingOffsets") or "earliest").lower()
+        if self.starting not in ("earliest", "latest"):
+            raise ValueError("startingOffsets must be 'earliest' or 'latest'")
+        max_offsets = options.get("maxOffsetsPerTrigger")
+        self.max_offsets = int(max_offsets) if max_offsets else None
+        self.poll_timeout_ms = int(options.get("pollTimeoutMs") or 60000)
+        self._probe: KafkaOffsetProbe | None = None
+        self._target: Offsets | None = None  # Trigger.AvailableNow target
+        self._latest: Offsets | None = None
+
+    # -- helpers ---------------------------------------------------------------------------
+    @property
+    def probe(self) -> KafkaOffsetProbe:
+        if self._probe is None:
+            self._probe = KafkaOffsetProbe(self.bootstrap, self.topic)
+        return self._probe
+
+    def _wrap(self, offsets: Offsets) -> dict:
+        return {self.topic: {str(p): int(o) for p, o in sorted(offsets.items())}}
+
+    def _unwrap(self, offset: dict | None) -> Offsets:
+        return {int(p): int(o) for p, o in ((offset or {}).get(self.topic) or {}).items()}
+
+    def _current_end(self) -> Offsets:
+        return self.probe.end_offsets(self.probe.partitions())
+
+    # -- DataSourceStreamReader --------------------------------------------------------------
+    def initialOffset(self) -> dict:
+        parts = self.probe.partitions()
+        if self.starting == "latest":
+            offsets = self.probe.end_offsets(parts)
+        else:
+            offsets = self.probe.beginning_offsets(parts)
+        logger.info("initial offsets for %s (%s): %s", self.topic, self.starting, offsets)
+        return self._wrap(offsets)
+
+    def prepareForTriggerAvailableNow(self) -> None:
+        self._target = self._current_end()
+        logger.info("availableNow target offsets for %s: %s", self.topic, self._target)
+
+    def latestOffset(self, start: dict, limit: ReadLimit | None = None) -> dict:
+        begin_state = self._unwrap(start)
+        end = self._target if self._target is not None else self._current_end()
+        self._latest = dict(end)
+        result: Offsets = {}
+        budget = limit.max_rows if isinstance(limit, ReadMaxRows) else None
+        for p, e in sorted(end.items()):
+            s = begin_state.get(p)
+            if s is None or e < s:
+                # New partition, or the broker lost the topic (e.g. memory-only broker restart):
+                # the range is planned from the earliest offset in partitions().
+                result[p] = e
+                continue
+            if budget is not None:
+                take = max(0, min(e - s, budget))
+                budget -= take
+                e = s + take
+            result[p] = e
+        # Keep partitions we know of but which vanished from metadata (no new data there).
+        for p, s in begin_state.items():
+            result.setdefault(p, s)
+        return self._wrap(result)
+
+    def getDefaultReadLimit(self) -> ReadLimit:
+        if self.max_offsets:
+            return ReadMaxRows(self.max_offsets)
+        return ReadAllAvailable()
+
+    def reportLatestOffset(self) -> dict | None:
+        return self._wrap(self._latest) if self._latest is not None else None
+
+    def partitions(self, start: dict, end: dict) -> Sequence[InputPartition]:
+        s_off, e_off = self._unwrap(start), self._unwrap(end)
+        need_begin = [p for p, e in e_off.items() if p not in s_off or e < s_off[p]]
+        begin = self.probe.beginning_offsets(sorted(set(need_begin) | set(e_off))) if e_off else {}
+        ranges = []
+        for p, e in sorted(e_off.items()):
+            earliest = begin.get(p, 0)
+            s = s_off.get(p)
+            if s is None:
+                s = earliest
+            elif e < s:
+                logger.warning(
+                    "Kafka %s[%d]: checkpointed offset %d is beyond the topic's end %d (broker "
+                    "restarted or topic recreated); re-reading from the earliest offset %d",
+                    self.topic,
+                    p,
+                    s,
+                    e,
+                    earliest,
+                )
+                s = earliest
+            elif s < earliest:
+                logger.warning(
+                    "Kafka %s[%d]: offsets %d..%d are no longer available; continuing at %d",
+                    self.topic,
+                    p,
+                    s,
+                    earliest - 1,
+                    earliest,
+                )
+                s = earliest
+            if e > s:
+                ranges.append(KafkaRange(self.bootstrap, self.topic, p, s, e, self.poll_timeout_ms))
+        return ranges
+
+    def read(self, partition: InputPartition) -> Iterator[tuple]:
+        return read_range(partition)  # type: ignore[arg-type]
+
+    def commit(self, end: dict) -> None:
+        """Nothing to do: offsets live in Spark's checkpoint, never in a consumer group."""
+
+    def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+
+
+class KafkaDataSource(DataSource):
+    """``spark.readStream.format("marketflow_kafka")`` -- see the module docstring."""
+
+    @classmethod
+    def name(cls) -> str:
+        return FORMAT_NAME
+
+    def schema(self) -> str:
+        return KAFKA_ROW_SCHEMA
+
+    def streamReader(self, schema) -> DataSourceStreamReader:
+        return KafkaStreamReader(dict(self.options))

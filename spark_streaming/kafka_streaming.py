@@ -1,0 +1,574 @@
+"""Spark Structured Streaming job: Kafka topic ``crypto_prices`` -> raw Parquet, exactly once.
+
+Run ``python spark_streaming/kafka_streaming.py [--available-now]`` or
+``spark-submit spark_streaming/kafka_streaming.py [...]``.
+
+Pipeline per micro-batch (``foreachBatch``; see :class:`RawPricesSink`):
+
+1. parse the JSON value with the explicit message schema from :mod:`marketflow_assets.schema`,
+   flatten to the raw Parquet columns, times -> UTC timestamps, ``date`` = UTC date of ``ts``;
+2. messages that cannot be used (not a JSON object, missing ``id``/``ts``/``current_price``,
+   unparsable ``ts``, non-numeric or non-positive price) go to ``raw_prices_rejects/`` with a
+   ``reason``;
+3. exact duplicates of (``id``, ``ts``) are dropped within the batch (keeping the lowest Kafka
+   offset) and against the rows already in the affected ``date`` partitions (so replays,
+   producer retries, restarts and a reset broker never duplicate a row);
+4. the batch is written to a staging directory, moved into place under file names carrying the
+   batch id, and recorded in the sink's own commit log. A re-run of a batch (after a crash at any
+   point) first removes whatever that batch had already moved, and a batch whose commit record
+   exists is skipped -- so each batch's output lands exactly once.
+
+Source: Spark's built-in ``kafka`` format when ``spark-sql-kafka`` is on the classpath, otherwise
+the Python Data Source in :mod:`spark_streaming.kafka_source` (``--source`` forces either).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script / by spark-submit: make the repo importable
+    _REPO_ROOT = str(Path(__file__).resolve().parents[1])
+    if _REPO_ROOT not in sys.path:
+        sys.path.insert(0, _REPO_ROOT)
+    if _REPO_ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        # Spark's Python workers inherit this environment.
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH")) if p
+        )
+
+from marketflow_assets.schema import (  # noqa: E402
+    RAW_COLUMN_NAMES,
+    RAW_COLUMNS,
+    RAW_PARTITION_COLUMN,
+    REJECT_COLUMNS,
+    message_spark_ddl,
+    spark_ddl,
+)
+from marketflow_assets.settings import ConfigError, Settings, load_settings  # noqa: E402
+
+logger = logging.getLogger("spark_streaming.kafka_streaming")
+
+QUERY_NAME = "marketflow_raw_prices"
+SINK_STATE = "marketflow_sink"  # sub-directory of the Spark checkpoint holding the sink's log
+KEEP_COMMITS = 100
+
+# Reject reasons (column ``reason`` of raw_prices_rejects).
+R_EMPTY = "empty_value"
+R_JSON = "invalid_json"
+R_ID = "missing_id"
+R_TS_MISSING = "missing_ts"
+R_TS_INVALID = "invalid_ts"
+R_PRICE_MISSING = "missing_price"
+R_PRICE_INVALID = "invalid_price"
+R_PRICE_NON_POSITIVE = "non_positive_price"
+
+_OUR_FILE = re.compile(r"^part-[0-9a-f]+-b\d+-\d+-(\d+)-(\d+)\.parquet$")
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure Spark transformations (unit-tested in-process).
+# ------------------------------------------------------------------------------------------------
+def parse_messages(kafka_df, rejected_at: dt.datetime | None = None):
+    """Kafka rows -> one row per message with the raw columns, ``date`` and a reject ``reason``.
+
+    ``kafka_df`` has the Kafka source columns (``key``/``value`` binary or string, ``topic``,
+    ``partition``, ``offset``). ``reason`` is NULL for usable messages.
+    """
+    import pyspark.sql.functions as F
+
+    value = F.col("value").cast("string")
+    msg = F.from_json(value, message_spark_ddl())
+    df = kafka_df.select(
+        F.col("topic"),
+        F.col("partition").cast("int").alias("partition"),
+        F.col("offset").cast("long").alias("offset"),
+        F.col("key").cast("string").alias("key"),
+        value.alias("value"),
+        msg.alias("m"),
+        F.json_object_keys(value).isNotNull().alias("_is_object"),
+        F.get_json_object(value, "$.current_price").alias("_raw_price"),
+    )
+    cols = []
+    for name, kind in RAW_COLUMNS:
+        field = F.col(f"m.{name}")
+        cols.append((F.try_to_timestamp(field) if kind == "timestamp" else field).alias(name))
+    df = df.select(
+        "topic",
+        "partition",
+        "offset",
+        "key",
+        "value",
+        "_is_object",
+        "_raw_price",
+        F.col("m.ts").alias("_ts_text"),
+        *cols,
+    )
+    price = F.col("current_price")
+    reason = (
+        F.when(F.col("value").isNull() | (F.trim(F.col("value")) == ""), F.lit(R_EMPTY))
+        # Spark's lenient parser also accepts NaN/Infinity literals; a record it parsed into an
+        # id counts as JSON even if a strict parser would refuse it.
+        .when(~F.col("_is_object") & F.col("id").isNull(), F.lit(R_JSON))
+        .when(F.col("id").isNull() | (F.trim(F.col("id")) == ""), F.lit(R_ID))
+        .when(F.col("_ts_text").isNull(), F.lit(R_TS_MISSING))
+        .when(F.col("ts").isNull(), F.lit(R_TS_INVALID))
+        .when(F.col("_raw_price").isNull(), F.lit(R_PRICE_MISSING))
+        .when(price.isNull() | F.isnan(price) | (price == float("inf")), F.lit(R_PRICE_INVALID))
+        .when(price <= 0, F.lit(R_PRICE_NON_POSITIVE))
+    )
+    rejected_at = rejected_at or dt.datetime.now(dt.UTC)
+    return df.select(
+        "topic",
+        "partition",
+        "offset",
+        "key",
+        "value",
+        *RAW_COLUMN_NAMES,
+        F.to_date("ts").alias(RAW_PARTITION_COLUMN),
+        reason.alias("reason"),
+        F.lit(rejected_at).cast("timestamp").alias("rejected_at"),
+    )
+
+
+def dedup_batch(good_df):
+    """Keep one row per (id, ts): the one with the lowest (topic, partition, offset)."""
+    import pyspark.sql.functions as F
+    from pyspark.sql.window import Window
+
+    w = Window.partitionBy("id", "ts").orderBy("topic", "partition", "offset")
+    return good_df.withColumn("_rn", F.row_number().over(w)).filter("_rn = 1").drop("_rn")
+
+
+# ------------------------------------------------------------------------------------------------
+# Exactly-once sink.
+# ------------------------------------------------------------------------------------------------
+def _micros(ts: dt.datetime) -> int:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=dt.UTC)
+    return int(ts.timestamp() * 1_000_000)
+
+
+def _write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+class RawPricesSink:
+    """``foreachBatch`` function writing raw Parquet + rejects idempotently per batch id.
+
+    State lives in ``<checkpoint>/marketflow_sink/``: ``sink_id`` (random, names this query's
+    files), ``pending/<batch>.json`` (files a batch is about to move into place),
+    ``commits/<batch>.json`` (batch fully written, with its metrics) and ``staging/``.
+    """
+
+    def __init__(self, raw_dir: Path, rejects_dir: Path, checkpoint: Path, lag_probe=None):
+        self.raw_dir = Path(raw_dir)
+        self.rejects_dir = Path(rejects_dir)
+        self.checkpoint = Path(checkpoint)
+        self.state = self.checkpoint / SINK_STATE
+        self.lag_probe = lag_probe  # callable(batch_id) -> int | None
+        for d in (self.raw_dir, self.rejects_dir, self.state / "pending", self.state / "commits"):
+            d.mkdir(parents=True, exist_ok=True)
+        id_file = self.state / "sink_id"
+        if not id_file.exists():
+            id_file.write_text(uuid.uuid4().hex[:12])
+        self.sink_id = id_file.read_text().strip()
+
+    # -- file bookkeeping -------------------------------------------------------------------
+    def _prefix(self, batch_id: int) -> str:
+        return f"part-{self.sink_id}-b{batch_id:010d}-"
+
+    def _staging(self, batch_id: int) -> Path:
+        return self.state / "staging" / f"b{batch_id:010d}"
+
+    def _rollback(self, batch_id: int) -> None:
+        """Undo a previous, interrupted attempt of ``batch_id`` (no-op when there was none)."""
+        pending = self.state / "pending" / f"{batch_id}.json"
+        if pending.exists():
+            files = json.loads(pending.read_text())["files"]
+            removed = 0
+            for f in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(f)
+                    removed += 1
+            logger.warning(
+                "batch %d: rolled back %d file(s) of an interrupted attempt", batch_id, removed
+            )
+            pending.unlink()
+        shutil.rmtree(self._staging(batch_id), ignore_errors=True)
+
+    def _existing_files(self, date: str, ts_min: int, ts_max: int) -> list[str]:
+        """Committed Parquet files of ``date`` whose ts range may overlap [ts_min, ts_max]."""
+        d = self.raw_dir / f"{RAW_PARTITION_COLUMN}={date}"
+        if not d.is_dir():
+            return []
+        out = []
+        for name in sorted(os.listdir(d)):
+            if name.startswith((".", "_")) or not name.endswith(".parquet"):
+                continue
+            m = _OUR_FILE.match(name)
+            if m and (int(m.group(2)) < ts_min or int(m.group(1)) > ts_max):
+                continue  # our own file with a disjoint ts range: cannot hold a duplicate
+            out.append(str(d / name))
+        return out
+
+    def _plan_raw_moves(self, batch_id, staged: Path, ranges, metrics) -> list[tuple[str, str]]:
+        """Final names for the staged raw files; fills ``rows_written``/``dates`` in ``metrics``.
+
+        Names carry the batch's ts range of that date (``..-<min us>-<max us>.parquet``) so later
+        batches only read the files that can overlap theirs when deduplicating.
+        """
+        import pyarrow.parquet as pq
+
+        moves = []
+        for date_dir in sorted(staged.glob(f"{RAW_PARTITION_COLUMN}=*")):
+            date = date_dir.name.split("=", 1)[1]
+            lo, hi = ranges[date]
+            rows = 0
+            for k, src in enumerate(sorted(date_dir.glob("part-*.parquet"))):
+                rows += pq.read_metadata(src).num_rows
+                name = f"{self._prefix(batch_id)}{k:03d}-{lo}-{hi}.parquet"
+                moves.append((str(src), str(self.raw_dir / date_dir.name / name)))
+            if rows:
+                metrics["dates"].append(date)
+            metrics["rows_written"] += rows
+        return moves
+
+    def _prune(self, batch_id: int) -> None:
+        for f in (self.state / "commits").glob("*.json"):
+            with contextlib.suppress(ValueError):
+                if int(f.stem) < batch_id - KEEP_COMMITS:
+                    f.unlink(missing_ok=True)
+
+    # -- the foreachBatch function ----------------------------------------------------------
+    def __call__(self, df, batch_id: int) -> None:
+        self.process(df, batch_id)
+
+    def process(self, df, batch_id: int) -> dict:
+        """Write micro-batch ``batch_id`` exactly once (see the class docstring)."""
+        import pyspark.sql.functions as F
+
+        started = time.monotonic()
+        commit = self.state / "commits" / f"{batch_id}.json"
+        if commit.exists():
+            logger.info("batch %d already committed by the sink; skipping", batch_id)
+            return json.loads(commit.read_text())
+        self._rollback(batch_id)
+        spark = df.sparkSession
+        staging = self._staging(batch_id)
+        metrics = {
+            "batch_id": batch_id,
+            "rows_in": 0,
+            "rows_written": 0,
+            "duplicates": 0,
+            "rejects": 0,
+            "dates": [],
+        }
+        moves: list[tuple[str, str]] = []
+        parsed = parse_messages(df).persist()  # the Kafka read happens once, in the next job
+        try:
+            ok = F.col("reason").isNull()
+            stats = (
+                parsed.groupBy(RAW_PARTITION_COLUMN, ok.alias("ok"))
+                .agg(F.count(F.lit(1)).alias("n"), F.min("ts").alias("lo"), F.max("ts").alias("hi"))
+                .collect()
+            )
+            ranges = {
+                r[RAW_PARTITION_COLUMN].isoformat(): (_micros(r["lo"]), _micros(r["hi"]))
+                for r in stats
+                if r["ok"]
+            }
+            good_count = sum(r["n"] for r in stats if r["ok"])
+            metrics["rows_in"] = sum(r["n"] for r in stats)
+            metrics["rejects"] = metrics["rows_in"] - good_count
+            logger.debug("batch %d: parsed at %.2fs", batch_id, time.monotonic() - started)
+            if good_count:
+                unique = dedup_batch(parsed.filter(ok))
+                existing = [
+                    f
+                    for date, (lo, hi) in sorted(ranges.items())
+                    for f in self._existing_files(date, lo, hi)
+                ]
+                if existing:
+                    keys = spark.read.schema(spark_ddl()).parquet(*existing).select("id", "ts")
+                    unique = unique.join(keys.distinct(), ["id", "ts"], "left_anti")
+                unique.select(*RAW_COLUMN_NAMES, RAW_PARTITION_COLUMN).repartition(
+                    RAW_PARTITION_COLUMN
+                ).write.partitionBy(RAW_PARTITION_COLUMN).parquet(str(staging / "raw"))
+                moves += self._plan_raw_moves(batch_id, staging / "raw", ranges, metrics)
+                metrics["duplicates"] = good_count - metrics["rows_written"]
+            if metrics["rejects"]:
+                reject_cols = [name for name, _ in REJECT_COLUMNS]
+                parsed.filter(~ok).select(*reject_cols).coalesce(1).write.parquet(
+                    str(staging / "rejects")
+                )
+                srcs = sorted((staging / "rejects").glob("part-*.parquet"))
+                for k, src in enumerate(srcs):
+                    dst = self.rejects_dir / f"{self._prefix(batch_id)}{k:03d}.parquet"
+                    moves.append((str(src), str(dst)))
+            logger.debug("batch %d: staged at %.2fs", batch_id, time.monotonic() - started)
+        finally:
+            parsed.unpersist()
+        # Publish: record intent, move into place, then commit.
+        pending = self.state / "pending" / f"{batch_id}.json"
+        if moves:
+            _write_json_atomic(pending, {"files": [dst for _, dst in moves]})
+            for src, dst in moves:
+                Path(dst).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+        metrics["lag"] = self.lag_probe(batch_id) if self.lag_probe else None
+        metrics["duration_s"] = round(time.monotonic() - started, 3)
+        _write_json_atomic(commit, metrics)
+        pending.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        self._prune(batch_id)
+        logger.info("micro-batch %s", json.dumps(metrics, sort_keys=True))
+        return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Source selection, lag, command line.
+# ------------------------------------------------------------------------------------------------
+def jvm_kafka_available(spark) -> bool:
+    """True when Spark's built-in ``kafka`` format (spark-sql-kafka) is on the classpath."""
+    try:
+        spark._jvm.org.apache.spark.sql.execution.datasources.DataSource.lookupDataSource(
+            "kafka", spark._jsparkSession.sessionState().conf()
+        )
+        return True
+    except Exception:
+        return False
+
+
+def batch_end_offsets(checkpoint: Path, batch_id: int) -> dict | None:
+    """End offsets of ``batch_id`` from Spark's offset log (``{topic: {partition: offset}}``)."""
+    path = checkpoint / "offsets" / str(batch_id)
+    try:
+        lines = path.read_text().splitlines()
+        return json.loads(lines[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def make_lag_probe(bootstrap: str, topic: str, checkpoint: Path):
+    """Return ``lag(batch_id)``: records in the topic beyond the batch's end offsets."""
+    from spark_streaming.kafka_source import KafkaOffsetProbe
+
+    probe = KafkaOffsetProbe(bootstrap, topic, client_id="marketflow-spark-lag")
+
+    def lag(batch_id: int) -> int | None:
+        ends = batch_end_offsets(checkpoint, batch_id)
+        if ends is None:
+            return None
+        try:
+            done = {int(p): int(o) for p, o in (ends.get(topic) or {}).items()}
+            latest = probe.end_offsets(probe.partitions())
+        except Exception as exc:  # lag is informative only
+            logger.debug("lag probe failed: %s", exc)
+            return None
+        return sum(max(0, e - done.get(p, 0)) for p, e in latest.items())
+
+    return lag
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--available-now", action="store_true", help="process everything in the topic, then exit"
+    )
+    parser.add_argument(
+        "--trigger-seconds",
+        type=float,
+        default=10.0,
+        help="micro-batch interval in seconds (default 10)",
+    )
+    parser.add_argument(
+        "--master",
+        default=None,
+        help="Spark master (default: spark-submit's, $MARKETFLOW_SPARK_MASTER or local[*])",
+    )
+    parser.add_argument(
+        "--starting-offsets",
+        choices=("earliest", "latest"),
+        default="earliest",
+        help="where a query without checkpoint starts (default earliest)",
+    )
+    parser.add_argument("--topic", default=None, help="Kafka topic (default from settings)")
+    parser.add_argument(
+        "--bootstrap",
+        default=None,
+        help="Kafka bootstrap servers (default $MARKETFLOW_KAFKA_BOOTSTRAP)",
+    )
+    parser.add_argument(
+        "--source",
+        choices=("auto", "kafka", "python"),
+        default="auto",
+        help="Spark's JVM kafka connector, the Python source, or auto-detect",
+    )
+    parser.add_argument(
+        "--max-offsets-per-trigger",
+        type=int,
+        default=None,
+        help="cap on records per micro-batch (default: no cap)",
+    )
+
+
+def _check_broker(bootstrap: str, topic: str) -> None:
+    from spark_streaming.kafka_source import KafkaOffsetProbe
+
+    probe = KafkaOffsetProbe(bootstrap, topic, client_id="marketflow-spark-check")
+    try:
+        parts = probe.partitions()
+    except Exception as exc:
+        raise RuntimeError(
+            f"cannot reach Kafka at {bootstrap} ({type(exc).__name__}); is the broker up? "
+            "(MARKETFLOW_KAFKA_BOOTSTRAP)"
+        ) from None
+    finally:
+        probe.close()
+    if not parts:
+        logger.warning("topic %s does not exist yet; waiting for it to appear", topic)
+
+
+def _resolve_master(requested: str | None) -> str | None:
+    if requested:
+        return requested
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit: keep its master
+        from pyspark import SparkConf, SparkContext
+
+        SparkContext._ensure_initialized()
+        return SparkConf().get("spark.master", None)
+    return None
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Start the streaming query; return the exit code (raises ConfigError on bad config)."""
+    bootstrap = args.bootstrap or settings.kafka_bootstrap
+    topic = args.topic or settings.kafka_topic
+    if not bootstrap:
+        raise ConfigError("MARKETFLOW_KAFKA_BOOTSTRAP is not set (or pass --bootstrap host:port)")
+    if args.trigger_seconds <= 0:
+        raise ConfigError("--trigger-seconds must be > 0")
+    if args.max_offsets_per_trigger is not None and args.max_offsets_per_trigger <= 0:
+        raise ConfigError("--max-offsets-per-trigger must be > 0")
+    checkpoint = settings.checkpoint_dir / "raw_prices" / topic
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    lock_file = open(checkpoint.parent / f".{topic}.lock", "w")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(
+            f"another kafka_streaming job is running on {checkpoint}; stop it first"
+        ) from None
+
+    _check_broker(bootstrap, topic)
+
+    from marketflow_assets.spark import get_spark
+    from spark_streaming.kafka_source import FORMAT_NAME, KafkaDataSource
+
+    spark = get_spark(_resolve_master(args.master), app_name="marketflow-kafka-streaming")
+    use_jvm = args.source == "kafka" or (args.source == "auto" and jvm_kafka_available(spark))
+    if args.source == "kafka" and not jvm_kafka_available(spark):
+        raise ConfigError(
+            "--source kafka needs spark-sql-kafka on the classpath (spark-submit --packages "
+            "org.apache.spark:spark-sql-kafka-0-10_2.13:<spark version>)"
+        )
+    if use_jvm:
+        reader = spark.readStream.format("kafka").option("failOnDataLoss", "false")
+        if args.max_offsets_per_trigger:
+            reader = reader.option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
+    else:
+        spark.dataSource.register(KafkaDataSource)
+        reader = spark.readStream.format(FORMAT_NAME)
+        if args.max_offsets_per_trigger:
+            reader = reader.option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
+    stream = (
+        reader.option("kafka.bootstrap.servers", bootstrap)
+        .option("subscribe", topic)
+        .option("startingOffsets", args.starting_offsets)
+        .load()
+    )
+    sink = RawPricesSink(
+        settings.raw_dir,
+        settings.rejects_dir,
+        checkpoint,
+        lag_probe=make_lag_probe(bootstrap, topic, checkpoint),
+    )
+    writer = (
+        stream.writeStream.queryName(QUERY_NAME)
+        .foreachBatch(sink)
+        .option("checkpointLocation", str(checkpoint))
+    )
+    if args.available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{args.trigger_seconds} seconds")
+    logger.info(
+        "starting %s: topic=%s bootstrap=%s source=%s raw=%s checkpoint=%s mode=%s",
+        QUERY_NAME,
+        topic,
+        bootstrap,
+        "spark-sql-kafka" if use_jvm else "python-datasource",
+        settings.raw_dir,
+        checkpoint,
+        "available-now" if args.available_now else f"every {args.trigger_seconds:g} s",
+    )
+    query = writer.start()
+
+    def _stop(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not query.awaitTermination(1):
+            pass
+    except KeyboardInterrupt:
+        logger.info("stopping %s", QUERY_NAME)
+        query.stop()
+    exc = query.exception()
+    if exc is not None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(f"streaming query failed: {first}")
+    logger.info("%s stopped", QUERY_NAME)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=os.environ.get("MARKETFLOW_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(
+        prog="kafka_streaming", description="Kafka -> raw Parquet (Spark Structured Streaming)"
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args, load_settings())
+    except ConfigError as exc:
+        print(f"kafka_streaming: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # runtime failure: one line, details at debug level
+        logger.debug("failure", exc_info=True)
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"kafka_streaming: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
