@@ -28,7 +28,7 @@ from typing import Any
 
 import requests
 
-from marketflow_assets.settings import Settings
+from marketflow_assets.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,11 @@ class CoinGeckoClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> CoinGeckoClient:
+        if settings.coingecko_api_key and not settings.coingecko_key_header:
+            raise ConfigError(
+                f"COINGECKO_API_KEY is set but COINGECKO_API_PLAN={settings.coingecko_api_plan} "
+                "sends no key: set COINGECKO_API_PLAN=demo or pro (or unset the key)"
+            )
         return cls(
             settings.coingecko_api_url,
             plan=settings.coingecko_api_plan,

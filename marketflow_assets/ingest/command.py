@@ -189,6 +189,7 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
         )
         finite = args.once or args.source == "replay" or args.max_polls is not None
         totals = {"polls": 0, "failed_polls": 0, "good": 0, "bad": 0, "unacked": 0}
+        last_updates: dict[str | None, str] = {}  # coin id -> last_updated of the previous poll
         with _stop_on_signals(stop):
             for poll in source.polls(stop, max_polls=args.max_polls):
                 totals["polls"] += 1
@@ -213,16 +214,26 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                 totals["unacked"] += len(result.failures)
                 for failure in result.failures[:5]:
                     log.error("poll %s: send failed: %s", poll.ts, failure)
+                updates = {m.key: m.value["last_updated"] for m in validated.good}
+                unchanged = sum(1 for k, v in updates.items() if last_updates.get(k) == v)
+                last_updates = updates
                 log.info(
-                    "poll %s: %d good, %d bad -> %d + %d acknowledged%s (%.2f s)",
+                    "poll %s: %d good, %d bad -> %d + %d acknowledged%s%s (%.2f s)",
                     poll.ts,
                     len(validated.good),
                     len(validated.bad),
                     result.good_acked,
                     result.bad_acked,
                     f", {len(result.failures)} NOT acknowledged" if result.failures else "",
+                    f"; {unchanged} coin(s) unchanged since the previous poll" if unchanged else "",
                     time.monotonic() - started,
                 )
+                if updates and unchanged == len(updates):
+                    log.info(
+                        "poll %s: same data as the previous poll (a cached CoinGecko answer); "
+                        "published again with the new ts",
+                        poll.ts,
+                    )
         log.info(
             "ingest finished: %d poll(s), %d failed; %d messages and %d dead letters "
             "acknowledged, %d not acknowledged",

@@ -157,6 +157,7 @@ class Publisher:
                 )
             except (KafkaError, ValueError, TypeError) as exc:
                 futures.append(exc)
+        deadline = time.monotonic() + self.delivery_timeout_s
         try:
             self._producer.flush(timeout=self.delivery_timeout_s)
         except KafkaError as exc:
@@ -166,7 +167,8 @@ class Publisher:
                 outcomes.append(f"{type(future).__name__}: {future}")
                 continue
             try:
-                future.get(timeout=max(1.0, self.delivery_timeout_s))
+                # one shared deadline: a dead broker costs one delivery timeout, not one per message
+                future.get(timeout=max(0.05, deadline - time.monotonic()))
                 outcomes.append(None)
             except _IDEMPOTENCE_ERRORS:
                 raise

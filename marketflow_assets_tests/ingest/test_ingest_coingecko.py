@@ -20,7 +20,7 @@ from marketflow_assets.ingest.coingecko import (
     pages_for,
     quota_warnings,
 )
-from marketflow_assets.settings import load_settings
+from marketflow_assets.settings import ConfigError, load_settings
 
 MARKETS = "/coins/markets"
 SECRET = "CG-sekret-KEY-4f9a1c"
@@ -345,3 +345,10 @@ def test_quota_warnings():
     assert len(quota_warnings("demo", 5, 4)) == 2
     assert "cached" not in (cache_note("pro", 60) or "")
     assert "60 s" in cache_note("demo", 30)
+
+
+def test_key_with_public_plan_is_a_config_error():
+    settings = dataclasses.replace(load_settings({}), coingecko_api_key=SECRET)
+    with pytest.raises(ConfigError, match="COINGECKO_API_PLAN") as info:
+        CoinGeckoClient.from_settings(settings)
+    assert SECRET not in str(info.value)

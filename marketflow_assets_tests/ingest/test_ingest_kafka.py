@@ -323,3 +323,17 @@ def test_sigterm_stops_an_endless_run_cleanly(kafka_bootstrap, new_topic, topic_
             proc.kill()
     assert proc.returncode == 0, stderr
     assert "stopping after the current poll" in stderr
+
+
+def test_a_cached_answer_is_published_again_with_the_new_ts(
+    httpserver, recorded_page, settings, ingest_args, topic_reader, caplog
+):
+    httpserver.expect_request(MARKETS).respond_with_json(recorded_page)  # same answer twice
+    settings = dataclasses.replace(settings, coingecko_api_url=httpserver.url_for(""))
+    args = ingest_args("--source", "coingecko", "--interval", "0.3", "--max-polls", "2")
+    with caplog.at_level(logging.INFO, logger="marketflow_assets"):
+        assert command.run(args, settings) == 0
+    assert "same data as the previous poll" in caplog.text
+    messages = topic_reader(settings.kafka_topic, expected=18)
+    assert len(messages) == 18
+    assert len({m["value"]["ts"] for m in messages}) == 2
