@@ -38,6 +38,7 @@ block of at most ``EMA_BLOCK_TAUS * tau`` seconds with a cumulative sum of posit
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -79,7 +80,9 @@ def lookback_start(start: pd.Timestamp) -> pd.Timestamp:
 
 def to_ns(values: Any) -> np.ndarray:
     """Timestamps (tz-aware, or naive meaning UTC; array-like or scalar) as int64 ns since epoch."""
-    if isinstance(values, pd.Timestamp | np.datetime64 | str):
+    if isinstance(values, int | np.integer):
+        return np.int64(values)
+    if isinstance(values, pd.Timestamp | np.datetime64 | str | datetime):
         ts = pd.Timestamp(values)
         ts = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
         return np.int64(ts.as_unit("ns").value)

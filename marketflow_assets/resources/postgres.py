@@ -1,13 +1,48 @@
-"""PostgreSQL resource: connections to the database that holds the indicator tables."""
+"""PostgreSQL resource: connections to the database that holds the indicator tables.
+
+Besides connections it owns the few SQL statements the assets need, so that assets stay thin:
+
+* :meth:`PostgresResource.fetch_indicator_state` - per coin, the stored rows an incremental
+  refresh continues from (two ``LATERAL ... ORDER BY ts DESC LIMIT 1`` lookups on the primary key
+  ``(coin_id, ts)``: cost independent of the table's history);
+* :meth:`PostgresResource.replace_period` - idempotent bulk write of one period: ``COPY`` into a
+  temporary staging table, then ``DELETE`` the period and ``INSERT ... ON CONFLICT DO UPDATE``,
+  all in one transaction serialised per table by an advisory lock;
+* :meth:`PostgresResource.read_period` - rows of one period, for downstream assets.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 
 import dagster as dg
+import pandas as pd
 
-from marketflow_assets.schema import create_all_sql
+from marketflow_assets.schema import TABLES, column_names, create_all_sql
+
+STATE_SQL = """
+SELECT c.coin_id, r.ts AS ref_ts, r.price AS ref_price, e.ts AS ema_ts, e.ema_3min
+FROM unnest(%(coins)s::text[]) AS c(coin_id)
+LEFT JOIN LATERAL (
+    SELECT p.ts, p.price FROM price_indicators p
+    WHERE p.coin_id = c.coin_id AND p.ts < %(ref_before)s
+    ORDER BY p.ts DESC LIMIT 1
+) r ON true
+LEFT JOIN LATERAL (
+    SELECT p.ts, p.ema_3min FROM price_indicators p
+    WHERE p.coin_id = c.coin_id AND p.ts < %(ema_before)s
+    ORDER BY p.ts DESC LIMIT 1
+) e ON true
+WHERE e.ts IS NOT NULL
+"""
+
+
+def _utc(value: datetime | pd.Timestamp) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -32,3 +67,109 @@ class PostgresResource(dg.ConfigurableResource):
         with self.get_connection() as conn, conn.cursor() as cur:
             for statement in create_all_sql():
                 cur.execute(statement)
+
+    def fetch_indicator_state(
+        self, coin_ids: Sequence[str], start: datetime, lookback_start: datetime
+    ) -> pd.DataFrame:
+        """Per coin: last stored row before ``lookback_start`` (``ref_ts``, ``ref_price``) and
+        last stored ``(ts, ema_3min)`` before ``start`` (``ema_ts``, ``ema_3min``).
+
+        Coins without any stored row before ``start`` are omitted. Columns are
+        ``indicators.STATE_COLUMNS``; times are tz-aware UTC.
+        """
+        columns = ["coin_id", "ref_ts", "ref_price", "ema_ts", "ema_3min"]
+        if not coin_ids:
+            return pd.DataFrame(columns=columns)
+        params = {
+            "coins": list(coin_ids),
+            "ref_before": _utc(lookback_start).to_pydatetime(),
+            "ema_before": _utc(start).to_pydatetime(),
+        }
+        with self.get_connection() as conn, conn.cursor() as cur:
+            cur.execute(STATE_SQL, params)
+            rows = cur.fetchall()
+        frame = pd.DataFrame(rows, columns=columns)
+        for col in ("ref_ts", "ema_ts"):
+            frame[col] = pd.to_datetime(frame[col], utc=True)
+        for col in ("ref_price", "ema_3min"):
+            frame[col] = frame[col].astype("float64")
+        return frame
+
+    def replace_period(
+        self,
+        table: str,
+        frame: pd.DataFrame,
+        start: datetime,
+        end: datetime,
+        ts_column: str = "ts",
+    ) -> int:
+        """Make ``table`` hold exactly ``frame``'s rows for ``ts_column`` in ``[start, end)``.
+
+        One transaction: advisory lock per table, ``COPY`` into a temporary staging table,
+        ``DELETE`` the period, ``INSERT ... ON CONFLICT (key) DO UPDATE``. Re-running it with the
+        same frame leaves the table unchanged (idempotent). Returns the number of rows written.
+        """
+        columns = column_names(table)
+        key = TABLES[table][1]
+        data = frame.loc[:, list(columns)].copy()
+        for name in data.columns:
+            if pd.api.types.is_datetime64_any_dtype(data[name]):
+                col = data[name]
+                if col.dt.tz is not None:
+                    col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+                data[name] = col
+        buf = io.StringIO()
+        # floats are written in shortest round-trip form, so values survive exactly
+        data.to_csv(
+            buf, header=False, index=False, na_rep="\\N", date_format="%Y-%m-%d %H:%M:%S.%f"
+        )
+        buf.seek(0)
+        col_list = ", ".join(columns)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
+        with self.get_connection() as conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL TIME ZONE 'UTC'")
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"marketflow:{table}",))
+            cur.execute(
+                f"CREATE TEMP TABLE _stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+            )
+            cur.copy_expert(
+                f"COPY _stage_{table} ({col_list}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf
+            )
+            cur.execute(
+                f"DELETE FROM {table} WHERE {ts_column} >= %s AND {ts_column} < %s",
+                (_utc(start).to_pydatetime(), _utc(end).to_pydatetime()),
+            )
+            cur.execute(
+                f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM _stage_{table} "
+                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+            )
+            return cur.rowcount
+
+    def read_period(
+        self,
+        table: str,
+        start: datetime,
+        end: datetime,
+        ts_column: str = "ts",
+        columns: Sequence[str] | None = None,
+        where: str = "",
+    ) -> pd.DataFrame:
+        """Rows of ``table`` with ``ts_column`` in ``[start, end)`` (times tz-aware UTC)."""
+        columns = list(columns or column_names(table))
+        extra = f" AND ({where})" if where else ""
+        sql = (
+            f"SELECT {', '.join(columns)} FROM {table} "
+            f"WHERE {ts_column} >= %s AND {ts_column} < %s{extra}"
+        )
+        with self.get_connection() as conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL TIME ZONE 'UTC'")
+            cur.execute(sql, (_utc(start).to_pydatetime(), _utc(end).to_pydatetime()))
+            frame = pd.DataFrame(cur.fetchall(), columns=columns)
+        kinds = dict(TABLES[table][0])
+        for name in columns:
+            kind = kinds.get(name, "")
+            if kind.startswith("timestamptz"):
+                frame[name] = pd.to_datetime(frame[name], utc=True)
+            elif kind.startswith("double"):
+                frame[name] = frame[name].astype("float64")
+        return frame

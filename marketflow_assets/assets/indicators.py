@@ -1,0 +1,152 @@
+"""``price_indicators``: per-coin indicators of the raw prices, in PostgreSQL (hourly partitions).
+
+A partition ``[start, end)`` is refreshed incrementally (see :mod:`marketflow_assets.indicators`):
+Spark reads only the raw rows in ``[start - 300 s, end)`` (pruned by ``date=`` directory and file
+name), the per-coin state before ``start`` comes from ``price_indicators`` itself (two indexed
+lookups per coin), the pure function runs per coin with ``applyInPandas``, and the rows replace
+the period in one transaction. Cost depends on the partition, not on the history.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from dagster_pyspark import PySparkResource
+
+from marketflow_assets import indicators as ind
+from marketflow_assets.assets.partitions import HOURLY, backfill_policy, self_dependency
+from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
+from marketflow_assets.assets.spark_compute import (
+    indicators_dataframe,
+    read_raw_window,
+    spark_to_pandas,
+)
+from marketflow_assets.resources.postgres import PostgresResource
+from marketflow_assets.resources.raw_data import RawDataResource
+
+logger = logging.getLogger(__name__)
+
+WATCHED_COINS = ("bitcoin", "ethereum")
+
+
+@dataclass
+class IndicatorRefresh:
+    """Outcome of refreshing ``price_indicators`` for ``[start, end)``."""
+
+    start: datetime
+    end: datetime
+    rows: pd.DataFrame
+    coins_with_state: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def refresh_indicators(
+    spark, raw_dir: Path, postgres: PostgresResource, start: datetime, end: datetime
+) -> IndicatorRefresh:
+    """Compute ``price_indicators`` for ``[start, end)`` with Spark and replace them in Postgres."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    postgres.ensure_tables()
+    raw_df = read_raw_window(spark, raw_dir, start, end)
+    state = None
+    if raw_df is None:
+        rows = ind.compute_indicators(pd.DataFrame(columns=list(ind.RAW_INPUT_COLUMNS)))
+    else:
+        coins = [r[0] for r in raw_df.select("id").distinct().collect()]
+        timings["list_coins"] = time.perf_counter() - t0
+        state = postgres.fetch_indicator_state(coins, start, ind.lookback_start(start))
+        timings["read_state"] = time.perf_counter() - t0 - sum(timings.values())
+        rows = spark_to_pandas(indicators_dataframe(raw_df, state, start, end))
+        timings["compute"] = time.perf_counter() - t0 - sum(timings.values())
+    postgres.replace_period("price_indicators", rows, start, end)
+    timings["write"] = time.perf_counter() - t0 - sum(timings.values())
+    logger.info(
+        "price_indicators %s .. %s: %d rows, %d coins (%d continued from stored state), %.2fs",
+        start.isoformat(),
+        end.isoformat(),
+        len(rows),
+        rows["coin_id"].nunique(),
+        0 if state is None else len(state),
+        time.perf_counter() - t0,
+    )
+    return IndicatorRefresh(start, end, rows, 0 if state is None else len(state), timings)
+
+
+def indicator_metadata(result: IndicatorRefresh) -> dict[str, Any]:
+    """Metadata shown in the UI (numeric values are plotted over time)."""
+    rows = result.rows
+    meta: dict[str, Any] = {
+        "rows": dg.MetadataValue.int(len(rows)),
+        "coins": dg.MetadataValue.int(int(rows["coin_id"].nunique())),
+        "coins_continued_from_state": dg.MetadataValue.int(result.coins_with_state),
+        "period_start": dg.MetadataValue.timestamp(result.start),
+        "period_end": dg.MetadataValue.timestamp(result.end),
+        "refresh_seconds": dg.MetadataValue.float(round(sum(result.seconds.values()), 3)),
+    }
+    if len(rows):
+        meta["first_ts"] = dg.MetadataValue.timestamp(rows["ts"].min().to_pydatetime())
+        meta["last_ts"] = dg.MetadataValue.timestamp(rows["ts"].max().to_pydatetime())
+        meta["null_change_5min"] = dg.MetadataValue.int(int(rows["change_5min"].isna().sum()))
+    for coin in WATCHED_COINS:
+        coin_rows = rows[rows["coin_id"] == coin]
+        if len(coin_rows):
+            latest = coin_rows.loc[coin_rows["ts"].idxmax()]
+            meta[f"latest_{coin}_price"] = dg.MetadataValue.float(float(latest["price"]))
+            if pd.notna(latest["change_5min"]):
+                meta[f"latest_{coin}_change_5min"] = dg.MetadataValue.float(
+                    float(latest["change_5min"])
+                )
+    return meta
+
+
+def build_price_indicators(
+    partitions_def: dg.TimeWindowPartitionsDefinition = HOURLY,
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="price_indicators",
+        deps=[
+            RAW_PRICES_KEY,
+            dg.AssetDep("price_indicators", partition_mapping=self_dependency()),
+        ],
+        partitions_def=partitions_def,
+        backfill_policy=backfill_policy(),
+        group_name="market_data",
+        kinds={"spark", "postgres"},
+        owners=["team:marketflow"],
+        tags={"domain": "crypto"},
+        metadata={
+            "table": "price_indicators",
+            "primary_key": "(coin_id, ts)",
+            "formulas": "marketflow_assets/indicators.py (SPEC.md: Indicator definitions)",
+        },
+    )
+    def price_indicators(
+        context: dg.AssetExecutionContext,
+        postgres: PostgresResource,
+        raw_data: RawDataResource,
+        pyspark: PySparkResource,
+    ) -> dg.MaterializeResult:
+        """Per-coin price indicators in PostgreSQL table `price_indicators`.
+
+        For every raw observation: `change_1min` / `change_5min` (% change vs the latest price at
+        least 60 s / 300 s older), `sma_5min` and `volatility_5min` (mean and sample std over the
+        trailing 5 minutes), `ema_3min` (time-decay EMA, tau = 180 s, over the coin's whole
+        history). Hourly UTC partitions; each continues from the previous partition's stored
+        state, so only the new hour (+ 5 min lookback) is read. Writes are idempotent.
+        """
+        window = context.partition_time_window
+        context.log.info(f"refreshing price_indicators for [{window.start}, {window.end})")
+        result = refresh_indicators(
+            pyspark.spark_session, raw_data.raw_dir, postgres, window.start, window.end
+        )
+        return dg.MaterializeResult(metadata=indicator_metadata(result))
+
+    return price_indicators
+
+
+price_indicators = build_price_indicators()

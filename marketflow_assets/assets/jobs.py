@@ -1,0 +1,30 @@
+"""Jobs over the indicator assets (used by the automation sensor, the schedule and backfills)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from marketflow_assets.assets.partitions import HOURLY, PARTITION_FMT
+
+INDICATOR_ASSETS = dg.AssetSelection.assets("price_indicators", "market_movers")
+
+refresh_indicators_job = dg.define_asset_job(
+    "refresh_indicators_job",
+    selection=INDICATOR_ASSETS,
+    partitions_def=HOURLY,
+    description="Recompute price_indicators and market_movers for a partition (range), in order.",
+    tags={"marketflow/pipeline": "indicators"},
+)
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+
+def partition_range_tags(first_key: str, last_key: str) -> dict[str, str]:
+    """Run tags that make one run cover partitions ``first_key..last_key`` (inclusive)."""
+    return {RANGE_START_TAG: first_key, RANGE_END_TAG: last_key}
+
+
+def partition_key_for(ts) -> str:
+    """Hourly partition key holding time ``ts`` (tz-aware UTC)."""
+    return ts.replace(minute=0, second=0, microsecond=0).strftime(PARTITION_FMT)

@@ -1,0 +1,135 @@
+"""``market_movers``: top-5 gainers and losers by 5-minute change per snapshot, in PostgreSQL."""
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from dagster_pyspark import PySparkResource
+
+from marketflow_assets import indicators as ind
+from marketflow_assets.assets.partitions import HOURLY, backfill_policy
+from marketflow_assets.assets.spark_compute import movers_dataframe, spark_to_pandas
+from marketflow_assets.resources.postgres import PostgresResource
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MoversRefresh:
+    start: datetime
+    end: datetime
+    rows: pd.DataFrame
+    seconds: float
+
+
+def refresh_movers(
+    spark, postgres: PostgresResource, start: datetime, end: datetime
+) -> MoversRefresh:
+    """Compute ``market_movers`` for snapshots in ``[start, end)`` from the stored indicators."""
+    t0 = time.perf_counter()
+    postgres.ensure_tables()
+    source = postgres.read_period(
+        "price_indicators",
+        start,
+        end,
+        columns=["coin_id", "symbol", "ts", "price", "change_5min"],
+        where="change_5min IS NOT NULL",
+    )
+    if source.empty:
+        movers = ind.compute_movers(source)
+    else:
+        movers = spark_to_pandas(movers_dataframe(spark, source))
+    postgres.replace_period("market_movers", movers, start, end, ts_column="snapshot_ts")
+    seconds = time.perf_counter() - t0
+    logger.info(
+        "market_movers %s .. %s: %d rows for %d snapshots, %.2fs",
+        start.isoformat(),
+        end.isoformat(),
+        len(movers),
+        movers["snapshot_ts"].nunique(),
+        seconds,
+    )
+    return MoversRefresh(start, end, movers, seconds)
+
+
+def movers_markdown(movers: pd.DataFrame) -> str:
+    """Markdown table of the latest snapshot's gainers and losers."""
+    if movers.empty:
+        return "_no snapshot with a 5-minute change in this period_"
+    latest = movers["snapshot_ts"].max()
+    snap = movers[movers["snapshot_ts"] == latest].sort_values(["direction", "rank"])
+    lines = [
+        f"Snapshot {pd.Timestamp(latest).isoformat()}",
+        "",
+        "| direction | rank | coin | symbol | change_5min % | price |",
+        "|---|---:|---|---|---:|---:|",
+    ]
+    for row in snap.itertuples(index=False):
+        lines.append(
+            f"| {row.direction} | {row.rank} | {row.coin_id} | {row.symbol} | "
+            f"{row.change_5min:+.4f} | {row.price:.8g} |"
+        )
+    return "\n".join(lines)
+
+
+def movers_metadata(result: MoversRefresh) -> dict[str, Any]:
+    movers = result.rows
+    meta: dict[str, Any] = {
+        "rows": dg.MetadataValue.int(len(movers)),
+        "snapshots": dg.MetadataValue.int(int(movers["snapshot_ts"].nunique())),
+        "period_start": dg.MetadataValue.timestamp(result.start),
+        "period_end": dg.MetadataValue.timestamp(result.end),
+        "refresh_seconds": dg.MetadataValue.float(round(result.seconds, 3)),
+        "latest_top_movers": dg.MetadataValue.md(movers_markdown(movers)),
+    }
+    if len(movers):
+        latest = movers[movers["snapshot_ts"] == movers["snapshot_ts"].max()]
+        meta["latest_snapshot"] = dg.MetadataValue.timestamp(
+            pd.Timestamp(latest["snapshot_ts"].iloc[0]).to_pydatetime()
+        )
+        for direction in ("gainer", "loser"):
+            top = latest[(latest["direction"] == direction) & (latest["rank"] == 1)]
+            if len(top):
+                meta[f"top_{direction}_change_5min"] = dg.MetadataValue.float(
+                    float(top["change_5min"].iloc[0])
+                )
+    return meta
+
+
+def build_market_movers(
+    partitions_def: dg.TimeWindowPartitionsDefinition = HOURLY,
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        name="market_movers",
+        deps=["price_indicators"],
+        partitions_def=partitions_def,
+        backfill_policy=backfill_policy(),
+        group_name="market_data",
+        kinds={"spark", "postgres"},
+        owners=["team:marketflow"],
+        tags={"domain": "crypto"},
+        metadata={"table": "market_movers", "primary_key": "(snapshot_ts, direction, rank)"},
+    )
+    def market_movers(
+        context: dg.AssetExecutionContext,
+        postgres: PostgresResource,
+        pyspark: PySparkResource,
+    ) -> dg.MaterializeResult:
+        """Top-5 gainers and losers by `change_5min` for every snapshot `ts`.
+
+        Among coins with a non-NULL `change_5min` at a snapshot: the 5 highest (`gainer`, rank 1
+        = highest) and the 5 lowest (`loser`, rank 1 = lowest), ties by `coin_id`. Read from the
+        same partition of `price_indicators`; written idempotently to table `market_movers`.
+        """
+        window = context.partition_time_window
+        result = refresh_movers(pyspark.spark_session, postgres, window.start, window.end)
+        return dg.MaterializeResult(metadata=movers_metadata(result))
+
+    return market_movers
+
+
+market_movers = build_market_movers()

@@ -1,0 +1,101 @@
+"""Spark glue for the indicator assets: read the raw window, apply the pure functions per group.
+
+All math lives in :mod:`marketflow_assets.indicators`; this module only decides which files to
+read and how the work is split: ``groupBy(id).applyInPandas(compute_indicators)`` for the
+indicators (each coin's rows with its prior state), ``groupBy(ts).applyInPandas(compute_movers)``
+for the movers (each snapshot independently).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from marketflow_assets import indicators as ind
+from marketflow_assets.assets.raw_prices import list_raw_files
+from marketflow_assets.schema import INDICATOR_COLUMNS, MOVER_COLUMNS, RAW_COLUMNS, spark_ddl
+
+RAW_READ_DDL = spark_ddl(tuple(c for c in RAW_COLUMNS if c[0] in ind.RAW_INPUT_COLUMNS))
+_SQL_TO_SPARK = {"text": "string", "double": "double", "timestamptz": "timestamp", "int": "int"}
+
+
+def _ddl(columns: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"`{name}` {_SQL_TO_SPARK[kind.split()[0]]}" for name, kind in columns)
+
+
+INDICATOR_DDL = _ddl(INDICATOR_COLUMNS)
+MOVER_DDL = _ddl(MOVER_COLUMNS)
+
+
+def read_raw_window(spark, raw_dir: Path, start: datetime, end: datetime):
+    """Spark DataFrame of raw rows with ``ts`` in ``[start - 300 s, end)``, or None if no file.
+
+    Only the ``date=`` directories and streaming files overlapping the window are opened.
+    """
+    import pyspark.sql.functions as F
+
+    lookback = ind.lookback_start(pd.Timestamp(start)).to_pydatetime()
+    files = list_raw_files(raw_dir, lookback, end)
+    if not files:
+        return None
+    frame = spark.read.schema(RAW_READ_DDL).parquet(*(str(f.path) for f in files))
+    return frame.where(
+        (F.col("ts") >= F.lit(lookback))
+        & (F.col("ts") < F.lit(pd.Timestamp(end).to_pydatetime()))
+        & F.col("current_price").isNotNull()
+    ).select(*ind.RAW_INPUT_COLUMNS)
+
+
+def _plain_state(state: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
+    """State rows as plain Python values (cheap to ship to the Python workers)."""
+    if state is None or state.empty:
+        return {}
+    out = {}
+    for row in state.to_dict("records"):
+        out[row["coin_id"]] = {
+            "ref_ts": None if pd.isna(row["ref_ts"]) else int(ind.to_ns(row["ref_ts"])),
+            "ref_price": None if pd.isna(row["ref_price"]) else float(row["ref_price"]),
+            "ema_ts": None if pd.isna(row["ema_ts"]) else int(ind.to_ns(row["ema_ts"])),
+            "ema_3min": None if pd.isna(row["ema_3min"]) else float(row["ema_3min"]),
+        }
+    return out
+
+
+def indicators_dataframe(raw_df, state: pd.DataFrame | None, start: datetime, end: datetime):
+    """Spark DataFrame of ``price_indicators`` rows for ``[start, end)`` (lazy)."""
+    states = _plain_state(state)
+    start_ns, end_ns = int(ind.to_ns(start)), int(ind.to_ns(end))
+
+    def per_coin(pdf: pd.DataFrame) -> pd.DataFrame:
+        coin = pdf["id"].iloc[0]
+        coin_state = {coin: states[coin]} if coin in states else None
+        return ind.compute_indicators(pdf, coin_state, start=start_ns, end=end_ns)
+
+    return raw_df.groupBy("id").applyInPandas(per_coin, schema=INDICATOR_DDL)
+
+
+def movers_dataframe(spark, indicators: pd.DataFrame):
+    """Spark DataFrame of ``market_movers`` rows for the given indicator rows (lazy)."""
+    cols = ["coin_id", "symbol", "ts", "price", "change_5min"]
+    eligible = indicators.loc[indicators["change_5min"].notna(), cols]
+    frame = spark.createDataFrame(
+        eligible,
+        schema="coin_id string, symbol string, ts timestamp, price double, change_5min double",
+    )
+
+    def per_snapshot(pdf: pd.DataFrame) -> pd.DataFrame:  # one argument: the group's rows
+        return ind.compute_movers(pdf)
+
+    return frame.groupBy("ts").applyInPandas(per_snapshot, schema=MOVER_DDL)
+
+
+def spark_to_pandas(frame) -> pd.DataFrame:
+    """Collect a Spark DataFrame through Arrow; timestamps become tz-aware UTC."""
+    out = frame.toPandas()
+    for name in out.columns:
+        if pd.api.types.is_datetime64_any_dtype(out[name]) and out[name].dt.tz is None:
+            out[name] = out[name].dt.tz_localize("UTC")
+    return out

@@ -1,0 +1,34 @@
+"""Resources of the Marketflow code location, configured from the environment.
+
+* ``postgres`` - the indicator database (``MARKETFLOW_POSTGRES_URL``),
+* ``raw_data`` - the raw Parquet dataset root (``MARKETFLOW_DATA_DIR``),
+* ``pyspark`` - a Spark session with :func:`marketflow_assets.spark.spark_conf` (master from
+  ``MARKETFLOW_SPARK_MASTER``, default ``local[*]``).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster_pyspark import PySparkResource
+
+from marketflow_assets.resources.postgres import PostgresResource
+from marketflow_assets.resources.raw_data import RawDataResource
+from marketflow_assets.spark import ensure_pyspark_python, spark_conf
+
+ensure_pyspark_python()  # Spark's Python workers must run this interpreter (the venv)
+
+
+def build_resources(
+    postgres_url: str | dg.EnvVar | None = None, data_dir: str | dg.EnvVar | None = None
+) -> dict[str, dg.ConfigurableResource]:
+    """Resource dict; defaults read the environment at run time (``dg.EnvVar``)."""
+    return {
+        "postgres": PostgresResource(url=postgres_url or dg.EnvVar("MARKETFLOW_POSTGRES_URL")),
+        "raw_data": RawDataResource(data_dir=data_dir or dg.EnvVar("MARKETFLOW_DATA_DIR")),
+        "pyspark": PySparkResource(spark_config=spark_conf()),
+    }
+
+
+RESOURCES = build_resources()
+
+__all__ = ["RESOURCES", "PostgresResource", "RawDataResource", "build_resources"]
