@@ -113,7 +113,7 @@ def check_state(instance: dg.DagsterInstance, record) -> tuple[str | None, str]:
     # PLANNED: still running, or its run ended without an evaluation (the check raised).
     run = instance.get_run_by_id(record.run_id) if record.run_id else None
     if run is not None and run.is_finished:
-        return EXECUTION_FAILED, f"the check raised an error in run {record.run_id}"
+        return EXECUTION_FAILED, f"The check raised: {_failure(instance, record.run_id)[1]}"
     return None, ""
 
 
@@ -139,15 +139,26 @@ def check_alerts(
     return alerts
 
 
-def _job_key(run: dg.DagsterRun) -> str:
-    if run.job_name.startswith("__"):  # ad-hoc materializations: key by what they materialize
-        keys = sorted(k.to_user_string() for k in (run.asset_selection or ()))
-        return f"job:{run.job_name}[{','.join(keys)}]"
-    return f"job:{run.job_name}"
+def _job_key(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """Named jobs by name; ad-hoc materializations (``__ASSET_JOB`` etc.) by the steps they ran,
+    so a failing check run is not "resolved" by an unrelated materialization."""
+    if not run.job_name.startswith("__"):
+        return f"job:{run.job_name}"
+    started = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+    steps = sorted({e.step_key for e in started if e.step_key})
+    return f"job:{run.job_name}[{','.join(steps)}]"
+
+
+def _root_message(error) -> str:
+    """First line of the innermost cause (e.g. the driver's error, not Dagster's wrapper)."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    text = (error.message or "").strip()
+    return text.splitlines()[0] if text else error.cls_name or "unknown error"
 
 
 def _failure(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, str]:
-    """(failed only by blocking checks, first error message) of a failed run."""
+    """(failed only by blocking checks, root error message) of a failed run."""
     failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     errors = [
         e.dagster_event.step_failure_data.error
@@ -157,10 +168,11 @@ def _failure(instance: dg.DagsterInstance, run_id: str) -> tuple[bool, str]:
     errors = [e for e in errors if e is not None]
     only_checks = bool(errors) and all(e.cls_name == _CHECK_FAILED_ERROR for e in errors)
     if errors:
-        return only_checks, errors[0].message.strip().splitlines()[0]
+        step = failures[0].step_key or "a step"
+        return only_checks, f"{step}: {_root_message(errors[0])}"
     run_failures = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
-    message = run_failures[-1].message if run_failures else "no error recorded"
-    return False, message.strip().splitlines()[0] if message.strip() else "no error recorded"
+    message = (run_failures[-1].message or "").strip() if run_failures else ""
+    return False, message.splitlines()[0] if message else "no error recorded"
 
 
 def _aware(dt: datetime) -> datetime:
@@ -182,7 +194,7 @@ def run_alerts(
     for record in records:
         newest = max(newest, _aware(record.update_timestamp))
         run = record.dagster_run
-        key = _job_key(run)
+        key = _job_key(instance, run)
         previous = known.get(key, RUN_OK)
         if run.status == dg.DagsterRunStatus.SUCCESS:
             if previous != RUN_OK:
