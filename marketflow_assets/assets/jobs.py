@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from marketflow_assets.assets.partitions import HOURLY, PARTITION_FMT
+from marketflow_assets.assets.partitions import PARTITION_FMT
 
 INDICATOR_ASSETS = dg.AssetSelection.assets("price_indicators", "market_movers")
 
 refresh_indicators_job = dg.define_asset_job(
     "refresh_indicators_job",
     selection=INDICATOR_ASSETS,
-    partitions_def=HOURLY,
     description="Recompute price_indicators and market_movers for a partition (range), in order.",
     tags={"marketflow/pipeline": "indicators"},
 )
