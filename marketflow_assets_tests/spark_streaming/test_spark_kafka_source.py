@@ -1,0 +1,166 @@
+"""The Python Kafka source against the real (embedded Tansu) broker -- no Spark JVM needed:
+offset planning, true end offsets, broker reset, availableNow target, read ranges."""
+
+from __future__ import annotations
+
+import os
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
+
+from spark_streaming.kafka_source import KafkaOffsetProbe, KafkaStreamReader, read_range
+
+EMBEDDED = not os.environ.get("MARKETFLOW_KAFKA_BOOTSTRAP")
+
+
+def produce(bootstrap: str, topic: str, n: int, partition: int | None = None) -> list[int]:
+    """Send ``n`` records in as few broker batches as possible; return their offsets."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=200)
+    futures = [
+        producer.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode(), partition=partition)
+        for i in range(n)
+    ]
+    producer.flush()
+    offsets = [f.get(timeout=30).offset for f in futures]
+    producer.close()
+    return offsets
+
+
+def reader(bootstrap: str, topic: str, **options: str) -> KafkaStreamReader:
+    return KafkaStreamReader({"kafka.bootstrap.servers": bootstrap, "subscribe": topic, **options})
+
+
+def read_all(r: KafkaStreamReader, start: dict, end: dict) -> list[tuple]:
+    rows = []
+    for part in r.partitions(start, end):
+        rows.extend(r.read(part))
+    return rows
+
+
+def test_probe_finds_the_true_end_offset(kafka_bootstrap, new_topic):
+    topic = new_topic("src_end")
+    offsets = produce(kafka_bootstrap, topic, 25, partition=0)
+    assert offsets == list(range(25))
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=None)
+    reported = consumer.end_offsets([TopicPartition(topic, 0)])[TopicPartition(topic, 0)]
+    consumer.close()
+    if EMBEDDED:
+        # The Tansu quirk this source works around: the last record batch is not counted.
+        assert reported < 25
+    probe = KafkaOffsetProbe(kafka_bootstrap, topic)
+    try:
+        assert probe.partitions() == [0]
+        assert probe.end_offsets([0]) == {0: 25}
+        assert probe.beginning_offsets([0]) == {0: 0}
+    finally:
+        probe.close()
+
+
+def test_reader_reads_every_record_once_across_partitions(kafka_bootstrap, new_topic):
+    topic = new_topic("src_all", partitions=2)
+    produce(kafka_bootstrap, topic, 12, partition=0)
+    produce(kafka_bootstrap, topic, 7, partition=1)
+    r = reader(kafka_bootstrap, topic)
+    try:
+        start = r.initialOffset()
+        assert start == {topic: {"0": 0, "1": 0}}
+        end = r.latestOffset(start, ReadAllAvailable())
+        assert end == {topic: {"0": 12, "1": 7}}
+        parts = r.partitions(start, end)
+        assert sorted((p.partition, p.start, p.end) for p in parts) == [(0, 0, 12), (1, 0, 7)]
+        rows = read_all(r, start, end)
+        assert sorted((row[3], row[4]) for row in rows) == [(0, i) for i in range(12)] + [
+            (1, i) for i in range(7)
+        ]
+        assert all(row[2] == topic and row[0].startswith(b"k") for row in rows)
+        # Nothing new: the latest offset equals the start, no partitions planned.
+        assert r.latestOffset(end, ReadAllAvailable()) == end
+        assert r.partitions(end, end) == []
+        # More data continues exactly where the last batch ended.
+        produce(kafka_bootstrap, topic, 3, partition=1)
+        end2 = r.latestOffset(end, ReadAllAvailable())
+        assert end2 == {topic: {"0": 12, "1": 10}}
+        assert [(row[3], row[4]) for row in read_all(r, end, end2)] == [(1, 7), (1, 8), (1, 9)]
+    finally:
+        r.stop()
+
+
+def test_read_limit_splits_batches_without_gaps(kafka_bootstrap, new_topic):
+    topic = new_topic("src_limit")
+    produce(kafka_bootstrap, topic, 23, partition=0)
+    r = reader(kafka_bootstrap, topic, maxOffsetsPerTrigger="10")
+    try:
+        assert r.getDefaultReadLimit() == ReadMaxRows(10)
+        start, seen = r.initialOffset(), []
+        for _ in range(5):
+            end = r.latestOffset(start, ReadMaxRows(10))
+            if end == start:
+                break
+            batch = read_all(r, start, end)
+            assert len(batch) <= 10
+            seen += [row[4] for row in batch]
+            start = end
+        assert seen == list(range(23))
+    finally:
+        r.stop()
+
+
+def test_broker_reset_restarts_from_earliest(kafka_bootstrap, new_topic):
+    """A checkpoint from before a (memory-only) broker restart points beyond the topic's end."""
+    topic = new_topic("src_reset")
+    produce(kafka_bootstrap, topic, 5, partition=0)
+    r = reader(kafka_bootstrap, topic)
+    try:
+        stale = {topic: {"0": 1000}}
+        end = r.latestOffset(stale, ReadAllAvailable())
+        assert end == {topic: {"0": 5}}
+        parts = r.partitions(stale, end)
+        assert [(p.partition, p.start, p.end) for p in parts] == [(0, 0, 5)]
+        assert [row[4] for row in read_all(r, stale, end)] == list(range(5))
+    finally:
+        r.stop()
+
+
+def test_missing_topic_idles_then_starts_at_earliest(kafka_bootstrap, new_topic):
+    r = reader(kafka_bootstrap, "does_not_exist_yet_" + os.urandom(4).hex())
+    try:
+        start = r.initialOffset()
+        assert start == {r.topic: {}}
+        assert r.latestOffset(start, ReadAllAvailable()) == start
+    finally:
+        r.stop()
+
+
+def test_available_now_stops_at_the_target(kafka_bootstrap, new_topic):
+    topic = new_topic("src_target")
+    produce(kafka_bootstrap, topic, 6, partition=0)
+    r = reader(kafka_bootstrap, topic, startingOffsets="earliest")
+    try:
+        start = r.initialOffset()
+        r.prepareForTriggerAvailableNow()
+        produce(kafka_bootstrap, topic, 4, partition=0)  # arrives after the target was fixed
+        end = r.latestOffset(start, ReadAllAvailable())
+        assert end == {topic: {"0": 6}}
+        assert r.latestOffset(end, ReadAllAvailable()) == end
+    finally:
+        r.stop()
+
+
+def test_starting_offsets_latest_skips_existing(kafka_bootstrap, new_topic):
+    topic = new_topic("src_latest")
+    produce(kafka_bootstrap, topic, 9, partition=0)
+    r = reader(kafka_bootstrap, topic, startingOffsets="latest")
+    try:
+        assert r.initialOffset() == {topic: {"0": 9}}
+    finally:
+        r.stop()
+
+
+def test_read_range_is_bounded(kafka_bootstrap, new_topic):
+    from spark_streaming.kafka_source import KafkaRange
+
+    topic = new_topic("src_range")
+    produce(kafka_bootstrap, topic, 30, partition=0)
+    rows = list(read_range(KafkaRange(kafka_bootstrap, topic, 0, 11, 19)))
+    assert [row[4] for row in rows] == list(range(11, 19))
+    assert rows[0][1] == b"v11" and rows[0][5].tzinfo is not None
