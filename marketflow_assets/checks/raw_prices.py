@@ -1,25 +1,25 @@
 """Data-quality checks on the external ``raw_prices`` Parquet dataset.
 
 The dataset is written outside Dagster by the Spark streaming job
-(``$MARKETFLOW_DATA_DIR/raw_prices/date=YYYY-MM-DD/*.parquet``). Readers here honour Spark's
-file-sink log (``_spark_metadata``) when present, so files of an uncommitted micro-batch are
-never counted, and read only the ``date=`` partitions that overlap the checked window.
+(``$MARKETFLOW_DATA_DIR/raw_prices/date=YYYY-MM-DD/*.parquet``); files are listed with the
+assets' own helper (:func:`marketflow_assets.assets.raw_prices.list_raw_files`), which prunes by
+day directory and by the ``ts`` range in the streaming job's file names, so a check of the last
+hour opens only that hour's files.
 
 ``*_outcome(df, window)`` are plain functions over a pandas DataFrame (columns ``id``,
 ``current_price``, ``ts``); one ``@dg.multi_asset_check`` reads the window once and reports all
 three checks.
 """
 
-import json
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from marketflow_assets.assets.raw_prices import list_raw_files, raw_days
 from marketflow_assets.checks.common import (
     Outcome,
     Window,
@@ -30,7 +30,6 @@ from marketflow_assets.checks.common import (
     sample_table,
 )
 from marketflow_assets.resources.raw_data import RawDataResource
-from marketflow_assets.schema import RAW_PARTITION_COLUMN
 
 log = logging.getLogger(__name__)
 
@@ -45,57 +44,8 @@ REFERENCE_LOOKBACK = timedelta(minutes=10)
 
 
 # ------------------------------------------------------------------------------------------
-# Reading the dataset
+# Reading the dataset (file listing shared with the assets: assets/raw_prices.py)
 # ------------------------------------------------------------------------------------------
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
-
-
-def committed_files(raw_dir: Path) -> set[Path] | None:
-    """Files listed as added in Spark's ``_spark_metadata`` log (None when there is no log)."""
-    log_dir = raw_dir / "_spark_metadata"
-    if not log_dir.is_dir():
-        return None
-    added: set[Path] = set()
-    deleted: set[Path] = set()
-    for entry in log_dir.iterdir():
-        if entry.name.startswith(".") or not entry.name.split(".")[0].isdigit():
-            continue
-        for line in entry.read_text().splitlines()[1:]:  # first line is the version ("v1")
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            path = Path(unquote(urlsplit(record["path"]).path))
-            (deleted if record.get("action") == "delete" else added).add(path)
-    return added - deleted
-
-
-def date_partitions(raw_dir: Path) -> list[tuple[str, Path]]:
-    """``(YYYY-MM-DD, dir)`` for every ``date=`` partition, oldest first."""
-    if not raw_dir.is_dir():
-        return []
-    prefix = RAW_PARTITION_COLUMN + "="
-    parts = [
-        (p.name[len(prefix) :], p)
-        for p in raw_dir.iterdir()
-        if p.is_dir() and p.name.startswith(prefix)
-    ]
-    return sorted(parts)
-
-
-def parquet_files(raw_dir: Path, partition_dirs: list[Path]) -> list[Path]:
-    committed = committed_files(raw_dir)
-    files = []
-    for directory in partition_dirs:
-        for path in sorted(directory.rglob("*.parquet")):
-            if _hidden(path, raw_dir):
-                continue
-            if committed is not None and path.resolve() not in committed and path not in committed:
-                continue
-            files.append(path)
-    return files
-
-
 def _to_utc(series: pd.Series) -> pd.Series:
     ts = pd.to_datetime(series)
     return ts.dt.tz_localize(UTC) if ts.dt.tz is None else ts.dt.tz_convert(UTC)
@@ -116,19 +66,26 @@ def read_files(files: list[Path], columns: tuple[str, ...] = COLUMNS) -> pd.Data
 
 
 def newest_raw_ts(raw_dir: Path) -> datetime | None:
-    """Newest ``ts`` in the dataset: max over the newest non-empty ``date=`` partition."""
-    for _, directory in reversed(date_partitions(raw_dir)):
-        df = read_files(parquet_files(raw_dir, [directory]), columns=("ts",))
+    """Newest ``ts`` in the dataset, from the newest non-empty ``date=`` partition.
+
+    Files named by the streaming job carry their max ``ts`` in the name (no read); other files
+    are read (``ts`` column only).
+    """
+    for day in reversed(raw_days(raw_dir)):
+        start = datetime.combine(day, time(), UTC)
+        files = list_raw_files(raw_dir, start, start + timedelta(days=1))
+        newest = [f.max_ts for f in files if f.max_ts is not None]
+        df = read_files([f.path for f in files if f.max_ts is None], columns=("ts",))
         if len(df) and df["ts"].notna().any():
-            return df["ts"].max().to_pydatetime()
+            newest.append(df["ts"].max().to_pydatetime())
+        if newest:
+            return max(newest)
     return None
 
 
 def read_window(raw_dir: Path, start: datetime, end: datetime) -> pd.DataFrame:
-    """Rows with ``start <= ts < end`` (reads only the overlapping ``date=`` partitions)."""
-    first, last = start.astimezone(UTC).date().isoformat(), end.astimezone(UTC).date().isoformat()
-    dirs = [d for day, d in date_partitions(raw_dir) if first <= day <= last]
-    df = read_files(parquet_files(raw_dir, dirs))
+    """Rows with ``start <= ts < end`` (opens only files that may hold such rows)."""
+    df = read_files([f.path for f in list_raw_files(raw_dir, start, end)])
     if not len(df):
         return df
     return df[(df["ts"] >= start) & (df["ts"] < end)].reset_index(drop=True)

@@ -53,22 +53,30 @@ def make_raw(
     return df
 
 
-def write_raw(data_dir: Path, df: pd.DataFrame) -> list[Path]:
-    """Write ``df`` like the Spark job does: ``raw_prices/date=YYYY-MM-DD/part-*.parquet``, one
-    file per poll (micro-batch)."""
+def _micros(ts: pd.Timestamp) -> int:
+    return int(ts.value // 1000)
+
+
+def write_raw(data_dir: Path, df: pd.DataFrame, streaming_names: bool = True) -> list[Path]:
+    """Write ``df`` like the Spark job does: ``raw_prices/date=YYYY-MM-DD/``, one file per poll
+    (micro-batch), named ``part-<uuid>-b<batch>-<k>-<min ts µs>-<max ts µs>.parquet`` like
+    spark_streaming/kafka_streaming.py — or ``part-<uuid>.snappy.parquet`` (another writer)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     paths = []
-    for ts, poll in df.groupby("ts"):
+    for batch, (ts, poll) in enumerate(df.groupby("ts")):
         directory = data_dir / "raw_prices" / f"date={ts.date().isoformat()}"
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"part-{uuid.uuid4().hex}.snappy.parquet"
+        if streaming_names:
+            name = f"part-{uuid.uuid4().hex}-b{batch}-0-{_micros(ts)}-{_micros(ts)}.parquet"
+        else:
+            name = f"part-{uuid.uuid4().hex}.snappy.parquet"
         table = pa.Table.from_pandas(
             poll[list(RAW_COLUMN_NAMES)], schema=raw_arrow_schema(), preserve_index=False
         )
-        pq.write_table(table, path)
-        paths.append(path)
+        pq.write_table(table, directory / name)
+        paths.append(directory / name)
     return paths
 
 
