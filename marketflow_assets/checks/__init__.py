@@ -7,7 +7,7 @@
   ``market_movers`` in the same run), ``sma_within_window_range``, ``volatility_non_negative``;
 * ``market_movers``: ``at_most_five_per_direction``, ``movers_sorted``;
 * ``monitoring_checks_sensor`` evaluates freshness + raw checks every minute (no runs);
-  ``monitoring_checks_job`` runs the same checks on demand;
+  ``monitoring_checks_job`` runs the same checks on demand, ``all_checks_job`` every check;
 * ``marketflow_alert_sensor`` alerts once per check/job state change (log + optional webhook).
 """
 
@@ -33,8 +33,18 @@ monitoring_checks_job = dg.define_asset_job(
     tags={"marketflow/kind": "checks"},
 )
 
+all_checks_job = dg.define_asset_job(
+    "all_checks_job",
+    selection=dg.AssetSelection.all_asset_checks(),
+    description=(
+        "Every asset check on the latest data (MARKETFLOW_CHECK_WINDOW_HOURS), without"
+        " materializing anything."
+    ),
+    tags={"marketflow/kind": "checks"},
+)
+
 defs = dg.Definitions(
     asset_checks=ASSET_CHECKS,
     sensors=[monitoring_checks_sensor, marketflow_alert_sensor],
-    jobs=[monitoring_checks_job],
+    jobs=[monitoring_checks_job, all_checks_job],
 )
