@@ -3,8 +3,8 @@
 A partition ``[start, end)`` is refreshed incrementally (see :mod:`marketflow_assets.indicators`):
 Spark reads only the raw rows in ``[start - 300 s, end)`` (pruned by ``date=`` directory and file
 name), the per-coin state before ``start`` comes from ``price_indicators`` itself (two indexed
-lookups per coin), the pure function runs per coin with ``applyInPandas``, and the rows replace
-the period in one transaction. Cost depends on the partition, not on the history.
+lookups per coin), the pure function runs on buckets of coins with ``applyInPandas``, and the
+rows replace the period in one transaction. Cost depends on the partition, not on the history.
 """
 
 import logging
@@ -57,10 +57,8 @@ def refresh_indicators(
     if raw_df is None:
         rows = ind.compute_indicators(pd.DataFrame(columns=list(ind.RAW_INPUT_COLUMNS)))
     else:
-        coins = [r[0] for r in raw_df.select("id").distinct().collect()]
-        timings["list_coins"] = time.perf_counter() - t0
-        state = postgres.fetch_indicator_state(coins, start, ind.lookback_start(start))
-        timings["read_state"] = time.perf_counter() - t0 - sum(timings.values())
+        state = postgres.fetch_indicator_state(None, start, ind.lookback_start(start))
+        timings["read_state"] = time.perf_counter() - t0
         rows = spark_to_pandas(indicators_dataframe(raw_df, state, start, end))
         timings["compute"] = time.perf_counter() - t0 - sum(timings.values())
     postgres.replace_period("price_indicators", rows, start, end)

@@ -100,3 +100,52 @@ def list_raw_files(
                 continue
             files.append(RawFile(entry, day, lo, hi, stat.st_mtime_ns, stat.st_size))
     return sorted(files, key=lambda f: str(f.path))
+
+
+def file_ts_range(raw_file: RawFile) -> tuple[datetime, datetime] | None:
+    """(min, max) ``ts`` of one file: from its name, else Parquet statistics, else its data."""
+    if raw_file.min_ts is not None and raw_file.max_ts is not None:
+        return raw_file.min_ts, raw_file.max_ts
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(raw_file.path).metadata
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        if "ts" in names and meta.num_row_groups:
+            idx = names.index("ts")
+            lows, highs = [], []
+            for g in range(meta.num_row_groups):
+                stats = meta.row_group(g).column(idx).statistics
+                if stats is None or not stats.has_min_max:
+                    break
+                lows.append(stats.min)
+                highs.append(stats.max)
+            else:
+                if lows and all(isinstance(v, datetime) for v in lows + highs):
+                    return _as_utc(min(lows)), _as_utc(max(highs))
+        column = pq.read_table(raw_file.path, columns=["ts"]).column("ts")
+    except (OSError, ValueError, KeyError):  # unreadable or foreign file: ignore it here
+        return None
+    if column.null_count == len(column):
+        return None
+    bounds = pc.min_max(column).as_py()
+    return _as_utc(bounds["min"]), _as_utc(bounds["max"])
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def raw_time_range(
+    raw_dir: Path, files: list[RawFile] | None = None
+) -> tuple[datetime, datetime] | None:
+    """(oldest, newest) ``ts`` in the dataset (or in ``files``), None when there is no row."""
+    lo = hi = None
+    for raw_file in list_raw_files(raw_dir) if files is None else files:
+        bounds = file_ts_range(raw_file)
+        if bounds is None:
+            continue
+        lo = bounds[0] if lo is None else min(lo, bounds[0])
+        hi = bounds[1] if hi is None else max(hi, bounds[1])
+    return None if lo is None else (lo, hi)

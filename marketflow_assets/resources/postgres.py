@@ -6,8 +6,9 @@ Besides connections it owns the few SQL statements the assets need, so that asse
   refresh continues from (two ``LATERAL ... ORDER BY ts DESC LIMIT 1`` lookups on the primary key
   ``(coin_id, ts)``: cost independent of the table's history);
 * :meth:`PostgresResource.replace_period` - idempotent bulk write of one period: ``COPY`` into a
-  temporary staging table, then ``DELETE`` the period and ``INSERT ... ON CONFLICT DO UPDATE``,
-  all in one transaction serialised per table by an advisory lock;
+  temporary staging table, then ``DELETE`` the period's rows that changed or vanished and
+  ``INSERT ... ON CONFLICT DO UPDATE`` the new ones, in one transaction serialised per table by an
+  advisory lock;
 * :meth:`PostgresResource.read_period` - rows of one period, for downstream assets.
 """
 
@@ -23,9 +24,9 @@ import pandas as pd
 
 from marketflow_assets.schema import TABLES, column_names, create_all_sql
 
-STATE_SQL = """
+_STATE_LOOKUPS = """
 SELECT c.coin_id, r.ts AS ref_ts, r.price AS ref_price, e.ts AS ema_ts, e.ema_3min
-FROM unnest(%(coins)s::text[]) AS c(coin_id)
+FROM {coins} AS c(coin_id)
 LEFT JOIN LATERAL (
     SELECT p.ts, p.price FROM price_indicators p
     WHERE p.coin_id = c.coin_id AND p.ts < %(ref_before)s
@@ -38,6 +39,19 @@ LEFT JOIN LATERAL (
 ) e ON true
 WHERE e.ts IS NOT NULL
 """
+#: State of the given coins (``%(coins)s``: text array).
+STATE_SQL = _STATE_LOOKUPS.format(coins="unnest(%(coins)s::text[])")
+#: State of every stored coin: the distinct coin_ids come from a loose index scan of the primary
+#: key (one probe per coin), so the cost does not grow with the history either.
+ALL_COINS_STATE_SQL = """
+WITH RECURSIVE stored(coin_id) AS (
+    (SELECT coin_id FROM price_indicators ORDER BY coin_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT p.coin_id FROM price_indicators p WHERE p.coin_id > s.coin_id
+            ORDER BY p.coin_id LIMIT 1)
+    FROM stored s WHERE s.coin_id IS NOT NULL
+)
+""" + _STATE_LOOKUPS.format(coins="(SELECT coin_id FROM stored WHERE coin_id IS NOT NULL)")
 
 
 def _utc(value: datetime | pd.Timestamp) -> pd.Timestamp:
@@ -69,24 +83,25 @@ class PostgresResource(dg.ConfigurableResource):
                 cur.execute(statement)
 
     def fetch_indicator_state(
-        self, coin_ids: Sequence[str], start: datetime, lookback_start: datetime
+        self, coin_ids: Sequence[str] | None, start: datetime, lookback_start: datetime
     ) -> pd.DataFrame:
         """Per coin: last stored row before ``lookback_start`` (``ref_ts``, ``ref_price``) and
         last stored ``(ts, ema_3min)`` before ``start`` (``ema_ts``, ``ema_3min``).
 
-        Coins without any stored row before ``start`` are omitted. Columns are
+        ``coin_ids=None`` means every stored coin. Coins without any stored row before ``start``
+        are omitted. Columns are
         ``indicators.STATE_COLUMNS``; times are tz-aware UTC.
         """
         columns = ["coin_id", "ref_ts", "ref_price", "ema_ts", "ema_3min"]
-        if not coin_ids:
+        if coin_ids is not None and not coin_ids:
             return pd.DataFrame(columns=columns)
         params = {
-            "coins": list(coin_ids),
+            "coins": list(coin_ids or []),
             "ref_before": _utc(lookback_start).to_pydatetime(),
             "ema_before": _utc(start).to_pydatetime(),
         }
         with self.get_connection() as conn, conn.cursor() as cur:
-            cur.execute(STATE_SQL, params)
+            cur.execute(STATE_SQL if coin_ids is not None else ALL_COINS_STATE_SQL, params)
             rows = cur.fetchall()
         frame = pd.DataFrame(rows, columns=columns)
         for col in ("ref_ts", "ema_ts"):
@@ -106,8 +121,10 @@ class PostgresResource(dg.ConfigurableResource):
         """Make ``table`` hold exactly ``frame``'s rows for ``ts_column`` in ``[start, end)``.
 
         One transaction: advisory lock per table, ``COPY`` into a temporary staging table,
-        ``DELETE`` the period, ``INSERT ... ON CONFLICT (key) DO UPDATE``. Re-running it with the
-        same frame leaves the table unchanged (idempotent). Returns the number of rows written.
+        ``DELETE`` the period's rows that are not in the new result, ``INSERT ... ON CONFLICT
+        (key) DO UPDATE`` the new or changed ones. Unchanged rows are not rewritten, so re-running
+        it with the same frame leaves the table untouched (idempotent, and cheap for the streaming
+        re-computation of the newest hour). Returns the number of rows inserted or updated.
         """
         columns = column_names(table)
         key = TABLES[table][1]
@@ -135,12 +152,19 @@ class PostgresResource(dg.ConfigurableResource):
             cur.copy_expert(
                 f"COPY _stage_{table} ({col_list}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf
             )
+            same_key = " AND ".join(f"s.{k} = t.{k}" for k in key)
+            same_row = f"({', '.join('s.' + c for c in columns)}) IS NOT DISTINCT FROM " + (
+                f"({', '.join('t.' + c for c in columns)})"
+            )
+            # rows of the period that are not in the new result, unchanged rows stay untouched
             cur.execute(
-                f"DELETE FROM {table} WHERE {ts_column} >= %s AND {ts_column} < %s",
+                f"DELETE FROM {table} t WHERE t.{ts_column} >= %s AND t.{ts_column} < %s "
+                f"AND NOT EXISTS (SELECT 1 FROM _stage_{table} s WHERE {same_key} AND {same_row})",
                 (_utc(start).to_pydatetime(), _utc(end).to_pydatetime()),
             )
             cur.execute(
-                f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM _stage_{table} "
+                f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM _stage_{table} s "
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {same_key}) "
                 f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
             )
             return cur.rowcount
