@@ -201,17 +201,19 @@ def read_range(part: KafkaRange) -> Iterator[tuple]:
 class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     """Micro-batch reader; its driver-side methods run in one long-lived Python process."""
 
-    def __init__(self, options: dict[str, str]):
-        self.bootstrap = options.get("kafka.bootstrap.servers") or options.get("bootstrap")
-        self.topic = options.get("subscribe") or options.get("topic")
+    def __init__(self, options):
+        # Spark hands options over case-insensitively (lower-cased keys); plain dicts work too.
+        opts = {str(k).lower(): v for k, v in dict(options).items()}
+        self.bootstrap = opts.get("kafka.bootstrap.servers") or opts.get("bootstrap")
+        self.topic = opts.get("subscribe") or opts.get("topic")
         if not self.bootstrap or not self.topic:
             raise ValueError("marketflow_kafka needs options kafka.bootstrap.servers and subscribe")
-        self.starting = (options.get("startingOffsets") or "earliest").lower()
+        self.starting = (opts.get("startingoffsets") or "earliest").lower()
         if self.starting not in ("earliest", "latest"):
             raise ValueError("startingOffsets must be 'earliest' or 'latest'")
-        max_offsets = options.get("maxOffsetsPerTrigger")
+        max_offsets = opts.get("maxoffsetspertrigger")
         self.max_offsets = int(max_offsets) if max_offsets else None
-        self.poll_timeout_ms = int(options.get("pollTimeoutMs") or 60000)
+        self.poll_timeout_ms = int(opts.get("polltimeoutms") or 60000)
         self._probe: KafkaOffsetProbe | None = None
         self._target: Offsets | None = None  # Trigger.AvailableNow target
         self._latest: Offsets | None = None
@@ -334,4 +336,4 @@ class KafkaDataSource(DataSource):
         return KAFKA_ROW_SCHEMA
 
     def streamReader(self, schema) -> DataSourceStreamReader:
-        return KafkaStreamReader(dict(self.options))
+        return KafkaStreamReader(self.options)
