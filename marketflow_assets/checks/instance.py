@@ -1,8 +1,9 @@
 """The PostgreSQL-backed Dagster instance used by ``marketflow up``.
 
-``deploy/dagster_postgres.yaml`` keeps runs, the event log and schedule/sensor state in
-PostgreSQL, reading the URL from ``MARKETFLOW_DAGSTER_PG_URL``; ``dagster.yaml`` in the repository
-root holds the same run settings on Dagster's SQLite default for a plain ``dagster dev``.
+``deploy/dagster_postgres.yaml`` keeps runs, the event log and schedule/sensor state in the
+Marketflow PostgreSQL (``MARKETFLOW_POSTGRES_URL``, which ``marketflow up`` always exports) through
+:class:`MarketflowPostgresStorage`; ``dagster.yaml`` in the repository root holds the same run
+settings on Dagster's SQLite default for a plain ``dagster dev``.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import shutil
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from dagster_postgres import DagsterPostgresStorage
+from dagster_postgres.utils import pg_url_from_config
+
 from marketflow_assets.settings import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POSTGRES_INSTANCE_YAML = REPO_ROOT / "deploy" / "dagster_postgres.yaml"
 SQLITE_INSTANCE_YAML = REPO_ROOT / "dagster.yaml"
-DAGSTER_PG_ENV = "MARKETFLOW_DAGSTER_PG_URL"
 
 
 def dagster_storage_url(postgres_url: str) -> str:
@@ -33,13 +36,27 @@ def dagster_storage_url(postgres_url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+psycopg2"))
 
 
-def prepare_dagster_home(home: Path, postgres_url: str | None) -> dict[str, str]:
-    """Write ``home/dagster.yaml`` (PostgreSQL storage when ``postgres_url`` is given, else the
-    SQLite default) and return the environment ``dagster dev`` needs."""
+class MarketflowPostgresStorage(DagsterPostgresStorage):
+    """dagster-postgres storage that accepts the plain ``postgresql://`` Marketflow URL.
+
+    Configured in ``deploy/dagster_postgres.yaml`` as ``storage: custom:`` with the same
+    ``postgres_url`` / ``postgres_db`` config as ``storage: postgres:``.
+    """
+
+    @classmethod
+    def from_config_value(cls, inst_data, config_value):
+        return cls(
+            inst_data=inst_data,
+            postgres_url=dagster_storage_url(pg_url_from_config(config_value)),
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+        )
+
+
+def prepare_dagster_home(home: Path, postgres: bool = True) -> dict[str, str]:
+    """Write ``home/dagster.yaml`` (PostgreSQL storage from ``MARKETFLOW_POSTGRES_URL``, or the
+    SQLite default) and return the environment ``dagster dev`` needs besides
+    ``MARKETFLOW_POSTGRES_URL``."""
     home.mkdir(parents=True, exist_ok=True)
-    source = POSTGRES_INSTANCE_YAML if postgres_url else SQLITE_INSTANCE_YAML
+    source = POSTGRES_INSTANCE_YAML if postgres else SQLITE_INSTANCE_YAML
     shutil.copyfile(source, home / "dagster.yaml")
-    env = {"DAGSTER_HOME": str(home)}
-    if postgres_url:
-        env[DAGSTER_PG_ENV] = dagster_storage_url(postgres_url)
-    return env
+    return {"DAGSTER_HOME": str(home)}

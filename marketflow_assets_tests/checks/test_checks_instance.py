@@ -36,13 +36,13 @@ def dagster_db(postgres_url):
 def test_postgres_instance_records_runs(
     tmp_path, dagster_db, resources, pg_clean, now, monkeypatch
 ):
-    env = prepare_dagster_home(tmp_path / "dagster_home", dagster_db)
-    assert env["MARKETFLOW_DAGSTER_PG_URL"].startswith("postgresql+psycopg2://")
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    env = prepare_dagster_home(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+    monkeypatch.setenv("MARKETFLOW_POSTGRES_URL", dagster_db)  # plain postgresql:// as `up` sets
     load_good_tables(pg_clean, make_raw(now))
 
     with dg.DagsterInstance.get() as instance:
+        assert type(instance.get_ref().storage).__name__ == "MarketflowPostgresStorage"
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
         assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
@@ -77,18 +77,17 @@ def test_postgres_instance_records_runs(
 
 
 def test_postgres_config_needs_its_env_var(tmp_path, monkeypatch):
-    prepare_dagster_home(tmp_path / "home", "postgresql://u:p@127.0.0.1:5432/db")
+    prepare_dagster_home(tmp_path / "home")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MARKETFLOW_DAGSTER_PG_URL", raising=False)
-    with pytest.raises(Exception, match="MARKETFLOW_DAGSTER_PG_URL"):
+    monkeypatch.delenv("MARKETFLOW_POSTGRES_URL", raising=False)
+    with pytest.raises(Exception, match="MARKETFLOW_POSTGRES_URL"):
         dg.DagsterInstance.get()
 
 
 def test_sqlite_default_without_postgres(tmp_path, monkeypatch):
-    env = prepare_dagster_home(tmp_path / "home", None)
-    assert set(env) == {"DAGSTER_HOME"}
+    env = prepare_dagster_home(tmp_path / "home", postgres=False)
     monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
-    monkeypatch.delenv("MARKETFLOW_DAGSTER_PG_URL", raising=False)
+    monkeypatch.delenv("MARKETFLOW_POSTGRES_URL", raising=False)
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "SqliteRunStorage"
         assert instance.run_retries_enabled
@@ -98,7 +97,11 @@ def test_both_configs_share_run_settings():
     postgres = yaml.safe_load(POSTGRES_INSTANCE_YAML.read_text())
     sqlite = yaml.safe_load(SQLITE_INSTANCE_YAML.read_text())
     assert postgres.pop("storage") == {
-        "postgres": {"postgres_url": {"env": "MARKETFLOW_DAGSTER_PG_URL"}}
+        "custom": {
+            "module": "marketflow_assets.checks.instance",
+            "class": "MarketflowPostgresStorage",
+            "config": {"postgres_url": {"env": "MARKETFLOW_POSTGRES_URL"}},
+        }
     }
     assert "storage" not in sqlite
     assert postgres == sqlite
