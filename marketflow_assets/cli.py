@@ -67,6 +67,7 @@ def configure_logging(debug: bool = False) -> None:
     )
     for noisy in ("kafka", "py4j", "urllib3", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("kafka.coordinator.consumer").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

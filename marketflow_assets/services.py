@@ -152,6 +152,7 @@ class EmbeddedKafka:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
+            start_new_session=True,  # a terminal's Ctrl-C must not kill it before its clients
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
         )
         log_file.close()

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +29,6 @@ logger = logging.getLogger("marketflow.up")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPARK_JOB = REPO_ROOT / "spark_streaming" / "kafka_streaming.py"
-DAGSTER_PG_TEMPLATE = REPO_ROOT / "deploy" / "dagster_postgres.yaml"
 SOURCES = ("auto", "coingecko", "replay", "simulate")
 
 
@@ -81,7 +79,11 @@ def resolve_source(args: argparse.Namespace, settings: Settings) -> str:
     return "simulate"
 
 
-def child_env(settings: Settings, args: argparse.Namespace, dagster_home: Path) -> dict[str, str]:
+def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
+    """Environment of every child: the resolved (embedded or real) services, absolute paths, and
+    a Dagster home whose instance stores runs and events in the same PostgreSQL."""
+    from marketflow_assets.checks.instance import prepare_dagster_home
+
     env = dict(os.environ)
     env.update(
         {
@@ -90,24 +92,13 @@ def child_env(settings: Settings, args: argparse.Namespace, dagster_home: Path) 
             "MARKETFLOW_POSTGRES_URL": settings.postgres_url or "",
             "MARKETFLOW_DATA_DIR": str(settings.data_dir),
             "MARKETFLOW_SPARK_MASTER": args.spark_master,
-            "DAGSTER_HOME": str(dagster_home),
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             "PYTHONUNBUFFERED": "1",
         }
     )
+    env.update(prepare_dagster_home(settings.data_dir / "dagster_home", settings.postgres_url))
     return env
-
-
-def prepare_dagster_home(settings: Settings) -> Path:
-    """``$MARKETFLOW_DATA_DIR/dagster_home`` with the Postgres-backed instance configuration."""
-    home = settings.data_dir / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    if DAGSTER_PG_TEMPLATE.is_file():
-        shutil.copyfile(DAGSTER_PG_TEMPLATE, home / "dagster.yaml")
-    else:
-        shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
-    return home
 
 
 def build_children(args, settings: Settings, source: str) -> list[Child]:
@@ -271,8 +262,7 @@ def _supervise(args, settings: Settings, stop_requested: threading.Event) -> int
 
     PostgresResource(url=settings.postgres_url).ensure_tables()
     source = resolve_source(args, settings)
-    dagster_home = prepare_dagster_home(settings)
-    env = child_env(settings, args, dagster_home)
+    env = child_env(settings, args)
     children = build_children(args, settings, source)
     try:
         for child in children:
