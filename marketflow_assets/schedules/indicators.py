@@ -1,0 +1,30 @@
+"""Schedule re-materializing the recent indicator partitions.
+
+Every 15 minutes one run recomputes the previous and the current hour (in order, one run), so rows
+that reached the raw dataset late, or while the automation sensor was off, are folded in without
+anyone watching. Idempotent writes make a run with nothing new a no-op on the tables.
+"""
+
+from datetime import timedelta
+
+import dagster as dg
+
+from marketflow_assets.assets.jobs import partition_key_for, refresh_indicators_job
+from marketflow_assets.sensors.automation import run_request_for
+
+RECENT_HOURS = 2
+
+
+@dg.schedule(
+    name="recent_indicators_schedule",
+    cron_schedule="*/15 * * * *",
+    execution_timezone="UTC",
+    job=refresh_indicators_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Every 15 min: recompute price_indicators + market_movers for the last 2 hours.",
+)
+def recent_indicators_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    now = context.scheduled_execution_time
+    first = partition_key_for(now - timedelta(hours=RECENT_HOURS - 1))
+    last = partition_key_for(now)
+    return run_request_for(first, last, run_key=f"recent-{now.isoformat()}")

@@ -1,0 +1,106 @@
+"""Automation: recompute the indicator partitions that new raw data touches, within seconds.
+
+Reads the ``raw_prices`` materializations reported by the observation sensor since its cursor,
+takes the hours their new rows fall in (``oldest_new_ts`` .. ``newest_ts``) and launches one run of
+``refresh_indicators_job`` over that partition range (normally just the current hour). Because a
+partition's EMA continues from its predecessor, a range always runs in time order inside one run.
+While such a run is still queued or running, the sensor waits and merges the new data into the next
+request, so runs never race on the same partitions.
+"""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from marketflow_assets.assets.jobs import (
+    partition_key_for,
+    partition_range_tags,
+    refresh_indicators_job,
+)
+from marketflow_assets.assets.partitions import HOURLY
+from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
+
+#: Longest range one automatic run covers; older late data is left to backfills / the schedule.
+MAX_AUTOMATIC_PARTITIONS = 48
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def _ts(metadata, key: str) -> datetime | None:
+    value = metadata.get(key)
+    if value is None:
+        return None
+    return datetime.fromtimestamp(float(value.value), tz=UTC)
+
+
+def partition_range(
+    oldest: datetime, newest: datetime, partitions_def=HOURLY
+) -> tuple[str, str] | None:
+    """First and last hourly partition key for new rows in ``[oldest, newest]`` (capped)."""
+    first_allowed = partitions_def.start
+    last_allowed = partitions_def.get_last_partition_window()
+    if last_allowed is None:
+        return None
+    newest = min(newest, last_allowed.start)
+    oldest = max(oldest, first_allowed, newest - timedelta(hours=MAX_AUTOMATIC_PARTITIONS - 1))
+    if oldest > newest:
+        return None
+    return partition_key_for(oldest), partition_key_for(newest)
+
+
+def run_request_for(first_key: str, last_key: str, run_key: str) -> dg.RunRequest:
+    if first_key == last_key:
+        return dg.RunRequest(run_key=run_key, partition_key=first_key)
+    return dg.RunRequest(run_key=run_key, tags=partition_range_tags(first_key, last_key))
+
+
+@dg.sensor(
+    name="indicators_follow_raw_prices",
+    description="Materializes the price_indicators/market_movers partitions holding newly "
+    "observed raw_prices rows (normally the current hour).",
+    job=refresh_indicators_job,
+    minimum_interval_seconds=10,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def indicators_follow_raw_prices(
+    context: dg.SensorEvaluationContext,
+) -> dg.SensorResult | dg.SkipReason:
+    after = int(json.loads(context.cursor)["storage_id"]) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=RAW_PRICES_KEY, after_storage_id=after),
+        limit=1000,
+        ascending=True,
+    ).records
+    if not records:
+        return dg.SkipReason("no new raw_prices data since the last run request")
+    in_flight = context.instance.get_runs(
+        filters=dg.RunsFilter(job_name=refresh_indicators_job.name, statuses=IN_FLIGHT), limit=1
+    )
+    if in_flight:
+        return dg.SkipReason(
+            f"run {in_flight[0].run_id} is still in flight; new data will follow it"
+        )
+    oldest = newest = None
+    for record in records:
+        metadata = record.asset_materialization.metadata
+        lo, hi = _ts(metadata, "oldest_new_ts"), _ts(metadata, "newest_ts")
+        if lo is None or hi is None:
+            continue
+        oldest = lo if oldest is None else min(oldest, lo)
+        newest = hi if newest is None else max(newest, hi)
+    cursor = json.dumps({"storage_id": records[-1].storage_id})
+    keys = None if oldest is None else partition_range(oldest, newest)
+    if keys is None:
+        return dg.SensorResult(
+            skip_reason="new raw files hold no rows in any partition", cursor=cursor
+        )
+    context.log.info(f"new raw data {oldest} .. {newest}: partitions {keys[0]} .. {keys[1]}")
+    return dg.SensorResult(
+        run_requests=[run_request_for(*keys, run_key=f"raw_prices-{records[-1].storage_id}")],
+        cursor=cursor,
+    )
