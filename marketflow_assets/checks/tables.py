@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from marketflow_assets.schema import TABLES
@@ -28,7 +28,10 @@ def newest_ts(conn, table: str, column: str) -> datetime | None:
         raise ValueError(f"unknown column {table}.{column}")
     with conn.cursor() as cur:
         cur.execute(f"SELECT max({column}) FROM {_table(table)}")
-        return cur.fetchone()[0]
+        newest = cur.fetchone()[0]
+    if newest is not None and newest.tzinfo is None:  # a hand-made table with `timestamp`
+        newest = newest.replace(tzinfo=UTC)
+    return newest
 
 
 def fetch_dicts(conn, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
