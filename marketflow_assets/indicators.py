@@ -259,44 +259,58 @@ def compute_indicators(
     dtype.
     """
     states = _state_mapping(state)
-    raw = raw.loc[raw["current_price"].notna() & raw["ts"].notna(), list(RAW_INPUT_COLUMNS)]
+    usable = raw["current_price"].notna() & raw["ts"].notna()
+    if not usable.all():
+        raw = raw.loc[usable]
     if raw.empty:
         return _empty_indicators(raw["ts"].dtype)
     t_all = to_ns(raw["ts"])
-    order = np.lexsort((np.arange(len(raw)), t_all, raw["id"].to_numpy()))
-    raw = raw.iloc[order]
-    t_all = t_all[order]
-    ids = raw["id"].to_numpy()
+    codes, _ = pd.factorize(raw["id"], sort=True)  # integer coin codes, in coin_id order
+    order = _sort_order(codes, t_all)
+    t_all, codes = t_all[order], codes[order]
     # duplicates (id, ts): keep the last one
-    keep = np.ones(len(raw), dtype=bool)
-    keep[:-1] = (ids[:-1] != ids[1:]) | (t_all[:-1] != t_all[1:])
-    raw, t_all, ids = raw.iloc[keep], t_all[keep], ids[keep]
-    prices = raw["current_price"].to_numpy(dtype=np.float64)
+    keep = np.ones(len(order), dtype=bool)
+    keep[:-1] = (codes[:-1] != codes[1:]) | (t_all[:-1] != t_all[1:])
+    order, t_all, codes = order[keep], t_all[keep], codes[keep]
+    prices = raw["current_price"].to_numpy(dtype=np.float64)[order]
+    id_values = raw["id"].to_numpy()
 
-    boundaries = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+    boundaries = np.flatnonzero(codes[1:] != codes[:-1]) + 1
     starts = np.concatenate(([0], boundaries))
-    stops = np.concatenate((boundaries, [len(ids)]))
-    columns = {name: np.empty(len(ids)) for name in INDICATOR_COLUMNS[4:]}
+    stops = np.concatenate((boundaries, [len(order)]))
+    columns = {name: np.empty(len(order)) for name in INDICATOR_COLUMNS[4:]}
     for a, b in zip(starts, stops, strict=True):
-        values = coin_indicators(t_all[a:b], prices[a:b], states.get(ids[a]))
+        values = coin_indicators(t_all[a:b], prices[a:b], states.get(id_values[order[a]]))
         for name, arr in values.items():
             columns[name][a:b] = arr
 
-    out = pd.DataFrame(
-        {
-            "coin_id": ids.astype(object),
-            "symbol": raw["symbol"].to_numpy(),
-            "ts": raw["ts"].reset_index(drop=True),
-            "price": prices,
-            **{name: columns[name] for name in INDICATOR_COLUMNS[4:]},
-        }
-    )
-    mask = np.ones(len(out), dtype=bool)
+    mask = np.ones(len(order), dtype=bool)
     if start is not None:
         mask &= t_all >= to_ns(start)
     if end is not None:
         mask &= t_all < to_ns(end)
-    return out.loc[mask].reset_index(drop=True)
+    rows = order[mask]
+    return pd.DataFrame(
+        {
+            "coin_id": id_values[rows],
+            "symbol": raw["symbol"].to_numpy()[rows],
+            "ts": raw["ts"].iloc[rows].reset_index(drop=True),
+            "price": prices[mask],
+            **{name: columns[name][mask] for name in INDICATOR_COLUMNS[4:]},
+        }
+    )
+
+
+def _sort_order(codes: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Stable order by (coin code, t): one int64 key when it fits, else a lexsort."""
+    t_min = int(t.min())
+    span = int(t.max()) - t_min + 1
+    if (int(codes.max()) + 1) * span < 2**62:
+        key = codes.astype(np.int64) * np.int64(span) + (t - np.int64(t_min))
+        if len(key) < 2 or bool(np.all(key[1:] >= key[:-1])):
+            return np.arange(len(key))  # already in order (the usual case for Parquet input)
+        return np.argsort(key, kind="stable")
+    return np.lexsort((np.arange(len(t)), t, codes))
 
 
 def _state_mapping(state: Any) -> dict[str, dict[str, Any]]:
