@@ -5,7 +5,11 @@ window; the ``@dg.asset_check`` wrappers below pick the window (the partition be
 materialized, or the last ``MARKETFLOW_CHECK_WINDOW_HOURS`` of data) and report the outcome.
 """
 
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
 import dagster as dg
+import pandas as pd
 
 from marketflow_assets.checks.common import (
     REL_TOLERANCE,
@@ -17,9 +21,11 @@ from marketflow_assets.checks.common import (
     partition_window,
     sample_table,
 )
+from marketflow_assets.checks.raw_prices import read_window
 from marketflow_assets.checks.tables import fetch_dicts, fetch_one, newest_ts, table_exists
 from marketflow_assets.indicators import WINDOW_SECONDS
 from marketflow_assets.resources.postgres import PostgresResource
+from marketflow_assets.resources.raw_data import RawDataResource
 
 TABLE = "price_indicators"
 ASSET = dg.AssetKey(TABLE)
@@ -71,11 +77,16 @@ def unique_key_outcome(conn, window: Window) -> Outcome:
     )
 
 
-def sma_within_range_outcome(conn, window: Window) -> Outcome:
+def sma_within_range_outcome(
+    conn, window: Window, raw: Callable[[datetime, datetime], pd.DataFrame] | None = None
+) -> Outcome:
     """``sma_5min`` lies within [min, max] of the coin's prices in ``(ts - 300 s, ts]``.
 
-    The window's prices are the stored ``price`` values (one row per raw observation); rows
-    before the checked window are read as needed. Tolerance: ``1e-9 * max(|min|, |max|)``.
+    The window's prices are the stored ``price`` values (one row per raw observation), including
+    rows before the checked window. A row outside those bounds is re-checked against the raw
+    observations of its window when ``raw(start, end)`` (a reader of raw rows: ``id``,
+    ``current_price``, ``ts``) is given, so a table holding only part of the history is not
+    flagged for prices it does not store. Tolerance: ``1e-9 * max(|min|, |max|)``.
     """
     if not table_exists(conn, TABLE) or not (rows := _rows(conn, window)):
         return no_data("indicator rows")
@@ -92,6 +103,8 @@ def sma_within_range_outcome(conn, window: Window) -> Outcome:
     """
     params = {**_params(window), "secs": WINDOW_SECONDS, "tol": REL_TOLERANCE}
     bad_rows = fetch_dicts(conn, bad_sql + " ORDER BY a.ts, a.coin_id", params)
+    if bad_rows and raw is not None:
+        bad_rows = _outside_raw_bounds(bad_rows, raw)
     return Outcome(
         passed=not bad_rows,
         description=(
@@ -100,6 +113,27 @@ def sma_within_range_outcome(conn, window: Window) -> Outcome:
         ),
         metadata={"rows": rows, "bad_rows": len(bad_rows), "sample": sample_table(bad_rows)},
     )
+
+
+def _outside_raw_bounds(bad_rows: list[dict], raw) -> list[dict]:
+    """The rows whose SMA is also outside [min, max] of stored + raw prices of their window."""
+    span = timedelta(seconds=WINDOW_SECONDS)
+    start = min(r["ts"] for r in bad_rows) - span
+    frame = raw(start, max(r["ts"] for r in bad_rows) + timedelta(microseconds=1))
+    still_bad = []
+    for row in bad_rows:
+        if len(frame):
+            ts = pd.Timestamp(row["ts"])
+            mask = (frame["id"] == row["coin_id"]) & (frame["ts"] > ts - span) & (frame["ts"] <= ts)
+            prices = pd.to_numeric(frame.loc[mask, "current_price"], errors="coerce").dropna()
+        else:
+            prices = pd.Series(dtype="float64")
+        lo = min([row["window_min"], *prices]) if len(prices) else row["window_min"]
+        hi = max([row["window_max"], *prices]) if len(prices) else row["window_max"]
+        sma, tol = row["sma_5min"], REL_TOLERANCE * max(abs(lo), abs(hi))
+        if not (lo - tol <= sma <= hi + tol):  # also true for NaN
+            still_bad.append({**row, "window_min": lo, "window_max": hi})
+    return still_bad
 
 
 def volatility_non_negative_outcome(conn, window: Window) -> Outcome:
@@ -159,10 +193,17 @@ def unique_coin_ts(
 
 @dg.asset_check(asset=ASSET, metadata=_META)
 def sma_within_window_range(
-    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource, raw_data: RawDataResource
 ) -> dg.AssetCheckResult:
-    """`sma_5min` lies between the min and max price of its 5-minute window."""
-    return _run(context, postgres, sma_within_range_outcome)
+    """`sma_5min` lies between the min and max price of its 5-minute window (stored prices,
+    and the raw observations where the table holds only part of the window)."""
+
+    def outcome(conn, window):
+        return sma_within_range_outcome(
+            conn, window, raw=lambda start, end: read_window(raw_data.raw_dir, start, end)
+        )
+
+    return _run(context, postgres, outcome)
 
 
 @dg.asset_check(asset=ASSET, metadata=_META)

@@ -5,7 +5,16 @@ from datetime import timedelta
 import dagster as dg
 import psycopg2
 import pytest
-from checks_data import execute, insert, load_good_tables, make_raw, run_checks
+from checks_data import (
+    create_tables,
+    execute,
+    good_tables,
+    insert,
+    load_good_tables,
+    make_raw,
+    run_checks,
+    write_raw,
+)
 
 from marketflow_assets.checks import price_indicators as pi
 from marketflow_assets.checks.common import Window
@@ -106,7 +115,33 @@ def test_direct_invocation_and_window(pg_clean, now, monkeypatch):
     conn.close()
 
 
-def test_missing_table_is_no_data_not_an_error(pg_clean):
-    context = dg.build_asset_check_context(resources={"postgres": PostgresResource(url=pg_clean)})
+def test_missing_table_is_no_data_not_an_error(resources):
+    context = dg.build_asset_check_context(resources=resources)
     result = pi.sma_within_window_range(context)
     assert result.passed and result.metadata["rows"].value == 0
+
+
+def test_sma_of_a_table_holding_part_of_the_history_is_judged_with_raw_prices(
+    resources, pg_clean, data_dir, now
+):
+    """Only the latest snapshot is stored (e.g. history pruned); its SMA averages raw prices the
+    table no longer holds. The check reads those from the raw dataset instead of flagging."""
+    raw = make_raw(now)
+    write_raw(data_dir, raw)
+    indicators, _ = good_tables(raw)
+    latest = indicators[indicators["ts"] == indicators["ts"].max()]
+    assert (latest["sma_5min"] != latest["price"]).all()
+    create_tables(pg_clean)
+    insert(pg_clean, "price_indicators", latest)
+
+    with psycopg2.connect(pg_clean) as conn:
+        window = Window(now - timedelta(hours=1), now + timedelta(seconds=1), "partition")
+        assert not pi.sma_within_range_outcome(conn, window).passed  # stored prices only
+    conn.close()
+    assert run_checks(resources, CHECKS)["price_indicators:sma_within_window_range"].passed
+
+    execute(
+        pg_clean, "UPDATE price_indicators SET sma_5min = sma_5min * 3 WHERE coin_id = 'coin-04'"
+    )
+    evaluation = run_checks(resources, CHECKS)["price_indicators:sma_within_window_range"]
+    assert not evaluation.passed and evaluation.metadata["bad_rows"].value == 1
