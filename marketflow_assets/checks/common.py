@@ -24,6 +24,7 @@ ENV_FRESHNESS_WARN = "MARKETFLOW_FRESHNESS_WARN_SECONDS"
 ENV_FRESHNESS_ERROR = "MARKETFLOW_FRESHNESS_ERROR_SECONDS"
 ENV_CHECK_WINDOW = "MARKETFLOW_CHECK_WINDOW_HOURS"
 ENV_ALERT_WEBHOOK = "MARKETFLOW_ALERT_WEBHOOK_URL"
+ENV_ALERT_MIN_SEVERITY = "MARKETFLOW_ALERT_MIN_SEVERITY"
 
 DEFAULT_FRESHNESS_WARN_SECONDS = 120.0  # 4 missed 30 s polls
 DEFAULT_FRESHNESS_ERROR_SECONDS = 300.0  # 10 missed polls: the stage is down
@@ -50,6 +51,8 @@ class CheckSettings:
     freshness_error_seconds: float = DEFAULT_FRESHNESS_ERROR_SECONDS
     window_hours: float = DEFAULT_CHECK_WINDOW_HOURS
     alert_webhook_url: str | None = field(default=None, repr=False)
+    #: "WARN": alert on warnings and errors; "ERROR": a check in WARN counts as healthy.
+    alert_min_severity: str = "WARN"
 
     @property
     def window(self) -> timedelta:
@@ -81,7 +84,11 @@ def load_check_settings(env: Mapping[str, str] | None = None) -> CheckSettings:
     url = (env.get(ENV_ALERT_WEBHOOK) or "").strip() or None
     if url and not url.startswith(("http://", "https://")):
         raise ConfigError(f"{ENV_ALERT_WEBHOOK} must be an http(s):// URL")
+    severity = (env.get(ENV_ALERT_MIN_SEVERITY) or "WARN").strip().upper()
+    if severity not in ("WARN", "ERROR"):
+        raise ConfigError(f"{ENV_ALERT_MIN_SEVERITY} must be WARN or ERROR, not {severity!r}")
     return CheckSettings(
+        alert_min_severity=severity,
         freshness_warn_seconds=warn,
         freshness_error_seconds=error,
         window_hours=_positive_float(env, ENV_CHECK_WINDOW, DEFAULT_CHECK_WINDOW_HOURS),

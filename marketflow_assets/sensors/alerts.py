@@ -13,6 +13,9 @@ webhook format, also accepted by Mattermost, Teams' Slack-compatible hooks, etc.
 3 times with backoff on connection errors, 429 and 5xx. The webhook URL is a secret: only its host
 is ever logged.
 
+``MARKETFLOW_ALERT_MIN_SEVERITY=ERROR`` treats checks in WARN as healthy (no alert when a
+freshness check hovers around its warn threshold); the default ``WARN`` alerts on both.
+
 Runs that failed only because a blocking check failed are not alerted separately (the check's
 own alert says more). Unknown previous state counts as healthy, so failures that exist when the
 sensor first starts are alerted once.
@@ -118,13 +121,19 @@ def check_state(instance: dg.DagsterInstance, record) -> tuple[str | None, str]:
 
 
 def check_alerts(
-    instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey], known: dict[str, str]
+    instance: dg.DagsterInstance,
+    check_keys: list[dg.AssetCheckKey],
+    known: dict[str, str],
+    min_severity: str = "WARN",
 ) -> list[Alert]:
-    """Alerts for checks whose state differs from ``known`` (updated in place)."""
+    """Alerts for checks whose state differs from ``known`` (updated in place). With
+    ``min_severity="ERROR"`` a check in WARN counts as passed (no alert either way)."""
     records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
     alerts = []
     for key in sorted(records, key=lambda k: k.to_user_string()):
         state, detail = check_state(instance, records[key])
+        if state == "WARN" and min_severity == "ERROR":
+            state = PASSED
         name = key.to_user_string()
         previous = known.get(name, PASSED)
         if state is None or state == previous:
@@ -227,6 +236,7 @@ def evaluate_alerts(
     cursor: str | None,
     webhook_url: str | None,
     now: datetime | None = None,
+    min_severity: str = "WARN",
 ) -> tuple[list[Alert], str]:
     """Find state changes since ``cursor``, send one alert each; return (alerts, new cursor)."""
     state = load_cursor(cursor)
@@ -236,7 +246,7 @@ def evaluate_alerts(
         if "runs_after" in state
         else now - FIRST_TICK_LOOKBACK
     )
-    alerts = check_alerts(instance, check_keys, state["checks"])
+    alerts = check_alerts(instance, check_keys, state["checks"], min_severity)
     more, newest = run_alerts(instance, after, state["runs"])
     alerts += more
     state["runs_after"] = newest.timestamp()
@@ -260,7 +270,11 @@ def marketflow_alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     check_keys = list(context.repository_def.asset_graph.asset_check_keys)
     settings = load_check_settings()
     alerts, cursor = evaluate_alerts(
-        context.instance, check_keys, context.cursor, settings.alert_webhook_url
+        context.instance,
+        check_keys,
+        context.cursor,
+        settings.alert_webhook_url,
+        min_severity=settings.alert_min_severity,
     )
     for alert in alerts:
         (context.log.warning if alert.is_failure else context.log.info)(alert.text)

@@ -41,6 +41,10 @@ def test_thresholds_from_environment():
         load_check_settings({"MARKETFLOW_FRESHNESS_ERROR_SECONDS": "60"})  # < warn (120)
     with pytest.raises(ConfigError, match="MARKETFLOW_FRESHNESS_WARN_SECONDS"):
         load_check_settings({"MARKETFLOW_FRESHNESS_WARN_SECONDS": "soon"})
+    with pytest.raises(ConfigError, match="MARKETFLOW_ALERT_MIN_SEVERITY"):
+        load_check_settings({"MARKETFLOW_ALERT_MIN_SEVERITY": "loud"})
+    with pytest.raises(ConfigError, match="MARKETFLOW_ALERT_WEBHOOK_URL"):
+        load_check_settings({"MARKETFLOW_ALERT_WEBHOOK_URL": "hooks.slack.com/x"})
 
 
 def test_all_three_turn_red_as_time_advances(resources, pg_clean, data_dir, now):

@@ -186,3 +186,27 @@ def test_no_webhook_configured_only_logs(sensor_defs, caplog, monkeypatch):
         result = alerts.marketflow_alert_sensor(context)
     assert "ERROR: Marketflow check raw_prices:unique_id_ts failed" in caplog.text
     assert json.loads(result.cursor)["checks"] == {"raw_prices:unique_id_ts": "ERROR"}
+
+
+def test_min_severity_error_ignores_warnings(webhook, sensor_defs, monkeypatch):
+    """A check flapping between passed and WARN pages nobody with MIN_SEVERITY=ERROR; its
+    escalation to ERROR still posts once."""
+    monkeypatch.setenv("MARKETFLOW_ALERT_MIN_SEVERITY", "ERROR")
+    harness = AlertHarness(webhook, sensor_defs)
+    key = dg.AssetCheckKey(dg.AssetKey("price_indicators"), "freshness_check")
+
+    def record(passed, severity=dg.AssetCheckSeverity.WARN):
+        harness.instance.report_runless_asset_event(
+            dg.AssetCheckEvaluation(
+                asset_key=key.asset_key, check_name=key.name, passed=passed, severity=severity
+            )
+        )
+
+    for passed in (False, True, False, True, False):
+        record(passed)
+        assert harness.tick() == []
+    record(False, dg.AssetCheckSeverity.ERROR)
+    posts = harness.tick()
+    assert len(posts) == 1 and posts[0].startswith("ERROR:")
+    record(False)  # back to WARN: counts as healthy
+    assert [p.split(":")[0] for p in harness.tick()] == ["RESOLVED"]
