@@ -47,6 +47,10 @@ class History:
     hours: int = 1
     end: str = HISTORY_END.isoformat()
     seed: int = 7
+    #: Parquet files per hour: ``"poll"`` = one per poll, like the streaming job (one micro-batch
+    #: per poll, named ``part-<sink>-b<batch>-<k>-<min ts us>-<max ts us>.parquet``), or
+    #: ``"hour"`` = one file per hour (a compacted dataset).
+    files: str = "poll"
 
     @property
     def start_ts(self) -> pd.Timestamp:
@@ -67,7 +71,9 @@ class History:
     @property
     def name(self) -> str:
         end = self.end_ts.strftime("%Y%m%dT%H%M")
-        return f"raw_c{self.coins}_i{self.interval_s}_h{self.hours}_e{end}_s{self.seed}"
+        return (
+            f"raw_c{self.coins}_i{self.interval_s}_h{self.hours}_e{end}_s{self.seed}_{self.files}"
+        )
 
 
 def coin_table(coins: int, seed: int) -> pd.DataFrame:
@@ -147,17 +153,39 @@ def generate_hour(history: History, hour_index: int):
     return pa.Table.from_pydict(columns, schema=raw_arrow_schema())
 
 
-def _write_hour(table, root: Path, hour_start: pd.Timestamp) -> None:
+def _write_hour(table, root: Path, hour_start: pd.Timestamp, history: History) -> None:
     import pyarrow.parquet as pq
 
     folder = root / f"date={hour_start:%Y-%m-%d}"
     folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, folder / f"part-{hour_start:%H}00-bench.parquet")
+    if history.files == "hour":
+        pq.write_table(table, folder / f"part-{hour_start:%H}00-bench.parquet")
+        return
+    n = history.coins
+    first_poll = hour_start.value // 1_000_000_000 // history.interval_s
+    ts_us = table.column("ts").cast("int64").to_numpy()
+    for i in range(len(table) // n):
+        lo = int(ts_us[i * n])
+        name = f"part-{history.seed:012x}-b{first_poll + i:010d}-000-{lo}-{lo}.parquet"
+        pq.write_table(table.slice(i * n, n), folder / name)
 
 
-def ensure_history(history: History, root: Path | None = None) -> Path:
-    """Path of the ``raw_prices`` dataset for ``history`` (generated once, then cached)."""
-    root = (root or bench_dir() / "datasets") / history.name
+def _file_start(path: Path) -> pd.Timestamp:
+    """First ``ts`` a file of :func:`_write_hour` holds (from its directory and name)."""
+    name = path.name
+    if name.endswith("-bench.parquet"):  # part-HH00-bench.parquet
+        day = path.parent.name.split("=", 1)[1]
+        return pd.Timestamp(f"{day}T{name[5:7]}:00:00Z")
+    return pd.Timestamp(int(name.rsplit("-", 2)[1]) * 1000, tz="UTC")
+
+
+def ensure_history(history: History, source: History | None = None) -> Path:
+    """Path of the ``raw_prices`` dataset for ``history`` (generated once, then cached).
+
+    With ``source`` (a longer, otherwise identical history), the files are hard links to the
+    source's newest files instead of being generated again.
+    """
+    root = bench_dir() / "datasets" / history.name
     raw = root / "raw_prices"
     marker = root / "_COMPLETE"
     if marker.exists():
@@ -166,8 +194,17 @@ def ensure_history(history: History, root: Path | None = None) -> Path:
         shutil.rmtree(root)
     started = time.perf_counter()
     logger.info("generating %s (%d rows) ...", history.name, history.rows)
-    for h in range(history.hours):
-        _write_hour(generate_hour(history, h), raw, history.start_ts + pd.Timedelta(hours=h))
+    if source is not None and source.hours >= history.hours and source.end == history.end:
+        source_raw = ensure_history(source)
+        for path in sorted(source_raw.glob("date=*/*.parquet")):
+            if _file_start(path) >= history.start_ts:
+                target = raw / path.parent.name / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(path, target)
+    else:
+        for h in range(history.hours):
+            hour_start = history.start_ts + pd.Timedelta(hours=h)
+            _write_hour(generate_hour(history, h), raw, hour_start, history)
     marker.write_text(json.dumps(asdict(history) | {"rows": history.rows}))
     logger.info("generated %s in %.1f s", history.name, time.perf_counter() - started)
     return raw
