@@ -80,7 +80,9 @@ def test_refresh_all_raw_data_matches_reference_and_second_run_changes_nothing(
     assert table_snapshot(url) == before
 
 
-def test_refresh_start_end_limits_partitions(refresh_settings, capsys):
+def test_refresh_start_end_limits_partitions(refresh_settings, capsys, monkeypatch):
+    # the code location's partitions start later than this data: refresh extends them itself
+    monkeypatch.setenv("MARKETFLOW_PARTITION_START", "2024-03-10")
     rows = irregular_rows(seed=3, coins=4, polls=60)
     write_raw_parquet(refresh_settings.raw_dir, rows)
     code = refresh.run(

@@ -30,10 +30,25 @@ INDICATOR_DDL = _ddl(INDICATOR_COLUMNS)
 MOVER_DDL = _ddl(MOVER_COLUMNS)
 
 
+def _has_nanosecond_ts(path: Path) -> bool:
+    """True when the file stores ``ts`` as TIMESTAMP(NANOS) (pandas' default), which Spark's
+    Parquet reader rejects as a timestamp."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        ts_type = pq.read_schema(path).field("ts").type
+    except (OSError, KeyError, ValueError):
+        return False
+    return pa.types.is_timestamp(ts_type) and ts_type.unit == "ns"
+
+
 def read_raw_window(spark, raw_dir: Path, start: datetime, end: datetime):
     """Spark DataFrame of raw rows with ``ts`` in ``[start - 300 s, end)``, or None if no file.
 
-    Only the ``date=`` directories and streaming files overlapping the window are opened.
+    Only the ``date=`` directories and streaming files overlapping the window are opened. Files
+    written by other tools with nanosecond timestamps are read as integers
+    (``spark.sql.legacy.parquet.nanosAsLong``) and converted to microseconds.
     """
     import pyspark.sql.functions as F
 
@@ -41,7 +56,17 @@ def read_raw_window(spark, raw_dir: Path, start: datetime, end: datetime):
     files = list_raw_files(raw_dir, lookback, end)
     if not files:
         return None
-    frame = spark.read.schema(RAW_READ_DDL).parquet(*(str(f.path) for f in files))
+    nanos = [f for f in files if f.min_ts is None and _has_nanosecond_ts(f.path)]
+    micros = [f for f in files if f not in nanos]
+    frames = []
+    if micros:
+        frames.append(spark.read.schema(RAW_READ_DDL).parquet(*(str(f.path) for f in micros)))
+    if nanos:
+        spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
+        ddl = RAW_READ_DDL.replace("`ts` TIMESTAMP", "`ts` BIGINT")
+        frame = spark.read.schema(ddl).parquet(*(str(f.path) for f in nanos))
+        frames.append(frame.withColumn("ts", F.timestamp_micros(F.floor(F.col("ts") / 1000))))
+    frame = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
     return frame.where(
         (F.col("ts") >= F.lit(lookback))
         & (F.col("ts") < F.lit(pd.Timestamp(end).to_pydatetime()))

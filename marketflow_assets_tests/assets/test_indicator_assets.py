@@ -164,3 +164,22 @@ def test_raw_file_listing_prunes_by_day_and_streaming_file_name(tmp_path):
     found = list_raw_files(tmp_path, t - timedelta(minutes=5), t + timedelta(hours=1))
     assert sorted(f.path.name for f in found) == sorted([inside, "other-tool.parquet"])
     assert len(list_raw_files(tmp_path)) == 4
+
+
+def test_files_from_other_writers_with_nanosecond_timestamps(asset_resources, raw_dir, pg_clean):
+    """pandas writes TIMESTAMP(NANOS) by default, which Spark rejects; such files still work."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = irregular_rows(seed=6, coins=4, polls=25)
+    frame = pd.DataFrame(rows, columns=["id", "symbol", "ts", "current_price"])
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True).astype("datetime64[ns, UTC]")
+    for day, group in frame.groupby(frame["ts"].dt.date):
+        folder = raw_dir / f"date={day.isoformat()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(group.assign(name=group["id"]), preserve_index=False)
+        assert table.schema.field("ts").type == pa.timestamp("ns", tz="UTC")
+        pq.write_table(table, folder / "from-pandas.parquet")
+    keys = partition_keys(price_indicators, min(r[2] for r in rows), max(r[2] for r in rows))
+    materialize(asset_resources, dg.DagsterInstance.ephemeral(), key_range=(keys[0], keys[-1]))
+    assert_indicators_match_reference(read_table(pg_clean, "price_indicators"), rows)
