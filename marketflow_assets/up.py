@@ -97,7 +97,7 @@ def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    env.update(prepare_dagster_home(settings.data_dir / "dagster_home", settings.postgres_url))
+    env.update(prepare_dagster_home(settings.data_dir / "dagster_home"))
     return env
 
 
