@@ -64,7 +64,7 @@ def run_request_for(first_key: str, last_key: str, run_key: str) -> dg.RunReques
     description="Materializes the price_indicators/market_movers partitions holding newly "
     "observed raw_prices rows (normally the current hour).",
     job=refresh_indicators_job,
-    minimum_interval_seconds=10,
+    minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def indicators_follow_raw_prices(

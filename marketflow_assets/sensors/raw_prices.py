@@ -90,7 +90,7 @@ def observe(raw_dir: Path, new: list[RawFile], now: datetime | None = None) -> d
     name="raw_prices_observation_sensor",
     description="Reports new raw Parquet files of `raw_prices` (rows, newest ts, lag) as runless "
     "materializations.",
-    minimum_interval_seconds=10,
+    minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def raw_prices_observation_sensor(
