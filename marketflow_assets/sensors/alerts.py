@@ -113,11 +113,19 @@ def check_state(instance: dg.DagsterInstance, record) -> tuple[str | None, str]:
     if record.status == AssetCheckExecutionRecordStatus.FAILED:
         evaluation = record.evaluation
         return evaluation.severity.value, evaluation.description or ""
-    # PLANNED: still running, or its run ended without an evaluation (the check raised).
+    # PLANNED: still running, or its run ended without an evaluation: either the check's own
+    # step raised (EXECUTION_FAILED), or it never ran because an upstream step failed or the run
+    # was canceled — then the run's alert says why, and the check keeps its last state.
     run = instance.get_run_by_id(record.run_id) if record.run_id else None
-    if run is not None and run.is_finished:
-        return EXECUTION_FAILED, f"The check raised: {_failure(instance, record.run_id)[1]}"
-    return None, ""
+    if run is None or not run.is_finished:
+        return None, ""
+    step = record.event.step_key if record.event else None
+    failures = instance.all_logs(record.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
+    own = [e for e in failures if step and e.step_key == step]
+    if not own:
+        return None, ""
+    error = own[0].dagster_event.step_failure_data.error
+    return EXECUTION_FAILED, f"The check raised: {_root_message(error) if error else 'an error'}"
 
 
 def check_alerts(

@@ -210,3 +210,30 @@ def test_min_severity_error_ignores_warnings(webhook, sensor_defs, monkeypatch):
     assert len(posts) == 1 and posts[0].startswith("ERROR:")
     record(False)  # back to WARN: counts as healthy
     assert [p.split(":")[0] for p in harness.tick()] == ["RESOLVED"]
+
+
+def test_checks_skipped_by_a_failed_upstream_do_not_alert(webhook, checks_data, pg_clean, data_dir):
+    """An indicator run that fails before its checks run alerts once (the run), not once per
+    planned check."""
+    broken = PostgresResource(url="postgresql://x:pw@127.0.0.1:9/none")
+
+    @dg.asset(name="price_indicators", deps=["raw_prices"])
+    def failing_price_indicators(postgres: PostgresResource) -> None:
+        with postgres.get_connection():  # connection refused
+            pass
+
+    assets = [checks_data.STUB_ASSETS[0], failing_price_indicators]
+    resources = {"postgres": broken, "raw_data": RawDataResource(data_dir=str(data_dir))}
+    defs = dg.Definitions.merge(checks.defs, dg.Definitions(assets=assets, resources=resources))
+    harness = AlertHarness(webhook, defs)
+    result = dg.materialize(
+        [*assets, *checks.price_indicators.CHECKS, *checks.FRESHNESS_CHECKS[1:2]],
+        resources=resources,
+        instance=harness.instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert result.get_asset_check_evaluations() == []  # the checks never ran
+    posts = harness.tick()
+    assert len(posts) == 1 and posts[0].startswith("FAILURE: Marketflow job:")
+    assert "price_indicators" in posts[0] and "Connection refused" in posts[0]
