@@ -9,6 +9,7 @@ rows replace the period in one transaction. Cost depends on the partition, not o
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -104,6 +105,14 @@ def indicator_metadata(result: IndicatorRefresh) -> dict[str, Any]:
 
 def build_price_indicators(
     partitions_def: dg.TimeWindowPartitionsDefinition = HOURLY,
+) -> dg.AssetsDefinition:
+    with warnings.catch_warnings():  # BackfillPolicy is beta in this Dagster version
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return _build_price_indicators(partitions_def)
+
+
+def _build_price_indicators(
+    partitions_def: dg.TimeWindowPartitionsDefinition,
 ) -> dg.AssetsDefinition:
     @dg.asset(
         name="price_indicators",

@@ -2,6 +2,7 @@
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -103,6 +104,12 @@ def movers_metadata(result: MoversRefresh) -> dict[str, Any]:
 def build_market_movers(
     partitions_def: dg.TimeWindowPartitionsDefinition = HOURLY,
 ) -> dg.AssetsDefinition:
+    with warnings.catch_warnings():  # BackfillPolicy is beta in this Dagster version
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return _build_market_movers(partitions_def)
+
+
+def _build_market_movers(partitions_def: dg.TimeWindowPartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         name="market_movers",
         deps=["price_indicators"],

@@ -12,15 +12,11 @@ The first partition is ``MARKETFLOW_PARTITION_START`` (ISO date or date-time, UT
 from __future__ import annotations
 
 import os
-import warnings
 from datetime import UTC, datetime
 
 import dagster as dg
 
 from marketflow_assets.settings import ConfigError
-
-# BackfillPolicy is "beta" in this Dagster version; we rely on it knowingly.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 PARTITION_START_ENV = "MARKETFLOW_PARTITION_START"
 DEFAULT_PARTITION_START = datetime(2020, 1, 1, tzinfo=UTC)
