@@ -226,7 +226,13 @@ class EmbeddedPostgres:
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         logging.getLogger("pgserver").setLevel(logging.WARNING)
         try:
-            self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+            try:
+                self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
+            except subprocess.TimeoutExpired:
+                # pg_ctl's own 10 s start timeout can pass on a loaded 2-core machine; the server
+                # usually is coming up, and a second call waits for it.
+                logger.warning("embedded PostgreSQL slow to start; waiting once more")
+                self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
         except Exception as exc:
             raise ServiceError(
                 f"embedded PostgreSQL failed to start in {self.pgdata} "
