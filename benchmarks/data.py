@@ -210,10 +210,13 @@ def ensure_history(history: History, source: History | None = None) -> Path:
     return raw
 
 
-def nested_histories(coins: int = 250, interval_s: int = 30) -> dict[str, History]:
+def nested_histories(
+    coins: int = 250, interval_s: int = 30, files: str = "poll"
+) -> dict[str, History]:
     """The 1 h / 1 d / 7 d histories (same end, same seed, so the shorter are suffixes)."""
     return {
-        label: History(coins=coins, interval_s=interval_s, hours=h) for label, h in HOURS.items()
+        label: History(coins=coins, interval_s=interval_s, hours=h, files=files)
+        for label, h in HOURS.items()
     }
 
 

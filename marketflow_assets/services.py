@@ -232,6 +232,7 @@ class EmbeddedPostgres:
                 # pg_ctl's own 10 s start timeout can pass on a loaded 2-core machine; the server
                 # usually is coming up, and a second call waits for it.
                 logger.warning("embedded PostgreSQL slow to start; waiting once more")
+                pgserver.PostgresServer._instances.pop(self.pgdata.resolve(), None)
                 self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
         except Exception as exc:
             raise ServiceError(

@@ -306,8 +306,9 @@ class RawPricesSink:
                 if existing:
                     keys = spark.read.schema(spark_ddl()).parquet(*existing).select("id", "ts")
                     unique = unique.join(keys.distinct(), ["id", "ts"], "left_anti")
-                unique.select(*RAW_COLUMN_NAMES, RAW_PARTITION_COLUMN).repartition(
-                    RAW_PARTITION_COLUMN
+                # A micro-batch is small: one writer task, one file per date (no extra shuffle).
+                unique.select(*RAW_COLUMN_NAMES, RAW_PARTITION_COLUMN).coalesce(
+                    1
                 ).write.partitionBy(RAW_PARTITION_COLUMN).parquet(str(staging / "raw"))
                 moves += self._plan_raw_moves(batch_id, staging / "raw", ranges, metrics)
                 metrics["duplicates"] = good_count - metrics["rows_written"]
@@ -528,20 +529,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     query = writer.start()
 
-    def _stop(signum, _frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+    stop_requested: list[str] = []
 
-    signal.signal(signal.SIGTERM, _stop)
+    def _request_stop(signum, _frame):  # never interrupt a py4j call: just flag it
+        stop_requested.append(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
     try:
-        while not query.awaitTermination(1):
-            pass
-    except KeyboardInterrupt:
-        logger.info("stopping %s", QUERY_NAME)
-        query.stop()
-    exc = query.exception()
-    if exc is not None:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RuntimeError(f"streaming query failed: {first}")
+        while not query.awaitTermination(1):  # raises StreamingQueryException if the query fails
+            if stop_requested:
+                logger.info("%s received; stopping %s", stop_requested[0], QUERY_NAME)
+                query.stop()
+                break
+    except Exception:
+        if not stop_requested:
+            raise
+        # Ctrl-C in a terminal also reaches the JVM, which may already be gone: that is a stop.
+        logger.info("Spark shut down while stopping")
     logger.info("%s stopped", QUERY_NAME)
     return 0
 

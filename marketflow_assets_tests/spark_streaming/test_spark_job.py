@@ -97,11 +97,11 @@ def test_sigkill_midway_then_restart_with_spark_submit(
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
-            if commits.is_dir() and len(list(commits.glob("*.json"))) >= 2:
+            if commits.is_dir() and len(list(commits.glob("*.json"))) >= 1:
                 break
             time.sleep(0.1)
         assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert len(list(commits.glob("*.json"))) >= 2, "job made no progress"
+        assert len(list(commits.glob("*.json"))) >= 1, "job made no progress"
         time.sleep(0.7)  # land somewhere inside a later batch
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its JVM, no clean-up at all
         proc.wait(30)

@@ -87,15 +87,10 @@ def test_sink_is_exactly_once_across_batches_reruns_and_crashes(spark, tmp_path)
     assert list(rej.columns) == [name for name, _ in REJECT_COLUMNS]
     assert rej[["partition", "offset", "reason"]].values.tolist() == [[0, 5, "invalid_json"]]
 
-
-def test_sink_survives_a_deleted_checkpoint(spark, tmp_path):
-    """A new checkpoint (new sink id) still deduplicates against the Parquet already there."""
-    raw, rejects = tmp_path / "raw_prices", tmp_path / "raw_prices_rejects"
-    rows = [json.dumps(message(c, 5, 1.0 + c)).encode() for c in range(3)]
-    first = RawPricesSink(raw, rejects, tmp_path / "ck1")
-    assert first.process(kafka_df(spark, rows), 0)["rows_written"] == 3
-    second = RawPricesSink(raw, rejects, tmp_path / "ck2")
-    assert second.sink_id != first.sink_id
-    m = second.process(kafka_df(spark, rows), 0)
-    assert (m["rows_written"], m["duplicates"]) == (0, 3)
-    assert len(read_raw(tmp_path)) == 3
+    # A deleted checkpoint (new sink id, batch ids from 0 again) still deduplicates against the
+    # Parquet already there, and never touches the old files.
+    fresh = RawPricesSink(raw, rejects, tmp_path / "ck-new")
+    assert fresh.sink_id != sink.sink_id
+    m = fresh.process(kafka_df(spark, poll1 + poll4), 0)
+    assert (m["rows_written"], m["duplicates"]) == (0, 8)
+    assert len(read_raw(tmp_path)) == 12
