@@ -90,6 +90,23 @@ def _drop_tables(url: str) -> None:
         conn.close()
 
 
+def _database(server_url: str, name: str) -> str:
+    """Create database ``name`` on the server of ``server_url``; return its URL."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg2
+
+    conn = psycopg2.connect(server_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+            cur.execute(f"CREATE DATABASE {name}")
+    finally:
+        conn.close()
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
 def _period(url: str, start, end) -> tuple[pd.DataFrame, pd.DataFrame]:
     ind = _query(
         url,
@@ -152,27 +169,41 @@ def run(mode: str = "quick") -> list[SizeResult]:
     pg_dir = tempfile.mkdtemp(prefix="pg-", dir=scratch)
     results: list[SizeResult] = []
     try:
-        with EmbeddedPostgres(pg_dir + "/pgdata") as url:
+        with EmbeddedPostgres(pg_dir + "/pgdata") as server_url:
             spark = project.get_bench_spark()
+            urls = {label: _database(server_url, f"bench_{label}") for label in histories}
             # Warm-up (untimed): first Dagster run, Python workers, JIT.
-            _drop_tables(url)
-            project.materialize_partition(raws["1h"].parent, url, key)
+            project.materialize_partition(raws["1h"].parent, urls["1h"], key)
+            _drop_tables(urls["1h"])
+            seeds, seed_rows = {}, {}
             for label, history in histories.items():
-                raw = raws[label]
-                _drop_tables(url)
                 logger.info(
                     "incremental %s: seed full recompute of %d rows ...", label, history.rows
                 )
-                seed = seed_full_recompute(spark, raw, url, scratch)
-                seed_rows = _period(url, start, end)
-                logger.info("incremental %s: %d refreshes of partition %s ...", label, repeats, key)
-                times = [
-                    project.materialize_partition(raw.parent, url, key) for _ in range(repeats)
-                ]
-                direct = project.refresh_functions(spark, raw.parent, url, start, end)
-                check = _compare(seed_rows, _period(url, start, end))
-                results.append(SizeResult(label, history.rows, seed, times, direct, check))
-                logger.info("incremental %s: seed %.1f s, refresh %s", label, seed["total"], times)
+                seeds[label] = seed_full_recompute(spark, raws[label], urls[label], scratch)
+                seed_rows[label] = _period(urls[label], start, end)
+            # Refreshes interleaved (1h, 1d, 7d, 1h, ...) so that load drift on the machine
+            # affects every history alike; each history has its own database.
+            times: dict[str, list[float]] = {label: [] for label in histories}
+            for _ in range(repeats):
+                for label in histories:
+                    times[label].append(
+                        project.materialize_partition(raws[label].parent, urls[label], key)
+                    )
+            for label, history in histories.items():
+                direct = project.refresh_functions(
+                    spark, raws[label].parent, urls[label], start, end
+                )
+                check = _compare(seed_rows[label], _period(urls[label], start, end))
+                results.append(
+                    SizeResult(label, history.rows, seeds[label], times[label], direct, check)
+                )
+                logger.info(
+                    "incremental %s: seed %.1f s, refresh %s",
+                    label,
+                    seeds[label]["total"],
+                    [round(t, 2) for t in times[label]],
+                )
     finally:
         shutil.rmtree(pg_dir, ignore_errors=True)
 

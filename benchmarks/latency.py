@@ -197,7 +197,7 @@ def run(mode: str = "quick") -> dict[str, tuple[float, float, float]]:
             spark_log = spark.log_path
             _wait(probes._ui_serves, 180, "the Dagster UI", children)
             _wait(
-                lambda: "started" in spark_log.read_text(errors="replace").lower(),
+                lambda: "micro-batch" in spark_log.read_text(errors="replace"),
                 180,
                 "the Spark streaming job",
                 children,

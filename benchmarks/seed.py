@@ -10,7 +10,8 @@ comparison measures the design, not a strawman:
   into window sums exactly like the DuckDB query of :mod:`benchmarks.engine` (terms older than
   40 tau < 4e-18 are dropped); movers = ``row_number()`` per snapshot;
 * the indicators are computed once (persisted), written by Spark to Parquet, and loaded with
-  ``TRUNCATE`` + ``COPY`` (CSV made by pyarrow's C++ writer), both tables in one transaction.
+  ``COPY`` (CSV made by pyarrow's C++ writer) into freshly created tables whose primary keys
+  and indexes are built after the load; both tables in one transaction.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def seed_full_recompute(spark, raw_dir: Path, postgres_url: str, scratch: Path) 
     import psycopg2
     from pyspark import StorageLevel
 
-    from marketflow_assets.schema import create_all_sql
+    from marketflow_assets.schema import TABLES, create_all_sql, create_table_sql
 
     started = time.perf_counter()
     out = Path(scratch) / "seed-out"
@@ -141,11 +142,19 @@ def seed_full_recompute(spark, raw_dir: Path, postgres_url: str, scratch: Path) 
     try:
         with conn, conn.cursor() as cur:
             cur.execute("SET TIME ZONE 'UTC'")
-            for statement in create_all_sql():
-                cur.execute(statement)
-            cur.execute("TRUNCATE price_indicators, market_movers")
+            cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            # Overwrite = drop and recreate (like Spark's JDBC overwrite mode), bulk load first,
+            # build the primary keys and indexes afterwards (faster than maintaining them).
+            cur.execute("DROP TABLE IF EXISTS price_indicators, market_movers")
+            for table in TABLES:
+                cur.execute(create_table_sql(table))
+                cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
             n_ind = _copy(cur, "price_indicators", out / "price_indicators")
             n_mov = _copy(cur, "market_movers", out / "market_movers")
+            for table, (_, key) in TABLES.items():
+                cur.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(key)})")
+            for statement in create_all_sql():
+                cur.execute(statement)
     finally:
         conn.close()
         shutil.rmtree(out, ignore_errors=True)
