@@ -80,16 +80,19 @@ def _consumer(bootstrap: str, client_id: str, **extra):
 class KafkaOffsetProbe:
     """Driver-side view of a topic's partitions and their *true* beginning/end offsets."""
 
-    def __init__(self, bootstrap: str, topic: str, client_id: str = "marketflow-spark-offsets"):
+    def __init__(
+        self, bootstrap: str, topic: str, client_id: str = "marketflow-spark-offsets", **config
+    ):
         self.bootstrap = bootstrap
         self.topic = topic
         self.client_id = client_id
+        self.config = config  # extra kafka-python consumer settings
         self._consumer = None
 
     @property
     def consumer(self):
         if self._consumer is None:
-            self._consumer = _consumer(self.bootstrap, self.client_id)
+            self._consumer = _consumer(self.bootstrap, self.client_id, **self.config)
         return self._consumer
 
     def close(self) -> None:

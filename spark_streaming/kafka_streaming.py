@@ -430,7 +430,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_broker(bootstrap: str, topic: str) -> None:
     from spark_streaming.kafka_source import KafkaOffsetProbe
 
-    probe = KafkaOffsetProbe(bootstrap, topic, client_id="marketflow-spark-check")
+    probe = KafkaOffsetProbe(
+        bootstrap, topic, client_id="marketflow-spark-check", bootstrap_timeout_ms=10000
+    )
     try:
         parts = probe.partitions()
     except Exception as exc:
@@ -556,7 +558,8 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("MARKETFLOW_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python logs every failed connection attempt; this job reports failures itself.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     logging.getLogger("py4j").setLevel(logging.WARNING)
     parser = argparse.ArgumentParser(
         prog="kafka_streaming", description="Kafka -> raw Parquet (Spark Structured Streaming)"

@@ -146,3 +146,20 @@ def test_bad_option_is_exit_2(kafka_bootstrap, data_dir, job_cwd):
     )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("kafka_streaming: --trigger-seconds")
+
+
+def test_unreachable_broker_is_a_one_line_runtime_failure(data_dir, job_cwd):
+    from marketflow_assets.services import free_port
+
+    env = job_env(f"127.0.0.1:{free_port()}", "crypto_prices", data_dir)
+    res = subprocess.run(
+        [sys.executable, str(JOB), "--available-now"],
+        env=env,
+        cwd=job_cwd,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach Kafka" in lines[0], res.stderr
