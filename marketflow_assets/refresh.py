@@ -187,10 +187,17 @@ def _metadata_value(result, node: str, key: str) -> int:
 
 
 def _active_spark():
+    """The active Spark session of this thread: a Spark Connect client or a local driver."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:  # pragma: no cover - pyspark is a dependency
         return None
+    if os.environ.get("MARKETFLOW_SPARK_REMOTE"):
+        try:
+            from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
+        except ImportError:  # connect extras missing: the resource would have failed anyway
+            return None
+        return RemoteSparkSession.getActiveSession()
     return SparkSession.getActiveSession()
 
 

@@ -2,11 +2,15 @@
 
 * ``postgres`` - the indicator database (``MARKETFLOW_POSTGRES_URL``),
 * ``raw_data`` - the raw Parquet dataset root (``MARKETFLOW_DATA_DIR``),
-* ``pyspark`` - a Spark session with :func:`marketflow_assets.spark.spark_conf` (master from
+* ``pyspark`` - a Spark session: a Spark Connect client when ``MARKETFLOW_SPARK_REMOTE``
+  (``sc://host:port``, see :mod:`.spark_connect`) is set - one warm driver shared by all runs -
+  else an in-process driver with :func:`marketflow_assets.spark.spark_conf` (master from
   ``MARKETFLOW_SPARK_MASTER``, default ``local[*]``).
 """
 
 from __future__ import annotations
+
+import os
 
 import dagster as dg
 from dagster_pyspark import PySparkResource
@@ -18,6 +22,14 @@ from marketflow_assets.spark import ensure_pyspark_python, spark_conf
 ensure_pyspark_python()  # Spark's Python workers must run this interpreter (the venv)
 
 
+def pyspark_config() -> dict[str, str]:
+    """``spark_config`` of the ``pyspark`` resource (read when the definitions load)."""
+    remote = os.environ.get("MARKETFLOW_SPARK_REMOTE", "").strip()
+    if remote:
+        return {"spark.remote": remote}
+    return spark_conf()
+
+
 def build_resources(
     postgres_url: str | dg.EnvVar | None = None, data_dir: str | dg.EnvVar | None = None
 ) -> dict[str, dg.ConfigurableResource]:
@@ -25,7 +37,7 @@ def build_resources(
     return {
         "postgres": PostgresResource(url=postgres_url or dg.EnvVar("MARKETFLOW_POSTGRES_URL")),
         "raw_data": RawDataResource(data_dir=data_dir or dg.EnvVar("MARKETFLOW_DATA_DIR")),
-        "pyspark": PySparkResource(spark_config=spark_conf()),
+        "pyspark": PySparkResource(spark_config=pyspark_config()),
     }
 
 
