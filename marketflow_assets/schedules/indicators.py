@@ -10,6 +10,8 @@ from datetime import timedelta
 import dagster as dg
 
 from marketflow_assets.assets.jobs import partition_key_for, refresh_indicators_job
+from marketflow_assets.assets.raw_prices import list_raw_files
+from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.sensors.automation import run_request_for
 
 RECENT_HOURS = 2
@@ -23,8 +25,13 @@ RECENT_HOURS = 2
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Every 15 min: recompute price_indicators + market_movers for the last 2 hours.",
 )
-def recent_indicators_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+def recent_indicators_schedule(
+    context: dg.ScheduleEvaluationContext, raw_data: RawDataResource
+) -> dg.RunRequest | dg.SkipReason:
     now = context.scheduled_execution_time
-    first = partition_key_for(now - timedelta(hours=RECENT_HOURS - 1))
-    last = partition_key_for(now)
-    return run_request_for(first, last, run_key=f"recent-{now.isoformat()}")
+    start = (now - timedelta(hours=RECENT_HOURS - 1)).replace(minute=0, second=0, microsecond=0)
+    if not list_raw_files(raw_data.raw_dir, start - timedelta(minutes=5), now + timedelta(hours=1)):
+        return dg.SkipReason(f"no raw data since {start.isoformat()}")
+    return run_request_for(
+        partition_key_for(start), partition_key_for(now), run_key=f"recent-{now.isoformat()}"
+    )

@@ -104,10 +104,18 @@ def test_new_raw_data_leads_to_indicator_rows(data_dir, pg_clean, spark):
         assert abs(got["ema_3min"] / exp["ema_3min"] - 1) <= 1e-9
 
 
-def test_schedule_requests_previous_and_current_hour():
-    context = dg.build_schedule_context(
-        scheduled_execution_time=datetime(2024, 3, 10, 0, 15, tzinfo=UTC)
-    )
-    request = recent_indicators_schedule(context)
+def test_schedule_requests_previous_and_current_hour_when_there_is_data(data_dir):
+    def evaluate(when):
+        context = dg.build_schedule_context(
+            scheduled_execution_time=when,
+            resources={"raw_data": RawDataResource(data_dir=str(data_dir))},
+        )
+        return recent_indicators_schedule(context)
+
+    when = datetime(2024, 3, 10, 0, 15, tzinfo=UTC)
+    assert isinstance(evaluate(when), dg.SkipReason)  # nothing to recompute
+    write_raw_parquet(data_dir / "raw_prices", irregular_rows(seed=2, coins=2, polls=30))
+    request = evaluate(when)
     assert request.tags[RANGE_START_TAG] == "2024-03-09-23:00"
     assert request.tags[RANGE_END_TAG] == "2024-03-10-00:00"
+    assert isinstance(evaluate(when + timedelta(days=2)), dg.SkipReason)
