@@ -108,6 +108,7 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
     if source == "replay":
         ingest += ["--replay-file", args.replay_file, "--speed", str(args.speed)]
     spark = [sys.executable, str(SPARK_JOB), "--master", args.spark_master]
+    spark += ["--trigger-seconds", "10"]
     dagster = [
         str(Path(sys.executable).with_name("dagster")),
         "dev",
