@@ -31,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
         default="engine,incremental,latency",
         help="comma-separated subset of: engine, incremental, latency",
     )
+    parser.add_argument(
+        "--latency-path",
+        choices=("daemon", "inprocess"),
+        default="daemon",
+        help="Parquet->Postgres hop of the latency benchmark: dagster dev with its sensors "
+        "(default), or an in-process refresh loop (lower bound)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     args.mode = args.mode or "quick"
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "latency":
             from benchmarks import latency
 
-            latency.run(args.mode)
+            latency.run(args.mode, args.latency_path)
         else:
             parser.error(f"unknown benchmark {name!r}")
     print(f"benchmarks ({args.mode}) finished in {time.perf_counter() - started:.0f} s")

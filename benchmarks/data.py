@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 # The fixed end of every benchmark history (exclusive): histories are [END - hours, END).
 HISTORY_END = pd.Timestamp("2026-01-08T00:00:00Z")
 HOURS = {"1h": 1, "1d": 24, "7d": 24 * 7}
+#: Bumped when the generated files change, so stale caches are regenerated.
+DATA_VERSION = 2
 
 
 def bench_dir() -> Path:
@@ -49,7 +51,7 @@ class History:
     seed: int = 7
     #: Parquet files per hour: ``"poll"`` = one per poll, like the streaming job (one micro-batch
     #: per poll, named ``part-<sink>-b<batch>-<k>-<min ts us>-<max ts us>.parquet``), or
-    #: ``"hour"`` = one file per hour (a compacted dataset).
+    #: ``"hour"`` = one file per hour (a compacted dataset, named the same way).
     files: str = "poll"
 
     @property
@@ -72,7 +74,8 @@ class History:
     def name(self) -> str:
         end = self.end_ts.strftime("%Y%m%dT%H%M")
         return (
-            f"raw_c{self.coins}_i{self.interval_s}_h{self.hours}_e{end}_s{self.seed}_{self.files}"
+            f"raw{DATA_VERSION}_c{self.coins}_i{self.interval_s}_h{self.hours}_e{end}"
+            f"_s{self.seed}_{self.files}"
         )
 
 
@@ -158,12 +161,17 @@ def _write_hour(table, root: Path, hour_start: pd.Timestamp, history: History) -
 
     folder = root / f"date={hour_start:%Y-%m-%d}"
     folder.mkdir(parents=True, exist_ok=True)
+    ts_us = table.column("ts").cast("int64").to_numpy()
     if history.files == "hour":
-        pq.write_table(table, folder / f"part-{hour_start:%H}00-bench.parquet")
+        # named like the streaming job's files (min/max ts in the name), so the assets can
+        # prune them by time exactly as they prune real data
+        hour_id = hour_start.value // 3_600_000_000_000
+        lo, hi = int(ts_us.min()), int(ts_us.max())
+        name = f"part-{history.seed:012x}-b{hour_id:010d}-000-{lo}-{hi}.parquet"
+        pq.write_table(table, folder / name)
         return
     n = history.coins
     first_poll = hour_start.value // 1_000_000_000 // history.interval_s
-    ts_us = table.column("ts").cast("int64").to_numpy()
     for i in range(len(table) // n):
         lo = int(ts_us[i * n])
         name = f"part-{history.seed:012x}-b{first_poll + i:010d}-000-{lo}-{lo}.parquet"
@@ -171,12 +179,8 @@ def _write_hour(table, root: Path, hour_start: pd.Timestamp, history: History) -
 
 
 def _file_start(path: Path) -> pd.Timestamp:
-    """First ``ts`` a file of :func:`_write_hour` holds (from its directory and name)."""
-    name = path.name
-    if name.endswith("-bench.parquet"):  # part-HH00-bench.parquet
-        day = path.parent.name.split("=", 1)[1]
-        return pd.Timestamp(f"{day}T{name[5:7]}:00:00Z")
-    return pd.Timestamp(int(name.rsplit("-", 2)[1]) * 1000, tz="UTC")
+    """First ``ts`` a file of :func:`_write_hour` holds (from its name)."""
+    return pd.Timestamp(int(path.stem.rsplit("-", 2)[1]) * 1000, tz="UTC")
 
 
 def ensure_history(history: History, source: History | None = None) -> Path:

@@ -109,7 +109,8 @@ def run_duckdb(raw: Path, out: Path, threads: int | None = None) -> int:
     """DuckDB: raw Parquet -> SPEC indicators -> one Parquet file. Returns the row count."""
     import duckdb
 
-    con = duckdb.connect(config={"enable_progress_bar": False})
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     try:
         if threads:
             con.execute(f"SET threads = {int(threads)}")
@@ -138,7 +139,8 @@ def compare(spark_out: Path, duck_out: Path) -> tuple[int, dict[str, float], int
     """
     import duckdb
 
-    con = duckdb.connect(config={"enable_progress_bar": False})
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
     try:
         con.execute("SET TimeZone = 'UTC'")
         rel = []

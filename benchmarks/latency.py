@@ -16,6 +16,11 @@ From the outside, this process watches
 
 and reports p50 / p95 / max per stage and in total. Full mode: 20 polls at 30 s (10 minutes).
 Quick mode compresses time: the same 20 polls every 6 s (2 minutes); everything else equal.
+
+``path="inprocess"`` (``python -m benchmarks --latency-path inprocess``) replaces ``dagster dev``
+by a loop in this process that materializes the partitions new raw files touch as soon as they
+appear (``dg.materialize`` of both assets, one warm SparkSession): a lower bound of what the
+Dagster hop costs without sensor intervals, run launch and Spark start-up per run.
 """
 
 from __future__ import annotations
@@ -114,6 +119,55 @@ class Watcher:
             conn.close()
 
 
+class RefreshLoop:
+    """In-process stand-in for the automation sensor (``path="inprocess"``)."""
+
+    def __init__(self, data_dir: Path, postgres_url: str):
+        self.data_dir = data_dir
+        self.postgres_url = postgres_url
+        self.runs: list[float] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+    def _run(self) -> None:
+        from benchmarks import project
+
+        seen: set[Path] = set()
+        raw_dir = self.data_dir / "raw_prices"
+        while not self._stop.wait(0.5):
+            new = [p for p in raw_dir.glob("date=*/*.parquet") if p not in seen]
+            if not new:
+                continue
+            seen.update(new)
+            hours = set()
+            for path in new:
+                try:
+                    lo, hi = (int(x) for x in path.stem.rsplit("-", 2)[1:])
+                except ValueError:
+                    continue
+                for us in (lo, hi):
+                    moment = datetime.fromtimestamp(us / 1e6, tz=UTC)
+                    hours.add(moment.replace(minute=0, second=0, microsecond=0))
+            for hour in sorted(hours):
+                try:
+                    self.runs.append(
+                        project.materialize_partition(
+                            self.data_dir, self.postgres_url, project.partition_key(hour)
+                        )
+                    )
+                except Exception as exc:  # noqa: BLE001 - reported at the end
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+                    logger.warning("in-process refresh failed: %s", exc)
+
+
 def _stats(values: list[float]) -> tuple[float, float, float]:
     arr = np.asarray(values, dtype=float)
     if not len(arr):
@@ -143,7 +197,7 @@ def _wait(predicate, timeout: float, what: str, children) -> None:
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def run(mode: str = "quick") -> dict[str, tuple[float, float, float]]:
+def run(mode: str = "quick", path: str = "daemon") -> dict[str, tuple[float, float, float]]:
     import psycopg2
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -168,12 +222,18 @@ def run(mode: str = "quick") -> dict[str, tuple[float, float, float]]:
         port=free_port(),
         spark_master="local[*]",
     )
+    hop = {
+        "daemon": "dagster dev: observation sensor -> automation sensor -> run launcher",
+        "inprocess": "in-process refresh loop (dg.materialize, warm Spark) instead of dagster dev",
+    }[path]
     print(
         f"latency: {polls} simulated polls of {COINS} coins every {interval:g} s"
         + (" (quick mode: time compressed from 30 s)" if interval != 30 else "")
+        + f"; Parquet->Postgres via {hop}"
     )
     children: list[up.Child] = []
     watcher: Watcher | None = None
+    loop: RefreshLoop | None = None
     started_at = time.monotonic()
     try:
         with running_services(settings, log=logger.info) as resolved:
@@ -190,20 +250,27 @@ def run(mode: str = "quick") -> dict[str, tuple[float, float, float]]:
             env = up.child_env(resolved, args)
             ingest, spark, dagster = up.build_children(args, resolved, "simulate")
             ingest.argv += ["--max-polls", str(polls)]
-            for child in (spark, dagster):
+            for child in (spark, dagster) if path == "daemon" else (spark,):
                 up.start_child(child, env)
                 children.append(child)
             probes = up.ReadinessProbes(resolved, args)
             spark_log = spark.log_path
-            _wait(probes._ui_serves, 180, "the Dagster UI", children)
+            if path == "daemon":
+                _wait(probes._ui_serves, 180, "the Dagster UI", children)
+            else:
+                from benchmarks import project
+
+                project.get_bench_spark()
+                loop = RefreshLoop(work, resolved.postgres_url)
+                loop.start()
             _wait(
                 lambda: "micro-batch" in spark_log.read_text(errors="replace"),
                 180,
                 "the Spark streaming job",
                 children,
             )
-            # Let the daemon load the code location and tick the sensors once.
-            time.sleep(15)
+            if path == "daemon":  # let the daemon load the code location and tick the sensors
+                time.sleep(15)
             setup_s = time.monotonic() - started_at
             since = datetime.now(UTC)
             watcher = Watcher(resolved.raw_dir, resolved.postgres_url, COINS, since)
@@ -219,6 +286,8 @@ def run(mode: str = "quick") -> dict[str, tuple[float, float, float]]:
                     break
                 time.sleep(1)
             watcher.stop()
+            if loop is not None:
+                loop.stop()
             conn = psycopg2.connect(resolved.postgres_url)
             try:
                 with conn.cursor() as cur:
@@ -232,6 +301,8 @@ def run(mode: str = "quick") -> dict[str, tuple[float, float, float]]:
     finally:
         if watcher is not None:
             watcher.stop()
+        if loop is not None:
+            loop.stop()
         for child in reversed(children):
             with contextlib.suppress(Exception):
                 up.stop_child(child)
@@ -274,6 +345,12 @@ def run(mode: str = "quick") -> dict[str, tuple[float, float, float]]:
     )
     if missing:
         print(f"latency: {missing} of {polls} polls never became visible in price_indicators")
+    if loop is not None:
+        print(
+            f"latency: in-process loop ran {len(loop.runs)} refreshes "
+            f"(median {np.median(loop.runs) if loop.runs else float('nan'):.1f} s), "
+            f"{len(loop.errors)} failed"
+        )
     for name, (p50, p95, mx) in stats.items():
         short = name.split(" ")[0]
         print(f"latency {short}: p50 = {p50:.1f} s, p95 = {p95:.1f} s, max = {mx:.1f} s")
