@@ -93,9 +93,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     key = get("COINGECKO_API_KEY")
     plan = (get("COINGECKO_API_PLAN") or ("demo" if key else "public")).lower()
     if plan not in COINGECKO_PLANS:
-        raise ConfigError(
-            f"COINGECKO_API_PLAN={plan!r} is not one of {', '.join(COINGECKO_PLANS)}"
-        )
+        raise ConfigError(f"COINGECKO_API_PLAN={plan!r} is not one of {', '.join(COINGECKO_PLANS)}")
     if plan != "public" and not key:
         raise ConfigError(f"COINGECKO_API_PLAN={plan} needs COINGECKO_API_KEY to be set")
     postgres_url = get("MARKETFLOW_POSTGRES_URL")
