@@ -136,6 +136,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         flush=True,
     )
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # instance storage migrations
     had_spark = _active_spark() is not None
     started = time.perf_counter()
     total_rows = total_movers = done = 0

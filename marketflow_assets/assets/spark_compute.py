@@ -113,24 +113,25 @@ def indicators_dataframe(raw_df, state: pd.DataFrame | None, start: datetime, en
             pdf.drop(columns="_bucket"), bucket_state, start=start_ns, end=end_ns
         )
 
-    bucketed = raw_df.withColumn("_bucket", F.abs(F.hash("id")) % buckets)
+    bucketed = raw_df.withColumn("_bucket", F.pmod(F.hash("id"), F.lit(buckets)))
     return bucketed.groupBy("_bucket").applyInPandas(per_bucket, schema=INDICATOR_DDL)
 
 
 def movers_dataframe(spark, indicators: pd.DataFrame):
     """Spark DataFrame of ``market_movers`` rows for the given indicator rows (lazy)."""
+    import pyspark.sql.functions as F
+
     cols = ["coin_id", "symbol", "ts", "price", "change_5min"]
     eligible = indicators.loc[indicators["change_5min"].notna(), cols]
     frame = spark.createDataFrame(
         eligible,
         schema="coin_id string, symbol string, ts timestamp, price double, change_5min double",
     )
-    import pyspark.sql.functions as F
 
     def per_bucket(pdf: pd.DataFrame) -> pd.DataFrame:  # whole snapshots, several per bucket
         return ind.compute_movers(pdf.drop(columns="_bucket"))
 
-    bucketed = frame.withColumn("_bucket", F.abs(F.hash("ts")) % _buckets(spark))
+    bucketed = frame.withColumn("_bucket", F.pmod(F.hash("ts"), F.lit(_buckets(spark))))
     return bucketed.groupBy("_bucket").applyInPandas(per_bucket, schema=MOVER_DDL)
 
 
