@@ -152,6 +152,7 @@ class PostgresResource(dg.ConfigurableResource):
             cur.copy_expert(
                 f"COPY _stage_{table} ({col_list}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf
             )
+            cur.execute(f"ANALYZE _stage_{table}")  # row estimate for the anti-joins below
             same_key = " AND ".join(f"s.{k} = t.{k}" for k in key)
             same_row = f"({', '.join('s.' + c for c in columns)}) IS NOT DISTINCT FROM " + (
                 f"({', '.join('t.' + c for c in columns)})"
