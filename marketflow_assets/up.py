@@ -22,6 +22,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+from marketflow_assets.resources.spark_connect import SPARK_REMOTE_ENV, EmbeddedSparkConnect
 from marketflow_assets.services import die_with_parent, running_services
 from marketflow_assets.settings import ConfigError, Settings
 
@@ -258,34 +259,42 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _supervise(args, settings: Settings, stop_requested: threading.Event) -> int:
-    """Start the children, announce readiness, stop them all (in reverse order) on exit."""
+    """Start the children, announce readiness, stop them all in reverse order on exit."""
     from marketflow_assets.resources.postgres import PostgresResource
 
     PostgresResource(url=settings.postgres_url).ensure_tables()
     source = resolve_source(args, settings)
     env = child_env(settings, args)
     children = build_children(args, settings, source)
-    try:
+    with contextlib.ExitStack() as stack:  # unwinds last-started first
         for child in children:
             if stop_requested.is_set():
                 return 0
+            if child.name == "dagster" and not env.get(SPARK_REMOTE_ENV):
+                # One warm Spark driver for every Dagster run instead of a new JVM per run.
+                server = EmbeddedSparkConnect(settings.data_dir / "logs", master=args.spark_master)
+                env[SPARK_REMOTE_ENV] = stack.enter_context(server)
+                logger.info("spark-connect: ready at %s for Dagster runs", env[SPARK_REMOTE_ENV])
+            stack.callback(stop_child, child)
             start_child(child, env)
-        probes = ReadinessProbes(settings, args)
-        logger.info("marketflow is starting; Ctrl-C stops everything")
-        while not stop_requested.wait(2.0):
-            for child in children:
-                code = child.proc.poll()
-                if code is not None:
-                    logger.error(
-                        "%s exited with code %s; stopping. Last lines of %s:\n%s",
-                        child.name,
-                        code,
-                        child.log_path,
-                        tail(child.log_path),
-                    )
-                    return 1
-            probes.check()
-        return 0
-    finally:
-        for child in reversed(children):
-            stop_child(child)
+        return _watch(children, settings, args, stop_requested)
+
+
+def _watch(children: list[Child], settings: Settings, args, stop_requested) -> int:
+    """Announce readiness; return 1 as soon as a child dies, 0 when a stop is requested."""
+    probes = ReadinessProbes(settings, args)
+    logger.info("marketflow is starting; Ctrl-C stops everything")
+    while not stop_requested.wait(2.0):
+        for child in children:
+            code = child.proc.poll()
+            if code is not None:
+                logger.error(
+                    "%s exited with code %s; stopping. Last lines of %s:\n%s",
+                    child.name,
+                    code,
+                    child.log_path,
+                    tail(child.log_path),
+                )
+                return 1
+        probes.check()
+    return 0

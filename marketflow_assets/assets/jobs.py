@@ -7,12 +7,24 @@ import dagster as dg
 from marketflow_assets.assets.partitions import PARTITION_FMT
 
 INDICATOR_ASSETS = dg.AssetSelection.assets("price_indicators", "market_movers")
+# = checks.freshness.FRESHNESS_CHECK_KEYS for these assets (not imported: checks import assets)
+_FRESHNESS_CHECKS = dg.AssetSelection.checks(
+    *(
+        dg.AssetCheckKey(dg.AssetKey(a), "freshness_check")
+        for a in ("price_indicators", "market_movers")
+    )
+)
 
 refresh_indicators_job = dg.define_asset_job(
     "refresh_indicators_job",
-    selection=INDICATOR_ASSETS,
+    # The freshness checks are evaluated every minute by monitoring_checks_sensor; running them
+    # in every refresh too would only add steps.
+    selection=INDICATOR_ASSETS - _FRESHNESS_CHECKS,
     description="Recompute price_indicators and market_movers for a partition (range), in order.",
     tags={"marketflow/pipeline": "indicators"},
+    # One process per run: the steps are sequential anyway (market_movers needs price_indicators,
+    # blocking checks sit between them) and a subprocess per step would cost seconds each.
+    executor_def=dg.in_process_executor,
 )
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"

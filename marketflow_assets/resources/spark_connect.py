@@ -100,6 +100,7 @@ class EmbeddedSparkConnect:
                 env=env,
                 cwd=self.log_dir,
                 preexec_fn=die_with_parent,
+                start_new_session=True,  # a terminal's Ctrl-C must not kill it before its clients
             )
         if not wait_for_port("127.0.0.1", self.port, self.timeout) or self.proc.poll() is not None:
             self.stop()

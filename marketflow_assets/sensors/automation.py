@@ -38,6 +38,10 @@ def _ts(metadata, key: str) -> datetime | None:
     return datetime.fromtimestamp(float(value.value), tz=UTC)
 
 
+def _hour(ts: datetime) -> datetime:
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
 def partition_range(
     oldest: datetime, newest: datetime, partitions_def=HOURLY
 ) -> tuple[str, str] | None:
@@ -46,8 +50,10 @@ def partition_range(
     last_allowed = partitions_def.get_last_partition_window()
     if last_allowed is None:
         return None
-    newest = min(newest, last_allowed.start)
-    oldest = max(oldest, first_allowed, newest - timedelta(hours=MAX_AUTOMATIC_PARTITIONS - 1))
+    newest = min(_hour(newest), last_allowed.start)
+    oldest = max(
+        _hour(oldest), first_allowed, newest - timedelta(hours=MAX_AUTOMATIC_PARTITIONS - 1)
+    )
     if oldest > newest:
         return None
     return partition_key_for(oldest), partition_key_for(newest)

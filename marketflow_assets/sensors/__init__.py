@@ -1,0 +1,1 @@
+"""Sensors: raw_prices observation, indicator automation, freshness monitoring, alerts."""
