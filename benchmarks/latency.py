@@ -168,6 +168,23 @@ class RefreshLoop:
                     logger.warning("in-process refresh failed: %s", exc)
 
 
+def _start_spark_connect(env: dict, settings, args, stack: contextlib.ExitStack) -> None:
+    """As ``marketflow up`` does: one Spark Connect server for all Dagster runs (when the
+    project provides it and no remote is configured)."""
+    try:
+        from marketflow_assets.resources.spark_connect import (
+            SPARK_REMOTE_ENV,
+            EmbeddedSparkConnect,
+        )
+    except ImportError:  # older checkout: every run starts its own Spark
+        return
+    if env.get(SPARK_REMOTE_ENV):
+        return
+    server = EmbeddedSparkConnect(settings.data_dir / "logs", master=args.spark_master)
+    env[SPARK_REMOTE_ENV] = stack.enter_context(server)
+    logger.info("spark-connect: ready at %s for Dagster runs", env[SPARK_REMOTE_ENV])
+
+
 def _stats(values: list[float]) -> tuple[float, float, float]:
     arr = np.asarray(values, dtype=float)
     if not len(arr):
@@ -236,7 +253,10 @@ def run(mode: str = "quick", path: str = "daemon") -> dict[str, tuple[float, flo
     loop: RefreshLoop | None = None
     started_at = time.monotonic()
     try:
-        with running_services(settings, log=logger.info) as resolved:
+        with (
+            running_services(settings, log=logger.info) as resolved,
+            contextlib.ExitStack() as services,
+        ):
             PostgresResource(url=resolved.postgres_url).ensure_tables()
             admin = KafkaAdminClient(bootstrap_servers=resolved.kafka_bootstrap)
             with contextlib.suppress(Exception):
@@ -251,6 +271,8 @@ def run(mode: str = "quick", path: str = "daemon") -> dict[str, tuple[float, flo
             ingest, spark, dagster = up.build_children(args, resolved, "simulate")
             ingest.argv += ["--max-polls", str(polls)]
             for child in (spark, dagster) if path == "daemon" else (spark,):
+                if child is dagster:
+                    _start_spark_connect(env, resolved, args, services)
                 up.start_child(child, env)
                 children.append(child)
             probes = up.ReadinessProbes(resolved, args)
