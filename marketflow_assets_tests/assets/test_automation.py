@@ -89,8 +89,13 @@ def test_new_raw_data_leads_to_indicator_rows(data_dir, pg_clean, spark):
 
     from marketflow_assets.resources import build_resources
 
+    from marketflow_assets import checks
+
+    # the job as deployed: assets plus their (non-freshness) quality checks
     defs = dg.Definitions.merge(
-        asset_defs, dg.Definitions(resources=build_resources(pg_clean, str(data_dir)))
+        asset_defs,
+        checks.defs,
+        dg.Definitions(resources=build_resources(pg_clean, str(data_dir))),
     )
     job = defs.resolve_job_def("refresh_indicators_job")
     run = job.execute_in_process(instance=instance, tags=request.tags)
