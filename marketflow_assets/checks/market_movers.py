@@ -9,13 +9,15 @@ import dagster as dg
 from marketflow_assets.checks.common import (
     Outcome,
     Window,
-    latest_window,
-    load_check_settings,
     no_data,
-    partition_window,
     sample_table,
 )
-from marketflow_assets.checks.tables import fetch_dicts, fetch_one, newest_ts, table_exists
+from marketflow_assets.checks.tables import (
+    fetch_dicts,
+    fetch_one,
+    run_table_check,
+    table_exists,
+)
 from marketflow_assets.indicators import TOP_N
 from marketflow_assets.resources.postgres import PostgresResource
 
@@ -97,19 +99,8 @@ def sorted_by_change_outcome(conn, window: Window) -> Outcome:
     )
 
 
-def check_window(context: dg.AssetCheckExecutionContext | None, conn) -> Window | None:
-    """The partition being materialized, else the latest ``MARKETFLOW_CHECK_WINDOW_HOURS``."""
-    return partition_window(context) or latest_window(
-        newest_ts(conn, TABLE, "snapshot_ts"), load_check_settings().window_hours
-    )
-
-
 def _run(context, postgres: PostgresResource, outcome_fn) -> dg.AssetCheckResult:
-    with postgres.get_connection() as conn:
-        window = check_window(context, conn)
-        if window is None:
-            return no_data("mover rows").to_result()
-        return outcome_fn(conn, window).to_result(window)
+    return run_table_check(context, postgres, TABLE, "snapshot_ts", "mover rows", outcome_fn)
 
 
 _META = {"table": TABLE, "window_env": "MARKETFLOW_CHECK_WINDOW_HOURS"}

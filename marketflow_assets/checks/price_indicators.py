@@ -15,14 +15,16 @@ from marketflow_assets.checks.common import (
     REL_TOLERANCE,
     Outcome,
     Window,
-    latest_window,
-    load_check_settings,
     no_data,
-    partition_window,
     sample_table,
 )
 from marketflow_assets.checks.raw_prices import read_window
-from marketflow_assets.checks.tables import fetch_dicts, fetch_one, newest_ts, table_exists
+from marketflow_assets.checks.tables import (
+    fetch_dicts,
+    fetch_one,
+    run_table_check,
+    table_exists,
+)
 from marketflow_assets.indicators import WINDOW_SECONDS
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
@@ -157,19 +159,8 @@ def volatility_non_negative_outcome(conn, window: Window) -> Outcome:
     )
 
 
-def check_window(context: dg.AssetCheckExecutionContext | None, conn) -> Window | None:
-    """The partition being materialized, else the latest ``MARKETFLOW_CHECK_WINDOW_HOURS``."""
-    return partition_window(context) or latest_window(
-        newest_ts(conn, TABLE, "ts"), load_check_settings().window_hours
-    )
-
-
 def _run(context, postgres: PostgresResource, outcome_fn) -> dg.AssetCheckResult:
-    with postgres.get_connection() as conn:
-        window = check_window(context, conn)
-        if window is None:
-            return no_data("indicator rows").to_result()
-        return outcome_fn(conn, window).to_result(window)
+    return run_table_check(context, postgres, TABLE, "ts", "indicator rows", outcome_fn)
 
 
 _META = {"table": TABLE, "window_env": "MARKETFLOW_CHECK_WINDOW_HOURS"}

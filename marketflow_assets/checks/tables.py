@@ -45,3 +45,22 @@ def fetch_one(conn, sql: str, params: dict[str, Any]) -> Any:
     with conn.cursor() as cur:
         cur.execute(sql, params)
         return cur.fetchone()[0]
+
+
+def run_table_check(context, postgres, table: str, ts_column: str, what: str, outcome_fn):
+    """Evaluate ``outcome_fn(conn, window)`` on ``table`` over the partition being materialized,
+    else over the latest ``MARKETFLOW_CHECK_WINDOW_HOURS`` before its newest ``ts_column``."""
+    from marketflow_assets.checks.common import (
+        latest_window,
+        load_check_settings,
+        no_data,
+        partition_window,
+    )
+
+    with postgres.get_connection() as conn:
+        window = partition_window(context) or latest_window(
+            newest_ts(conn, table, ts_column), load_check_settings().window_hours
+        )
+        if window is None:
+            return no_data(what).to_result()
+        return outcome_fn(conn, window).to_result(window)
