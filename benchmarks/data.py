@@ -198,7 +198,12 @@ def ensure_history(history: History, source: History | None = None) -> Path:
         shutil.rmtree(root)
     started = time.perf_counter()
     logger.info("generating %s (%d rows) ...", history.name, history.rows)
-    if source is not None and source.hours >= history.hours and source.end == history.end:
+    if (
+        source is not None
+        and source.name != history.name
+        and source.hours >= history.hours
+        and source.end == history.end
+    ):
         source_raw = ensure_history(source)
         for path in sorted(source_raw.glob("date=*/*.parquet")):
             if _file_start(path) >= history.start_ts:
