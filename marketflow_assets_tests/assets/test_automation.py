@@ -87,9 +87,8 @@ def test_new_raw_data_leads_to_indicator_rows(data_dir, pg_clean, spark):
     )
     assert isinstance(again, dg.SkipReason)
 
-    from marketflow_assets.resources import build_resources
-
     from marketflow_assets import checks
+    from marketflow_assets.resources import build_resources
 
     # the job as deployed: assets plus their (non-freshness) quality checks
     defs = dg.Definitions.merge(
