@@ -43,22 +43,32 @@ def _rows(conn, window: Window) -> int:
     return fetch_one(conn, f"SELECT count(*) FROM {TABLE} WHERE {_IN_WINDOW}", _params(window))
 
 
-def prices_positive_outcome(conn, window: Window) -> Outcome:
-    """Every row has a finite ``price`` > 0 (NULL, zero, negative, NaN and infinity fail)."""
+def _bad_rows_outcome(conn, window: Window, predicate: str, column: str, problem: str) -> Outcome:
+    """Fail when rows of the window match ``predicate``; report their count and a sample."""
     if not table_exists(conn, TABLE) or not (rows := _rows(conn, window)):
         return no_data("indicator rows")
-    bad_sql = (
-        f"FROM {TABLE} WHERE {_IN_WINDOW} AND (price IS NULL OR NOT (price > 0)"
-        " OR price IN ('NaN'::float8, 'Infinity'::float8))"
-    )
+    bad_sql = f"FROM {TABLE} WHERE {_IN_WINDOW} AND ({predicate})"
     bad = fetch_one(conn, f"SELECT count(*) {bad_sql}", _params(window))
     sample = fetch_dicts(
-        conn, f"SELECT coin_id, ts, price {bad_sql} ORDER BY ts, coin_id LIMIT 10", _params(window)
+        conn,
+        f"SELECT coin_id, ts, {column} {bad_sql} ORDER BY ts, coin_id LIMIT 10",
+        _params(window),
     )
     return Outcome(
         passed=bad == 0,
-        description=f"{bad} of {rows} rows have a NULL, non-positive or non-finite price.",
+        description=f"{bad} of {rows} rows have {problem}.",
         metadata={"rows": rows, "bad_rows": bad, "sample": sample_table(sample)},
+    )
+
+
+def prices_positive_outcome(conn, window: Window) -> Outcome:
+    """Every row has a finite ``price`` > 0 (NULL, zero, negative, NaN and infinity fail)."""
+    return _bad_rows_outcome(
+        conn,
+        window,
+        "price IS NULL OR NOT (price > 0) OR price IN ('NaN'::float8, 'Infinity'::float8)",
+        "price",
+        "a NULL, non-positive or non-finite price",
     )
 
 
@@ -140,22 +150,13 @@ def _outside_raw_bounds(bad_rows: list[dict], raw) -> list[dict]:
 
 def volatility_non_negative_outcome(conn, window: Window) -> Outcome:
     """``volatility_5min`` is NULL (fewer than 2 observations) or a finite value >= 0."""
-    if not table_exists(conn, TABLE) or not (rows := _rows(conn, window)):
-        return no_data("indicator rows")
-    bad_sql = (
-        f"FROM {TABLE} WHERE {_IN_WINDOW} AND volatility_5min IS NOT NULL"
-        " AND (volatility_5min < 0 OR volatility_5min IN ('NaN'::float8, 'Infinity'::float8))"
-    )
-    bad = fetch_one(conn, f"SELECT count(*) {bad_sql}", _params(window))
-    sample = fetch_dicts(
+    return _bad_rows_outcome(
         conn,
-        f"SELECT coin_id, ts, volatility_5min {bad_sql} ORDER BY ts, coin_id LIMIT 10",
-        _params(window),
-    )
-    return Outcome(
-        passed=bad == 0,
-        description=f"{bad} of {rows} rows have a negative or non-finite volatility_5min.",
-        metadata={"rows": rows, "bad_rows": bad, "sample": sample_table(sample)},
+        window,
+        "volatility_5min IS NOT NULL AND (volatility_5min < 0"
+        " OR volatility_5min IN ('NaN'::float8, 'Infinity'::float8))",
+        "volatility_5min",
+        "a negative or non-finite volatility_5min",
     )
 
 
