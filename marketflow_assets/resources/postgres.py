@@ -59,6 +59,24 @@ def _utc(value: datetime | pd.Timestamp) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
+def _csv_payload(frame: pd.DataFrame) -> io.BytesIO:
+    """``frame`` as a headerless CSV ``COPY`` payload, written by Arrow's C++ CSV writer.
+
+    About 10x faster than ``DataFrame.to_csv`` for an hour of indicators. Doubles are written in
+    shortest round-trip form (values survive exactly); NaN/None become unquoted empty fields
+    (``NULL`` in PostgreSQL's CSV format) while strings are always quoted, so an empty string
+    stays an empty string; tz-aware times carry a ``Z``.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    buf = io.BytesIO()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pa_csv.write_csv(table, buf, pa_csv.WriteOptions(include_header=False))
+    buf.seek(0)
+    return buf
+
+
 class PostgresResource(dg.ConfigurableResource):
     """Connections to the Marketflow PostgreSQL database (``MARKETFLOW_POSTGRES_URL``)."""
 
@@ -128,20 +146,9 @@ class PostgresResource(dg.ConfigurableResource):
         """
         columns = column_names(table)
         key = TABLES[table][1]
-        data = frame.loc[:, list(columns)].copy()
-        for name in data.columns:
-            if pd.api.types.is_datetime64_any_dtype(data[name]):
-                col = data[name]
-                if col.dt.tz is not None:
-                    col = col.dt.tz_convert("UTC").dt.tz_localize(None)
-                data[name] = col
-        buf = io.StringIO()
-        # floats are written in shortest round-trip form, so values survive exactly
-        data.to_csv(
-            buf, header=False, index=False, na_rep="\\N", date_format="%Y-%m-%d %H:%M:%S.%f"
-        )
-        buf.seek(0)
+        buf = _csv_payload(frame.loc[:, list(columns)])
         col_list = ", ".join(columns)
+        period = (_utc(start).to_pydatetime(), _utc(end).to_pydatetime())
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
         with self.get_connection() as conn, conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
@@ -149,10 +156,7 @@ class PostgresResource(dg.ConfigurableResource):
             cur.execute(
                 f"CREATE TEMP TABLE _stage_{table} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
             )
-            cur.copy_expert(
-                f"COPY _stage_{table} ({col_list}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buf
-            )
-            cur.execute(f"ANALYZE _stage_{table}")  # row estimate for the anti-joins below
+            cur.copy_expert(f"COPY _stage_{table} ({col_list}) FROM STDIN WITH (FORMAT csv)", buf)
             same_key = " AND ".join(f"s.{k} = t.{k}" for k in key)
             same_row = f"({', '.join('s.' + c for c in columns)}) IS NOT DISTINCT FROM " + (
                 f"({', '.join('t.' + c for c in columns)})"
@@ -161,12 +165,14 @@ class PostgresResource(dg.ConfigurableResource):
             cur.execute(
                 f"DELETE FROM {table} t WHERE t.{ts_column} >= %s AND t.{ts_column} < %s "
                 f"AND NOT EXISTS (SELECT 1 FROM _stage_{table} s WHERE {same_key} AND {same_row})",
-                (_utc(start).to_pydatetime(), _utc(end).to_pydatetime()),
+                period,
             )
             cur.execute(
                 f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM _stage_{table} s "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {same_key}) "
-                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+                f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {same_key} "
+                f"AND t.{ts_column} >= %s AND t.{ts_column} < %s) "
+                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
+                period,
             )
             return cur.rowcount
 

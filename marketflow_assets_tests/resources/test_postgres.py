@@ -1,0 +1,87 @@
+"""PostgresResource.replace_period against the real (pgserver) PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import psycopg2
+import pytest
+
+from marketflow_assets.resources.postgres import PostgresResource
+
+START = datetime(2024, 3, 10, 12, tzinfo=UTC)
+END = START + timedelta(hours=1)
+# values whose shortest decimal form needs all 17 digits, extremes, and NULLs (NaN / None)
+AWKWARD = [0.1 + 0.2, 1 / 3, 5e-324, 1.7976931348623157e308, -2.5e-17, 123456789.12345679]
+
+
+def indicator_frame(n: int = len(AWKWARD)) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    ts = pd.Series(
+        [pd.Timestamp(START) + pd.Timedelta(microseconds=int(x)) for x in rng.integers(0, 3e9, n)]
+    )
+    return pd.DataFrame(
+        {
+            "coin_id": [f"coin-{i}" for i in range(n)],
+            "symbol": ["", None, "btc", 'we"ird,sym', "x", "y"][:n],
+            "ts": ts,
+            "price": AWKWARD[:n],
+            "change_1min": [np.nan, 1.5, -0.0, 2.0, np.nan, 3.0][:n],
+            "change_5min": rng.normal(size=n),
+            "sma_5min": rng.normal(size=n) * 1e6,
+            "ema_3min": [None, 0.5, 0.25, 0.125, 0.0625, 0.03125][:n],
+            "volatility_5min": np.nan,
+        }
+    )
+
+
+def stored(url: str) -> list[tuple]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT * FROM price_indicators ORDER BY coin_id")
+        return cur.fetchall()
+
+
+@pytest.fixture
+def postgres(pg_clean) -> PostgresResource:
+    resource = PostgresResource(url=pg_clean)
+    resource.ensure_tables()
+    return resource
+
+
+def test_values_survive_exactly(postgres, pg_clean):
+    frame = indicator_frame()
+    assert postgres.replace_period("price_indicators", frame, START, END) == len(frame)
+    rows = stored(pg_clean)
+    assert [r[0] for r in rows] == list(frame["coin_id"])
+    for row, expected in zip(rows, frame.itertuples(index=False), strict=True):
+        assert row[1] == expected.symbol  # '' stays '', None stays NULL, quotes/commas intact
+        assert row[2] == expected.ts.to_pydatetime()  # microseconds exact
+        assert row[3] == expected.price  # bit-exact doubles, no decimal rounding
+        for got, want in zip(row[4:], expected[4:], strict=True):
+            if want is None or (isinstance(want, float) and math.isnan(want)):
+                assert got is None
+            else:
+                assert got == want
+
+
+def test_replace_is_idempotent_and_exact_for_the_period(postgres, pg_clean):
+    frame = indicator_frame()
+    outside = frame.iloc[[0]].assign(coin_id="outside", ts=pd.Timestamp(END))
+    postgres.replace_period("price_indicators", outside, END, END + timedelta(hours=1))
+    postgres.replace_period("price_indicators", frame, START, END)
+    before = stored(pg_clean)
+
+    assert postgres.replace_period("price_indicators", frame, START, END) == 0  # nothing rewritten
+    assert stored(pg_clean) == before
+
+    changed = frame.drop(index=[4]).reset_index(drop=True)
+    changed.loc[1, "sma_5min"] = 42.0
+    assert postgres.replace_period("price_indicators", changed, START, END) == 1
+    after = {r[0]: r for r in stored(pg_clean)}
+    assert "coin-4" not in after  # vanished from the new result: deleted
+    assert after["coin-1"][6] == 42.0
+    assert after["outside"] == next(r for r in before if r[0] == "outside")  # other period kept
+    assert len(after) == len(frame)
