@@ -161,11 +161,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             rows = _metadata_value(result, "price_indicators", "rows")
             coins = _metadata_value(result, "price_indicators", "coins")
             movers = _metadata_value(result, "market_movers", "rows")
+            engine = _engine(result)
             total_rows += rows
             total_movers += movers
             done += len(chunk)
             print(
-                f"[{done}/{len(keys)}] {label}: {rows} indicator rows ({coins} coins), "
+                f"[{done}/{len(keys)}] {label}: {rows} indicator rows ({coins} coins, {engine}), "
                 f"{movers} mover rows, {time.perf_counter() - t0:.1f}s",
                 flush=True,
             )
@@ -185,6 +186,13 @@ def _metadata_value(result, node: str, key: str) -> int:
     if not events or key not in events[0].metadata:
         return 0
     return int(events[0].metadata[key].value)
+
+
+def _engine(result) -> str:
+    """Where ``price_indicators`` was computed: ``local`` or ``spark`` (``none`` without input)."""
+    events = result.asset_materializations_for_node("price_indicators")
+    engine = events[0].metadata.get("engine") if events else None
+    return str(engine.value) if engine is not None else "none"
 
 
 def _active_spark():

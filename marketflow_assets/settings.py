@@ -58,6 +58,7 @@ class Settings:
     coingecko_api_key: str | None = field(default=None, repr=False)
     coingecko_api_plan: str = "public"
     coingecko_api_url: str = COINGECKO_PLANS["public"][0]
+    local_max_rows: int | None = None  # None: the pyspark resource's default
 
     @property
     def dlq_topic(self) -> str:
@@ -101,6 +102,13 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         raise ConfigError(
             "MARKETFLOW_POSTGRES_URL must look like postgresql://user:pass@host:port/db"
         )
+    local_max_rows = get("MARKETFLOW_LOCAL_MAX_ROWS")
+    if local_max_rows is not None:
+        if not local_max_rows.isdigit():
+            raise ConfigError(
+                f"MARKETFLOW_LOCAL_MAX_ROWS={local_max_rows!r} must be an integer >= 0"
+            )
+        local_max_rows = int(local_max_rows)
     return Settings(
         kafka_bootstrap=get("MARKETFLOW_KAFKA_BOOTSTRAP"),
         kafka_topic=get("MARKETFLOW_KAFKA_TOPIC") or DEFAULT_TOPIC,
@@ -109,4 +117,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         coingecko_api_key=key,
         coingecko_api_plan=plan,
         coingecko_api_url=(get("COINGECKO_API_URL") or COINGECKO_PLANS[plan][0]).rstrip("/"),
+        local_max_rows=local_max_rows,
     )

@@ -1,10 +1,11 @@
 """``price_indicators``: per-coin indicators of the raw prices, in PostgreSQL (hourly partitions).
 
 A partition ``[start, end)`` is refreshed incrementally (see :mod:`marketflow_assets.indicators`):
-Spark reads only the raw rows in ``[start - 300 s, end)`` (pruned by ``date=`` directory and file
+only the raw rows in ``[start - 300 s, end)`` are read (pruned by ``date=`` directory and file
 name), the per-coin state before ``start`` comes from ``price_indicators`` itself (two indexed
-lookups per coin), the pure function runs on buckets of coins with ``applyInPandas``, and the
-rows replace the period in one transaction. Cost depends on the partition, not on the history.
+lookups per coin), the pure function runs in process for small windows (the newest hour) or on
+buckets of coins with Spark's ``applyInPandas`` for large ones (backfills), and the rows replace
+the period in one transaction. Cost depends on the partition, not on the history.
 """
 
 import logging
@@ -17,18 +18,22 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
-from dagster_pyspark import PySparkResource
 
 from marketflow_assets import indicators as ind
 from marketflow_assets.assets.partitions import HOURLY, backfill_policy, self_dependency
 from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
 from marketflow_assets.assets.spark_compute import (
     indicators_dataframe,
+    raw_row_count,
+    raw_window_files,
     read_raw_window,
+    read_raw_window_local,
+    session,
     spark_to_pandas,
 )
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
+from marketflow_assets.resources.spark import LOCAL_MAX_ROWS, SparkResource
 
 logger = logging.getLogger(__name__)
 
@@ -44,36 +49,55 @@ class IndicatorRefresh:
     rows: pd.DataFrame
     coins_with_state: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    engine: str = "none"  # where the rows were computed: "local", "spark" or "none" (no input)
 
 
 def refresh_indicators(
-    spark, raw_dir: Path, postgres: PostgresResource, start: datetime, end: datetime
+    spark,
+    raw_dir: Path,
+    postgres: PostgresResource,
+    start: datetime,
+    end: datetime,
+    local_max_rows: int = LOCAL_MAX_ROWS,
 ) -> IndicatorRefresh:
-    """Compute ``price_indicators`` for ``[start, end)`` with Spark and replace them in Postgres."""
+    """Compute ``price_indicators`` for ``[start, end)`` and replace them in Postgres.
+
+    ``spark``: a SparkSession or a function returning one, called only when the raw window has
+    more than ``local_max_rows`` rows; smaller windows are computed in this process.
+    """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     postgres.ensure_tables()
-    raw_df = read_raw_window(spark, raw_dir, start, end)
-    state = None
-    if raw_df is None:
+    files = raw_window_files(raw_dir, start, end)
+    state, engine = None, "none"
+    if not files:
         rows = ind.compute_indicators(pd.DataFrame(columns=list(ind.RAW_INPUT_COLUMNS)))
     else:
         state = postgres.fetch_indicator_state(None, start, ind.lookback_start(start))
         timings["read_state"] = time.perf_counter() - t0
-        rows = spark_to_pandas(indicators_dataframe(raw_df, state, start, end))
+        if raw_row_count(files) <= local_max_rows:
+            engine = "local"
+            raw = read_raw_window_local(files, start, end)
+            rows = ind.compute_indicators(raw, state, start=start, end=end)
+        else:
+            engine = "spark"
+            raw_df = read_raw_window(session(spark), raw_dir, start, end, files)
+            rows = spark_to_pandas(indicators_dataframe(raw_df, state, start, end))
         timings["compute"] = time.perf_counter() - t0 - sum(timings.values())
     postgres.replace_period("price_indicators", rows, start, end)
     timings["write"] = time.perf_counter() - t0 - sum(timings.values())
+    coins_with_state = 0 if state is None else len(state)
     logger.info(
-        "price_indicators %s .. %s: %d rows, %d coins (%d continued from stored state), %.2fs",
+        "price_indicators %s .. %s: %d rows, %d coins (%d continued from stored state), %s, %.2fs",
         start.isoformat(),
         end.isoformat(),
         len(rows),
         rows["coin_id"].nunique(),
-        0 if state is None else len(state),
+        coins_with_state,
+        engine,
         time.perf_counter() - t0,
     )
-    return IndicatorRefresh(start, end, rows, 0 if state is None else len(state), timings)
+    return IndicatorRefresh(start, end, rows, coins_with_state, timings, engine)
 
 
 def indicator_metadata(result: IndicatorRefresh) -> dict[str, Any]:
@@ -86,6 +110,7 @@ def indicator_metadata(result: IndicatorRefresh) -> dict[str, Any]:
         "period_start": dg.MetadataValue.timestamp(result.start),
         "period_end": dg.MetadataValue.timestamp(result.end),
         "refresh_seconds": dg.MetadataValue.float(round(sum(result.seconds.values()), 3)),
+        "engine": dg.MetadataValue.text(result.engine),
     }
     if len(rows):
         meta["first_ts"] = dg.MetadataValue.timestamp(rows["ts"].min().to_pydatetime())
@@ -136,7 +161,7 @@ def _build_price_indicators(
         context: dg.AssetExecutionContext,
         postgres: PostgresResource,
         raw_data: RawDataResource,
-        pyspark: PySparkResource,
+        pyspark: SparkResource,
     ) -> dg.MaterializeResult:
         """Per-coin price indicators in PostgreSQL table `price_indicators`.
 
@@ -149,7 +174,12 @@ def _build_price_indicators(
         window = context.partition_time_window
         context.log.info(f"refreshing price_indicators for [{window.start}, {window.end})")
         result = refresh_indicators(
-            pyspark.spark_session, raw_data.raw_dir, postgres, window.start, window.end
+            pyspark.get_session,
+            raw_data.raw_dir,
+            postgres,
+            window.start,
+            window.end,
+            local_max_rows=pyspark.local_max_rows,
         )
         return dg.MaterializeResult(metadata=indicator_metadata(result))
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
-from dagster_pyspark import PySparkResource
 
 from marketflow_assets import indicators as ind
 from marketflow_assets.assets.partitions import HOURLY, backfill_policy
-from marketflow_assets.assets.spark_compute import movers_dataframe, spark_to_pandas
+from marketflow_assets.assets.spark_compute import movers_dataframe, session, spark_to_pandas
 from marketflow_assets.resources.postgres import PostgresResource
+from marketflow_assets.resources.spark import LOCAL_MAX_ROWS, SparkResource
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +25,23 @@ class MoversRefresh:
     end: datetime
     rows: pd.DataFrame
     seconds: float
+    engine: str  # "local" or "spark"
 
 
 def refresh_movers(
-    spark, postgres: PostgresResource, start: datetime, end: datetime
+    spark,
+    postgres: PostgresResource,
+    start: datetime,
+    end: datetime,
+    local_max_rows: int = LOCAL_MAX_ROWS,
 ) -> MoversRefresh:
-    """Compute ``market_movers`` for snapshots in ``[start, end)`` from the stored indicators."""
+    """Compute ``market_movers`` for snapshots in ``[start, end)`` from the stored indicators.
+
+    :func:`~marketflow_assets.indicators.compute_movers` runs in this process, where the rows
+    already are after the Postgres read, for up to ``local_max_rows`` rows (shipping one hour to
+    Spark's Python workers and back costs ~10x the ranking itself), else on Spark per bucket of
+    snapshots (``spark``: a SparkSession or a function returning one).
+    """
     t0 = time.perf_counter()
     postgres.ensure_tables()
     source = postgres.read_period(
@@ -40,21 +51,23 @@ def refresh_movers(
         columns=["coin_id", "symbol", "ts", "price", "change_5min"],
         where="change_5min IS NOT NULL",
     )
-    if source.empty:
+    engine = "local" if len(source) <= local_max_rows else "spark"
+    if engine == "local":
         movers = ind.compute_movers(source)
     else:
-        movers = spark_to_pandas(movers_dataframe(spark, source))
+        movers = spark_to_pandas(movers_dataframe(session(spark), source))
     postgres.replace_period("market_movers", movers, start, end, ts_column="snapshot_ts")
     seconds = time.perf_counter() - t0
     logger.info(
-        "market_movers %s .. %s: %d rows for %d snapshots, %.2fs",
+        "market_movers %s .. %s: %d rows for %d snapshots, %s, %.2fs",
         start.isoformat(),
         end.isoformat(),
         len(movers),
         movers["snapshot_ts"].nunique(),
+        engine,
         seconds,
     )
-    return MoversRefresh(start, end, movers, seconds)
+    return MoversRefresh(start, end, movers, seconds, engine)
 
 
 def movers_markdown(movers: pd.DataFrame) -> str:
@@ -85,6 +98,7 @@ def movers_metadata(result: MoversRefresh) -> dict[str, Any]:
         "period_start": dg.MetadataValue.timestamp(result.start),
         "period_end": dg.MetadataValue.timestamp(result.end),
         "refresh_seconds": dg.MetadataValue.float(round(result.seconds, 3)),
+        "engine": dg.MetadataValue.text(result.engine),
         "latest_top_movers": dg.MetadataValue.md(movers_markdown(movers)),
     }
     if len(movers):
@@ -124,7 +138,7 @@ def _build_market_movers(partitions_def: dg.TimeWindowPartitionsDefinition) -> d
     def market_movers(
         context: dg.AssetExecutionContext,
         postgres: PostgresResource,
-        pyspark: PySparkResource,
+        pyspark: SparkResource,
     ) -> dg.MaterializeResult:
         """Top-5 gainers and losers by `change_5min` for every snapshot `ts`.
 
@@ -133,7 +147,13 @@ def _build_market_movers(partitions_def: dg.TimeWindowPartitionsDefinition) -> d
         same partition of `price_indicators`; written idempotently to table `market_movers`.
         """
         window = context.partition_time_window
-        result = refresh_movers(pyspark.spark_session, postgres, window.start, window.end)
+        result = refresh_movers(
+            pyspark.get_session,
+            postgres,
+            window.start,
+            window.end,
+            local_max_rows=pyspark.local_max_rows,
+        )
         return dg.MaterializeResult(metadata=movers_metadata(result))
 
     return market_movers

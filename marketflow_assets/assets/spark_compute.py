@@ -1,9 +1,12 @@
-"""Spark glue for the indicator assets: read the raw window, apply the pure functions per group.
+"""Compute glue for the indicator assets: read the raw window, apply the pure functions.
 
 All math lives in :mod:`marketflow_assets.indicators`; this module only decides which files to
-read and how the work is split: ``applyInPandas(compute_indicators)`` over buckets of
-coins (each coin's rows together, with its prior state) for the indicators and
-``applyInPandas(compute_movers)`` over buckets of snapshots for the movers.
+read, where the work runs and how it is split. Small inputs (up to the ``pyspark`` resource's
+``local_max_rows``, e.g. the newest hour) are read with pyarrow and computed in this process;
+larger ones (backfills) on Spark: ``applyInPandas(compute_indicators)`` over buckets of coins
+(each coin's rows together, with its prior state) for the indicators and
+``applyInPandas(compute_movers)`` over buckets of snapshots for the movers. Both paths give
+identical rows (tested).
 """
 
 from __future__ import annotations
@@ -15,8 +18,14 @@ from typing import Any
 import pandas as pd
 
 from marketflow_assets import indicators as ind
-from marketflow_assets.assets.raw_prices import list_raw_files
-from marketflow_assets.schema import INDICATOR_COLUMNS, MOVER_COLUMNS, RAW_COLUMNS, spark_ddl
+from marketflow_assets.assets.raw_prices import RawFile, list_raw_files
+from marketflow_assets.schema import (
+    INDICATOR_COLUMNS,
+    MOVER_COLUMNS,
+    RAW_COLUMNS,
+    raw_arrow_schema,
+    spark_ddl,
+)
 
 RAW_READ_DDL = spark_ddl(tuple(c for c in RAW_COLUMNS if c[0] in ind.RAW_INPUT_COLUMNS))
 _SQL_TO_SPARK = {"text": "string", "double": "double", "timestamptz": "timestamp", "int": "int"}
@@ -43,17 +52,63 @@ def _has_nanosecond_ts(path: Path) -> bool:
     return pa.types.is_timestamp(ts_type) and ts_type.unit == "ns"
 
 
-def read_raw_window(spark, raw_dir: Path, start: datetime, end: datetime):
+def raw_window_files(raw_dir: Path, start: datetime, end: datetime) -> list[RawFile]:
+    """Raw files that may hold rows with ``ts`` in ``[start - 300 s, end)`` (the window plus the
+    indicators' lookback): only the ``date=`` directories and streaming files overlapping it."""
+    return list_raw_files(raw_dir, ind.lookback_start(pd.Timestamp(start)).to_pydatetime(), end)
+
+
+def raw_row_count(files: list[RawFile]) -> int:
+    """Rows in ``files`` according to their Parquet footers (no data is read)."""
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(f.path).num_rows for f in files)
+
+
+def session(spark):
+    """``spark`` if it is a SparkSession, else ``spark()`` (a lazy provider: no session is
+    started for computations that stay in process)."""
+    return spark() if callable(spark) else spark
+
+
+def read_raw_window_local(files: list[RawFile], start: datetime, end: datetime) -> pd.DataFrame:
+    """The rows :func:`read_raw_window` selects, read in this process with pyarrow.
+
+    ``ts`` becomes tz-aware UTC in microseconds (nanosecond files truncated, as on Spark).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = raw_arrow_schema()
+    target = pa.schema([schema.field(name) for name in ind.RAW_INPUT_COLUMNS])
+    lookback = pa.scalar(ind.lookback_start(pd.Timestamp(start)), type=target.field("ts").type)
+    stop = pa.scalar(pd.Timestamp(end), type=target.field("ts").type)
+    tables = []
+    for raw_file in files:
+        table = pq.read_table(raw_file.path, columns=list(ind.RAW_INPUT_COLUMNS))
+        table = table.select(list(ind.RAW_INPUT_COLUMNS)).cast(target, safe=False)
+        keep = pc.and_(
+            pc.and_(pc.greater_equal(table["ts"], lookback), pc.less(table["ts"], stop)),
+            pc.is_valid(table["current_price"]),
+        )
+        tables.append(table.filter(keep))
+    return pa.concat_tables(tables).to_pandas()
+
+
+def read_raw_window(
+    spark, raw_dir: Path, start: datetime, end: datetime, files: list[RawFile] | None = None
+):
     """Spark DataFrame of raw rows with ``ts`` in ``[start - 300 s, end)``, or None if no file.
 
-    Only the ``date=`` directories and streaming files overlapping the window are opened. Files
-    written by other tools with nanosecond timestamps are read as integers
-    (``spark.sql.legacy.parquet.nanosAsLong``) and converted to microseconds.
+    Reads ``files`` (default :func:`raw_window_files`). Files written by other tools with
+    nanosecond timestamps are read as integers (``spark.sql.legacy.parquet.nanosAsLong``) and
+    converted to microseconds.
     """
     import pyspark.sql.functions as F
 
     lookback = ind.lookback_start(pd.Timestamp(start)).to_pydatetime()
-    files = list_raw_files(raw_dir, lookback, end)
+    files = raw_window_files(raw_dir, start, end) if files is None else files
     if not files:
         return None
     nanos = [f for f in files if f.min_ts is None and _has_nanosecond_ts(f.path)]

@@ -2,10 +2,12 @@
 
 * ``postgres`` - the indicator database (``MARKETFLOW_POSTGRES_URL``),
 * ``raw_data`` - the raw Parquet dataset root (``MARKETFLOW_DATA_DIR``),
-* ``pyspark`` - a Spark session: a Spark Connect client when ``MARKETFLOW_SPARK_REMOTE``
-  (``sc://host:port``, see :mod:`.spark_connect`) is set - one warm driver shared by all runs -
-  else an in-process driver with :func:`marketflow_assets.spark.spark_conf` (master from
-  ``MARKETFLOW_SPARK_MASTER``, default ``local[*]``).
+* ``pyspark`` - a Spark session (:class:`.spark.SparkResource`, started on first use): a Spark
+  Connect client when ``MARKETFLOW_SPARK_REMOTE`` (``sc://host:port``, see :mod:`.spark_connect`)
+  is set - one warm driver shared by all runs - else an in-process driver with
+  :func:`marketflow_assets.spark.spark_conf` (master from ``MARKETFLOW_SPARK_MASTER``, default
+  ``local[*]``). Inputs up to ``MARKETFLOW_LOCAL_MAX_ROWS`` rows (default 500 000) are computed in
+  process without Spark.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import os
 
 import dagster as dg
-from dagster_pyspark import PySparkResource
 
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
+from marketflow_assets.resources.spark import SparkResource
+from marketflow_assets.settings import load_settings
 from marketflow_assets.spark import ensure_pyspark_python, spark_conf
 
 ensure_pyspark_python()  # Spark's Python workers must run this interpreter (the venv)
@@ -34,13 +37,15 @@ def build_resources(
     postgres_url: str | dg.EnvVar | None = None, data_dir: str | dg.EnvVar | None = None
 ) -> dict[str, dg.ConfigurableResource]:
     """Resource dict; defaults read the environment at run time (``dg.EnvVar``)."""
+    limit = load_settings().local_max_rows
+    local = {} if limit is None else {"local_max_rows": limit}
     return {
         "postgres": PostgresResource(url=postgres_url or dg.EnvVar("MARKETFLOW_POSTGRES_URL")),
         "raw_data": RawDataResource(data_dir=data_dir or dg.EnvVar("MARKETFLOW_DATA_DIR")),
-        "pyspark": PySparkResource(spark_config=pyspark_config()),
+        "pyspark": SparkResource(spark_config=pyspark_config(), **local),
     }
 
 
 RESOURCES = build_resources()
 
-__all__ = ["RESOURCES", "PostgresResource", "RawDataResource", "build_resources"]
+__all__ = ["RESOURCES", "PostgresResource", "RawDataResource", "SparkResource", "build_resources"]

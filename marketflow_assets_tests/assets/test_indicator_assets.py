@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pytest
 from asset_helpers import partition_keys, read_table, write_raw_parquet
 from test_indicators import irregular_rows, reference_indicators, reference_movers
 
@@ -18,6 +19,7 @@ from marketflow_assets.assets.indicators import price_indicators
 from marketflow_assets.assets.jobs import partition_range_tags
 from marketflow_assets.assets.movers import market_movers
 from marketflow_assets.assets.raw_prices import list_raw_files, raw_prices
+from marketflow_assets.resources import SparkResource
 
 ASSETS = [raw_prices, price_indicators, market_movers]
 SELECTION = ["price_indicators", "market_movers"]
@@ -36,6 +38,19 @@ def materialize(resources, instance, key=None, key_range=None):
     )
     assert result.success
     return result
+
+
+def on_spark(resources: dict) -> dict:
+    """``resources`` with every computation on Spark (``local_max_rows=0``)."""
+    spark = SparkResource(spark_config=resources["pyspark"].spark_config, local_max_rows=0)
+    return {**resources, "pyspark": spark}
+
+
+def engines(result) -> dict[str, str]:
+    return {
+        node: result.asset_materializations_for_node(node)[0].metadata["engine"].value
+        for node in SELECTION
+    }
 
 
 def assert_indicators_match_reference(table: pd.DataFrame, rows) -> None:
@@ -95,12 +110,16 @@ def test_partitions_in_order_match_reference_equal_full_recompute_and_are_idempo
     assert_indicators_match_reference(incremental, rows)
     assert_movers_match_reference(incremental_movers, rows)
 
-    # full recompute: empty tables, one run over the whole range (no stored state at all)
+    assert engines(result) == {"price_indicators": "local", "market_movers": "local"}
+
+    # full recompute: empty tables, one run over the whole range (no stored state at all), on
+    # Spark this time (the small hourly runs above computed in process): same rows
     import psycopg2
 
     with psycopg2.connect(pg_clean) as conn, conn.cursor() as cur:
         cur.execute("TRUNCATE price_indicators, market_movers")
-    materialize(asset_resources, instance, key_range=(keys[0], keys[-1]))
+    result = materialize(on_spark(asset_resources), instance, key_range=(keys[0], keys[-1]))
+    assert engines(result) == {"price_indicators": "spark", "market_movers": "spark"}
     full = sorted_table(pg_clean, "price_indicators")
     pd.testing.assert_frame_equal(
         full[["coin_id", "symbol", "ts"]], incremental[["coin_id", "symbol", "ts"]]
@@ -111,6 +130,7 @@ def test_partitions_in_order_match_reference_equal_full_recompute_and_are_idempo
         sorted_table(pg_clean, "market_movers").drop(columns="change_5min"),
         incremental_movers.drop(columns="change_5min"),
     )
+    assert_movers_match_reference(sorted_table(pg_clean, "market_movers"), rows)
 
     # idempotent: re-materializing a middle partition changes nothing, duplicates nothing
     before = sorted_table(pg_clean, "price_indicators")
@@ -166,7 +186,10 @@ def test_raw_file_listing_prunes_by_day_and_streaming_file_name(tmp_path):
     assert len(list_raw_files(tmp_path)) == 4
 
 
-def test_files_from_other_writers_with_nanosecond_timestamps(asset_resources, raw_dir, pg_clean):
+@pytest.mark.parametrize("engine", ["local", "spark"])
+def test_files_from_other_writers_with_nanosecond_timestamps(
+    asset_resources, raw_dir, pg_clean, engine
+):
     """pandas writes TIMESTAMP(NANOS) by default, which Spark rejects; such files still work."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -181,5 +204,7 @@ def test_files_from_other_writers_with_nanosecond_timestamps(asset_resources, ra
         assert table.schema.field("ts").type == pa.timestamp("ns", tz="UTC")
         pq.write_table(table, folder / "from-pandas.parquet")
     keys = partition_keys(price_indicators, min(r[2] for r in rows), max(r[2] for r in rows))
-    materialize(asset_resources, dg.DagsterInstance.ephemeral(), key_range=(keys[0], keys[-1]))
+    resources = asset_resources if engine == "local" else on_spark(asset_resources)
+    result = materialize(resources, dg.DagsterInstance.ephemeral(), key_range=(keys[0], keys[-1]))
+    assert engines(result)["price_indicators"] == engine
     assert_indicators_match_reference(read_table(pg_clean, "price_indicators"), rows)

@@ -33,6 +33,7 @@ def test_refresh_runs_on_a_spark_connect_server(tmp_path, data_dir, pg_clean):
             MARKETFLOW_SPARK_REMOTE=remote,
             MARKETFLOW_POSTGRES_URL=pg_clean,
             MARKETFLOW_DATA_DIR=str(data_dir),
+            MARKETFLOW_LOCAL_MAX_ROWS="0",  # this small input would otherwise skip Spark
         )
         done = subprocess.run(
             [sys.executable, "-c", CLI, "refresh"],
@@ -43,6 +44,7 @@ def test_refresh_runs_on_a_spark_connect_server(tmp_path, data_dir, pg_clean):
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert "refresh: done" in done.stdout
+        assert "coins, spark)" in done.stdout  # computed on the server, not in process
         proc = server.proc
     assert proc.poll() is not None  # the server is stopped, no orphan
     assert_indicators_match_reference(read_table(pg_clean, "price_indicators"), rows)
