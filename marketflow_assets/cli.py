@@ -71,7 +71,11 @@ def configure_logging(debug: bool = False) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports the definitions' resources, which read the environment
+    except ConfigError as exc:
+        print(f"marketflow: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     configure_logging(args.debug)
     try:

@@ -102,13 +102,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         raise ConfigError(
             "MARKETFLOW_POSTGRES_URL must look like postgresql://user:pass@host:port/db"
         )
-    local_max_rows = get("MARKETFLOW_LOCAL_MAX_ROWS")
-    if local_max_rows is not None:
-        if not local_max_rows.isdigit():
-            raise ConfigError(
-                f"MARKETFLOW_LOCAL_MAX_ROWS={local_max_rows!r} must be an integer >= 0"
-            )
-        local_max_rows = int(local_max_rows)
     return Settings(
         kafka_bootstrap=get("MARKETFLOW_KAFKA_BOOTSTRAP"),
         kafka_topic=get("MARKETFLOW_KAFKA_TOPIC") or DEFAULT_TOPIC,
@@ -117,5 +110,14 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         coingecko_api_key=key,
         coingecko_api_plan=plan,
         coingecko_api_url=(get("COINGECKO_API_URL") or COINGECKO_PLANS[plan][0]).rstrip("/"),
-        local_max_rows=local_max_rows,
+        local_max_rows=parse_local_max_rows(get("MARKETFLOW_LOCAL_MAX_ROWS")),
     )
+
+
+def parse_local_max_rows(value: str | None) -> int | None:
+    """``MARKETFLOW_LOCAL_MAX_ROWS`` as an int >= 0; None when unset (the resource default)."""
+    if value is None or not value.strip():
+        return None
+    if not value.strip().isdigit():
+        raise ConfigError(f"MARKETFLOW_LOCAL_MAX_ROWS={value!r} must be an integer >= 0")
+    return int(value)

@@ -47,16 +47,21 @@ def test_unreachable_postgres_exits_2_with_one_line(tmp_path):
     assert "hunter2" not in proc.stderr
 
 
-def test_bad_plan_is_config_error(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("COINGECKO_API_PLAN", "enterprise"), ("MARKETFLOW_LOCAL_MAX_ROWS", "lots")],
+)
+def test_bad_config_is_config_error(tmp_path, name, value):
     proc = subprocess.run(
         [MARKETFLOW, "up"],
-        env=_env(tmp_path, COINGECKO_API_PLAN="enterprise"),
+        env=_env(tmp_path, **{name: value}),
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2
-    assert "COINGECKO_API_PLAN" in proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "Traceback" not in proc.stderr
 
 
 def _graphql(port: int, query: str) -> dict:

@@ -19,7 +19,7 @@ import dagster as dg
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.resources.spark import SparkResource
-from marketflow_assets.settings import load_settings
+from marketflow_assets.settings import parse_local_max_rows
 from marketflow_assets.spark import ensure_pyspark_python, spark_conf
 
 ensure_pyspark_python()  # Spark's Python workers must run this interpreter (the venv)
@@ -37,7 +37,7 @@ def build_resources(
     postgres_url: str | dg.EnvVar | None = None, data_dir: str | dg.EnvVar | None = None
 ) -> dict[str, dg.ConfigurableResource]:
     """Resource dict; defaults read the environment at run time (``dg.EnvVar``)."""
-    limit = load_settings().local_max_rows
+    limit = parse_local_max_rows(os.environ.get("MARKETFLOW_LOCAL_MAX_ROWS"))
     local = {} if limit is None else {"local_max_rows": limit}
     return {
         "postgres": PostgresResource(url=postgres_url or dg.EnvVar("MARKETFLOW_POSTGRES_URL")),
