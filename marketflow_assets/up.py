@@ -267,17 +267,30 @@ def _supervise(args, settings: Settings, stop_requested: threading.Event) -> int
     env = child_env(settings, args)
     children = build_children(args, settings, source)
     with contextlib.ExitStack() as stack:  # unwinds last-started first
+        server = None
         for child in children:
             if stop_requested.is_set():
                 return 0
             if child.name == "dagster" and not env.get(SPARK_REMOTE_ENV):
-                # One warm Spark driver for every Dagster run instead of a new JVM per run.
-                server = EmbeddedSparkConnect(settings.data_dir / "logs", master=args.spark_master)
-                env[SPARK_REMOTE_ENV] = stack.enter_context(server)
-                logger.info("spark-connect: ready at %s for Dagster runs", env[SPARK_REMOTE_ENV])
+                server = launch_spark_connect(settings, args, env, stack)
             stack.callback(stop_child, child)
             start_child(child, env)
+        if server is not None:
+            server.wait_ready()  # its JVM started alongside dagster dev
+            logger.info("spark-connect: ready at %s for Dagster runs", server.remote)
         return _watch(children, settings, args, stop_requested)
+
+
+def launch_spark_connect(
+    settings: Settings, args, env: dict[str, str], stack: contextlib.ExitStack
+) -> EmbeddedSparkConnect:
+    """Launch the Spark Connect server that Dagster runs use for large inputs (backfills): one
+    warm driver instead of a JVM per run. Sets ``MARKETFLOW_SPARK_REMOTE`` in ``env``; does not
+    wait for the server (call ``wait_ready``), so dagster dev starts meanwhile."""
+    server = EmbeddedSparkConnect(settings.data_dir / "logs", master=args.spark_master)
+    stack.callback(server.stop)
+    env[SPARK_REMOTE_ENV] = server.launch()
+    return server
 
 
 def _watch(children: list[Child], settings: Settings, args, stop_requested) -> int:

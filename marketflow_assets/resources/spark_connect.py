@@ -73,12 +73,23 @@ class EmbeddedSparkConnect:
         self.master = master
         self.timeout = timeout
         self.proc: subprocess.Popen | None = None
+        self.log_path = self.log_dir / "spark-connect.log"
 
     @property
     def remote(self) -> str:
         return f"sc://127.0.0.1:{self.port}"
 
     def start(self) -> str:
+        """Launch the server and wait until it accepts connections; returns :attr:`remote`."""
+        self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> str:
+        """Launch the server without waiting (see :meth:`wait_ready`); returns :attr:`remote`.
+
+        Clients may connect right away: the Spark Connect client retries while the server's
+        JVM starts (~20 s), so other components can start meanwhile.
+        """
         import pyspark
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +113,12 @@ class EmbeddedSparkConnect:
                 preexec_fn=die_with_parent,
                 start_new_session=True,  # a terminal's Ctrl-C must not kill it before its clients
             )
+        self.log_path = log_path
+        return self.remote
+
+    def wait_ready(self) -> str:
+        """Block until the launched server listens; ServiceError (server stopped) if it does not."""
+        log_path = self.log_path
         if not wait_for_port("127.0.0.1", self.port, self.timeout) or self.proc.poll() is not None:
             self.stop()
             raise ServiceError(
