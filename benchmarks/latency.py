@@ -18,7 +18,7 @@ From the outside, this process watches
 and reports p50 / p95 / max per stage and in total. Full mode: 20 polls at 30 s (10 minutes),
 after one warm-up poll through the whole pipeline (the numbers describe the running pipeline;
 setup including the warm-up is printed separately). Quick mode compresses time: the same 20
-polls every 3 s (1 minute), several polls then share a micro-batch and a Dagster run (a harder
+polls every 2 s (40 s), several polls then share a micro-batch and a Dagster run (a harder
 test, not an easier one), and there is no warm-up poll: the first measured poll meets the
 streaming job's first non-empty micro-batch and the first Dagster run (a cold start, included).
 
@@ -48,7 +48,7 @@ from benchmarks.report import print_table, ratio_line
 logger = logging.getLogger(__name__)
 
 MODES = {
-    "quick": {"polls": 20, "interval": 3.0, "warmup": False},
+    "quick": {"polls": 20, "interval": 2.0, "warmup": False},
     "full": {"polls": 20, "interval": 30.0, "warmup": True},
 }
 COINS = 250
