@@ -156,7 +156,7 @@ def _compare(seed: tuple[pd.DataFrame, pd.DataFrame], inc: tuple[pd.DataFrame, p
 def run(mode: str = "quick") -> list[SizeResult]:
     from marketflow_assets.services import EmbeddedPostgres
 
-    repeats = 3 if mode == "quick" else 7
+    repeats = 5 if mode == "quick" else 7
     layout = LAYOUT[mode]
     histories = data.nested_histories(files=layout)
     if mode == "quick":

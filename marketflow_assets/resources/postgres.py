@@ -139,17 +139,25 @@ class PostgresResource(dg.ConfigurableResource):
         """Make ``table`` hold exactly ``frame``'s rows for ``ts_column`` in ``[start, end)``.
 
         One transaction: advisory lock per table, ``COPY`` into a temporary staging table,
-        ``DELETE`` the period's rows that are not in the new result, ``INSERT ... ON CONFLICT
-        (key) DO UPDATE`` the new or changed ones. Unchanged rows are not rewritten, so re-running
-        it with the same frame leaves the table untouched (idempotent, and cheap for the streaming
-        re-computation of the newest hour). Returns the number of rows inserted or updated.
+        ``DELETE`` the period's rows that are not identical to a staged row (changed or vanished),
+        then ``INSERT ... ON CONFLICT (key) DO NOTHING`` the staged rows (the rows left in the
+        period are identical ones). Unchanged rows are not rewritten, so re-running it with the
+        same frame leaves the table untouched (idempotent, and cheap for the streaming
+        re-computation of the newest hour). Returns the number of rows inserted (new or changed).
+        ``frame`` must only hold rows of the period (ValueError otherwise).
         """
         columns = column_names(table)
         key = TABLES[table][1]
+        if len(frame):
+            times = pd.to_datetime(frame[ts_column], utc=True)
+            if times.min() < _utc(start) or times.max() >= _utc(end):
+                raise ValueError(
+                    f"{table}: rows with {ts_column} outside [{start}, {end}) "
+                    f"({times.min()} .. {times.max()})"
+                )
         buf = _csv_payload(frame.loc[:, list(columns)])
         col_list = ", ".join(columns)
         period = (_utc(start).to_pydatetime(), _utc(end).to_pydatetime())
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
         with self.get_connection() as conn, conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"marketflow:{table}",))
@@ -167,12 +175,10 @@ class PostgresResource(dg.ConfigurableResource):
                 f"AND NOT EXISTS (SELECT 1 FROM _stage_{table} s WHERE {same_key} AND {same_row})",
                 period,
             )
+            # what is left of the period is identical to its stage row: insert the rest
             cur.execute(
-                f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM _stage_{table} s "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {same_key} "
-                f"AND t.{ts_column} >= %s AND t.{ts_column} < %s) "
-                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}",
-                period,
+                f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM _stage_{table} "
+                f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
             )
             return cur.rowcount
 

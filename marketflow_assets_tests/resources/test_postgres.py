@@ -85,3 +85,10 @@ def test_replace_is_idempotent_and_exact_for_the_period(postgres, pg_clean):
     assert after["coin-1"][6] == 42.0
     assert after["outside"] == next(r for r in before if r[0] == "outside")  # other period kept
     assert len(after) == len(frame)
+
+
+def test_rows_outside_the_period_are_refused(postgres, pg_clean):
+    frame = indicator_frame()
+    with pytest.raises(ValueError, match="outside"):
+        postgres.replace_period("price_indicators", frame, START, START + timedelta(minutes=1))
+    assert stored(pg_clean) == []  # nothing written
