@@ -75,7 +75,7 @@ def refresh_indicators(
     else:
         state = postgres.fetch_indicator_state(None, start, ind.lookback_start(start))
         timings["read_state"] = time.perf_counter() - t0
-        if raw_row_count(files) <= local_max_rows:
+        if raw_row_count(files, stop_above=local_max_rows) <= local_max_rows:
             engine = "local"
             raw = read_raw_window_local(files, start, end)
             rows = ind.compute_indicators(raw, state, start=start, end=end)

@@ -58,11 +58,17 @@ def raw_window_files(raw_dir: Path, start: datetime, end: datetime) -> list[RawF
     return list_raw_files(raw_dir, ind.lookback_start(pd.Timestamp(start)).to_pydatetime(), end)
 
 
-def raw_row_count(files: list[RawFile]) -> int:
-    """Rows in ``files`` according to their Parquet footers (no data is read)."""
+def raw_row_count(files: list[RawFile], stop_above: int | None = None) -> int:
+    """Rows in ``files`` according to their Parquet footers (no data is read); counting stops
+    as soon as the total exceeds ``stop_above`` (a backfill need not open every footer)."""
     import pyarrow.parquet as pq
 
-    return sum(pq.read_metadata(f.path).num_rows for f in files)
+    total = 0
+    for raw_file in files:
+        total += pq.read_metadata(raw_file.path).num_rows
+        if stop_above is not None and total > stop_above:
+            break
+    return total
 
 
 def session(spark):
