@@ -32,13 +32,14 @@ from pathlib import Path
 
 from benchmarks import data
 from benchmarks.report import print_table, ratio_line
+from marketflow_assets.indicators import INDICATOR_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 TAU_S = 180.0
 EMA_SPAN_S = 7200  # 40 tau
 RTOL = 1e-9
-VALUE_COLUMNS = ("price", "change_1min", "change_5min", "sma_5min", "ema_3min", "volatility_5min")
+VALUE_COLUMNS = INDICATOR_COLUMNS[3:]  # price and the five indicators
 
 DUCKDB_SQL = f"""
 WITH base AS (

@@ -31,6 +31,7 @@ import pandas as pd
 from benchmarks import data, project
 from benchmarks.report import print_table, ratio_line
 from benchmarks.seed import seed_full_recompute
+from marketflow_assets.indicators import INDICATOR_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +42,8 @@ LAYOUT = {"quick": "hour", "full": "poll"}
 #: Histories on which the seed design runs (quick: only the 7 d one the ratio needs).
 SEEDED = {"quick": ("7d",), "full": ("1h", "1d", "7d")}
 NAN = float("nan")
-INDICATOR_VALUES = (
-    "price",
-    "change_1min",
-    "change_5min",
-    "sma_5min",
-    "ema_3min",
-    "volatility_5min",
-)
+#: The value columns of ``price_indicators`` (after coin_id, symbol, ts).
+INDICATOR_VALUES = INDICATOR_COLUMNS[3:]
 
 
 @dataclass
@@ -76,20 +71,6 @@ def _query(url: str, sql: str, params=None) -> pd.DataFrame:
             cur.execute(sql, params)
             cols = [d[0] for d in cur.description]
             return pd.DataFrame(cur.fetchall(), columns=cols)
-    finally:
-        conn.close()
-
-
-def _drop_tables(url: str) -> None:
-    import psycopg2
-
-    from marketflow_assets.schema import TABLES
-
-    conn = psycopg2.connect(url)
-    try:
-        with conn, conn.cursor() as cur:
-            for table in TABLES:
-                cur.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
     finally:
         conn.close()
 

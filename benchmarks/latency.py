@@ -176,18 +176,6 @@ class RefreshLoop:
                     logger.warning("in-process refresh failed: %s", exc)
 
 
-def _indicator_rows(url: str) -> int:
-    import psycopg2
-
-    conn = psycopg2.connect(url, connect_timeout=3)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM price_indicators")
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
-
-
 def _stats(values: list[float]) -> tuple[float, float, float]:
     arr = np.asarray(values, dtype=float)
     if not len(arr):
@@ -308,7 +296,7 @@ def run(mode: str = "quick", path: str = "daemon") -> dict[str, tuple[float, flo
                 warmup.proc.wait(120)
                 children.remove(warmup)
                 _wait(
-                    lambda: _indicator_rows(resolved.postgres_url) >= COINS,
+                    lambda: probes._indicator_rows() >= COINS,
                     300,
                     "the warm-up poll in price_indicators",
                     children,
