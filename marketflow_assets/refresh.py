@@ -201,7 +201,9 @@ def _active_spark():
         from pyspark.sql import SparkSession
     except ImportError:  # pragma: no cover - pyspark is a dependency
         return None
-    if os.environ.get("MARKETFLOW_SPARK_REMOTE"):
+    from marketflow_assets.resources.spark_connect import SPARK_REMOTE_ENV
+
+    if os.environ.get(SPARK_REMOTE_ENV):
         try:
             from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
         except ImportError:  # connect extras missing: the resource would have failed anyway

@@ -19,6 +19,7 @@ import dagster as dg
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.resources.spark import SparkResource
+from marketflow_assets.resources.spark_connect import SPARK_REMOTE_ENV
 from marketflow_assets.settings import parse_local_max_rows
 from marketflow_assets.spark import ensure_pyspark_python, spark_conf
 
@@ -27,7 +28,7 @@ ensure_pyspark_python()  # Spark's Python workers must run this interpreter (the
 
 def pyspark_config() -> dict[str, str]:
     """``spark_config`` of the ``pyspark`` resource (read when the definitions load)."""
-    remote = os.environ.get("MARKETFLOW_SPARK_REMOTE", "").strip()
+    remote = os.environ.get(SPARK_REMOTE_ENV, "").strip()
     if remote:
         return {"spark.remote": remote}
     return spark_conf()

@@ -93,7 +93,6 @@ class EmbeddedSparkConnect:
         import pyspark
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.log_dir / "spark-connect.log"
         env = dict(os.environ)
         env.update(
             {
@@ -103,7 +102,7 @@ class EmbeddedSparkConnect:
             }
         )
         env.pop("SPARK_REMOTE", None)
-        with open(log_path, "ab") as log:
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 connect_server_command(self.port, self.master),
                 stdout=log,
@@ -113,19 +112,18 @@ class EmbeddedSparkConnect:
                 preexec_fn=die_with_parent,
                 start_new_session=True,  # a terminal's Ctrl-C must not kill it before its clients
             )
-        self.log_path = log_path
         return self.remote
 
     def wait_ready(self) -> str:
         """Block until the launched server listens; ServiceError (server stopped) if it does not."""
-        log_path = self.log_path
         if not wait_for_port("127.0.0.1", self.port, self.timeout) or self.proc.poll() is not None:
             self.stop()
             raise ServiceError(
                 f"Spark Connect server did not start on 127.0.0.1:{self.port} within "
-                f"{self.timeout:.0f} s (log: {log_path}); set {SPARK_REMOTE_ENV} to use another"
+                f"{self.timeout:.0f} s (log: {self.log_path}); "
+                f"set {SPARK_REMOTE_ENV} to use another"
             )
-        logger.info("Spark Connect server ready at %s (log %s)", self.remote, log_path)
+        logger.info("Spark Connect server ready at %s (log %s)", self.remote, self.log_path)
         return self.remote
 
     def stop(self) -> None:
