@@ -122,14 +122,7 @@ def test_sigkill_midway_then_restart_with_spark_submit(
 
 def test_missing_bootstrap_is_a_one_line_config_error(data_dir, job_cwd):
     env = job_env(None, "crypto_prices", data_dir)
-    res = subprocess.run(
-        [sys.executable, str(JOB), "--available-now"],
-        env=env,
-        cwd=job_cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = run_job(env, "--available-now", cwd=job_cwd, timeout=60)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "MARKETFLOW_KAFKA_BOOTSTRAP" in lines[0]
@@ -137,14 +130,7 @@ def test_missing_bootstrap_is_a_one_line_config_error(data_dir, job_cwd):
 
 def test_bad_option_is_exit_2(kafka_bootstrap, data_dir, job_cwd):
     env = job_env(kafka_bootstrap, "crypto_prices", data_dir)
-    res = subprocess.run(
-        [sys.executable, str(JOB), "--trigger-seconds", "0"],
-        env=env,
-        cwd=job_cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = run_job(env, "--trigger-seconds", "0", cwd=job_cwd, timeout=60)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("kafka_streaming: --trigger-seconds")
 
@@ -153,14 +139,7 @@ def test_unreachable_broker_is_a_one_line_runtime_failure(data_dir, job_cwd):
     from marketflow_assets.services import free_port
 
     env = job_env(f"127.0.0.1:{free_port()}", "crypto_prices", data_dir)
-    res = subprocess.run(
-        [sys.executable, str(JOB), "--available-now"],
-        env=env,
-        cwd=job_cwd,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
+    res = run_job(env, "--available-now", cwd=job_cwd, timeout=90)
     assert res.returncode == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach Kafka" in lines[0], res.stderr
