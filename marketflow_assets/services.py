@@ -22,6 +22,7 @@ import logging
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -255,6 +256,7 @@ class EmbeddedPostgres:
 
 
 _EMBEDDED: dict[Path, EmbeddedPostgres] = {}
+_EMBEDDED_LOCK = threading.Lock()  # sensors may be evaluated on several threads
 
 
 def embedded_postgres_url(pgdata: Path) -> str:
@@ -263,12 +265,13 @@ def embedded_postgres_url(pgdata: Path) -> str:
     up while this process (or another one using it) runs and is stopped by the last one to exit
     (pgserver counts its users)."""
     pgdata = Path(pgdata).absolute()
-    server = _EMBEDDED.get(pgdata)
-    if server is None or server.url is None:
-        server = EmbeddedPostgres(pgdata)
-        server.start()
-        _EMBEDDED[pgdata] = server
-    return server.url
+    with _EMBEDDED_LOCK:
+        server = _EMBEDDED.get(pgdata)
+        if server is None or server.url is None:
+            server = EmbeddedPostgres(pgdata)
+            server.start()
+            _EMBEDDED[pgdata] = server
+        return server.url
 
 
 # ------------------------------------------------------------------------------------------------
