@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from marketflow_assets.settings import Settings, load_settings
+from marketflow_assets.settings import parse_utc as parse_utc  # re-exported (older imports)
 
 PARTITION_FMT = "%Y-%m-%d-%H:%M"
 #: Partitions per run in backfills (one day); each run continues from the previous one's state.
