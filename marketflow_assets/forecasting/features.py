@@ -18,7 +18,8 @@ Definitions (per coin, ``log`` natural, ``p_asof(s)`` = price of the latest obse
   ``span = min(1800 s, t - first ts of the coin)``: the realized volatility of a horizon-long
   move. Undefined (NaN) at a coin's first observation.
 * ``ret_k(t) = log(p_t / p_asof(t - k))`` for k in :data:`RET_LAGS` (0 when no such observation);
-* ``dev_sma = log(p / sma_5min)``, ``dev_ema = log(p / ema_3min)``, ``rel_vol5 = vol_5min / p``;
+* ``dev_sma = log(p / sma_5min)``, ``dev_ema = log(p / ema_3min)``, ``rel_vol5 = vol_5min / p``,
+  ``dev_mean_k = log p - mean(log p_j over (t - k, t])`` for k = 900 s, 3600 s;
 * cross-coin at the same snapshot: ``mkt_ret_k`` = mean of ``ret_k`` over the coins,
   ``breadth_300`` = share of coins with ``ret_300 > 0`` (minus 0.5), ``rank_300`` = percentile
   rank of the coin's ``ret_300`` (minus 0.5), ``leader_ret_k`` = ``ret_k`` of the leader coin
@@ -43,6 +44,7 @@ import pandas as pd
 RET_LAGS = (30, 60, 120, 300, 600, 900, 1800)
 MKT_LAGS = (60, 300, 900)
 LEADER_LAGS = (60, 300)
+MEAN_WINDOWS = (900, 3600)
 RV_WINDOW_SECONDS = 1800
 DRIFT_SECONDS = 3600
 MIN_DRIFT_SECONDS = 300
@@ -57,6 +59,7 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     *(f"ret_{k}" for k in RET_LAGS),
     "dev_sma",
     "dev_ema",
+    *(f"dev_mean_{k}" for k in MEAN_WINDOWS),
     "rel_vol5",
     *(f"mkt_ret_{k}" for k in MKT_LAGS),
     *(f"leader_ret_{k}" for k in LEADER_LAGS),
@@ -87,6 +90,18 @@ def _asof(key: np.ndarray, codes: np.ndarray, probe_us: np.ndarray) -> np.ndarra
     idx = np.searchsorted(key, probe, side="right") - 1
     ok = (idx >= 0) & (codes[np.clip(idx, 0, None)] == codes)
     return np.where(ok, idx, -1)
+
+
+def _window_sums(
+    values: np.ndarray, codes: np.ndarray, lo: np.ndarray, coin_start: np.ndarray
+) -> np.ndarray:
+    """Sum of ``values[lo_i .. i]`` per row, from running sums restarted at each coin (so a
+    coin's sums do not depend on other coins' rows, nor on rows after ``i``)."""
+    if not len(values):
+        return values.astype(np.float64)
+    cs = pd.Series(values).groupby(codes).cumsum().to_numpy(np.float64)
+    before = np.where(lo > coin_start, cs[np.maximum(lo - 1, 0)], 0.0)
+    return cs - before
 
 
 def build_features(panel: pd.DataFrame, horizon_s: int, leader: str | None = None) -> pd.DataFrame:
@@ -122,10 +137,9 @@ def build_features(panel: pd.DataFrame, horizon_s: int, leader: str | None = Non
     r1 = np.zeros(n)
     if n:
         r1[1:] = np.where(first[1:], 0.0, np.diff(logp))
-    cs = np.cumsum(r1 * r1)
     lo = np.searchsorted(key, key - RV_WINDOW_SECONDS * _US, side="right")
     lo = np.maximum(lo, coin_start)
-    window_sum = cs - np.where(lo > 0, cs[np.maximum(lo - 1, 0)], 0.0)
+    window_sum = _window_sums(r1 * r1, codes, lo, coin_start)
     # r1 at index lo itself belongs to the window (its end lies inside it)
     span = np.minimum(RV_WINDOW_SECONDS * _US, t_us - t_us[coin_start]) / _US
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -152,6 +166,12 @@ def build_features(panel: pd.DataFrame, horizon_s: int, leader: str | None = Non
     out["dev_sma"] = z(np.nan_to_num(dev_sma, nan=0.0))
     out["dev_ema"] = z(np.nan_to_num(dev_ema, nan=0.0))
     out["rel_vol5"] = z(np.nan_to_num(rel_vol, nan=0.0))
+    # deviation from the mean log price over (t - k, t] (slow mean reversion)
+    rel = logp - logp[coin_start]  # small numbers: exact enough running sums
+    for k in MEAN_WINDOWS:
+        lo_k = np.maximum(np.searchsorted(key, key - k * _US, side="right"), coin_start)
+        total = _window_sums(rel, codes, lo_k, coin_start)
+        out[f"dev_mean_{k}"] = z(rel - total / (np.arange(n) - lo_k + 1))
 
     # cross-coin features at the same snapshot ts
     snap = pd.DataFrame({"ts": frame["ts"], "coin_id": frame["coin_id"]})

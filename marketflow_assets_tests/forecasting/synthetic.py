@@ -9,7 +9,7 @@ indicator function, as ``price_indicators`` would hold them. Kinds:
   time, so nothing is predictable from the past, but peeking at any other coin's *future* price
   would predict perfectly (the look-ahead trap);
 * ``mean_reversion`` - log price minus its level is AR(1) per poll (phi = 0.9);
-* ``momentum`` - returns are AR(1) per poll (rho = 0.7): moves persist;
+* ``momentum`` - returns are AR(1) per poll (rho = 0.85): moves persist;
 * ``lead_lag`` - every coin follows ``bitcoin``'s return 4 polls earlier;
 * ``trend`` - a constant drift per coin plus small noise.
 """
@@ -52,7 +52,7 @@ def raw_rows(
     elif kind == "momentum":
         r = np.zeros((n, coins))
         for t in range(1, n):
-            r[t] = 0.7 * r[t - 1] + vol * eps[t]
+            r[t] = 0.85 * r[t - 1] + vol * eps[t]
         logp = np.cumsum(r, axis=0)
     elif kind == "lead_lag":
         lead = vol[0] * eps[:, 0]
@@ -85,3 +85,27 @@ def panel(raw: pd.DataFrame) -> pd.DataFrame:
     rows = ind.compute_indicators(raw[list(ind.RAW_INPUT_COLUMNS)])
     lu = raw[["id", "ts", "last_updated"]].rename(columns={"id": "coin_id"})
     return rows.merge(lu, on=["coin_id", "ts"], how="left")
+
+
+def write_raw(raw_dir, raw: pd.DataFrame, name: str = "part-00000.parquet") -> None:
+    """``raw`` as the raw Parquet dataset (hive ``date=`` folders, the SPEC columns)."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from marketflow_assets.schema import raw_arrow_schema
+
+    schema = raw_arrow_schema()
+    frame = raw.copy()
+    frame["name"] = frame["id"].str.title()
+    for day, group in frame.groupby(frame["ts"].dt.date):
+        columns = {
+            f.name: pa.array(group[f.name], type=f.type)
+            if f.name in group
+            else pa.nulls(len(group), f.type)
+            for f in schema
+        }
+        folder = Path(raw_dir) / f"date={day.isoformat()}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(columns, schema=schema), folder / name)
