@@ -55,8 +55,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from marketflow_assets.assets.indicators import price_indicators
     from marketflow_assets.assets.raw_prices import raw_prices
     from marketflow_assets.checks import forecasts as forecast_checks
+    from marketflow_assets.definitions import build_resources
     from marketflow_assets.forecasting import report
-    from marketflow_assets.resources import build_resources
 
     if not settings.postgres_url:
         raise ConfigError("MARKETFLOW_POSTGRES_URL is not set (forecast needs PostgreSQL)")
@@ -80,7 +80,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     started = time.perf_counter()
     result = dg.materialize(
-        [raw_prices, price_indicators, *forecasts.ASSETS, *forecast_checks.CHECKS],
+        [
+            raw_prices,
+            price_indicators,
+            *forecasts.FORECAST_ASSETS,
+            *forecast_checks.FORECAST_CHECKS,
+        ],
         selection=list(ASSET_NAMES),
         resources=resources,
         instance=instance,

@@ -192,3 +192,21 @@ def create_all_sql() -> list[str]:
         "CREATE INDEX IF NOT EXISTS price_indicators_ts_idx ON price_indicators (ts)",
         "CREATE INDEX IF NOT EXISTS price_forecasts_origin_idx ON price_forecasts (origin_ts)",
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Dagster asset keys (single-component keys named after the dataset / table they stand for).
+# --------------------------------------------------------------------------------------------
+RAW_PRICES_ASSET = "raw_prices"
+PRICE_INDICATORS_ASSET = "price_indicators"
+MARKET_MOVERS_ASSET = "market_movers"
+FORECAST_EVALUATION_ASSET = "forecast_evaluation"
+FORECAST_MODEL_ASSET = "forecast_model"
+PRICE_FORECASTS_ASSET = "price_forecasts"
+#: asset key -> (PostgreSQL table, its time column) for the table-backed assets.
+ASSET_TABLES = {
+    PRICE_INDICATORS_ASSET: ("price_indicators", "ts"),
+    MARKET_MOVERS_ASSET: ("market_movers", "snapshot_ts"),
+}
+#: Columns of ``price_indicators`` that ``market_movers`` reads.
+MOVER_INPUT_COLUMNS = ("coin_id", "symbol", "ts", "price", "change_5min")

@@ -27,22 +27,29 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY, list_raw_files
 from marketflow_assets.forecasting import backtest as bt
 from marketflow_assets.forecasting import report, serve
 from marketflow_assets.forecasting.features import LOOKBACK_SECONDS
+from marketflow_assets.raw_dataset import list_raw_files
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
-from marketflow_assets.schema import column_names
+from marketflow_assets.schema import (
+    FORECAST_EVALUATION_ASSET,
+    FORECAST_MODEL_ASSET,
+    PRICE_FORECASTS_ASSET,
+    PRICE_INDICATORS_ASSET,
+    RAW_PRICES_ASSET,
+    column_names,
+)
 
 logger = logging.getLogger(__name__)
 
 GROUP = "forecasting"
 CODE_VERSION = "forecast-1"
-PRICE_INDICATORS_KEY = dg.AssetKey("price_indicators")
-EVALUATION_KEY = dg.AssetKey("forecast_evaluation")
-MODEL_KEY = dg.AssetKey("forecast_model")
-FORECASTS_KEY = dg.AssetKey("price_forecasts")
+PRICE_INDICATORS_KEY = dg.AssetKey(PRICE_INDICATORS_ASSET)
+EVALUATION_KEY = dg.AssetKey(FORECAST_EVALUATION_ASSET)
+MODEL_KEY = dg.AssetKey(FORECAST_MODEL_ASSET)
+FORECASTS_KEY = dg.AssetKey(PRICE_FORECASTS_ASSET)
 
 
 class ForecastConfig(dg.Config):
@@ -239,7 +246,7 @@ def evaluation_frame(ev: bt.Evaluation, evaluated_at, horizon_s: int) -> pd.Data
 # ------------------------------------------------------------------------------------------
 @dg.asset(
     name="forecast_evaluation",
-    deps=[PRICE_INDICATORS_KEY, RAW_PRICES_KEY],
+    deps=[PRICE_INDICATORS_KEY, dg.AssetKey(RAW_PRICES_ASSET)],
     group_name=GROUP,
     kinds={"scikitlearn", "postgres"},
     owners=["team:marketflow"],
@@ -438,22 +445,4 @@ def price_forecasts(
     )
 
 
-ASSETS = [forecast_evaluation, forecast_model, price_forecasts]
-
-forecast_training_job = dg.define_asset_job(
-    "forecast_training_job",
-    selection=dg.AssetSelection.assets(EVALUATION_KEY, MODEL_KEY, FORECASTS_KEY),
-    description="Backtest + gate, fit the promoted model, forecast the newest snapshot.",
-    tags={"marketflow/pipeline": "forecast"},
-    executor_def=dg.in_process_executor,
-)
-
-price_forecasts_job = dg.define_asset_job(
-    "price_forecasts_job",
-    selection=dg.AssetSelection.assets(FORECASTS_KEY),
-    description="Forecast the newest snapshot with the stored model (no training).",
-    tags={"marketflow/pipeline": "forecast"},
-    executor_def=dg.in_process_executor,
-)
-
-JOBS = [forecast_training_job, price_forecasts_job]
+FORECAST_ASSETS = [forecast_evaluation, forecast_model, price_forecasts]

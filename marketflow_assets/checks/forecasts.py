@@ -16,9 +16,10 @@ import pandas as pd
 
 from marketflow_assets.checks.common import Outcome
 from marketflow_assets.resources.postgres import PostgresResource
+from marketflow_assets.schema import FORECAST_EVALUATION_ASSET, PRICE_FORECASTS_ASSET
 
-EVALUATION = dg.AssetKey("forecast_evaluation")
-FORECASTS = dg.AssetKey("price_forecasts")
+EVALUATION = dg.AssetKey(FORECAST_EVALUATION_ASSET)
+FORECASTS = dg.AssetKey(PRICE_FORECASTS_ASSET)
 COVERAGE_RANGE = (0.7, 0.9)
 WARN = dg.AssetCheckSeverity.WARN
 
@@ -156,4 +157,4 @@ def intervals_ordered(postgres: PostgresResource) -> dg.AssetCheckResult:
         return intervals_outcome(conn).to_result()
 
 
-CHECKS = [learned_model_promoted, interval_calibration, no_look_ahead, intervals_ordered]
+FORECAST_CHECKS = [learned_model_promoted, interval_calibration, no_look_ahead, intervals_ordered]

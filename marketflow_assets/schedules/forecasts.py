@@ -7,7 +7,7 @@ Skipped while a forecast run is still in flight.
 
 import dagster as dg
 
-from marketflow_assets.assets.forecasts import forecast_training_job
+from marketflow_assets.jobs import forecast_training_job
 from marketflow_assets.sensors.forecasts import forecast_run_in_flight
 
 

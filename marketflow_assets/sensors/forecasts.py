@@ -18,13 +18,12 @@ import dagster as dg
 from marketflow_assets.assets.forecasts import (
     PRICE_INDICATORS_KEY,
     artifact_path,
-    forecast_training_job,
     latest_evaluation,
     load_artifact,
-    price_forecasts_job,
     served_outcomes,
 )
 from marketflow_assets.forecasting import live
+from marketflow_assets.jobs import forecast_training_job, price_forecasts_job
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 
