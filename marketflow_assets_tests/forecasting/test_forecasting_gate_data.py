@@ -3,18 +3,13 @@ serves; the look-ahead trap (a common factor only the future reveals) is not exp
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import synthetic  # noqa: E402
-
-from marketflow_assets.forecasting import backtest as bt  # noqa: E402
-from marketflow_assets.forecasting import features as feat_mod  # noqa: E402
-from marketflow_assets.forecasting import models  # noqa: E402
+from marketflow_assets.forecasting import backtest as bt
+from marketflow_assets.forecasting import features as feat_mod
+from marketflow_assets.forecasting import models
+from marketflow_assets_tests.forecasting import synthetic
 
 
 def evaluate(kind: str, seed: int, coins: int = 20, hours: float = 3.0) -> bt.Evaluation:

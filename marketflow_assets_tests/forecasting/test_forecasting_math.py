@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import synthetic  # noqa: E402
-
-from marketflow_assets.forecasting import backtest as bt  # noqa: E402
-from marketflow_assets.forecasting import gate  # noqa: E402
-from marketflow_assets.forecasting.features import FEATURE_COLUMNS, build_features  # noqa: E402
-from marketflow_assets.forecasting.serve import look_ahead_audit  # noqa: E402
+from marketflow_assets.forecasting import backtest as bt
+from marketflow_assets.forecasting import gate
+from marketflow_assets.forecasting.features import FEATURE_COLUMNS, build_features
+from marketflow_assets.forecasting.serve import look_ahead_audit
+from marketflow_assets_tests.forecasting import synthetic
 
 CHECKED = [*FEATURE_COLUMNS, "sigma", "drift_ret", "ema_ret"]
 
