@@ -84,7 +84,10 @@ class _Learned(Candidate):
         x, z = training_rows(train, seed)
         if len(z) < 50:
             raise ValueError(f"{self.name}: only {len(z)} training rows (need at least 50)")
-        self.estimator = self._make(seed).fit(x, z)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(THREADS):  # BLAS/OpenMP: no oversubscription of shared cores
+            self.estimator = self._make(seed).fit(x, z)
         self.train_rows = len(z)
         return self
 
