@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from marketflow_assets.forecasting import gate
-from marketflow_assets.forecasting.features import build_features
+from marketflow_assets.forecasting.features import build_features, find_leader, with_leader
 from marketflow_assets.forecasting.models import CANDIDATES, NAIVE, make_candidate
 
 LOWER_Q, UPPER_Q = 0.10, 0.90
@@ -57,6 +57,7 @@ class Evaluation:
     folds: list[dict] = field(default_factory=list)  # per fold: bounds, training audit
     seconds: dict[str, float] = field(default_factory=dict)
     horizon_steps: int = 1
+    leader: str | None = None
 
 
 def horizon_steps(ts: pd.Series, horizon_s: int) -> int:
@@ -120,6 +121,12 @@ def run_backtest(panel: pd.DataFrame, config: BacktestConfig | None = None) -> E
     origin_times = np.sort(usable["ts"].unique())
     h = pd.Timedelta(seconds=config.horizon_s)
     starts = fold_starts(origin_times, config.folds, config.test_fraction)
+    if len(origin_times) and starts and starts[0] < len(origin_times):
+        # the leader coin is chosen on data observed before the first test origin
+        leader = find_leader(feats, pd.Timestamp(origin_times[starts[0]]))
+        if leader is not None:
+            feats = with_leader(feats, leader)
+            usable = feats[np.isfinite(feats["y"]) & np.isfinite(feats["sigma"])]
     pieces, fold_info = [], []
     fit_seconds = 0.0
     for k in range(len(starts) - 1):
@@ -171,7 +178,10 @@ def run_backtest(panel: pd.DataFrame, config: BacktestConfig | None = None) -> E
             scored = scored[keep].reset_index(drop=True)
     table, decision = score(scored, names, steps, config)
     seconds["total"] = time.perf_counter() - t0
-    return Evaluation(table, decision.promoted, decision.reason, scored, fold_info, seconds, steps)
+    leader = feats.attrs.get("leader")
+    return Evaluation(
+        table, decision.promoted, decision.reason, scored, fold_info, seconds, steps, leader
+    )
 
 
 def score(

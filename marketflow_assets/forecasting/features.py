@@ -16,14 +16,17 @@ Definitions (per coin, ``log`` natural, ``p_asof(s)`` = price of the latest obse
 * scale ``sigma(t)`` = sqrt(H / span * sum r_j^2) over the one-step log returns
   ``r_j = log(p_j / p_{j-1})`` of the observations in ``(t - 1800 s, t]``,
   ``span = min(1800 s, t - first ts of the coin)``: the realized volatility of a horizon-long
-  move. Undefined (NaN) at a coin's first observation.
+  move. Undefined (NaN) during a coin's first horizon (too few returns to standardize by); such
+  origins are neither trained on nor scored.
 * ``ret_k(t) = log(p_t / p_asof(t - k))`` for k in :data:`RET_LAGS` (0 when no such observation);
 * ``dev_sma = log(p / sma_5min)``, ``dev_ema = log(p / ema_3min)``, ``rel_vol5 = vol_5min / p``,
   ``dev_mean_k = log p - mean(log p_j over (t - k, t])`` for k = 900 s, 3600 s;
 * cross-coin at the same snapshot: ``mkt_ret_k`` = mean of ``ret_k`` over the coins,
   ``breadth_300`` = share of coins with ``ret_300 > 0`` (minus 0.5), ``rank_300`` = percentile
-  rank of the coin's ``ret_300`` (minus 0.5), ``leader_ret_k`` = ``ret_k`` of the leader coin
-  (``bitcoin`` when present, else the coin with most observations);
+  rank of the coin's ``ret_300`` (minus 0.5), ``leader_ret_k`` = ``ret_k`` of the leader coin:
+  the coin whose past 5-min return best predicted (positive correlation) the other coins' next
+  move on training data
+  (:func:`find_leader`), else ``bitcoin`` when present, else the coin with most observations;
 * staleness: ``stale = (t - last_updated) / H`` and ``unchanged = (t - ts of the last price
   change) / H``, both clipped to [0, 12];
 * return-like features (``ret_*``, ``dev_*``, ``mkt_*``, ``leader_*``, ``rel_vol5``) are divided
@@ -82,6 +85,46 @@ def choose_leader(panel: pd.DataFrame) -> str | None:
         return DEFAULT_LEADER
     top = counts[counts == counts.max()].index
     return str(sorted(top)[0])
+
+
+def with_leader(feats: pd.DataFrame, leader: str | None) -> pd.DataFrame:
+    """``feats`` with ``leader_ret_k`` = the leader's ``ret_k`` at the same snapshot, divided by
+    each row's own ``sigma`` (0 where the leader has no observation)."""
+    out = feats.copy()
+    cols = [f"raw_ret_{k}" for k in LEADER_LAGS]
+    lead = out.loc[out["coin_id"] == leader, ["ts", *cols]].drop_duplicates("ts")
+    lead = out[["ts"]].merge(lead, on="ts", how="left")
+    sigma = out["sigma"].to_numpy(np.float64)
+    for k, col in zip(LEADER_LAGS, cols, strict=True):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scaled = lead[col].to_numpy(np.float64) / sigma
+        scaled = np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0)
+        out[f"leader_ret_{k}"] = np.clip(scaled, -Z_CLIP, Z_CLIP)
+    out.attrs["leader"] = leader
+    return out
+
+
+def find_leader(feats: pd.DataFrame, until: pd.Timestamp, min_snapshots: int = 30) -> str | None:
+    """The coin whose last-5-min return best predicts the other coins' next move, from origins
+    whose target was observed by ``until`` only: argmax over coins c of
+    ``corr_t(ret_300(c, t), mean over coins != c of y(t))`` (a leader's move is followed by the
+    others' in the same direction). None with too little data or no positive correlation."""
+    rows = feats[(feats["target_obs_ts"] <= until) & np.isfinite(feats["y"])]
+    rows = rows[np.isfinite(rows["raw_ret_300"])]
+    if rows["ts"].nunique() < min_snapshots or rows["coin_id"].nunique() < 3:
+        return None
+    grouped = rows.groupby("ts")["y"]
+    total, count = grouped.transform("sum"), grouped.transform("count")
+    others = ((total - rows["y"]) / (count - 1)).where(count > 1)
+    frame = pd.DataFrame({"coin": rows["coin_id"], "r": rows["raw_ret_300"], "m": others}).dropna()
+    best, best_corr = None, 0.0
+    for coin, group in frame.groupby("coin", sort=True):
+        if len(group) < min_snapshots or group["r"].std() == 0 or group["m"].std() == 0:
+            continue
+        corr = float(np.corrcoef(group["r"], group["m"])[0, 1])
+        if np.isfinite(corr) and corr > best_corr:
+            best, best_corr = str(coin), corr
+    return best
 
 
 def _asof(key: np.ndarray, codes: np.ndarray, probe_us: np.ndarray) -> np.ndarray:
@@ -144,7 +187,10 @@ def build_features(panel: pd.DataFrame, horizon_s: int, leader: str | None = Non
     span = np.minimum(RV_WINDOW_SECONDS * _US, t_us - t_us[coin_start]) / _US
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma = np.sqrt(window_sum * horizon_s / span)
-    sigma = np.where(span > 0, np.maximum(sigma, SIGMA_FLOOR), np.nan)
+    # a scale from less than one horizon of history is too noisy to standardize by
+    sigma = np.where(
+        span >= min(horizon_s, RV_WINDOW_SECONDS), np.maximum(sigma, SIGMA_FLOOR), np.nan
+    )
     out["sigma"] = sigma
     safe_sigma = np.where(np.isfinite(sigma), sigma, np.nan)
 
@@ -185,10 +231,9 @@ def build_features(panel: pd.DataFrame, horizon_s: int, leader: str | None = Non
     out["breadth_300"] = (breadth - 0.5).fillna(0.0).to_numpy()
     rank = snap.groupby("ts", sort=False)["r300"].rank(pct=True)
     out["rank_300"] = (rank - 0.5).fillna(0.0).to_numpy()
-    lead = snap.loc[snap["coin_id"] == leader, ["ts", *(f"r{k}" for k in LEADER_LAGS)]]
-    lead = snap[["ts"]].merge(lead.drop_duplicates("ts"), on="ts", how="left")
     for k in LEADER_LAGS:
-        out[f"leader_ret_{k}"] = z(lead[f"r{k}"].fillna(0.0).to_numpy())
+        out[f"raw_ret_{k}"] = rets[k]
+    out = with_leader(out, leader)
 
     # staleness
     lu = frame["last_updated"].to_numpy("datetime64[us]").astype(np.int64) - t0

@@ -21,7 +21,13 @@ import numpy as np
 import pandas as pd
 
 from marketflow_assets.forecasting.backtest import interval
-from marketflow_assets.forecasting.features import FEATURE_COLUMNS, build_features, choose_leader
+from marketflow_assets.forecasting.features import (
+    FEATURE_COLUMNS,
+    build_features,
+    choose_leader,
+    find_leader,
+    with_leader,
+)
 from marketflow_assets.forecasting.models import Candidate, make_candidate
 
 FORECAST_COLUMNS = (
@@ -70,6 +76,8 @@ def train_artifact(
     if candidate.learned:
         feats = build_features(panel, horizon_s, leader=leader)
         last = feats["ts"].max()
+        leader = find_leader(feats, last) or leader
+        feats = with_leader(feats, leader)
         train = feats[feats["ts"] >= last - pd.Timedelta(seconds=train_seconds)]
         candidate.fit(train, seed=seed)
         rows = candidate.train_rows

@@ -10,7 +10,8 @@ indicator function, as ``price_indicators`` would hold them. Kinds:
   would predict perfectly (the look-ahead trap);
 * ``mean_reversion`` - log price minus its level is AR(1) per poll (phi = 0.9);
 * ``momentum`` - returns are AR(1) per poll (rho = 0.85): moves persist;
-* ``lead_lag`` - every coin follows ``bitcoin``'s return 4 polls earlier;
+* ``lead_lag`` - every coin follows ``bitcoin``'s return 4 polls earlier; ``lead_lag_hidden``:
+  the same with another coin leading (bitcoin is an ordinary coin);
 * ``trend`` - a constant drift per coin plus small noise.
 """
 
@@ -21,7 +22,15 @@ import pandas as pd
 
 from marketflow_assets import indicators as ind
 
-KINDS = ("random_walk", "market_factor", "mean_reversion", "momentum", "lead_lag", "trend")
+KINDS = (
+    "random_walk",
+    "market_factor",
+    "mean_reversion",
+    "momentum",
+    "lead_lag",
+    "lead_lag_hidden",
+    "trend",
+)
 START = pd.Timestamp("2024-05-01T00:00:00Z")
 
 
@@ -54,12 +63,13 @@ def raw_rows(
         for t in range(1, n):
             r[t] = 0.85 * r[t - 1] + vol * eps[t]
         logp = np.cumsum(r, axis=0)
-    elif kind == "lead_lag":
-        lead = vol[0] * eps[:, 0]
+    elif kind in ("lead_lag", "lead_lag_hidden"):
+        li = 0 if kind == "lead_lag" else coins // 2  # hidden: the leader is not bitcoin
+        lead = vol[li] * eps[:, li]
         r = 0.5 * vol * eps
         lagged = np.concatenate([np.zeros(4), lead[:-4]])
         r += lagged[:, None] * 1.5
-        r[:, 0] = lead
+        r[:, li] = lead
         logp = np.cumsum(r, axis=0)
     elif kind == "trend":
         drift = rng.choice([-1.0, 1.0], coins) * vol * 0.5

@@ -64,8 +64,11 @@ def test_target_is_the_price_as_of_the_horizon_by_hand():
     # ret_300 of 00:05:10: latest observation at least 300 s older is 00:00 -> log(104/100)
     sigma = f["sigma"].iloc[3]
     assert f["ret_300"].iloc[3] * sigma == pytest.approx(math.log(104 / 100), rel=1e-12)
-    # sigma at 00:02: sqrt(H / span * r^2) with one return log(101/100) over 120 s
-    assert f["sigma"].iloc[1] == pytest.approx(math.sqrt(300 / 120) * math.log(1.01), rel=1e-12)
+    # sigma needs one horizon of history: none at 00:02 (120 s); at 00:05:10 (310 s) it is
+    # sqrt(H / span * sum r^2) over the three returns so far
+    assert np.isnan(f["sigma"].iloc[1])
+    r = np.diff(np.log([100.0, 101.0, 102.0, 104.0]))
+    assert f["sigma"].iloc[3] == pytest.approx(math.sqrt(300 / 310 * float(r @ r)), rel=1e-12)
 
 
 def test_scores_by_hand_on_a_tiny_case():
