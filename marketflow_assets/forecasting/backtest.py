@@ -177,6 +177,11 @@ def run_backtest(panel: pd.DataFrame, config: BacktestConfig | None = None) -> E
             keep = scored[[f"r_{n}" for n in names]].notna().all(axis=1)
             scored = scored[keep].reset_index(drop=True)
     table, decision = score(scored, names, steps, config)
+    if scored.empty and len(usable):
+        # no backtest yet: the naive forecast fits nothing, so its residuals y / sigma on the
+        # history are already out of sample - its interval comes from them
+        q_lo, q_hi = interval_quantiles((usable["y"] / usable["sigma"]).to_numpy())
+        table.loc[table["model"] == NAIVE, ["q_lower", "q_upper"]] = [q_lo, q_hi]
     seconds["total"] = time.perf_counter() - t0
     leader = feats.attrs.get("leader")
     return Evaluation(

@@ -155,3 +155,36 @@ def test_forecast_command_without_indicators_says_so(pg_clean, data_dir, capsys)
     settings = dataclasses.replace(load_settings({}), postgres_url=pg_clean, data_dir=data_dir)
     assert forecast.run(parse(forecast), settings) == 0
     assert "marketflow refresh" in capsys.readouterr().out
+
+
+def test_little_history_serves_naive_with_a_real_interval(resources, data_dir, pg_clean):
+    """40 minutes of data: too little for a backtest (a fresh `marketflow up`); naive serves,
+    its interval from the history's own horizon moves, never zero-width."""
+    load_data("random_walk", resources, data_dir, seed=5, coins=6, hours=40 / 60)
+    result = materialize(resources, dg.DagsterInstance.ephemeral())
+    assert result.success
+    evaluation = read_table(pg_clean, "forecast_evaluation")
+    assert evaluation.loc[evaluation["promoted"], "model"].tolist() == ["naive_last_price"]
+    forecasts = read_table(pg_clean, "price_forecasts")
+    assert len(forecasts) == 6
+    assert (forecasts["lower_80"] < forecasts["predicted_price"]).all()
+    assert (forecasts["predicted_price"] < forecasts["upper_80"]).all()
+    assert checks_of(result)["no_look_ahead"].passed
+
+
+def test_forecast_command_rejects_a_short_horizon(pg_clean, data_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    marketflow = Path(sys.executable).with_name("marketflow")
+    env = {"MARKETFLOW_POSTGRES_URL": pg_clean, "MARKETFLOW_DATA_DIR": str(data_dir)}
+    done = subprocess.run(
+        [str(marketflow), "forecast", "--horizon", "60"],
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "--horizon must be at least 300" in done.stderr
