@@ -11,7 +11,8 @@ indicator function, as ``price_indicators`` would hold them. Kinds:
 * ``mean_reversion`` - log price minus its level is AR(1) per poll (phi = 0.9);
 * ``momentum`` - returns are AR(1) per poll (rho = 0.85): moves persist;
 * ``lead_lag`` - every coin follows ``bitcoin``'s return 4 polls earlier; ``lead_lag_hidden``:
-  the same with another coin leading (bitcoin is an ordinary coin);
+  the same with another coin leading (bitcoin is an ordinary coin); ``lead_lag_5min``: every
+  coin repeats a (non-bitcoin) leader's return 10 polls (5 minutes) later, plus noise;
 * ``trend`` - a constant drift per coin plus small noise.
 """
 
@@ -29,6 +30,7 @@ KINDS = (
     "momentum",
     "lead_lag",
     "lead_lag_hidden",
+    "lead_lag_5min",
     "trend",
 )
 START = pd.Timestamp("2024-05-01T00:00:00Z")
@@ -69,6 +71,13 @@ def raw_rows(
         r = 0.5 * vol * eps
         lagged = np.concatenate([np.zeros(4), lead[:-4]])
         r += lagged[:, None] * 1.5
+        r[:, li] = lead
+        logp = np.cumsum(r, axis=0)
+    elif kind == "lead_lag_5min":
+        li = coins // 2  # not bitcoin: the leader must be found in the data
+        lead = vol[li] * eps[:, li]
+        lagged = np.concatenate([np.zeros(10), lead[:-10]])
+        r = 0.3 * vol * eps + lagged[:, None]
         r[:, li] = lead
         logp = np.cumsum(r, axis=0)
     elif kind == "trend":

@@ -28,13 +28,15 @@ def test_random_walk_gate_refuses_every_learned_model(seed):
     assert 0.7 <= naive["coverage_80"] <= 0.9
 
 
-@pytest.mark.parametrize("kind", ["mean_reversion", "momentum", "trend"])
+@pytest.mark.parametrize("kind", ["mean_reversion", "momentum", "trend", "lead_lag_5min"])
 def test_planted_structure_promotes_a_learned_model(kind):
     ev = evaluate(kind, seed=3)
     row = ev.table.set_index("model").loc[ev.promoted]
     assert row["learned"], ev.reason
     assert row["mase"] < 0.95 and row["dm_pvalue"] < 0.025
     assert 0.7 <= row["coverage_80"] <= 0.9
+    if kind == "lead_lag_5min":  # the leader was found in the training data, not assumed
+        assert ev.leader == "coin010" and row["mase"] <= 0.8
 
 
 def test_look_ahead_trap_common_factor_is_not_seen():
