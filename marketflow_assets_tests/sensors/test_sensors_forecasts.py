@@ -116,3 +116,39 @@ def test_degradation_sensor_retrains_once_per_model(pg_clean, data_dir):
     evaluation["mae"] = 10.0  # an honest backtest MAE: live error is fine
     _upsert(postgres, "forecast_evaluation", evaluation, {"evaluated_at": trained_until})
     assert isinstance(tick(instance), dg.SkipReason)
+
+
+def test_new_snapshot_gets_forecasts_through_sensor_and_job(pg_clean, data_dir, monkeypatch):
+    """Train once, then a new indicator snapshot arrives: the sensor requests
+    ``price_forecasts_job`` and that job (from the code location) forecasts the new snapshot."""
+    from marketflow_assets.assets.forecasts import FORECAST_ASSETS
+    from marketflow_assets.definitions import defs
+    from marketflow_assets_tests.helpers import read_table
+
+    monkeypatch.setenv("MARKETFLOW_POSTGRES_URL", pg_clean)
+    monkeypatch.setenv("MARKETFLOW_DATA_DIR", str(data_dir))
+    resources = build_resources(pg_clean, str(data_dir))
+    raw = synthetic.raw_rows("random_walk", coins=5, hours=1.0, seed=8)
+    synthetic.write_raw(data_dir / "raw_prices", raw)
+    rows = synthetic.panel(raw).drop(columns=["last_updated"])
+    newest = rows["ts"].max()
+    old, new = rows[rows["ts"] < newest], rows[rows["ts"] == newest]
+    postgres = resources["postgres"]
+    postgres.ensure_tables()
+    postgres.replace_period("price_indicators", old, old["ts"].min(), newest)
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize(FORECAST_ASSETS, resources=resources, instance=instance).success
+    before = read_table(pg_clean, "price_forecasts")
+    assert set(pd.to_datetime(before["origin_ts"], utc=True)) == {old["ts"].max()}
+
+    postgres.replace_period("price_indicators", new, newest, newest + pd.Timedelta(seconds=1))
+    instance.report_runless_asset_event(dg.AssetMaterialization("price_indicators"))
+    result = follow(instance, data_dir)
+    (request,) = result.run_requests
+    assert request.job_name == "price_forecasts_job"
+    job = defs.resolve_job_def(request.job_name)
+    assert job.execute_in_process(instance=instance).success
+    after = read_table(pg_clean, "price_forecasts")
+    latest = after[pd.to_datetime(after["origin_ts"], utc=True) == newest]
+    assert sorted(latest["coin_id"]) == sorted(new["coin_id"])
+    assert len(after) == len(before) + len(new)  # earlier origins kept
