@@ -152,3 +152,27 @@ def test_new_snapshot_gets_forecasts_through_sensor_and_job(pg_clean, data_dir, 
     latest = after[pd.to_datetime(after["origin_ts"], utc=True) == newest]
     assert sorted(latest["coin_id"]) == sorted(new["coin_id"])
     assert len(after) == len(before) + len(new)  # earlier origins kept
+
+
+def test_hourly_retraining_waits_for_data(pg_clean, data_dir):
+    from marketflow_assets.schedules.forecasts import forecast_retrain_schedule
+
+    postgres = build_resources(pg_clean, str(data_dir))["postgres"]
+
+    def tick():
+        with dg.instance_for_test() as instance:
+            context = dg.build_schedule_context(
+                instance=instance,
+                scheduled_execution_time=pd.Timestamp("2024-05-01T03:07Z").to_pydatetime(),
+                resources={"postgres": postgres},
+            )
+            return forecast_retrain_schedule(context)
+
+    assert isinstance(tick(), dg.SkipReason)  # no indicators yet
+    rows = synthetic.panel(synthetic.raw_rows("random_walk", coins=2, hours=0.1, seed=1))
+    rows = rows.drop(columns=["last_updated"])
+    postgres.replace_period(
+        "price_indicators", rows, rows["ts"].min(), rows["ts"].max() + pd.Timedelta(seconds=1)
+    )
+    request = tick()
+    assert isinstance(request, dg.RunRequest) and request.run_key.startswith("retrain-")
