@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="engine,incremental,latency",
-        help="comma-separated subset of: engine, incremental, latency",
+        help="comma-separated subset of: engine, incremental, latency, forecast (opt-in)",
     )
     parser.add_argument(
         "--latency-path",
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import latency
 
             latency.run(args.mode, args.latency_path)
+        elif name == "forecast":
+            from benchmarks import forecast
+
+            forecast.run(args.mode)
         else:
             parser.error(f"unknown benchmark {name!r}")
     print(f"benchmarks ({args.mode}) finished in {time.perf_counter() - started:.0f} s")

@@ -1,4 +1,4 @@
-"""The ``marketflow`` command: ``up``, ``ingest`` and ``refresh``.
+"""The ``marketflow`` command: ``up``, ``ingest``, ``refresh`` and ``forecast``.
 
 Exit codes (README): 0 success, 2 bad usage or configuration (one line on stderr), 1 runtime
 failure.
@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from marketflow_assets import refresh, up
+    from marketflow_assets import forecast, refresh, up
     from marketflow_assets.ingest import command as ingest_command
 
     parser = _Parser(prog="marketflow", description=__doc__.splitlines()[0])
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_refresh = sub.add_parser("refresh", help="materialize the indicator tables through Dagster")
     refresh.add_arguments(p_refresh)
     p_refresh.set_defaults(handler=_refresh_with_services(refresh.run))
+
+    p_forecast = sub.add_parser(
+        "forecast", help="backtest, gate, train and forecast through Dagster; print the table"
+    )
+    forecast.add_arguments(p_forecast)
+    p_forecast.set_defaults(handler=_refresh_with_services(forecast.run))
     return parser
 
 

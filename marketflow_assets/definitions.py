@@ -20,13 +20,27 @@ from datetime import timedelta
 import dagster as dg
 
 from marketflow_assets.assets import ASSETS
+from marketflow_assets.assets.forecasts import FORECAST_ASSETS
 from marketflow_assets.checks import ASSET_CHECKS
+from marketflow_assets.checks.forecasts import FORECAST_CHECKS
 from marketflow_assets.jobs import JOBS
 from marketflow_assets.resources import PostgresResource, RawDataResource, SparkResource
+from marketflow_assets.schedules.forecasts import forecast_retrain_schedule
 from marketflow_assets.schedules.indicators import recent_indicators_schedule
-from marketflow_assets.schema import MARKET_MOVERS_ASSET, PRICE_INDICATORS_ASSET, RAW_PRICES_ASSET
+from marketflow_assets.schema import (
+    FORECAST_EVALUATION_ASSET,
+    FORECAST_MODEL_ASSET,
+    MARKET_MOVERS_ASSET,
+    PRICE_FORECASTS_ASSET,
+    PRICE_INDICATORS_ASSET,
+    RAW_PRICES_ASSET,
+)
 from marketflow_assets.sensors.alerts import marketflow_alert_sensor
 from marketflow_assets.sensors.automation import indicators_follow_raw_prices
+from marketflow_assets.sensors.forecasts import (
+    forecast_retrain_on_degradation,
+    forecasts_follow_indicators,
+)
 from marketflow_assets.sensors.freshness import monitoring_checks_sensor
 from marketflow_assets.sensors.raw_prices import raw_prices_observation_sensor
 from marketflow_assets.settings import load_check_settings
@@ -36,9 +50,22 @@ SENSORS = [
     indicators_follow_raw_prices,
     monitoring_checks_sensor,
     marketflow_alert_sensor,
+    forecasts_follow_indicators,
+    forecast_retrain_on_degradation,
 ]
-SCHEDULES = [recent_indicators_schedule]
-FRESH_ASSETS = (RAW_PRICES_ASSET, PRICE_INDICATORS_ASSET, MARKET_MOVERS_ASSET)
+SCHEDULES = [recent_indicators_schedule, forecast_retrain_schedule]
+#: Assets that follow every poll: freshness thresholds of the data checks.
+FRESH_ASSETS = (
+    RAW_PRICES_ASSET,
+    PRICE_INDICATORS_ASSET,
+    MARKET_MOVERS_ASSET,
+    PRICE_FORECASTS_ASSET,
+)
+#: Assets retrained hourly (``forecast_retrain_schedule``): WARN after 2 h, FAIL after 3 h.
+HOURLY_ASSETS = (FORECAST_EVALUATION_ASSET, FORECAST_MODEL_ASSET)
+HOURLY_POLICY = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=3), warn_window=timedelta(hours=2)
+)
 MIN_FRESHNESS_WINDOW_SECONDS = 60
 
 
@@ -71,6 +98,8 @@ def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
         lambda spec: (
             dg.apply_freshness_policy(spec, policy)
             if spec.key.to_user_string() in FRESH_ASSETS
+            else dg.apply_freshness_policy(spec, HOURLY_POLICY)
+            if spec.key.to_user_string() in HOURLY_ASSETS
             else spec
         ),
         assets,
@@ -78,8 +107,8 @@ def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
 
 
 defs = dg.Definitions(
-    assets=with_freshness(ASSETS, freshness_policy()),
-    asset_checks=ASSET_CHECKS,
+    assets=with_freshness([*ASSETS, *FORECAST_ASSETS], freshness_policy()),
+    asset_checks=[*ASSET_CHECKS, *FORECAST_CHECKS],
     jobs=JOBS,
     sensors=SENSORS,
     schedules=SCHEDULES,

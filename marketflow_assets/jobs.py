@@ -8,7 +8,13 @@ import dagster as dg
 from marketflow_assets.assets.partitions import PARTITION_FMT
 from marketflow_assets.checks import raw_prices as raw_checks
 from marketflow_assets.checks.freshness import CHECK_NAME, FRESHNESS_CHECK_KEYS
-from marketflow_assets.schema import MARKET_MOVERS_ASSET, PRICE_INDICATORS_ASSET
+from marketflow_assets.schema import (
+    FORECAST_EVALUATION_ASSET,
+    FORECAST_MODEL_ASSET,
+    MARKET_MOVERS_ASSET,
+    PRICE_FORECASTS_ASSET,
+    PRICE_INDICATORS_ASSET,
+)
 
 INDICATOR_ASSETS = dg.AssetSelection.assets(PRICE_INDICATORS_ASSET, MARKET_MOVERS_ASSET)
 _FRESHNESS_CHECKS = dg.AssetSelection.checks(
@@ -48,7 +54,31 @@ all_checks_job = dg.define_asset_job(
     tags={"marketflow/kind": "checks"},
 )
 
-JOBS = [refresh_indicators_job, monitoring_checks_job, all_checks_job]
+forecast_training_job = dg.define_asset_job(
+    "forecast_training_job",
+    selection=dg.AssetSelection.assets(
+        FORECAST_EVALUATION_ASSET, FORECAST_MODEL_ASSET, PRICE_FORECASTS_ASSET
+    ),
+    description="Backtest + gate, fit the promoted model, forecast the newest snapshot.",
+    tags={"marketflow/pipeline": "forecast"},
+    executor_def=dg.in_process_executor,
+)
+
+price_forecasts_job = dg.define_asset_job(
+    "price_forecasts_job",
+    selection=dg.AssetSelection.assets(PRICE_FORECASTS_ASSET),
+    description="Forecast the newest snapshot with the stored model (no training).",
+    tags={"marketflow/pipeline": "forecast"},
+    executor_def=dg.in_process_executor,
+)
+
+JOBS = [
+    refresh_indicators_job,
+    monitoring_checks_job,
+    all_checks_job,
+    forecast_training_job,
+    price_forecasts_job,
+]
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"

@@ -2,7 +2,8 @@
 
 * the Kafka message on ``crypto_prices`` (and its dead-letter twin),
 * the raw Parquet dataset that the Spark job writes under ``$MARKETFLOW_DATA_DIR/raw_prices``,
-* the PostgreSQL tables ``price_indicators`` and ``market_movers``.
+* the PostgreSQL tables ``price_indicators``, ``market_movers``, ``price_forecasts`` and
+  ``forecast_evaluation``.
 
 Producers, the Spark job, the Dagster assets and the tests all import from here; nothing else
 spells a column list. Engine-specific types (pyarrow, Spark) are built lazily so that importing
@@ -132,9 +133,44 @@ MOVER_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 MOVER_KEY = ("snapshot_ts", "direction", "rank")
 
+# Forecasts (SPEC "Forecast tables"): the promoted model's forecasts per coin and origin, and one
+# evaluation row per evaluation x model x horizon. Columns after ``promoted`` are extras.
+FORECAST_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("coin_id", "text NOT NULL"),
+    ("origin_ts", "timestamptz NOT NULL"),
+    ("horizon_s", "int NOT NULL CHECK (horizon_s >= 300)"),
+    ("target_ts", "timestamptz NOT NULL"),
+    ("predicted_price", "double precision NOT NULL"),
+    ("lower_80", "double precision NOT NULL"),
+    ("upper_80", "double precision NOT NULL"),
+    ("model", "text NOT NULL"),
+)
+FORECAST_KEY = ("coin_id", "origin_ts", "horizon_s")
+
+EVALUATION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("evaluated_at", "timestamptz NOT NULL"),
+    ("model", "text NOT NULL"),
+    ("horizon_s", "int NOT NULL"),
+    ("n", "int NOT NULL"),
+    ("mae", "double precision"),
+    ("mase", "double precision"),
+    ("directional_accuracy", "double precision"),
+    ("coverage_80", "double precision"),
+    ("promoted", "boolean NOT NULL"),
+    ("learned", "boolean"),
+    ("dm_stat", "double precision"),
+    ("dm_pvalue", "double precision"),
+    ("q_lower", "double precision"),
+    ("q_upper", "double precision"),
+    ("reason", "text"),
+)
+EVALUATION_KEY = ("evaluated_at", "model", "horizon_s")
+
 TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "price_indicators": (INDICATOR_COLUMNS, INDICATOR_KEY),
     "market_movers": (MOVER_COLUMNS, MOVER_KEY),
+    "price_forecasts": (FORECAST_COLUMNS, FORECAST_KEY),
+    "forecast_evaluation": (EVALUATION_COLUMNS, EVALUATION_KEY),
 }
 
 
@@ -154,6 +190,7 @@ def create_all_sql() -> list[str]:
     return [
         *(create_table_sql(t) for t in TABLES),
         "CREATE INDEX IF NOT EXISTS price_indicators_ts_idx ON price_indicators (ts)",
+        "CREATE INDEX IF NOT EXISTS price_forecasts_origin_idx ON price_forecasts (origin_ts)",
     ]
 
 
@@ -163,6 +200,9 @@ def create_all_sql() -> list[str]:
 RAW_PRICES_ASSET = "raw_prices"
 PRICE_INDICATORS_ASSET = "price_indicators"
 MARKET_MOVERS_ASSET = "market_movers"
+FORECAST_EVALUATION_ASSET = "forecast_evaluation"
+FORECAST_MODEL_ASSET = "forecast_model"
+PRICE_FORECASTS_ASSET = "price_forecasts"
 #: asset key -> (PostgreSQL table, its time column) for the table-backed assets.
 ASSET_TABLES = {
     PRICE_INDICATORS_ASSET: ("price_indicators", "ts"),

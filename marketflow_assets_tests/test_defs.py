@@ -28,14 +28,27 @@ from marketflow_assets_tests.helpers import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ASSETS = {"raw_prices", "price_indicators", "market_movers"}
+MARKET_ASSETS = {"raw_prices", "price_indicators", "market_movers"}
+FORECAST_ASSETS = {"forecast_evaluation", "forecast_model", "price_forecasts"}
+ASSETS = MARKET_ASSETS | FORECAST_ASSETS
 COMPUTED = {"price_indicators", "market_movers"}
-JOBS = {"refresh_indicators_job", "monitoring_checks_job", "all_checks_job"}
+HOURLY = {"forecast_evaluation", "forecast_model"}  # retrained hourly
+POLL_WINDOWS = (timedelta(seconds=300), timedelta(seconds=120))  # (fail, warn)
+HOURLY_WINDOWS = (timedelta(hours=3), timedelta(hours=2))
+JOBS = {
+    "refresh_indicators_job",
+    "monitoring_checks_job",
+    "all_checks_job",
+    "forecast_training_job",
+    "price_forecasts_job",
+}
 SENSORS = {
     "raw_prices_observation_sensor",
     "indicators_follow_raw_prices",
     "monitoring_checks_sensor",
     "marketflow_alert_sensor",
+    "forecasts_follow_indicators",
+    "forecast_retrain_on_degradation",
 }
 VALUES = ("change_1min", "change_5min", "sma_5min", "ema_3min", "volatility_5min")
 
@@ -53,10 +66,14 @@ def test_definitions_hold_everything():
     repo = defs.get_repository_def()
     assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == ASSETS
     checks = {k.to_user_string() for k in repo.asset_graph.asset_check_keys}
-    assert {f"{a}:freshness_check" for a in ASSETS} <= checks and len(checks) >= 12
+    assert {f"{a}:freshness_check" for a in MARKET_ASSETS} <= checks and len(checks) >= 12
+    assert {"forecast_evaluation:no_look_ahead", "price_forecasts:intervals_ordered"} <= checks
     assert JOBS <= {job.name for job in repo.get_all_jobs()}
     assert {s.name for s in repo.sensor_defs} == SENSORS
-    assert {s.name for s in repo.schedule_defs} == {"recent_indicators_schedule"}
+    assert {s.name for s in repo.schedule_defs} == {
+        "recent_indicators_schedule",
+        "forecast_retrain_schedule",
+    }
     assert {"postgres", "raw_data", "pyspark"} <= set(repo.get_top_level_resources())
 
 
@@ -66,8 +83,11 @@ def test_native_freshness_code_versions_metadata_and_retries():
         node = graph.get(dg.AssetKey(name))
         policy = node.freshness_policy
         assert isinstance(policy, dg.FreshnessPolicy), name
-        assert policy.fail_window.to_timedelta() == timedelta(seconds=300)
-        assert policy.warn_window.to_timedelta() == timedelta(seconds=120)
+        fail, warn = HOURLY_WINDOWS if name in HOURLY else POLL_WINDOWS
+        assert policy.fail_window.to_timedelta() == fail, name
+        assert policy.warn_window.to_timedelta() == warn, name
+    for name in MARKET_ASSETS:
+        node = graph.get(dg.AssetKey(name))
         assert isinstance(node.metadata["dagster/column_schema"], dg.TableSchema)
     for name in COMPUTED:
         node = graph.get(dg.AssetKey(name))
