@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_refresh = sub.add_parser("refresh", help="materialize the indicator tables through Dagster")
     refresh.add_arguments(p_refresh)
     p_refresh.set_defaults(handler=_refresh_with_services(refresh.run))
+
+    from marketflow_assets.dashboard import command as dashboard_command
+
+    p_dashboard = sub.add_parser("dashboard", help="serve the analyst dashboard (Streamlit)")
+    dashboard_command.add_arguments(p_dashboard)
+    p_dashboard.set_defaults(handler=dashboard_command.run)
     return parser
 
 

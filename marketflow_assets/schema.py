@@ -132,9 +132,35 @@ MOVER_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 MOVER_KEY = ("snapshot_ts", "direction", "rank")
 
+# Pipeline history for the dashboard's "Pipeline" page: every check evaluation the monitoring
+# sensor records and every alert the alert sensor sends (``marketflow_assets/history.py``).
+# ``check_key`` = "<asset>:<check>"; ``metadata`` = the evaluation's metadata as JSON.
+CHECK_RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("check_key", "text NOT NULL"),
+    ("evaluated_at", "timestamptz NOT NULL"),
+    ("asset_key", "text NOT NULL"),
+    ("check_name", "text NOT NULL"),
+    ("passed", "boolean NOT NULL"),
+    ("severity", "text NOT NULL"),
+    ("description", "text"),
+    ("metadata", "jsonb"),
+)
+CHECK_RESULT_KEY = ("check_key", "evaluated_at")
+
+ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("alerted_at", "timestamptz NOT NULL"),
+    ("alert_key", "text NOT NULL"),
+    ("previous_state", "text"),
+    ("state", "text NOT NULL"),
+    ("message", "text NOT NULL"),
+)
+ALERT_KEY = ("alerted_at", "alert_key")
+
 TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "price_indicators": (INDICATOR_COLUMNS, INDICATOR_KEY),
     "market_movers": (MOVER_COLUMNS, MOVER_KEY),
+    "check_results": (CHECK_RESULT_COLUMNS, CHECK_RESULT_KEY),
+    "alert_history": (ALERT_COLUMNS, ALERT_KEY),
 }
 
 
@@ -154,4 +180,6 @@ def create_all_sql() -> list[str]:
     return [
         *(create_table_sql(t) for t in TABLES),
         "CREATE INDEX IF NOT EXISTS price_indicators_ts_idx ON price_indicators (ts)",
+        # dashboard: latest check results / alerts first (marketflow_assets/dashboard/queries.py)
+        "CREATE INDEX IF NOT EXISTS check_results_evaluated_at_idx ON check_results (evaluated_at)",
     ]
