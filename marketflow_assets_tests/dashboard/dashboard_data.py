@@ -13,6 +13,7 @@ import psycopg2
 
 from marketflow_assets.indicators import compute_indicators, compute_movers
 from marketflow_assets.resources.postgres import PostgresResource
+from marketflow_assets.schema import TABLES
 
 SOLO = "solo-coin"  # a coin with a single observation
 
@@ -86,3 +87,63 @@ def sql(url: str, statement: str, params=None) -> list[tuple]:
             return cur.fetchall() if cur.description else []
     finally:
         conn.close()
+
+
+#: SPEC's forecast tables (issue 14 defines them in schema.py; until then the tests create them
+#: from the SPEC columns so the forecast panels are exercised).
+SPEC_FORECAST_DDL = {
+    "price_forecasts": """CREATE TABLE IF NOT EXISTS price_forecasts (
+        coin_id text NOT NULL, origin_ts timestamptz NOT NULL, horizon_s int NOT NULL,
+        target_ts timestamptz NOT NULL, predicted_price double precision NOT NULL,
+        lower_80 double precision NOT NULL, upper_80 double precision NOT NULL,
+        model text NOT NULL, PRIMARY KEY (coin_id, origin_ts, horizon_s))""",
+    "forecast_evaluation": """CREATE TABLE IF NOT EXISTS forecast_evaluation (
+        evaluated_at timestamptz NOT NULL, model text NOT NULL, horizon_s int NOT NULL,
+        n int NOT NULL, mae double precision, mase double precision,
+        directional_accuracy double precision, coverage_80 double precision,
+        promoted boolean NOT NULL, PRIMARY KEY (evaluated_at, model, horizon_s))""",
+}
+
+
+def create_forecast_tables(url: str) -> None:
+    if all(t in TABLES for t in SPEC_FORECAST_DDL):
+        PostgresResource(url=url).ensure_tables()
+        return
+    for ddl in SPEC_FORECAST_DDL.values():
+        sql(url, ddl)
+
+
+def insert_forecasts(url: str, coin: str, rows: pd.DataFrame, origins) -> None:
+    """Forecasts of ``coin`` at ``origins`` (300 s ahead, naive-like, interval +-1 %) and two
+    evaluations: naive promoted at 10:00, ``gbm`` (MASE 0.8) promoted at 11:00."""
+    prices = {ts: float(p) for ts, p in zip(rows["ts"], rows["price"], strict=True)}
+    forecast_rows = [
+        (coin, o.to_pydatetime(), 300, (o + pd.Timedelta(seconds=300)).to_pydatetime(),
+         prices[o] * 1.001, prices[o] * 0.99, prices[o] * 1.01, "naive")
+        for o in origins
+    ]  # fmt: skip
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM price_forecasts")
+            cur.execute("DELETE FROM forecast_evaluation")
+            cur.executemany(
+                "INSERT INTO price_forecasts (coin_id, origin_ts, horizon_s, target_ts,"
+                " predicted_price, lower_80, upper_80, model)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                forecast_rows,
+            )
+            for when, promoted in (("2026-03-01T10:00Z", "naive"), ("2026-03-01T11:00Z", "gbm")):
+                for model in ("naive", "gbm"):
+                    cur.execute(
+                        "INSERT INTO forecast_evaluation (evaluated_at, model, horizon_s, n, "
+                        "mae, mase, directional_accuracy, coverage_80, promoted) "
+                        "VALUES (%s, %s, 300, 100, 0.5, %s, 0.55, 0.8, %s)",
+                        (when, model, 1.0 if model == "naive" else 0.8, model == promoted),
+                    )
+    finally:
+        conn.close()
+
+
+def drop_forecast_tables(url: str) -> None:
+    sql(url, "DROP TABLE IF EXISTS price_forecasts, forecast_evaluation")

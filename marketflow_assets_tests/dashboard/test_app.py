@@ -11,7 +11,13 @@ import dagster as dg
 import pandas as pd
 import pytest
 import streamlit as st
-from dashboard_data import SOLO, sql
+from dashboard_data import (
+    SOLO,
+    create_forecast_tables,
+    drop_forecast_tables,
+    insert_forecasts,
+    sql,
+)
 from streamlit.testing.v1 import AppTest
 
 import marketflow_assets.dashboard
@@ -195,3 +201,35 @@ def test_pipeline_page_shows_recorded_checks_and_alerts(seeded, monkeypatch):
     assert any("message" in f and f["message"].to_list() == [alert.text] for f in frames)
     polls = sql(url, "SELECT count(DISTINCT ts) FROM price_indicators")[0][0]
     assert polls > 0 and len(at.get("plotly_chart")) == 1
+
+
+def test_forecast_panels(seeded, monkeypatch):
+    url, _raw, indicators, _movers = seeded
+    coin = "coin-04"
+    rows = indicators[indicators["coin_id"] == coin].sort_values("ts")
+    create_forecast_tables(url)
+    try:
+        insert_forecasts(url, coin, rows, rows["ts"].iloc[-15:-10])
+        at = run_app(monkeypatch, url)
+        promoted = at.table[2].value  # after the gainers and losers
+        assert promoted["promoted model"].to_list() == ["gbm"]
+        assert promoted["MASE"].to_list() == ["0.800"]
+
+        at.sidebar.radio(key="page").set_value("Coin").run()
+        at.selectbox(key="coin").set_value(coin).run()
+        assert "Forecasts against what then happened" in texts(at.subheader)
+        outcomes = at.dataframe[0].value
+        assert len(outcomes) == 5 and outcomes["model"].eq("naive").all()
+        truth = sql(
+            url,
+            "SELECT count(*) FROM price_forecasts f WHERE coin_id = %s AND EXISTS ("
+            " SELECT 1 FROM price_indicators p WHERE p.coin_id = f.coin_id"
+            " AND date_trunc('minute', p.ts) = date_trunc('minute', f.target_ts)"
+            " AND p.ts = (SELECT max(ts) FROM price_indicators q WHERE q.coin_id = f.coin_id"
+            "   AND date_trunc('minute', q.ts) = date_trunc('minute', f.target_ts))"
+            " AND p.price BETWEEN f.lower_80 AND f.upper_80)",
+            (coin,),
+        )[0][0]
+        assert int(outcomes["inside_80"].sum()) == truth
+    finally:
+        drop_forecast_tables(url)
