@@ -14,7 +14,8 @@ snapshot coins            price_indicators_ts_idx (ts = snapshot)
 newest indicator ts       price_indicators_ts_idx (max)
 coins                     price_indicators primary key (coin_id, ts): loose index scan + one
                           backward probe per coin
-coin candles/rows         price_indicators primary key range (coin_id = x AND ts in range)
+coin candles              price_indicators_coin_series_idx (index-only range scan)
+coin latest rows          price_indicators primary key range, backwards, LIMIT
 rows per poll             price_indicators_ts_idx range (index-only)
 check results (latest)    check_results primary key (check_key, evaluated_at): loose scan
 check results (recent)    check_results_evaluated_at_idx
@@ -92,22 +93,25 @@ SQL: dict[str, str] = {
         ) l
         WHERE s.coin_id IS NOT NULL
         ORDER BY s.coin_id""",
-    # 1-minute OHLC candles from the 30 s prices, with each minute's last indicator values.
+    # 1-minute OHLC candles from the 30 s prices, with each minute's last indicator values:
+    # per minute the first and last ts (hash aggregate), then their rows (hash joins); minute
+    # as epoch seconds (parsed vectorised by pandas rather than row by row by the driver).
     "candles": """
-        SELECT date_trunc('minute', ts) AS minute,
-               (array_agg(price ORDER BY ts))[1] AS open,
-               max(price) AS high,
-               min(price) AS low,
-               (array_agg(price ORDER BY ts DESC))[1] AS close,
-               (array_agg(sma_5min ORDER BY ts DESC))[1] AS sma_5min,
-               (array_agg(ema_3min ORDER BY ts DESC))[1] AS ema_3min,
-               (array_agg(volatility_5min ORDER BY ts DESC))[1] AS volatility_5min,
-               (array_agg(change_1min ORDER BY ts DESC))[1] AS change_1min,
-               (array_agg(change_5min ORDER BY ts DESC))[1] AS change_5min,
-               count(*) AS observations
-        FROM price_indicators
-        WHERE coin_id = %(coin)s AND ts > %(start)s AND ts <= %(end)s
-        GROUP BY 1 ORDER BY 1""",
+        WITH s AS (
+            SELECT date_trunc('minute', ts) AS minute, ts, price, sma_5min, ema_3min,
+                   volatility_5min, change_1min, change_5min
+            FROM price_indicators
+            WHERE coin_id = %(coin)s AND ts > %(start)s AND ts <= %(end)s
+        ), b AS (
+            SELECT minute, min(ts) AS first_ts, max(ts) AS last_ts, max(price) AS high,
+                   min(price) AS low, count(*) AS observations
+            FROM s GROUP BY minute
+        )
+        SELECT extract(epoch FROM b.minute)::float8 AS minute, o.price AS open, b.high, b.low,
+               c.price AS close, c.sma_5min, c.ema_3min, c.volatility_5min, c.change_1min,
+               c.change_5min, b.observations
+        FROM b JOIN s o ON o.ts = b.first_ts JOIN s c ON c.ts = b.last_ts
+        ORDER BY b.minute""",
     "latest_rows": """
         SELECT coin_id, symbol, ts, price, change_1min, change_5min, sma_5min, ema_3min,
                volatility_5min
@@ -323,7 +327,8 @@ def coins(db: Database) -> pd.DataFrame:
 
 def candles(db: Database, coin: str, start: datetime, end: datetime) -> pd.DataFrame:
     frame = db.query("candles", coin=coin, start=start, end=end)
-    frame = _times(frame, "minute")
+    frame["minute"] = pd.to_datetime(frame["minute"].astype("float64"), unit="s", utc=True)
+    frame["observations"] = frame["observations"].astype("int64")
     return _floats(
         frame,
         "open",
