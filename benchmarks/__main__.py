@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default="engine,incremental,latency",
-        help="comma-separated subset of: engine, incremental, latency",
+        default="engine,incremental,latency,dashboard",
+        help="comma-separated subset of: engine, incremental, latency, dashboard",
     )
     parser.add_argument(
         "--latency-path",
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import latency
 
             latency.run(args.mode, args.latency_path)
+        elif name == "dashboard":
+            from benchmarks import dashboard
+
+            dashboard.run(args.mode)
         else:
             parser.error(f"unknown benchmark {name!r}")
     print(f"benchmarks ({args.mode}) finished in {time.perf_counter() - started:.0f} s")
