@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from dashboard_data import create_database, drop_database, seed_market, synthetic_raw
+
+from marketflow_assets_tests.dashboard.dashboard_data import (
+    create_database,
+    drop_database,
+    seed_market,
+    synthetic_raw,
+)
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,18 @@ import dagster as dg
 import pandas as pd
 import pytest
 import streamlit as st
-from dashboard_data import (
+from streamlit.testing.v1 import AppTest
+
+import marketflow_assets.dashboard
+from marketflow_assets.history import record_alerts, record_check_evaluations
+from marketflow_assets.services import free_port
+from marketflow_assets_tests.dashboard.dashboard_data import (
     SOLO,
     create_forecast_tables,
     drop_forecast_tables,
     insert_forecasts,
     sql,
 )
-from streamlit.testing.v1 import AppTest
-
-import marketflow_assets.dashboard
-from marketflow_assets.history import record_alerts, record_check_evaluations
-from marketflow_assets.services import free_port
 
 APP = str(Path(marketflow_assets.dashboard.__file__).with_name("app.py"))
 

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dashboard_data import synthetic_raw
 
 from marketflow_assets.indicators import compute_indicators, compute_movers
 from marketflow_assets.services import free_port
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "assets"))
-from asset_helpers import write_raw_parquet  # noqa: E402
+from marketflow_assets_tests.dashboard.dashboard_data import synthetic_raw
+from marketflow_assets_tests.helpers import write_raw_parquet
 
 MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

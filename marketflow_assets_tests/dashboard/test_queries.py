@@ -7,10 +7,15 @@ import json
 
 import psycopg2
 import pytest
-from dashboard_data import SOLO, create_forecast_tables, insert_forecasts, sql
 
 from marketflow_assets.dashboard import queries as q
 from marketflow_assets.dashboard import view
+from marketflow_assets_tests.dashboard.dashboard_data import (
+    SOLO,
+    create_forecast_tables,
+    insert_forecasts,
+    sql,
+)
 
 
 @pytest.fixture
