@@ -1,9 +1,10 @@
 """``marketflow dashboard [--port 8501]``: serve the analyst dashboard on 127.0.0.1.
 
-Reads only PostgreSQL: ``MARKETFLOW_POSTGRES_URL``, else the embedded server under
-``$MARKETFLOW_DATA_DIR/postgres`` (started here through :mod:`marketflow_assets.services`, and
-stopped on exit). Streamlit runs as a child process (``python -m streamlit run app.py``) bound to
-127.0.0.1, headless, without usage statistics; Ctrl-C or SIGTERM stops it.
+Reads only PostgreSQL: ``MARKETFLOW_POSTGRES_URL`` (not required to be up: the page says so and
+retries), else the embedded server under ``$MARKETFLOW_DATA_DIR/postgres`` (started here through
+:mod:`marketflow_assets.services`, and stopped on exit). Streamlit runs as a child process
+(``python -m streamlit run app.py``) bound to 127.0.0.1, headless, without usage statistics;
+Ctrl-C or SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import urllib.request
 from pathlib import Path
 
 from marketflow_assets.services import LOOPBACK, running_services, stop_process
-from marketflow_assets.settings import ConfigError, Settings
+from marketflow_assets.settings import ConfigError, Settings, redact_url
 
 logger = logging.getLogger("marketflow.dashboard")
 
@@ -83,9 +84,18 @@ def _check_port(port: int) -> None:
             ) from None
 
 
+def _database(settings: Settings):
+    """The configured PostgreSQL as is (the page reports an outage and retries), else the
+    embedded one under the data dir, started here."""
+    if settings.postgres_url:
+        logger.info("dashboard: reading %s", redact_url(settings.postgres_url))
+        return contextlib.nullcontext(settings)
+    return running_services(settings, log=logger.info, kafka=False)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     _check_port(args.port)
-    with running_services(settings, log=logger.info, kafka=False) as resolved:
+    with _database(settings) as resolved:
         env = {**os.environ, "MARKETFLOW_POSTGRES_URL": resolved.postgres_url or ""}
         env["MARKETFLOW_DATA_DIR"] = str(resolved.data_dir)
         proc = subprocess.Popen(streamlit_argv(args.port), env=env, stdin=subprocess.DEVNULL)

@@ -31,6 +31,7 @@ Missing tables raise :class:`NoData` (the page says so); connection problems rai
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -180,9 +181,10 @@ class DatabaseUnavailable(DashboardError):
 def _missing_table(exc: Exception) -> str | None:
     import psycopg2.errors
 
-    if isinstance(exc, psycopg2.errors.UndefinedTable):
-        return str(exc).strip().splitlines()[0]
-    return None
+    if not isinstance(exc, psycopg2.errors.UndefinedTable):
+        return None
+    found = re.search(r'relation "([^"]+)" does not exist', str(exc))
+    return f"table {found.group(1) if found else '?'} does not exist yet"
 
 
 class Database:

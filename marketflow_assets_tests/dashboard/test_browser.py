@@ -8,14 +8,9 @@ Playwright is absent."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,61 +18,15 @@ import pytest
 from marketflow_assets.indicators import compute_indicators, compute_movers
 from marketflow_assets.services import free_port
 from marketflow_assets_tests.dashboard.dashboard_data import synthetic_raw
+from marketflow_assets_tests.dashboard.processes import MARKETFLOW, Dashboard, env
 from marketflow_assets_tests.helpers import write_raw_parquet
 
-MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)"),
     pytest.mark.timeout(300),
 ]
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MARKETFLOW_", "COINGECKO_", "DAGSTER_"))
-    }
-    env.update({"MARKETFLOW_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"})
-    return env
-
-
-class Dashboard:
-    """``marketflow dashboard --port P`` as a subprocess; stopped with SIGTERM."""
-
-    def __init__(self, data_dir: Path, log_path: Path):
-        self.port = free_port()
-        self.log_path = log_path
-        with open(log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                [MARKETFLOW, "dashboard", "--port", str(self.port)],
-                env=_env(data_dir),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
-            if "dashboard: serving on" in self.log_path.read_text():
-                return
-            time.sleep(0.5)
-        raise AssertionError("dashboard not serving:\n" + self.log_path.read_text()[-3000:])
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
 
 
 def page_text(url: str, expect: str, timeout_ms: int = 90_000) -> str:
@@ -102,7 +51,7 @@ def test_refresh_then_landing_page_in_a_browser(tmp_path):
     rows = raw[["id", "symbol", "ts", "current_price"]].itertuples(index=False, name=None)
     write_raw_parquet(data_dir / "raw_prices", list(rows))
     refresh = subprocess.run(
-        [MARKETFLOW, "refresh"], env=_env(data_dir), capture_output=True, text=True, timeout=240
+        [MARKETFLOW, "refresh"], env=env(data_dir), capture_output=True, text=True, timeout=240
     )
     assert refresh.returncode == 0, refresh.stderr[-3000:]
 
@@ -136,3 +85,14 @@ def test_empty_database_in_a_browser(tmp_path):
     finally:
         assert dashboard.stop() == 0
     assert "Traceback" not in text and "Error" not in text
+
+
+def test_unreachable_database_in_a_browser(tmp_path):
+    url = f"postgresql://mf:s3cret@127.0.0.1:{free_port()}/mf"
+    dashboard = Dashboard(tmp_path / "data", tmp_path / "dashboard.log", postgres_url=url)
+    try:
+        dashboard.wait_ready()
+        text = page_text(dashboard.url, "Database not reachable")
+    finally:
+        assert dashboard.stop() == 0
+    assert "Traceback" not in text and "s3cret" not in text
