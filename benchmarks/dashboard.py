@@ -81,6 +81,24 @@ GENERATE = {
                CASE WHEN h %% 2 = 0 THEN 'WARN' ELSE 'passed' END, 'synthetic alert ' || h
         FROM generate_series(0, %(alerts)s - 1) AS h""",
 }
+#: The forecast tables (SPEC columns) once ``schema.py`` defines them (issue 14): a 300 s forecast
+#: of every coin every 5 minutes for 7 days, and an hourly evaluation of 4 models.
+GENERATE_FORECASTS = {
+    "price_forecasts": """
+        INSERT INTO price_forecasts (coin_id, origin_ts, horizon_s, target_ts, predicted_price,
+                                     lower_80, upper_80, model)
+        SELECT coin_id, ts, 300, ts + interval '300 s', price, price * 0.99, price * 1.01,
+               'naive_last_price'
+        FROM price_indicators
+        WHERE ts >= %(start)s AND extract(epoch FROM ts)::bigint %% 300 = 0""",
+    "forecast_evaluation": """
+        INSERT INTO forecast_evaluation (evaluated_at, model, horizon_s, n, mae, mase,
+                                         directional_accuracy, coverage_80, promoted)
+        SELECT %(start)s + h * interval '1 hour', m, 300, 5000, 0.01, mase, 0.5, 0.8, m = 'naive'
+        FROM generate_series(0, %(hours)s - 1) AS h
+        CROSS JOIN (VALUES ('naive', 1.0), ('drift', 1.02), ('ema', 1.01), ('lightgbm', 0.97))
+            AS c(m, mase)""",
+}
 
 
 def _seeded(url: str) -> bool:
@@ -113,7 +131,10 @@ def seed(url: str) -> float:
         "coins": COINS,
         "minutes": DAYS * 1440,
         "alerts": 2000,
+        "hours": DAYS * 24,
     }
+    generate = dict(GENERATE)
+    generate.update({t: sql for t, sql in GENERATE_FORECASTS.items() if t in TABLES})
     conn = psycopg2.connect(url)
     conn.autocommit = True
     try:
@@ -129,7 +150,7 @@ def seed(url: str) -> float:
                 cur.execute(create_table_sql(table))
                 cur.execute(f"ALTER TABLE {table} SET UNLOGGED")
             cur.execute("ALTER TABLE price_indicators DROP CONSTRAINT price_indicators_pkey")
-            for table, statement in GENERATE.items():
+            for table, statement in generate.items():
                 t0 = time.perf_counter()
                 cur.execute(statement, params)
                 logger.info("dashboard seed: %s %d rows in %.1f s", table, cur.rowcount,
