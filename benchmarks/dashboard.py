@@ -34,7 +34,16 @@ COINS = 250
 DAYS = 7
 INTERVAL_S = 30
 REPEATS = {"quick": 20, "full": 60}
-SEED_VERSION = 2
+SEED_VERSION = 3
+
+
+def seed_version() -> str:
+    """Marks a complete seed of this generator for the current set of tables."""
+    from marketflow_assets.schema import TABLES
+
+    return f"{SEED_VERSION}:{','.join(sorted(TABLES))}"
+
+
 END = data.HISTORY_END  # exclusive end of the history
 
 GENERATE = {
@@ -112,7 +121,7 @@ def _seeded(url: str) -> bool:
                 return False
             cur.execute("SELECT version FROM bench_dashboard_seed")
             row = cur.fetchone()
-            return bool(row) and row[0] == SEED_VERSION
+            return bool(row) and row[0] == seed_version()
     finally:
         conn.close()
 
@@ -162,8 +171,8 @@ def seed(url: str) -> float:
                         cur.execute(statement)
                     logger.info("dashboard seed: indexes in %.1f s", time.perf_counter() - t0)
             cur.execute(f"VACUUM (ANALYZE) {', '.join(TABLES)}")
-            cur.execute("CREATE TABLE bench_dashboard_seed (version int)")
-            cur.execute("INSERT INTO bench_dashboard_seed VALUES (%s)", (SEED_VERSION,))
+            cur.execute("CREATE TABLE bench_dashboard_seed (version text)")
+            cur.execute("INSERT INTO bench_dashboard_seed VALUES (%s)", (seed_version(),))
     finally:
         conn.close()
     return time.perf_counter() - started
