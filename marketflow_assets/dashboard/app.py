@@ -9,6 +9,8 @@ as plain messages and retried on the next refresh.
 
 from __future__ import annotations
 
+import functools
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
@@ -16,6 +18,8 @@ import streamlit as st
 
 from marketflow_assets.dashboard import charts, view
 from marketflow_assets.dashboard import queries as q
+
+logger = logging.getLogger("marketflow.dashboard")
 
 PAGES = ("Market now", "Coin", "Pipeline")
 CACHE_TTL_SECONDS = 5
@@ -57,10 +61,31 @@ def explain(exc: q.DashboardError, what: str) -> None:
         st.info(f"No {what} yet ({exc}). {NO_DATA_HINT}")
 
 
+def guarded(panel):
+    """Any unexpected error of a panel becomes a one-line message (the traceback goes to the
+    log); the panel's next refresh tries again. Streamlit's own control flow (stop, rerun) is
+    not an ``Exception`` and passes through."""
+
+    @functools.wraps(panel)
+    def wrapper(*args, **kwargs):
+        try:
+            return panel(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a message on the page, never a traceback
+            logger.exception("dashboard panel %s failed", panel.__name__)
+            reason = " ".join(str(exc).split())[:300]
+            st.warning(
+                f"This panel could not be drawn ({type(exc).__name__}: {reason}); "
+                "it retries on the next refresh."
+            )
+
+    return wrapper
+
+
 # ------------------------------------------------------------------------------------------
 # Market now
 # ------------------------------------------------------------------------------------------
 @st.fragment(run_every=MARKET_REFRESH)
+@guarded
 def market_now() -> None:
     url = postgres_url()
     try:
@@ -111,7 +136,7 @@ def market_now() -> None:
 
     with_change = coins.dropna(subset=["change_5min"])
     if len(with_change):
-        st.plotly_chart(charts.change_treemap(with_change), use_container_width=True)
+        st.plotly_chart(charts.change_treemap(with_change), width="stretch")
     promoted_model()
 
 
@@ -148,6 +173,7 @@ def promoted_model() -> None:
 # ------------------------------------------------------------------------------------------
 # Coin
 # ------------------------------------------------------------------------------------------
+@guarded
 def coin_page() -> None:
     url = postgres_url()
     try:
@@ -169,6 +195,7 @@ def coin_page() -> None:
 
 
 @st.fragment(run_every=COIN_REFRESH)
+@guarded
 def coin_panels(coin: str, range_label: str) -> None:
     url = postgres_url()
     try:
@@ -195,8 +222,8 @@ def coin_panels(coin: str, range_label: str) -> None:
             "The latest row is below."
         )
     else:
-        st.plotly_chart(charts.coin_chart(candles, coin, forecasts), use_container_width=True)
-        st.plotly_chart(charts.indicator_panels(candles), use_container_width=True)
+        st.plotly_chart(charts.coin_chart(candles, coin, forecasts), width="stretch")
+        st.plotly_chart(charts.indicator_panels(candles), width="stretch")
     if forecasts is not None and len(forecasts):
         st.subheader("Forecasts against what then happened")
         st.dataframe(view.forecast_outcomes(forecasts, candles), hide_index=True)
@@ -225,6 +252,7 @@ def coin_forecasts(url: str, coin: str, start, end) -> pd.DataFrame | None:
 # Pipeline
 # ------------------------------------------------------------------------------------------
 @st.fragment(run_every=PIPELINE_REFRESH)
+@guarded
 def pipeline_page() -> None:
     url = postgres_url()
     try:
@@ -261,7 +289,7 @@ def pipeline_page() -> None:
     if newest is not None:
         polls = read("rows_per_poll", url, newest - q.ROWS_PER_POLL_WINDOW)
         st.subheader("Rows per poll (price_indicators, last 2 hours of data)")
-        st.plotly_chart(charts.rows_per_poll(polls), use_container_width=True)
+        st.plotly_chart(charts.rows_per_poll(polls), width="stretch")
     since = (newest or pd.Timestamp.now(tz="UTC")) - timedelta(days=7)
     for title, name, args in (
         ("Recent failed check results", "recent_failed_checks", (since,)),

@@ -99,6 +99,7 @@ def test_market_page_matches_sql(seeded, monkeypatch):
     assert metrics["Decliners (5 min)"] == str(down)
 
     assert not at.error  # fresh data: no stale banner
+    assert not at.warning and not at.exception
     badge = next(m for m in texts(at.markdown) if m.startswith("**Latest snapshot**"))
     assert snapshot.isoformat() in badge and "(OK)" in badge
     assert any("No forecasts yet" in c for c in texts(at.caption))
@@ -126,6 +127,17 @@ def test_tables_without_rows_show_a_message(empty_db, monkeypatch):
     PostgresResource(url=empty_db).ensure_tables()
     at = run_app(monkeypatch, empty_db)
     assert texts(at.info)[0].startswith("No market data yet: table market_movers has no rows")
+
+
+def test_a_broken_table_is_a_message_not_a_traceback(empty_db, monkeypatch):
+    from marketflow_assets.resources.postgres import PostgresResource
+
+    sql(empty_db, "CREATE TABLE market_movers (snapshot_ts timestamptz)")  # columns missing
+    sql(empty_db, "INSERT INTO market_movers VALUES (now())")
+    PostgresResource(url=empty_db).ensure_tables()  # the other tables, as they should be
+    at = run_app(monkeypatch, empty_db)
+    assert not at.exception
+    assert at.warning[0].value.startswith("This panel could not be drawn (UndefinedColumn")
 
 
 def test_unreachable_database_shows_a_message(monkeypatch):
