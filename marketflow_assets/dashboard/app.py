@@ -107,10 +107,10 @@ def market_now() -> None:
             f"Stale data: the latest snapshot is {age.text} (freshness {age.status}: warn after "
             f"{warn:g} s, error after {error:g} s). The pipeline may be stopped or lagging."
         )
-    badge = {"OK": "🟢", "WARN": "🟠", "ERROR": "🔴"}[age.status]
+    colour = {"OK": "green", "WARN": "orange", "ERROR": "red"}[age.status]
     st.markdown(
-        f"**Latest snapshot** `{snapshot.isoformat()}` · data age {badge} **{age.text}** "
-        f"({age.status})"
+        f"**Latest snapshot** `{snapshot.isoformat()}` · data age "
+        f":{colour}[**{age.text}** ({age.status})]"
     )
     tiles = view.market_tiles(coins)
     c1, c2, c3, c4 = st.columns(4)

@@ -9,25 +9,37 @@ from plotly.subplots import make_subplots
 
 
 def change_treemap(coins: pd.DataFrame) -> go.Figure:
-    """Every coin of the snapshot as a tile coloured by its 5-minute change (green up, red
-    down, white unchanged); tiles are equal-sized."""
-    frame = coins.assign(
-        label=[str(s or c).upper() for s, c in zip(coins["symbol"], coins["coin_id"], strict=True)],
-        tile=1,
+    """Every coin of the snapshot as an equal-sized tile coloured by its 5-minute change (red
+    down, green up, colour scale clipped at the 95th percentile of |change|)."""
+    labels = [str(s or c).upper() for s, c in zip(coins["symbol"], coins["coin_id"], strict=True)]
+    change = coins["change_5min"].astype(float)
+    bound = float(change.abs().quantile(0.95)) or 1.0
+    fig = go.Figure(
+        go.Treemap(
+            ids=coins["coin_id"],
+            labels=labels,
+            parents=[""] * len(coins),
+            values=[1] * len(coins),
+            text=[f"{v:+.2f}%" for v in change],
+            customdata=list(zip(coins["coin_id"], coins["price"], strict=True)),
+            texttemplate="%{label}<br>%{text}",
+            hovertemplate="%{customdata[0]}<br>price %{customdata[1]:.6g}<br>5-min change "
+            "%{text}<extra></extra>",
+            marker={
+                "colors": change,
+                "colorscale": "RdYlGn",
+                "cmin": -bound,
+                "cmax": bound,
+                "cmid": 0,
+                "colorbar": {"title": {"text": "5-min %"}},
+            },
+        )
     )
-    bound = float(frame["change_5min"].abs().quantile(0.95)) or 1.0
-    fig = px.treemap(
-        frame,
-        path=["label"],
-        values="tile",
-        color="change_5min",
-        color_continuous_scale="RdYlGn",
-        range_color=(-bound, bound),
-        hover_data={"coin_id": True, "price": ":.6g", "change_5min": ":+.2f", "tile": False},
+    fig.update_layout(
         title="5-minute change across coins (%)",
+        margin={"t": 40, "l": 0, "r": 0, "b": 0},
+        height=420,
     )
-    fig.update_traces(texttemplate="%{label}<br>%{color:+.2f}%")
-    fig.update_layout(margin={"t": 40, "l": 0, "r": 0, "b": 0}, height=420)
     return fig
 
 
@@ -45,8 +57,16 @@ def coin_chart(candles: pd.DataFrame, coin: str, forecasts: pd.DataFrame | None)
             name="price (1 min)",
         )
     )
-    fig.add_trace(go.Scatter(x=candles["minute"], y=candles["sma_5min"], name="SMA 5m"))
-    fig.add_trace(go.Scatter(x=candles["minute"], y=candles["ema_3min"], name="EMA 3m"))
+    fig.add_trace(
+        go.Scatter(
+            x=candles["minute"], y=candles["sma_5min"], name="SMA 5m", line={"color": "#1f77b4"}
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=candles["minute"], y=candles["ema_3min"], name="EMA 3m", line={"color": "#ff7f0e"}
+        )
+    )
     if forecasts is not None and len(forecasts):
         f = forecasts.sort_values("target_ts")
         fig.add_trace(
