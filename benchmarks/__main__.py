@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default="engine,incremental,latency",
-        help="comma-separated subset of: engine, incremental, latency, forecast (opt-in)",
+        default="engine,incremental,latency,dashboard",
+        help=(
+            "comma-separated subset of: engine, incremental, latency, dashboard, forecast (opt-in)"
+        ),
     )
     parser.add_argument(
         "--latency-path",
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import forecast
 
             forecast.run(args.mode)
+        elif name == "dashboard":
+            from benchmarks import dashboard
+
+            dashboard.run(args.mode)
         else:
             parser.error(f"unknown benchmark {name!r}")
     print(f"benchmarks ({args.mode}) finished in {time.perf_counter() - started:.0f} s")

@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forecast.add_arguments(p_forecast)
     p_forecast.set_defaults(handler=_refresh_with_services(forecast.run))
+    from marketflow_assets.dashboard import command as dashboard_command
+
+    p_dashboard = sub.add_parser("dashboard", help="serve the analyst dashboard (Streamlit)")
+    dashboard_command.add_arguments(p_dashboard)
+    p_dashboard.set_defaults(handler=dashboard_command.run)
     return parser
 
 

@@ -165,12 +165,37 @@ EVALUATION_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reason", "text"),
 )
 EVALUATION_KEY = ("evaluated_at", "model", "horizon_s")
+# Pipeline history for the dashboard's "Pipeline" page: every check evaluation the monitoring
+# sensor records and every alert the alert sensor sends (``marketflow_assets/history.py``).
+# ``check_key`` = "<asset>:<check>"; ``metadata`` = the evaluation's metadata as JSON.
+CHECK_RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("check_key", "text NOT NULL"),
+    ("evaluated_at", "timestamptz NOT NULL"),
+    ("asset_key", "text NOT NULL"),
+    ("check_name", "text NOT NULL"),
+    ("passed", "boolean NOT NULL"),
+    ("severity", "text NOT NULL"),
+    ("description", "text"),
+    ("metadata", "jsonb"),
+)
+CHECK_RESULT_KEY = ("check_key", "evaluated_at")
+
+ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("alerted_at", "timestamptz NOT NULL"),
+    ("alert_key", "text NOT NULL"),
+    ("previous_state", "text"),
+    ("state", "text NOT NULL"),
+    ("message", "text NOT NULL"),
+)
+ALERT_KEY = ("alerted_at", "alert_key")
 
 TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "price_indicators": (INDICATOR_COLUMNS, INDICATOR_KEY),
     "market_movers": (MOVER_COLUMNS, MOVER_KEY),
     "price_forecasts": (FORECAST_COLUMNS, FORECAST_KEY),
     "forecast_evaluation": (EVALUATION_COLUMNS, EVALUATION_KEY),
+    "check_results": (CHECK_RESULT_COLUMNS, CHECK_RESULT_KEY),
+    "alert_history": (ALERT_COLUMNS, ALERT_KEY),
 }
 
 
@@ -191,6 +216,13 @@ def create_all_sql() -> list[str]:
         *(create_table_sql(t) for t in TABLES),
         "CREATE INDEX IF NOT EXISTS price_indicators_ts_idx ON price_indicators (ts)",
         "CREATE INDEX IF NOT EXISTS price_forecasts_origin_idx ON price_forecasts (origin_ts)",
+        # dashboard (marketflow_assets/dashboard/queries.py): a coin's series over up to 7 days
+        # as an index-only scan (the heap holds each poll's coins together, so without it 7 days
+        # of one coin touch ~20k heap pages), and the newest check results first.
+        "CREATE INDEX IF NOT EXISTS price_indicators_coin_series_idx ON price_indicators "
+        "(coin_id, ts) INCLUDE (price, sma_5min, ema_3min, volatility_5min, change_1min, "
+        "change_5min)",
+        "CREATE INDEX IF NOT EXISTS check_results_evaluated_at_idx ON check_results (evaluated_at)",
     ]
 
 

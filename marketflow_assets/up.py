@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="Dagster UI host (127.0.0.1)")
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (3000)")
     parser.add_argument(
+        "--dashboard-port", type=int, default=8501, help="analyst dashboard port (8501)"
+    )
+    parser.add_argument(
         "--spark-master",
         default=None,
         help="Spark master for the streaming job and the assets (default $MARKETFLOW_SPARK_MASTER,"
@@ -127,6 +130,13 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
     ]
 
 
+def dashboard_child(args, settings: Settings) -> Child:
+    """``marketflow dashboard`` on 127.0.0.1:--dashboard-port, reading the same PostgreSQL."""
+    argv = [sys.executable, "-m", "marketflow_assets.cli", "dashboard"]
+    argv += ["--port", str(args.dashboard_port)]
+    return Child("dashboard", argv, settings.data_dir / "logs" / "dashboard.log")
+
+
 def start_child(child: Child, env: dict[str, str]) -> None:
     child.log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(child.log_path, "ab") as log_file:
@@ -204,6 +214,12 @@ class ReadinessProbes:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
 
+    def _dashboard_serves(self) -> bool:
+        from marketflow_assets.dashboard.command import serves
+
+        port = getattr(self.args, "dashboard_port", None)
+        return bool(port) and serves(port)
+
     def _indicator_rows(self) -> int:
         import psycopg2
 
@@ -227,6 +243,10 @@ class ReadinessProbes:
                 f"UI serving on http://{self.args.host}:{self.args.port}",
             ),
             "indicators": (self._indicator_rows, "price_indicators has rows in PostgreSQL"),
+            "dashboard": (
+                self._dashboard_serves,
+                f"http://127.0.0.1:{getattr(self.args, 'dashboard_port', '')}",
+            ),
         }
         for name, (probe, message) in probes.items():
             if name in self.announced:
@@ -267,6 +287,7 @@ def _supervise(args, settings: Settings, stop_requested: threading.Event) -> int
     source = resolve_source(args, settings)
     env = child_env(settings, args)
     children = build_children(args, settings, source)
+    children.append(dashboard_child(args, settings))
     with contextlib.ExitStack() as stack:  # unwinds last-started first
         server = None
         for child in children:

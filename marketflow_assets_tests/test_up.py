@@ -94,6 +94,7 @@ def _indicator_rows(log_path: Path) -> int:
 def test_up_flows_end_to_end_and_stops_cleanly(tmp_path):
     data_dir = tmp_path / "data"
     port = free_port()
+    dashboard_port = free_port()
     log_path = tmp_path / "up.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -108,6 +109,8 @@ def test_up_flows_end_to_end_and_stops_cleanly(tmp_path):
                 "12",
                 "--port",
                 str(port),
+                "--dashboard-port",
+                str(dashboard_port),
                 "--spark-master",
                 "local[1]",
             ],
@@ -157,3 +160,4 @@ def test_up_flows_end_to_end_and_stops_cleanly(tmp_path):
     text = log_path.read_text()
     for component in ("ingest", "spark", "dagster"):
         assert f"ready: {component}" in text
+    assert f"ready: dashboard — http://127.0.0.1:{dashboard_port}" in text

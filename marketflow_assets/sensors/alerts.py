@@ -32,6 +32,7 @@ import dagster as dg
 import requests
 
 from marketflow_assets.checks.common import load_check_settings
+from marketflow_assets.history import record_alerts
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,15 @@ def evaluate_alerts(
     return alerts, json.dumps(state, sort_keys=True)
 
 
+def record_alert_history(alerts: list[Alert]) -> int:
+    """Also keep the alerts in PostgreSQL (``alert_history``) for the dashboard's Pipeline page."""
+    if not alerts:
+        return 0
+    from marketflow_assets.settings import load_settings
+
+    return record_alerts(load_settings().postgres_url, alerts)
+
+
 @dg.sensor(
     name="marketflow_alert_sensor",
     minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
@@ -294,6 +304,7 @@ def marketflow_alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     )
     for alert in alerts:
         (context.log.warning if alert.is_failure else context.log.info)(alert.text)
+    record_alert_history(alerts)
     if not alerts:
         return dg.SensorResult(
             cursor=cursor, skip_reason=dg.SkipReason("no check or job changed state")

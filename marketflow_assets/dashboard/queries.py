@@ -1,0 +1,426 @@
+"""Every SQL statement of the analyst dashboard, parameterised, in one place.
+
+Pages never spell SQL: they call the functions below, which take an open psycopg2 connection
+and return pandas DataFrames (times tz-aware UTC). Identifiers are fixed here; values always
+travel as parameters. Each statement is served from an index (``schema.create_all_sql``):
+
+========================  =====================================================================
+query                     index used
+========================  =====================================================================
+latest/previous snapshot  market_movers primary key (snapshot_ts, direction, rank): max / < x
+movers                    market_movers primary key; price_indicators_ts_idx for the previous
+                          snapshot's full ranking (one snapshot = one ts)
+snapshot coins            price_indicators_ts_idx (ts = snapshot)
+newest indicator ts       price_indicators_ts_idx (max)
+coins                     price_indicators primary key (coin_id, ts): loose index scan + one
+                          backward probe per coin
+coin candles              price_indicators_coin_series_idx (index-only range scan)
+coin latest rows          price_indicators primary key range, backwards, LIMIT
+rows per poll             price_indicators_ts_idx range (index-only)
+check results (latest)    check_results primary key (check_key, evaluated_at): loose scan
+check results (recent)    check_results_evaluated_at_idx
+alerts                    alert_history primary key (alerted_at, alert_key)
+forecasts                 price_forecasts primary key (coin_id, origin_ts, horizon_s)
+forecast evaluation       forecast_evaluation, newest evaluated_at
+========================  =====================================================================
+
+Missing tables raise :class:`NoData` (the page says so); connection problems raise
+:class:`DatabaseUnavailable`. Both carry a one-line message fit for the page.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+from collections.abc import Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from marketflow_assets.settings import redact_url
+
+#: Coin-page ranges (label -> length); the page offers 15 min … 7 days.
+RANGES: dict[str, timedelta] = {
+    "15 min": timedelta(minutes=15),
+    "1 hour": timedelta(hours=1),
+    "6 hours": timedelta(hours=6),
+    "24 hours": timedelta(hours=24),
+    "7 days": timedelta(days=7),
+}
+LATEST_ROWS_LIMIT = 50
+ROWS_PER_POLL_WINDOW = timedelta(hours=2)
+HISTORY_LIMIT = 100
+
+SQL: dict[str, str] = {
+    "latest_snapshot": "SELECT max(snapshot_ts) FROM market_movers",
+    "previous_snapshot": (
+        "SELECT max(snapshot_ts) FROM market_movers WHERE snapshot_ts < %(snapshot)s"
+    ),
+    # Movers of one snapshot with each coin's rank among all coins at the previous snapshot
+    # (same direction, same ordering and tie rule as SPEC's movers).
+    "movers": """
+        WITH prev AS (
+            SELECT coin_id,
+                   row_number() OVER (ORDER BY change_5min DESC, coin_id) AS gainer_rank,
+                   row_number() OVER (ORDER BY change_5min ASC, coin_id) AS loser_rank
+            FROM price_indicators
+            WHERE ts = %(previous)s AND change_5min IS NOT NULL
+        )
+        SELECT m.direction, m.rank, m.coin_id, m.symbol, m.price, m.change_5min,
+               CASE m.direction WHEN 'gainer' THEN prev.gainer_rank ELSE prev.loser_rank END
+                   AS previous_rank
+        FROM market_movers m LEFT JOIN prev ON prev.coin_id = m.coin_id
+        WHERE m.snapshot_ts = %(snapshot)s
+        ORDER BY m.direction, m.rank""",
+    "snapshot_coins": """
+        SELECT coin_id, symbol, price, change_5min, volatility_5min
+        FROM price_indicators WHERE ts = %(snapshot)s ORDER BY coin_id""",
+    "newest_indicator_ts": "SELECT max(ts) FROM price_indicators",
+    "coins": """
+        WITH RECURSIVE stored(coin_id) AS (
+            (SELECT coin_id FROM price_indicators ORDER BY coin_id LIMIT 1)
+            UNION ALL
+            SELECT (SELECT p.coin_id FROM price_indicators p WHERE p.coin_id > s.coin_id
+                    ORDER BY p.coin_id LIMIT 1)
+            FROM stored s WHERE s.coin_id IS NOT NULL
+        )
+        SELECT s.coin_id, l.symbol, l.ts AS newest_ts
+        FROM stored s, LATERAL (
+            SELECT p.symbol, p.ts FROM price_indicators p
+            WHERE p.coin_id = s.coin_id ORDER BY p.ts DESC LIMIT 1
+        ) l
+        WHERE s.coin_id IS NOT NULL
+        ORDER BY s.coin_id""",
+    # 1-minute OHLC candles from the 30 s prices, with each minute's last indicator values:
+    # per minute the first and last ts (hash aggregate), then their rows (hash joins); minute
+    # as epoch seconds (read as CSV by ``Database.query_csv``).
+    "candles": """
+        WITH s AS (
+            SELECT date_trunc('minute', ts) AS minute, ts, price, sma_5min, ema_3min,
+                   volatility_5min, change_1min, change_5min
+            FROM price_indicators
+            WHERE coin_id = %(coin)s AND ts > %(start)s AND ts <= %(end)s
+        ), b AS (
+            SELECT minute, min(ts) AS first_ts, max(ts) AS last_ts, max(price) AS high,
+                   min(price) AS low, count(*) AS observations
+            FROM s GROUP BY minute
+        )
+        SELECT extract(epoch FROM b.minute)::float8 AS minute, o.price AS open, b.high, b.low,
+               c.price AS close, c.sma_5min, c.ema_3min, c.volatility_5min, c.change_1min,
+               c.change_5min, b.observations
+        FROM b JOIN s o ON o.ts = b.first_ts JOIN s c ON c.ts = b.last_ts
+        ORDER BY b.minute""",
+    "latest_rows": """
+        SELECT coin_id, symbol, ts, price, change_1min, change_5min, sma_5min, ema_3min,
+               volatility_5min
+        FROM price_indicators
+        WHERE coin_id = %(coin)s AND ts > %(start)s AND ts <= %(end)s
+        ORDER BY ts DESC LIMIT %(limit)s""",
+    "rows_per_poll": """
+        SELECT ts, count(*) AS rows FROM price_indicators
+        WHERE ts > %(start)s GROUP BY ts ORDER BY ts""",
+    "latest_check_results": """
+        WITH RECURSIVE keys(check_key) AS (
+            (SELECT check_key FROM check_results ORDER BY check_key LIMIT 1)
+            UNION ALL
+            SELECT (SELECT c.check_key FROM check_results c WHERE c.check_key > k.check_key
+                    ORDER BY c.check_key LIMIT 1)
+            FROM keys k WHERE k.check_key IS NOT NULL
+        )
+        SELECT r.* FROM keys k, LATERAL (
+            SELECT c.check_key, c.asset_key, c.check_name, c.evaluated_at, c.passed,
+                   c.severity, c.description, c.metadata::text AS metadata
+            FROM check_results c WHERE c.check_key = k.check_key
+            ORDER BY c.evaluated_at DESC LIMIT 1
+        ) r
+        WHERE k.check_key IS NOT NULL
+        ORDER BY r.check_key""",
+    "recent_failed_checks": """
+        SELECT evaluated_at, asset_key, check_name, severity, description
+        FROM check_results WHERE NOT passed AND evaluated_at > %(since)s
+        ORDER BY evaluated_at DESC LIMIT %(limit)s""",
+    "alerts": """
+        SELECT alerted_at, alert_key, previous_state, state, message
+        FROM alert_history ORDER BY alerted_at DESC LIMIT %(limit)s""",
+    "coin_forecasts": """
+        SELECT origin_ts, horizon_s, target_ts, predicted_price, lower_80, upper_80, model
+        FROM price_forecasts
+        WHERE coin_id = %(coin)s AND origin_ts > %(start)s AND origin_ts <= %(end)s
+        ORDER BY origin_ts, horizon_s""",
+    "promoted_forecast": """
+        SELECT evaluated_at, model, horizon_s, n, mae, mase, directional_accuracy, coverage_80
+        FROM forecast_evaluation
+        WHERE evaluated_at = (SELECT max(evaluated_at) FROM forecast_evaluation) AND promoted
+        ORDER BY horizon_s""",
+}
+
+#: The queries of each page, with example parameters: what the benchmark times.
+PAGE_QUERIES = {
+    "market": ("latest_snapshot", "previous_snapshot", "movers", "snapshot_coins",
+               "newest_indicator_ts", "promoted_forecast"),
+    "coin": ("coins", "candles", "latest_rows", "coin_forecasts"),
+    "pipeline": ("latest_check_results", "recent_failed_checks", "alerts", "rows_per_poll"),
+}  # fmt: skip
+
+
+class DashboardError(Exception):
+    """Something the page shows as a plain message."""
+
+
+class NoData(DashboardError):
+    """A table is missing or empty."""
+
+
+class DatabaseUnavailable(DashboardError):
+    """PostgreSQL cannot be reached (or is not configured)."""
+
+
+def _missing_table(exc: Exception) -> str | None:
+    import psycopg2.errors
+
+    if not isinstance(exc, psycopg2.errors.UndefinedTable):
+        return None
+    found = re.search(r'relation "([^"]+)" does not exist', str(exc))
+    return f"table {found.group(1) if found else '?'} does not exist yet"
+
+
+class Database:
+    """One PostgreSQL connection for the dashboard, reopened after any connection error.
+
+    ``query(name, **params)`` runs ``SQL[name]`` (autocommit, UTC session, a statement timeout)
+    and returns a DataFrame. Thread-safe: Streamlit sessions share one instance.
+    """
+
+    def __init__(
+        self, url: str | None, connect_timeout: int = 3, statement_timeout_ms: int = 10000
+    ):
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self.statement_timeout_ms = statement_timeout_ms
+        self._conn = None
+        self._lock = threading.Lock()
+
+    def _connect(self):
+        import psycopg2
+
+        if not self.url:
+            raise DatabaseUnavailable(
+                "MARKETFLOW_POSTGRES_URL is not set: start the dashboard with `marketflow "
+                "dashboard` (embedded PostgreSQL) or set it"
+            )
+        try:
+            conn = psycopg2.connect(self.url, connect_timeout=self.connect_timeout)
+        except psycopg2.Error as exc:
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {redact_url(self.url)} is unreachable ({reason}); retrying"
+            ) from exc
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+            cur.execute("SET statement_timeout = %s", (self.statement_timeout_ms,))
+        return conn
+
+    @contextmanager
+    def cursor(self):
+        import psycopg2
+
+        with self._lock:
+            if self._conn is None or self._conn.closed:
+                self._conn = self._connect()
+            try:
+                with self._conn.cursor() as cur:
+                    yield cur
+            except psycopg2.Error as exc:
+                missing = _missing_table(exc)
+                if missing:
+                    raise NoData(missing) from exc
+                if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+                    self.close_unlocked()
+                    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+                    raise DatabaseUnavailable(
+                        f"PostgreSQL at {redact_url(self.url)} failed ({reason}); retrying"
+                    ) from exc
+                raise
+
+    def close_unlocked(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self.close_unlocked()
+
+    def query(self, name: str, **params: Any) -> pd.DataFrame:
+        with self.cursor() as cur:
+            cur.execute(SQL[name], params)
+            columns = [d.name for d in cur.description]
+            return pd.DataFrame(cur.fetchall(), columns=columns)
+
+    def query_csv(self, name: str, **params: Any) -> pd.DataFrame:
+        """Like :meth:`query` for long numeric results (a coin's week of candles): the rows
+        travel as ``COPY ... TO STDOUT`` CSV (parameters bound by the driver, as in ``execute``)
+        and are parsed by pandas' C reader, exact to the last bit (``round_trip``), instead
+        of one Python object per value."""
+        with self.cursor() as cur:
+            statement = cur.mogrify(SQL[name], params).decode()
+            buf = io.BytesIO()
+            cur.copy_expert(f"COPY ({statement}) TO STDOUT WITH (FORMAT csv, HEADER)", buf)
+        buf.seek(0)
+        return pd.read_csv(buf, float_precision="round_trip")
+
+    def scalar(self, name: str, **params: Any) -> Any:
+        with self.cursor() as cur:
+            cur.execute(SQL[name], params)
+            row = cur.fetchone()
+            return row[0] if row else None
+
+
+# ------------------------------------------------------------------------------------------
+# Typed reads used by the pages
+# ------------------------------------------------------------------------------------------
+def _times(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    for col in columns:
+        if col in frame:
+            frame[col] = pd.to_datetime(frame[col], utc=True)
+    return frame
+
+
+def _floats(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    for col in columns:
+        if col in frame:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("float64")
+    return frame
+
+
+def _utc(value: datetime | None) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def latest_snapshot(db: Database) -> pd.Timestamp | None:
+    return _utc(db.scalar("latest_snapshot"))
+
+
+def previous_snapshot(db: Database, snapshot: datetime) -> pd.Timestamp | None:
+    return _utc(db.scalar("previous_snapshot", snapshot=snapshot))
+
+
+def movers(db: Database, snapshot: datetime, previous: datetime | None) -> pd.DataFrame:
+    """Gainers then losers of ``snapshot`` (rank order) with ``previous_rank`` (nullable int):
+    the coin's rank in the same direction among all coins at ``previous``."""
+    frame = db.query("movers", snapshot=snapshot, previous=previous)
+    frame = _floats(frame, "price", "change_5min")
+    frame["previous_rank"] = frame["previous_rank"].astype("Int64")
+    frame["rank"] = frame["rank"].astype("int64")
+    return frame
+
+
+def snapshot_coins(db: Database, snapshot: datetime) -> pd.DataFrame:
+    return _floats(
+        db.query("snapshot_coins", snapshot=snapshot), "price", "change_5min", "volatility_5min"
+    )
+
+
+def newest_indicator_ts(db: Database) -> pd.Timestamp | None:
+    return _utc(db.scalar("newest_indicator_ts"))
+
+
+def coins(db: Database) -> pd.DataFrame:
+    return _times(db.query("coins"), "newest_ts")
+
+
+def candles(db: Database, coin: str, start: datetime, end: datetime) -> pd.DataFrame:
+    frame = db.query_csv("candles", coin=coin, start=start, end=end)
+    frame["minute"] = pd.to_datetime(frame["minute"].astype("float64"), unit="s", utc=True)
+    frame["observations"] = frame["observations"].astype("int64")
+    return _floats(
+        frame,
+        "open",
+        "high",
+        "low",
+        "close",
+        "sma_5min",
+        "ema_3min",
+        "volatility_5min",
+        "change_1min",
+        "change_5min",
+    )
+
+
+def latest_rows(
+    db: Database, coin: str, start: datetime, end: datetime, limit: int = LATEST_ROWS_LIMIT
+) -> pd.DataFrame:
+    frame = db.query("latest_rows", coin=coin, start=start, end=end, limit=limit)
+    return _times(frame, "ts")
+
+
+def rows_per_poll(db: Database, since: datetime) -> pd.DataFrame:
+    frame = _times(db.query("rows_per_poll", start=since), "ts")
+    frame["rows"] = frame["rows"].astype("int64")
+    return frame
+
+
+def latest_check_results(db: Database) -> pd.DataFrame:
+    frame = _times(db.query("latest_check_results"), "evaluated_at")
+    frame["metadata"] = [json.loads(m) if m else {} for m in frame["metadata"]]
+    return frame
+
+
+def recent_failed_checks(db: Database, since: datetime, limit: int = HISTORY_LIMIT):
+    return _times(db.query("recent_failed_checks", since=since, limit=limit), "evaluated_at")
+
+
+def alerts(db: Database, limit: int = HISTORY_LIMIT) -> pd.DataFrame:
+    return _times(db.query("alerts", limit=limit), "alerted_at")
+
+
+def coin_forecasts(db: Database, coin: str, start: datetime, end: datetime) -> pd.DataFrame:
+    frame = db.query("coin_forecasts", coin=coin, start=start, end=end)
+    frame = _times(frame, "origin_ts", "target_ts")
+    return _floats(frame, "predicted_price", "lower_80", "upper_80")
+
+
+def promoted_forecast(db: Database) -> pd.DataFrame:
+    frame = _times(db.query("promoted_forecast"), "evaluated_at")
+    return _floats(frame, "mae", "mase", "directional_accuracy", "coverage_80")
+
+
+def example_params(db: Database) -> Mapping[str, dict[str, Any]]:
+    """Realistic parameters for every query in :data:`SQL` (benchmark, EXPLAIN tests): the
+    newest snapshot, the first coin, 7-day coin ranges ending at its newest row."""
+    snapshot = latest_snapshot(db)
+    previous = previous_snapshot(db, snapshot) if snapshot is not None else None
+    coin_list = coins(db)
+    coin = coin_list["coin_id"].iloc[0] if len(coin_list) else ""
+    end = coin_list["newest_ts"].iloc[0] if len(coin_list) else snapshot
+    start = end - RANGES["7 days"] if end is not None else None
+    newest = newest_indicator_ts(db)
+    since = newest - ROWS_PER_POLL_WINDOW if newest is not None else None
+    coin_range = {"coin": coin, "start": start, "end": end}
+    return {
+        "latest_snapshot": {},
+        "previous_snapshot": {"snapshot": snapshot},
+        "movers": {"snapshot": snapshot, "previous": previous},
+        "snapshot_coins": {"snapshot": snapshot},
+        "newest_indicator_ts": {},
+        "coins": {},
+        "candles": coin_range,
+        "latest_rows": {**coin_range, "limit": LATEST_ROWS_LIMIT},
+        "rows_per_poll": {"start": since},
+        "latest_check_results": {},
+        "recent_failed_checks": {"since": since, "limit": HISTORY_LIMIT},
+        "alerts": {"limit": HISTORY_LIMIT},
+        "coin_forecasts": coin_range,
+        "promoted_forecast": {},
+    }

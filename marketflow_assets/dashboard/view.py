@@ -1,0 +1,194 @@
+"""Plain functions behind the dashboard's numbers: no Streamlit, no SQL, tested directly.
+
+* :func:`data_age` classifies the age of the newest data with the freshness checks' own
+  thresholds (``MARKETFLOW_FRESHNESS_WARN_SECONDS`` / ``..._ERROR_SECONDS``, read by
+  ``checks.common.load_check_settings``): ``OK`` when age <= warn, ``WARN`` when
+  warn < age <= error, ``ERROR`` above error — exactly :func:`checks.freshness.freshness_outcome`.
+* :func:`market_tiles` counts coins, advancers (change_5min > 0), decliners (< 0) and unchanged.
+* :func:`movers_table` formats a direction's movers: change_5min as a percentage with two
+  decimals, and the rank change since the previous snapshot = previous rank − rank (positive =
+  climbed; "new" when the coin had no change_5min then).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Age:
+    seconds: float
+    status: str  # OK | WARN | ERROR
+    warn_after: float
+    error_after: float
+
+    @property
+    def text(self) -> str:
+        return f"{human_duration(self.seconds)} old"
+
+
+def human_duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def data_age(newest: datetime, now: datetime, warn_after: float, error_after: float) -> Age:
+    """Age of ``newest`` at ``now`` and its status under the freshness thresholds."""
+    seconds = (pd.Timestamp(now) - pd.Timestamp(newest)).total_seconds()
+    if seconds > error_after:
+        status = "ERROR"
+    elif seconds > warn_after:
+        status = "WARN"
+    else:
+        status = "OK"
+    return Age(seconds, status, warn_after, error_after)
+
+
+def freshness_thresholds() -> tuple[float, float]:
+    """(warn, error) seconds of the freshness checks, from the same settings they use."""
+    from marketflow_assets.checks.common import load_check_settings
+
+    settings = load_check_settings()
+    return settings.freshness_warn_seconds, settings.freshness_error_seconds
+
+
+@dataclass(frozen=True)
+class Tiles:
+    coins: int
+    advancers: int
+    decliners: int
+    unchanged: int
+
+
+def market_tiles(snapshot: pd.DataFrame) -> Tiles:
+    """Counts over the coins of one snapshot (rows of ``price_indicators`` at that ts)."""
+    change = snapshot["change_5min"]
+    return Tiles(
+        coins=int(snapshot["coin_id"].nunique()),
+        advancers=int((change > 0).sum()),
+        decliners=int((change < 0).sum()),
+        unchanged=int((change == 0).sum()),
+    )
+
+
+def percent(value: float | None) -> str:
+    """``1.2345`` -> ``+1.23%`` (two decimals, sign always shown)."""
+    if value is None or pd.isna(value):
+        return "—"
+    return f"{value:+.2f}%"
+
+
+def rank_change(rank: int, previous_rank) -> str:
+    if previous_rank is None or pd.isna(previous_rank):
+        return "new"
+    delta = int(previous_rank) - int(rank)
+    if delta > 0:
+        return f"▲ {delta}"
+    if delta < 0:
+        return f"▼ {-delta}"
+    return "="
+
+
+def price_text(value: float) -> str:
+    if value is None or pd.isna(value):
+        return "—"
+    if abs(value) >= 1:
+        return f"{value:,.2f}"
+    return f"{value:.6g}"
+
+
+def movers_table(movers: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """The page's table for one direction (``gainer`` | ``loser``), in rank order."""
+    rows = movers[movers["direction"] == direction].sort_values("rank")
+    return pd.DataFrame(
+        {
+            "rank": rows["rank"].astype(int).to_list(),
+            "coin id": rows["coin_id"].to_list(),
+            "symbol": [str(s).upper() if s is not None else "" for s in rows["symbol"]],
+            "price": [price_text(v) for v in rows["price"]],
+            "5-min change": [percent(v) for v in rows["change_5min"]],
+            "rank change": [
+                rank_change(r, p) for r, p in zip(rows["rank"], rows["previous_rank"], strict=True)
+            ],
+        }
+    )
+
+
+def range_bounds(newest: datetime, length) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """(start, end] of a coin-page range ending at the coin's newest row."""
+    end = pd.Timestamp(newest)
+    return end - length, end
+
+
+def share(value: float | None) -> str:
+    """``0.8123`` -> ``81.2%``."""
+    if value is None or pd.isna(value):
+        return "—"
+    return f"{100 * value:.1f}%"
+
+
+def forecast_outcomes(forecasts: pd.DataFrame, candles: pd.DataFrame) -> pd.DataFrame:
+    """Each forecast with what then happened: the close of the one-minute candle holding its
+    ``target_ts`` (empty while the target lies in the future), the error, and whether the
+    outcome fell inside the 80 % interval."""
+    out = forecasts.sort_values("target_ts").copy()
+    out["target_minute"] = out["target_ts"].dt.floor("min")
+    closes = candles[["minute", "close"]].rename(columns={"minute": "target_minute"})
+    out = out.merge(closes, on="target_minute", how="left").rename(columns={"close": "actual"})
+    out["error"] = out["actual"] - out["predicted_price"]
+    inside = (out["actual"] >= out["lower_80"]) & (out["actual"] <= out["upper_80"])
+    out["inside_80"] = inside.where(out["actual"].notna())
+    columns = ["origin_ts", "horizon_s", "target_ts", "model", "predicted_price", "lower_80"]
+    columns += ["upper_80", "actual", "error", "inside_80"]
+    return out[columns].sort_values("origin_ts", ascending=False)
+
+
+def newest_raw_ts(checks: pd.DataFrame) -> str | None:
+    """Newest raw ``ts`` as measured by the latest ``raw_prices`` freshness evaluation."""
+    rows = checks[checks["check_key"] == "raw_prices:freshness_check"]
+    if rows.empty:
+        return None
+    return rows["metadata"].iloc[0].get("newest")
+
+
+def check_table(checks: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "asset": checks["asset_key"],
+            "check": checks["check_name"],
+            "status": [
+                "passed" if p else f"failed ({s})"
+                for p, s in zip(checks["passed"], checks["severity"], strict=True)
+            ],
+            "evaluated at": checks["evaluated_at"],
+            "description": checks["description"],
+        }
+    )
+
+
+_COUNT_WORDS = ("dlq", "dead", "reject")
+
+
+def dead_letter_counts(checks: pd.DataFrame) -> pd.DataFrame:
+    """Numeric metadata of the checks about dead letters or rejects (names containing ``dlq``,
+    ``dead`` or ``reject``), e.g. the counts recorded by such checks."""
+    rows = []
+    for row in checks.itertuples():
+        if not any(w in row.check_key.lower() for w in _COUNT_WORDS):
+            continue
+        for key, value in row.metadata.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                rows.append(
+                    {"check": row.check_key, "measure": key, "value": value,
+                     "evaluated at": row.evaluated_at}
+                )  # fmt: skip
+    return pd.DataFrame(rows, columns=["check", "measure", "value", "evaluated at"])

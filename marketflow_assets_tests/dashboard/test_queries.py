@@ -1,0 +1,145 @@
+"""The dashboard's query module against a real seeded PostgreSQL: results equal pandas ground
+truth from the seeded frames, every statement is servable from an index, errors are typed."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg2
+import pytest
+
+from marketflow_assets.dashboard import queries as q
+from marketflow_assets.dashboard import view
+from marketflow_assets_tests.dashboard.dashboard_data import (
+    SOLO,
+    create_forecast_tables,
+    insert_forecasts,
+    sql,
+)
+
+
+@pytest.fixture
+def db(seeded):
+    database = q.Database(seeded[0])
+    yield database
+    database.close()
+
+
+def test_latest_snapshot_movers_and_tiles(seeded, db):
+    _url, _raw, indicators, movers = seeded
+    snapshot = q.latest_snapshot(db)
+    assert snapshot == movers["snapshot_ts"].max()
+    previous = q.previous_snapshot(db, snapshot)
+    assert previous == movers.loc[movers["snapshot_ts"] < snapshot, "snapshot_ts"].max()
+    got = q.movers(db, snapshot, previous)
+    want = movers[movers["snapshot_ts"] == snapshot].sort_values(["direction", "rank"])
+    assert got["coin_id"].to_list() == want["coin_id"].to_list()
+    assert got["change_5min"].to_list() == want["change_5min"].to_list()  # exact doubles
+    prev = indicators[(indicators["ts"] == previous) & indicators["change_5min"].notna()]
+    losers = prev.sort_values(["change_5min", "coin_id"])["coin_id"].to_list()
+    for row in got[got["direction"] == "loser"].itertuples():
+        assert row.previous_rank == losers.index(row.coin_id) + 1
+
+    coins = q.snapshot_coins(db, snapshot)
+    at = indicators[indicators["ts"] == snapshot]
+    tiles = view.market_tiles(coins)
+    assert tiles.coins == len(at)
+    assert tiles.advancers == int((at["change_5min"] > 0).sum())
+    assert tiles.decliners == int((at["change_5min"] < 0).sum())
+
+
+def test_candles_are_one_minute_ohlc_of_the_30s_prices(seeded, db):
+    _url, _raw, indicators, _movers = seeded
+    coin = "coin-05"
+    rows = indicators[indicators["coin_id"] == coin].sort_values("ts")
+    end = rows["ts"].max()
+    start = end - q.RANGES["15 min"]
+    got = q.candles(db, coin, start, end)
+    window = rows[(rows["ts"] > start) & (rows["ts"] <= end)]
+    minute = window["ts"].dt.floor("min")
+    want = window.groupby(minute).agg(
+        open=("price", "first"),
+        high=("price", "max"),
+        low=("price", "min"),
+        close=("price", "last"),
+        sma_5min=("sma_5min", "last"),
+        volatility_5min=("volatility_5min", "last"),
+        observations=("price", "size"),
+    )
+    assert got["minute"].to_list() == want.index.to_list()
+    for col in ("open", "high", "low", "close", "sma_5min"):
+        assert got[col].to_list() == want[col].to_list(), col
+    assert got["observations"].to_list() == want["observations"].to_list()
+    latest = q.latest_rows(db, coin, start, end, limit=5)
+    assert latest["ts"].to_list() == window["ts"].iloc[::-1].head(5).to_list()
+
+
+def test_coins_lists_every_coin_with_its_newest_row(seeded, db):
+    indicators = seeded[2]
+    got = q.coins(db)
+    newest = indicators.groupby("coin_id")["ts"].max()
+    assert got["coin_id"].to_list() == sorted(newest.index)
+    assert got.set_index("coin_id")["newest_ts"].to_dict() == newest.to_dict()
+    solo = q.candles(db, SOLO, newest[SOLO] - q.RANGES["7 days"], newest[SOLO])
+    assert int(solo["observations"].sum()) == 1
+
+
+def test_missing_tables_and_unreachable_database_are_typed(empty_db):
+    db = q.Database(empty_db)
+    with pytest.raises(q.NoData, match="market_movers"):
+        q.latest_snapshot(db)
+    with pytest.raises(q.NoData, match="price_indicators"):  # same connection, still usable
+        q.coins(db)
+    with pytest.raises(q.DatabaseUnavailable, match="unreachable"):
+        q.latest_snapshot(q.Database("postgresql://x:pw@127.0.0.1:9/x"))
+    with pytest.raises(q.DatabaseUnavailable, match="MARKETFLOW_POSTGRES_URL"):
+        q.latest_snapshot(q.Database(None))
+
+
+def test_database_reconnects_after_the_server_drops_it(seeded, postgres_url):
+    db = q.Database(seeded[0])
+    assert q.latest_snapshot(db) is not None
+    with db.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        (backend,) = cur.fetchone()
+    sql(postgres_url, "SELECT pg_terminate_backend(%s)", (backend,))
+    with pytest.raises(q.DatabaseUnavailable):
+        q.latest_snapshot(db)
+    assert q.latest_snapshot(db) is not None  # the next call reconnects
+    db.close()
+
+
+def test_forecast_reads(seeded, db):
+    url, _raw, indicators, _movers = seeded
+    create_forecast_tables(url)
+    coin = "coin-02"
+    rows = indicators[indicators["coin_id"] == coin].sort_values("ts")
+    origins = rows["ts"].iloc[-14:-11]  # targets 10 polls later: all in the past
+    insert_forecasts(url, coin, rows, origins)
+    end = rows["ts"].max()
+    got = q.coin_forecasts(db, coin, end - q.RANGES["1 hour"], end)
+    assert got["origin_ts"].to_list() == origins.to_list()
+    outcomes = view.forecast_outcomes(got, q.candles(db, coin, end - q.RANGES["1 hour"], end))
+    assert outcomes["actual"].notna().all() and outcomes["inside_80"].notna().all()
+    promoted = q.promoted_forecast(db)
+    assert promoted[["model", "mase"]].values.tolist() == [["gbm", 0.8]]
+
+
+def test_every_query_is_served_from_an_index(seeded, db):
+    """With sequential scans disabled, no plan may scan a Marketflow table sequentially."""
+    url = seeded[0]
+    create_forecast_tables(url)
+    for table in ("check_results", "alert_history"):
+        assert sql(url, "SELECT to_regclass(%s)", (table,))[0][0] == table
+    params = q.example_params(db)
+    assert set(params) == set(q.SQL)
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET enable_seqscan = off")
+            for name, statement in q.SQL.items():
+                cur.execute("EXPLAIN (FORMAT JSON) " + statement, params[name])
+                plan = json.dumps(cur.fetchone()[0])
+                assert '"Seq Scan"' not in plan, (name, plan)
+    finally:
+        conn.close()

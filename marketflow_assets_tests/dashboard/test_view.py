@@ -1,0 +1,58 @@
+"""The plain functions behind the dashboard's numbers."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from marketflow_assets.checks.common import CheckSettings
+from marketflow_assets.checks.freshness import freshness_outcome
+from marketflow_assets.dashboard import view
+
+NOW = pd.Timestamp("2026-03-01T12:00:00Z")
+
+
+@pytest.mark.parametrize("age", [0, 119.9, 120, 120.1, 299, 300, 300.5, 86400])
+def test_data_age_uses_the_freshness_checks_thresholds(age):
+    newest = NOW - pd.Timedelta(seconds=age)
+    got = view.data_age(newest, NOW, 120, 300)
+    outcome = freshness_outcome(newest.to_pydatetime(), NOW.to_pydatetime(), CheckSettings(), "x")
+    expected = "OK" if outcome.passed else outcome.severity.value
+    assert got.status == expected and got.seconds == pytest.approx(age)
+
+
+def test_thresholds_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MARKETFLOW_FRESHNESS_WARN_SECONDS", "30")
+    monkeypatch.setenv("MARKETFLOW_FRESHNESS_ERROR_SECONDS", "90")
+    assert view.freshness_thresholds() == (30.0, 90.0)
+
+
+def test_formatting():
+    assert view.percent(1.234567) == "+1.23%"
+    assert view.percent(-0.005) == "-0.01%" and view.percent(None) == "—"
+    assert [view.rank_change(1, p) for p in (4, 1, None)] == ["▲ 3", "=", "new"]
+    assert view.rank_change(2, pd.NA) == "new" and view.rank_change(3, 1) == "▼ 2"
+    assert view.human_duration(45) == "45 s" and view.human_duration(3 * 86400) == "3.0 days"
+
+
+def test_tiles_and_movers_table():
+    snapshot = pd.DataFrame(
+        {"coin_id": ["a", "b", "c", "d"], "change_5min": [1.0, -2.0, 0.0, float("nan")]}
+    )
+    assert view.market_tiles(snapshot) == view.Tiles(coins=4, advancers=1, decliners=1, unchanged=1)
+    movers = pd.DataFrame(
+        {
+            "direction": ["gainer", "gainer", "loser"],
+            "rank": [2, 1, 1],
+            "coin_id": ["b", "a", "c"],
+            "symbol": ["bb", "aa", None],
+            "price": [0.000123456, 1234.5, 2.0],
+            "change_5min": [0.5, 1.005, -3.0],
+            "previous_rank": pd.array([2, pd.NA, 7], dtype="Int64"),
+        }
+    )
+    table = view.movers_table(movers, "gainer")
+    assert table["coin id"].to_list() == ["a", "b"]
+    assert table["symbol"].to_list() == ["AA", "BB"]
+    assert table["price"].to_list() == ["1,234.50", "0.000123456"]
+    assert table["rank change"].to_list() == ["new", "="]
