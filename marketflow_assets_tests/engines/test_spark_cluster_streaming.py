@@ -1,0 +1,94 @@
+"""The streaming job on a Spark standalone cluster: exactly once across a SIGKILL and a restart.
+
+The job is configured the way a user would: ``MARKETFLOW_SPARK_MASTER=spark://127.0.0.1:<port>``
+and no ``--master``. Its Kafka source (the Python Data Source, kafka-python) then runs in the
+worker's executors, not in the driver, and so does the JSON parsing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from streaming_helpers import JOB, batch_logs, job_env, produce_known_set, read_raw
+from test_spark_job import assert_exact
+
+pytestmark = [pytest.mark.engines, pytest.mark.spark_cluster, pytest.mark.timeout(600)]
+
+
+def cluster_env(bootstrap: str, topic: str, data_dir, master_url: str) -> dict[str, str]:
+    env = job_env(bootstrap, topic, data_dir)
+    env["MARKETFLOW_SPARK_MASTER"] = master_url
+    return env
+
+
+def run_on_cluster(env, *args, cwd, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(JOB), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_streaming_job_on_standalone_cluster_is_exactly_once_across_sigkill(
+    spark_cluster, kafka_bootstrap, new_topic, data_dir, job_cwd
+):
+    topic = new_topic("cluster", partitions=2)
+    produced = produce_known_set(kafka_bootstrap, topic, coins=6, polls=5)
+    env = cluster_env(kafka_bootstrap, topic, data_dir, spark_cluster.master_url)
+    commits = data_dir / "checkpoints" / "raw_prices" / topic / "marketflow_sink" / "commits"
+
+    # 1. continuous mode, small micro-batches; SIGKILL the driver once a batch has committed
+    proc = subprocess.Popen(
+        [sys.executable, str(JOB), "--trigger-seconds", "0.5", "--max-offsets-per-trigger", "12"],
+        env=env,
+        cwd=job_cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if commits.is_dir() and any(commits.glob("*.json")):
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert any(commits.glob("*.json")), "job made no progress on the cluster"
+        time.sleep(0.7)
+        os.killpg(proc.pid, signal.SIGKILL)  # driver + its JVM; the cluster's executor is lost
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    before = read_raw(data_dir)
+    assert (0 if before is None else len(before)) < len(produced.expected_rows), "killed too late"
+
+    # 2. restart (drain and exit): exactly the expected rows and rejects, nothing pending
+    again = run_on_cluster(env, "--available-now", cwd=job_cwd)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_exact(data_dir, produced)
+    assert list((commits.parent / "pending").glob("*.json")) == []
+    assert batch_logs(again.stderr), "restart processed nothing"
+
+    # 3. a further run finds nothing new and changes nothing
+    third = run_on_cluster(env, "--available-now", cwd=job_cwd)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert batch_logs(third.stderr) == []
+    assert_exact(data_dir, produced)
+
+    # the work really ran on the cluster: three applications registered with the master, each
+    # got an executor on the worker (its own work directory)
+    master_log = spark_cluster.master_log.read_text()
+    assert master_log.count("Registering app marketflow-kafka-streaming") == 3
+    apps = [p for p in spark_cluster.executors_dir.iterdir() if p.name.startswith("app-")]
+    assert len(apps) >= 3
