@@ -4,7 +4,7 @@ PostgreSQL server over TCP, both on 127.0.0.1, one of each per test session.
 * ``spark_cluster`` - :class:`marketflow_assets.spark_standalone.StandaloneCluster`: master + one
   worker from the pyspark wheel's ``spark-class`` (ephemeral ports, 2 cores, 1 GiB); every JVM
   (daemons, executors, Python workers) is gone after the session (asserted).
-* ``password_postgres`` - :class:`pg_server.PasswordPostgres`: the system's PostgreSQL (Debian's
+* ``password_postgres`` - :class:`.pg_server.PasswordPostgres`: the system's PostgreSQL (Debian's
   ``/usr/lib/postgresql/15/bin``) with ``scram-sha-256`` auth on a free loopback port, run as
   ``nobody`` when the tests run as root.
 
@@ -17,17 +17,11 @@ can never pass by skipping them.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-for helper_dir in (HERE, HERE.parent / "spark_streaming", HERE.parent / "assets"):
-    if str(helper_dir) not in sys.path:
-        sys.path.insert(0, str(helper_dir))
-
-from pg_server import PasswordPostgres, find_pg_bindir  # noqa: E402
+from marketflow_assets_tests.engines.pg_server import PasswordPostgres, find_pg_bindir
 
 REQUIRE_ENV = "MARKETFLOW_REQUIRE_ENGINES"
 

@@ -12,16 +12,21 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import psycopg2
 import pytest
-from asset_helpers import read_table, write_raw_parquet
-from test_indicator_assets import assert_indicators_match_reference, assert_movers_match_reference
-from test_indicators import irregular_rows
+
+from marketflow_assets_tests.engines.watch import ProcessWatch
+from marketflow_assets_tests.helpers import (
+    assert_indicators_match_reference,
+    assert_movers_match_reference,
+    irregular_rows,
+    read_table,
+    write_raw_parquet,
+)
 
 pytestmark = [
     pytest.mark.engines,
@@ -41,38 +46,6 @@ def recent_rows(seed: int, coins: int, polls: int) -> list[tuple]:
     return [(coin, symbol, ts + shift, price) for coin, symbol, ts, price in rows]
 
 
-class ArgvWatch:
-    """Scans every process's command line every 50 ms for ``secret`` while a block runs."""
-
-    def __init__(self, secret: str):
-        self.secret = secret.encode()
-        self.hits: list[str] = []
-        self.scans = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for entry in Path("/proc").iterdir():
-                if entry.name.isdigit():
-                    try:
-                        argv = (entry / "cmdline").read_bytes()
-                    except OSError:
-                        continue
-                    if self.secret in argv:
-                        self.hits.append(argv.replace(b"\0", b" ")[:300].decode(errors="replace"))
-            self.scans += 1
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> ArgvWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 def files_containing(root: Path, secret: str) -> list[str]:
     """Every file under ``root`` whose bytes contain ``secret`` (SQLite, logs, Parquet...)."""
     needle = secret.encode()
@@ -88,7 +61,14 @@ def files_containing(root: Path, secret: str) -> list[str]:
 
 
 def test_refresh_on_spark_cluster_into_password_postgres_matches_reference_and_hides_password(
-    spark_cluster, password_postgres, password_pg_clean, data_dir, job_cwd, tmp_path, monkeypatch
+    spark_cluster,
+    password_postgres,
+    password_pg_clean,
+    data_dir,
+    job_cwd,
+    tmp_path,
+    monkeypatch,
+    capfd,
 ):
     secret = password_postgres.password
     url = password_pg_clean
@@ -107,15 +87,22 @@ def test_refresh_on_spark_cluster_into_password_postgres_matches_reference_and_h
     )
 
     apps_before = spark_cluster.master_log.read_text().count("Registering app")
-    with ArgvWatch(secret) as watch:
-        res = subprocess.run(
+    with ProcessWatch(secret) as watch:
+        proc = subprocess.Popen(
             [str(MARKETFLOW), "refresh"],
             env=env,
             cwd=job_cwd,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=480,
         )
+        watch.root = proc.pid
+        try:
+            stdout, stderr = proc.communicate(timeout=480)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     progress = [line for line in res.stdout.splitlines() if line.startswith("[")]
     assert progress and all("spark)" in line for line in progress), res.stdout
@@ -136,6 +123,7 @@ def test_refresh_on_spark_cluster_into_password_postgres_matches_reference_and_h
     monkeypatch.setenv("MARKETFLOW_FRESHNESS_ERROR_SECONDS", "7200")
     from marketflow_assets.definitions import defs
 
+    capfd.readouterr()
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("all_checks_job").execute_in_process(
             instance=instance, raise_on_error=False
@@ -154,8 +142,12 @@ def test_refresh_on_spark_cluster_into_password_postgres_matches_reference_and_h
     assert {k for k in must_pass if not evaluations[k].passed} == set()
 
     # the password: not in any output, log, file left behind, nor any process's argv
-    assert secret not in res.stdout + res.stderr
-    assert watch.scans > 0 and watch.hits == [], watch.hits
+    checks_output = capfd.readouterr()
+    assert secret not in res.stdout + res.stderr + checks_output.out + checks_output.err
+    assert watch.scans > 0 and watch.argv_hits == [], watch.argv_hits
+    # the Spark driver (client of a loopback cluster) listens on loopback only, no web UI
+    assert any(" java" in where for where in watch.listening), watch.listening
+    assert watch.exposed == set()
     for root in (data_dir, dagster_home, job_cwd, spark_cluster.work_dir):
         assert files_containing(root, secret) == [], root
     assert secret not in password_postgres.log_path.read_text(errors="replace")

@@ -14,8 +14,16 @@ import sys
 import time
 
 import pytest
-from streaming_helpers import JOB, batch_logs, job_env, produce_known_set, read_raw
-from test_spark_job import assert_exact
+
+from marketflow_assets_tests.engines.watch import ProcessWatch
+from marketflow_assets_tests.streaming.streaming_helpers import (
+    JOB,
+    batch_logs,
+    job_env,
+    produce_known_set,
+    read_raw,
+)
+from marketflow_assets_tests.streaming.test_spark_job import assert_exact
 
 pytestmark = [pytest.mark.engines, pytest.mark.spark_cluster, pytest.mark.timeout(600)]
 
@@ -46,6 +54,7 @@ def test_streaming_job_on_standalone_cluster_is_exactly_once_across_sigkill(
     commits = data_dir / "checkpoints" / "raw_prices" / topic / "marketflow_sink" / "commits"
 
     # 1. continuous mode, small micro-batches; SIGKILL the driver once a batch has committed
+    watch = ProcessWatch().start()
     proc = subprocess.Popen(
         [sys.executable, str(JOB), "--trigger-seconds", "0.5", "--max-offsets-per-trigger", "12"],
         env=env,
@@ -55,6 +64,7 @@ def test_streaming_job_on_standalone_cluster_is_exactly_once_across_sigkill(
         text=True,
         start_new_session=True,
     )
+    watch.root = proc.pid
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -64,12 +74,17 @@ def test_streaming_job_on_standalone_cluster_is_exactly_once_across_sigkill(
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert any(commits.glob("*.json")), "job made no progress on the cluster"
         time.sleep(0.7)
+        watch.stop()
         os.killpg(proc.pid, signal.SIGKILL)  # driver + its JVM; the cluster's executor is lost
         proc.wait(30)
     finally:
+        watch.stop()
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
+    # the driver of a loopback cluster listens on 127.0.0.1 only
+    assert any(" java" in where for where in watch.listening), watch.listening
+    assert watch.exposed == set()
     before = read_raw(data_dir)
     assert (0 if before is None else len(before)) < len(produced.expected_rows), "killed too late"
 
