@@ -38,7 +38,7 @@ _MASTER_UI = re.compile(r"Successfully started service 'MasterUI' on port (\d+)"
 _REGISTERED = "Successfully registered with master"
 
 #: Daemon settings (``--properties-file``): no REST submission server (it would take the fixed port
-#: 6066), executors' work directories removed when their application ends.
+#: 6066), executors' work directories of finished applications cleaned up.
 DAEMON_PROPERTIES = {
     "spark.master.rest.enabled": "false",
     "spark.worker.cleanup.enabled": "true",
@@ -63,8 +63,12 @@ def spark_home() -> Path:
 class StandaloneCluster:
     """``with StandaloneCluster(work_dir) as master_url:`` - a master and one worker on loopback.
 
-    ``cores`` / ``memory`` are what the worker offers to applications (an application's executor
-    asks for ``spark.executor.memory``, 1g by default, so ``memory`` must be at least that).
+    ``cores`` / ``memory`` are what the worker offers to applications. An application takes
+    ``app_cores`` of them unless it sets ``spark.cores.max`` (the master's
+    ``spark.deploy.defaultCores``; default: half the cores), so that the streaming job and a
+    Dagster run - or ``marketflow up``'s Spark Connect server - run side by side instead of the
+    second one waiting for the first to end. Each executor asks for ``spark.executor.memory``
+    (1g by default), so ``memory`` of 2g holds two applications' executors.
     Logs: ``work_dir/master.log``, ``work_dir/worker.log``; executors' stdout/stderr under
     ``work_dir/work/<app id>/<executor id>/``.
     """
@@ -73,7 +77,8 @@ class StandaloneCluster:
         self,
         work_dir: str | os.PathLike[str],
         cores: int = 2,
-        memory: str = "1g",
+        memory: str = "2g",
+        app_cores: int | None = None,
         daemon_memory: str = "256m",
         python: str | None = None,
         timeout: float = 120.0,
@@ -81,6 +86,7 @@ class StandaloneCluster:
         self.work_dir = Path(work_dir).absolute()
         self.cores = cores
         self.memory = memory
+        self.app_cores = app_cores or max(1, cores // 2)
         self.daemon_memory = daemon_memory
         self.python = python or os.environ.get("PYSPARK_PYTHON") or sys.executable
         self.timeout = timeout
@@ -148,8 +154,9 @@ class StandaloneCluster:
         """Start master and worker; returns the master URL once the worker is registered."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.executors_dir.mkdir(exist_ok=True)
+        properties = {**DAEMON_PROPERTIES, "spark.deploy.defaultCores": str(self.app_cores)}
         (self.work_dir / "spark-daemons.conf").write_text(
-            "".join(f"{k}={v}\n" for k, v in DAEMON_PROPERTIES.items())
+            "".join(f"{k}={v}\n" for k, v in properties.items())
         )
         try:
             self.master = self._launch(
@@ -237,14 +244,22 @@ def main(argv: list[str] | None = None) -> int:
         description="Run a Spark standalone cluster (master + 1 worker) on 127.0.0.1 until Ctrl-C.",
     )
     parser.add_argument("--cores", type=int, default=2, help="cores the worker offers (2)")
-    parser.add_argument("--memory", default="1g", help="memory the worker offers (1g)")
+    parser.add_argument("--memory", default="2g", help="memory the worker offers (2g)")
+    parser.add_argument(
+        "--app-cores",
+        type=int,
+        default=None,
+        help="cores an application gets unless it sets spark.cores.max (half of --cores)",
+    )
     parser.add_argument(
         "--work-dir", default="data/spark-standalone", help="logs and executor work dirs"
     )
     args = parser.parse_args(argv)
-    if args.cores < 1:
-        parser.exit(2, f"{parser.prog}: --cores must be at least 1\n")
-    cluster = StandaloneCluster(args.work_dir, cores=args.cores, memory=args.memory)
+    if args.cores < 1 or (args.app_cores is not None and not 1 <= args.app_cores <= args.cores):
+        parser.exit(2, f"{parser.prog}: --cores must be at least 1 and --app-cores 1..--cores\n")
+    cluster = StandaloneCluster(
+        args.work_dir, cores=args.cores, memory=args.memory, app_cores=args.app_cores
+    )
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     try:

@@ -2,7 +2,8 @@
 PostgreSQL server over TCP, both on 127.0.0.1, one of each per test session.
 
 * ``spark_cluster`` - :class:`marketflow_assets.spark_standalone.StandaloneCluster`: master + one
-  worker from the pyspark wheel's ``spark-class`` (ephemeral ports, 2 cores, 1 GiB); every JVM
+  worker from the pyspark wheel's ``spark-class`` (ephemeral ports, 2 cores, 2 GiB, 1 core per
+  application); every JVM
   (daemons, executors, Python workers) is gone after the session (asserted).
 * ``password_postgres`` - :class:`.pg_server.PasswordPostgres`: the system's PostgreSQL (Debian's
   ``/usr/lib/postgresql/15/bin``) with ``scram-sha-256`` auth on a free loopback port, run as
@@ -41,7 +42,7 @@ def spark_cluster(tmp_path_factory):
 
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         _unavailable("Java is not installed (Spark needs Java 17)")
-    cluster = StandaloneCluster(tmp_path_factory.mktemp("spark-standalone"), cores=2, memory="1g")
+    cluster = StandaloneCluster(tmp_path_factory.mktemp("spark-standalone"), cores=2, memory="2g")
     cluster.start()
     try:
         yield cluster

@@ -1,8 +1,10 @@
 """The streaming job on a Spark standalone cluster: exactly once across a SIGKILL and a restart.
 
-The job is configured the way a user would: ``MARKETFLOW_SPARK_MASTER=spark://127.0.0.1:<port>``
-and no ``--master``. Its Kafka source (the Python Data Source, kafka-python) then runs in the
-worker's executors, not in the driver, and so does the JSON parsing.
+The job is started the ways a user would: ``python spark_streaming/kafka_streaming.py`` with
+``MARKETFLOW_SPARK_MASTER=spark://127.0.0.1:<port>`` (no ``--master``), and
+``spark-submit --master spark://... spark_streaming/kafka_streaming.py``. Its Kafka source (the
+Python Data Source, kafka-python) then runs in the worker's executors, not in the driver, and so
+does the JSON parsing. The driver listens on loopback only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from marketflow_assets_tests.engines.watch import ProcessWatch
 from marketflow_assets_tests.streaming.streaming_helpers import (
     JOB,
+    SPARK_SUBMIT,
     batch_logs,
     job_env,
     produce_known_set,
@@ -34,15 +37,26 @@ def cluster_env(bootstrap: str, topic: str, data_dir, master_url: str) -> dict[s
     return env
 
 
-def run_on_cluster(env, *args, cwd, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(JOB), *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def run_on_cluster(
+    env, *args, cwd, timeout=300, submit_to: str | None = None
+) -> tuple[subprocess.CompletedProcess, ProcessWatch]:
+    """Run the job to completion (``spark-submit --master submit_to`` if given) while watching
+    the sockets its processes listen on."""
+    if submit_to:
+        cmd = [str(SPARK_SUBMIT), "--master", submit_to, str(JOB), *args]
+    else:
+        cmd = [sys.executable, str(JOB), *args]
+    with ProcessWatch() as watch:
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        watch.root = proc.pid
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), watch
 
 
 def test_streaming_job_on_standalone_cluster_is_exactly_once_across_sigkill(
@@ -53,7 +67,8 @@ def test_streaming_job_on_standalone_cluster_is_exactly_once_across_sigkill(
     env = cluster_env(kafka_bootstrap, topic, data_dir, spark_cluster.master_url)
     commits = data_dir / "checkpoints" / "raw_prices" / topic / "marketflow_sink" / "commits"
 
-    # 1. continuous mode, small micro-batches; SIGKILL the driver once a batch has committed
+    # 1. continuous mode (python, master from the environment), small micro-batches; SIGKILL the
+    #    driver once a batch has committed
     watch = ProcessWatch().start()
     proc = subprocess.Popen(
         [sys.executable, str(JOB), "--trigger-seconds", "0.5", "--max-offsets-per-trigger", "12"],
@@ -88,15 +103,18 @@ def test_streaming_job_on_standalone_cluster_is_exactly_once_across_sigkill(
     before = read_raw(data_dir)
     assert (0 if before is None else len(before)) < len(produced.expected_rows), "killed too late"
 
-    # 2. restart (drain and exit): exactly the expected rows and rejects, nothing pending
-    again = run_on_cluster(env, "--available-now", cwd=job_cwd)
+    # 2. restart through spark-submit (drain and exit): exactly the expected rows and rejects
+    again, watch = run_on_cluster(
+        env, "--available-now", cwd=job_cwd, submit_to=spark_cluster.master_url
+    )
     assert again.returncode == 0, again.stderr[-3000:]
+    assert watch.exposed == set(), watch.exposed
     assert_exact(data_dir, produced)
     assert list((commits.parent / "pending").glob("*.json")) == []
     assert batch_logs(again.stderr), "restart processed nothing"
 
     # 3. a further run finds nothing new and changes nothing
-    third = run_on_cluster(env, "--available-now", cwd=job_cwd)
+    third, _ = run_on_cluster(env, "--available-now", cwd=job_cwd)
     assert third.returncode == 0, third.stderr[-3000:]
     assert batch_logs(third.stderr) == []
     assert_exact(data_dir, produced)
