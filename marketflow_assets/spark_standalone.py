@@ -94,6 +94,7 @@ class StandaloneCluster:
         self.master_ui_port: int | None = None
         self.master: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
+        self.process_groups: set[int] = set()  # of master and worker, kept after stop()
 
     # -- paths ---------------------------------------------------------------------------------
     @property
@@ -125,7 +126,7 @@ class StandaloneCluster:
         cmd = [str(spark_home() / "bin" / "spark-class"), *args]
         cmd += ["--properties-file", str(self.work_dir / "spark-daemons.conf")]
         with open(log, "ab") as out:
-            return subprocess.Popen(
+            proc = subprocess.Popen(
                 cmd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -134,6 +135,8 @@ class StandaloneCluster:
                 cwd=self.work_dir,
                 start_new_session=True,  # own process group: stop() takes executors along
             )
+        self.process_groups.add(proc.pid)
+        return proc
 
     def _wait_for(self, proc: subprocess.Popen, log: Path, pattern: re.Pattern | str, name: str):
         deadline = time.monotonic() + self.timeout
@@ -194,8 +197,9 @@ class StandaloneCluster:
         return self.master_url
 
     def pids(self) -> set[int]:
-        """Process ids of every process in the daemons' process groups (executors included)."""
-        groups = {p.pid for p in (self.master, self.worker) if p is not None}
+        """Process ids of every live process in the daemons' process groups (executors, their
+        Python workers), also after :meth:`stop` (then it should be empty)."""
+        groups = self.process_groups
         found = set()
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -203,8 +207,8 @@ class StandaloneCluster:
             with contextlib.suppress(OSError, ValueError, IndexError):
                 stat = (entry / "stat").read_text()
                 # fields after the ")" that closes the command name: state ppid pgrp ...
-                pgrp = int(stat.rsplit(")", 1)[1].split()[2])
-                if pgrp in groups:
+                state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+                if int(pgrp) in groups and state != "Z":
                     found.add(int(entry.name))
         return found
 

@@ -44,6 +44,7 @@ def spark_cluster(tmp_path_factory):
         _unavailable("Java is not installed (Spark needs Java 17)")
     cluster = StandaloneCluster(tmp_path_factory.mktemp("spark-standalone"), cores=2, memory="2g")
     cluster.start()
+    assert len(cluster.pids()) >= 2  # master and worker JVMs, seen by the leak check below
     try:
         yield cluster
     finally:
