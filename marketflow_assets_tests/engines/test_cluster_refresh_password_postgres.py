@@ -32,7 +32,7 @@ pytestmark = [
     pytest.mark.engines,
     pytest.mark.spark_cluster,
     pytest.mark.postgres_tcp,
-    pytest.mark.timeout(600),
+    pytest.mark.timeout(900),
 ]
 
 MARKETFLOW = Path(sys.executable).parent / "marketflow"

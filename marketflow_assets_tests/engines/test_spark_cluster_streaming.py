@@ -1,5 +1,8 @@
 """The streaming job on a Spark standalone cluster: exactly once across a SIGKILL and a restart.
 
+(Re-running a finished job adds nothing: tested in local mode, ``streaming/test_spark_job.py``;
+each extra Spark application costs ~30 s here.)
+
 The job is started the ways a user would: ``python spark_streaming/kafka_streaming.py`` with
 ``MARKETFLOW_SPARK_MASTER=spark://127.0.0.1:<port>`` (no ``--master``), and
 ``spark-submit --master spark://... spark_streaming/kafka_streaming.py``. Its Kafka source (the
@@ -28,7 +31,7 @@ from marketflow_assets_tests.streaming.streaming_helpers import (
 )
 from marketflow_assets_tests.streaming.test_spark_job import assert_exact
 
-pytestmark = [pytest.mark.engines, pytest.mark.spark_cluster, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.engines, pytest.mark.spark_cluster, pytest.mark.timeout(900)]
 
 
 def cluster_env(bootstrap: str, topic: str, data_dir, master_url: str) -> dict[str, str]:
@@ -38,7 +41,7 @@ def cluster_env(bootstrap: str, topic: str, data_dir, master_url: str) -> dict[s
 
 
 def run_on_cluster(
-    env, *args, cwd, timeout=300, submit_to: str | None = None
+    env, *args, cwd, timeout=480, submit_to: str | None = None
 ) -> tuple[subprocess.CompletedProcess, ProcessWatch]:
     """Run the job to completion (``spark-submit --master submit_to`` if given) while watching
     the sockets its processes listen on."""
@@ -66,6 +69,9 @@ def test_streaming_job_on_standalone_cluster_is_exactly_once_across_sigkill(
     produced = produce_known_set(kafka_bootstrap, topic, coins=6, polls=5)
     env = cluster_env(kafka_bootstrap, topic, data_dir, spark_cluster.master_url)
     commits = data_dir / "checkpoints" / "raw_prices" / topic / "marketflow_sink" / "commits"
+    apps_before = spark_cluster.master_log.read_text().count(
+        "Registering app marketflow-kafka-streaming"
+    )
 
     # 1. continuous mode (python, master from the environment), small micro-batches; SIGKILL the
     #    driver once a batch has committed
@@ -113,15 +119,9 @@ def test_streaming_job_on_standalone_cluster_is_exactly_once_across_sigkill(
     assert list((commits.parent / "pending").glob("*.json")) == []
     assert batch_logs(again.stderr), "restart processed nothing"
 
-    # 3. a further run finds nothing new and changes nothing
-    third, _ = run_on_cluster(env, "--available-now", cwd=job_cwd)
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert batch_logs(third.stderr) == []
-    assert_exact(data_dir, produced)
-
-    # the work really ran on the cluster: three applications registered with the master, each
-    # got an executor on the worker (its own work directory)
+    # the work really ran on the cluster: both applications registered with the master and got
+    # an executor on the worker (its own work directory)
     master_log = spark_cluster.master_log.read_text()
-    assert master_log.count("Registering app marketflow-kafka-streaming") == 3
+    assert master_log.count("Registering app marketflow-kafka-streaming") == apps_before + 2
     apps = [p for p in spark_cluster.executors_dir.iterdir() if p.name.startswith("app-")]
-    assert len(apps) >= 3
+    assert len(apps) >= 2
