@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from urllib.parse import urlsplit
+
+from marketflow_assets.settings import (
+    Settings,
+    export_pyspark_python,
+    export_spark_local_ip,
+    load_settings,
+)
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def ensure_pyspark_python() -> None:
     """Make Spark's Python workers run this interpreter (the venv), not the system python."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    export_pyspark_python()
 
 
 def is_loopback_master(master: str) -> bool:
@@ -25,19 +29,20 @@ def is_loopback_master(master: str) -> bool:
     return master.startswith("spark://") and all(h in LOOPBACK_HOSTS for h in hosts)
 
 
-def spark_conf(master: str | None = None) -> dict[str, str]:
+def spark_conf(master: str | None = None, settings: Settings | None = None) -> dict[str, str]:
     """Spark configuration used everywhere: UTC, loopback-bound, small shuffles, quiet UI.
 
-    ``master`` defaults to ``$MARKETFLOW_SPARK_MASTER`` or ``local[*]``. With a loopback master
+    ``master`` defaults to ``MARKETFLOW_SPARK_MASTER`` or ``local[*]``. With a loopback master
     (:func:`is_loopback_master`) the driver listens on 127.0.0.1 only and its web UI is off
     (``MARKETFLOW_SPARK_UI=true`` turns it on); with a remote cluster Spark's defaults apply
     (``spark.driver.host`` etc. from ``$SPARK_CONF_DIR/spark-defaults.conf``, docs/DEPLOY.md).
     """
-    master = master or os.environ.get("MARKETFLOW_SPARK_MASTER") or "local[*]"
+    settings = settings or load_settings()
+    master = master or settings.spark_master
     conf = {
         "spark.master": master,
         "spark.sql.session.timeZone": "UTC",
-        "spark.sql.shuffle.partitions": os.environ.get("MARKETFLOW_SPARK_SHUFFLE_PARTITIONS", "4"),
+        "spark.sql.shuffle.partitions": settings.spark_shuffle_partitions,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
@@ -50,7 +55,7 @@ def spark_conf(master: str | None = None) -> dict[str, str]:
             {
                 "spark.driver.bindAddress": "127.0.0.1",
                 "spark.driver.host": "127.0.0.1",
-                "spark.ui.enabled": os.environ.get("MARKETFLOW_SPARK_UI", "false"),
+                "spark.ui.enabled": settings.spark_ui,
             }
         )
     return conf
@@ -58,16 +63,17 @@ def spark_conf(master: str | None = None) -> dict[str, str]:
 
 def get_spark(master: str | None = None, app_name: str = "marketflow"):
     """Return a (possibly shared) SparkSession configured with :func:`spark_conf`."""
-    ensure_pyspark_python()
-    conf = spark_conf(master)
+    settings = load_settings()
+    export_pyspark_python()
+    conf = spark_conf(master, settings)
     if is_loopback_master(conf["spark.master"]):
         # a remote cluster's executors must reach the driver on a routable address
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        export_spark_local_ip()
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("MARKETFLOW_SPARK_LOG_LEVEL", "WARN"))
+    spark.sparkContext.setLogLevel(settings.spark_log_level)
     return spark
