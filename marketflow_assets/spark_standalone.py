@@ -16,7 +16,7 @@ Executors launched by this worker run their Python workers with the driver's ``P
 (the venv interpreter, which has pyspark, kafka-python and the ``marketflow`` package); on a real
 cluster ship that environment with ``spark.archives`` (see docs/DEPLOY.md).
 
-Nothing here imports Marketflow: it needs only pyspark and Java 17.
+Nothing here imports Marketflow or reads its configuration: it needs only pyspark and Java 17.
 """
 
 from __future__ import annotations
@@ -52,9 +52,7 @@ class ClusterError(RuntimeError):
 
 
 def spark_home() -> Path:
-    """The Spark distribution inside the pyspark wheel (``$SPARK_HOME`` if set)."""
-    if os.environ.get("SPARK_HOME"):
-        return Path(os.environ["SPARK_HOME"])
+    """The Spark distribution inside the pyspark wheel (the driver's own Spark version)."""
     import pyspark
 
     return Path(pyspark.__file__).parent
@@ -88,7 +86,7 @@ class StandaloneCluster:
         self.memory = memory
         self.app_cores = app_cores or max(1, cores // 2)
         self.daemon_memory = daemon_memory
-        self.python = python or os.environ.get("PYSPARK_PYTHON") or sys.executable
+        self.python = python or sys.executable
         self.timeout = timeout
         self.master_url: str | None = None
         self.master_ui_port: int | None = None
