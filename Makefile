@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install run test lint format bench bench-full clean
+.PHONY: install run test test-engines lint format bench bench-full clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ format: install
 test: lint
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Only the real-engine tests (also part of `make test`): Spark standalone cluster, password-protected
+# PostgreSQL over TCP, confluent-kafka as a second client. Select/deselect with -m engines.
+test-engines: install
+	$(BIN)/python -m pytest -m engines $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m benchmarks --quick

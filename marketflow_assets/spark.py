@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from marketflow_assets.settings import (
     Settings,
     export_pyspark_python,
@@ -9,16 +11,31 @@ from marketflow_assets.settings import (
     load_settings,
 )
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
 
 def ensure_pyspark_python() -> None:
     """Make Spark's Python workers run this interpreter (the venv), not the system python."""
     export_pyspark_python()
 
 
+def is_loopback_master(master: str) -> bool:
+    """True for ``local[...]`` and for a cluster master on this machine's loopback
+    (``spark://127.0.0.1:7077``, ``spark://localhost:7077``): executors then reach the driver on
+    127.0.0.1, so the driver needs no other interface."""
+    if master.startswith("local"):
+        return True
+    hosts = [urlsplit("x://" + part).hostname for part in master.split("://", 1)[-1].split(",")]
+    return master.startswith("spark://") and all(h in LOOPBACK_HOSTS for h in hosts)
+
+
 def spark_conf(master: str | None = None, settings: Settings | None = None) -> dict[str, str]:
     """Spark configuration used everywhere: UTC, loopback-bound, small shuffles, quiet UI.
 
-    ``master`` defaults to ``MARKETFLOW_SPARK_MASTER`` or ``local[*]``.
+    ``master`` defaults to ``MARKETFLOW_SPARK_MASTER`` or ``local[*]``. With a loopback master
+    (:func:`is_loopback_master`) the driver listens on 127.0.0.1 only and its web UI is off
+    (``MARKETFLOW_SPARK_UI=true`` turns it on); with a remote cluster Spark's defaults apply
+    (``spark.driver.host`` etc. from ``$SPARK_CONF_DIR/spark-defaults.conf``, docs/DEPLOY.md).
     """
     settings = settings or load_settings()
     master = master or settings.spark_master
@@ -33,7 +50,7 @@ def spark_conf(master: str | None = None, settings: Settings | None = None) -> d
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
     }
-    if master.startswith("local"):
+    if is_loopback_master(master):
         conf.update(
             {
                 "spark.driver.bindAddress": "127.0.0.1",
@@ -48,11 +65,14 @@ def get_spark(master: str | None = None, app_name: str = "marketflow"):
     """Return a (possibly shared) SparkSession configured with :func:`spark_conf`."""
     settings = load_settings()
     export_pyspark_python()
-    export_spark_local_ip()
+    conf = spark_conf(master, settings)
+    if is_loopback_master(conf["spark.master"]):
+        # a remote cluster's executors must reach the driver on a routable address
+        export_spark_local_ip()
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
-    for key, value in spark_conf(master, settings).items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark_log_level)
