@@ -1,4 +1,4 @@
-"""The ``marketflow`` command: ``up``, ``ingest`` and ``refresh``.
+"""The ``marketflow`` command: ``up``, ``ingest``, ``refresh`` and ``compact``.
 
 Exit codes (SPEC): 0 success, 2 bad usage or configuration (one line on stderr), 1 runtime failure.
 Tracebacks are shown only with ``--debug``.
@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from marketflow_assets import refresh, up
+    from marketflow_assets import compaction, refresh, up
     from marketflow_assets.ingest import command as ingest_command
 
     parser = _Parser(prog="marketflow", description=__doc__.splitlines()[0])
@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_refresh = sub.add_parser("refresh", help="materialize the indicator tables through Dagster")
     refresh.add_arguments(p_refresh)
     p_refresh.set_defaults(handler=_refresh_with_services(refresh.run))
+
+    p_compact = sub.add_parser(
+        "compact", help="rewrite each closed hour of raw Parquet into one file"
+    )
+    compaction.add_arguments(p_compact)
+    p_compact.set_defaults(handler=compaction.run)
     return parser
 
 

@@ -31,7 +31,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
@@ -49,6 +48,7 @@ if __package__ in (None, ""):  # run as a script / by spark-submit: make the rep
             p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH")) if p
         )
 
+from marketflow_assets.compaction import name_ts_range, visible_names, writer_lock  # noqa: E402
 from marketflow_assets.schema import (  # noqa: E402
     RAW_COLUMN_NAMES,
     RAW_COLUMNS,
@@ -74,8 +74,6 @@ R_TS_INVALID = "invalid_ts"
 R_PRICE_MISSING = "missing_price"
 R_PRICE_INVALID = "invalid_price"
 R_PRICE_NON_POSITIVE = "non_positive_price"
-
-_OUR_FILE = re.compile(r"^part-[0-9a-f]+-b\d+-\d+-(\d+)-(\d+)\.parquet$")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,17 +210,17 @@ class RawPricesSink:
         shutil.rmtree(self._staging(batch_id), ignore_errors=True)
 
     def _existing_files(self, date: str, ts_min: int, ts_max: int) -> list[str]:
-        """Committed Parquet files of ``date`` whose ts range may overlap [ts_min, ts_max]."""
+        """Visible Parquet files of ``date`` whose ts range may overlap [ts_min, ts_max].
+
+        Visible = as readers see the dataset (``marketflow_assets.compaction``): compacted
+        hour files included, files a committed compaction replaced excluded.
+        """
         d = self.raw_dir / f"{RAW_PARTITION_COLUMN}={date}"
-        if not d.is_dir():
-            return []
         out = []
-        for name in sorted(os.listdir(d)):
-            if name.startswith((".", "_")) or not name.endswith(".parquet"):
-                continue
-            m = _OUR_FILE.match(name)
-            if m and (int(m.group(2)) < ts_min or int(m.group(1)) > ts_max):
-                continue  # our own file with a disjoint ts range: cannot hold a duplicate
+        for name in visible_names(d):
+            rng = name_ts_range(name)
+            if rng and (rng[1] < ts_min or rng[0] > ts_max):
+                continue  # a named ts range disjoint from the batch: cannot hold a duplicate
             out.append(str(d / name))
         return out
 
@@ -259,7 +257,15 @@ class RawPricesSink:
         self.process(df, batch_id)
 
     def process(self, df, batch_id: int) -> dict:
-        """Write micro-batch ``batch_id`` exactly once (see the class docstring)."""
+        """Write micro-batch ``batch_id`` exactly once (see the class docstring).
+
+        Holds the dataset's writer lock throughout, so a compaction commit (which swaps files
+        under the same lock) never lands between this batch's dedup read and its publication.
+        """
+        with writer_lock(self.raw_dir):
+            return self._process(df, batch_id)
+
+    def _process(self, df, batch_id: int) -> dict:
         import pyspark.sql.functions as F
 
         started = time.monotonic()

@@ -10,19 +10,16 @@ otherwise (written by other tools) are always included and filtered by ``ts`` wh
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 
+from marketflow_assets.compaction import name_ts_range, visible_names
 from marketflow_assets.schema import RAW_PARTITION_COLUMN
 
 RAW_PRICES_KEY = dg.AssetKey("raw_prices")
-
-# File naming of spark_streaming/kafka_streaming.py (min/max ``ts`` of the file, in µs).
-_STREAMING_FILE = re.compile(r"^part-[0-9a-f]+-b\d+-\d+-(\d+)-(\d+)\.parquet$")
 
 raw_prices = dg.AssetSpec(
     key=RAW_PRICES_KEY,
@@ -76,7 +73,9 @@ def list_raw_files(
 ) -> list[RawFile]:
     """Visible Parquet files that may hold rows with ``ts`` in ``[start, end)`` (all if None).
 
-    Hidden files (``.``/``_`` prefixes: in-progress writes) are skipped.
+    Hidden files (``.``/``_`` prefixes: in-progress writes) are skipped, and so are files that
+    a committed compaction replaced, or compacted files not committed yet
+    (:func:`marketflow_assets.compaction.visible_names`).
     """
     files = []
     for day, folder in _day_dirs(Path(raw_dir)):
@@ -84,14 +83,12 @@ def list_raw_files(
             continue
         if end is not None and day > (end.astimezone(UTC) - timedelta(microseconds=1)).date():
             continue
-        for entry in folder.iterdir():
-            name = entry.name
-            if name.startswith((".", "_")) or not name.endswith(".parquet"):
-                continue
-            match = _STREAMING_FILE.match(name)
+        for name in visible_names(folder):  # compaction-aware (see compaction.py)
+            entry = folder / name
+            rng = name_ts_range(name)
             lo = hi = None
-            if match:
-                lo, hi = _micros(match.group(1)), _micros(match.group(2))
+            if rng is not None:
+                lo, hi = _micros(str(rng[0])), _micros(str(rng[1]))
                 if (end is not None and lo >= end) or (start is not None and hi < start):
                     continue
             try:
