@@ -6,11 +6,12 @@ here. ``dagster definitions validate -w workspace.yaml`` loads exactly this modu
 
 import dagster as dg
 
-from marketflow_assets import assets, checks
+from marketflow_assets import assets, checks, maintenance
 from marketflow_assets.resources import RESOURCES
 
 defs = dg.Definitions.merge(
     assets.defs,
     checks.defs,
+    maintenance.defs,
     dg.Definitions(resources=RESOURCES),
 )
