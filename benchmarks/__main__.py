@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default="engine,incremental,latency",
-        help="comma-separated subset of: engine, incremental, latency",
+        default="engine,incremental,latency,costs",
+        help="comma-separated subset of: engine, incremental, latency, costs",
     )
     parser.add_argument(
         "--latency-path",
@@ -67,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import latency
 
             latency.run(args.mode, args.latency_path)
+        elif name == "costs":
+            from benchmarks import costs
+
+            costs.run(args.mode)
         else:
             parser.error(f"unknown benchmark {name!r}")
     print(f"benchmarks ({args.mode}) finished in {time.perf_counter() - started:.0f} s")
