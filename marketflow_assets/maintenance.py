@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from marketflow_assets.assets.jobs import RANGE_END_TAG, RANGE_START_TAG
 from marketflow_assets.compaction import compact
+from marketflow_assets.jobs import RANGE_END_TAG, RANGE_START_TAG
 from marketflow_assets.resources.raw_data import RawDataResource
 
 PARTITION_TAG = "dagster/partition"
@@ -170,7 +170,5 @@ purge_old_runs_schedule = dg.ScheduleDefinition(
     description="Hourly (minute 17): run retention for the high-frequency jobs.",
 )
 
-defs = dg.Definitions(
-    jobs=[compact_raw_prices_job, purge_old_runs_job],
-    schedules=[compact_raw_prices_schedule, purge_old_runs_schedule],
-)
+MAINTENANCE_JOBS = [compact_raw_prices_job, purge_old_runs_job]
+MAINTENANCE_SCHEDULES = [compact_raw_prices_schedule, purge_old_runs_schedule]

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
-from test_compaction import all_rows, files_per_hour, make_history
 
 from marketflow_assets import maintenance
 from marketflow_assets.definitions import defs
 from marketflow_assets.resources import RawDataResource
+from marketflow_assets_tests.compaction_helpers import all_rows, files_per_hour, make_history
 
 
 def test_compaction_job_compacts_closed_hours(tmp_path):

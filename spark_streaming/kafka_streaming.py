@@ -48,7 +48,13 @@ if __package__ in (None, ""):  # run as a script / by spark-submit: make the rep
             p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH")) if p
         )
 
-from marketflow_assets.compaction import name_ts_range, visible_names, writer_lock  # noqa: E402
+from marketflow_assets.raw_dataset import (  # noqa: E402
+    day_files,
+    streaming_file_name,
+    streaming_file_prefix,
+    to_micros,
+    writer_lock,
+)
 from marketflow_assets.schema import (  # noqa: E402
     RAW_COLUMN_NAMES,
     RAW_COLUMNS,
@@ -153,12 +159,6 @@ def dedup_batch(good_df):
 # ------------------------------------------------------------------------------------------------
 # Exactly-once sink.
 # ------------------------------------------------------------------------------------------------
-def _micros(ts: dt.datetime) -> int:
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=dt.UTC)
-    return int(ts.timestamp() * 1_000_000)
-
-
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, sort_keys=True, default=str))
@@ -188,7 +188,7 @@ class RawPricesSink:
 
     # -- file bookkeeping -------------------------------------------------------------------
     def _prefix(self, batch_id: int) -> str:
-        return f"part-{self.sink_id}-b{batch_id:010d}-"
+        return streaming_file_prefix(self.sink_id, batch_id)
 
     def _staging(self, batch_id: int) -> Path:
         return self.state / "staging" / f"b{batch_id:010d}"
@@ -210,19 +210,11 @@ class RawPricesSink:
         shutil.rmtree(self._staging(batch_id), ignore_errors=True)
 
     def _existing_files(self, date: str, ts_min: int, ts_max: int) -> list[str]:
-        """Visible Parquet files of ``date`` whose ts range may overlap [ts_min, ts_max].
-
-        Visible = as readers see the dataset (``marketflow_assets.compaction``): compacted
-        hour files included, files a committed compaction replaced excluded.
-        """
-        d = self.raw_dir / f"{RAW_PARTITION_COLUMN}={date}"
-        out = []
-        for name in visible_names(d):
-            rng = name_ts_range(name)
-            if rng and (rng[1] < ts_min or rng[0] > ts_max):
-                continue  # a named ts range disjoint from the batch: cannot hold a duplicate
-            out.append(str(d / name))
-        return out
+        """Visible Parquet files of ``date`` whose ts range may overlap [ts_min, ts_max] (our
+        own files with a disjoint ts range in their name cannot hold a duplicate). Visible as
+        readers see the dataset: compacted hour files included, files a committed compaction
+        replaced excluded (:mod:`marketflow_assets.raw_dataset`)."""
+        return [str(path) for path in day_files(self.raw_dir, date, ts_min, ts_max)]
 
     def _plan_raw_moves(self, batch_id, staged: Path, ranges, metrics) -> list[tuple[str, str]]:
         """Final names for the staged raw files; fills ``rows_written``/``dates`` in ``metrics``.
@@ -239,7 +231,7 @@ class RawPricesSink:
             rows = 0
             for k, src in enumerate(sorted(date_dir.glob("part-*.parquet"))):
                 rows += pq.read_metadata(src).num_rows
-                name = f"{self._prefix(batch_id)}{k:03d}-{lo}-{hi}.parquet"
+                name = streaming_file_name(self.sink_id, batch_id, k, lo, hi)
                 moves.append((str(src), str(self.raw_dir / date_dir.name / name)))
             if rows:
                 metrics["dates"].append(date)
@@ -294,7 +286,7 @@ class RawPricesSink:
                 .collect()
             )
             ranges = {
-                r[RAW_PARTITION_COLUMN].isoformat(): (_micros(r["lo"]), _micros(r["hi"]))
+                r[RAW_PARTITION_COLUMN].isoformat(): (to_micros(r["lo"]), to_micros(r["hi"]))
                 for r in stats
                 if r["ok"]
             }

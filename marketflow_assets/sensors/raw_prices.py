@@ -30,13 +30,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from marketflow_assets.assets.raw_prices import (
-    RAW_PRICES_KEY,
-    RawFile,
-    file_ts_range,
-)
-from marketflow_assets.compaction import (
+from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
+from marketflow_assets.raw_dataset import (
     PARTITION_PREFIX,
+    RawFile,
+    file_rows,
+    file_ts_range,
     from_micros,
     is_compacted,
     name_ts_range,
@@ -128,15 +127,6 @@ def _watched_dates(raw_dir: Path, cursor: RawCursor, nxt: RawCursor, stats: Scan
     return sorted(newest)
 
 
-def _rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except (OSError, ValueError):
-        return 0
-
-
 def new_raw_files(
     raw_dir: Path, cursor: RawCursor, now_ns: int | None = None
 ) -> tuple[list[RawFile], RawCursor, ScanStats]:
@@ -194,7 +184,7 @@ def observe(raw_dir: Path, new: list[RawFile], now: datetime | None = None) -> d
     ranges = [r for r in (file_ts_range(f) for f in new) if r is not None]
     meta: dict = {
         "new_files": dg.MetadataValue.int(len(new)),
-        "new_rows": dg.MetadataValue.int(sum(_rows(f.path) for f in new)),
+        "new_rows": dg.MetadataValue.int(sum(file_rows(f.path) for f in new)),
         "new_bytes": dg.MetadataValue.int(sum(f.size for f in new)),
         "dates": dg.MetadataValue.text(", ".join(sorted({f.day.isoformat() for f in new}))),
         "path": dg.MetadataValue.path(str(raw_dir)),

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-from test_compaction import write_batch
 
 from marketflow_assets import compaction
 from marketflow_assets.resources import RawDataResource
@@ -19,6 +18,7 @@ from marketflow_assets.sensors.raw_prices import (
     new_raw_files,
     raw_prices_observation_sensor,
 )
+from marketflow_assets_tests.compaction_helpers import write_batch
 
 END = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)  # the open hour starts here
 

@@ -13,10 +13,16 @@ import sys
 import time
 
 import pytest
-from streaming_helpers import JOB, batch_logs, job_env, read_raw, run_job
 
 from marketflow_assets import compaction
-from marketflow_assets.assets.raw_prices import list_raw_files
+from marketflow_assets.raw_dataset import list_raw_files
+from marketflow_assets_tests.streaming.streaming_helpers import (
+    JOB,
+    batch_logs,
+    job_env,
+    read_raw,
+    run_job,
+)
 
 pytestmark = pytest.mark.timeout(420)
 
