@@ -4,7 +4,8 @@ The Spark streaming job writes one file per micro-batch and ``date=`` partition,
 thousands of small files. ``compact()`` rewrites every *closed* hour (before ``before``, by
 default the current hour) of each ``date=`` directory into one file per hour; the rows are
 unchanged. Readers, the streaming job's cross-batch dedup and compaction agree on one visibility
-protocol, implemented here (no Dagster import, so the Spark job can use it too):
+protocol, implemented in :mod:`marketflow_assets.raw_dataset` (the one module every reader lists
+files through; no Dagster import, so the Spark job uses it too):
 
 * ``date=D/_compaction.json`` (the *manifest*, replaced atomically with ``os.replace``) holds a
   ``version`` (incremented by every change), ``files`` (the compacted files that are live) and
@@ -14,18 +15,20 @@ protocol, implemented here (no Dagster import, so the Spark job can use it too):
   ``part-...``, or a foreign tool's) not listed in ``superseded``; names starting with ``.`` or
   ``_`` are never visible. A compacted file that is not in the manifest (being written, or left
   by a crash) is invisible.
-* :func:`visible_names` reads the manifest, lists the directory and reads the manifest again; if
-  the version moved in between it starts over, so a listing always matches one manifest version:
-  before a commit it shows the old files, after it the new ones -- never both, never neither.
+* ``raw_dataset.visible_names`` reads the manifest, lists the directory and reads the manifest
+  again; if the version moved in between it starts over, so a listing always matches one manifest
+  version: before a commit it shows the old files, after it the new ones -- never both, never
+  neither.
 * A commit takes the writer lock (``raw_prices/_writer.lock``, also held by the streaming job's
   sink for a whole micro-batch), checks that every input is still visible (a rolled-back batch
   may have removed one), writes the manifest that swaps inputs for outputs, deletes the inputs
   and writes the manifest again without them. A reader that listed before the commit and opens
-  an input after its deletion gets ``FileNotFoundError``; :func:`retry_vanished` lists again.
+  an input after its deletion gets ``FileNotFoundError``; ``raw_dataset.retry_vanished`` lists
+  again.
 
 Safety against the streaming job (``spark_streaming/kafka_streaming.py``): its sink holds the
 writer lock from the rollback of an interrupted attempt until its commit record, and deduplicates
-against :func:`visible_names` -- which include compacted files -- so a replay after compaction
+against ``raw_dataset.day_files`` -- which include compacted files -- so a replay after compaction
 still finds its rows. Compaction never reads the sink's pending state: if a batch's files were
 published but not committed when a compaction folded them in, the replay rolls back (deletes)
 those already-superseded files and its dedup finds the rows in the compacted file.
