@@ -136,6 +136,7 @@ def new_raw_files(
     stats = ScanStats()
     nxt = RawCursor(cursor.mtime_ns, list(cursor.recent), cursor.root_mtime_ns, {})
     files: list[RawFile] = []
+    listed: set[str] = set()
     for day in _watched_dates(raw_dir, cursor, nxt, stats):
         folder = raw_dir / f"{PARTITION_PREFIX}{day}"
         dir_mtime = _mtime(folder)
@@ -147,6 +148,7 @@ def new_raw_files(
         if cursor.watch.get(day) == dir_mtime and settled:
             continue  # nothing was added, renamed or removed in this directory
         stats.dirs_listed += 1
+        listed.add(str(folder))
         names = visible_names(folder)
         stats.entries_listed += len(names)
         for name in names:
@@ -171,8 +173,9 @@ def new_raw_files(
     ]
     newest = max([cursor.mtime_ns, *(f.mtime_ns for f in files)])
     recent = {str(f.path) for f in files if f.mtime_ns >= newest - GRACE_NS}
-    # names reported in the grace window stay known even when their directory was not listed
-    recent |= {p for p in cursor.recent if p not in {str(f.path) for f in files}}
+    # names reported in the grace window stay known while their directory is not listed again
+    # (a listed directory's names are all in ``files``; removed or compacted ones drop out)
+    recent |= {p for p in cursor.recent if str(Path(p).parent) not in listed}
     nxt.mtime_ns = newest
     nxt.recent = sorted(recent)
     return sorted(new, key=lambda f: str(f.path)), nxt, stats

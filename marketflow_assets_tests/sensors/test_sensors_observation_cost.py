@@ -88,3 +88,5 @@ def test_compacted_files_are_not_reported_again(tmp_path):
         dg.build_sensor_context(instance=instance, resources=resources, cursor=first.cursor)
     )
     assert not getattr(again, "asset_events", None)
+    # the cursor forgets the files compaction removed (it does not grow with history)
+    assert RawCursor.parse(again.cursor).recent == []
