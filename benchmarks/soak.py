@@ -88,9 +88,10 @@ def rss(spark_pid: int, dagster_pid: int) -> dict[str, int]:
     for child in psutil.Process(dagster_pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             cmd = " ".join(child.cmdline())
-            if daemon is None and "dagster-daemon" in cmd and " run" in cmd:
+            # dagster dev runs `python -m dagster._daemon run` and `python -m dagster_webserver`
+            if daemon is None and ("dagster._daemon" in cmd or "dagster-daemon" in cmd):
                 daemon = child
-            elif web is None and "dagster-webserver" in cmd:
+            elif web is None and ("dagster_webserver" in cmd or "dagster-webserver" in cmd):
                 web = child
     out["dagster daemon"] = _tree_rss(daemon) if daemon else 0
     out["dagster webserver"] = _tree_rss(web) if web else 0
