@@ -5,8 +5,8 @@ streaming job, ``dagster dev`` with its daemon, webserver, sensors and schedules
 ``marketflow ingest --source replay`` publishes ``HOURS`` hours of recorded-format polls
 (``COINS`` coins every 30 s, ``ts`` ending now) at ``SPEED`` times real time. While it runs this
 process compacts the raw dataset every ``COMPACT_EVERY_S`` seconds (the hourly compaction job,
-time-compressed like the polls). The resident set size (RSS, whole process trees) of the Spark
-driver (the job's Python driver + its JVM), the Dagster daemon and the Dagster webserver is
+time-compressed like the polls). The resident set size (RSS) of the Spark driver (the job's
+Python driver + its JVM), the Dagster daemon and the Dagster webserver processes is
 sampled once everything is ready and again after the replay has been drained.
 
 Prints a table and ``soak_rss_growth_<process> = after / start`` lines (no target in the issue:
@@ -79,8 +79,21 @@ def _tree_rss(proc) -> int:
     return total
 
 
+def _own_rss(proc) -> int:
+    """RSS of the process itself (not of the run workers / code servers it starts)."""
+    import psutil
+
+    if proc is None:
+        return 0
+    try:
+        return proc.memory_info().rss
+    except psutil.Error:
+        return 0
+
+
 def rss(spark_pid: int, dagster_pid: int) -> dict[str, int]:
-    """RSS in bytes of the Spark driver tree, the Dagster daemon and the webserver trees."""
+    """RSS in bytes of the Spark driver tree (Python driver + JVM), the Dagster daemon and the
+    webserver processes."""
     import psutil
 
     out = {"spark driver (python + JVM)": _tree_rss(psutil.Process(spark_pid))}
@@ -93,8 +106,8 @@ def rss(spark_pid: int, dagster_pid: int) -> dict[str, int]:
                 daemon = child
             elif web is None and ("dagster_webserver" in cmd or "dagster-webserver" in cmd):
                 web = child
-    out["dagster daemon"] = _tree_rss(daemon) if daemon else 0
-    out["dagster webserver"] = _tree_rss(web) if web else 0
+    out["dagster daemon"] = _own_rss(daemon)
+    out["dagster webserver"] = _own_rss(web)
     return out
 
 
