@@ -68,6 +68,12 @@ def write_replay(path: Path, end: datetime) -> int:
     return polls
 
 
+def _raw_rows(raw_dir: Path) -> int:
+    from marketflow_assets.raw_dataset import file_rows, list_raw_files
+
+    return sum(file_rows(f.path) for f in list_raw_files(raw_dir))
+
+
 def _tree_rss(proc) -> int:
     import psutil
 
@@ -180,10 +186,17 @@ def run() -> None:
                     compaction.compact(resolved.raw_dir)
                     compactions += 1
                     last_compaction = time.monotonic()
-            time.sleep(60)  # drain: last micro-batches and refresh runs
+            # drain: wait until every poll is in the raw dataset (bounded), then a minute more
+            # for the last refresh runs
+            expected = polls * COINS
+            drain_until = time.monotonic() + 600
+            while _raw_rows(resolved.raw_dir) < expected and time.monotonic() < drain_until:
+                time.sleep(5)
+            time.sleep(60)
             compaction.compact(resolved.raw_dir)
             after = rss(spark.proc.pid, dagster.proc.pid)
             files = len(list(resolved.raw_dir.glob("date=*/*.parquet")))
+            rows = _raw_rows(resolved.raw_dir)
             for child in reversed(children):
                 up.stop_child(child)
             children.clear()
@@ -191,11 +204,17 @@ def run() -> None:
         for child in reversed(children):
             with contextlib.suppress(Exception):
                 up.stop_child(child)
+        logs = work / "logs"
+        if logs.is_dir():
+            keep = scratch / "last-logs"
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(logs, keep)
         shutil.rmtree(work, ignore_errors=True)
     mib = 1024 * 1024
     print_table(
         f"soak: RSS at start and after {HOURS} h of polls at {SPEED:g}x "
-        f"({time.monotonic() - started:.0f} s, {compactions} compactions, {files} raw files left)",
+        f"({time.monotonic() - started:.0f} s; {rows:,} of {polls * COINS:,} rows in raw_prices, "
+        f"{files} raw files after {compactions} compactions)",
         ["process", "RSS start MiB", "RSS after MiB", "after / start"],
         [
             [
