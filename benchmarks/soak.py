@@ -3,7 +3,9 @@
 The pipeline runs as ``marketflow up`` runs it (embedded broker and PostgreSQL, the Spark
 streaming job, ``dagster dev`` with its daemon, webserver, sensors and schedules), then
 ``marketflow ingest --source replay`` publishes ``HOURS`` hours of recorded-format polls
-(``COINS`` coins every 30 s, ``ts`` ending now) at ``SPEED`` times real time. While it runs this
+(``COINS`` coins every 30 s, ``ts`` ending now) at ``SPEED`` times real time, the streaming job
+triggering a micro-batch every ``TRIGGER_S`` seconds (many batches, as hours of a live run bring,
+not a few large ones). While it runs this
 process compacts the raw dataset every ``COMPACT_EVERY_S`` seconds (the hourly compaction job,
 time-compressed like the polls). The resident set size (RSS) of the Spark driver (the job's
 Python driver + its JVM), the Dagster daemon and the Dagster webserver processes is
@@ -36,6 +38,7 @@ COINS = 50
 INTERVAL_S = 30
 SPEED = 120.0  # 12 hours of polls in 6 minutes
 COMPACT_EVERY_S = 30.0
+TRIGGER_S = 2.0  # streaming job micro-batch interval during the soak (up uses 10 s)
 
 
 def write_replay(path: Path, end: datetime) -> int:
@@ -160,6 +163,8 @@ def run() -> None:
             admin.close()
             env = up.child_env(resolved, args)
             ingest, spark, dagster = up.build_children(args, resolved, "replay")
+            # many micro-batches, as many hours of a live run would bring (time-compressed too)
+            spark.argv += ["--trigger-seconds", str(TRIGGER_S)]
             for child in (spark, dagster):
                 up.start_child(child, env)
                 children.append(child)
