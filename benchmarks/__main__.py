@@ -47,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "py4j", "dagster"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from marketflow_assets.settings import export_pyspark_python
+
+    export_pyspark_python()
+    # The synthetic histories lie in the past (Dec 2025 - Jan 2026): partitions must cover them
+    # (the default start is the first hour of ./data/raw_prices, else today).
+    os.environ.setdefault("MARKETFLOW_PARTITION_START", "2025-12-01")
     from benchmarks import machine
 
     print(machine.describe())
