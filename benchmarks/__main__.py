@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 
@@ -47,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "py4j", "dagster"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from marketflow_assets.settings import export_pyspark_python
+    from marketflow_assets.settings import export_default, export_pyspark_python
 
     export_pyspark_python()
     # The synthetic histories lie in the past (Dec 2025 - Jan 2026): partitions must cover them
     # (the default start is the first hour of ./data/raw_prices, else today).
-    os.environ.setdefault("MARKETFLOW_PARTITION_START", "2025-12-01")
+    export_default("MARKETFLOW_PARTITION_START", "2025-12-01")
     from benchmarks import machine
 
     print(machine.describe())
