@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default="engine,incremental,latency,dashboard",
+        default="engine,incremental,latency,dashboard,costs",
         help=(
-            "comma-separated subset of: engine, incremental, latency, dashboard, forecast (opt-in)"
+            "comma-separated subset of: engine, incremental, latency, dashboard, costs,"
+            " forecast (opt-in)"
         ),
     )
     parser.add_argument(
@@ -48,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "py4j", "dagster"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from marketflow_assets.settings import export_pyspark_python
+    from marketflow_assets.settings import export_default, export_pyspark_python
 
     export_pyspark_python()
+    # The synthetic histories lie in the past (Dec 2025 - Jan 2026): partitions must cover them
+    # (the default start is the first hour of ./data/raw_prices, else today).
+    export_default("MARKETFLOW_PARTITION_START", "2025-12-01")
     from benchmarks import machine
 
     print(machine.describe())
@@ -77,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import dashboard
 
             dashboard.run(args.mode)
+        elif name == "costs":
+            from benchmarks import costs
+
+            costs.run(args.mode)
         else:
             parser.error(f"unknown benchmark {name!r}")
     print(f"benchmarks ({args.mode}) finished in {time.perf_counter() - started:.0f} s")

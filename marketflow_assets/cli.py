@@ -1,4 +1,5 @@
-"""The ``marketflow`` command: ``up``, ``ingest``, ``refresh`` and ``forecast``.
+"""The ``marketflow`` command: ``up``, ``ingest``, ``refresh``, ``forecast``, ``dashboard``,
+``compact``.
 
 Exit codes (README): 0 success, 2 bad usage or configuration (one line on stderr), 1 runtime
 failure.
@@ -26,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from marketflow_assets import forecast, refresh, up
+    from marketflow_assets import compaction, forecast, refresh, up
     from marketflow_assets.ingest import command as ingest_command
 
     parser = _Parser(prog="marketflow", description=__doc__.splitlines()[0])
@@ -55,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_dashboard = sub.add_parser("dashboard", help="serve the analyst dashboard (Streamlit)")
     dashboard_command.add_arguments(p_dashboard)
     p_dashboard.set_defaults(handler=dashboard_command.run)
+    p_compact = sub.add_parser(
+        "compact", help="rewrite each closed hour of raw Parquet into one file"
+    )
+    compaction.add_arguments(p_compact)
+    p_compact.set_defaults(handler=compaction.run)
     return parser
 
 

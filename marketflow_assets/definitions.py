@@ -24,6 +24,7 @@ from marketflow_assets.assets.forecasts import FORECAST_ASSETS
 from marketflow_assets.checks import ASSET_CHECKS
 from marketflow_assets.checks.forecasts import FORECAST_CHECKS
 from marketflow_assets.jobs import JOBS
+from marketflow_assets.maintenance import MAINTENANCE_JOBS, MAINTENANCE_SCHEDULES
 from marketflow_assets.resources import PostgresResource, RawDataResource, SparkResource
 from marketflow_assets.schedules.forecasts import forecast_retrain_schedule
 from marketflow_assets.schedules.indicators import recent_indicators_schedule
@@ -53,7 +54,7 @@ SENSORS = [
     forecasts_follow_indicators,
     forecast_retrain_on_degradation,
 ]
-SCHEDULES = [recent_indicators_schedule, forecast_retrain_schedule]
+SCHEDULES = [recent_indicators_schedule, forecast_retrain_schedule, *MAINTENANCE_SCHEDULES]
 #: Assets that follow every poll: freshness thresholds of the data checks.
 FRESH_ASSETS = (
     RAW_PRICES_ASSET,
@@ -109,7 +110,7 @@ def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
 defs = dg.Definitions(
     assets=with_freshness([*ASSETS, *FORECAST_ASSETS], freshness_policy()),
     asset_checks=[*ASSET_CHECKS, *FORECAST_CHECKS],
-    jobs=JOBS,
+    jobs=[*JOBS, *MAINTENANCE_JOBS],
     sensors=SENSORS,
     schedules=SCHEDULES,
     resources=build_resources(),

@@ -16,10 +16,19 @@ imports neither Dagster nor Spark at module level (the streaming job imports it)
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
+import os
 import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
@@ -120,14 +129,12 @@ def day_files(raw_dir: Path, day: date | str, min_us: int, max_us: int) -> list[
 
 def _scan(folder: Path, day: date, start: datetime | None, end: datetime | None) -> list[RawFile]:
     files = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.startswith((".", "_")) or not name.endswith(".parquet"):
-            continue
-        match = STREAMING_FILE.match(name)
+    for name in visible_names(folder):  # compaction-aware: one consistent manifest version
+        entry = folder / name
+        rng = name_ts_range(name)
         lo = hi = None
-        if match:
-            lo, hi = _micros(match.group(1)), _micros(match.group(2))
+        if rng is not None:
+            lo, hi = _micros(rng[0]), _micros(rng[1])
             if (end is not None and lo >= end) or (start is not None and hi < start):
                 continue
         try:
@@ -255,8 +262,11 @@ def newest_raw_ts(raw_dir: Path) -> datetime | None:
 def read_window(
     raw_dir: Path, start: datetime, end: datetime, columns: tuple[str, ...] = CHECK_COLUMNS
 ) -> pd.DataFrame:
-    """Rows with ``start <= ts < end`` (opens only files that may hold such rows)."""
-    df = read_files([f.path for f in list_raw_files(raw_dir, start, end)], columns)
+    """Rows with ``start <= ts < end`` (opens only files that may hold such rows; lists again
+    when a compaction removed a listed file meanwhile)."""
+    df = retry_vanished(
+        lambda: read_files([f.path for f in list_raw_files(raw_dir, start, end)], columns)
+    )
     if not len(df):
         return df
     return df[(df["ts"] >= start) & (df["ts"] < end)].reset_index(drop=True)
@@ -351,3 +361,167 @@ def oldest_raw_ts(raw_dir: Path) -> datetime | None:
         if oldest:
             return min(oldest)
     return None
+
+
+# ------------------------------------------------------------------------------------------
+# Compaction-aware visibility (the protocol is described in marketflow_assets/compaction.py)
+# ------------------------------------------------------------------------------------------
+MANIFEST = "_compaction.json"
+WRITER_LOCK = "_writer.lock"
+COMPACT_LOCK = "_compact.lock"
+PARTITION_PREFIX = f"{RAW_PARTITION_COLUMN}="
+#: Compaction's output: hour key, min/max ``ts`` in µs, random token.
+COMPACTED_FILE = re.compile(r"^cpart-(\d{10})-(\d+)-(\d+)-([0-9a-f]+)\.parquet$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+T = TypeVar("T")
+logger = logging.getLogger(__name__)
+
+
+def name_ts_range(name: str) -> tuple[int, int] | None:
+    """(min, max) ``ts`` in µs since the epoch carried by a file name, or None."""
+    m = STREAMING_FILE.match(name)
+    if m:
+        return int(m.group(1)), int(m.group(2))
+    m = COMPACTED_FILE.match(name)
+    if m:
+        return int(m.group(2)), int(m.group(3))
+    return None
+
+
+def is_compacted(name: str) -> bool:
+    return COMPACTED_FILE.match(name) is not None
+
+
+def micros(ts: datetime) -> int:
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+    return (ts - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: int = 0
+    files: tuple[str, ...] = ()
+    superseded: tuple[str, ...] = ()
+
+
+def read_manifest(date_dir: Path) -> Manifest:
+    try:
+        data = json.loads((Path(date_dir) / MANIFEST).read_text())
+    except FileNotFoundError:
+        return Manifest()
+    return Manifest(
+        int(data["version"]), tuple(data.get("files", ())), tuple(data.get("superseded", ()))
+    )
+
+
+def write_manifest(date_dir: Path, manifest: Manifest) -> None:
+    path = Path(date_dir) / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.{uuid.uuid4().hex[:8]}.tmp")
+    payload = {
+        "version": manifest.version,
+        "files": sorted(manifest.files),
+        "superseded": sorted(manifest.superseded),
+    }
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _visible(names: list[str], manifest: Manifest) -> list[str]:
+    live, gone = set(manifest.files), set(manifest.superseded)
+    out = []
+    for name in names:
+        if name.startswith((".", "_")) or not name.endswith(".parquet"):
+            continue
+        if is_compacted(name):
+            if name in live:
+                out.append(name)
+        elif name not in gone:
+            out.append(name)
+    return sorted(out)
+
+
+def visible_names(date_dir: Path) -> list[str]:
+    """Names of the Parquet files of one ``date=`` directory that readers must read.
+
+    Consistent with one manifest version (see the module docstring); [] if the directory is gone.
+    """
+    date_dir = Path(date_dir)
+    for _ in range(100):
+        before = read_manifest(date_dir)
+        try:
+            names = os.listdir(date_dir)
+        except FileNotFoundError:
+            return []
+        after = read_manifest(date_dir)
+        if before.version == after.version:
+            return _visible(names, after)
+    raise RuntimeError(f"{date_dir}: manifest keeps changing; cannot list a consistent snapshot")
+
+
+def date_dirs(raw_dir: Path) -> list[tuple[date, Path]]:
+    """``(day, directory)`` of every ``date=YYYY-MM-DD`` directory, in date order."""
+    raw_dir = Path(raw_dir)
+    out = []
+    try:
+        entries = os.scandir(raw_dir)
+    except FileNotFoundError:
+        return out
+    with entries:
+        for entry in entries:
+            if entry.name.startswith(PARTITION_PREFIX) and entry.is_dir():
+                try:
+                    day = date.fromisoformat(entry.name[len(PARTITION_PREFIX) :])
+                except ValueError:
+                    continue
+                out.append((day, entry.path))
+    return [(d, Path(p)) for d, p in sorted(out)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Locks and reader retries
+# ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def writer_lock(raw_dir: Path):
+    """Exclusive lock serialising the streaming sink's batches and compaction commits."""
+    return file_lock(Path(raw_dir) / WRITER_LOCK)
+
+
+def _vanished(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
+    text = str(exc)
+    return "FileNotFoundException" in text or "does not exist" in text or "FILE_NOT_EXIST" in text
+
+
+def retry_vanished(fn: Callable[[], T], attempts: int = 5) -> T:
+    """Call ``fn`` (which lists *and* reads raw files) again when a file it listed vanished.
+
+    A compaction commit deletes its inputs right after making the compacted file visible; a
+    reader that listed before the commit then lists again and reads the compacted file.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == attempts - 1 or not _vanished(exc):
+                raise
+            logger.info("a raw file vanished while reading (compaction); listing again")
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")

@@ -251,6 +251,11 @@ def load_check_settings(env: Mapping[str, str] | None = None) -> CheckSettings:
 # ------------------------------------------------------------------------------------------------
 # The process environment of Spark and of child processes
 # ------------------------------------------------------------------------------------------------
+def export_default(name: str, value: str) -> None:
+    """Set ``name`` for this process and its children unless it is already set."""
+    os.environ.setdefault(name, value)
+
+
 def export_pyspark_python() -> None:
     """Make Spark's Python workers run this interpreter (the venv), not the system python,
     unless ``PYSPARK_PYTHON`` / ``PYSPARK_DRIVER_PYTHON`` say otherwise."""

@@ -49,6 +49,15 @@ def spark_conf(master: str | None = None, settings: Settings | None = None) -> d
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+        # Long-running drivers (the streaming job: several jobs per micro-batch, forever) keep
+        # the status of finished jobs/stages/SQL executions up to these caps (default 1000 each),
+        # UI or not; small caps make the driver's memory plateau early.
+        "spark.ui.retainedJobs": "100",
+        "spark.ui.retainedStages": "100",
+        "spark.ui.retainedTasks": "10000",
+        "spark.sql.ui.retainedExecutions": "50",
+        "spark.streaming.ui.retainedBatches": "100",
+        "spark.sql.streaming.numRecentProgressUpdates": "20",
     }
     if is_loopback_master(master):
         conf.update(

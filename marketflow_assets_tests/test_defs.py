@@ -41,6 +41,14 @@ JOBS = {
     "all_checks_job",
     "forecast_training_job",
     "price_forecasts_job",
+    "compact_raw_prices_job",
+    "purge_old_runs_job",
+}
+SCHEDULES = {
+    "recent_indicators_schedule",
+    "compact_raw_prices_schedule",
+    "purge_old_runs_schedule",
+    "forecast_retrain_schedule",
 }
 SENSORS = {
     "raw_prices_observation_sensor",
@@ -70,10 +78,7 @@ def test_definitions_hold_everything():
     assert {"forecast_evaluation:no_look_ahead", "price_forecasts:intervals_ordered"} <= checks
     assert JOBS <= {job.name for job in repo.get_all_jobs()}
     assert {s.name for s in repo.sensor_defs} == SENSORS
-    assert {s.name for s in repo.schedule_defs} == {
-        "recent_indicators_schedule",
-        "forecast_retrain_schedule",
-    }
+    assert {s.name for s in repo.schedule_defs} == SCHEDULES
     assert {"postgres", "raw_data", "pyspark"} <= set(repo.get_top_level_resources())
 
 

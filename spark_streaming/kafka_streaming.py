@@ -43,6 +43,7 @@ from marketflow_assets.raw_dataset import (
     streaming_file_name,
     streaming_file_prefix,
     to_micros,
+    writer_lock,
 )
 from marketflow_assets.schema import (
     RAW_COLUMN_NAMES,
@@ -204,8 +205,10 @@ class RawPricesSink:
         shutil.rmtree(self._staging(batch_id), ignore_errors=True)
 
     def _existing_files(self, date: str, ts_min: int, ts_max: int) -> list[str]:
-        """Committed Parquet files of ``date`` whose ts range may overlap [ts_min, ts_max] (our
-        own files with a disjoint ts range in their name cannot hold a duplicate)."""
+        """Visible Parquet files of ``date`` whose ts range may overlap [ts_min, ts_max] (our
+        own files with a disjoint ts range in their name cannot hold a duplicate). Visible as
+        readers see the dataset: compacted hour files included, files a committed compaction
+        replaced excluded (:mod:`marketflow_assets.raw_dataset`)."""
         return [str(path) for path in day_files(self.raw_dir, date, ts_min, ts_max)]
 
     def _plan_raw_moves(self, batch_id, staged: Path, ranges, metrics) -> list[tuple[str, str]]:
@@ -241,7 +244,15 @@ class RawPricesSink:
         self.process(df, batch_id)
 
     def process(self, df, batch_id: int) -> dict:
-        """Write micro-batch ``batch_id`` exactly once (see the class docstring)."""
+        """Write micro-batch ``batch_id`` exactly once (see the class docstring).
+
+        Holds the dataset's writer lock throughout, so a compaction commit (which swaps files
+        under the same lock) never lands between this batch's dedup read and its publication.
+        """
+        with writer_lock(self.raw_dir):
+            return self._process(df, batch_id)
+
+    def _process(self, df, batch_id: int) -> dict:
         import pyspark.sql.functions as F
 
         started = time.monotonic()

@@ -36,7 +36,7 @@ from marketflow_assets.assets.spark_compute import (
     session,
     spark_to_pandas,
 )
-from marketflow_assets.raw_dataset import raw_row_count
+from marketflow_assets.raw_dataset import raw_row_count, retry_vanished
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.resources.spark import LOCAL_MAX_ROWS, SparkResource
@@ -75,21 +75,23 @@ def refresh_indicators(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     postgres.ensure_tables()
-    files = raw_window_files(raw_dir, start, end)
-    state, engine = None, "none"
-    if not files:
-        rows = ind.compute_indicators(pd.DataFrame(columns=list(ind.RAW_INPUT_COLUMNS)))
-    else:
+
+    def compute():  # lists and reads; again if compaction swapped a listed file meanwhile
+        timings.pop("read_state", None)
+        files = raw_window_files(raw_dir, start, end)
+        if not files:
+            empty = pd.DataFrame(columns=list(ind.RAW_INPUT_COLUMNS))
+            return ind.compute_indicators(empty), None, "none"
         state = postgres.fetch_indicator_state(None, start, ind.lookback_start(start))
         timings["read_state"] = time.perf_counter() - t0
         if raw_row_count(files, stop_above=local_max_rows) <= local_max_rows:
-            engine = "local"
             raw = read_raw_window_local(files, start, end)
-            rows = ind.compute_indicators(raw, state, start=start, end=end)
-        else:
-            engine = "spark"
-            raw_df = read_raw_window(session(spark), raw_dir, start, end, files)
-            rows = spark_to_pandas(indicators_dataframe(raw_df, state, start, end))
+            return ind.compute_indicators(raw, state, start=start, end=end), state, "local"
+        raw_df = read_raw_window(session(spark), raw_dir, start, end, files)
+        return spark_to_pandas(indicators_dataframe(raw_df, state, start, end)), state, "spark"
+
+    rows, state, engine = retry_vanished(compute)
+    if engine != "none":
         timings["compute"] = time.perf_counter() - t0 - sum(timings.values())
     postgres.replace_period("price_indicators", rows, start, end)
     timings["write"] = time.perf_counter() - t0 - sum(timings.values())
