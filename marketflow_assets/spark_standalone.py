@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from marketflow_assets.settings import child_environment
+
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 _MASTER_URL = re.compile(r"Starting Spark master at (spark://\S+)")
@@ -110,12 +112,13 @@ class StandaloneCluster:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            SPARK_HOME=str(spark_home()),
-            SPARK_LOCAL_IP="127.0.0.1",
-            SPARK_DAEMON_MEMORY=self.daemon_memory,
-            PYSPARK_PYTHON=self.python,
+        env = child_environment(
+            {
+                "SPARK_HOME": str(spark_home()),
+                "SPARK_LOCAL_IP": "127.0.0.1",
+                "SPARK_DAEMON_MEMORY": self.daemon_memory,
+                "PYSPARK_PYTHON": self.python,
+            }
         )
         env.pop("SPARK_REMOTE", None)
         return env
