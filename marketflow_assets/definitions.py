@@ -7,10 +7,12 @@ here. ``dagster definitions validate -w workspace.yaml`` loads exactly this modu
 import dagster as dg
 
 from marketflow_assets import assets, checks
+from marketflow_assets.checks import stream as stream_checks
 from marketflow_assets.resources import RESOURCES
 
 defs = dg.Definitions.merge(
     assets.defs,
     checks.defs,
+    stream_checks.defs,
     dg.Definitions(resources=RESOURCES),
 )

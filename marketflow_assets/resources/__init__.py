@@ -2,6 +2,7 @@
 
 * ``postgres`` - the indicator database (``MARKETFLOW_POSTGRES_URL``),
 * ``raw_data`` - the raw Parquet dataset root (``MARKETFLOW_DATA_DIR``),
+* ``kafka`` - the price topic and the streaming job's checkpoint, watched by the stream checks,
 * ``pyspark`` - a Spark session (:class:`.spark.SparkResource`, started on first use): a Spark
   Connect client when ``MARKETFLOW_SPARK_REMOTE`` (``sc://host:port``, see :mod:`.spark_connect`)
   is set - one warm driver shared by all runs - else an in-process driver with
@@ -16,6 +17,7 @@ import os
 
 import dagster as dg
 
+from marketflow_assets.resources.kafka import KafkaTopicResource
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.resources.spark import SparkResource
@@ -44,6 +46,7 @@ def build_resources(
         "postgres": PostgresResource(url=postgres_url or dg.EnvVar("MARKETFLOW_POSTGRES_URL")),
         "raw_data": RawDataResource(data_dir=data_dir or dg.EnvVar("MARKETFLOW_DATA_DIR")),
         "pyspark": SparkResource(spark_config=pyspark_config(), **local),
+        "kafka": KafkaTopicResource.from_settings(),
     }
 
 

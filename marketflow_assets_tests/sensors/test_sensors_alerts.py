@@ -43,6 +43,13 @@ class AlertHarness:
         return new
 
 
+@pytest.fixture(autouse=True)
+def no_pacing(monkeypatch):
+    """These tests tick in quick succession: no cooldown, no start-up grace (tested apart)."""
+    monkeypatch.setenv("MARKETFLOW_ALERT_COOLDOWN_SECONDS", "0")
+    monkeypatch.setenv("MARKETFLOW_ALERT_STARTUP_GRACE_SECONDS", "0")
+
+
 @pytest.fixture
 def webhook(httpserver, monkeypatch):
     httpserver.expect_request("/hooks/T000/secret-token", method="POST").respond_with_data("ok")
