@@ -207,5 +207,4 @@ def make_probe(bootstrap: str, topic: str, client_id: str = "marketflow-monitori
         topic,
         client_id=client_id,
         bootstrap_timeout_ms=5000,
-        api_version_auto_timeout_ms=5000,
     )
