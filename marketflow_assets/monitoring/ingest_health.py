@@ -62,8 +62,6 @@ class PollAlerts:
 
 def emit_to_alert_path(webhook_url: str | None) -> Callable[[str, str, str], object]:
     """``emit`` for :class:`PollAlerts` through the one alert function of the project."""
-    # The checks package imports the alert sensor; loading it first keeps that import order.
-    import marketflow_assets.checks  # noqa: F401
     from marketflow_assets.sensors.alerts import Alert, emit_alert
 
     def emit(previous: str, state: str, text: str) -> bool:

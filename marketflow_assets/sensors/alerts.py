@@ -42,7 +42,6 @@ import dagster as dg
 import requests
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from marketflow_assets.checks.common import load_check_settings
 from marketflow_assets.settings import MonitoringSettings, load_monitoring_settings
 
 log = logging.getLogger(__name__)
@@ -377,6 +376,9 @@ def evaluate_alerts(
     ),
 )
 def marketflow_alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    # imported here: the checks package imports this module (no import cycle for the ingest)
+    from marketflow_assets.checks.common import load_check_settings
+
     check_keys = list(context.repository_def.asset_graph.asset_check_keys)
     settings = load_check_settings()
     alerts, cursor = evaluate_alerts(
