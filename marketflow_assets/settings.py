@@ -136,7 +136,7 @@ MONITORING_DEFAULTS = {
     "MARKETFLOW_REJECT_RATE_ERROR": ("reject_rate_error", 0.10),
     "MARKETFLOW_RATE_WINDOW_SECONDS": ("rate_window_seconds", 600.0),
     "MARKETFLOW_ALERT_COOLDOWN_SECONDS": ("alert_cooldown_seconds", 60.0),
-    "MARKETFLOW_ALERT_STARTUP_GRACE_SECONDS": ("startup_grace_seconds", 300.0),
+    "MARKETFLOW_ALERT_STARTUP_GRACE_SECONDS": ("startup_grace_seconds", 600.0),
 }
 
 
@@ -154,7 +154,7 @@ class MonitoringSettings:
     #: a check or job that changed state is alerted at most once per cooldown (flaps are held)
     alert_cooldown_seconds: float = 60.0
     #: "no data yet" failures are not alerted this long after the code location loaded
-    startup_grace_seconds: float = 300.0
+    startup_grace_seconds: float = 600.0
     alert_webhook_url: str | None = field(default=None, repr=False)
 
 

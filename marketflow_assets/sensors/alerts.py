@@ -25,7 +25,7 @@ from outside Dagster — failing ingest polls (:mod:`marketflow_assets.monitorin
 Pacing (no storms): a check that changed state again within ``MARKETFLOW_ALERT_COOLDOWN_SECONDS``
 (60) of its last alert is held until the cooldown ends (a flap that settles back says nothing);
 at most :data:`MAX_ALERTS_PER_TICK` messages per tick, the rest summed up in one; and during the
-first ``MARKETFLOW_ALERT_STARTUP_GRACE_SECONDS`` (300) after the code location loaded (a fresh
+first ``MARKETFLOW_ALERT_STARTUP_GRACE_SECONDS`` (600) after the code location loaded (a fresh
 ``marketflow up``), failures that only mean "no data yet" (metadata ``no_data``) are held.
 
 Every alert leaves through :func:`emit_alert` (log line + webhook), the one place to add sinks.
