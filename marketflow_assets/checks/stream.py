@@ -219,13 +219,3 @@ def reject_rate_check(kafka: KafkaTopicResource) -> dg.AssetCheckResult:
 
 
 STREAM_CHECKS = [stream_lag_check, dead_letter_rate_check, reject_rate_check]
-
-
-def _stream_defs() -> dg.Definitions:
-    from marketflow_assets.sensors.stream_health import stream_health_sensor
-
-    return dg.Definitions(asset_checks=STREAM_CHECKS, sensors=[stream_health_sensor])
-
-
-#: The stream checks and their sensor (resource ``kafka``: :class:`KafkaTopicResource`).
-defs = _stream_defs()

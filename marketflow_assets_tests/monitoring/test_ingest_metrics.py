@@ -9,10 +9,15 @@ import os
 import subprocess
 import sys
 
-from monitoring_helpers import WebhookReceiver, count_messages, sample, scrape, wait_for
-
 from marketflow_assets.monitoring.ingest_health import PollAlerts
 from marketflow_assets.services import EmbeddedKafka, free_port
+from marketflow_assets_tests.monitoring.monitoring_helpers import (
+    WebhookReceiver,
+    count_messages,
+    sample,
+    scrape,
+    wait_for,
+)
 
 COINS_GOOD = 4
 

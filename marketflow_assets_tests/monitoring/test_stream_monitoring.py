@@ -17,7 +17,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from monitoring_helpers import WebhookReceiver, sample, scrape, wait_for
 
 from marketflow_assets.checks import stream
 from marketflow_assets.resources.kafka import KafkaTopicResource
@@ -25,6 +24,12 @@ from marketflow_assets.sensors import alerts
 from marketflow_assets.sensors.stream_health import evaluate_stream_checks
 from marketflow_assets.services import free_port
 from marketflow_assets.settings import load_monitoring_settings
+from marketflow_assets_tests.monitoring.monitoring_helpers import (
+    WebhookReceiver,
+    sample,
+    scrape,
+    wait_for,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 JOB = REPO_ROOT / "spark_streaming" / "kafka_streaming.py"
