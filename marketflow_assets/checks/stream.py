@@ -14,8 +14,9 @@ job still turns the checks red. Thresholds from ``settings.load_monitoring_setti
 ``stream_health_sensor`` records these every 20 s with a windowed dead-letter rate (the window
 is ``MARKETFLOW_RATE_WINDOW_SECONDS``); executed on their own (UI, job) the dead-letter rate
 covers all records the broker still holds. Failures caused only by missing data (nothing
-committed yet) carry ``no_data=True`` in their metadata: the alert sensor holds those during the
-start-up grace period.
+committed yet) carry ``no_data=True`` in their metadata, and lag while the job still commits
+(the backlog of a fresh start) ``catching_up=True``: the alert sensor holds both during the
+start-up grace period; a stalled job stops committing and is alerted.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ LAG_CHECK = "stream_lag"
 DLQ_CHECK = "dead_letter_rate"
 REJECT_CHECK = "reject_rate"
 STREAM_CHECK_KEYS = [dg.AssetCheckKey(RAW, n) for n in (LAG_CHECK, DLQ_CHECK, REJECT_CHECK)]
+
+#: A job that committed within this many seconds is making progress ("catching up"): during the
+#: start-up grace its lag (the backlog of a fresh start) is not alerted.
+CATCHING_UP_COMMIT_AGE_S = 60.0
 
 WARN = dg.AssetCheckSeverity.WARN
 ERROR = dg.AssetCheckSeverity.ERROR
@@ -75,6 +80,8 @@ def lag_outcome(report: lagmod.LagReport, settings: MonitoringSettings, now: flo
             True, f"Stream lag {report.seconds:.0f} s ({report.total} records).", metadata
         )
     limit = settings.lag_error_seconds if severity == ERROR else settings.lag_warn_seconds
+    if 0 <= metadata["last_commit_age_seconds"] < CATCHING_UP_COMMIT_AGE_S:
+        metadata["catching_up"] = True  # lagging but committing: a backlog, not a stall
     text = (
         f"Stream lag {report.seconds:.0f} s > {limit:g} s: {behind}; the Spark streaming job is"
         f" stalled or too slow (last commit {metadata['last_commit_age_seconds']:.0f} s ago)."

@@ -26,7 +26,8 @@ Pacing (no storms): a check that changed state again within ``MARKETFLOW_ALERT_C
 (60) of its last alert is held until the cooldown ends (a flap that settles back says nothing);
 at most :data:`MAX_ALERTS_PER_TICK` messages per tick, the rest summed up in one; and during the
 first ``MARKETFLOW_ALERT_STARTUP_GRACE_SECONDS`` (600) after the code location loaded (a fresh
-``marketflow up``), failures that only mean "no data yet" (metadata ``no_data``) are held.
+``marketflow up``), failures that only mean "no data yet" (metadata ``no_data``) or a streaming
+job still catching up on its start-up backlog (``catching_up``) are held.
 
 Every alert leaves through :func:`emit_alert` (log line + webhook), the one place to add sinks.
 """
@@ -150,11 +151,17 @@ def check_state(instance: dg.DagsterInstance, record) -> tuple[str | None, str]:
     return EXECUTION_FAILED, f"The check raised: {_root_message(error) if error else 'an error'}"
 
 
+#: Metadata flags of failures that are expected while a fresh pipeline starts: no data yet, or a
+#: streaming job still working through its start-up backlog.
+STARTUP_FLAGS = ("no_data", "catching_up")
+
+
 def _no_data(record) -> bool:
-    """True when the check's latest evaluation failed only for lack of data (``no_data``)."""
+    """True when the check's latest evaluation failed only for lack of data or start-up
+    backlog (:data:`STARTUP_FLAGS` in its metadata)."""
     evaluation = getattr(record, "evaluation", None)
-    flag = (evaluation.metadata or {}).get("no_data") if evaluation is not None else None
-    return bool(getattr(flag, "value", flag))
+    metadata = (evaluation.metadata or {}) if evaluation is not None else {}
+    return any(bool(getattr(metadata.get(f), "value", metadata.get(f))) for f in STARTUP_FLAGS)
 
 
 def check_alerts(

@@ -49,6 +49,11 @@ def test_lag_outcome_thresholds():
     warn = outcome(61.0)
     assert not warn.passed and warn.severity == dg.AssetCheckSeverity.WARN
     assert "lag" in warn.description.lower()
+    assert warn.metadata["catching_up"] is True  # committed 10 s ago: a backlog, not a stall
+    stalled = stream.lag_outcome(
+        lag.LagReport({0: 5}, 90.0, lag.Committed(3, {0: 10}, 900.0)), SETTINGS, now=1000.0
+    )
+    assert "catching_up" not in stalled.metadata
     error = outcome(181.0)
     assert error.severity == dg.AssetCheckSeverity.ERROR
     assert error.metadata["lag_seconds"] == 181.0 and error.metadata["lag_records"] == 5
