@@ -117,7 +117,7 @@ def test_poison_reject_then_sigstop_lag_alert_and_recovery(job):
         produce(kafka.bootstrap, kafka.topic, 0, poison=True)
         wait_for(
             lambda: sample(scrape(url), "marketflow_stream_rows_total", result="written") == 5,
-            timeout=180,
+            timeout=420,  # a cold Spark start on a busy 2-core machine takes minutes
             what="the first batch in the job's metrics",
         )
         metrics = scrape(url)
