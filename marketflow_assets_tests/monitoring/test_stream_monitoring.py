@@ -61,8 +61,9 @@ class Monitor:
         self.settings = dataclasses.replace(
             load_monitoring_settings({}),
             lag_warn_seconds=4.0,
-            lag_error_seconds=60.0,
+            lag_error_seconds=600.0,
             alert_cooldown_seconds=0.0,
+            startup_grace_seconds=0.0,  # not a fresh up: a stall alerts at once
         )
         self.history: list = []
         self.cursor = None
