@@ -183,3 +183,12 @@ def load_monitoring_settings(env: dict[str, str] | None = None) -> MonitoringSet
             raise ConfigError(f"the {kind} ERROR threshold must be >= its WARN threshold")
     url = (env.get("MARKETFLOW_ALERT_WEBHOOK_URL") or "").strip() or None
     return MonitoringSettings(**values, alert_webhook_url=url)
+
+
+def load_pipeline_settings(env: dict[str, str] | None = None) -> Settings:
+    """:class:`Settings` without the CoinGecko part (which is validated only where it is used):
+    what the Dagster code location needs, so a bad CoinGecko variable cannot break its load."""
+    if env is None:
+        load_dotenv_once()
+        env = dict(os.environ)
+    return load_settings({k: v for k, v in env.items() if not k.startswith("COINGECKO_")})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from marketflow_assets.settings import DLQ_SUFFIX, load_settings
+from marketflow_assets.settings import DLQ_SUFFIX, load_pipeline_settings
 
 
 class KafkaTopicResource(dg.ConfigurableResource):
@@ -27,7 +27,7 @@ class KafkaTopicResource(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls) -> KafkaTopicResource:
-        settings = load_settings()
+        settings = load_pipeline_settings()
         return cls(
             bootstrap=settings.kafka_bootstrap or "",
             topic=settings.kafka_topic,
