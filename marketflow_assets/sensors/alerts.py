@@ -41,9 +41,12 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 import requests
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
-from marketflow_assets.settings import MonitoringSettings, load_monitoring_settings
+from marketflow_assets.settings import (
+    MonitoringSettings,
+    load_check_settings,
+    load_monitoring_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,10 @@ RUN_OK = "SUCCESS"
 RUN_FAILED = "FAILURE"
 _FINISHED_RUN = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
 _CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"
+# ``status`` values of the check execution records ``DagsterInstance`` returns. Dagster exports
+# no public name for their enum, so they are compared by value.
+_SUCCEEDED = "SUCCEEDED"
+_FAILED = "FAILED"
 
 
 @dataclass(frozen=True)
@@ -131,9 +138,10 @@ def emit_alert(alert: Alert, webhook_url: str | None) -> bool:
 # ------------------------------------------------------------------------------------------
 def check_state(instance: dg.DagsterInstance, record) -> tuple[str | None, str]:
     """(state, detail) of a check's latest execution; state None while it is in progress."""
-    if record.status == AssetCheckExecutionRecordStatus.SUCCEEDED:
+    status = record.status.value
+    if status == _SUCCEEDED:
         return PASSED, record.evaluation.description or ""
-    if record.status == AssetCheckExecutionRecordStatus.FAILED:
+    if status == _FAILED:
         evaluation = record.evaluation
         return evaluation.severity.value, evaluation.description or ""
     # PLANNED: still running, or its run ended without an evaluation: either the check's own
@@ -183,7 +191,11 @@ def check_alerts(
     alerted by a later tick if they persist."""
     now = time.time() if now is None else now
     last_alert = {} if last_alert is None else last_alert
-    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    records = {}
+    for key in check_keys:
+        record = instance.get_latest_asset_check_evaluation_record(key)
+        if record is not None:
+            records[key] = record
     alerts = []
     for key in sorted(records, key=lambda k: k.to_user_string()):
         state, detail = check_state(instance, records[key])
@@ -383,9 +395,6 @@ def evaluate_alerts(
     ),
 )
 def marketflow_alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-    # imported here: the checks package imports this module (no import cycle for the ingest)
-    from marketflow_assets.checks.common import load_check_settings
-
     check_keys = list(context.repository_def.asset_graph.asset_check_keys)
     settings = load_check_settings()
     alerts, cursor = evaluate_alerts(
