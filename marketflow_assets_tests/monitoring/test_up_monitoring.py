@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,9 +36,17 @@ def _spark_job_pid(up_pid: int) -> int:
     raise AssertionError("the Spark streaming job is not running under marketflow up")
 
 
+@pytest.fixture
+def data_root():
+    """A data dir outside pytest's basetemp: another pytest session starting meanwhile resets
+    /tmp/pytest-of-<user> to 0700, which locks out the embedded PostgreSQL's own OS user."""
+    with tempfile.TemporaryDirectory(prefix="marketflow-up-monitoring-") as path:
+        yield Path(path)
+
+
 @pytest.mark.timeout(900)
-def test_up_alerts_on_a_stalled_spark_job_and_on_its_recovery(tmp_path):
-    log_path = tmp_path / "up.log"
+def test_up_alerts_on_a_stalled_spark_job_and_on_its_recovery(data_root):
+    log_path = data_root / "up.log"
     with WebhookReceiver() as hook, open(log_path, "w") as log:
         env = {
             k: v
@@ -45,7 +54,7 @@ def test_up_alerts_on_a_stalled_spark_job_and_on_its_recovery(tmp_path):
             if not k.startswith(("MARKETFLOW_", "COINGECKO_", "DAGSTER_"))
         }
         env.update(
-            MARKETFLOW_DATA_DIR=str(tmp_path / "data"),
+            MARKETFLOW_DATA_DIR=str(data_root / "data"),
             MARKETFLOW_ALERT_WEBHOOK_URL=hook.url,
             MARKETFLOW_LAG_WARN_SECONDS="30",
             PYTHONUNBUFFERED="1",
@@ -116,9 +125,13 @@ def test_up_alerts_on_a_stalled_spark_job_and_on_its_recovery(tmp_path):
             proc.send_signal(signal.SIGINT)
             assert proc.wait(120) == 0
         finally:
-            if proc.poll() is None:
+            if proc.poll() is None:  # a failed assertion: resume the job, stop up cleanly
                 for child in psutil.Process(proc.pid).children(recursive=True):
                     child.send_signal(signal.SIGCONT)
-                proc.kill()
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             print("alerts:", *hook.texts, sep="\n  ")
             print(log_path.read_text()[-3000:])
