@@ -23,9 +23,15 @@ from marketflow_assets.assets import ASSETS
 from marketflow_assets.assets.forecasts import FORECAST_ASSETS
 from marketflow_assets.checks import ASSET_CHECKS
 from marketflow_assets.checks.forecasts import FORECAST_CHECKS
+from marketflow_assets.checks.stream import STREAM_CHECKS
 from marketflow_assets.jobs import JOBS
 from marketflow_assets.maintenance import MAINTENANCE_JOBS, MAINTENANCE_SCHEDULES
-from marketflow_assets.resources import PostgresResource, RawDataResource, SparkResource
+from marketflow_assets.resources import (
+    KafkaTopicResource,
+    PostgresResource,
+    RawDataResource,
+    SparkResource,
+)
 from marketflow_assets.schedules.forecasts import forecast_retrain_schedule
 from marketflow_assets.schedules.indicators import recent_indicators_schedule
 from marketflow_assets.schema import (
@@ -44,6 +50,7 @@ from marketflow_assets.sensors.forecasts import (
 )
 from marketflow_assets.sensors.freshness import monitoring_checks_sensor
 from marketflow_assets.sensors.raw_prices import raw_prices_observation_sensor
+from marketflow_assets.sensors.stream_health import stream_health_sensor
 from marketflow_assets.settings import load_check_settings
 
 SENSORS = [
@@ -53,6 +60,7 @@ SENSORS = [
     marketflow_alert_sensor,
     forecasts_follow_indicators,
     forecast_retrain_on_degradation,
+    stream_health_sensor,
 ]
 SCHEDULES = [recent_indicators_schedule, forecast_retrain_schedule, *MAINTENANCE_SCHEDULES]
 #: Assets that follow every poll: freshness thresholds of the data checks.
@@ -91,6 +99,7 @@ def build_resources(postgres_url: str | None = None, data_dir: str | None = None
         "postgres": PostgresResource(url=postgres_url),
         "raw_data": RawDataResource(data_dir=data_dir),
         "pyspark": SparkResource(),
+        "kafka": KafkaTopicResource(),
     }
 
 
@@ -109,7 +118,7 @@ def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
 
 defs = dg.Definitions(
     assets=with_freshness([*ASSETS, *FORECAST_ASSETS], freshness_policy()),
-    asset_checks=[*ASSET_CHECKS, *FORECAST_CHECKS],
+    asset_checks=[*ASSET_CHECKS, *STREAM_CHECKS, *FORECAST_CHECKS],
     jobs=[*JOBS, *MAINTENANCE_JOBS],
     sensors=SENSORS,
     schedules=SCHEDULES,

@@ -73,6 +73,20 @@ def check_result_rows(evaluations: Iterable[Any], evaluated_at: datetime) -> lis
     return rows
 
 
+def database_url(postgres: Any = None) -> str | None:
+    """The URL a ``PostgresResource`` resolves to (configured, else the embedded server), or None
+    with a log line when it cannot be had: recording history never stops monitoring."""
+    try:
+        if postgres is None:
+            from marketflow_assets.resources.postgres import PostgresResource
+
+            postgres = PostgresResource()
+        return postgres.resolved_url()
+    except Exception as exc:  # noqa: BLE001 - history is best effort
+        log.warning("history not recorded: %s", " ".join(str(exc).split())[:300])
+        return None
+
+
 def _insert(postgres_url: str | None, table: str, sql: str, rows: list[tuple]) -> int:
     if not rows or not postgres_url:
         return 0

@@ -281,3 +281,74 @@ def child_environment(
 def launched_by_spark_submit() -> bool:
     """True in a driver started by ``spark-submit`` (its master is then spark-submit's)."""
     return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Monitoring: stream lag / dead-letter / reject thresholds and alert pacing (README: Monitoring)
+# ------------------------------------------------------------------------------------------------
+MONITORING_DEFAULTS = {
+    # variable: (field, default)
+    "MARKETFLOW_LAG_WARN_SECONDS": ("lag_warn_seconds", 60.0),
+    "MARKETFLOW_LAG_ERROR_SECONDS": ("lag_error_seconds", 180.0),
+    "MARKETFLOW_DLQ_RATE_WARN": ("dlq_rate_warn", 0.05),
+    "MARKETFLOW_DLQ_RATE_ERROR": ("dlq_rate_error", 0.25),
+    "MARKETFLOW_REJECT_RATE_WARN": ("reject_rate_warn", 0.01),
+    "MARKETFLOW_REJECT_RATE_ERROR": ("reject_rate_error", 0.10),
+    "MARKETFLOW_RATE_WINDOW_SECONDS": ("rate_window_seconds", 600.0),
+    "MARKETFLOW_ALERT_COOLDOWN_SECONDS": ("alert_cooldown_seconds", 60.0),
+    "MARKETFLOW_ALERT_STARTUP_GRACE_SECONDS": ("startup_grace_seconds", 600.0),
+}
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """Thresholds of the stream checks and the pacing of alerts (WARN <= ERROR each)."""
+
+    lag_warn_seconds: float = 60.0
+    lag_error_seconds: float = 180.0
+    dlq_rate_warn: float = 0.05
+    dlq_rate_error: float = 0.25
+    reject_rate_warn: float = 0.01
+    reject_rate_error: float = 0.10
+    rate_window_seconds: float = 600.0
+    #: a check or job that changed state is alerted at most once per cooldown (flaps are held)
+    alert_cooldown_seconds: float = 60.0
+    #: "no data yet" failures are not alerted this long after the code location loaded
+    startup_grace_seconds: float = 600.0
+    alert_webhook_url: str | None = field(default=None, repr=False)
+
+
+def load_monitoring_settings(env: dict[str, str] | None = None) -> MonitoringSettings:
+    """Build :class:`MonitoringSettings` from ``env`` (default: ``os.environ`` + ``.env``)."""
+    if env is None:
+        load_dotenv_once()
+        env = dict(os.environ)
+    values: dict[str, float] = {}
+    for name, (attr, default) in MONITORING_DEFAULTS.items():
+        raw = (env.get(name) or "").strip()
+        try:
+            value = float(raw) if raw else default
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if not value >= 0 or value == float("inf"):
+            raise ConfigError(f"{name}={raw!r} must be a number >= 0")
+        values[attr] = value
+    for kind in ("lag", "dlq_rate", "reject_rate"):
+        warn_key, error_key = (
+            ("lag_warn_seconds", "lag_error_seconds")
+            if kind == "lag"
+            else (f"{kind}_warn", f"{kind}_error")
+        )
+        if values[error_key] < values[warn_key]:
+            raise ConfigError(f"the {kind} ERROR threshold must be >= its WARN threshold")
+    url = (env.get("MARKETFLOW_ALERT_WEBHOOK_URL") or "").strip() or None
+    return MonitoringSettings(**values, alert_webhook_url=url)
+
+
+def load_pipeline_settings(env: dict[str, str] | None = None) -> Settings:
+    """:class:`Settings` without the CoinGecko part (which is validated only where it is used):
+    what the Dagster code location needs, so a bad CoinGecko variable cannot break its load."""
+    if env is None:
+        load_dotenv_once()
+        env = dict(os.environ)
+    return load_settings({k: v for k, v in env.items() if not k.startswith("COINGECKO_")})

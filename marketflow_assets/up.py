@@ -22,7 +22,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from marketflow_assets.services import die_with_parent, running_services
+from marketflow_assets.services import die_with_parent, free_port, running_services
 from marketflow_assets.settings import ConfigError, Settings, child_environment
 from marketflow_assets.spark_connect import SPARK_REMOTE_ENV, EmbeddedSparkConnect
 
@@ -113,6 +113,14 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
         ingest += ["--replay-file", args.replay_file, "--speed", str(args.speed)]
     spark = [sys.executable, str(SPARK_JOB), "--master", args.spark_master]
     spark += ["--trigger-seconds", "10"]
+    metrics = {"ingest": free_port(), "spark": free_port()}  # Prometheus, on 127.0.0.1
+    ingest += ["--metrics-port", str(metrics["ingest"])]
+    spark += ["--metrics-port", str(metrics["spark"])]
+    logger.info(
+        "metrics: ingest http://127.0.0.1:%d/metrics, spark http://127.0.0.1:%d/metrics",
+        metrics["ingest"],
+        metrics["spark"],
+    )
     dagster = [
         str(Path(sys.executable).with_name("dagster")),
         "dev",

@@ -57,6 +57,7 @@ SENSORS = {
     "marketflow_alert_sensor",
     "forecasts_follow_indicators",
     "forecast_retrain_on_degradation",
+    "stream_health_sensor",
 }
 VALUES = ("change_1min", "change_5min", "sma_5min", "ema_3min", "volatility_5min")
 
@@ -79,7 +80,10 @@ def test_definitions_hold_everything():
     assert JOBS <= {job.name for job in repo.get_all_jobs()}
     assert {s.name for s in repo.sensor_defs} == SENSORS
     assert {s.name for s in repo.schedule_defs} == SCHEDULES
-    assert {"postgres", "raw_data", "pyspark"} <= set(repo.get_top_level_resources())
+    assert {"postgres", "raw_data", "pyspark", "kafka"} <= set(repo.get_top_level_resources())
+    assert {"raw_prices:stream_lag", "raw_prices:dead_letter_rate", "raw_prices:reject_rate"} <= (
+        checks
+    )
 
 
 def test_native_freshness_code_versions_metadata_and_retries():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -47,7 +48,9 @@ def _fake_refresh_job():
 
 def test_purge_keeps_the_latest_success_per_partition(tmp_path):
     job = _fake_refresh_job()
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+    # local_temp, not instance_for_test(): the latter's exit leaves Dagster's defs-state storage
+    # pointing at the disposed instance, which breaks later Definitions loads in this process
+    with contextlib.nullcontext(dg.DagsterInstance.local_temp(str(tmp_path))) as instance:
 
         def run(key: str, fail: bool = False) -> str:
             result = job.execute_in_process(
@@ -77,7 +80,7 @@ def test_purge_keeps_the_latest_success_per_partition(tmp_path):
 
 
 def test_purge_job_runs_through_dagster(tmp_path):
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+    with contextlib.nullcontext(dg.DagsterInstance.local_temp(str(tmp_path))) as instance:
         result = maintenance.purge_old_runs_job.execute_in_process(instance=instance)
         assert result.success
         schedule = defs.get_schedule_def("purge_old_runs_schedule")

@@ -38,6 +38,7 @@ import time
 import uuid
 from pathlib import Path
 
+from marketflow_assets.monitoring.lag import batch_end_offsets
 from marketflow_assets.raw_dataset import (
     day_files,
     streaming_file_name,
@@ -168,12 +169,15 @@ class RawPricesSink:
     ``commits/<batch>.json`` (batch fully written, with its metrics) and ``staging/``.
     """
 
-    def __init__(self, raw_dir: Path, rejects_dir: Path, checkpoint: Path, lag_probe=None):
+    def __init__(
+        self, raw_dir: Path, rejects_dir: Path, checkpoint: Path, lag_probe=None, on_commit=None
+    ):
         self.raw_dir = Path(raw_dir)
         self.rejects_dir = Path(rejects_dir)
         self.checkpoint = Path(checkpoint)
         self.state = self.checkpoint / SINK_STATE
         self.lag_probe = lag_probe  # callable(batch_id) -> int | None
+        self.on_commit = on_commit  # callable(metrics dict) after each commit (Prometheus)
         for d in (self.raw_dir, self.rejects_dir, self.state / "pending", self.state / "commits"):
             d.mkdir(parents=True, exist_ok=True)
         id_file = self.state / "sink_id"
@@ -325,12 +329,16 @@ class RawPricesSink:
                 Path(dst).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, dst)
         metrics["lag"] = self.lag_probe(batch_id) if self.lag_probe else None
+        if ranges:  # newest poll ts of the batch (Unix s): end-to-end latency
+            metrics["ts_max"] = max(hi for _lo, hi in ranges.values()) / 1e6
         metrics["duration_s"] = round(time.monotonic() - started, 3)
         _write_json_atomic(commit, metrics)
         pending.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         self._prune(batch_id)
         logger.info("micro-batch %s", json.dumps(metrics, sort_keys=True))
+        if self.on_commit is not None:
+            self.on_commit(metrics)
         return metrics
 
 
@@ -346,16 +354,6 @@ def jvm_kafka_available(spark) -> bool:
         return True
     except Exception:
         return False
-
-
-def batch_end_offsets(checkpoint: Path, batch_id: int) -> dict | None:
-    """End offsets of ``batch_id`` from Spark's offset log (``{topic: {partition: offset}}``)."""
-    path = checkpoint / "offsets" / str(batch_id)
-    try:
-        lines = path.read_text().splitlines()
-        return json.loads(lines[2])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def make_lag_probe(bootstrap: str, topic: str, checkpoint: Path):
@@ -377,6 +375,54 @@ def make_lag_probe(bootstrap: str, topic: str, checkpoint: Path):
         return sum(max(0, e - done.get(p, 0)) for p, e in latest.items())
 
     return lag
+
+
+class StreamMonitor:
+    """Prometheus metrics of the job (``--metrics-port``): batch counters from the sink's
+    commits, lag gauges refreshed every ``LAG_EVERY_S`` from the checkpoint and the broker
+    (:func:`marketflow_assets.monitoring.lag.measure_lag`, the same as the Dagster check)."""
+
+    LAG_EVERY_S = 5.0
+
+    def __init__(self, bootstrap, topic, checkpoint: Path, port: int | None, trigger_s: float):
+        self.metrics = self.probe = None
+        self.checkpoint = checkpoint
+        self.next_lag = 0.0
+        if port is None:
+            return
+        from marketflow_assets.monitoring.lag import make_probe
+        from marketflow_assets.monitoring.metrics import StreamMetrics, metrics_url, serve
+
+        self.metrics = StreamMetrics()
+        self.metrics.trigger_seconds.set(trigger_s)
+        try:
+            bound = serve(self.metrics.registry, port)
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-port {port}: cannot listen on 127.0.0.1 ({exc})"
+            ) from None
+        self.probe = make_probe(bootstrap, topic, client_id="marketflow-spark-metrics")
+        logger.info("streaming metrics on %s", metrics_url(bound))
+
+    def batch_committed(self, batch: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.batch_committed(batch, time.time())
+            self.next_lag = 0.0  # refresh the lag right after a commit
+
+    def tick(self) -> None:
+        if self.metrics is None or time.monotonic() < self.next_lag:
+            return
+        self.next_lag = time.monotonic() + self.LAG_EVERY_S
+        from marketflow_assets.monitoring.lag import measure_lag
+
+        try:
+            self.metrics.lag(measure_lag(self.checkpoint, self.probe))
+        except Exception as exc:  # noqa: BLE001 - lag is informative; the broker may be away
+            logger.debug("lag measurement failed: %s", exc)
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -411,6 +457,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "kafka", "python"),
         default="auto",
         help="Spark's JVM kafka connector, the Python source, or auto-detect",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0 = a free port)",
     )
     parser.add_argument(
         "--max-offsets-per-trigger",
@@ -460,6 +512,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--trigger-seconds must be > 0")
     if args.max_offsets_per_trigger is not None and args.max_offsets_per_trigger <= 0:
         raise ConfigError("--max-offsets-per-trigger must be > 0")
+    metrics_port = getattr(args, "metrics_port", None)
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port must be 0..65535, got {metrics_port}")
     checkpoint = settings.checkpoint_dir / "raw_prices" / topic
     checkpoint.mkdir(parents=True, exist_ok=True)
     lock_file = open(checkpoint.parent / f".{topic}.lock", "w")  # noqa: SIM115 - held until exit
@@ -471,6 +526,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ) from None
 
     _check_broker(bootstrap, topic)
+    monitor = StreamMonitor(bootstrap, topic, checkpoint, metrics_port, args.trigger_seconds)
 
     from marketflow_assets.spark import get_spark
     from spark_streaming.kafka_source import FORMAT_NAME, KafkaDataSource
@@ -502,6 +558,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings.rejects_dir,
         checkpoint,
         lag_probe=make_lag_probe(bootstrap, topic, checkpoint),
+        on_commit=monitor.batch_committed,
     )
     writer = (
         stream.writeStream.queryName(QUERY_NAME)
@@ -533,6 +590,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, _request_stop)
     try:
         while not query.awaitTermination(1):  # raises StreamingQueryException if the query fails
+            monitor.tick()
             if stop_requested:
                 logger.info("%s received; stopping %s", stop_requested[0], QUERY_NAME)
                 query.stop()
@@ -542,6 +600,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise
         # Ctrl-C in a terminal also reaches the JVM, which may already be gone: that is a stop.
         logger.info("Spark shut down while stopping")
+    finally:
+        monitor.close()
     logger.info("%s stopped", QUERY_NAME)
     return 0
 

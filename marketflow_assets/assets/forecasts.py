@@ -204,7 +204,7 @@ def served_outcomes(
     return frame
 
 
-def artifact_path(data_dir: str, horizon_s: int) -> Path:
+def artifact_path(data_dir: str | Path, horizon_s: int) -> Path:
     return Path(data_dir).expanduser().absolute() / "models" / f"forecast_model_h{horizon_s}.pkl"
 
 
@@ -368,7 +368,7 @@ def forecast_model(
         seed=config.seed,
     )
     fit_s = time.perf_counter() - t0
-    path = artifact_path(raw_data.data_dir, config.horizon_s)
+    path = artifact_path(raw_data.root, config.horizon_s)
     save_artifact(artifact, path)
     context.log.info(f"forecast model {artifact.model} ({artifact.train_rows} rows) -> {path}")
     return dg.MaterializeResult(
@@ -405,7 +405,7 @@ def price_forecasts(
     Served by the stored `forecast_model` (the promoted model, or naive). Cheap: reads only the
     last hour of indicators, so it runs after every indicator refresh.
     """
-    path = artifact_path(raw_data.data_dir, config.horizon_s)
+    path = artifact_path(raw_data.root, config.horizon_s)
     artifact = load_artifact(path)
     if artifact is None:
         raise dg.Failure(

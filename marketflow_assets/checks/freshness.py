@@ -64,7 +64,7 @@ def freshness_outcome(
         "evaluated_at": now.isoformat(),
     }
     if newest is None:
-        return Outcome(False, f"No data yet ({source} is empty).", thresholds)
+        return Outcome(False, f"No data yet ({source} is empty).", {**thresholds, "no_data": True})
     age = (now - newest).total_seconds()
     metadata = {**thresholds, "newest": newest.isoformat(), "age_seconds": round(age, 3)}
     if age > settings.freshness_error_seconds:

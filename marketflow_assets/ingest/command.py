@@ -81,6 +81,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-polls", type=int, default=None, help="stop after this many polls (default: no limit)"
     )
+    parser.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=30.0,
+        help="seconds the broker has to acknowledge a poll before it counts as failed (30)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0 = a free port)",
+    )
 
 
 def _check_args(args: argparse.Namespace, settings: Settings) -> None:
@@ -97,6 +109,10 @@ def _check_args(args: argparse.Namespace, settings: Settings) -> None:
         raise ConfigError(f"--speed must be 0 or more, got {args.speed:g}")
     if args.partitions < 1:
         raise ConfigError(f"--partitions must be at least 1, got {args.partitions}")
+    if getattr(args, "delivery_timeout", 30.0) <= 0:
+        raise ConfigError("--delivery-timeout must be positive")
+    if getattr(args, "metrics_port", None) is not None and not 0 <= args.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port must be 0..65535, got {args.metrics_port}")
     if args.max_polls is not None and args.max_polls < 1:
         raise ConfigError(f"--max-polls must be at least 1, got {args.max_polls}")
     if args.source == "replay":
@@ -142,6 +158,29 @@ def _make_source(args: argparse.Namespace, settings: Settings, recorder: ReplayR
     )
 
 
+def _monitoring(args: argparse.Namespace):
+    """Prometheus metrics (served when ``--metrics-port`` is given) and poll-failure alerts."""
+    from marketflow_assets.monitoring.ingest_health import PollAlerts, emit_to_alert_path
+    from marketflow_assets.monitoring.metrics import IngestMetrics, metrics_url, serve
+    from marketflow_assets.settings import load_monitoring_settings
+
+    metrics = IngestMetrics()
+    port = getattr(args, "metrics_port", None)
+    if port is not None:
+        try:
+            bound = serve(metrics.registry, port)
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-port {port}: cannot listen on 127.0.0.1 ({exc})"
+            ) from None
+        log.info("ingest metrics on %s", metrics_url(bound))
+    pacing = load_monitoring_settings()
+    alerts = PollAlerts(
+        emit_to_alert_path(pacing.alert_webhook_url), cooldown=pacing.alert_cooldown_seconds
+    )
+    return metrics, alerts
+
+
 @contextmanager
 def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """SIGINT/SIGTERM set ``stop`` (the poll in hand finishes); a second SIGINT interrupts."""
@@ -171,6 +210,7 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
     stop = stop or threading.Event()
     recorder = ReplayRecorder(args.record) if args.record else None
     publisher = None
+    metrics, poll_alerts = _monitoring(args)
     try:
         source = _make_source(args, settings, recorder)
         publisher = Publisher(
@@ -178,6 +218,7 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
             settings.kafka_topic,
             settings.dlq_topic,
             partitions=args.partitions,
+            delivery_timeout_s=getattr(args, "delivery_timeout", 30.0),
         )
         publisher.ensure_topics()
         log.info(
@@ -198,6 +239,8 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                     log.error(
                         "poll %s failed and was skipped: %s", poll.ts or poll.label, poll.error
                     )
+                    metrics.poll_failed()
+                    poll_alerts.poll(False, f"the source failed: {poll.error}")
                     continue
                 started = time.monotonic()
                 validated = validate_poll(poll.records, poll.ts)
@@ -214,6 +257,22 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                 totals["unacked"] += len(result.failures)
                 for failure in result.failures[:5]:
                     log.error("poll %s: send failed: %s", poll.ts, failure)
+                metrics.poll_published(
+                    result.good_acked,
+                    result.bad_acked,
+                    len(result.failures),
+                    time.monotonic() - started,
+                    time.time(),
+                )
+                if result.failures:
+                    poll_alerts.poll(
+                        False,
+                        f"{len(result.failures)} message(s) not acknowledged by Kafka at "
+                        f"{settings.kafka_bootstrap} ({result.failures[0]})",
+                        broker=True,
+                    )
+                else:
+                    poll_alerts.poll(True)
                 updates = {m.key: m.value["last_updated"] for m in validated.good}
                 unchanged = sum(1 for k, v in updates.items() if last_updates.get(k) == v)
                 last_updates = updates

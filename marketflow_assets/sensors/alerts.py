@@ -1,6 +1,6 @@
 """``marketflow_alert_sensor``: one alert per state change of any asset check or job.
 
-Every 30 s the sensor reads, from the Dagster instance, the latest evaluation of every asset
+Every 15 s the sensor reads, from the Dagster instance, the latest evaluation of every asset
 check in the code location (whether it ran in a run or was recorded by
 ``monitoring_checks_sensor``) and the runs that finished since its last tick. It keeps the last
 known state of each check (``passed`` / ``WARN`` / ``ERROR`` / ``EXECUTION_FAILED``) and of each
@@ -19,6 +19,17 @@ freshness check hovers around its warn threshold); the default ``WARN`` alerts o
 Runs that failed only because a blocking check failed are not alerted separately (the check's
 own alert says more). Unknown previous state counts as healthy, so failures that exist when the
 sensor first starts are alerted once.
+
+Also alerted: sensor and schedule ticks that fail (any code location of the instance), and —
+from outside Dagster — failing ingest polls (:mod:`marketflow_assets.monitoring.ingest_health`).
+Pacing (no storms): a check that changed state again within ``MARKETFLOW_ALERT_COOLDOWN_SECONDS``
+(60) of its last alert is held until the cooldown ends (a flap that settles back says nothing);
+at most :data:`MAX_ALERTS_PER_TICK` messages per tick, the rest summed up in one; and during the
+first ``MARKETFLOW_ALERT_STARTUP_GRACE_SECONDS`` (600) after the code location loaded (a fresh
+``marketflow up``), failures that only mean "no data yet" (metadata ``no_data``) or a streaming
+job still catching up on its start-up backlog (``catching_up``) are held.
+
+Every alert leaves through :func:`emit_alert` (log line + webhook), the one place to add sinks.
 """
 
 import json
@@ -31,17 +42,24 @@ from urllib.parse import urlsplit
 import dagster as dg
 import requests
 
-from marketflow_assets.checks.common import load_check_settings
-from marketflow_assets.history import record_alerts
+from marketflow_assets.history import database_url, record_alerts
+from marketflow_assets.settings import (
+    MonitoringSettings,
+    load_check_settings,
+    load_monitoring_settings,
+)
 
 log = logging.getLogger(__name__)
 
-SENSOR_INTERVAL_SECONDS = 30
+SENSOR_INTERVAL_SECONDS = 15
 #: On its first tick the sensor looks at runs that finished this long ago at most.
 FIRST_TICK_LOOKBACK = timedelta(minutes=15)
 WEBHOOK_ATTEMPTS = 3
 WEBHOOK_BACKOFF_SECONDS = 0.5
 WEBHOOK_TIMEOUT_SECONDS = 5.0
+MAX_ALERTS_PER_TICK = 10
+#: When this code location was loaded (``marketflow up`` starts it): the start-up grace origin.
+LOADED_AT = time.time()
 
 PASSED = "passed"
 EXECUTION_FAILED = "EXECUTION_FAILED"
@@ -107,6 +125,15 @@ def post_webhook(
     return False
 
 
+def emit_alert(alert: Alert, webhook_url: str | None) -> bool:
+    """The one place an alert leaves Marketflow: a log line (WARNING for failures, INFO for
+    recoveries), then the webhook when configured. True when delivered (or nothing to post)."""
+    (log.warning if alert.is_failure else log.info)("ALERT %s", alert.text)
+    if webhook_url:
+        return post_webhook(webhook_url, alert.text)
+    return True
+
+
 # ------------------------------------------------------------------------------------------
 # State of checks and runs
 # ------------------------------------------------------------------------------------------
@@ -133,14 +160,38 @@ def check_state(instance: dg.DagsterInstance, record) -> tuple[str | None, str]:
     return EXECUTION_FAILED, f"The check raised: {_root_message(error) if error else 'an error'}"
 
 
+#: Metadata flags of failures that are expected while a fresh pipeline starts: no data yet, or a
+#: streaming job still working through its start-up backlog.
+STARTUP_FLAGS = ("no_data", "catching_up")
+
+
+def _no_data(record) -> bool:
+    """True when the check's latest evaluation failed only for lack of data or start-up
+    backlog (:data:`STARTUP_FLAGS` in its metadata)."""
+    evaluation = getattr(record, "evaluation", None)
+    metadata = (evaluation.metadata or {}) if evaluation is not None else {}
+    return any(bool(getattr(metadata.get(f), "value", metadata.get(f))) for f in STARTUP_FLAGS)
+
+
 def check_alerts(
     instance: dg.DagsterInstance,
     check_keys: list[dg.AssetCheckKey],
     known: dict[str, str],
     min_severity: str = "WARN",
+    *,
+    now: float | None = None,
+    last_alert: dict[str, float] | None = None,
+    cooldown: float = 0.0,
+    grace_until: float = 0.0,
 ) -> list[Alert]:
     """Alerts for checks whose state differs from ``known`` (updated in place). With
-    ``min_severity="ERROR"`` a check in WARN counts as passed (no alert either way)."""
+    ``min_severity="ERROR"`` a check in WARN counts as passed (no alert either way).
+
+    A change within ``cooldown`` seconds of the check's previous alert (``last_alert``, updated
+    in place) is held, as is a "no data yet" failure before ``grace_until``; held changes are
+    alerted by a later tick if they persist."""
+    now = time.time() if now is None else now
+    last_alert = {} if last_alert is None else last_alert
     records = {}
     for key in check_keys:
         record = instance.get_latest_asset_check_evaluation_record(key)
@@ -155,7 +206,12 @@ def check_alerts(
         previous = known.get(name, PASSED)
         if state is None or state == previous:
             continue
+        if state != PASSED and now < grace_until and _no_data(records[key]):
+            continue  # start-up grace: nothing has arrived yet, say so only if it persists
+        if now - last_alert.get(name, float("-inf")) < cooldown:
+            continue  # flapping: held until the cooldown ends
         known[name] = state
+        last_alert[name] = now
         where = f" (run {records[key].run_id[:8]})" if records[key].run_id else ""
         if state == PASSED:
             text = f"RESOLVED: Marketflow check {name} passes again{where}. {detail}"
@@ -237,6 +293,45 @@ def run_alerts(
     return alerts, newest
 
 
+def tick_alerts(instance: dg.DagsterInstance, known: dict[str, str]) -> list[Alert]:
+    """Alerts for sensors and schedules whose latest tick failed / works again."""
+    alerts = []
+    if instance.schedule_storage is None:  # an ephemeral instance keeps no ticks
+        return alerts
+    for st in instance.all_instigator_state():
+        ticks = instance.get_ticks(st.instigator_origin_id, st.selector_id, limit=1)
+        if not ticks or ticks[0].status.value not in ("SUCCESS", "SKIPPED", "FAILURE"):
+            continue
+        tick = ticks[0]
+        key = f"{st.instigator_type.value.lower()}:{st.instigator_name}"
+        state = RUN_FAILED if tick.status.value == "FAILURE" else RUN_OK
+        previous = known.get(key, RUN_OK)
+        if state == previous:
+            continue
+        known[key] = state
+        if state == RUN_OK:
+            text = f"RESOLVED: Marketflow {key} ticks succeed again."
+        else:
+            error = _root_message(tick.error) if tick.error else "no error recorded"
+            text = f"FAILURE: Marketflow {key} tick failed: {error}"
+        alerts.append(Alert(key, previous, state, text))
+    return alerts
+
+
+def cap_alerts(alerts: list[Alert], limit: int = MAX_ALERTS_PER_TICK) -> list[Alert]:
+    """At most ``limit`` messages: beyond that, one summary instead of the rest (no storm)."""
+    if len(alerts) <= limit:
+        return alerts
+    rest = alerts[limit - 1 :]
+    failing = sum(1 for a in rest if a.is_failure)
+    text = (
+        f"ERROR: Marketflow: {len(rest)} more state changes in this tick ({failing} failures,"
+        f" {len(rest) - failing} recoveries): {', '.join(a.key for a in rest[:20])}"
+        " — see the Dagster UI."
+    )
+    return [*alerts[: limit - 1], Alert("summary", PASSED, "ERROR", text)]
+
+
 # ------------------------------------------------------------------------------------------
 # Sensor
 # ------------------------------------------------------------------------------------------
@@ -244,6 +339,8 @@ def load_cursor(raw: str | None) -> dict:
     state = json.loads(raw) if raw else {}
     state.setdefault("checks", {})
     state.setdefault("runs", {})
+    state.setdefault("ticks", {})
+    state.setdefault("last_alert", {})
     return state
 
 
@@ -254,23 +351,38 @@ def evaluate_alerts(
     webhook_url: str | None,
     now: datetime | None = None,
     min_severity: str = "WARN",
+    pacing: MonitoringSettings | None = None,
+    started_at: float = LOADED_AT,
 ) -> tuple[list[Alert], str]:
-    """Find state changes since ``cursor``, send one alert each; return (alerts, new cursor)."""
+    """Find state changes since ``cursor``, send one alert each; return (alerts, new cursor).
+
+    ``pacing`` gives the cooldown and the start-up grace (none when omitted)."""
     state = load_cursor(cursor)
     now = now or datetime.now(UTC)
+    cooldown = pacing.alert_cooldown_seconds if pacing else 0.0
+    grace_until = started_at + (pacing.startup_grace_seconds if pacing else 0.0)
     after = (
         datetime.fromtimestamp(state["runs_after"], UTC)
         if "runs_after" in state
         else now - FIRST_TICK_LOOKBACK
     )
-    alerts = check_alerts(instance, check_keys, state["checks"], min_severity)
+    alerts = check_alerts(
+        instance,
+        check_keys,
+        state["checks"],
+        min_severity,
+        now=now.timestamp(),
+        last_alert=state["last_alert"],
+        cooldown=cooldown,
+        grace_until=grace_until,
+    )
     more, newest = run_alerts(instance, after, state["runs"])
     alerts += more
+    alerts += tick_alerts(instance, state["ticks"])
     state["runs_after"] = newest.timestamp()
+    alerts = cap_alerts(alerts)
     for alert in alerts:
-        (log.warning if alert.is_failure else log.info)("ALERT %s", alert.text)
-        if webhook_url:
-            post_webhook(webhook_url, alert.text)
+        emit_alert(alert, webhook_url)
     return alerts, json.dumps(state, sort_keys=True)
 
 
@@ -278,9 +390,7 @@ def record_alert_history(alerts: list[Alert]) -> int:
     """Also keep the alerts in PostgreSQL (``alert_history``) for the dashboard's Pipeline page."""
     if not alerts:
         return 0
-    from marketflow_assets.settings import load_settings
-
-    return record_alerts(load_settings().postgres_url, alerts)
+    return record_alerts(database_url(), alerts)
 
 
 @dg.sensor(
@@ -301,6 +411,7 @@ def marketflow_alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
         context.cursor,
         settings.alert_webhook_url,
         min_severity=settings.alert_min_severity,
+        pacing=load_monitoring_settings(),
     )
     for alert in alerts:
         (context.log.warning if alert.is_failure else context.log.info)(alert.text)

@@ -69,7 +69,7 @@ def forecasts_follow_indicators(
         return dg.SkipReason(f"forecast run {busy} in flight; the newest snapshot follows it")
     storage_id = records[-1].storage_id
     cursor = json.dumps({"storage_id": storage_id})
-    if artifact_path(raw_data.data_dir, DEFAULT_HORIZON_S).is_file():
+    if artifact_path(raw_data.root, DEFAULT_HORIZON_S).is_file():
         request = dg.RunRequest(run_key=f"forecast-{storage_id}", job_name=price_forecasts_job.name)
     else:
         request = dg.RunRequest(
@@ -89,7 +89,7 @@ def forecasts_follow_indicators(
 def forecast_retrain_on_degradation(
     context: dg.SensorEvaluationContext, postgres: PostgresResource, raw_data: RawDataResource
 ) -> dg.RunRequest | dg.SkipReason:
-    artifact = load_artifact(artifact_path(raw_data.data_dir, DEFAULT_HORIZON_S))
+    artifact = load_artifact(artifact_path(raw_data.root, DEFAULT_HORIZON_S))
     if artifact is None or artifact.trained_until is None:
         return dg.SkipReason("no forecast model stored yet")
     scored = served_outcomes(postgres, artifact.model, artifact.horizon_s, artifact.trained_until)

@@ -15,7 +15,7 @@ import dagster as dg
 from marketflow_assets.checks import raw_prices as raw_checks
 from marketflow_assets.checks.common import Outcome, load_check_settings, utc_now
 from marketflow_assets.checks.freshness import CHECK_NAME, SOURCES, asset_freshness
-from marketflow_assets.history import record_check_evaluations
+from marketflow_assets.history import database_url, record_check_evaluations
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 
@@ -76,7 +76,7 @@ def monitoring_checks_sensor(
     context: dg.SensorEvaluationContext, postgres: PostgresResource, raw_data: RawDataResource
 ) -> dg.SensorResult:
     events = evaluate_monitoring_checks(postgres, raw_data)
-    record_check_evaluations(postgres.url, events)  # for the dashboard's Pipeline page
+    record_check_evaluations(database_url(postgres), events)  # for the dashboard's Pipeline page
     failed = [
         f"{e.asset_key.to_user_string()}:{e.check_name} ({e.severity.value})"
         for e in events

@@ -16,6 +16,14 @@ def checks_data():
     return _checks_data
 
 
+@pytest.fixture(autouse=True)
+def no_pacing(monkeypatch):
+    """Sensor tests tick in quick succession: no alert cooldown, no start-up grace (both are
+    tested apart, in ``monitoring/``)."""
+    monkeypatch.setenv("MARKETFLOW_ALERT_COOLDOWN_SECONDS", "0")
+    monkeypatch.setenv("MARKETFLOW_ALERT_STARTUP_GRACE_SECONDS", "0")
+
+
 @pytest.fixture
 def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -160,7 +162,9 @@ def test_hourly_retraining_waits_for_data(pg_clean, data_dir):
     postgres = build_resources(pg_clean, str(data_dir))["postgres"]
 
     def tick():
-        with dg.instance_for_test() as instance:
+        # not instance_for_test(): its exit leaves Dagster's defs-state storage pointing at the
+        # disposed instance, which breaks later Definitions loads in this process
+        with contextlib.nullcontext(dg.DagsterInstance.local_temp(str(data_dir))) as instance:
             context = dg.build_schedule_context(
                 instance=instance,
                 scheduled_execution_time=pd.Timestamp("2024-05-01T03:07Z").to_pydatetime(),

@@ -1,0 +1,70 @@
+"""Alerts raised by the ingest process itself: polls failing, and their recovery.
+
+A dead broker or an unreachable CoinGecko is seen first (and, when Dagster is down, only) by the
+ingest loop, so it alerts through the same :func:`~marketflow_assets.sensors.alerts.emit_alert`
+as the Dagster alert sensor. State machine, one message per state change:
+
+* a poll whose messages the broker did not acknowledge -> ``FAILURE`` at once (broker down);
+* ``source_failures_to_alert`` (2) failed fetches in a row -> ``FAILURE`` (one 429 is no news);
+* the first ok poll after an alerted failure -> ``RESOLVED``;
+* a change within ``cooldown`` seconds of the previous alert is held until a later poll.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+KEY = "ingest:polls"
+OK = "SUCCESS"
+FAILED = "FAILURE"
+
+
+class PollAlerts:
+    def __init__(
+        self,
+        emit: Callable[[str, str, str], object],
+        *,
+        cooldown: float = 60.0,
+        source_failures_to_alert: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.emit = emit  # emit(previous, state, text)
+        self.cooldown = cooldown
+        self.source_failures_to_alert = source_failures_to_alert
+        self.clock = clock
+        self.alerted = OK
+        self.last_alert = float("-inf")
+        self.failed_in_row = 0
+
+    def poll(self, ok: bool, detail: str = "", *, broker: bool = False) -> str | None:
+        """Record one poll's outcome; returns the alert text when one was sent."""
+        if ok:
+            self.failed_in_row = 0
+            state = OK
+        else:
+            self.failed_in_row += 1
+            urgent = broker or self.failed_in_row >= self.source_failures_to_alert
+            state = FAILED if urgent else self.alerted
+        if state == self.alerted or self.clock() - self.last_alert < self.cooldown:
+            return None
+        if state == FAILED:
+            text = (
+                f"FAILURE: Marketflow ingest polls failing ({self.failed_in_row} in a row): "
+                f"{detail}"
+            )
+        else:
+            text = "RESOLVED: Marketflow ingest polls succeed again."
+        previous, self.alerted, self.last_alert = self.alerted, state, self.clock()
+        self.emit(previous, state, text)
+        return text
+
+
+def emit_to_alert_path(webhook_url: str | None) -> Callable[[str, str, str], object]:
+    """``emit`` for :class:`PollAlerts` through the one alert function of the project."""
+    from marketflow_assets.sensors.alerts import Alert, emit_alert
+
+    def emit(previous: str, state: str, text: str) -> bool:
+        return emit_alert(Alert(KEY, previous, state, text), webhook_url)
+
+    return emit
