@@ -15,9 +15,10 @@ Besides connections it owns the few SQL statements the assets need, so that asse
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -135,6 +136,7 @@ class PostgresResource(dg.ConfigurableResource):
         start: datetime,
         end: datetime,
         ts_column: str = "ts",
+        after_write: Callable[[Any, int], None] | None = None,
     ) -> int:
         """Make ``table`` hold exactly ``frame``'s rows for ``ts_column`` in ``[start, end)``.
 
@@ -145,6 +147,8 @@ class PostgresResource(dg.ConfigurableResource):
         same frame leaves the table untouched (idempotent, and cheap for the streaming
         re-computation of the newest hour). Returns the number of rows inserted (new or changed).
         ``frame`` must only hold rows of the period (ValueError otherwise).
+        ``after_write(cursor, changed)`` (optional) runs inside the same transaction, after the
+        write, with the number of rows deleted plus inserted (0 = the table did not change).
         """
         columns = column_names(table)
         key = TABLES[table][1]
@@ -175,12 +179,16 @@ class PostgresResource(dg.ConfigurableResource):
                 f"AND NOT EXISTS (SELECT 1 FROM _stage_{table} s WHERE {same_key} AND {same_row})",
                 period,
             )
+            deleted = cur.rowcount
             # what is left of the period is identical to its stage row: insert the rest
             cur.execute(
                 f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM _stage_{table} "
                 f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
             )
-            return cur.rowcount
+            inserted = cur.rowcount
+            if after_write is not None:
+                after_write(cur, deleted + inserted)
+            return inserted
 
     def read_period(
         self,
