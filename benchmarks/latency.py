@@ -168,7 +168,10 @@ class RefreshLoop:
                 try:
                     self.runs.append(
                         project.materialize_partition(
-                            self.data_dir, self.postgres_url, project.partition_key(hour)
+                            self.data_dir,
+                            self.postgres_url,
+                            project.partition_key(hour),
+                            whole_hour=False,
                         )
                     )
                 except Exception as exc:  # noqa: BLE001 - reported at the end

@@ -1,4 +1,4 @@
-"""The ``marketflow`` command: ``up``, ``ingest`` and ``refresh``.
+"""The ``marketflow`` command: ``up``, ``ingest``, ``refresh`` and ``follow``.
 
 Exit codes (SPEC): 0 success, 2 bad usage or configuration (one line on stderr), 1 runtime failure.
 Tracebacks are shown only with ``--debug``.
@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_ingest = sub.add_parser("ingest", help="publish coin prices to Kafka")
     ingest_command.add_arguments(p_ingest)
     p_ingest.set_defaults(handler=ingest_command.run)
+
+    from marketflow_assets import follow
+
+    p_follow = sub.add_parser(
+        "follow", help="refresh price_indicators in process as soon as raw files appear"
+    )
+    follow.add_arguments(p_follow)
+    p_follow.set_defaults(handler=follow.run)
 
     p_refresh = sub.add_parser("refresh", help="materialize the indicator tables through Dagster")
     refresh.add_arguments(p_refresh)

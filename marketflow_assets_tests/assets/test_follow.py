@@ -1,0 +1,93 @@
+"""The live fast path (``marketflow follow``): new raw files -> in-process Dagster runs -> rows;
+the automation sensor leaves recent data to a live follower and takes over without one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pandas as pd
+from asset_helpers import read_table, write_raw_parquet
+from test_indicator_assets import assert_indicators_match_reference
+
+from marketflow_assets import checks
+from marketflow_assets.assets import defs as asset_defs
+from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
+from marketflow_assets.follow import Follower
+from marketflow_assets.resources import build_resources
+from marketflow_assets.sensors.automation import LIVE_TRIGGER_TAG, indicators_follow_raw_prices
+
+
+def _micros(ts) -> int:
+    return int(pd.Timestamp(ts).value // 1000)
+
+
+def write_poll(raw_dir, ts, batch, coins=4):
+    rows = [(f"coin-{k}", f"C{k}", ts, 10.0 + k + 0.01 * batch) for k in range(coins)]
+    name = f"part-0f0110-b{batch}-000-{_micros(ts)}-{_micros(ts)}.parquet"
+    write_raw_parquet(raw_dir, rows, name=name)
+    return rows
+
+
+def test_follower_refreshes_new_files_in_process_and_the_sensor_defers_to_it(
+    data_dir, pg_clean, spark
+):
+    raw_dir = data_dir / "raw_prices"
+    instance = dg.DagsterInstance.ephemeral()
+    defs = dg.Definitions.merge(
+        asset_defs, checks.defs, dg.Definitions(resources=build_resources(pg_clean, str(data_dir)))
+    )
+    job = defs.resolve_job_def("refresh_indicators_job")
+    follower = Follower(raw_dir, instance, job)
+    assert follower.step() is None  # nothing there yet
+
+    # polls of the last minutes (the follower looks at the last LIVE_HORIZON_HOURS)
+    now = datetime.now(UTC).replace(microsecond=0)
+    polls = [now - timedelta(seconds=30 * k) for k in (4, 3, 2, 1)]
+    rows = []
+    for batch, ts in enumerate(polls):
+        rows += write_poll(raw_dir, ts, batch)
+        summary = follower.step()
+        assert summary is not None and summary["success"], summary
+        assert summary["files"] == 1
+        assert follower.step() is None  # seen: no second run for the same file
+    assert_indicators_match_reference(read_table(pg_clean, "price_indicators"), rows)
+
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={LIVE_TRIGGER_TAG: "live"}))
+    assert len(runs) == len(polls) and all(r.is_success for r in runs)
+    # the later runs were incremental: one poll each
+    plan = (
+        instance.get_latest_materialization_event(dg.AssetKey("price_indicators"))
+        .asset_materialization.metadata["incremental_plan"]
+        .value
+    )
+    assert "append: 1 new file(s)" in plan or polls[-1].hour != polls[0].hour
+
+    # the observation sensor reports the same data: the automation sensor leaves it to the
+    # follower, which ran a moment ago
+    instance.report_runless_asset_event(
+        dg.AssetMaterialization(
+            RAW_PRICES_KEY,
+            metadata={
+                "oldest_new_ts": dg.MetadataValue.timestamp(polls[-1]),
+                "newest_ts": dg.MetadataValue.timestamp(polls[-1]),
+            },
+        )
+    )
+    result = indicators_follow_raw_prices(dg.build_sensor_context(instance=instance))
+    assert not result.run_requests
+    assert "live follower" in result.skip_reason.skip_message
+
+    # without a recent live run (a fresh instance: no follower), the sensor launches as before
+    other = dg.DagsterInstance.ephemeral()
+    other.report_runless_asset_event(
+        dg.AssetMaterialization(
+            RAW_PRICES_KEY,
+            metadata={
+                "oldest_new_ts": dg.MetadataValue.timestamp(polls[-1]),
+                "newest_ts": dg.MetadataValue.timestamp(polls[-1]),
+            },
+        )
+    )
+    result = indicators_follow_raw_prices(dg.build_sensor_context(instance=other))
+    assert len(result.run_requests) == 1
