@@ -62,6 +62,19 @@ def test_follower_refreshes_new_files_in_process_and_the_sensor_defers_to_it(
         .value
     )
     assert "append: 1 new file(s)" in plan or polls[-1].hour != polls[0].hour
+    # ... and so were the checks of the last run: they looked at the rows it recomputed
+    events = instance.all_logs(
+        follower.runs[-1]["run_id"], of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    )
+    evaluations = {
+        e.dagster_event.event_specific_data.check_name: e.dagster_event.event_specific_data
+        for e in events
+    }
+    unique = evaluations["unique_coin_ts"]
+    assert unique.passed
+    if "append" in plan:
+        assert unique.metadata["window_source"].value == "rows recomputed by this run"
+        assert unique.metadata["rows"].value == 4  # one poll of 4 coins, not the whole hour
 
     # the observation sensor reports the same data: the automation sensor leaves it to the
     # follower, which ran a moment ago
