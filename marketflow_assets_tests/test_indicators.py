@@ -315,3 +315,27 @@ def test_movers_match_reference(rows, reference):
     # fewer than 5 eligible coins -> fewer rows
     counts = movers.groupby(["snapshot_ts", "direction"]).size()
     assert counts.max() == 5 and counts.min() < 5
+
+
+def test_all_coins_at_once_and_coin_by_coin_agree_including_the_overflow_fallback():
+    """Coins are computed together (one key axis); ranges too long for int64 keys fall back to
+    the per-coin functions. Both match the reference."""
+    rows = irregular_rows(seed=9, coins=7, polls=120)
+    raw = to_frame(rows)
+    state = ind.state_from_indicators(ind.compute_indicators(raw), BASE + timedelta(minutes=40))
+    start = BASE + timedelta(minutes=40)
+    window = raw[raw["ts"] >= ind.lookback_start(start)]
+    together = ind.compute_indicators(window, state, start=start)
+    by_coin = pd.concat(
+        [
+            ind.compute_indicators(group, state[state["coin_id"] == coin], start=start)
+            for coin, group in window.groupby("id")
+        ],
+        ignore_index=True,
+    )
+    keys = {k for k in reference_indicators(rows) if k[1] >= start}
+    assert_matches_reference(together, reference_indicators(rows), keys)
+    assert_matches_reference(by_coin, reference_indicators(rows), keys)
+    # ~226 years between two observations: keys would overflow, the per-coin path takes over
+    far = [("a", "A", BASE, 1.0), ("a", "A", BASE.replace(year=2250), 2.0), ("b", "B", BASE, 3.0)]
+    assert_matches_reference(ind.compute_indicators(to_frame(far)), reference_indicators(far))
