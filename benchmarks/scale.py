@@ -1,0 +1,219 @@
+"""Full market (15,000 coins): does a live refresh cost the same at the end of an hour as at its
+start? — ``coins_15000 refresh_late / refresh_early``.
+
+Synthetic history (:mod:`benchmarks.data`): 15,000 coins polled every 30 s, one Parquet file per
+poll as the streaming job writes them, two hours ``[H - 1 h, H + 1 h)``. Two databases on one
+embedded PostgreSQL hold what the live pipeline would hold at two moments of hour ``H``:
+
+* ``early``: ``price_indicators`` for ``[H - 10 min, H]`` (the previous hour's tail: the state and
+  lookback rows, and the hour's first poll) — 315,000 rows;
+* ``late``: the same plus the hour up to ``H + 58 min`` — 2,055,000 rows (1.8 M of them in ``H``).
+
+``market_movers`` holds the movers of the stored snapshots, and the incremental ledger lists the
+raw files already folded in (as the live pipeline leaves them). Each database has its own raw
+directory of hard links holding exactly the files up to its moment. Then, interleaved, the next
+poll's file appears in each directory and ``price_indicators`` + ``market_movers`` of partition
+``H`` are materialized through Dagster (``dg.materialize``, in process: what the live follower
+runs), 3 times each (``early``: polls ``H + 0:30 .. 1:30``; ``late``: ``H + 58:30 .. 59:30``).
+The stored rows are seeded by the same pure functions (bulk ``COPY``, keys built afterwards);
+seeding is untimed.
+
+The ratio of the medians says whether a refresh grows with what the hour already holds (the
+issue: "each live refresh recomputes the whole current hour, so run time grows with every poll").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks import data, project
+from benchmarks.report import print_table, ratio_line
+
+logger = logging.getLogger(__name__)
+
+COINS = 15_000
+INTERVAL_S = 30
+REPEATS = 3
+#: stored history before the hour (state + lookback of its first rows)
+TAIL = pd.Timedelta(minutes=10)
+MOMENTS = {"early": pd.Timedelta(0), "late": pd.Timedelta(minutes=58)}
+
+
+def _files_by_start(raw: Path) -> list[tuple[pd.Timestamp, Path]]:
+    files = [(data._file_start(p), p) for p in raw.glob("date=*/*.parquet")]
+    return sorted(files)
+
+
+def _link(path: Path, raw_dir: Path) -> None:
+    target = raw_dir / path.parent.name / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        os.link(path, target)
+
+
+def _bulk_load(url: str, indicators: pd.DataFrame, movers: pd.DataFrame) -> None:
+    """Load both tables as a bulk load does (keys and indexes built after the COPY)."""
+    import psycopg2
+
+    from marketflow_assets.resources.postgres import PostgresResource, _csv_payload
+    from marketflow_assets.schema import TABLES, column_names, create_all_sql
+
+    PostgresResource(url=url).ensure_tables()
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+            cur.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            cur.execute("DROP INDEX IF EXISTS price_indicators_ts_idx")
+            for table, frame in (("price_indicators", indicators), ("market_movers", movers)):
+                cur.execute(f"ALTER TABLE {table} DROP CONSTRAINT {table}_pkey")
+                cols = column_names(table)
+                cur.copy_expert(
+                    f"COPY {table} ({', '.join(cols)}) FROM STDIN WITH (FORMAT csv)",
+                    _csv_payload(frame.loc[:, list(cols)]),
+                )
+                cur.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(TABLES[table][1])})")
+            for statement in create_all_sql():
+                cur.execute(statement)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("VACUUM (ANALYZE) price_indicators, market_movers")
+    finally:
+        conn.close()
+
+
+def _record_ledger(url: str, raw_dir: Path, hour) -> None:
+    """The ledger row the live pipeline leaves for ``hour``: every file present folded in."""
+    import psycopg2
+
+    from marketflow_assets.assets.incremental import HOUR, file_names
+    from marketflow_assets.assets.spark_compute import raw_window_files
+    from marketflow_assets.resources import refresh_ledger
+
+    names = file_names(raw_dir, raw_window_files(raw_dir, hour, hour + HOUR))
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            refresh_ledger.record_indicators(cur, hour, hour + HOUR, names, False, hour)
+            refresh_ledger.record_movers(cur, hour, hour + HOUR)
+    finally:
+        conn.close()
+
+
+def _count(url: str, start, end) -> int:
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM price_indicators WHERE ts >= %s AND ts < %s", (start, end)
+            )
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def run(mode: str = "quick") -> dict[str, list[float]]:
+    from benchmarks.incremental import _database
+    from marketflow_assets import indicators as ind
+    from marketflow_assets.assets.raw_prices import list_raw_files
+    from marketflow_assets.assets.spark_compute import read_raw_window_local
+    from marketflow_assets.services import EmbeddedPostgres
+
+    history = data.History(coins=COINS, interval_s=INTERVAL_S, hours=2, files="poll")
+    raw = data.ensure_history(history)
+    hour = history.end_ts - pd.Timedelta(hours=1)
+    key = project.partition_key(hour.to_pydatetime())
+    files = _files_by_start(raw)
+    scratch = data.bench_dir() / "scale"
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
+    times: dict[str, list[float]] = {label: [] for label in MOMENTS}
+    seed_s: dict[str, float] = {}
+    stored: dict[str, int] = {}
+    print(
+        f"scale: {COINS:,} coins every {INTERVAL_S} s, one file per poll; live refresh of hour "
+        f"{hour:%H:%M} near its start (early) and near its end (late), {REPEATS} each"
+    )
+    try:
+        with EmbeddedPostgres(str(work / "pgdata")) as server_url:
+            # rows the live pipeline would hold at the late moment (the early one is a prefix)
+            started = time.perf_counter()
+            last = hour + MOMENTS["late"]
+            window = list_raw_files(raw, (hour - TAIL).to_pydatetime(), last.to_pydatetime())
+            frame = read_raw_window_local(
+                window, (hour - TAIL).to_pydatetime(), (last + pd.Timedelta(seconds=1))
+            )
+            frame = frame[frame["ts"] >= hour - TAIL]
+            indicators = ind.compute_indicators(frame)
+            movers = ind.compute_movers(indicators[indicators["ts"] >= hour])
+            computed = time.perf_counter() - started
+            urls, dirs = {}, {}
+            for label, moment in MOMENTS.items():
+                t0 = time.perf_counter()
+                cut = hour + moment
+                urls[label] = _database(server_url, f"scale_{label}")
+                _bulk_load(
+                    urls[label],
+                    indicators[indicators["ts"] <= cut],
+                    movers[movers["snapshot_ts"] <= cut],
+                )
+                dirs[label] = work / label / "raw_prices"
+                for start, path in files:
+                    if start <= cut:
+                        _link(path, dirs[label])
+                _record_ledger(urls[label], dirs[label], hour.to_pydatetime())
+                stored[label] = _count(urls[label], hour - TAIL, history.end_ts)
+                seed_s[label] = time.perf_counter() - t0
+            logger.info(
+                "scale: seeded (compute %.1f s, early %.1f s, late %.1f s; untimed)",
+                computed,
+                seed_s["early"],
+                seed_s["late"],
+            )
+            # warm-up (untimed): a run that finds nothing new (imports, first Dagster run)
+            for label in MOMENTS:
+                project.materialize_partition(dirs[label].parent, urls[label], key, False)
+            for i in range(1, REPEATS + 1):
+                for label, moment in MOMENTS.items():
+                    target = hour + moment + pd.Timedelta(seconds=INTERVAL_S * i)
+                    for start, path in files:
+                        if start == target:
+                            _link(path, dirs[label])
+                    times[label].append(
+                        project.materialize_partition(dirs[label].parent, urls[label], key, False)
+                    )
+            for label in MOMENTS:
+                expected = stored[label] + REPEATS * COINS
+                got = _count(urls[label], hour - TAIL, history.end_ts)
+                if got != expected:
+                    raise RuntimeError(f"scale {label}: {got} rows stored, expected {expected}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    med = {label: statistics.median(values) for label, values in times.items()}
+    print_table(
+        f"scale: live refresh of one new poll of {COINS:,} coins through Dagster "
+        "(dg.materialize of price_indicators + market_movers, in process)",
+        ["moment", "rows already stored", "refresh s (median)", "runs"],
+        [
+            [
+                f"{label} (new polls at H+{MOMENTS[label].seconds // 60}:30 ..)",
+                f"{stored[label]:,}",
+                f"{med[label]:.2f}",
+                " ".join(f"{t:.2f}" for t in times[label]),
+            ]
+            for label in MOMENTS
+        ],
+    )
+    ratio_line(f"coins_{COINS} refresh_late / refresh_early", med["late"] / med["early"], "<= 1.2")
+    return times
