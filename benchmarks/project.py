@@ -64,7 +64,7 @@ def materialize_partition(
 
     from marketflow_assets.assets.indicators import price_indicators
     from marketflow_assets.assets.movers import market_movers
-    from marketflow_assets.resources import build_resources
+    from marketflow_assets.definitions import build_resources
 
     resources = build_resources(postgres_url=postgres_url, data_dir=str(data_dir))
     if whole_hour:

@@ -125,8 +125,8 @@ def _count(url: str, start, end) -> int:
 def run(mode: str = "quick") -> dict[str, list[float]]:
     from benchmarks.incremental import _database
     from marketflow_assets import indicators as ind
-    from marketflow_assets.assets.raw_prices import list_raw_files
     from marketflow_assets.assets.spark_compute import read_raw_window_local
+    from marketflow_assets.raw_dataset import list_raw_files
     from marketflow_assets.services import EmbeddedPostgres
 
     history = data.History(coins=COINS, interval_s=INTERVAL_S, hours=2, files="poll")

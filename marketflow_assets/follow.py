@@ -28,7 +28,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from marketflow_assets.assets.raw_prices import RawFile, file_ts_range, list_raw_files
+from marketflow_assets.raw_dataset import RawFile, file_ts_range, list_raw_files
 from marketflow_assets.settings import ConfigError, Settings
 
 logger = logging.getLogger("marketflow.follow")
@@ -68,7 +68,7 @@ class Follower:
 
     def step(self) -> dict | None:
         """One look; when there are new files, one refresh run. Returns the run's summary."""
-        from marketflow_assets.assets.jobs import partition_range_tags
+        from marketflow_assets.jobs import partition_range_tags
         from marketflow_assets.sensors.automation import LIVE_TRIGGER_TAG, partition_range
 
         new = self.new_files()
@@ -138,21 +138,21 @@ class Follower:
 
 
 def _instance():
-    import os
-
+    """The instance of ``$DAGSTER_HOME`` (``marketflow up`` sets it), else an ephemeral one."""
     import dagster as dg
 
-    if os.environ.get("DAGSTER_HOME"):
+    try:
         return dg.DagsterInstance.get()
-    logger.warning("DAGSTER_HOME is not set: runs go to an ephemeral instance (not in the UI)")
-    return dg.DagsterInstance.ephemeral()
+    except Exception as exc:  # noqa: BLE001 - DAGSTER_HOME unset or unusable
+        logger.warning("no Dagster instance (%s): runs go to an ephemeral one, not the UI", exc)
+        return dg.DagsterInstance.ephemeral()
 
 
 def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | None = None) -> int:
     if args.poll <= 0:
         raise ConfigError(f"--poll must be positive, got {args.poll:g}")
-    from marketflow_assets.assets.jobs import refresh_indicators_job
     from marketflow_assets.definitions import defs
+    from marketflow_assets.jobs import refresh_indicators_job
 
     stop = stop or threading.Event()
     job = defs.resolve_job_def(refresh_indicators_job.name)

@@ -177,3 +177,18 @@ def create_all_sql() -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {REFRESH_LEDGER_TABLE} (\n  {body},\n"
         f"  PRIMARY KEY ({', '.join(REFRESH_LEDGER_KEY)})\n)",
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# Dagster asset keys (single-component keys named after the dataset / table they stand for).
+# --------------------------------------------------------------------------------------------
+RAW_PRICES_ASSET = "raw_prices"
+PRICE_INDICATORS_ASSET = "price_indicators"
+MARKET_MOVERS_ASSET = "market_movers"
+#: asset key -> (PostgreSQL table, its time column) for the table-backed assets.
+ASSET_TABLES = {
+    PRICE_INDICATORS_ASSET: ("price_indicators", "ts"),
+    MARKET_MOVERS_ASSET: ("market_movers", "snapshot_ts"),
+}
+#: Columns of ``price_indicators`` that ``market_movers`` reads.
+MOVER_INPUT_COLUMNS = ("coin_id", "symbol", "ts", "price", "change_5min")

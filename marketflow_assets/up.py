@@ -22,9 +22,9 @@ import threading
 import urllib.request
 from pathlib import Path
 
-from marketflow_assets.resources.spark_connect import SPARK_REMOTE_ENV, EmbeddedSparkConnect
 from marketflow_assets.services import die_with_parent, running_services
 from marketflow_assets.settings import ConfigError, Settings
+from marketflow_assets.spark_connect import SPARK_REMOTE_ENV, EmbeddedSparkConnect
 
 logger = logging.getLogger("marketflow.up")
 
@@ -86,7 +86,7 @@ def resolve_source(args: argparse.Namespace, settings: Settings) -> str:
 def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
     """Environment of every child: the resolved (embedded or real) services, absolute paths, and
     a Dagster home whose instance stores runs and events in the same PostgreSQL."""
-    from marketflow_assets.checks.instance import prepare_dagster_home
+    from marketflow_assets.instance import prepare_dagster_home
 
     env = dict(os.environ)
     env.update(

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from marketflow_assets.assets.raw_prices import RawFile, file_ts_range
 from marketflow_assets.assets.spark_compute import raw_window_files
+from marketflow_assets.raw_dataset import RawFile, file_ts_range
 from marketflow_assets.resources import refresh_ledger as ledger_sql
 from marketflow_assets.resources.refresh_ledger import LedgerRow
 

@@ -7,15 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pandas as pd
-from asset_helpers import read_table, write_raw_parquet
-from test_indicator_assets import assert_indicators_match_reference
 
-from marketflow_assets import checks
-from marketflow_assets.assets import defs as asset_defs
+from marketflow_assets import definitions
 from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
 from marketflow_assets.follow import Follower
-from marketflow_assets.resources import build_resources
 from marketflow_assets.sensors.automation import LIVE_TRIGGER_TAG, indicators_follow_raw_prices
+from marketflow_assets_tests.helpers import (
+    assert_indicators_match_reference,
+    read_table,
+    write_raw_parquet,
+)
 
 
 def _micros(ts) -> int:
@@ -34,8 +35,11 @@ def test_follower_refreshes_new_files_in_process_and_the_sensor_defers_to_it(
 ):
     raw_dir = data_dir / "raw_prices"
     instance = dg.DagsterInstance.ephemeral()
-    defs = dg.Definitions.merge(
-        asset_defs, checks.defs, dg.Definitions(resources=build_resources(pg_clean, str(data_dir)))
+    defs = dg.Definitions(  # the job as deployed, on the test's Postgres and data dir
+        assets=definitions.ASSETS,
+        asset_checks=definitions.ASSET_CHECKS,
+        jobs=definitions.JOBS,
+        resources=definitions.build_resources(pg_clean, str(data_dir)),
     )
     job = defs.resolve_job_def("refresh_indicators_job")
     follower = Follower(raw_dir, instance, job)
