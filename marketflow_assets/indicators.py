@@ -264,7 +264,6 @@ def compute_indicators(
     lookback. Returns :data:`INDICATOR_COLUMNS`, sorted by ``coin_id, ts``; ``ts`` keeps the input
     dtype.
     """
-    states = _state_mapping(state)
     usable = raw["current_price"].notna() & raw["ts"].notna()
     if not usable.all():
         raw = raw.loc[usable]
@@ -284,9 +283,11 @@ def compute_indicators(
     boundaries = np.flatnonzero(codes[1:] != codes[:-1]) + 1
     starts = np.concatenate(([0], boundaries))
     stops = np.concatenate((boundaries, [len(order)]))
-    coin_states = [states.get(id_values[order[a]]) for a in starts]
-    columns = _all_coins(codes, t_all, prices, starts, coin_states)
+    coin_ids = id_values[order[starts]]
+    columns = _all_coins(codes, t_all, prices, starts, _state_arrays(state, coin_ids))
     if columns is None:  # keys would overflow int64 (very long ranges): coin by coin
+        states = _state_mapping(state)
+        coin_states = [states.get(coin) for coin in coin_ids]
         columns = {name: np.empty(len(order)) for name in INDICATOR_COLUMNS[4:]}
         for a, b, coin_state in zip(starts, stops, coin_states, strict=True):
             values = coin_indicators(t_all[a:b], prices[a:b], coin_state)
@@ -315,7 +316,7 @@ def _all_coins(
     t: np.ndarray,
     p: np.ndarray,
     starts: np.ndarray,
-    coin_states: list,
+    state_arrays: tuple[np.ndarray, ...],
 ) -> dict[str, np.ndarray] | None:
     """:func:`coin_indicators` of every coin at once (rows sorted by coin, then ``t``).
 
@@ -331,21 +332,8 @@ def _all_coins(
     n_coins = len(starts)
     coin_of_row = np.repeat(np.arange(n_coins), np.diff(np.append(starts, n)))
     # 1. state: the reference observation (prepended) and the EMA to continue from, per coin
-    first_t = t[starts]
-    ref_t = np.full(n_coins, np.iinfo(np.int64).max, dtype=np.int64)
-    ref_p = np.full(n_coins, np.nan)
-    ema_t = np.full(n_coins, np.iinfo(np.int64).min, dtype=np.int64)
-    ema_v = np.full(n_coins, np.nan)
-    has_ema = np.zeros(n_coins, dtype=bool)
-    for c, state in enumerate(coin_states):
-        if not state:
-            continue
-        r_ts, r_p = _opt_ns(state.get("ref_ts")), _opt_float(state.get("ref_price"))
-        if r_ts is not None and r_p is not None and r_ts < first_t[c]:
-            ref_t[c], ref_p[c] = r_ts, r_p
-        e_ts, e_v = _opt_ns(state.get("ema_ts")), _opt_float(state.get("ema_3min"))
-        if e_ts is not None and e_v is not None:
-            ema_t[c], ema_v[c], has_ema[c] = e_ts, e_v, True
+    ref_t, ref_p, ema_t, ema_v, has_ema = state_arrays
+    ref_p = np.where(ref_t < t[starts], ref_p, np.nan)  # only a strictly earlier observation
     with_ref = np.flatnonzero(~np.isnan(ref_p))
     extra = np.zeros(n + len(with_ref), dtype=bool)
     if len(with_ref):
@@ -455,6 +443,58 @@ def _sort_order(codes: np.ndarray, t: np.ndarray) -> np.ndarray:
             return np.arange(len(key))  # already in order (the usual case for Parquet input)
         return np.argsort(key, kind="stable")
     return np.lexsort((np.arange(len(t)), t, codes))
+
+
+def _state_arrays(state: Any, coin_ids: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per coin of ``coin_ids``: ``ref_t`` (int64 ns, int64 max if none), ``ref_p`` (NaN if
+    none), ``ema_t`` (int64 min if none), ``ema_v`` and ``has_ema`` — vectorised."""
+    n = len(coin_ids)
+    empty = (
+        np.full(n, np.iinfo(np.int64).max, dtype=np.int64),
+        np.full(n, np.nan),
+        np.full(n, np.iinfo(np.int64).min, dtype=np.int64),
+        np.full(n, np.nan),
+        np.zeros(n, dtype=bool),
+    )
+    if state is None:
+        return empty
+    if not isinstance(state, pd.DataFrame):
+        state = pd.DataFrame.from_dict({k: dict(v) for k, v in state.items()}, orient="index")
+        state = state.rename_axis("coin_id").reset_index()
+    if state.empty:
+        return empty
+    frame = state.drop_duplicates("coin_id", keep="last").set_index("coin_id")
+    frame = frame.reindex(pd.Index(coin_ids, dtype=object))
+
+    def times(column: str) -> tuple[np.ndarray, np.ndarray]:
+        if column not in frame:
+            return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            ok = values.notna().to_numpy()
+            return values.fillna(0).to_numpy(dtype=np.int64), ok  # already ns
+        stamps = pd.to_datetime(values, utc=True)
+        ok = stamps.notna().to_numpy()
+        return to_ns(stamps.fillna(pd.Timestamp(0, tz="UTC"))), ok
+
+    def floats(column: str) -> np.ndarray:
+        if column not in frame:
+            return np.full(n, np.nan)
+        return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+
+    ref_t, ref_ok = times("ref_ts")
+    ref_p = floats("ref_price")
+    ema_t, ema_ok = times("ema_ts")
+    ema_v = floats("ema_3min")
+    ref_ok &= ~np.isnan(ref_p)
+    has_ema = ema_ok & ~np.isnan(ema_v)
+    return (
+        np.where(ref_ok, ref_t, np.iinfo(np.int64).max),
+        np.where(ref_ok, ref_p, np.nan),
+        np.where(has_ema, ema_t, np.iinfo(np.int64).min),
+        np.where(has_ema, ema_v, np.nan),
+        has_ema,
+    )
 
 
 def _state_mapping(state: Any) -> dict[str, dict[str, Any]]:
