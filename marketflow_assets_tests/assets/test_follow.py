@@ -108,3 +108,11 @@ def test_follower_refreshes_new_files_in_process_and_the_sensor_defers_to_it(
     )
     result = indicators_follow_raw_prices(dg.build_sensor_context(instance=other))
     assert len(result.run_requests) == 1
+
+
+def test_follow_command_rejects_a_bad_poll_interval(capsys):
+    from marketflow_assets.cli import main
+
+    assert main(["follow", "--poll", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "marketflow follow: --poll must be positive, got 0"
