@@ -5,9 +5,14 @@ Synthetic history (:mod:`benchmarks.data`): 15,000 coins polled every 30 s, one 
 poll as the streaming job writes them, two hours ``[H - 1 h, H + 1 h)``. Two databases on one
 embedded PostgreSQL hold what the live pipeline would hold at two moments of hour ``H``:
 
-* ``early``: ``price_indicators`` for ``[H - 10 min, H]`` (the previous hour's tail: the state and
-  lookback rows, and the hour's first poll) — 315,000 rows;
-* ``late``: the same plus the hour up to ``H + 58 min`` — 2,055,000 rows (1.8 M of them in ``H``).
+* ``early``: ``price_indicators`` for ``[H - 1 h, H]`` (the previous hour, as any pipeline that
+  has run for an hour holds it, and the hour's first poll) — 1,815,000 rows;
+* ``late``: the same plus the hour up to ``H + 58 min`` — 3,585,000 rows (a copy of ``early``
+  made with ``CREATE DATABASE ... TEMPLATE``, then the rest loaded).
+
+Both hold the same history before ``H``: what grows between them is only the current hour (the
+table's total size matters too — its indexes get deeper and a poll's 15,000 inserts touch more
+index pages — so an ``early`` database with almost no history would flatter the ratio).
 
 ``market_movers`` holds the movers of the stored snapshots, and the incremental ledger lists the
 raw files already folded in (as the live pipeline leaves them). Each database has its own raw
@@ -42,8 +47,8 @@ logger = logging.getLogger(__name__)
 COINS = 15_000
 INTERVAL_S = 30
 REPEATS = 3
-#: stored history before the hour (state + lookback of its first rows)
-TAIL = pd.Timedelta(minutes=10)
+#: stored history before the hour (a pipeline that has run for an hour)
+TAIL = pd.Timedelta(hours=1)
 MOMENTS = {"early": pd.Timedelta(0), "late": pd.Timedelta(minutes=58)}
 
 
@@ -88,6 +93,23 @@ def _bulk_load(url: str, indicators: pd.DataFrame, movers: pd.DataFrame) -> None
             cur.execute("VACUUM (ANALYZE) price_indicators, market_movers")
     finally:
         conn.close()
+
+
+def _clone(server_url: str, template: str, name: str) -> str:
+    """Database ``name`` as a file-level copy of ``template`` (``CREATE DATABASE ... TEMPLATE``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg2
+
+    conn = psycopg2.connect(server_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+            cur.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
+    finally:
+        conn.close()
+    return urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
 
 
 def _record_ledger(url: str, raw_dir: Path, hour) -> None:
@@ -158,15 +180,21 @@ def run(mode: str = "quick") -> dict[str, list[float]]:
             movers = ind.compute_movers(indicators[indicators["ts"] >= hour])
             computed = time.perf_counter() - started
             urls, dirs = {}, {}
+            previous = None
             for label, moment in MOMENTS.items():
                 t0 = time.perf_counter()
                 cut = hour + moment
-                urls[label] = _database(server_url, f"scale_{label}")
-                _bulk_load(
-                    urls[label],
-                    indicators[indicators["ts"] <= cut],
-                    movers[movers["snapshot_ts"] <= cut],
-                )
+                if previous is None:
+                    urls[label] = _database(server_url, f"scale_{label}")
+                    part = indicators["ts"] <= cut
+                    mover_part = movers["snapshot_ts"] <= cut
+                else:  # the earlier moment's database plus the rows since
+                    urls[label] = _clone(server_url, f"scale_{previous[0]}", f"scale_{label}")
+                    part = (indicators["ts"] > previous[1]) & (indicators["ts"] <= cut)
+                    mover_part = (movers["snapshot_ts"] > previous[1]) & (
+                        movers["snapshot_ts"] <= cut
+                    )
+                _bulk_load(urls[label], indicators[part], movers[mover_part])
                 dirs[label] = work / label / "raw_prices"
                 for start, path in files:
                     if start <= cut:
@@ -174,6 +202,7 @@ def run(mode: str = "quick") -> dict[str, list[float]]:
                 _record_ledger(urls[label], dirs[label], hour.to_pydatetime())
                 stored[label] = _count(urls[label], hour - TAIL, history.end_ts)
                 seed_s[label] = time.perf_counter() - t0
+                previous = (label, cut)
             logger.info(
                 "scale: seeded (compute %.1f s, early %.1f s, late %.1f s; untimed)",
                 computed,

@@ -62,9 +62,9 @@ def _recomputed_part(context, table: str, window):
         known, since = recomputed_since(context.instance, dg.AssetKey(table), context.run.run_id)
     except Exception:  # noqa: BLE001 - no instance/run (direct invocation): the whole window
         return window
-    if not known:
-        return window
-    start = window.end if since is None else max(window.start, since)
+    if not known or (since is not None and since <= window.start):
+        return window  # nothing known, or the whole partition was recomputed
+    start = window.end if since is None else since
     return replace(window, start=start, source="rows recomputed by this run")
 
 
