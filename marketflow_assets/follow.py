@@ -164,11 +164,20 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
     logger.info(
         "following %s every %g s: new files -> %s in process", settings.raw_dir, args.poll, job.name
     )
-    with _stop_on_signals(stop):
+
+    def loop() -> None:
         while not stop.wait(args.poll):
             summary = follower.step()
             if summary is not None and args.max_runs and len(follower.runs) >= args.max_runs:
-                break
+                stop.set()
+
+    # Runs execute in a worker thread: Dagster then leaves the signal handlers alone, so
+    # SIGINT/SIGTERM reach this thread, which lets the run in hand finish and stops the loop.
+    worker = threading.Thread(target=loop, name="marketflow-follow", daemon=True)
+    with _stop_on_signals(stop):
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
     if args.max_runs:  # a finite run (tests, scripts): 1 when a refresh failed
         return 0 if all(r["success"] for r in follower.runs) else 1
     return 0  # stopped by a signal; failed runs are in Dagster (and alerted on)

@@ -116,3 +116,46 @@ def test_follow_command_rejects_a_bad_poll_interval(capsys):
     assert main(["follow", "--poll", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "marketflow follow: --poll must be positive, got 0"
+
+
+def test_follow_process_refreshes_a_new_file_and_stops_cleanly_on_sigterm(
+    data_dir, pg_clean, tmp_path
+):
+    """`marketflow follow` as `up` runs it: a child process; SIGTERM ends it with exit 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {
+        **os.environ,
+        "MARKETFLOW_POSTGRES_URL": pg_clean,
+        "MARKETFLOW_DATA_DIR": str(data_dir),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+    }
+    (tmp_path / "dagster_home").mkdir()
+    log = tmp_path / "follow.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "marketflow_assets.cli", "follow", "--poll", "0.2"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "following" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        rows = write_poll(data_dir / "raw_prices", datetime.now(UTC) - timedelta(seconds=5), 0)
+        while "succeeded" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        assert "succeeded" in log.read_text(), log.read_text()[-3000:]
+        assert len(read_table(pg_clean, "price_indicators")) == len(rows)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
