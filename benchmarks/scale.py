@@ -7,7 +7,7 @@ embedded PostgreSQL hold what the live pipeline would hold at two moments of hou
 
 * ``early``: ``price_indicators`` for ``[H - 1 h, H]`` (the previous hour, as any pipeline that
   has run for an hour holds it, and the hour's first poll) — 1,815,000 rows;
-* ``late``: the same plus the hour up to ``H + 58 min`` — 3,585,000 rows (a copy of ``early``
+* ``late``: the same plus the hour up to ``H + 57 min`` — 3,525,000 rows (a copy of ``early``
   made with ``CREATE DATABASE ... TEMPLATE``, then the rest loaded).
 
 Both hold the same history before ``H``: what grows between them is only the current hour (the
@@ -19,7 +19,7 @@ raw files already folded in (as the live pipeline leaves them). Each database ha
 directory of hard links holding exactly the files up to its moment. Then, interleaved, the next
 poll's file appears in each directory and ``price_indicators`` + ``market_movers`` of partition
 ``H`` are materialized through Dagster (``dg.materialize``, in process: what the live follower
-runs), 3 times each (``early``: polls ``H + 0:30 .. 1:30``; ``late``: ``H + 58:30 .. 59:30``).
+runs), 3 times each (``early``: polls ``H + 0:30 .. 1:30``; ``late``: ``H + 57:30 .. 58:30``).
 The stored rows are seeded by the same pure functions (bulk ``COPY``, keys built afterwards);
 seeding is untimed.
 
@@ -49,7 +49,7 @@ INTERVAL_S = 30
 REPEATS = 3
 #: stored history before the hour (a pipeline that has run for an hour)
 TAIL = pd.Timedelta(hours=1)
-MOMENTS = {"early": pd.Timedelta(0), "late": pd.Timedelta(minutes=58)}
+MOMENTS = {"early": pd.Timedelta(0), "late": pd.Timedelta(minutes=57)}
 
 
 def _files_by_start(raw: Path) -> list[tuple[pd.Timestamp, Path]]:
@@ -130,6 +130,25 @@ def _record_ledger(url: str, raw_dir: Path, hour) -> None:
         conn.close()
 
 
+def _direct(raw_dir: Path, url: str, hour) -> dict[str, float]:
+    """One live refresh through the assets' functions (no Dagster): seconds per step."""
+    from marketflow_assets.assets.incremental import HOUR
+    from marketflow_assets.assets.indicators import refresh_indicators_incremental
+    from marketflow_assets.assets.movers import refresh_movers_incremental
+    from marketflow_assets.resources.postgres import PostgresResource
+
+    postgres = PostgresResource(url=url)
+    started = time.perf_counter()
+    result = refresh_indicators_incremental(None, raw_dir, postgres, hour, hour + HOUR)
+    mid = time.perf_counter()
+    refresh_movers_incremental(None, postgres, hour, hour + HOUR)
+    return {
+        **{k: v for k, v in result.seconds.items()},
+        "indicators": mid - started,
+        "movers": time.perf_counter() - mid,
+    }
+
+
 def _count(url: str, start, end) -> int:
     import psycopg2
 
@@ -160,6 +179,7 @@ def run(mode: str = "quick") -> dict[str, list[float]]:
     scratch.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
     times: dict[str, list[float]] = {label: [] for label in MOMENTS}
+    steps: dict[str, dict[str, float]] = {}
     seed_s: dict[str, float] = {}
     stored: dict[str, int] = {}
     print(
@@ -221,8 +241,15 @@ def run(mode: str = "quick") -> dict[str, list[float]]:
                     times[label].append(
                         project.materialize_partition(dirs[label].parent, urls[label], key, False)
                     )
+            # one more poll each through the assets' functions directly: where the time goes
+            for label, moment in MOMENTS.items():
+                target = hour + moment + pd.Timedelta(seconds=INTERVAL_S * (REPEATS + 1))
+                for start, path in files:
+                    if start == target:
+                        _link(path, dirs[label])
+                steps[label] = _direct(dirs[label], urls[label], hour.to_pydatetime())
             for label in MOMENTS:
-                expected = stored[label] + REPEATS * COINS
+                expected = stored[label] + (REPEATS + 1) * COINS
                 got = _count(urls[label], hour - TAIL, history.end_ts)
                 if got != expected:
                     raise RuntimeError(f"scale {label}: {got} rows stored, expected {expected}")
@@ -244,5 +271,10 @@ def run(mode: str = "quick") -> dict[str, list[float]]:
             for label in MOMENTS
         ],
     )
+    for label, split in steps.items():
+        print(
+            f"scale {label} direct refresh steps (s): "
+            + ", ".join(f"{name} {value:.2f}" for name, value in split.items())
+        )
     ratio_line(f"coins_{COINS} refresh_late / refresh_early", med["late"] / med["early"], "<= 1.2")
     return times
