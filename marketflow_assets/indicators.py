@@ -1,4 +1,4 @@
-"""Indicator math: pure, vectorised functions with the formulas of ``SPEC.md``; no I/O.
+"""Indicator math: pure, vectorised functions with the formulas of ``docs/INDICATORS.md``; no I/O.
 
 Per coin, the observations are ``(t_i, p_i) = (ts, current_price)`` ordered by ``t``:
 
@@ -53,6 +53,10 @@ import pandas as pd
 TAU_SECONDS = 180.0
 CHANGE_1MIN_SECONDS = 60
 CHANGE_5MIN_SECONDS = 300
+#: ``code_version`` of ``price_indicators`` / ``market_movers``: bump when a formula (or the
+#: rows it produces) changes, so Dagster marks every materialized partition stale.
+INDICATOR_FORMULA_VERSION = "1"
+MOVER_FORMULA_VERSION = "1"
 WINDOW_SECONDS = 300
 LOOKBACK_SECONDS = max(CHANGE_5MIN_SECONDS, WINDOW_SECONDS)
 EMA_BLOCK_TAUS = 64.0
@@ -159,7 +163,8 @@ def ema(
     prev_value: float | None = None,
     tau_seconds: float = TAU_SECONDS,
 ) -> np.ndarray:
-    """Time-decay EMA (SPEC ``ema_3min``) of ``p`` at times ``t`` (int64 ns, increasing).
+    """Time-decay EMA (``ema_3min``, docs/INDICATORS.md) of ``p`` at times ``t`` (int64 ns,
+    increasing).
 
     Seeded by the first observation (``e_1 = p_1``), or, when ``prev_ts``/``prev_value`` are
     given (the EMA at an earlier time ``prev_ts < t_1``), continued from that value.
@@ -516,7 +521,8 @@ def _empty_indicators(ts_dtype: Any) -> pd.DataFrame:
 
 
 def compute_movers(indicators: pd.DataFrame, top_n: int = TOP_N) -> pd.DataFrame:
-    """Top gainers and losers per snapshot ``ts`` (SPEC movers), :data:`MOVER_COLUMNS`.
+    """Top gainers and losers per snapshot ``ts`` (movers, docs/INDICATORS.md) as
+    :data:`MOVER_COLUMNS`.
 
     Among rows with non-NULL ``change_5min`` at each ``ts``: the ``top_n`` highest (``gainer``,
     rank 1 = highest) and the ``top_n`` lowest (``loser``, rank 1 = lowest), ties by ``coin_id``

@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from marketflow_assets.services import die_with_parent, running_services
-from marketflow_assets.settings import ConfigError, Settings
+from marketflow_assets.settings import ConfigError, Settings, child_environment
 from marketflow_assets.spark_connect import SPARK_REMOTE_ENV, EmbeddedSparkConnect
 
 logger = logging.getLogger("marketflow.up")
@@ -51,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (3000)")
     parser.add_argument(
         "--spark-master",
-        default=os.environ.get("MARKETFLOW_SPARK_MASTER", "local[*]"),
-        help="Spark master for the streaming job and the assets ($MARKETFLOW_SPARK_MASTER)",
+        default=None,
+        help="Spark master for the streaming job and the assets (default $MARKETFLOW_SPARK_MASTER,"
+        " else local[*])",
     )
 
 
@@ -88,9 +89,8 @@ def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
     a Dagster home whose instance stores runs and events in the same PostgreSQL."""
     from marketflow_assets.instance import prepare_dagster_home
 
-    env = dict(os.environ)
-    env.update(
-        {
+    env = child_environment(
+        overrides={
             "MARKETFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
             "MARKETFLOW_KAFKA_TOPIC": settings.kafka_topic,
             "MARKETFLOW_POSTGRES_URL": settings.postgres_url or "",
@@ -246,6 +246,7 @@ class ReadinessProbes:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    args.spark_master = args.spark_master or settings.spark_master
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stop_requested = threading.Event()
 

@@ -13,6 +13,12 @@ import pandas as pd
 from marketflow_assets import indicators as ind
 from marketflow_assets.assets import incremental
 from marketflow_assets.assets.partitions import HOURLY, backfill_policy
+from marketflow_assets.assets.policies import (
+    TRANSIENT_IO_RETRY,
+    live_row_count_metadata,
+    retry_transient_io_only,
+    table_metadata,
+)
 from marketflow_assets.assets.spark_compute import movers_dataframe, session, spark_to_pandas
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.spark import LOCAL_MAX_ROWS, SparkResource
@@ -176,7 +182,13 @@ def _build_market_movers(partitions_def: dg.TimeWindowPartitionsDefinition) -> d
         kinds={"spark", "postgres"},
         owners=["team:marketflow"],
         tags={"domain": "crypto"},
-        metadata={"table": "market_movers", "primary_key": "(snapshot_ts, direction, rank)"},
+        code_version=ind.MOVER_FORMULA_VERSION,
+        retry_policy=TRANSIENT_IO_RETRY,
+        metadata={
+            **table_metadata("market_movers"),
+            "primary_key": "(snapshot_ts, direction, rank)",
+            "formulas": "docs/INDICATORS.md (code: marketflow_assets/indicators.py)",
+        },
     )
     def market_movers(
         context: dg.AssetExecutionContext,
@@ -191,14 +203,18 @@ def _build_market_movers(partitions_def: dg.TimeWindowPartitionsDefinition) -> d
         since the last refresh; written idempotently to table `market_movers`.
         """
         window = context.partition_time_window
-        result = refresh_movers_incremental(
-            pyspark.get_session,
-            postgres,
-            window.start,
-            window.end,
-            local_max_rows=pyspark.local_max_rows,
+        with retry_transient_io_only():
+            result = refresh_movers_incremental(
+                pyspark.get_session,
+                postgres,
+                window.start,
+                window.end,
+                local_max_rows=pyspark.max_local_rows,
+            )
+            table_rows = postgres.estimated_row_count("market_movers")
+        return dg.MaterializeResult(
+            metadata={**movers_metadata(result), **live_row_count_metadata(result, table_rows)}
         )
-        return dg.MaterializeResult(metadata=movers_metadata(result))
 
     return market_movers
 
