@@ -150,7 +150,7 @@ def refresh_indicators_window(
     """
     postgres.ensure_tables()
     steps: list[tuple[Step, object]] = []
-    with ledger_sql.refresh_lock(postgres.url):
+    with ledger_sql.refresh_lock(postgres.resolved_url()):
         for hour in hours(start, end):
             hour_end = hour + HOUR
             files = raw_window_files(raw_dir, hour, hour_end)
@@ -190,7 +190,7 @@ def refresh_movers_window(
     """Bring ``market_movers`` up to date for the hourly partitions in ``[start, end)``: one
     ``compute(from, end, after_write)`` from the oldest pending point (nothing when none)."""
     postgres.ensure_tables()
-    with ledger_sql.refresh_lock(postgres.url):
+    with ledger_sql.refresh_lock(postgres.resolved_url()):
         points = []
         with postgres.get_connection() as conn, conn.cursor() as cur:
             for hour in hours(start, end):
