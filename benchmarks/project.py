@@ -12,6 +12,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+#: First hourly partition of the assets the benchmarks materialize (before every history).
+BENCH_PARTITION_START = datetime(2020, 1, 1, tzinfo=UTC)
+
 
 def get_bench_spark():
     """The project's SparkSession (``marketflow_assets.spark.get_spark``: project conf, local).
@@ -62,9 +65,15 @@ def materialize_partition(
     """
     import dagster as dg
 
-    from marketflow_assets.assets.indicators import price_indicators
-    from marketflow_assets.assets.movers import market_movers
+    from marketflow_assets.assets.indicators import build_price_indicators
+    from marketflow_assets.assets.movers import build_market_movers
+    from marketflow_assets.assets.partitions import hourly_partitions
     from marketflow_assets.definitions import build_resources
+
+    # the synthetic histories lie in the past: partitions from 2020 on, whatever ./data holds
+    partitions = hourly_partitions(start=BENCH_PARTITION_START)
+    price_indicators = build_price_indicators(partitions)
+    market_movers = build_market_movers(partitions)
 
     resources = build_resources(postgres_url=postgres_url, data_dir=str(data_dir))
     if whole_hour:
