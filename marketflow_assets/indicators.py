@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from marketflow_assets import schema
+
 TAU_SECONDS = 180.0
 CHANGE_1MIN_SECONDS = 60
 CHANGE_5MIN_SECONDS = 300
@@ -64,23 +66,12 @@ TOP_N = 5
 
 _NS = 1_000_000_000
 
-# Raw input columns used (names from the raw Parquet schema).
-RAW_INPUT_COLUMNS = ("id", "symbol", "ts", "current_price")
-# Output columns, in the order of the ``price_indicators`` table.
-INDICATOR_COLUMNS = (
-    "coin_id",
-    "symbol",
-    "ts",
-    "price",
-    "change_1min",
-    "change_5min",
-    "sma_5min",
-    "ema_3min",
-    "volatility_5min",
-)
-# Per-coin prior state read from the stored indicators (see module docstring).
-STATE_COLUMNS = ("coin_id", "ref_ts", "ref_price", "ema_ts", "ema_3min")
-MOVER_COLUMNS = ("snapshot_ts", "direction", "rank", "coin_id", "symbol", "change_5min", "price")
+# Column lists come from schema.py: raw input columns, output columns in the order of the
+# ``price_indicators`` / ``market_movers`` tables, per-coin prior state (see module docstring).
+RAW_INPUT_COLUMNS = schema.INDICATOR_INPUT_COLUMNS
+INDICATOR_COLUMNS = schema.column_names("price_indicators")
+STATE_COLUMNS = schema.INDICATOR_STATE_COLUMNS
+MOVER_COLUMNS = schema.column_names("market_movers")
 
 
 def lookback_start(start: pd.Timestamp) -> pd.Timestamp:

@@ -23,12 +23,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from marketflow_assets.schema import RAW_PARTITION_COLUMN, raw_arrow_schema, spark_ddl
+from marketflow_assets.schema import (
+    RAW_CHECK_COLUMNS,
+    RAW_PARTITION_COLUMN,
+    raw_arrow_schema,
+    spark_ddl,
+)
 
 #: Name of a file written by the streaming job (min/max ``ts`` of the file, in µs since epoch).
 STREAMING_FILE = re.compile(r"^part-[0-9a-f]+-b\d+-\d+-(\d+)-(\d+)\.parquet$")
 #: Columns the checks read by default.
-CHECK_COLUMNS = ("id", "current_price", "ts")
+CHECK_COLUMNS = RAW_CHECK_COLUMNS
 
 
 def streaming_file_prefix(sink_id: str, batch_id: int) -> str:

@@ -24,7 +24,12 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from marketflow_assets.schema import TABLES, column_names, create_all_sql
+from marketflow_assets.schema import (
+    INDICATOR_STATE_COLUMNS,
+    TABLES,
+    column_names,
+    create_all_sql,
+)
 from marketflow_assets.settings import load_settings, redact_url
 
 _STATE_LOOKUPS = """
@@ -145,7 +150,7 @@ class PostgresResource(dg.ConfigurableResource):
         are omitted. Columns are
         ``indicators.STATE_COLUMNS``; times are tz-aware UTC.
         """
-        columns = ["coin_id", "ref_ts", "ref_price", "ema_ts", "ema_3min"]
+        columns = list(INDICATOR_STATE_COLUMNS)
         if coin_ids is not None and not coin_ids:
             return pd.DataFrame(columns=columns)
         params = {
