@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick | --full] [--only engine,incremental,latency]``."""
+"""``python -m benchmarks [--quick | --full] [--only engine,incremental,scale,latency]``."""
 
 from __future__ import annotations
 
@@ -27,18 +27,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default="engine,incremental,latency,dashboard,costs",
+        default="engine,incremental,scale,latency,dashboard,costs",
         help=(
-            "comma-separated subset of: engine, incremental, latency, dashboard, costs,"
+            "comma-separated subset of: engine, incremental, scale, latency, dashboard, costs,"
             " forecast (opt-in)"
         ),
     )
     parser.add_argument(
         "--latency-path",
-        choices=("daemon", "inprocess"),
-        default="daemon",
-        help="Parquet->Postgres hop of the latency benchmark: dagster dev with its sensors "
-        "(default), or an in-process refresh loop (lower bound)",
+        choices=("up", "daemon", "inprocess"),
+        default="up",
+        help="Parquet->Postgres hop of the latency benchmark: what `marketflow up` runs (the "
+        "live follower + dagster dev, default), dagster dev with its sensors only, or an "
+        "in-process refresh loop",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import incremental
 
             incremental.run(args.mode)
+        elif name == "scale":
+            from benchmarks import scale
+
+            scale.run(args.mode)
         elif name == "latency":
             from benchmarks import latency
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+#: First hourly partition of the assets the benchmarks materialize (before every history).
+BENCH_PARTITION_START = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 def get_bench_spark():
@@ -33,17 +36,49 @@ def spark_indicators(spark, raw_dir: Path, start: datetime, end: datetime):
     return indicators_dataframe(raw_df, None, start, end)
 
 
-def materialize_partition(data_dir: Path, postgres_url: str, partition_key: str) -> float:
+def forget_refreshes(postgres_url: str, start: datetime, end: datetime) -> None:
+    """Drop the incremental-refresh ledger of the hours in ``[start, end)``: their next refresh
+    recomputes the whole hour (what the history benchmarks time), not just new raw files."""
+    import psycopg2
+
+    from marketflow_assets.resources import refresh_ledger
+    from marketflow_assets.resources.postgres import PostgresResource
+
+    PostgresResource(url=postgres_url).ensure_tables()
+    conn = psycopg2.connect(postgres_url)
+    try:
+        with conn, conn.cursor() as cur:
+            refresh_ledger.forget(cur, start, end)
+    finally:
+        conn.close()
+
+
+def materialize_partition(
+    data_dir: Path, postgres_url: str, partition_key: str, whole_hour: bool = True
+) -> float:
     """Materialize ``price_indicators`` + ``market_movers`` for one partition through Dagster
     (``dg.materialize``, in-process executor, ephemeral instance: what a sensor-triggered run
-    executes, minus the run launcher's process start). Returns wall seconds."""
+    executes, minus the run launcher's process start). Returns wall seconds.
+
+    ``whole_hour``: forget the partition's incremental ledger first (untimed), so the run
+    recomputes the whole hour rather than only raw files it has not seen.
+    """
     import dagster as dg
 
-    from marketflow_assets.assets.indicators import price_indicators
-    from marketflow_assets.assets.movers import market_movers
+    from marketflow_assets.assets.indicators import build_price_indicators
+    from marketflow_assets.assets.movers import build_market_movers
+    from marketflow_assets.assets.partitions import hourly_partitions
     from marketflow_assets.definitions import build_resources
 
+    # the synthetic histories lie in the past: partitions from 2020 on, whatever ./data holds
+    partitions = hourly_partitions(start=BENCH_PARTITION_START)
+    price_indicators = build_price_indicators(partitions)
+    market_movers = build_market_movers(partitions)
+
     resources = build_resources(postgres_url=postgres_url, data_dir=str(data_dir))
+    if whole_hour:
+        start = datetime.strptime(partition_key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
+        forget_refreshes(postgres_url, start, start + timedelta(hours=1))
     started = time.perf_counter()
     result = dg.materialize(
         [price_indicators, market_movers],
@@ -61,7 +96,8 @@ def materialize_partition(data_dir: Path, postgres_url: str, partition_key: str)
 def refresh_functions(
     spark, data_dir: Path, postgres_url: str, start: datetime, end: datetime
 ) -> dict[str, float]:
-    """The assets' bodies called directly (no Dagster): per-step seconds."""
+    """The assets' bodies called directly (no Dagster; the whole period, no ledger): per-step
+    seconds."""
     from marketflow_assets.assets.indicators import refresh_indicators
     from marketflow_assets.assets.movers import refresh_movers
     from marketflow_assets.resources.postgres import PostgresResource

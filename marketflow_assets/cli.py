@@ -1,5 +1,5 @@
-"""The ``marketflow`` command: ``up``, ``ingest``, ``refresh``, ``forecast``, ``dashboard``,
-``compact``.
+"""The ``marketflow`` command: ``up``, ``ingest``, ``refresh``, ``follow``, ``forecast``,
+``dashboard``, ``compact``.
 
 Exit codes (README): 0 success, 2 bad usage or configuration (one line on stderr), 1 runtime
 failure.
@@ -41,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_ingest = sub.add_parser("ingest", help="publish coin prices to Kafka")
     ingest_command.add_arguments(p_ingest)
     p_ingest.set_defaults(handler=ingest_command.run)
+
+    from marketflow_assets import follow
+
+    p_follow = sub.add_parser(
+        "follow", help="refresh price_indicators in process as soon as raw files appear"
+    )
+    follow.add_arguments(p_follow)
+    p_follow.set_defaults(handler=follow.run)
 
     p_refresh = sub.add_parser("refresh", help="materialize the indicator tables through Dagster")
     refresh.add_arguments(p_refresh)

@@ -210,8 +210,28 @@ def create_table_sql(table: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} (\n  {body},\n  PRIMARY KEY ({', '.join(key)})\n)"
 
 
+# Bookkeeping of the incremental refresh (``assets/incremental.py``), one row per hourly
+# partition: the raw files already folded into ``price_indicators`` (names relative to
+# ``raw_prices/``; NULL = recompute the whole hour next time), the table's newest ``ts`` in the
+# hour after that write (a mismatch means the table changed behind the refresh's back), and
+# where ``market_movers`` must be recomputed from (NULL = up to date) plus its newest snapshot.
+REFRESH_LEDGER_TABLE = "indicator_refresh_ledger"
+REFRESH_LEDGER_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("partition_start", "timestamptz NOT NULL"),
+    ("raw_files", "text[]"),
+    ("indicators_newest_ts", "timestamptz"),
+    ("movers_from", "timestamptz"),
+    ("movers_newest_ts", "timestamptz"),
+    ("updated_at", "timestamptz NOT NULL DEFAULT now()"),
+)
+REFRESH_LEDGER_KEY = ("partition_start",)
+#: Tables that hold derived bookkeeping only (dropping them costs one full recompute per hour).
+STATE_TABLES = (REFRESH_LEDGER_TABLE,)
+
+
 def create_all_sql() -> list[str]:
     """DDL for every table plus the secondary indexes queries rely on."""
+    body = ",\n  ".join(f"{name} {kind}" for name, kind in REFRESH_LEDGER_COLUMNS)
     return [
         *(create_table_sql(t) for t in TABLES),
         "CREATE INDEX IF NOT EXISTS price_indicators_ts_idx ON price_indicators (ts)",
@@ -223,6 +243,8 @@ def create_all_sql() -> list[str]:
         "(coin_id, ts) INCLUDE (price, sma_5min, ema_3min, volatility_5min, change_1min, "
         "change_5min)",
         "CREATE INDEX IF NOT EXISTS check_results_evaluated_at_idx ON check_results (evaluated_at)",
+        f"CREATE TABLE IF NOT EXISTS {REFRESH_LEDGER_TABLE} (\n  {body},\n"
+        f"  PRIMARY KEY ({', '.join(REFRESH_LEDGER_KEY)})\n)",
     ]
 
 

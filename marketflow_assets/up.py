@@ -31,6 +31,9 @@ logger = logging.getLogger("marketflow.up")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPARK_JOB = REPO_ROOT / "spark_streaming" / "kafka_streaming.py"
 SOURCES = ("auto", "coingecko", "replay", "simulate")
+#: Micro-batch trigger of the streaming job under ``up``: a new poll waits at most this long
+#: before its micro-batch starts (docs/PERFORMANCE.md, "Where the seconds go").
+STREAMING_TRIGGER_SECONDS = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +115,7 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
     if source == "replay":
         ingest += ["--replay-file", args.replay_file, "--speed", str(args.speed)]
     spark = [sys.executable, str(SPARK_JOB), "--master", args.spark_master]
-    spark += ["--trigger-seconds", "10"]
+    spark += ["--trigger-seconds", str(STREAMING_TRIGGER_SECONDS)]
     metrics = {"ingest": free_port(), "spark": free_port()}  # Prometheus, on 127.0.0.1
     ingest += ["--metrics-port", str(metrics["ingest"])]
     spark += ["--metrics-port", str(metrics["spark"])]
@@ -121,6 +124,7 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
         metrics["ingest"],
         metrics["spark"],
     )
+    follow = [sys.executable, "-m", "marketflow_assets.cli", "follow"]
     dagster = [
         str(Path(sys.executable).with_name("dagster")),
         "dev",
@@ -135,6 +139,7 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
         Child("ingest", ingest, logs / "ingest.log"),
         Child("spark", spark, logs / "spark_streaming.log"),
         Child("dagster", dagster, logs / "dagster.log"),
+        Child("follow", follow, logs / "follow.log"),
     ]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from marketflow_assets.schema import TABLES
+from marketflow_assets.schema import STATE_TABLES, TABLES
 from marketflow_assets.services import EmbeddedKafka, EmbeddedPostgres, wait_for_kafka
 from marketflow_assets.settings import load_settings
 
@@ -63,7 +63,7 @@ def pg_clean(postgres_url) -> str:
     conn = psycopg2.connect(postgres_url)
     try:
         with conn, conn.cursor() as cur:
-            for table in TABLES:
+            for table in (*TABLES, *STATE_TABLES):
                 cur.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
     finally:
         conn.close()

@@ -135,6 +135,41 @@ def test_incremental_equals_full_recompute(seed):
         np.testing.assert_allclose(a[col], b[col], rtol=REL, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_poll_by_poll_append_and_late_rows_equal_full_recompute(seed):
+    """The live refresh's math: every poll computed alone from the stored state (+ lookback),
+    then late rows (older than the newest stored) recomputed from their own ``ts`` on: equal to
+    one full recompute of everything, and to the reference."""
+    rows = irregular_rows(seed=seed, coins=6, polls=90)
+    rng = random.Random(seed)
+    late = [r for r in rows if rng.random() < 0.03 and r[0] not in ("solo", "flat")]
+    on_time = [r for r in rows if r not in late]
+    raw_on_time = to_frame(on_time)
+    stored = None
+    for ts in sorted(raw_on_time["ts"].unique()):  # one refresh per poll, [ts, newest]
+        window = raw_on_time[
+            (raw_on_time["ts"] >= ind.lookback_start(ts)) & (raw_on_time["ts"] <= ts)
+        ]
+        state = None if stored is None else ind.state_from_indicators(stored, ts)
+        part = ind.compute_indicators(window, state, start=ts)
+        assert (part["ts"] == ts).all()
+        stored = part if stored is None else pd.concat([stored, part], ignore_index=True)
+    assert_matches_reference(stored, reference_indicators(on_time))
+    # late rows: recompute [oldest late ts, end) from the state before it
+    raw = to_frame(rows)
+    frm = min(pd.Timestamp(r[2]) for r in late)
+    window = raw[raw["ts"] >= ind.lookback_start(frm)]
+    redo = ind.compute_indicators(window, ind.state_from_indicators(stored, frm), start=frm)
+    spliced = pd.concat([stored[stored["ts"] < frm], redo], ignore_index=True)
+    assert len(redo) < len(rows)  # only what the late rows affect
+    assert_matches_reference(spliced, reference_indicators(rows))
+    full = ind.compute_indicators(raw).sort_values(["coin_id", "ts"]).reset_index(drop=True)
+    spliced = spliced.sort_values(["coin_id", "ts"]).reset_index(drop=True)
+    assert (full["coin_id"] == spliced["coin_id"]).all() and (full["ts"] == spliced["ts"]).all()
+    for col in ("change_1min", "change_5min", "sma_5min", "ema_3min", "volatility_5min"):
+        np.testing.assert_allclose(spliced[col], full[col], rtol=REL, atol=0, equal_nan=True)
+
+
 def test_ema_long_history_and_huge_gaps():
     """The blocked closed-form EMA matches the recursion over days, across huge gaps."""
     rng = random.Random(5)
@@ -192,3 +227,27 @@ def test_movers_match_reference(rows, reference):
     # fewer than 5 eligible coins -> fewer rows
     counts = movers.groupby(["snapshot_ts", "direction"]).size()
     assert counts.max() == 5 and counts.min() < 5
+
+
+def test_all_coins_at_once_and_coin_by_coin_agree_including_the_overflow_fallback():
+    """Coins are computed together (one key axis); ranges too long for int64 keys fall back to
+    the per-coin functions. Both match the reference."""
+    rows = irregular_rows(seed=9, coins=7, polls=120)
+    raw = to_frame(rows)
+    state = ind.state_from_indicators(ind.compute_indicators(raw), BASE + timedelta(minutes=40))
+    start = BASE + timedelta(minutes=40)
+    window = raw[raw["ts"] >= ind.lookback_start(start)]
+    together = ind.compute_indicators(window, state, start=start)
+    by_coin = pd.concat(
+        [
+            ind.compute_indicators(group, state[state["coin_id"] == coin], start=start)
+            for coin, group in window.groupby("id")
+        ],
+        ignore_index=True,
+    )
+    keys = {k for k in reference_indicators(rows) if k[1] >= start}
+    assert_matches_reference(together, reference_indicators(rows), keys)
+    assert_matches_reference(by_coin, reference_indicators(rows), keys)
+    # ~226 years between two observations: keys would overflow, the per-coin path takes over
+    far = [("a", "A", BASE, 1.0), ("a", "A", BASE.replace(year=2250), 2.0), ("b", "B", BASE, 3.0)]
+    assert_matches_reference(ind.compute_indicators(to_frame(far)), reference_indicators(far))

@@ -11,11 +11,12 @@ import dagster as dg
 import pandas as pd
 
 from marketflow_assets import indicators as ind
+from marketflow_assets.assets import incremental
 from marketflow_assets.assets.partitions import HOURLY, backfill_policy
 from marketflow_assets.assets.policies import (
     TRANSIENT_IO_RETRY,
+    live_row_count_metadata,
     retry_transient_io_only,
-    row_count_metadata,
     table_metadata,
 )
 from marketflow_assets.assets.spark_compute import movers_dataframe, session, spark_to_pandas
@@ -36,7 +37,9 @@ class MoversRefresh:
     end: datetime
     rows: pd.DataFrame
     seconds: float
-    engine: str  # "local" or "spark"
+    engine: str  # "local", "spark" or "none" (nothing to recompute)
+    recomputed_from: datetime | None = None
+    plan: str = ""
 
 
 def refresh_movers(
@@ -45,6 +48,7 @@ def refresh_movers(
     start: datetime,
     end: datetime,
     local_max_rows: int = LOCAL_MAX_ROWS,
+    after_write=None,
 ) -> MoversRefresh:
     """Compute ``market_movers`` for snapshots in ``[start, end)`` from the stored indicators.
 
@@ -67,7 +71,9 @@ def refresh_movers(
         movers = ind.compute_movers(source)
     else:
         movers = spark_to_pandas(movers_dataframe(session(spark), source))
-    postgres.replace_period("market_movers", movers, start, end, ts_column="snapshot_ts")
+    postgres.replace_period(
+        "market_movers", movers, start, end, ts_column="snapshot_ts", after_write=after_write
+    )
     seconds = time.perf_counter() - t0
     logger.info(
         "market_movers %s .. %s: %d rows for %d snapshots, %s, %.2fs",
@@ -79,6 +85,34 @@ def refresh_movers(
         seconds,
     )
     return MoversRefresh(start, end, movers, seconds, engine)
+
+
+def refresh_movers_incremental(
+    spark,
+    postgres: PostgresResource,
+    start: datetime,
+    end: datetime,
+    local_max_rows: int = LOCAL_MAX_ROWS,
+) -> MoversRefresh:
+    """``market_movers`` of the hourly partitions in ``[start, end)``, recomputed only for the
+    snapshots whose indicators changed since the last refresh
+    (:func:`marketflow_assets.assets.incremental.refresh_movers_window`)."""
+    t0 = time.perf_counter()
+
+    def compute(frm: datetime, stop: datetime, after_write) -> MoversRefresh:
+        return refresh_movers(spark, postgres, frm, stop, local_max_rows, after_write=after_write)
+
+    step, result = incremental.refresh_movers_window(postgres, start, end, compute)
+    if result is None:
+        empty = ind.compute_movers(
+            pd.DataFrame(columns=["ts", "coin_id", "symbol", "change_5min", "price"])
+        )
+        result = MoversRefresh(start, end, empty, 0.0, "none")
+    result.start, result.end = start, end
+    result.seconds = time.perf_counter() - t0
+    result.recomputed_from = None if step.start >= end else step.start
+    result.plan = step.reason
+    return result
 
 
 def movers_markdown(movers: pd.DataFrame) -> str:
@@ -112,6 +146,10 @@ def movers_metadata(result: MoversRefresh) -> dict[str, Any]:
         "engine": dg.MetadataValue.text(result.engine),
         "latest_top_movers": dg.MetadataValue.md(movers_markdown(movers)),
     }
+    if result.plan:
+        meta["incremental_plan"] = dg.MetadataValue.text(result.plan)
+    if result.recomputed_from is not None:
+        meta["recomputed_from"] = dg.MetadataValue.timestamp(result.recomputed_from)
     if len(movers):
         latest = movers[movers["snapshot_ts"] == movers["snapshot_ts"].max()]
         meta["latest_snapshot"] = dg.MetadataValue.timestamp(
@@ -161,20 +199,21 @@ def _build_market_movers(partitions_def: dg.TimeWindowPartitionsDefinition) -> d
 
         Among coins with a non-NULL `change_5min` at a snapshot: the 5 highest (`gainer`, rank 1
         = highest) and the 5 lowest (`loser`, rank 1 = lowest), ties by `coin_id`. Read from the
-        same partition of `price_indicators`; written idempotently to table `market_movers`.
+        same partition of `price_indicators`, only for the snapshots whose indicators changed
+        since the last refresh; written idempotently to table `market_movers`.
         """
         window = context.partition_time_window
         with retry_transient_io_only():
-            result = refresh_movers(
+            result = refresh_movers_incremental(
                 pyspark.get_session,
                 postgres,
                 window.start,
                 window.end,
                 local_max_rows=pyspark.max_local_rows,
             )
-            table_rows = postgres.row_count("market_movers")
+            table_rows = postgres.estimated_row_count("market_movers")
         return dg.MaterializeResult(
-            metadata={**movers_metadata(result), **row_count_metadata(len(result.rows), table_rows)}
+            metadata={**movers_metadata(result), **live_row_count_metadata(result, table_rows)}
         )
 
     return market_movers

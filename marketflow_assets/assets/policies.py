@@ -94,3 +94,13 @@ def row_count_metadata(partition_rows: int, table_rows: int) -> dict[str, Any]:
         "dagster/partition_row_count": dg.MetadataValue.int(partition_rows),
         "dagster/row_count": dg.MetadataValue.int(table_rows),
     }
+
+
+def live_row_count_metadata(result, table_rows: int) -> dict[str, Any]:
+    """Row counts of an incremental refresh: the table's (estimated) size, and the partition's
+    when this run recomputed all of it (an incremental run recomputes only new rows, and
+    counting the hour would cost what the incremental refresh saves)."""
+    meta = {"dagster/row_count": dg.MetadataValue.int(table_rows)}
+    if result.recomputed_from is not None and result.recomputed_from <= result.start:
+        meta["dagster/partition_row_count"] = dg.MetadataValue.int(len(result.rows))
+    return meta

@@ -143,9 +143,22 @@ def reject_outcome(kafka: KafkaTopicResource, settings: MonitoringSettings, now:
     )
 
 
+def no_broker_outcome(measure: str) -> Outcome:
+    """No Kafka is configured (a plain ``dagster dev`` beside no broker): nothing to measure, so
+    nothing to fail; ``marketflow up`` passes its broker in ``MARKETFLOW_KAFKA_BOOTSTRAP``."""
+    return Outcome(
+        True,
+        f"{measure} not measured: no Kafka configured (MARKETFLOW_KAFKA_BOOTSTRAP is unset;"
+        " `marketflow up` sets it).",
+        {},
+    )
+
+
 def measure_lag_outcome(
     kafka: KafkaTopicResource, settings: MonitoringSettings, now: float
 ) -> Outcome:
+    if not kafka.bootstrap_servers:
+        return no_broker_outcome("Stream lag")
     probe = lagmod.make_probe(kafka.bootstrap_servers, kafka.topic_name)
     try:
         report = lagmod.measure_lag(
@@ -206,6 +219,8 @@ def stream_lag_check(kafka: KafkaTopicResource) -> dg.AssetCheckResult:
     ),
 )
 def dead_letter_rate_check(kafka: KafkaTopicResource) -> dg.AssetCheckResult:
+    if not kafka.bootstrap_servers:
+        return no_broker_outcome("Dead-letter rate").to_result()
     published, dead = topic_counts(kafka)
     outcome = dead_letter_outcome(
         published, dead, load_monitoring_settings(), "all records the broker holds"

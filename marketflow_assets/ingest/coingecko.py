@@ -5,8 +5,10 @@
   ``COINGECKO_API_URL``). The key travels only in that header and is scrubbed from every message
   this module logs or raises.
 * Pagination: pages of up to 250 coins ordered by market cap (``order=market_cap_desc``) until
-  ``n_coins`` are fetched; the page size is spread evenly (300 coins = 2 pages of 150) because
-  CoinGecko's ``page`` is relative to ``per_page``.
+  ``n_coins`` are fetched (15,000 coins = 60 pages); the page size is spread evenly (300 coins =
+  2 pages of 150) because CoinGecko's ``page`` is relative to ``per_page``. Page requests are
+  spaced to stay within the plan's calls/minute (Pro: 0.12 s, so 60 pages take ~7 s; Demo: 2 s,
+  so 60 pages take 2 minutes and cannot fit a 30 s cadence — :func:`rate_limit_line` says so).
 * Resilience: connect/read timeouts; HTTP 429 waits ``Retry-After`` (seconds or an HTTP date)
   when given, else exponential backoff with jitter; 5xx, connection errors, timeouts and
   malformed bodies are retried within a bounded number of attempts and an optional deadline.
@@ -69,18 +71,42 @@ def pages_for(n_coins: int) -> tuple[int, int]:
     return pages, math.ceil(n_coins / pages)
 
 
+def page_spacing(plan: str) -> float:
+    """Seconds between two page requests that keep a poll within ``plan``'s calls/minute."""
+    return 60.0 / PLAN_QUOTAS[plan].calls_per_minute
+
+
+def rate_limit_line(plan: str, interval_s: float, pages: int) -> str | None:
+    """One line saying that ``plan`` cannot page ``pages`` every ``interval_s`` (None if it can).
+
+    The client spaces page requests by :func:`page_spacing` (it never exceeds the plan's
+    calls/minute), so a poll of ``pages`` pages takes ``(pages - 1) * spacing`` seconds; when that
+    does not fit the interval, polls overrun and the fixed cadence skips the ticks they miss.
+    """
+    quota = PLAN_QUOTAS[plan]
+    per_minute = pages * 60.0 / interval_s
+    if per_minute <= quota.calls_per_minute:
+        return None
+    poll_s = pages * page_spacing(plan)
+    max_coins = int(quota.calls_per_minute * interval_s / 60.0) * MAX_PER_PAGE
+    fits = f"--coins {max_coins:,} or fewer, " if max_coins else ""
+    return (
+        f"CoinGecko {quota.label} plan cannot page {pages} page(s) of coins every "
+        f"{interval_s:g} s: that needs {per_minute:.1f} calls/min and the plan allows "
+        f"~{quota.calls_per_minute}, so pages are spaced {page_spacing(plan):.2f} s apart and a "
+        f"poll takes ~{poll_s:.0f} s (polls every ~{max(poll_s, interval_s):.0f} s); use "
+        f"COINGECKO_API_PLAN=pro, {fits}or --interval {poll_s:.0f} or more"
+    )
+
+
 def quota_warnings(plan: str, interval_s: float, pages: int) -> list[str]:
     """Human-readable warnings when polling ``pages`` every ``interval_s`` exceeds ``plan``."""
     quota = PLAN_QUOTAS[plan]
-    per_minute = pages * 60.0 / interval_s
     per_month = pages * DAYS_PER_MONTH * 86_400 / interval_s
     warnings = []
-    if per_minute > quota.calls_per_minute:
-        warnings.append(
-            f"CoinGecko {quota.label} plan allows ~{quota.calls_per_minute} calls/min but "
-            f"{pages} page(s) every {interval_s:g} s make {per_minute:.1f} calls/min: expect HTTP "
-            "429s; raise --interval, lower --coins or use a bigger plan"
-        )
+    line = rate_limit_line(plan, interval_s, pages)
+    if line:
+        warnings.append(line)
     if quota.calls_per_month is not None and per_month > quota.calls_per_month:
         lasts_days = quota.calls_per_month / (per_month / DAYS_PER_MONTH)
         warnings.append(
@@ -154,6 +180,7 @@ class CoinGeckoClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        calls_per_minute: float | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -177,6 +204,11 @@ class CoinGeckoClient:
         if api_key and key_header:
             self._session.headers[key_header] = api_key
         self.requests_made = 0
+        # Page requests are spaced to stay within the plan's rate limit (``from_settings`` sets
+        # it from the plan); retries follow their own backoff / Retry-After instead.
+        self.page_spacing_s = 60.0 / calls_per_minute if calls_per_minute else 0.0
+        self._next_page_at = 0.0
+        self.paced_seconds = 0.0  # total time spent waiting for the rate limit
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> CoinGeckoClient:
@@ -185,6 +217,9 @@ class CoinGeckoClient:
                 f"COINGECKO_API_KEY is set but COINGECKO_API_PLAN={settings.coingecko_api_plan} "
                 "sends no key: set COINGECKO_API_PLAN=demo or pro (or unset the key)"
             )
+        kwargs.setdefault(
+            "calls_per_minute", PLAN_QUOTAS[settings.coingecko_api_plan].calls_per_minute
+        )
         return cls(
             settings.coingecko_api_url,
             plan=settings.coingecko_api_plan,
@@ -273,6 +308,7 @@ class CoinGeckoClient:
             "sparkline": "false",
         }
         url = self.base_url + MARKETS_PATH
+        self._pace()
         last = "no attempt made"
         for attempt in range(1, self.max_attempts + 1):
             try:
@@ -304,6 +340,17 @@ class CoinGeckoClient:
         raise CoinGeckoError(
             f"CoinGecko page {page}: gave up after {self.max_attempts} attempts; last error: {last}"
         )
+
+    def _pace(self) -> None:
+        """Wait until the next page request is allowed by the plan's calls/minute."""
+        if self.page_spacing_s <= 0:
+            return
+        now = time.monotonic()
+        wait = self._next_page_at - now
+        if wait > 0:
+            self.paced_seconds += wait
+            self._sleep(wait)
+        self._next_page_at = max(now, self._next_page_at) + self.page_spacing_s
 
     def _attempt(self, url: str, params: dict[str, Any]) -> list[Any]:
         self.requests_made += 1

@@ -15,9 +15,10 @@ Besides connections it owns the few SQL statements the assets need, so that asse
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
 import dagster as dg
 import pandas as pd
@@ -174,6 +175,7 @@ class PostgresResource(dg.ConfigurableResource):
         start: datetime,
         end: datetime,
         ts_column: str = "ts",
+        after_write: Callable[[Any, int], None] | None = None,
     ) -> int:
         """Make ``table`` hold exactly ``frame``'s rows for ``ts_column`` in ``[start, end)``.
 
@@ -184,6 +186,8 @@ class PostgresResource(dg.ConfigurableResource):
         same frame leaves the table untouched (idempotent, and cheap for the streaming
         re-computation of the newest hour). Returns the number of rows inserted (new or changed).
         ``frame`` must only hold rows of the period (ValueError otherwise).
+        ``after_write(cursor, changed)`` (optional) runs inside the same transaction, after the
+        write, with the number of rows deleted plus inserted (0 = the table did not change).
         """
         columns = column_names(table)
         key = TABLES[table][1]
@@ -214,12 +218,16 @@ class PostgresResource(dg.ConfigurableResource):
                 f"AND NOT EXISTS (SELECT 1 FROM _stage_{table} s WHERE {same_key} AND {same_row})",
                 period,
             )
+            deleted = cur.rowcount
             # what is left of the period is identical to its stage row: insert the rest
             cur.execute(
                 f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM _stage_{table} "
                 f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
             )
-            return cur.rowcount
+            inserted = cur.rowcount
+            if after_write is not None:
+                after_write(cur, deleted + inserted)
+            return inserted
 
     def row_count(self, table: str) -> int:
         """Exact number of rows of ``table`` (one of ``schema.TABLES``); 0 when it is missing."""
@@ -231,6 +239,20 @@ class PostgresResource(dg.ConfigurableResource):
                 return 0
             cur.execute(f"SELECT count(*) FROM {table}")
             return int(cur.fetchone()[0])
+
+    def estimated_row_count(self, table: str) -> int:
+        """Rows of ``table`` as PostgreSQL estimates them (``pg_class.reltuples``, kept by
+        autovacuum/ANALYZE: no scan); the exact count while the table was never analyzed."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        with self.get_connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", (table,))
+            row = cur.fetchone()
+        if row is None:
+            return 0
+        if row[0] is None or row[0] < 0:
+            return self.row_count(table)
+        return int(row[0])
 
     def read_period(
         self,

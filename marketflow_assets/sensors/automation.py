@@ -7,6 +7,12 @@ partition's EMA continues from its predecessor, a range always runs in time orde
 While such a run is still queued or running, the sensor waits and merges the new data into the next
 request, so runs never race on the same partitions.
 
+Live fast path: ``marketflow up`` also runs ``marketflow follow`` (``marketflow_assets/follow.py``),
+which executes the same job in process within a second of a new file, without these sensor and
+run-launch hops. While the follower has run within ``LIVE_GRACE_S`` this sensor leaves data of
+the last ``LIVE_HORIZON_HOURS`` to it and only launches runs for older (late) data; when the
+follower stops, this sensor takes over by itself.
+
 Why a custom sensor and not declarative automation (``AutomationCondition``): measured with
 ``python -m benchmarks.automation``, which asks both, on one Dagster instance, what they would run
 after the observation sensor reports new raw files (run of 2026-11-29 on the shared 2-core machine):
@@ -42,6 +48,13 @@ from marketflow_assets.jobs import (
 
 #: Longest range one automatic run covers; older late data is left to backfills / the schedule.
 MAX_AUTOMATIC_PARTITIONS = 48
+#: Tag of the runs executed by the live follower (``marketflow follow``, the fast path).
+LIVE_TRIGGER_TAG = "marketflow/trigger"
+#: The follower handles new raw files whose rows lie within this many hours of now ...
+LIVE_HORIZON_HOURS = 2
+#: ... and counts as alive while its latest run is at most this old; meanwhile this sensor
+#: leaves such data to it (older data, or a silent follower: this sensor launches as before).
+LIVE_GRACE_S = 90.0
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
@@ -78,6 +91,28 @@ def partition_range(
     return partition_key_for(oldest), partition_key_for(newest)
 
 
+def _age_s(record) -> float:
+    return (datetime.now(UTC) - record.update_timestamp.astimezone(UTC)).total_seconds()
+
+
+def _stale_live_run(record) -> bool:
+    """A live run not updated for a while: its follower was killed mid-run."""
+    return record.dagster_run.tags.get(LIVE_TRIGGER_TAG) == "live" and _age_s(record) > 300
+
+
+def _live_follower_run(instance) -> str | None:
+    """Run id of the live follower's latest run if it is recent (the follower is alive)."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=refresh_indicators_job.name, tags={LIVE_TRIGGER_TAG: "live"}
+        ),
+        limit=1,
+    )
+    if records and _age_s(records[0]) <= LIVE_GRACE_S:
+        return records[0].dagster_run.run_id
+    return None
+
+
 def run_request_for(first_key: str, last_key: str, run_key: str) -> dg.RunRequest:
     if first_key == last_key:
         return dg.RunRequest(run_key=run_key, partition_key=first_key)
@@ -103,12 +138,17 @@ def indicators_follow_raw_prices(
     ).records
     if not records:
         return dg.SkipReason("no new raw_prices data since the last run request")
-    in_flight = context.instance.get_runs(
-        filters=dg.RunsFilter(job_name=refresh_indicators_job.name, statuses=IN_FLIGHT), limit=1
-    )
+    in_flight = [
+        record
+        for record in context.instance.get_run_records(
+            filters=dg.RunsFilter(job_name=refresh_indicators_job.name, statuses=IN_FLIGHT),
+            limit=5,
+        )
+        if not _stale_live_run(record)
+    ]
     if in_flight:
         return dg.SkipReason(
-            f"run {in_flight[0].run_id} is still in flight; new data will follow it"
+            f"run {in_flight[0].dagster_run.run_id} is still in flight; new data will follow it"
         )
     oldest = newest = None
     for record in records:
@@ -123,6 +163,13 @@ def indicators_follow_raw_prices(
     if keys is None:
         return dg.SensorResult(
             skip_reason="new raw files hold no rows in any partition", cursor=cursor
+        )
+    follower = _live_follower_run(context.instance)
+    if follower is not None and oldest >= datetime.now(UTC) - timedelta(hours=LIVE_HORIZON_HOURS):
+        return dg.SensorResult(
+            skip_reason=f"the live follower (marketflow follow) refreshes {keys[0]} .. {keys[1]} "
+            f"itself (latest run {follower})",
+            cursor=cursor,
         )
     context.log.info(f"new raw data {oldest} .. {newest}: partitions {keys[0]} .. {keys[1]}")
     return dg.SensorResult(

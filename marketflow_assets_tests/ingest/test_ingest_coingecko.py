@@ -352,3 +352,82 @@ def test_key_with_public_plan_is_a_config_error():
     with pytest.raises(ConfigError, match="COINGECKO_API_PLAN") as info:
         CoinGeckoClient.from_settings(settings)
     assert SECRET not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole market: 15,000 coins = 60 pages of 250, within the plan's rate limit
+# --------------------------------------------------------------------------------------------
+def recorded_market(recorded_page, n_total: int, hits: list):
+    """Handler serving ``n_total`` coins built from the recorded real records (ids made unique
+    by rank), honouring per_page/page; records each request's arrival time in ``hits``."""
+
+    def handler(request: Request) -> Response:
+        hits.append(time.monotonic())
+        per_page = int(request.args["per_page"])
+        page = int(request.args["page"])
+        rows = []
+        for rank in range((page - 1) * per_page + 1, min(n_total, page * per_page) + 1):
+            base = dict(recorded_page[(rank - 1) % len(recorded_page)])
+            base.update(id=f"{base['id']}-{rank}", market_cap_rank=rank)
+            rows.append(base)
+        return Response(json.dumps(rows), content_type="application/json")
+
+    return handler
+
+
+def test_15000_coins_are_paged_in_60_pages_spaced_within_the_pro_rate_limit(
+    httpserver, recorded_page
+):
+    hits: list[float] = []
+    httpserver.expect_request(MARKETS).respond_with_handler(
+        recorded_market(recorded_page, 15_000, hits)
+    )
+    settings = dataclasses.replace(
+        load_settings({}),
+        coingecko_api_plan="pro",
+        coingecko_api_key=SECRET,
+        coingecko_api_url=httpserver.url_for(""),
+    )
+    client = CoinGeckoClient.from_settings(settings)
+    started = time.monotonic()
+    records = client.fetch_markets(15_000)
+    elapsed = time.monotonic() - started
+    assert len(records) == 15_000 and len({r["id"] for r in records}) == 15_000
+    assert [r["market_cap_rank"] for r in records] == list(range(1, 15_001))
+    assert client.requests_made == 60 == len(hits)
+    pages = [int(req.args["page"]) for req, _ in httpserver.log]
+    assert pages == list(range(1, 61))
+    assert {int(req.args["per_page"]) for req, _ in httpserver.log} == {250}
+    # never faster than the plan's 500 calls/min (0.12 s apart), so 60 pages take >= 7 s,
+    # well inside a 30 s poll
+    # (arrival times at the server jitter by a few ms under load: check spans of 10 requests)
+    spans = [b - a for a, b in zip(hits, hits[10:], strict=False)]
+    assert min(spans) >= 10 * 0.12 - 0.05
+    assert 59 * 0.12 - 0.1 <= elapsed < 30
+    assert max(sum(1 for t in hits if s <= t < s + 60) for s in hits) <= 500
+
+
+def test_rate_limit_line_says_when_a_plan_cannot_page_the_market(caplog, ingest_args):
+    from marketflow_assets.ingest.coingecko import rate_limit_line
+
+    line = rate_limit_line("demo", 30, 60)
+    assert line is not None and "\n" not in line
+    assert "cannot page 60 page(s)" in line and "120.0 calls/min" in line
+    assert "COINGECKO_API_PLAN=pro" in line and "--interval 120" in line
+    assert "--coins 3,750" in line  # 15 pages of 250 fit 30 calls/min at 30 s
+    assert rate_limit_line("pro", 30, 60) is None  # 120 calls/min of 500
+    assert rate_limit_line("demo", 120, 60) is None
+    assert "cannot" in rate_limit_line("public", 30, 60)
+
+    from marketflow_assets.ingest import command
+
+    settings = dataclasses.replace(load_settings({}), coingecko_api_plan="demo")
+    args = ingest_args("--source", "coingecko", "--coins", "15000", "--interval", "30")
+    with caplog.at_level(logging.WARNING, logger="marketflow_assets.ingest.command"):
+        command._make_source(args, settings, None)
+    assert any("cannot page 60 page(s)" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    pro = dataclasses.replace(settings, coingecko_api_plan="pro")
+    with caplog.at_level(logging.WARNING, logger="marketflow_assets.ingest.command"):
+        command._make_source(args, pro, None)
+    assert not any("cannot" in r.getMessage() for r in caplog.records)
