@@ -202,7 +202,7 @@ class Supervisor:
             delay = self.policy.delay(len(child.restarts))
             child.restart_at = now + delay
             logger.warning(
-                "%s %s after %.0f s; restart %d of at most %d within %.0f s, in %.0f s. "
+                "%s %s after %.0f s; restart %d of at most %d within %.0f s, in %.3g s. "
                 "Last lines of %s:\n%s",
                 child.name,
                 describe_exit(code),
