@@ -388,10 +388,26 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             s_off.pop(p, None)  # re-read from the earliest offset (decided in latestOffset)
         need_begin = [p for p, e in e_off.items() if p not in s_off or e < s_off[p]]
         begin = self.probe.beginning_offsets(sorted(set(need_begin) | set(e_off))) if e_off else {}
+        # What the partitions hold now: a batch planned before a broker restart (replayed from
+        # the offset log) may ask for offsets the recreated topic does not have.
+        current = self._latest if self._latest is not None else self._current_end()
         ranges = []
         for p, e in sorted(e_off.items()):
             earliest = begin.get(p, 0)
             s = s_off.get(p)
+            now_end = current.get(p, 0)
+            if e > now_end and e > (s or 0):
+                logger.warning(
+                    "Kafka %s[%d]: the batch was planned up to offset %d but the partition now "
+                    "ends at %d (broker restarted or topic recreated); reading what is there",
+                    self.topic,
+                    p,
+                    e,
+                    now_end,
+                )
+                e = now_end
+                if s is not None and s > e:
+                    s = earliest
             if s is None:
                 s = earliest
             elif e < s:

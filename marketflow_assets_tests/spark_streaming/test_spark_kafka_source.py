@@ -149,7 +149,13 @@ def test_broker_restart_detected_when_the_new_topic_grew_past_the_checkpoint(tmp
         broker.stop()
         assert broker.start() == bootstrap  # same port, empty memory
         create(bootstrap, topic)
-        produce(bootstrap, topic, 8, partition=0)
+        produce(bootstrap, topic, 3, partition=0)
+        # a batch planned before the restart up to offset 9, replayed by a restarted job
+        r = reader(bootstrap, topic)
+        planned = {topic: {"0": 9}}
+        assert [(p.start, p.end) for p in r.partitions(checkpointed, planned)] == [(0, 3)]
+        r.stop()
+        produce(bootstrap, topic, 5, partition=0)
         r = reader(bootstrap, topic)
         end = r.latestOffset(checkpointed, ReadAllAvailable())
         assert end[topic] == {"0": 8} and end[RESET] == [0]
