@@ -162,6 +162,27 @@ class Supervisor:
             except Exception:  # noqa: BLE001 - keep stopping the others
                 logger.exception("%s: error while stopping", child.name)
 
+    def restart_now(self, name: str, why: str) -> None:
+        """Stop child ``name`` and start it again at once (not counted as a crash)."""
+        for child in self.children:
+            if child.name == name and not child.finished:
+                logger.info("%s: restarting now (%s)", name, why)
+                stop_child(child)
+                start_child(child, self.env, self.cwd)
+
+    def crash_loop(self, name: str, restarts: list[float], what: str, log_path: Path) -> str | None:
+        """Count a restart of ``name`` in ``restarts`` (pruned to the window, appended to);
+        the crash-loop reason when it exceeds the policy, else None."""
+        now = self.clock()
+        restarts[:] = [t for t in restarts if now - t < self.policy.window_s]
+        if len(restarts) >= self.policy.max_restarts:
+            return (
+                f"{name} is crash-looping: it {what} after {len(restarts)} restart(s) within "
+                f"{self.policy.window_s:.0f} s (limit {self.policy.max_restarts}); see {log_path}"
+            )
+        restarts.append(now)
+        return None
+
     def poll(self) -> str | None:
         """Reap children that exited and schedule or perform their restarts.
 
@@ -189,16 +210,12 @@ class Supervisor:
                 child.finished = True
                 continue
             window = self.policy.window_s
-            child.restarts = [t for t in child.restarts if now - t < window]
-            if len(child.restarts) >= self.policy.max_restarts:
-                reason = (
-                    f"{child.name} is crash-looping: it {describe_exit(code)} after "
-                    f"{len(child.restarts)} restart(s) within {window:.0f} s "
-                    f"(limit {self.policy.max_restarts}); see {child.log_path}"
-                )
+            reason = self.crash_loop(
+                child.name, child.restarts, describe_exit(code), child.log_path
+            )
+            if reason is not None:
                 logger.error("%s. Last lines of its log:\n%s", reason, tail(child.log_path))
                 return reason
-            child.restarts.append(now)
             delay = self.policy.delay(len(child.restarts))
             child.restart_at = now + delay
             logger.warning(

@@ -23,18 +23,19 @@ import threading
 import urllib.request
 from pathlib import Path
 
+from marketflow_assets import supervisor as _supervisor
 from marketflow_assets.resources.spark_connect import (
     SPARK_REMOTE_ENV,
     connect_server_command,
     wait_for_port,
 )
-from marketflow_assets.services import free_port, running_services
+from marketflow_assets.services import EmbeddedKafka, ServiceError, free_port, running_services
 from marketflow_assets.settings import ConfigError, Settings
 from marketflow_assets.supervisor import (  # noqa: F401 - Child & co. are used via `up.` too
     Child,
     RestartPolicy,
     Supervisor,
-    start_child,
+    describe_exit,
     stop_child,
     tail,
 )
@@ -124,6 +125,11 @@ def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
     )
     env.update(prepare_dagster_home(settings.data_dir / "dagster_home"))
     return env
+
+
+def start_child(child: Child, env: dict[str, str]) -> None:
+    """Start ``child`` unsupervised (benchmarks), in the repository root like ``up`` does."""
+    _supervisor.start_child(child, env, REPO_ROOT)
 
 
 def replay_progress_path(settings: Settings) -> Path:
@@ -264,15 +270,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
     try:
-        with running_services(settings, log=logger.info) as resolved:
-            return _supervise(args, resolved, stop_requested)
+        embedded: dict = {}
+        with running_services(settings, log=logger.info, embedded=embedded) as resolved:
+            return _supervise(args, resolved, stop_requested, embedded.get("kafka"))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         logger.info("all components stopped")
 
 
-def _supervise(args, settings: Settings, stop_requested: threading.Event) -> int:
+def _supervise(
+    args, settings: Settings, stop_requested: threading.Event, broker: EmbeddedKafka | None
+) -> int:
     """Start the children, announce readiness, restart the ones that exit, stop them all in
     reverse order on exit."""
     from marketflow_assets.resources.postgres import PostgresResource
@@ -287,7 +296,7 @@ def _supervise(args, settings: Settings, stop_requested: threading.Event) -> int
     supervisor = Supervisor([], env, policy, cwd=REPO_ROOT)
     connect: Child | None = None
     with contextlib.ExitStack() as stack:
-        stack.callback(supervisor.stop_all)  # reverse order of start
+        stack.callback(_stop_all, supervisor, settings, broker is not None)
         for child in children:
             if stop_requested.is_set():
                 return 0
@@ -295,23 +304,25 @@ def _supervise(args, settings: Settings, stop_requested: threading.Event) -> int
                 connect, env[SPARK_REMOTE_ENV] = spark_connect_child(settings, args)
                 supervisor.start(connect)  # its JVM starts alongside dagster dev
             supervisor.start(child)
-        return _watch(
-            supervisor,
-            settings,
-            args,
-            stop_requested,
-            env.get(SPARK_REMOTE_ENV) if connect else None,
-        )
+        connect_url = env.get(SPARK_REMOTE_ENV) if connect else None
+        return _watch(supervisor, settings, args, stop_requested, connect_url, broker)
 
 
 def _watch(
-    supervisor: Supervisor, settings: Settings, args, stop_requested, connect: str | None
+    supervisor: Supervisor,
+    settings: Settings,
+    args,
+    stop_requested,
+    connect: str | None,
+    broker: EmbeddedKafka | None = None,
 ) -> int:
     """Announce readiness and supervise; 0 when a stop is requested, 1 on a crash loop."""
     probes = ReadinessProbes(settings, args)
+    broker_restarts: list[float] = []
     logger.info("marketflow is starting; Ctrl-C stops everything")
     while not stop_requested.wait(1.0):
-        reason = supervisor.poll()
+        reason = _watch_broker(broker, supervisor, broker_restarts) if broker else None
+        reason = reason or supervisor.poll()
         if reason is not None:
             logger.error("stopping everything: %s", reason)
             return 1
@@ -320,3 +331,91 @@ def _watch(
             logger.info("spark-connect: ready at %s for Dagster runs", connect)
             connect = None
     return 0
+
+
+def _watch_broker(broker: EmbeddedKafka, supervisor: Supervisor, restarts: list[float]):
+    """Restart the embedded broker on its port when it died, then ingest (which recreates the
+    topics). Its topics were in memory: messages the Spark job had not yet read are lost; the
+    job itself notices the new topic and continues with its messages. Returns a crash-loop
+    reason, else None."""
+    if broker.proc is None or broker.proc.poll() is None:
+        return None
+    what = describe_exit(broker.proc.returncode)
+    log_path = broker.log_dir / "tansu.log"
+    reason = supervisor.crash_loop("kafka", restarts, what, log_path)
+    if reason is not None:
+        return reason
+    logger.warning(
+        "kafka: the embedded broker %s; restarting it on %s. Its topics were in memory only: "
+        "messages not yet read by the Spark job are lost",
+        what,
+        broker.bootstrap,
+    )
+    broker.proc = None
+    try:
+        broker.start()
+    except ServiceError as exc:
+        return f"kafka: the embedded broker could not be restarted: {exc}"
+    logger.info("kafka: embedded broker restarted on %s", broker.bootstrap)
+    supervisor.restart_now("ingest", "the broker restarted: new producer, topics recreated")
+    return None
+
+
+DRAIN_TIMEOUT_S = 60.0
+
+
+def _stop_all(supervisor: Supervisor, settings: Settings, embedded_broker: bool) -> None:
+    """Stop ingest first, let the Spark job write what the broker still holds (the embedded
+    broker forgets it on exit), then stop the other children in reverse order of start."""
+    by_name = {child.name: child for child in supervisor.children}
+    ingest, spark = by_name.get("ingest"), by_name.get("spark")
+    if ingest is not None:
+        stop_child(ingest)
+    if spark is not None and spark.proc is not None and spark.proc.poll() is None:
+        try:
+            drain_spark(settings, spark, DRAIN_TIMEOUT_S, embedded_broker)
+        except Exception as exc:  # noqa: BLE001 - stopping goes on whatever happens here
+            logger.warning("could not wait for the Spark job to drain the topic: %s", exc)
+    supervisor.stop_all()
+
+
+def unread_messages(settings: Settings, probe) -> int:
+    """Messages in the topic beyond the Spark job's last committed batch."""
+    from spark_streaming.kafka_streaming import batch_end_offsets
+
+    checkpoint = settings.checkpoint_dir / "raw_prices" / settings.kafka_topic
+    batches = [int(f.name) for f in (checkpoint / "commits").glob("*") if f.name.isdigit()]
+    done_json = batch_end_offsets(checkpoint, max(batches)) if batches else None
+    done = {int(p): int(o) for p, o in ((done_json or {}).get(settings.kafka_topic) or {}).items()}
+    end = probe.end_offsets(probe.partitions())
+    return sum(max(0, e - done.get(p, 0)) for p, e in end.items())
+
+
+def drain_spark(settings: Settings, spark: Child, timeout: float, embedded_broker: bool) -> None:
+    """Wait (at most ``timeout`` s) until the Spark job has committed every message of the topic."""
+    import time
+
+    from spark_streaming.kafka_source import KafkaOffsetProbe
+
+    probe = KafkaOffsetProbe(settings.kafka_bootstrap, settings.kafka_topic, "marketflow-up-drain")
+    try:
+        deadline = time.monotonic() + timeout
+        left = unread_messages(settings, probe)
+        if left:
+            logger.info("spark: writing the last %d message(s) before stopping", left)
+        while left and time.monotonic() < deadline and spark.proc.poll() is None:
+            time.sleep(1.0)
+            left = unread_messages(settings, probe)
+        if left:
+            logger.warning(
+                "spark: %d message(s) not yet written after %.0f s; %s",
+                left,
+                timeout,
+                "they are lost with the embedded broker"
+                if embedded_broker
+                else "the next start reads them",
+            )
+        else:
+            logger.info("spark: every message of %s is written", settings.kafka_topic)
+    finally:
+        probe.close()

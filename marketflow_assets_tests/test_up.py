@@ -115,6 +115,8 @@ def test_up_flows_end_to_end_and_stops_cleanly(tmp_path):
                 str(port),
                 "--spark-master",
                 "local[1]",
+                "--record",
+                str(tmp_path / "record.jsonl"),
             ],
             env=_env(data_dir),
             stdout=log,
@@ -160,6 +162,10 @@ def test_up_flows_end_to_end_and_stops_cleanly(tmp_path):
         if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     ]
     assert not alive, f"processes left after SIGHUP: {alive}"
+    # ingest stopped first and the Spark job wrote what the in-memory broker still held
+    expected = _recorded(tmp_path / "record.jsonl")
+    rows = _raw_rows(data_dir / "raw_prices")
+    assert set(expected) <= set(rows) and max(rows.values()) == 1
     text = log_path.read_text()
     for component in ("ingest", "spark", "dagster"):
         assert f"ready: {component}" in text
@@ -212,8 +218,10 @@ def _tail(path: Path) -> str:
 @pytest.mark.timeout(900)
 def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp_path):
     """kill -9 of the Spark job, then of ingest: `up` restarts both and every poll recorded by
-    `--record` (acknowledged by the broker) is in the raw Parquet exactly once; a third and fourth
-    kill of ingest exceed --max-restarts 2: `up` stops everything and exits 1 with the reason."""
+    `--record` (acknowledged by the broker) is in the raw Parquet exactly once; kill -9 of the
+    embedded broker: `up` restarts it and ingest, and the polls published to the new broker reach
+    the Parquet exactly once; two more kills of ingest exceed --max-restarts 2: `up` stops
+    everything and exits 1 with the reason."""
     data_dir = tmp_path / "data"
     record = tmp_path / "record.jsonl"
     log_path = tmp_path / "up.log"
@@ -255,6 +263,40 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp
         rows = _raw_rows(data_dir / "raw_prices")
         assert max(rows.values()) == 1, [k for k, n in rows.items() if n > 1][:5]
 
+        # The in-memory broker dies: `up` restarts it and ingest; the Spark job goes on with the
+        # recreated topic (the un-consumed messages of the old one are the documented loss).
+        _child(up, "tansu").kill()
+        _wait_for(
+            lambda: "kafka: embedded broker restarted" in log_path.read_text(),
+            90,
+            "the broker restart",
+            proc,
+            log_path,
+        )
+        after = len(record.read_text().splitlines())
+        _wait_for(
+            lambda: len(record.read_text().splitlines()) >= after + 3,
+            120,
+            "polls acknowledged by the new broker",
+            proc,
+            log_path,
+        )
+        new = [
+            (coin["id"], pd.Timestamp(poll["ts"]))
+            for poll in map(json.loads, record.read_text().splitlines()[after:])
+            for coin in poll["coins"]
+        ]
+        _wait_for(
+            lambda: set(new) <= set(_raw_rows(data_dir / "raw_prices")),
+            400,
+            "the polls published after the broker restart in the raw Parquet",
+            proc,
+            log_path,
+        )
+        rows = _raw_rows(data_dir / "raw_prices")
+        assert max(rows.values()) == 1, [k for k, n in rows.items() if n > 1][:5]
+
+        ingest = _child(up, " ingest ")
         family = [up.pid] + [c.pid for c in up.children(recursive=True)]
         postgres_pids = [
             p.pid
