@@ -69,6 +69,16 @@ def test_bad_config_is_config_error(tmp_path, name, value):
     assert len(lines) == 1 and name in lines[0] and "Traceback" not in proc.stderr
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a `marketflow up` a failed test left running (SIGTERM: its PostgreSQL stops too)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _graphql(port: int, query: str) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql",
@@ -153,8 +163,7 @@ def test_up_flows_end_to_end_and_stops_cleanly(tmp_path):
         proc.send_signal(signal.SIGHUP)
         assert proc.wait(90) == 0, log_path.read_text()[-3000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop(proc)
     time.sleep(1)
     alive = [
         pid
@@ -227,7 +236,7 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp
     log_path = tmp_path / "up.log"
     argv = [MARKETFLOW, "up", "--source", "simulate", "--interval", "2", "--coins", "3"]
     argv += ["--port", str(free_port()), "--spark-master", "local[1]", "--record", str(record)]
-    argv += ["--max-restarts", "2"]
+    argv += ["--max-restarts", "2", "--restart-window", "3600"]  # a slow machine: all count
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, env=_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -307,8 +316,7 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp
         _child(up, " ingest ", not_pid=ingest.pid).kill()  # one more: a crash loop
         assert proc.wait(120) == 1, _tail(log_path)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop(proc)
     assert "stopping everything: ingest is crash-looping" in log_path.read_text()
     time.sleep(1)
     alive = [

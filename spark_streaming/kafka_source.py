@@ -206,6 +206,18 @@ class KafkaRange(InputPartition):
     poll_timeout_ms: int = 60000
 
 
+TRUNCATION_CHECK_S = 15.0  # no record for this long: check whether the offsets still exist
+
+
+def _truncated(consumer, tp, position: int) -> bool:
+    """True when partition ``tp`` now ends at or before ``position`` (its records are gone)."""
+    try:
+        end = consumer.end_offsets([tp])[tp]
+    except Exception:  # noqa: BLE001 - broker unreachable: not known to be truncated
+        return False
+    return end <= position
+
+
 def read_range(part: KafkaRange) -> Iterator[tuple]:
     """Yield the records of ``part`` as rows of :data:`KAFKA_ROW_SCHEMA` (runs on executors)."""
     from kafka import TopicPartition
@@ -234,6 +246,18 @@ def read_range(part: KafkaRange) -> Iterator[tuple]:
             now = time.monotonic()
             if batch:
                 last_progress = now
+            elif now - last_progress > TRUNCATION_CHECK_S and _truncated(c, tp, position):
+                # The broker lost the partition (memory-only broker restarted): what was planned
+                # is gone. Stop here; the next batch notices the new topic and reads it.
+                logger.warning(
+                    "Kafka %s[%d]: offsets %d..%d no longer exist (broker restarted or topic "
+                    "recreated); this batch ends the range early",
+                    part.topic,
+                    part.partition,
+                    position,
+                    part.end - 1,
+                )
+                return
             elif now - last_progress > part.poll_timeout_ms / 1000.0:
                 raise RuntimeError(
                     f"Kafka {part.topic}[{part.partition}]: no record between offset {position} "
