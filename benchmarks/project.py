@@ -41,7 +41,7 @@ def materialize_partition(data_dir: Path, postgres_url: str, partition_key: str)
 
     from marketflow_assets.assets.indicators import price_indicators
     from marketflow_assets.assets.movers import market_movers
-    from marketflow_assets.resources import build_resources
+    from marketflow_assets.definitions import build_resources
 
     resources = build_resources(postgres_url=postgres_url, data_dir=str(data_dir))
     started = time.perf_counter()

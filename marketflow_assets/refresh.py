@@ -54,7 +54,7 @@ def _ceil_hour(value: datetime) -> datetime:
 
 def plan(raw_dir, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime] | None:
     """Hour-aligned ``[first, last)`` to refresh, or None when there is nothing to do."""
-    from marketflow_assets.assets.raw_prices import raw_time_range
+    from marketflow_assets.raw_dataset import raw_time_range
 
     if start is None or end is None:
         bounds = raw_time_range(raw_dir)
@@ -80,7 +80,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     import dagster as dg
 
     from marketflow_assets.assets.indicators import build_price_indicators
-    from marketflow_assets.assets.jobs import partition_range_tags
     from marketflow_assets.assets.movers import build_market_movers
     from marketflow_assets.assets.partitions import (
         PARTITION_FMT,
@@ -89,7 +88,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         partition_start_from_env,
     )
     from marketflow_assets.assets.raw_prices import raw_prices
-    from marketflow_assets.resources import build_resources
+    from marketflow_assets.definitions import build_resources
+    from marketflow_assets.jobs import partition_range_tags
 
     if not settings.postgres_url:
         raise ConfigError("MARKETFLOW_POSTGRES_URL is not set (refresh needs PostgreSQL)")
@@ -201,7 +201,7 @@ def _active_spark():
         from pyspark.sql import SparkSession
     except ImportError:  # pragma: no cover - pyspark is a dependency
         return None
-    from marketflow_assets.resources.spark_connect import SPARK_REMOTE_ENV
+    from marketflow_assets.spark_connect import SPARK_REMOTE_ENV
 
     if os.environ.get(SPARK_REMOTE_ENV):
         try:

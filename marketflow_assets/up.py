@@ -24,13 +24,13 @@ import urllib.request
 from pathlib import Path
 
 from marketflow_assets import supervisor as _supervisor
-from marketflow_assets.resources.spark_connect import (
+from marketflow_assets.services import EmbeddedKafka, ServiceError, free_port, running_services
+from marketflow_assets.settings import ConfigError, Settings
+from marketflow_assets.spark_connect import (
     SPARK_REMOTE_ENV,
     connect_server_command,
     wait_for_port,
 )
-from marketflow_assets.services import EmbeddedKafka, ServiceError, free_port, running_services
-from marketflow_assets.settings import ConfigError, Settings
 from marketflow_assets.supervisor import (  # noqa: F401 - Child & co. are used via `up.` too
     Child,
     RestartPolicy,
@@ -108,7 +108,7 @@ def resolve_source(args: argparse.Namespace, settings: Settings) -> str:
 def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
     """Environment of every child: the resolved (embedded or real) services, absolute paths, and
     a Dagster home whose instance stores runs and events in the same PostgreSQL."""
-    from marketflow_assets.checks.instance import prepare_dagster_home
+    from marketflow_assets.instance import prepare_dagster_home
 
     env = dict(os.environ)
     env.update(

@@ -1,116 +1,28 @@
-"""Indicator math against an independent plain-Python reference written straight from SPEC.md.
+"""Indicator math against an independent plain-Python reference (``helpers.reference_indicators``).
 
-The reference below uses only the standard library (datetime, math, statistics), loops over each
+The reference uses only the standard library (datetime, math, statistics), loops over each
 observation and scans every window; it shares no code with ``marketflow_assets.indicators``.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import random
-import statistics
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from marketflow_assets import indicators as ind
+from marketflow_assets_tests.helpers import (
+    BASE,
+    irregular_rows,
+    reference_indicators,
+    reference_movers,
+)
 
 REL = 1e-9
-BASE = datetime(2024, 3, 9, 22, 50, tzinfo=UTC)
-
-
-# --------------------------------------------------------------------------------------------
-# Independent reference (SPEC "Indicator definitions"), O(n^2), plain Python.
-# --------------------------------------------------------------------------------------------
-def reference_indicators(rows: list[tuple[str, str, datetime, float]]) -> dict:
-    """{(coin_id, ts): {column: value or None}} for rows (coin_id, symbol, ts, price).
-
-    Timestamps are unique per coin (SPEC: at most one row per (id, ts)).
-    """
-    by_coin: dict[str, list[tuple[datetime, float, str]]] = {}
-    for coin, symbol, ts, price in rows:
-        by_coin.setdefault(coin, []).append((ts, price, symbol))
-    out = {}
-    for coin, obs in by_coin.items():
-        obs.sort()
-        ema = None
-        prev_t = None
-        times = [t for t, _, _ in obs]
-
-        def change(seconds, t_i, p_i, times=times, obs=obs):
-            # p_ref = price of the latest observation with t <= t_i - seconds
-            j = bisect.bisect_right(times, t_i - timedelta(seconds=seconds)) - 1
-            return None if j < 0 else 100 * (p_i / obs[j][1] - 1)
-
-        for i, (t_i, p_i, symbol) in enumerate(obs):
-            # window (t_i - 300 s, t_i]
-            first = bisect.bisect_right(times, t_i - timedelta(seconds=300))
-            window = [p for _, p, _ in obs[first : i + 1]]
-            if ema is None:
-                ema = p_i
-            else:
-                alpha = 1 - math.exp(-(t_i - prev_t).total_seconds() / 180)
-                ema = ema + alpha * (p_i - ema)
-            prev_t = t_i
-            out[(coin, t_i)] = {
-                "symbol": symbol,
-                "price": p_i,
-                "change_1min": change(60, t_i, p_i),
-                "change_5min": change(300, t_i, p_i),
-                "sma_5min": statistics.fmean(window),
-                "ema_3min": ema,
-                "volatility_5min": statistics.stdev(window) if len(window) >= 2 else None,
-            }
-    return out
-
-
-def reference_movers(ref: dict) -> list[tuple]:
-    """Sorted list of (snapshot_ts, direction, rank, coin_id, change_5min)."""
-    by_ts: dict[datetime, list[tuple[str, float]]] = {}
-    for (coin, ts), row in ref.items():
-        if row["change_5min"] is not None:
-            by_ts.setdefault(ts, []).append((coin, row["change_5min"]))
-    out = []
-    for ts, items in by_ts.items():
-        gainers = sorted(items, key=lambda x: (-x[1], x[0]))[:5]
-        losers = sorted(items, key=lambda x: (x[1], x[0]))[:5]
-        out += [(ts, "gainer", r + 1, c, v) for r, (c, v) in enumerate(gainers)]
-        out += [(ts, "loser", r + 1, c, v) for r, (c, v) in enumerate(losers)]
-    return sorted(out)
-
-
-# --------------------------------------------------------------------------------------------
-# Irregular test data.
-# --------------------------------------------------------------------------------------------
-def irregular_rows(seed: int = 7, coins: int = 9, polls: int = 160) -> list[tuple]:
-    """Polls at irregular times with gaps; coins appear, disappear, repeat prices; one single."""
-    rng = random.Random(seed)
-    rows = []
-    t = BASE
-    prices = {f"coin-{k:02d}": 10.0 ** rng.uniform(-6, 5) for k in range(coins)}
-    alive = {c: rng.random() < 0.7 for c in prices}
-    for _ in range(polls):
-        step = rng.choice([1, 15, 29, 30, 30, 31, 45, 60, 61, 299, 300, 301])
-        if rng.random() < 0.04:
-            step = rng.choice([420, 900, 3600])  # gaps longer than every window
-        t += timedelta(seconds=step, microseconds=rng.choice([0, 0, 1, 999_999]))
-        for coin in prices:
-            if rng.random() < 0.05:
-                alive[coin] = not alive[coin]  # coins appear and disappear
-            if not alive[coin] or rng.random() < 0.1:
-                continue
-            if rng.random() < 0.3:  # duplicate (unchanged) prices are common
-                pass
-            else:
-                prices[coin] *= math.exp(rng.gauss(0, 0.004))
-            rows.append((coin, coin.upper()[:4], t, prices[coin]))
-    rows.append(("solo", "SOLO", BASE + timedelta(minutes=50), 3.25))  # single observation
-    rows.append(("flat", "FLAT", BASE + timedelta(minutes=1), 0.1))  # constant price
-    rows += [("flat", "FLAT", BASE + timedelta(minutes=1, seconds=s), 0.1) for s in (7, 30, 200)]
-    return rows
 
 
 def to_frame(rows) -> pd.DataFrame:

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
-from pathlib import Path
 
 import psycopg2
 import pytest
-from test_indicators import irregular_rows, reference_indicators, reference_movers
 
 from marketflow_assets import refresh
 from marketflow_assets.settings import ConfigError, load_settings
-
-sys.path.insert(0, str(Path(__file__).parent / "assets"))
-from asset_helpers import read_table, write_raw_parquet  # noqa: E402
+from marketflow_assets_tests.helpers import (
+    irregular_rows,
+    read_table,
+    reference_indicators,
+    reference_movers,
+    write_raw_parquet,
+)
 
 
 def parse(*argv: str) -> argparse.Namespace:

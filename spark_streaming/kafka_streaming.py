@@ -31,7 +31,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import sys
@@ -49,6 +48,12 @@ if __package__ in (None, ""):  # run as a script / by spark-submit: make the rep
             p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH")) if p
         )
 
+from marketflow_assets.raw_dataset import (  # noqa: E402
+    day_files,
+    streaming_file_name,
+    streaming_file_prefix,
+    to_micros,
+)
 from marketflow_assets.schema import (  # noqa: E402
     RAW_COLUMN_NAMES,
     RAW_COLUMNS,
@@ -74,8 +79,6 @@ R_TS_INVALID = "invalid_ts"
 R_PRICE_MISSING = "missing_price"
 R_PRICE_INVALID = "invalid_price"
 R_PRICE_NON_POSITIVE = "non_positive_price"
-
-_OUR_FILE = re.compile(r"^part-[0-9a-f]+-b\d+-\d+-(\d+)-(\d+)\.parquet$")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -155,12 +158,6 @@ def dedup_batch(good_df):
 # ------------------------------------------------------------------------------------------------
 # Exactly-once sink.
 # ------------------------------------------------------------------------------------------------
-def _micros(ts: dt.datetime) -> int:
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=dt.UTC)
-    return int(ts.timestamp() * 1_000_000)
-
-
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, sort_keys=True, default=str))
@@ -190,7 +187,7 @@ class RawPricesSink:
 
     # -- file bookkeeping -------------------------------------------------------------------
     def _prefix(self, batch_id: int) -> str:
-        return f"part-{self.sink_id}-b{batch_id:010d}-"
+        return streaming_file_prefix(self.sink_id, batch_id)
 
     def _staging(self, batch_id: int) -> Path:
         return self.state / "staging" / f"b{batch_id:010d}"
@@ -212,19 +209,9 @@ class RawPricesSink:
         shutil.rmtree(self._staging(batch_id), ignore_errors=True)
 
     def _existing_files(self, date: str, ts_min: int, ts_max: int) -> list[str]:
-        """Committed Parquet files of ``date`` whose ts range may overlap [ts_min, ts_max]."""
-        d = self.raw_dir / f"{RAW_PARTITION_COLUMN}={date}"
-        if not d.is_dir():
-            return []
-        out = []
-        for name in sorted(os.listdir(d)):
-            if name.startswith((".", "_")) or not name.endswith(".parquet"):
-                continue
-            m = _OUR_FILE.match(name)
-            if m and (int(m.group(2)) < ts_min or int(m.group(1)) > ts_max):
-                continue  # our own file with a disjoint ts range: cannot hold a duplicate
-            out.append(str(d / name))
-        return out
+        """Committed Parquet files of ``date`` whose ts range may overlap [ts_min, ts_max] (our
+        own files with a disjoint ts range in their name cannot hold a duplicate)."""
+        return [str(path) for path in day_files(self.raw_dir, date, ts_min, ts_max)]
 
     def _plan_raw_moves(self, batch_id, staged: Path, ranges, metrics) -> list[tuple[str, str]]:
         """Final names for the staged raw files; fills ``rows_written``/``dates`` in ``metrics``.
@@ -241,7 +228,7 @@ class RawPricesSink:
             rows = 0
             for k, src in enumerate(sorted(date_dir.glob("part-*.parquet"))):
                 rows += pq.read_metadata(src).num_rows
-                name = f"{self._prefix(batch_id)}{k:03d}-{lo}-{hi}.parquet"
+                name = streaming_file_name(self.sink_id, batch_id, k, lo, hi)
                 moves.append((str(src), str(self.raw_dir / date_dir.name / name)))
             if rows:
                 metrics["dates"].append(date)
@@ -288,7 +275,7 @@ class RawPricesSink:
                 .collect()
             )
             ranges = {
-                r[RAW_PARTITION_COLUMN].isoformat(): (_micros(r["lo"]), _micros(r["hi"]))
+                r[RAW_PARTITION_COLUMN].isoformat(): (to_micros(r["lo"]), to_micros(r["hi"]))
                 for r in stats
                 if r["ok"]
             }

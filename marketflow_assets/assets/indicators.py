@@ -24,16 +24,17 @@ from marketflow_assets.assets.partitions import HOURLY, backfill_policy, self_de
 from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
 from marketflow_assets.assets.spark_compute import (
     indicators_dataframe,
-    raw_row_count,
     raw_window_files,
     read_raw_window,
     read_raw_window_local,
     session,
     spark_to_pandas,
 )
+from marketflow_assets.raw_dataset import raw_row_count
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.resources.spark import LOCAL_MAX_ROWS, SparkResource
+from marketflow_assets.schema import PRICE_INDICATORS_ASSET
 
 logger = logging.getLogger(__name__)
 
@@ -140,10 +141,10 @@ def _build_price_indicators(
     partitions_def: dg.TimeWindowPartitionsDefinition,
 ) -> dg.AssetsDefinition:
     @dg.asset(
-        name="price_indicators",
+        name=PRICE_INDICATORS_ASSET,
         deps=[
             RAW_PRICES_KEY,
-            dg.AssetDep("price_indicators", partition_mapping=self_dependency()),
+            dg.AssetDep(PRICE_INDICATORS_ASSET, partition_mapping=self_dependency()),
         ],
         partitions_def=partitions_def,
         backfill_policy=backfill_policy(),

@@ -15,6 +15,11 @@ from marketflow_assets.assets.partitions import HOURLY, backfill_policy
 from marketflow_assets.assets.spark_compute import movers_dataframe, session, spark_to_pandas
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.spark import LOCAL_MAX_ROWS, SparkResource
+from marketflow_assets.schema import (
+    MARKET_MOVERS_ASSET,
+    MOVER_INPUT_COLUMNS,
+    PRICE_INDICATORS_ASSET,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +53,7 @@ def refresh_movers(
         "price_indicators",
         start,
         end,
-        columns=["coin_id", "symbol", "ts", "price", "change_5min"],
+        columns=list(MOVER_INPUT_COLUMNS),
         where="change_5min IS NOT NULL",
     )
     engine = "local" if len(source) <= local_max_rows else "spark"
@@ -125,8 +130,8 @@ def build_market_movers(
 
 def _build_market_movers(partitions_def: dg.TimeWindowPartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
-        name="market_movers",
-        deps=["price_indicators"],
+        name=MARKET_MOVERS_ASSET,
+        deps=[PRICE_INDICATORS_ASSET],
         partitions_def=partitions_def,
         backfill_policy=backfill_policy(),
         group_name="market_data",

@@ -18,16 +18,14 @@ from typing import Any
 import pandas as pd
 
 from marketflow_assets import indicators as ind
-from marketflow_assets.assets.raw_prices import RawFile, list_raw_files
-from marketflow_assets.schema import (
-    INDICATOR_COLUMNS,
-    MOVER_COLUMNS,
-    RAW_COLUMNS,
-    raw_arrow_schema,
-    spark_ddl,
+from marketflow_assets.raw_dataset import (
+    RawFile,
+    list_raw_files,
+    read_rows_local,
+    read_rows_spark,
 )
+from marketflow_assets.schema import INDICATOR_COLUMNS, MOVER_COLUMNS, MOVER_INPUT_COLUMNS
 
-RAW_READ_DDL = spark_ddl(tuple(c for c in RAW_COLUMNS if c[0] in ind.RAW_INPUT_COLUMNS))
 _SQL_TO_SPARK = {"text": "string", "double": "double", "timestamptz": "timestamp", "int": "int"}
 
 
@@ -39,36 +37,14 @@ INDICATOR_DDL = _ddl(INDICATOR_COLUMNS)
 MOVER_DDL = _ddl(MOVER_COLUMNS)
 
 
-def _has_nanosecond_ts(path: Path) -> bool:
-    """True when the file stores ``ts`` as TIMESTAMP(NANOS) (pandas' default), which Spark's
-    Parquet reader rejects as a timestamp."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        ts_type = pq.read_schema(path).field("ts").type
-    except (OSError, KeyError, ValueError):
-        return False
-    return pa.types.is_timestamp(ts_type) and ts_type.unit == "ns"
+def _lookback(start: datetime) -> datetime:
+    return ind.lookback_start(pd.Timestamp(start)).to_pydatetime()
 
 
 def raw_window_files(raw_dir: Path, start: datetime, end: datetime) -> list[RawFile]:
     """Raw files that may hold rows with ``ts`` in ``[start - 300 s, end)`` (the window plus the
     indicators' lookback): only the ``date=`` directories and streaming files overlapping it."""
-    return list_raw_files(raw_dir, ind.lookback_start(pd.Timestamp(start)).to_pydatetime(), end)
-
-
-def raw_row_count(files: list[RawFile], stop_above: int | None = None) -> int:
-    """Rows in ``files`` according to their Parquet footers (no data is read); counting stops
-    as soon as the total exceeds ``stop_above`` (a backfill need not open every footer)."""
-    import pyarrow.parquet as pq
-
-    total = 0
-    for raw_file in files:
-        total += pq.read_metadata(raw_file.path).num_rows
-        if stop_above is not None and total > stop_above:
-            break
-    return total
+    return list_raw_files(raw_dir, _lookback(start), end)
 
 
 def session(spark):
@@ -78,28 +54,8 @@ def session(spark):
 
 
 def read_raw_window_local(files: list[RawFile], start: datetime, end: datetime) -> pd.DataFrame:
-    """The rows :func:`read_raw_window` selects, read in this process with pyarrow.
-
-    ``ts`` becomes tz-aware UTC in microseconds (nanosecond files truncated, as on Spark).
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    schema = raw_arrow_schema()
-    target = pa.schema([schema.field(name) for name in ind.RAW_INPUT_COLUMNS])
-    lookback = pa.scalar(ind.lookback_start(pd.Timestamp(start)), type=target.field("ts").type)
-    stop = pa.scalar(pd.Timestamp(end), type=target.field("ts").type)
-    tables = []
-    for raw_file in files:
-        table = pq.read_table(raw_file.path, columns=list(ind.RAW_INPUT_COLUMNS))
-        table = table.select(list(ind.RAW_INPUT_COLUMNS)).cast(target, safe=False)
-        keep = pc.and_(
-            pc.and_(pc.greater_equal(table["ts"], lookback), pc.less(table["ts"], stop)),
-            pc.is_valid(table["current_price"]),
-        )
-        tables.append(table.filter(keep))
-    return pa.concat_tables(tables).to_pandas()
+    """The rows :func:`read_raw_window` selects, read in this process with pyarrow."""
+    return read_rows_local(files, _lookback(start), end, ind.RAW_INPUT_COLUMNS)
 
 
 def read_raw_window(
@@ -107,32 +63,10 @@ def read_raw_window(
 ):
     """Spark DataFrame of raw rows with ``ts`` in ``[start - 300 s, end)``, or None if no file.
 
-    Reads ``files`` (default :func:`raw_window_files`). Files written by other tools with
-    nanosecond timestamps are read as integers (``spark.sql.legacy.parquet.nanosAsLong``) and
-    converted to microseconds.
+    Reads ``files`` (default :func:`raw_window_files`).
     """
-    import pyspark.sql.functions as F
-
-    lookback = ind.lookback_start(pd.Timestamp(start)).to_pydatetime()
     files = raw_window_files(raw_dir, start, end) if files is None else files
-    if not files:
-        return None
-    nanos = [f for f in files if f.min_ts is None and _has_nanosecond_ts(f.path)]
-    micros = [f for f in files if f not in nanos]
-    frames = []
-    if micros:
-        frames.append(spark.read.schema(RAW_READ_DDL).parquet(*(str(f.path) for f in micros)))
-    if nanos:
-        spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
-        ddl = RAW_READ_DDL.replace("`ts` TIMESTAMP", "`ts` BIGINT")
-        frame = spark.read.schema(ddl).parquet(*(str(f.path) for f in nanos))
-        frames.append(frame.withColumn("ts", F.timestamp_micros(F.floor(F.col("ts") / 1000))))
-    frame = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
-    return frame.where(
-        (F.col("ts") >= F.lit(lookback))
-        & (F.col("ts") < F.lit(pd.Timestamp(end).to_pydatetime()))
-        & F.col("current_price").isNotNull()
-    ).select(*ind.RAW_INPUT_COLUMNS)
+    return read_rows_spark(spark, files, _lookback(start), end, ind.RAW_INPUT_COLUMNS)
 
 
 def _plain_state(state: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
@@ -182,8 +116,7 @@ def movers_dataframe(spark, indicators: pd.DataFrame):
     """Spark DataFrame of ``market_movers`` rows for the given indicator rows (lazy)."""
     import pyspark.sql.functions as F
 
-    cols = ["coin_id", "symbol", "ts", "price", "change_5min"]
-    eligible = indicators.loc[indicators["change_5min"].notna(), cols]
+    eligible = indicators.loc[indicators["change_5min"].notna(), list(MOVER_INPUT_COLUMNS)]
     frame = spark.createDataFrame(
         eligible,
         schema="coin_id string, symbol string, ts timestamp, price double, change_5min double",

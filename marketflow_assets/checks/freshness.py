@@ -29,17 +29,23 @@ from marketflow_assets.checks.common import (
     load_check_settings,
     utc_now,
 )
-from marketflow_assets.checks.raw_prices import newest_raw_ts
 from marketflow_assets.checks.tables import newest_ts
+from marketflow_assets.raw_dataset import newest_raw_ts
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
+from marketflow_assets.schema import (
+    ASSET_TABLES,
+    MARKET_MOVERS_ASSET,
+    PRICE_INDICATORS_ASSET,
+    RAW_PRICES_ASSET,
+)
 
 CHECK_NAME = "freshness_check"
-RAW = dg.AssetKey("raw_prices")
-INDICATORS = dg.AssetKey("price_indicators")
-MOVERS = dg.AssetKey("market_movers")
+RAW = dg.AssetKey(RAW_PRICES_ASSET)
+INDICATORS = dg.AssetKey(PRICE_INDICATORS_ASSET)
+MOVERS = dg.AssetKey(MARKET_MOVERS_ASSET)
 #: asset -> (table, timestamp column) for the PostgreSQL-backed assets.
-TABLE_COLUMNS = {INDICATORS: ("price_indicators", "ts"), MOVERS: ("market_movers", "snapshot_ts")}
+TABLE_COLUMNS = {dg.AssetKey(name): table for name, table in ASSET_TABLES.items()}
 SOURCES = {
     RAW: "max(ts) in the raw_prices Parquet dataset",
     INDICATORS: "max(ts) in table price_indicators",

@@ -20,9 +20,10 @@ from marketflow_assets.checks.tables import (
 )
 from marketflow_assets.indicators import TOP_N
 from marketflow_assets.resources.postgres import PostgresResource
+from marketflow_assets.schema import MARKET_MOVERS_ASSET
 
 TABLE = "market_movers"
-ASSET = dg.AssetKey(TABLE)
+ASSET = dg.AssetKey(MARKET_MOVERS_ASSET)
 DIRECTIONS = ("gainer", "loser")
 
 _IN_WINDOW = "snapshot_ts >= %(start)s AND snapshot_ts < %(end)s"

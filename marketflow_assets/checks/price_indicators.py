@@ -18,7 +18,6 @@ from marketflow_assets.checks.common import (
     no_data,
     sample_table,
 )
-from marketflow_assets.checks.raw_prices import read_window
 from marketflow_assets.checks.tables import (
     fetch_dicts,
     fetch_one,
@@ -26,11 +25,13 @@ from marketflow_assets.checks.tables import (
     table_exists,
 )
 from marketflow_assets.indicators import WINDOW_SECONDS
+from marketflow_assets.raw_dataset import read_window
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
+from marketflow_assets.schema import PRICE_INDICATORS_ASSET
 
 TABLE = "price_indicators"
-ASSET = dg.AssetKey(TABLE)
+ASSET = dg.AssetKey(PRICE_INDICATORS_ASSET)
 
 _IN_WINDOW = "ts >= %(start)s AND ts < %(end)s"
 

@@ -1,10 +1,10 @@
 """Data-quality checks on the external ``raw_prices`` Parquet dataset.
 
 The dataset is written outside Dagster by the Spark streaming job
-(``$MARKETFLOW_DATA_DIR/raw_prices/date=YYYY-MM-DD/*.parquet``); files are listed with the
-assets' own helper (:func:`marketflow_assets.assets.raw_prices.list_raw_files`), which prunes by
-day directory and by the ``ts`` range in the streaming job's file names, so a check of the last
-hour opens only that hour's files.
+(``$MARKETFLOW_DATA_DIR/raw_prices/date=YYYY-MM-DD/*.parquet``); files are listed
+and read with :mod:`marketflow_assets.raw_dataset`, which prunes by day directory and by the
+``ts`` range in the streaming job's file names, so a check of the last hour opens only that
+hour's files.
 
 ``*_outcome(df, window)`` are plain functions over a pandas DataFrame (columns ``id``,
 ``current_price``, ``ts``); one ``@dg.multi_asset_check`` reads the window once and reports all
@@ -12,14 +12,13 @@ three checks.
 """
 
 import logging
-from datetime import UTC, datetime, time, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from marketflow_assets.assets.raw_prices import list_raw_files, raw_days
 from marketflow_assets.checks.common import (
     Outcome,
     Window,
@@ -29,66 +28,19 @@ from marketflow_assets.checks.common import (
     partition_window,
     sample_table,
 )
+from marketflow_assets.raw_dataset import newest_raw_ts, read_window
 from marketflow_assets.resources.raw_data import RawDataResource
+from marketflow_assets.schema import RAW_PRICES_ASSET
 
 log = logging.getLogger(__name__)
 
-ASSET = dg.AssetKey("raw_prices")
-COLUMNS = ("id", "current_price", "ts")
+ASSET = dg.AssetKey(RAW_PRICES_ASSET)
 #: A poll is "collapsed" when it holds fewer than this fraction of its reference row count.
 COLLAPSE_RATIO = 0.5
 #: The reference of a poll = median row count of up to this many preceding polls.
 REFERENCE_POLLS = 5
 #: Extra history read before the window so its first polls have a reference.
 REFERENCE_LOOKBACK = timedelta(minutes=10)
-
-
-# ------------------------------------------------------------------------------------------
-# Reading the dataset (file listing shared with the assets: assets/raw_prices.py)
-# ------------------------------------------------------------------------------------------
-def _to_utc(series: pd.Series) -> pd.Series:
-    ts = pd.to_datetime(series)
-    return ts.dt.tz_localize(UTC) if ts.dt.tz is None else ts.dt.tz_convert(UTC)
-
-
-def read_files(files: list[Path], columns: tuple[str, ...] = COLUMNS) -> pd.DataFrame:
-    """Read ``columns`` of ``files`` into one DataFrame with ``ts`` as UTC timestamps."""
-    import pyarrow.parquet as pq
-
-    frames = [pq.read_table(f, columns=list(columns)).to_pandas() for f in files]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
-    df = pd.concat(frames, ignore_index=True)
-    if "ts" in df:
-        df["ts"] = _to_utc(df["ts"])
-    return df
-
-
-def newest_raw_ts(raw_dir: Path) -> datetime | None:
-    """Newest ``ts`` in the dataset, from the newest non-empty ``date=`` partition.
-
-    Files named by the streaming job carry their max ``ts`` in the name (no read); other files
-    are read (``ts`` column only).
-    """
-    for day in reversed(raw_days(raw_dir)):
-        start = datetime.combine(day, time(), UTC)
-        files = list_raw_files(raw_dir, start, start + timedelta(days=1))
-        newest = [f.max_ts for f in files if f.max_ts is not None]
-        df = read_files([f.path for f in files if f.max_ts is None], columns=("ts",))
-        if len(df) and df["ts"].notna().any():
-            newest.append(df["ts"].max().to_pydatetime())
-        if newest:
-            return max(newest)
-    return None
-
-
-def read_window(raw_dir: Path, start: datetime, end: datetime) -> pd.DataFrame:
-    """Rows with ``start <= ts < end`` (opens only files that may hold such rows)."""
-    df = read_files([f.path for f in list_raw_files(raw_dir, start, end)])
-    if not len(df):
-        return df
-    return df[(df["ts"] >= start) & (df["ts"] < end)].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from datetime import timedelta
 
 import dagster as dg
 
-from marketflow_assets.assets.jobs import partition_key_for, refresh_indicators_job
-from marketflow_assets.assets.raw_prices import list_raw_files
+from marketflow_assets.jobs import partition_key_for, refresh_indicators_job
+from marketflow_assets.raw_dataset import list_raw_files
 from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.sensors.automation import run_request_for
 

@@ -13,13 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from marketflow_assets.assets.jobs import (
+from marketflow_assets.assets.partitions import HOURLY
+from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
+from marketflow_assets.jobs import (
     partition_key_for,
     partition_range_tags,
     refresh_indicators_job,
 )
-from marketflow_assets.assets.partitions import HOURLY
-from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
 
 #: Longest range one automatic run covers; older late data is left to backfills / the schedule.
 MAX_AUTOMATIC_PARTITIONS = 48

@@ -15,12 +15,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from marketflow_assets.assets.raw_prices import (
-    RAW_PRICES_KEY,
-    RawFile,
-    file_ts_range,
-    list_raw_files,
-)
+from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
+from marketflow_assets.raw_dataset import RawFile, file_rows, file_ts_range, list_raw_files
 from marketflow_assets.resources.raw_data import RawDataResource
 
 GRACE_NS = 120 * 1_000_000_000
@@ -40,15 +36,6 @@ class RawCursor:
 
     def dump(self) -> str:
         return json.dumps({"mtime_ns": self.mtime_ns, "recent": self.recent})
-
-
-def _rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except (OSError, ValueError):
-        return 0
 
 
 def new_raw_files(raw_dir: Path, cursor: RawCursor) -> tuple[list[RawFile], RawCursor]:
@@ -72,7 +59,7 @@ def observe(raw_dir: Path, new: list[RawFile], now: datetime | None = None) -> d
     ranges = [r for r in (file_ts_range(f) for f in new) if r is not None]
     meta: dict = {
         "new_files": dg.MetadataValue.int(len(new)),
-        "new_rows": dg.MetadataValue.int(sum(_rows(f.path) for f in new)),
+        "new_rows": dg.MetadataValue.int(sum(file_rows(f.path) for f in new)),
         "new_bytes": dg.MetadataValue.int(sum(f.size for f in new)),
         "dates": dg.MetadataValue.text(", ".join(sorted({f.day.isoformat() for f in new}))),
         "path": dg.MetadataValue.path(str(raw_dir)),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from marketflow_assets.resources import build_resources
+from marketflow_assets.definitions import build_resources
 
 
 @pytest.fixture

@@ -7,16 +7,19 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pandas as pd
-from asset_helpers import read_table, write_raw_parquet
-from test_indicators import irregular_rows, reference_indicators
 
-from marketflow_assets.assets import defs as asset_defs
-from marketflow_assets.assets.jobs import RANGE_END_TAG, RANGE_START_TAG
 from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
+from marketflow_assets.jobs import RANGE_END_TAG, RANGE_START_TAG
 from marketflow_assets.resources import RawDataResource
-from marketflow_assets.schedules import recent_indicators_schedule
+from marketflow_assets.schedules.indicators import recent_indicators_schedule
 from marketflow_assets.sensors.automation import indicators_follow_raw_prices
 from marketflow_assets.sensors.raw_prices import raw_prices_observation_sensor
+from marketflow_assets_tests.helpers import (
+    irregular_rows,
+    read_table,
+    reference_indicators,
+    write_raw_parquet,
+)
 
 
 def observe(instance, data_dir, cursor=None):
@@ -87,14 +90,14 @@ def test_new_raw_data_leads_to_indicator_rows(data_dir, pg_clean, spark):
     )
     assert isinstance(again, dg.SkipReason)
 
-    from marketflow_assets import checks
-    from marketflow_assets.resources import build_resources
+    from marketflow_assets import definitions
 
     # the job as deployed: assets plus their (non-freshness) quality checks
-    defs = dg.Definitions.merge(
-        asset_defs,
-        checks.defs,
-        dg.Definitions(resources=build_resources(pg_clean, str(data_dir))),
+    defs = dg.Definitions(
+        assets=definitions.ASSETS,
+        asset_checks=definitions.ASSET_CHECKS,
+        jobs=definitions.JOBS,
+        resources=definitions.build_resources(pg_clean, str(data_dir)),
     )
     job = defs.resolve_job_def("refresh_indicators_job")
     run = job.execute_in_process(instance=instance, tags=request.tags)

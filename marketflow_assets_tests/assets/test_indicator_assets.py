@@ -1,29 +1,35 @@
 """price_indicators / market_movers through Dagster, real Parquet, local Spark and real Postgres.
 
-The expected values come from the independent plain-Python reference in test_indicators.py.
+The expected values come from the independent plain-Python reference in helpers.py.
 """
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from asset_helpers import partition_keys, read_table, write_raw_parquet
-from test_indicators import irregular_rows, reference_indicators, reference_movers
 
 from marketflow_assets.assets.indicators import price_indicators
-from marketflow_assets.assets.jobs import partition_range_tags
 from marketflow_assets.assets.movers import market_movers
-from marketflow_assets.assets.raw_prices import list_raw_files, raw_prices
+from marketflow_assets.assets.raw_prices import raw_prices
+from marketflow_assets.jobs import partition_range_tags
+from marketflow_assets.raw_dataset import list_raw_files
 from marketflow_assets.resources import SparkResource
+from marketflow_assets_tests.helpers import (
+    VALUE_COLUMNS,
+    assert_indicators_match_reference,
+    assert_movers_match_reference,
+    irregular_rows,
+    partition_keys,
+    read_table,
+    write_raw_parquet,
+)
 
 ASSETS = [raw_prices, price_indicators, market_movers]
 SELECTION = ["price_indicators", "market_movers"]
-VALUE_COLUMNS = ["price", "change_1min", "change_5min", "sma_5min", "ema_3min", "volatility_5min"]
 
 
 def materialize(resources, instance, key=None, key_range=None):
@@ -51,32 +57,6 @@ def engines(result) -> dict[str, str]:
         node: result.asset_materializations_for_node(node)[0].metadata["engine"].value
         for node in SELECTION
     }
-
-
-def assert_indicators_match_reference(table: pd.DataFrame, rows) -> None:
-    ref = reference_indicators(rows)
-    got = {(r.coin_id, r.ts.to_pydatetime()): r for r in table.itertuples(index=False)}
-    assert set(got) == set(ref)  # every observation exactly once
-    for key, exp in ref.items():
-        row = got[key]
-        assert row.symbol == exp["symbol"]
-        for col in VALUE_COLUMNS:
-            value, expected = getattr(row, col), exp[col]
-            if expected is None:
-                assert value is None or math.isnan(value), (key, col, value)
-            else:
-                assert math.isclose(value, expected, rel_tol=1e-9, abs_tol=0), (key, col)
-
-
-def assert_movers_match_reference(table: pd.DataFrame, rows) -> None:
-    expected = reference_movers(reference_indicators(rows))
-    got = sorted(
-        (r.snapshot_ts.to_pydatetime(), r.direction, r.rank, r.coin_id, r.change_5min)
-        for r in table.itertuples(index=False)
-    )
-    assert [g[:4] for g in got] == [e[:4] for e in expected]
-    for g, e in zip(got, expected, strict=True):
-        assert math.isclose(g[4], e[4], rel_tol=1e-9)
 
 
 def sorted_table(url: str, table: str) -> pd.DataFrame:

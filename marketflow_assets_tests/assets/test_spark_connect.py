@@ -11,9 +11,13 @@ import subprocess
 import sys
 
 import pytest
-from asset_helpers import read_table, write_raw_parquet
-from test_indicator_assets import assert_indicators_match_reference
-from test_indicators import irregular_rows
+
+from marketflow_assets_tests.helpers import (
+    assert_indicators_match_reference,
+    irregular_rows,
+    read_table,
+    write_raw_parquet,
+)
 
 CLI = "import sys; from marketflow_assets.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -21,7 +25,7 @@ pytest.importorskip("grpc_status", reason="pyspark[connect] client extras are no
 
 
 def test_refresh_runs_on_a_spark_connect_server(tmp_path, data_dir, pg_clean):
-    from marketflow_assets.resources.spark_connect import EmbeddedSparkConnect
+    from marketflow_assets.spark_connect import EmbeddedSparkConnect
 
     rows = irregular_rows(seed=8, coins=4, polls=30)
     write_raw_parquet(data_dir / "raw_prices", rows)

@@ -140,6 +140,22 @@ STUB_ASSETS = [
 ]
 
 
+def checks_defs(resources: dict, assets=None) -> dg.Definitions:
+    """The checks with the jobs and sensors that use them (as ``definitions.py`` assembles them),
+    over ``assets`` (default :data:`STUB_ASSETS`) and the given test resources."""
+    from marketflow_assets.jobs import all_checks_job, monitoring_checks_job
+    from marketflow_assets.sensors.alerts import marketflow_alert_sensor
+    from marketflow_assets.sensors.freshness import monitoring_checks_sensor
+
+    return dg.Definitions(
+        assets=STUB_ASSETS if assets is None else assets,
+        asset_checks=checks.ASSET_CHECKS,
+        jobs=[monitoring_checks_job, all_checks_job],
+        sensors=[monitoring_checks_sensor, marketflow_alert_sensor],
+        resources=resources,
+    )
+
+
 def run_checks(
     resources: dict, selection: dg.AssetSelection, instance: dg.DagsterInstance | None = None
 ) -> dict[str, dg.AssetCheckEvaluation]:

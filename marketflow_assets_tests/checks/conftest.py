@@ -4,11 +4,10 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pytest
-from checks_data import STUB_ASSETS
 
-from marketflow_assets import checks
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
+from marketflow_assets_tests.checks.checks_data import checks_defs
 
 
 @pytest.fixture
@@ -28,6 +27,4 @@ def resources(pg_clean, data_dir) -> dict:
 @pytest.fixture
 def check_defs(resources) -> dg.Definitions:
     """The checks' Definitions with the three asset keys declared and the test resources."""
-    return dg.Definitions.merge(
-        checks.defs, dg.Definitions(assets=STUB_ASSETS, resources=resources)
-    )
+    return checks_defs(resources)

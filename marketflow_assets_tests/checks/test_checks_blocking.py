@@ -4,13 +4,13 @@ check exactly the materialized partition, and a failed blocking check stops mark
 from datetime import UTC, datetime
 
 import dagster as dg
-from checks_data import make_raw, write_raw
 
 from marketflow_assets import checks
 from marketflow_assets.assets.indicators import price_indicators
 from marketflow_assets.assets.movers import market_movers
 from marketflow_assets.assets.raw_prices import raw_prices
-from marketflow_assets.resources import build_resources
+from marketflow_assets.definitions import build_resources
+from marketflow_assets_tests.checks.checks_data import make_raw, write_raw
 
 ASSETS = [raw_prices, price_indicators, market_movers]
 END = datetime(2026, 3, 2, 10, 40, tzinfo=UTC)  # 30 polls from 10:25:30 to 10:40

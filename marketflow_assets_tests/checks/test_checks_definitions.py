@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import psycopg2
 import pytest
-from checks_data import load_good_tables, make_raw, write_raw
+
+from marketflow_assets_tests.checks.checks_data import load_good_tables, make_raw, write_raw
 
 ASSETS = ("raw_prices", "price_indicators", "market_movers")
 

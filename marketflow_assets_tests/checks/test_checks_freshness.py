@@ -4,12 +4,17 @@ from datetime import timedelta
 
 import dagster as dg
 import pytest
-from checks_data import STUB_ASSETS, load_good_tables, make_raw, write_raw
 
 from marketflow_assets.checks import freshness
 from marketflow_assets.checks.common import CheckSettings, load_check_settings
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.settings import ConfigError
+from marketflow_assets_tests.checks.checks_data import (
+    STUB_ASSETS,
+    load_good_tables,
+    make_raw,
+    write_raw,
+)
 
 WARN, ERROR = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
 

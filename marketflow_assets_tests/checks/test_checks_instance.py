@@ -7,15 +7,15 @@ import dagster as dg
 import psycopg2
 import pytest
 import yaml
-from checks_data import STUB_ASSETS, load_good_tables, make_raw
 
 from marketflow_assets import checks
-from marketflow_assets.checks.instance import (
+from marketflow_assets.instance import (
     POSTGRES_INSTANCE_YAML,
     SQLITE_INSTANCE_YAML,
     dagster_storage_url,
     prepare_dagster_home,
 )
+from marketflow_assets_tests.checks.checks_data import STUB_ASSETS, load_good_tables, make_raw
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_both_configs_share_run_settings():
     sqlite = yaml.safe_load(SQLITE_INSTANCE_YAML.read_text())
     assert postgres.pop("storage") == {
         "custom": {
-            "module": "marketflow_assets.checks.instance",
+            "module": "marketflow_assets.instance",
             "class": "MarketflowPostgresStorage",
             "config": {"postgres_url": {"env": "MARKETFLOW_POSTGRES_URL"}},
         }

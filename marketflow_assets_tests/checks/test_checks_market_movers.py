@@ -3,9 +3,15 @@
 from datetime import timedelta
 
 import dagster as dg
-from checks_data import execute, insert, load_good_tables, make_raw, run_checks
 
 from marketflow_assets.checks import market_movers as mm
+from marketflow_assets_tests.checks.checks_data import (
+    execute,
+    insert,
+    load_good_tables,
+    make_raw,
+    run_checks,
+)
 
 CHECKS = dg.AssetSelection.checks(*mm.CHECKS)
 

@@ -5,7 +5,11 @@ from datetime import timedelta
 import dagster as dg
 import psycopg2
 import pytest
-from checks_data import (
+
+from marketflow_assets.checks import price_indicators as pi
+from marketflow_assets.checks.common import Window
+from marketflow_assets.resources.postgres import PostgresResource
+from marketflow_assets_tests.checks.checks_data import (
     create_tables,
     execute,
     good_tables,
@@ -15,10 +19,6 @@ from checks_data import (
     run_checks,
     write_raw,
 )
-
-from marketflow_assets.checks import price_indicators as pi
-from marketflow_assets.checks.common import Window
-from marketflow_assets.resources.postgres import PostgresResource
 
 CHECKS = dg.AssetSelection.checks(*pi.CHECKS)
 NAMES = [f"price_indicators:{c.check_key.name}" for c in pi.CHECKS]

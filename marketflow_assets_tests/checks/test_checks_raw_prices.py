@@ -3,10 +3,10 @@
 from datetime import timedelta
 
 import dagster as dg
-from checks_data import make_raw, run_checks, write_raw
 
 from marketflow_assets.checks import raw_prices as rc
 from marketflow_assets.checks.common import Window
+from marketflow_assets_tests.checks.checks_data import make_raw, run_checks, write_raw
 
 CHECKS = dg.AssetSelection.checks(*rc.CHECKS)
 NAMES = ["raw_prices:prices_positive", "raw_prices:rows_per_poll_stable", "raw_prices:unique_id_ts"]

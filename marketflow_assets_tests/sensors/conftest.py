@@ -1,26 +1,19 @@
 """Fixtures of the sensor tests: the checks' data helpers and Definitions with test resources."""
 
-import importlib.util
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from marketflow_assets import checks
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
-
-_CHECKS_DATA = Path(__file__).resolve().parents[1] / "checks" / "checks_data.py"
+from marketflow_assets_tests.checks import checks_data as _checks_data
 
 
 @pytest.fixture(scope="session")
 def checks_data():
     """``marketflow_assets_tests/checks/checks_data.py`` (real Parquet / table writers)."""
-    spec = importlib.util.spec_from_file_location("marketflow_checks_data", _CHECKS_DATA)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _checks_data
 
 
 @pytest.fixture
@@ -38,6 +31,4 @@ def resources(pg_clean, data_dir) -> dict:
 
 @pytest.fixture
 def sensor_defs(resources, checks_data) -> dg.Definitions:
-    return dg.Definitions.merge(
-        checks.defs, dg.Definitions(assets=checks_data.STUB_ASSETS, resources=resources)
-    )
+    return checks_data.checks_defs(resources)

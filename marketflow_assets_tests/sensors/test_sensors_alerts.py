@@ -99,9 +99,7 @@ def test_failed_run_alerts_once_and_resolves(webhook, checks_data, pg_clean, dat
         "raw_data": RawDataResource(data_dir=str(data_dir)),
     }
     broken = {**good, "postgres": PostgresResource(url="postgresql://x:pw@127.0.0.1:9/none")}
-    defs = dg.Definitions.merge(
-        checks.defs, dg.Definitions(assets=checks_data.STUB_ASSETS, resources=good)
-    )
+    defs = checks_data.checks_defs(good)
     harness = AlertHarness(webhook, defs)
     check_key = dg.AssetCheckKey(dg.AssetKey("market_movers"), "freshness_check")
     selection = dg.AssetSelection.checks(check_key)
@@ -224,7 +222,7 @@ def test_checks_skipped_by_a_failed_upstream_do_not_alert(webhook, checks_data, 
 
     assets = [checks_data.STUB_ASSETS[0], failing_price_indicators]
     resources = {"postgres": broken, "raw_data": RawDataResource(data_dir=str(data_dir))}
-    defs = dg.Definitions.merge(checks.defs, dg.Definitions(assets=assets, resources=resources))
+    defs = checks_data.checks_defs(resources, assets)
     harness = AlertHarness(webhook, defs)
     result = dg.materialize(
         [*assets, *checks.price_indicators.CHECKS, *checks.FRESHNESS_CHECKS[1:2]],

@@ -17,7 +17,7 @@ from dagster_postgres.utils import pg_url_from_config
 
 from marketflow_assets.settings import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_INSTANCE_YAML = REPO_ROOT / "deploy" / "dagster_postgres.yaml"
 SQLITE_INSTANCE_YAML = REPO_ROOT / "dagster.yaml"
 

@@ -6,9 +6,13 @@ import datetime as dt
 import json
 import shutil
 
-from streaming_helpers import GARBAGE, message, read_raw, read_rejects
-
 from marketflow_assets.schema import RAW_COLUMN_NAMES, REJECT_COLUMNS
+from marketflow_assets_tests.streaming.streaming_helpers import (
+    GARBAGE,
+    message,
+    read_raw,
+    read_rejects,
+)
 from spark_streaming.kafka_streaming import RawPricesSink, parse_messages
 
 T0 = dt.datetime(2026, 3, 1, 23, 58, tzinfo=dt.UTC)

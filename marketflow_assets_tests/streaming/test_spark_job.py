@@ -10,7 +10,8 @@ import sys
 import time
 
 import pytest
-from streaming_helpers import (
+
+from marketflow_assets_tests.streaming.streaming_helpers import (
     JOB,
     batch_logs,
     job_env,

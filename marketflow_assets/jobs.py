@@ -1,17 +1,20 @@
-"""Jobs over the indicator assets (used by the automation sensor, the schedule and backfills)."""
+"""Jobs of the code location: the indicator refresh (used by the automation sensor, the schedule
+and backfills) and the check-only jobs (run on demand)."""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from marketflow_assets.assets.partitions import PARTITION_FMT
+from marketflow_assets.checks import raw_prices as raw_checks
+from marketflow_assets.checks.freshness import CHECK_NAME, FRESHNESS_CHECK_KEYS
+from marketflow_assets.schema import MARKET_MOVERS_ASSET, PRICE_INDICATORS_ASSET
 
-INDICATOR_ASSETS = dg.AssetSelection.assets("price_indicators", "market_movers")
-# = checks.freshness.FRESHNESS_CHECK_KEYS for these assets (not imported: checks import assets)
+INDICATOR_ASSETS = dg.AssetSelection.assets(PRICE_INDICATORS_ASSET, MARKET_MOVERS_ASSET)
 _FRESHNESS_CHECKS = dg.AssetSelection.checks(
     *(
-        dg.AssetCheckKey(dg.AssetKey(a), "freshness_check")
-        for a in ("price_indicators", "market_movers")
+        dg.AssetCheckKey(dg.AssetKey(a), CHECK_NAME)
+        for a in (PRICE_INDICATORS_ASSET, MARKET_MOVERS_ASSET)
     )
 )
 
@@ -26,6 +29,26 @@ refresh_indicators_job = dg.define_asset_job(
     # blocking checks sit between them) and a subprocess per step would cost seconds each.
     executor_def=dg.in_process_executor,
 )
+
+monitoring_checks_job = dg.define_asset_job(
+    "monitoring_checks_job",
+    selection=dg.AssetSelection.checks(*FRESHNESS_CHECK_KEYS)
+    | dg.AssetSelection.checks(*raw_checks.CHECKS),
+    description="Freshness checks of the three assets and the raw_prices quality checks.",
+    tags={"marketflow/kind": "checks"},
+)
+
+all_checks_job = dg.define_asset_job(
+    "all_checks_job",
+    selection=dg.AssetSelection.all_asset_checks(),
+    description=(
+        "Every asset check on the latest data (MARKETFLOW_CHECK_WINDOW_HOURS), without"
+        " materializing anything."
+    ),
+    tags={"marketflow/kind": "checks"},
+)
+
+JOBS = [refresh_indicators_job, monitoring_checks_job, all_checks_job]
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
