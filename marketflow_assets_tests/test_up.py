@@ -69,6 +69,27 @@ def test_bad_config_is_config_error(tmp_path, name, value):
     assert len(lines) == 1 and name in lines[0] and "Traceback" not in proc.stderr
 
 
+def _stack_processes(up: psutil.Process, data_dir: Path) -> list[psutil.Process]:
+    """`up`, everything below it (broker, JVMs, Dagster's processes) and its PostgreSQL."""
+    postgres = [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "postgres" and str(data_dir) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert postgres, "embedded PostgreSQL not found"
+    return [up, *up.children(recursive=True), *postgres]
+
+
+def _still_running(processes: list[psutil.Process]) -> list[str]:
+    """Those still running (psutil checks the start time too: a reused pid is not a survivor)."""
+    alive = []
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+    return alive
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """Stop a `marketflow up` a failed test left running (SIGTERM: its PostgreSQL stops too)."""
     if proc.poll() is None:
@@ -152,24 +173,14 @@ def test_up_flows_end_to_end_and_stops_cleanly(tmp_path):
         keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
         assert {"raw_prices", "price_indicators", "market_movers"} <= keys
 
-        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-        postgres_pids = [
-            p.pid
-            for p in psutil.process_iter(["name", "cmdline"])
-            if p.info["name"] == "postgres" and str(data_dir) in " ".join(p.info["cmdline"] or [])
-        ]
-        assert postgres_pids, "embedded PostgreSQL not found"
+        stack = _stack_processes(psutil.Process(proc.pid), data_dir)
         # SIGHUP (a closed terminal) stops everything like Ctrl-C / SIGTERM (one handler)
         proc.send_signal(signal.SIGHUP)
         assert proc.wait(90) == 0, log_path.read_text()[-3000:]
     finally:
         _stop(proc)
     time.sleep(1)
-    alive = [
-        pid
-        for pid in family + postgres_pids
-        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    ]
+    alive = _still_running(stack)
     assert not alive, f"processes left after SIGHUP: {alive}"
     # ingest stopped first and the Spark job wrote what the in-memory broker still held
     expected = _recorded(tmp_path / "record.jsonl")
@@ -205,8 +216,10 @@ def _raw_rows(raw_dir: Path) -> Counter:
 
     if not raw_dir.is_dir():
         return Counter()
-    table = ds.dataset(raw_dir, format="parquet", partitioning="hive").to_table(["id", "ts"])
-    frame = table.to_pandas()
+    dataset = ds.dataset(raw_dir, format="parquet", partitioning="hive")
+    if not dataset.files:  # nothing committed yet
+        return Counter()
+    frame = dataset.to_table(["id", "ts"]).to_pandas()
     return Counter(zip(frame["id"], pd.to_datetime(frame["ts"], utc=True), strict=True))
 
 
@@ -220,22 +233,31 @@ def _wait_for(predicate, timeout: float, what: str, proc, log_path: Path):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n" + _tail(log_path))
 
 
+def _ui_serves(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
 def _tail(path: Path) -> str:
     return path.read_text(errors="replace")[-4000:]
 
 
 @pytest.mark.timeout(900)
 def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp_path):
-    """kill -9 of the Spark job, then of ingest: `up` restarts both and every poll recorded by
-    `--record` (acknowledged by the broker) is in the raw Parquet exactly once; kill -9 of the
-    embedded broker: `up` restarts it and ingest, and the polls published to the new broker reach
-    the Parquet exactly once; two more kills of ingest exceed --max-restarts 2: `up` stops
-    everything and exits 1 with the reason."""
+    """kill -9 of the Spark job and `dagster dev`, then of ingest: `up` restarts them, the UI
+    serves again and every poll recorded by `--record` (acknowledged by the broker) is in the raw
+    Parquet exactly once; kill -9 of the embedded broker: `up` restarts it and ingest, and the
+    polls published to the new broker reach the Parquet exactly once; two more kills of ingest
+    exceed --max-restarts 2: `up` stops everything and exits 1 with the reason."""
     data_dir = tmp_path / "data"
     record = tmp_path / "record.jsonl"
     log_path = tmp_path / "up.log"
     argv = [MARKETFLOW, "up", "--source", "simulate", "--interval", "2", "--coins", "3"]
-    argv += ["--port", str(free_port()), "--spark-master", "local[1]", "--record", str(record)]
+    port = free_port()
+    argv += ["--port", str(port), "--spark-master", "local[1]", "--record", str(record)]
     argv += ["--max-restarts", "2", "--restart-window", "3600"]  # a slow machine: all count
     with open(log_path, "w") as log:
         proc = subprocess.Popen(argv, env=_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
@@ -246,6 +268,9 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp
         spark = _child(up, "kafka_streaming.py")
         spark.kill()
         _child(up, "kafka_streaming.py", not_pid=spark.pid)
+        dagster = _child(up, "dagster dev")
+        dagster.kill()  # its webserver, daemon and code server go with its process group
+        _child(up, "dagster dev", not_pid=dagster.pid)
         ingest = _child(up, " ingest ")
         ingest.kill()
         ingest = _child(up, " ingest ", not_pid=ingest.pid)
@@ -258,7 +283,8 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp
             log_path,
         )
         text = log_path.read_text()
-        assert "spark was killed by SIGKILL" in text and "ingest was killed by SIGKILL" in text
+        for name in ("spark", "dagster", "ingest"):
+            assert f"{name} was killed by SIGKILL" in text
 
         expected = _recorded(record)
         assert len(expected) == len(set(expected)), "a poll was recorded twice"
@@ -271,6 +297,7 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp
         )
         rows = _raw_rows(data_dir / "raw_prices")
         assert max(rows.values()) == 1, [k for k, n in rows.items() if n > 1][:5]
+        _wait_for(lambda: _ui_serves(port), 300, "the restarted Dagster UI", proc, log_path)
 
         # The in-memory broker dies: `up` restarts it and ingest; the Spark job goes on with the
         # recreated topic (the un-consumed messages of the old one are the documented loss).
@@ -306,12 +333,7 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp
         assert max(rows.values()) == 1, [k for k, n in rows.items() if n > 1][:5]
 
         ingest = _child(up, " ingest ")
-        family = [up.pid] + [c.pid for c in up.children(recursive=True)]
-        postgres_pids = [
-            p.pid
-            for p in psutil.process_iter(["name", "cmdline"])
-            if p.info["name"] == "postgres" and str(data_dir) in " ".join(p.info["cmdline"] or [])
-        ]
+        stack = _stack_processes(up, data_dir)
         ingest.kill()  # restart 2 of at most 2
         _child(up, " ingest ", not_pid=ingest.pid).kill()  # one more: a crash loop
         assert proc.wait(120) == 1, _tail(log_path)
@@ -319,9 +341,5 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp
         _stop(proc)
     assert "stopping everything: ingest is crash-looping" in log_path.read_text()
     time.sleep(1)
-    alive = [
-        pid
-        for pid in family + postgres_pids
-        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    ]
+    alive = _still_running(stack)
     assert not alive, f"processes left after the crash-loop stop: {alive}"
