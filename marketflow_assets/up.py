@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -263,8 +264,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--max-restarts must be >= 0 and --restart-window > 0")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stop_requested = threading.Event()
+    hurry = threading.Event()  # a second signal: do not wait for the Spark job to drain
 
     def request_stop(signum, _frame) -> None:
+        if stop_requested.is_set():
+            logger.info(
+                "received %s again; not waiting for the Spark job", signal.Signals(signum).name
+            )
+            hurry.set()
+            return
         logger.info("received %s; stopping", signal.Signals(signum).name)
         stop_requested.set()
 
@@ -272,7 +280,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         embedded: dict = {}
         with running_services(settings, log=logger.info, embedded=embedded) as resolved:
-            return _supervise(args, resolved, stop_requested, embedded.get("kafka"))
+            return _supervise(args, resolved, stop_requested, embedded.get("kafka"), hurry)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -280,7 +288,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _supervise(
-    args, settings: Settings, stop_requested: threading.Event, broker: EmbeddedKafka | None
+    args,
+    settings: Settings,
+    stop_requested: threading.Event,
+    broker: EmbeddedKafka | None,
+    hurry: threading.Event | None = None,
 ) -> int:
     """Start the children, announce readiness, restart the ones that exit, stop them all in
     reverse order on exit."""
@@ -296,7 +308,7 @@ def _supervise(
     supervisor = Supervisor([], env, policy, cwd=REPO_ROOT)
     connect: Child | None = None
     with contextlib.ExitStack() as stack:
-        stack.callback(_stop_all, supervisor, settings, broker is not None)
+        stack.callback(_stop_all, supervisor, settings, broker is not None, hurry)
         for child in children:
             if stop_requested.is_set():
                 return 0
@@ -361,10 +373,15 @@ def _watch_broker(broker: EmbeddedKafka, supervisor: Supervisor, restarts: list[
     return None
 
 
-DRAIN_TIMEOUT_S = 60.0
+DRAIN_TIMEOUT_S = 120.0
 
 
-def _stop_all(supervisor: Supervisor, settings: Settings, embedded_broker: bool) -> None:
+def _stop_all(
+    supervisor: Supervisor,
+    settings: Settings,
+    embedded_broker: bool,
+    hurry: threading.Event | None = None,
+) -> None:
     """Stop ingest first, let the Spark job write what the broker still holds (the embedded
     broker forgets it on exit), then stop the other children in reverse order of start."""
     by_name = {child.name: child for child in supervisor.children}
@@ -373,7 +390,7 @@ def _stop_all(supervisor: Supervisor, settings: Settings, embedded_broker: bool)
         stop_child(ingest)
     if spark is not None and spark.proc is not None and spark.proc.poll() is None:
         try:
-            drain_spark(settings, spark, DRAIN_TIMEOUT_S, embedded_broker)
+            drain_spark(settings, spark, DRAIN_TIMEOUT_S, embedded_broker, hurry)
         except Exception as exc:  # noqa: BLE001 - stopping goes on whatever happens here
             logger.warning("could not wait for the Spark job to drain the topic: %s", exc)
     supervisor.stop_all()
@@ -391,10 +408,15 @@ def unread_messages(settings: Settings, probe) -> int:
     return sum(max(0, e - done.get(p, 0)) for p, e in end.items())
 
 
-def drain_spark(settings: Settings, spark: Child, timeout: float, embedded_broker: bool) -> None:
-    """Wait (at most ``timeout`` s) until the Spark job has committed every message of the topic."""
-    import time
-
+def drain_spark(
+    settings: Settings,
+    spark: Child,
+    timeout: float,
+    embedded_broker: bool,
+    hurry: threading.Event | None = None,
+) -> None:
+    """Wait (at most ``timeout`` s, or until ``hurry`` is set) until the Spark job has committed
+    every message of the topic."""
     from spark_streaming.kafka_source import KafkaOffsetProbe
 
     probe = KafkaOffsetProbe(settings.kafka_bootstrap, settings.kafka_topic, "marketflow-up-drain")
@@ -403,14 +425,15 @@ def drain_spark(settings: Settings, spark: Child, timeout: float, embedded_broke
         left = unread_messages(settings, probe)
         if left:
             logger.info("spark: writing the last %d message(s) before stopping", left)
+        hurry = hurry or threading.Event()
         while left and time.monotonic() < deadline and spark.proc.poll() is None:
-            time.sleep(1.0)
+            if hurry.wait(1.0):
+                break
             left = unread_messages(settings, probe)
         if left:
             logger.warning(
-                "spark: %d message(s) not yet written after %.0f s; %s",
+                "spark: %d message(s) not yet written; %s",
                 left,
-                timeout,
                 "they are lost with the embedded broker"
                 if embedded_broker
                 else "the next start reads them",
