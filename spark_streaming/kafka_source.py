@@ -206,16 +206,17 @@ class KafkaRange(InputPartition):
     poll_timeout_ms: int = 60000
 
 
-TRUNCATION_CHECK_S = 15.0  # no record for this long: check whether the offsets still exist
+# The planned offsets may no longer exist (broker restarted, topic recreated): a range without
+# new records for this long is finished when the broker answered "out of range" (the consumer
+# went back), or for twice as long when the partition's end offset is not beyond the position.
+TRUNCATION_CHECK_S = 15.0
 
 
-def _truncated(consumer, tp, position: int) -> bool:
-    """True when partition ``tp`` now ends at or before ``position`` (its records are gone)."""
+def _ends_at_or_before(consumer, tp, position: int) -> bool:
     try:
-        end = consumer.end_offsets([tp])[tp]
+        return consumer.end_offsets([tp])[tp] <= position
     except Exception:  # noqa: BLE001 - broker unreachable: not known to be truncated
         return False
-    return end <= position
 
 
 def read_range(part: KafkaRange) -> Iterator[tuple]:
@@ -230,6 +231,7 @@ def read_range(part: KafkaRange) -> Iterator[tuple]:
         c.assign([tp])
         c.seek(tp, part.start)
         position = part.start
+        reset = False  # the broker answered "offset out of range": the consumer went back
         last_progress = time.monotonic()
         while position < part.end:
             batch = c.poll(timeout_ms=500, max_records=5000).get(tp, [])
@@ -242,11 +244,15 @@ def read_range(part: KafkaRange) -> Iterator[tuple]:
                 ts = dt.datetime.fromtimestamp(rec.timestamp / 1000.0, tz=dt.UTC)
                 yield (rec.key, rec.value, part.topic, part.partition, rec.offset, ts)
                 position = rec.offset + 1
-            position = max(position, min(c.position(tp), part.end))
+            consumer_position = c.position(tp)
+            reset = reset or consumer_position < position
+            position = max(position, min(consumer_position, part.end))
             now = time.monotonic()
             if batch:
                 last_progress = now
-            elif now - last_progress > TRUNCATION_CHECK_S and _truncated(c, tp, position):
+            elif (reset and now - last_progress > TRUNCATION_CHECK_S) or (
+                now - last_progress > 2 * TRUNCATION_CHECK_S and _ends_at_or_before(c, tp, position)
+            ):
                 # The broker lost the partition (memory-only broker restarted): what was planned
                 # is gone. Stop here; the next batch notices the new topic and reads it.
                 logger.warning(
@@ -412,26 +418,10 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             s_off.pop(p, None)  # re-read from the earliest offset (decided in latestOffset)
         need_begin = [p for p, e in e_off.items() if p not in s_off or e < s_off[p]]
         begin = self.probe.beginning_offsets(sorted(set(need_begin) | set(e_off))) if e_off else {}
-        # What the partitions hold now: a batch planned before a broker restart (replayed from
-        # the offset log) may ask for offsets the recreated topic does not have.
-        current = self._latest if self._latest is not None else self._current_end()
         ranges = []
         for p, e in sorted(e_off.items()):
             earliest = begin.get(p, 0)
             s = s_off.get(p)
-            now_end = current.get(p, 0)
-            if e > now_end and e > (s or 0):
-                logger.warning(
-                    "Kafka %s[%d]: the batch was planned up to offset %d but the partition now "
-                    "ends at %d (broker restarted or topic recreated); reading what is there",
-                    self.topic,
-                    p,
-                    e,
-                    now_end,
-                )
-                e = now_end
-                if s is not None and s > e:
-                    s = earliest
             if s is None:
                 s = earliest
             elif e < s:

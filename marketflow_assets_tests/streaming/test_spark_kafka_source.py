@@ -158,12 +158,8 @@ def test_broker_restart_detected_when_the_new_topic_grew_past_the_checkpoint(tmp
         assert broker.start() == bootstrap  # same port, empty memory
         create(bootstrap, topic)
         produce(bootstrap, topic, 3, partition=0)
-        # a batch planned before the restart up to offset 9, replayed by a restarted job
-        r = reader(bootstrap, topic)
-        planned = {topic: {"0": 9}}
-        assert [(p.start, p.end) for p in r.partitions(checkpointed, planned)] == [(0, 3)]
-        r.stop()
-        # a range planned before the restart and read after it ends early instead of failing
+        # a range planned before the restart (a batch replayed by a restarted job) ends early
+        # instead of failing: the broker answers "out of range", the consumer goes back
         monkeypatch.setattr(kafka_source, "TRUNCATION_CHECK_S", 1.0)
         started = time.monotonic()
         assert list(read_range(KafkaRange(bootstrap, topic, 0, 5, 9, 60_000))) == []
