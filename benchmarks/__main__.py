@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 
@@ -47,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("alembic", "py4j", "dagster"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from marketflow_assets.settings import export_pyspark_python
+
+    export_pyspark_python()
     from benchmarks import machine
 
     print(machine.describe())

@@ -1,7 +1,7 @@
 """Synthetic raw price history for the benchmarks: vectorised, deterministic, cached.
 
 ``N`` coins polled every ``interval`` seconds, prices following independent geometric random
-walks, written as the SPEC raw Parquet dataset (``schema.raw_arrow_schema()``, hive partitions
+walks, written as the raw Parquet dataset (``schema.raw_arrow_schema()``, hive partitions
 ``date=YYYY-MM-DD``, one file per hour of data, the way a streaming job leaves many files per
 day). The same seed always gives the same rows, and a history of ``h`` hours is exactly the last
 ``h`` hours of any longer history with the same end, so the 1 h / 1 d / 7 d datasets are nested.
@@ -37,7 +37,9 @@ DATA_VERSION = 2
 
 def bench_dir() -> Path:
     """Root of the benchmark scratch data (datasets, Postgres, Spark temp files)."""
-    return Path(os.environ.get("MARKETFLOW_BENCH_DIR", "data/bench")).absolute()
+    from marketflow_assets.settings import load_settings
+
+    return load_settings().bench_dir
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def coin_table(coins: int, seed: int) -> pd.DataFrame:
 
 
 def generate_hour(history: History, hour_index: int):
-    """pyarrow Table of hour ``hour_index`` (0 = first hour of the history), SPEC raw schema.
+    """pyarrow Table of hour ``hour_index`` (0 = first hour of the history), raw schema.
 
     Prices are a deterministic function of (seed, absolute hour), so nested histories agree:
     each hour's random walk starts near the coin's base price (seeded by the absolute hour) and

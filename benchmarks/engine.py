@@ -2,13 +2,14 @@
 
 Both engines run in this process (Spark local mode with the project's ``spark_conf``; DuckDB
 in-process, default threads = cores) on the same raw Parquet dataset, and do the same job:
-read the raw rows, compute every SPEC indicator (``change_1min``, ``change_5min``, ``sma_5min``,
-``ema_3min``, ``volatility_5min``) for every row, and write the result as Parquet. The results
-are then joined on (``coin_id``, ``ts``) and compared column by column (relative error <= 1e-9,
-identical NULLs). Spark's session start-up is excluded (reported separately); one untimed
-warm-up run on a small dataset precedes the timed runs of both engines.
+read the raw rows, compute every indicator of docs/INDICATORS.md (``change_1min``,
+``change_5min``, ``sma_5min``, ``ema_3min``, ``volatility_5min``) for every row, and write the
+result as Parquet. The results are then joined on (``coin_id``, ``ts``) and compared column by
+column (relative error <= 1e-9, identical NULLs). Spark's session start-up is excluded
+(reported separately); one untimed warm-up run on a small dataset precedes the timed runs of
+both engines.
 
-The DuckDB query implements the SPEC formulas directly:
+The DuckDB query implements the formulas of docs/INDICATORS.md directly:
 
 * ``change_Nmin``: ``last_value(price)`` over ``RANGE BETWEEN UNBOUNDED PRECEDING AND N s
   PRECEDING`` (the latest observation with ``t <= t_i - N s``; an empty frame gives NULL);
@@ -107,7 +108,7 @@ class EngineResult:
 # The two engines
 # ------------------------------------------------------------------------------------------------
 def run_duckdb(raw: Path, out: Path, threads: int | None = None) -> int:
-    """DuckDB: raw Parquet -> SPEC indicators -> one Parquet file. Returns the row count."""
+    """DuckDB: raw Parquet -> indicators -> one Parquet file. Returns the row count."""
     import duckdb
 
     con = duckdb.connect()
@@ -124,7 +125,7 @@ def run_duckdb(raw: Path, out: Path, threads: int | None = None) -> int:
 
 
 def run_spark(spark, history: data.History, raw: Path, out: Path) -> None:
-    """The project's Spark path: raw Parquet -> SPEC indicators -> Parquet directory."""
+    """The project's Spark path: raw Parquet -> indicators -> Parquet directory."""
     from benchmarks.project import spark_indicators
 
     start, end = history.start_ts.to_pydatetime(), history.end_ts.to_pydatetime()
@@ -221,7 +222,7 @@ def run(mode: str = "quick") -> list[EngineResult]:
         duck_out.unlink(missing_ok=True)
 
     print_table(
-        "engine: raw Parquet -> all SPEC indicators -> Parquet (same data, same process)",
+        "engine: raw Parquet -> all indicators -> Parquet (same data, same process)",
         ["rows", "Spark s", "Spark rows/s", "DuckDB s", "DuckDB rows/s", "equal"],
         [
             [

@@ -11,7 +11,7 @@ PostgreSQL and one warm local SparkSession:
    + ``market_movers`` through Dagster (``dg.materialize`` of both assets for that partition,
    median of several runs), plus one direct call of the assets' functions for a per-step split.
 3. The refreshed hour is checked against the seed's rows for that hour (relative error <= 1e-9,
-   identical movers): both implement the SPEC formulas, one incrementally.
+   identical movers): both implement the formulas of docs/INDICATORS.md, one incrementally.
 
 Ratios printed: ``incremental_7d / incremental_1h`` (does the refresh cost grow with history?)
 and ``seed_full_7d / incremental_7d`` (what the incremental design saves).

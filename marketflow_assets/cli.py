@@ -1,6 +1,7 @@
 """The ``marketflow`` command: ``up``, ``ingest`` and ``refresh``.
 
-Exit codes (SPEC): 0 success, 2 bad usage or configuration (one line on stderr), 1 runtime failure.
+Exit codes (README): 0 success, 2 bad usage or configuration (one line on stderr), 1 runtime
+failure.
 Tracebacks are shown only with ``--debug``.
 """
 

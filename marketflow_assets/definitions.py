@@ -1,14 +1,21 @@
 """The one Definitions object of Marketflow: assets, checks, jobs, sensors, schedules, resources.
 
 Packages only define things (``assets/``, ``checks/``, ``sensors/``, ``schedules/``,
-``resources/``); this module is the only place that puts them together.
-``dagster definitions validate -w workspace.yaml`` and ``dagster asset materialize -m
-marketflow_assets.definitions`` load exactly this module.
+``resources/``); this module is the only place that puts them together and applies the
+cross-cutting policy: native freshness policies (the UI's freshness status) and the executor.
+``dagster dev -w workspace.yaml``, ``dagster definitions validate`` and ``dagster asset
+materialize -m marketflow_assets.definitions`` load exactly this module.
+
+Nothing here needs configuration: resources resolve ``MARKETFLOW_*`` settings when a run or a
+sensor first uses them (see ``settings.py``), with defaults for everything (``./data``, the
+embedded PostgreSQL under ``./data/postgres``, local Spark). The only thing read when the module
+loads is where the hourly partitions start (the first hour of raw data, see
+``assets/partitions.py``) and the freshness thresholds.
 """
 
 from __future__ import annotations
 
-import os
+from datetime import timedelta
 
 import dagster as dg
 
@@ -17,15 +24,12 @@ from marketflow_assets.checks import ASSET_CHECKS
 from marketflow_assets.jobs import JOBS
 from marketflow_assets.resources import PostgresResource, RawDataResource, SparkResource
 from marketflow_assets.schedules.indicators import recent_indicators_schedule
+from marketflow_assets.schema import MARKET_MOVERS_ASSET, PRICE_INDICATORS_ASSET, RAW_PRICES_ASSET
 from marketflow_assets.sensors.alerts import marketflow_alert_sensor
 from marketflow_assets.sensors.automation import indicators_follow_raw_prices
 from marketflow_assets.sensors.freshness import monitoring_checks_sensor
 from marketflow_assets.sensors.raw_prices import raw_prices_observation_sensor
-from marketflow_assets.settings import parse_local_max_rows
-from marketflow_assets.spark import ensure_pyspark_python, spark_conf
-from marketflow_assets.spark_connect import SPARK_REMOTE_ENV
-
-ensure_pyspark_python()  # Spark's Python workers must run this interpreter (the venv)
+from marketflow_assets.settings import load_check_settings
 
 SENSORS = [
     raw_prices_observation_sensor,
@@ -34,34 +38,53 @@ SENSORS = [
     marketflow_alert_sensor,
 ]
 SCHEDULES = [recent_indicators_schedule]
+FRESH_ASSETS = (RAW_PRICES_ASSET, PRICE_INDICATORS_ASSET, MARKET_MOVERS_ASSET)
+MIN_FRESHNESS_WINDOW_SECONDS = 60
 
 
-def pyspark_config() -> dict[str, str]:
-    """``spark_config`` of the ``pyspark`` resource (read when the definitions load)."""
-    remote = os.environ.get(SPARK_REMOTE_ENV, "").strip()
-    if remote:
-        return {"spark.remote": remote}
-    return spark_conf()
+def freshness_policy() -> dg.FreshnessPolicy:
+    """Dagster's native freshness policy of the three assets: WARN / FAIL when the last
+    materialization (for ``raw_prices``: the last report of new files by the observation sensor)
+    is older than ``MARKETFLOW_FRESHNESS_WARN_SECONDS`` / ``..._ERROR_SECONDS`` (120 s / 300 s;
+    Dagster's windows are at least 60 s). The ``freshness_check`` asset checks keep applying the
+    same thresholds to the newest *data* timestamp, which says more after a backfill of old hours
+    or a replay of an old recording."""
+    settings = load_check_settings()
+    fail = max(settings.freshness_error_seconds, MIN_FRESHNESS_WINDOW_SECONDS + 1)
+    warn = min(max(settings.freshness_warn_seconds, MIN_FRESHNESS_WINDOW_SECONDS), fail - 1)
+    return dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(seconds=fail), warn_window=timedelta(seconds=warn)
+    )
 
 
-def build_resources(
-    postgres_url: str | dg.EnvVar | None = None, data_dir: str | dg.EnvVar | None = None
-) -> dict[str, dg.ConfigurableResource]:
-    """Resource dict; defaults read the environment at run time (``dg.EnvVar``)."""
-    limit = parse_local_max_rows(os.environ.get("MARKETFLOW_LOCAL_MAX_ROWS"))
-    local = {} if limit is None else {"local_max_rows": limit}
+def build_resources(postgres_url: str | None = None, data_dir: str | None = None) -> dict:
+    """The resources; unset values are resolved from the settings when first used."""
     return {
-        "postgres": PostgresResource(url=postgres_url or dg.EnvVar("MARKETFLOW_POSTGRES_URL")),
-        "raw_data": RawDataResource(data_dir=data_dir or dg.EnvVar("MARKETFLOW_DATA_DIR")),
-        "pyspark": SparkResource(spark_config=pyspark_config(), **local),
+        "postgres": PostgresResource(url=postgres_url),
+        "raw_data": RawDataResource(data_dir=data_dir),
+        "pyspark": SparkResource(),
     }
 
 
+def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
+    return dg.map_asset_specs(
+        lambda spec: (
+            dg.apply_freshness_policy(spec, policy)
+            if spec.key.to_user_string() in FRESH_ASSETS
+            else spec
+        ),
+        assets,
+    )
+
+
 defs = dg.Definitions(
-    assets=ASSETS,
+    assets=with_freshness(ASSETS, freshness_policy()),
     asset_checks=ASSET_CHECKS,
     jobs=JOBS,
     sensors=SENSORS,
     schedules=SCHEDULES,
     resources=build_resources(),
+    # One process per run (asset jobs included): on 2 shared cores a subprocess per step costs
+    # seconds each, and the steps run in sequence anyway (market_movers needs price_indicators).
+    executor=dg.in_process_executor,
 )

@@ -1,4 +1,4 @@
-"""Indicator math: pure, vectorised functions with the formulas of ``SPEC.md``; no I/O.
+"""Indicator math: pure, vectorised functions with the formulas of ``docs/INDICATORS.md``; no I/O.
 
 Per coin, the observations are ``(t_i, p_i) = (ts, current_price)`` ordered by ``t``:
 
@@ -44,9 +44,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from marketflow_assets import schema
+
 TAU_SECONDS = 180.0
 CHANGE_1MIN_SECONDS = 60
 CHANGE_5MIN_SECONDS = 300
+#: ``code_version`` of ``price_indicators`` / ``market_movers``: bump when a formula (or the
+#: rows it produces) changes, so Dagster marks every materialized partition stale.
+INDICATOR_FORMULA_VERSION = "1"
+MOVER_FORMULA_VERSION = "1"
 WINDOW_SECONDS = 300
 LOOKBACK_SECONDS = max(CHANGE_5MIN_SECONDS, WINDOW_SECONDS)
 EMA_BLOCK_TAUS = 64.0
@@ -54,23 +60,12 @@ TOP_N = 5
 
 _NS = 1_000_000_000
 
-# Raw input columns used (names from the raw Parquet schema).
-RAW_INPUT_COLUMNS = ("id", "symbol", "ts", "current_price")
-# Output columns, in the order of the ``price_indicators`` table.
-INDICATOR_COLUMNS = (
-    "coin_id",
-    "symbol",
-    "ts",
-    "price",
-    "change_1min",
-    "change_5min",
-    "sma_5min",
-    "ema_3min",
-    "volatility_5min",
-)
-# Per-coin prior state read from the stored indicators (see module docstring).
-STATE_COLUMNS = ("coin_id", "ref_ts", "ref_price", "ema_ts", "ema_3min")
-MOVER_COLUMNS = ("snapshot_ts", "direction", "rank", "coin_id", "symbol", "change_5min", "price")
+# Column lists come from schema.py: raw input columns, output columns in the order of the
+# ``price_indicators`` / ``market_movers`` tables, per-coin prior state (see module docstring).
+RAW_INPUT_COLUMNS = schema.INDICATOR_INPUT_COLUMNS
+INDICATOR_COLUMNS = schema.column_names("price_indicators")
+STATE_COLUMNS = schema.INDICATOR_STATE_COLUMNS
+MOVER_COLUMNS = schema.column_names("market_movers")
 
 
 def lookback_start(start: pd.Timestamp) -> pd.Timestamp:
@@ -153,7 +148,8 @@ def ema(
     prev_value: float | None = None,
     tau_seconds: float = TAU_SECONDS,
 ) -> np.ndarray:
-    """Time-decay EMA (SPEC ``ema_3min``) of ``p`` at times ``t`` (int64 ns, increasing).
+    """Time-decay EMA (``ema_3min``, docs/INDICATORS.md) of ``p`` at times ``t`` (int64 ns,
+    increasing).
 
     Seeded by the first observation (``e_1 = p_1``), or, when ``prev_ts``/``prev_value`` are
     given (the EMA at an earlier time ``prev_ts < t_1``), continued from that value.
@@ -332,7 +328,8 @@ def _empty_indicators(ts_dtype: Any) -> pd.DataFrame:
 
 
 def compute_movers(indicators: pd.DataFrame, top_n: int = TOP_N) -> pd.DataFrame:
-    """Top gainers and losers per snapshot ``ts`` (SPEC movers), :data:`MOVER_COLUMNS`.
+    """Top gainers and losers per snapshot ``ts`` (movers, docs/INDICATORS.md) as
+    :data:`MOVER_COLUMNS`.
 
     Among rows with non-NULL ``change_5min`` at each ``ts``: the ``top_n`` highest (``gainer``,
     rank 1 = highest) and the ``top_n`` lowest (``loser``, rank 1 = lowest), ties by ``coin_id``

@@ -23,12 +23,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from marketflow_assets.schema import RAW_PARTITION_COLUMN, raw_arrow_schema, spark_ddl
+from marketflow_assets.schema import (
+    RAW_CHECK_COLUMNS,
+    RAW_PARTITION_COLUMN,
+    raw_arrow_schema,
+    spark_ddl,
+)
 
 #: Name of a file written by the streaming job (min/max ``ts`` of the file, in µs since epoch).
 STREAMING_FILE = re.compile(r"^part-[0-9a-f]+-b\d+-\d+-(\d+)-(\d+)\.parquet$")
 #: Columns the checks read by default.
-CHECK_COLUMNS = ("id", "current_price", "ts")
+CHECK_COLUMNS = RAW_CHECK_COLUMNS
 
 
 def streaming_file_prefix(sink_id: str, batch_id: int) -> str:
@@ -329,3 +334,20 @@ def read_rows_spark(
         & (F.col("ts") < F.lit(pd.Timestamp(end).to_pydatetime()))
         & F.col("current_price").isNotNull()
     ).select(*columns)
+
+
+def oldest_raw_ts(raw_dir: Path) -> datetime | None:
+    """Oldest ``ts`` in the dataset, from the oldest non-empty ``date=`` partition (streaming
+    files: from their names; other files: their ``ts`` column)."""
+    from datetime import time
+
+    for day in raw_days(raw_dir):
+        start = datetime.combine(day, time(), UTC)
+        files = list_raw_files(raw_dir, start, start + timedelta(days=1))
+        oldest = [f.min_ts for f in files if f.min_ts is not None]
+        df = read_files([f.path for f in files if f.min_ts is None], columns=("ts",))
+        if len(df) and df["ts"].notna().any():
+            oldest.append(df["ts"].min().to_pydatetime())
+        if oldest:
+            return min(oldest)
+    return None

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from marketflow_assets.settings import ConfigError, Settings, redact_url
+from marketflow_assets.settings import ConfigError, Settings, parse_utc, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +82,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from marketflow_assets.assets.movers import build_market_movers
     from marketflow_assets.assets.partitions import (
         PARTITION_FMT,
+        default_partition_start,
         hourly_partitions,
-        parse_utc,
-        partition_start_from_env,
     )
     from marketflow_assets.assets.raw_prices import raw_prices
     from marketflow_assets.definitions import build_resources
@@ -110,7 +108,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     first, last = window
     # Partitions must cover the data even if it predates MARKETFLOW_PARTITION_START or lies
     # in the future (the code location's own definition covers up to the current hour).
-    partition_start = min(partition_start_from_env(), first)
+    partition_start = min(default_partition_start(settings), first)
     now_hour = _floor_hour(datetime.now(UTC))
     partitions_def = hourly_partitions(
         partition_start, end=last if last > now_hour + HOUR else None
@@ -124,11 +122,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         dg.PartitionKeyRange(first.strftime(PARTITION_FMT), (last - HOUR).strftime(PARTITION_FMT))
     )
     chunks = [keys[i : i + per_run] for i in range(0, len(keys), per_run)]
-    instance = (
-        dg.DagsterInstance.get()
-        if os.environ.get("DAGSTER_HOME")
-        else dg.DagsterInstance.ephemeral()
-    )
+    instance = dg.DagsterInstance.get() if settings.dagster_home else dg.DagsterInstance.ephemeral()
     resources = build_resources(settings.postgres_url, str(settings.data_dir))
     print(
         f"refresh: {len(keys)} hourly partition(s) {keys[0]} .. {keys[-1]} "
@@ -201,9 +195,9 @@ def _active_spark():
         from pyspark.sql import SparkSession
     except ImportError:  # pragma: no cover - pyspark is a dependency
         return None
-    from marketflow_assets.spark_connect import SPARK_REMOTE_ENV
+    from marketflow_assets.settings import load_settings
 
-    if os.environ.get(SPARK_REMOTE_ENV):
+    if load_settings().spark_remote:
         try:
             from pyspark.sql.connect.session import SparkSession as RemoteSparkSession
         except ImportError:  # connect extras missing: the resource would have failed anyway

@@ -170,3 +170,9 @@ ASSET_TABLES = {
 }
 #: Columns of ``price_indicators`` that ``market_movers`` reads.
 MOVER_INPUT_COLUMNS = ("coin_id", "symbol", "ts", "price", "change_5min")
+#: Raw columns the indicators read, and the raw columns the raw_prices checks read.
+INDICATOR_INPUT_COLUMNS = ("id", "symbol", "ts", "current_price")
+RAW_CHECK_COLUMNS = ("id", "current_price", "ts")
+#: Per-coin state an incremental refresh reads back from ``price_indicators``: the last stored
+#: row at least 300 s before the period (``ref_*``) and the last ``(ts, ema_3min)`` before it.
+INDICATOR_STATE_COLUMNS = ("coin_id", "ref_ts", "ref_price", "ema_ts", "ema_3min")

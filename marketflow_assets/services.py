@@ -19,15 +19,15 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
-import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from marketflow_assets.settings import Settings, redact_url
+from marketflow_assets.settings import Settings, child_environment, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class EmbeddedKafka:
             stdin=subprocess.DEVNULL,
             preexec_fn=die_with_parent,
             start_new_session=True,  # a terminal's Ctrl-C must not kill it before its clients
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            env=child_environment(defaults={"RUST_LOG": "warn"}),
         )
         log_file.close()
         self.bootstrap = f"{LOOPBACK}:{self.port}"
@@ -253,6 +253,25 @@ class EmbeddedPostgres:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+_EMBEDDED: dict[Path, EmbeddedPostgres] = {}
+_EMBEDDED_LOCK = threading.Lock()  # sensors may be evaluated on several threads
+
+
+def embedded_postgres_url(pgdata: Path) -> str:
+    """URL of the embedded PostgreSQL with its data in ``pgdata``: reuses the server when one is
+    already running there (``marketflow up``, another Dagster process), else starts it. It stays
+    up while this process (or another one using it) runs and is stopped by the last one to exit
+    (pgserver counts its users)."""
+    pgdata = Path(pgdata).absolute()
+    with _EMBEDDED_LOCK:
+        server = _EMBEDDED.get(pgdata)
+        if server is None or server.url is None:
+            server = EmbeddedPostgres(pgdata)
+            server.start()
+            _EMBEDDED[pgdata] = server
+        return server.url
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,19 +1,31 @@
 """Typed settings read from the environment (and a local `.env`), in one place.
 
-Every component reads its configuration through :func:`load_settings`, so the names in the
-README's configuration table are the only knobs. Secrets (the CoinGecko key, passwords inside
-``MARKETFLOW_POSTGRES_URL``) are kept out of ``repr`` and logs; use :func:`redact_url`.
+This is the only module that reads ``os.environ``. Every component gets its configuration through
+:func:`load_settings` (and :func:`load_check_settings` for the checks and alerts), so the names in
+the README's configuration table are the only knobs, and every one of them has a default: with
+nothing set, the data directory is ``./data``, PostgreSQL is the embedded server under
+``./data/postgres`` (started on first use), Kafka is an embedded broker (``marketflow up``) and
+Spark runs ``local[*]``. Nothing reads the environment at import time; callers load settings when
+they need them (a Dagster resource on first use, a sensor tick, a CLI command).
+
+Secrets (the CoinGecko key, passwords inside ``MARKETFLOW_POSTGRES_URL``, the alert webhook) are
+kept out of ``repr`` and logs; use :func:`redact_url`.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_TOPIC = "crypto_prices"
 DLQ_SUFFIX = "_dlq"
+DEFAULT_DATA_DIR = "data"
 
 COINGECKO_PLANS = {
     # plan: (base URL, header carrying the key)
@@ -21,6 +33,21 @@ COINGECKO_PLANS = {
     "demo": ("https://api.coingecko.com/api/v3", "x-cg-demo-api-key"),
     "pro": ("https://pro-api.coingecko.com/api/v3", "x-cg-pro-api-key"),
 }
+
+# Variable names used in messages (documented in the README's configuration table).
+ENV_POSTGRES_URL = "MARKETFLOW_POSTGRES_URL"
+ENV_DATA_DIR = "MARKETFLOW_DATA_DIR"
+ENV_SPARK_REMOTE = "MARKETFLOW_SPARK_REMOTE"
+ENV_PARTITION_START = "MARKETFLOW_PARTITION_START"
+ENV_FRESHNESS_WARN = "MARKETFLOW_FRESHNESS_WARN_SECONDS"
+ENV_FRESHNESS_ERROR = "MARKETFLOW_FRESHNESS_ERROR_SECONDS"
+ENV_CHECK_WINDOW = "MARKETFLOW_CHECK_WINDOW_HOURS"
+ENV_ALERT_WEBHOOK = "MARKETFLOW_ALERT_WEBHOOK_URL"
+ENV_ALERT_MIN_SEVERITY = "MARKETFLOW_ALERT_MIN_SEVERITY"
+
+DEFAULT_FRESHNESS_WARN_SECONDS = 120.0  # 4 missed 30 s polls
+DEFAULT_FRESHNESS_ERROR_SECONDS = 300.0  # 10 missed polls: the stage is down
+DEFAULT_CHECK_WINDOW_HOURS = 1.0
 
 
 class ConfigError(ValueError):
@@ -37,6 +64,13 @@ def load_dotenv_once(path: str | os.PathLike[str] = ".env") -> None:
         load_dotenv(path, override=False)
 
 
+def _environment(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    if env is not None:
+        return env
+    load_dotenv_once()
+    return os.environ
+
+
 def redact_url(url: str | None) -> str:
     """Return ``url`` with any password replaced by ``***`` (safe to log)."""
     if not url:
@@ -49,16 +83,36 @@ def redact_url(url: str | None) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
 
 
+def parse_utc(value: str, name: str = "time") -> datetime:
+    """ISO-8601 date or date-time -> tz-aware UTC datetime (naive input means UTC)."""
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"{name}={value!r} is not an ISO-8601 date or date-time") from exc
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str | None = None
     kafka_topic: str = DEFAULT_TOPIC
+    #: None: the embedded PostgreSQL under ``data_dir/postgres`` (started on first use).
     postgres_url: str | None = field(default=None, repr=False)
-    data_dir: Path = Path("data")
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
     coingecko_api_key: str | None = field(default=None, repr=False)
     coingecko_api_plan: str = "public"
     coingecko_api_url: str = COINGECKO_PLANS["public"][0]
     local_max_rows: int | None = None  # None: the pyspark resource's default
+    spark_master: str = "local[*]"
+    spark_remote: str | None = None  # sc://host:port of a Spark Connect server
+    spark_shuffle_partitions: str = "4"
+    spark_ui: str = "false"
+    spark_log_level: str = "WARN"
+    #: First hourly partition (explicit); None: the first hour of raw data, else today.
+    partition_start: datetime | None = None
+    dagster_home: str | None = None
+    log_level: str = "INFO"
+    bench_dir: Path = Path(DEFAULT_DATA_DIR) / "bench"
 
     @property
     def dlq_topic(self) -> str:
@@ -77,15 +131,18 @@ class Settings:
         return self.data_dir / "checkpoints"
 
     @property
+    def postgres_dir(self) -> Path:
+        """Data directory of the embedded PostgreSQL (used when ``postgres_url`` is None)."""
+        return self.data_dir / "postgres"
+
+    @property
     def coingecko_key_header(self) -> str | None:
         return COINGECKO_PLANS[self.coingecko_api_plan][1]
 
 
-def load_settings(env: dict[str, str] | None = None) -> Settings:
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from ``env`` (default: ``os.environ`` after loading ``.env``)."""
-    if env is None:
-        load_dotenv_once()
-        env = dict(os.environ)
+    env = _environment(env)
 
     def get(name: str) -> str | None:
         value = env.get(name)
@@ -97,20 +154,32 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         raise ConfigError(f"COINGECKO_API_PLAN={plan!r} is not one of {', '.join(COINGECKO_PLANS)}")
     if plan != "public" and not key:
         raise ConfigError(f"COINGECKO_API_PLAN={plan} needs COINGECKO_API_KEY to be set")
-    postgres_url = get("MARKETFLOW_POSTGRES_URL")
+    postgres_url = get(ENV_POSTGRES_URL)
     if postgres_url and urlsplit(postgres_url).scheme not in ("postgresql", "postgres"):
-        raise ConfigError(
-            "MARKETFLOW_POSTGRES_URL must look like postgresql://user:pass@host:port/db"
-        )
+        raise ConfigError(f"{ENV_POSTGRES_URL} must look like postgresql://user:pass@host:port/db")
+    start = get(ENV_PARTITION_START)
     return Settings(
         kafka_bootstrap=get("MARKETFLOW_KAFKA_BOOTSTRAP"),
         kafka_topic=get("MARKETFLOW_KAFKA_TOPIC") or DEFAULT_TOPIC,
         postgres_url=postgres_url,
-        data_dir=Path(get("MARKETFLOW_DATA_DIR") or "data").expanduser().absolute(),
+        data_dir=Path(get(ENV_DATA_DIR) or DEFAULT_DATA_DIR).expanduser().absolute(),
         coingecko_api_key=key,
         coingecko_api_plan=plan,
         coingecko_api_url=(get("COINGECKO_API_URL") or COINGECKO_PLANS[plan][0]).rstrip("/"),
         local_max_rows=parse_local_max_rows(get("MARKETFLOW_LOCAL_MAX_ROWS")),
+        spark_master=get("MARKETFLOW_SPARK_MASTER") or "local[*]",
+        spark_remote=get(ENV_SPARK_REMOTE),
+        spark_shuffle_partitions=get("MARKETFLOW_SPARK_SHUFFLE_PARTITIONS") or "4",
+        spark_ui=get("MARKETFLOW_SPARK_UI") or "false",
+        spark_log_level=get("MARKETFLOW_SPARK_LOG_LEVEL") or "WARN",
+        partition_start=(
+            None
+            if start is None
+            else parse_utc(start, ENV_PARTITION_START).replace(minute=0, second=0, microsecond=0)
+        ),
+        dagster_home=get("DAGSTER_HOME"),
+        log_level=get("MARKETFLOW_LOG_LEVEL") or "INFO",
+        bench_dir=Path(get("MARKETFLOW_BENCH_DIR") or Path(DEFAULT_DATA_DIR) / "bench").absolute(),
     )
 
 
@@ -121,3 +190,89 @@ def parse_local_max_rows(value: str | None) -> int | None:
     if not value.strip().isdigit():
         raise ConfigError(f"MARKETFLOW_LOCAL_MAX_ROWS={value!r} must be an integer >= 0")
     return int(value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks and alerts
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckSettings:
+    """Check thresholds and alert target, read from the environment at evaluation time."""
+
+    freshness_warn_seconds: float = DEFAULT_FRESHNESS_WARN_SECONDS
+    freshness_error_seconds: float = DEFAULT_FRESHNESS_ERROR_SECONDS
+    window_hours: float = DEFAULT_CHECK_WINDOW_HOURS
+    alert_webhook_url: str | None = field(default=None, repr=False)
+    #: "WARN": alert on warnings and errors; "ERROR": a check in WARN counts as healthy.
+    alert_min_severity: str = "WARN"
+
+    @property
+    def window(self) -> timedelta:
+        return timedelta(hours=self.window_hours)
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be a positive number")
+    return value
+
+
+def load_check_settings(env: Mapping[str, str] | None = None) -> CheckSettings:
+    """Read the check settings from ``env`` (default ``os.environ``); raises ConfigError."""
+    env = _environment(env)
+    warn = _positive_float(env, ENV_FRESHNESS_WARN, DEFAULT_FRESHNESS_WARN_SECONDS)
+    error = _positive_float(env, ENV_FRESHNESS_ERROR, DEFAULT_FRESHNESS_ERROR_SECONDS)
+    if error < warn:
+        raise ConfigError(
+            f"{ENV_FRESHNESS_ERROR}={error:g} must be >= {ENV_FRESHNESS_WARN}={warn:g}"
+        )
+    url = (env.get(ENV_ALERT_WEBHOOK) or "").strip() or None
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"{ENV_ALERT_WEBHOOK} must be an http(s):// URL")
+    severity = (env.get(ENV_ALERT_MIN_SEVERITY) or "WARN").strip().upper()
+    if severity not in ("WARN", "ERROR"):
+        raise ConfigError(f"{ENV_ALERT_MIN_SEVERITY} must be WARN or ERROR, not {severity!r}")
+    return CheckSettings(
+        alert_min_severity=severity,
+        freshness_warn_seconds=warn,
+        freshness_error_seconds=error,
+        window_hours=_positive_float(env, ENV_CHECK_WINDOW, DEFAULT_CHECK_WINDOW_HOURS),
+        alert_webhook_url=url,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The process environment of Spark and of child processes
+# ------------------------------------------------------------------------------------------------
+def export_pyspark_python() -> None:
+    """Make Spark's Python workers run this interpreter (the venv), not the system python,
+    unless ``PYSPARK_PYTHON`` / ``PYSPARK_DRIVER_PYTHON`` say otherwise."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+def export_spark_local_ip() -> None:
+    """Bind a local Spark driver to the loopback interface unless ``SPARK_LOCAL_IP`` is set."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def child_environment(
+    overrides: Mapping[str, str] | None = None, defaults: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Environment for a child process: this one's, with ``defaults`` for unset names and then
+    ``overrides``."""
+    env = {**(defaults or {}), **os.environ}
+    env.update(overrides or {})
+    return env
+
+
+def launched_by_spark_submit() -> bool:
+    """True in a driver started by ``spark-submit`` (its master is then spark-submit's)."""
+    return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-import os
-import sys
+from marketflow_assets.settings import (
+    Settings,
+    export_pyspark_python,
+    export_spark_local_ip,
+    load_settings,
+)
 
 
 def ensure_pyspark_python() -> None:
     """Make Spark's Python workers run this interpreter (the venv), not the system python."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    export_pyspark_python()
 
 
-def spark_conf(master: str | None = None) -> dict[str, str]:
+def spark_conf(master: str | None = None, settings: Settings | None = None) -> dict[str, str]:
     """Spark configuration used everywhere: UTC, loopback-bound, small shuffles, quiet UI.
 
-    ``master`` defaults to ``$MARKETFLOW_SPARK_MASTER`` or ``local[*]``.
+    ``master`` defaults to ``MARKETFLOW_SPARK_MASTER`` or ``local[*]``.
     """
-    master = master or os.environ.get("MARKETFLOW_SPARK_MASTER") or "local[*]"
+    settings = settings or load_settings()
+    master = master or settings.spark_master
     conf = {
         "spark.master": master,
         "spark.sql.session.timeZone": "UTC",
-        "spark.sql.shuffle.partitions": os.environ.get("MARKETFLOW_SPARK_SHUFFLE_PARTITIONS", "4"),
+        "spark.sql.shuffle.partitions": settings.spark_shuffle_partitions,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
@@ -34,7 +38,7 @@ def spark_conf(master: str | None = None) -> dict[str, str]:
             {
                 "spark.driver.bindAddress": "127.0.0.1",
                 "spark.driver.host": "127.0.0.1",
-                "spark.ui.enabled": os.environ.get("MARKETFLOW_SPARK_UI", "false"),
+                "spark.ui.enabled": settings.spark_ui,
             }
         )
     return conf
@@ -42,13 +46,14 @@ def spark_conf(master: str | None = None) -> dict[str, str]:
 
 def get_spark(master: str | None = None, app_name: str = "marketflow"):
     """Return a (possibly shared) SparkSession configured with :func:`spark_conf`."""
-    ensure_pyspark_python()
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    settings = load_settings()
+    export_pyspark_python()
+    export_spark_local_ip()
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)
-    for key, value in spark_conf(master).items():
+    for key, value in spark_conf(master, settings).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(os.environ.get("MARKETFLOW_SPARK_LOG_LEVEL", "WARN"))
+    spark.sparkContext.setLogLevel(settings.spark_log_level)
     return spark

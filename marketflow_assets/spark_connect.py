@@ -13,7 +13,6 @@ zstandard).
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -21,11 +20,12 @@ import time
 from pathlib import Path
 
 from marketflow_assets.services import ServiceError, die_with_parent, free_port, stop_process
+from marketflow_assets.settings import ENV_SPARK_REMOTE, child_environment
 from marketflow_assets.spark import spark_conf
 
 logger = logging.getLogger(__name__)
 
-SPARK_REMOTE_ENV = "MARKETFLOW_SPARK_REMOTE"
+SPARK_REMOTE_ENV = ENV_SPARK_REMOTE
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 
 
@@ -93,13 +93,12 @@ class EmbeddedSparkConnect:
         import pyspark
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        env.update(
-            {
+        env = child_environment(
+            overrides={
                 "SPARK_HOME": str(Path(pyspark.__file__).parent),
-                "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable),
                 "SPARK_LOCAL_IP": "127.0.0.1",
-            }
+            },
+            defaults={"PYSPARK_PYTHON": sys.executable},
         )
         env.pop("SPARK_REMOTE", None)
         with open(self.log_path, "ab") as log:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import signal
 import sys
 import threading
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from marketflow_assets import supervisor as _supervisor
 from marketflow_assets.services import EmbeddedKafka, ServiceError, free_port, running_services
-from marketflow_assets.settings import ConfigError, Settings
+from marketflow_assets.settings import ConfigError, Settings, child_environment
 from marketflow_assets.spark_connect import (
     SPARK_REMOTE_ENV,
     connect_server_command,
@@ -63,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (3000)")
     parser.add_argument(
         "--spark-master",
-        default=os.environ.get("MARKETFLOW_SPARK_MASTER", "local[*]"),
-        help="Spark master for the streaming job and the assets ($MARKETFLOW_SPARK_MASTER)",
+        default=None,
+        help="Spark master for the streaming job and the assets (default $MARKETFLOW_SPARK_MASTER,"
+        " else local[*])",
     )
     parser.add_argument(
         "--record",
@@ -111,9 +111,8 @@ def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
     a Dagster home whose instance stores runs and events in the same PostgreSQL."""
     from marketflow_assets.instance import prepare_dagster_home
 
-    env = dict(os.environ)
-    env.update(
-        {
+    env = child_environment(
+        overrides={
             "MARKETFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
             "MARKETFLOW_KAFKA_TOPIC": settings.kafka_topic,
             "MARKETFLOW_POSTGRES_URL": settings.postgres_url or "",
@@ -262,6 +261,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.max_restarts < 0 or args.restart_window <= 0:
         raise ConfigError("--max-restarts must be >= 0 and --restart-window > 0")
+    args.spark_master = args.spark_master or settings.spark_master
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stop_requested = threading.Event()
     hurry = threading.Event()  # a second signal: do not wait for the Spark job to drain

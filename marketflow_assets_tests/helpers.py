@@ -26,12 +26,12 @@ VALUE_COLUMNS = ["price", "change_1min", "change_5min", "sma_5min", "ema_3min", 
 
 
 # --------------------------------------------------------------------------------------------
-# Independent reference (SPEC "Indicator definitions"), O(n^2), plain Python.
+# Independent reference (docs/INDICATORS.md), O(n^2), plain Python.
 # --------------------------------------------------------------------------------------------
 def reference_indicators(rows: list[tuple[str, str, datetime, float]]) -> dict:
     """{(coin_id, ts): {column: value or None}} for rows (coin_id, symbol, ts, price).
 
-    Timestamps are unique per coin (SPEC: at most one row per (id, ts)).
+    Timestamps are unique per coin (the raw dataset holds at most one row per (id, ts)).
     """
     by_coin: dict[str, list[tuple[datetime, float, str]]] = {}
     for coin, symbol, ts, price in rows:

@@ -1,17 +1,35 @@
-"""The code location loads: every asset, check, job, sensor, schedule and resource of
-``marketflow_assets.definitions``, with no service running and nothing configured."""
+"""The code location as Dagster loads it: everything assembled in ``definitions.py``, native
+Dagster features in place, and nothing configured or running needed."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import subprocess
 import sys
+from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from marketflow_assets.definitions import defs
+from marketflow_assets.schema import column_names
+from marketflow_assets.services import EmbeddedPostgres
+from marketflow_assets_tests.helpers import (
+    irregular_rows,
+    read_table,
+    reference_indicators,
+    reference_movers,
+    write_raw_parquet,
+)
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 ASSETS = {"raw_prices", "price_indicators", "market_movers"}
+COMPUTED = {"price_indicators", "market_movers"}
 JOBS = {"refresh_indicators_job", "monitoring_checks_job", "all_checks_job"}
 SENSORS = {
     "raw_prices_observation_sensor",
@@ -19,6 +37,15 @@ SENSORS = {
     "monitoring_checks_sensor",
     "marketflow_alert_sensor",
 }
+VALUES = ("change_1min", "change_5min", "sma_5min", "ema_3min", "volatility_5min")
+
+
+def bare_env() -> dict[str, str]:
+    """This environment without any MARKETFLOW_* variable or Dagster home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETFLOW_")}
+    env.pop("DAGSTER_HOME", None)
+    env["PYSPARK_PYTHON"] = sys.executable
+    return env
 
 
 def test_definitions_hold_everything():
@@ -33,19 +60,147 @@ def test_definitions_hold_everything():
     assert {"postgres", "raw_data", "pyspark"} <= set(repo.get_top_level_resources())
 
 
-def test_definitions_load_in_an_empty_folder_without_configuration(tmp_path):
-    """``dagster definitions validate`` (what CI and ``dagster dev`` do first) in an empty
-    folder with no MARKETFLOW_* variable: nothing is started or read from a service."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETFLOW_")}
-    env.pop("DAGSTER_HOME", None)
-    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
-    result = subprocess.run(
-        [dagster, "definitions", "validate", "-m", "marketflow_assets.definitions"],
+def test_native_freshness_code_versions_metadata_and_retries():
+    graph = defs.get_repository_def().asset_graph
+    for name in ASSETS:
+        node = graph.get(dg.AssetKey(name))
+        policy = node.freshness_policy
+        assert isinstance(policy, dg.FreshnessPolicy), name
+        assert policy.fail_window.to_timedelta() == timedelta(seconds=300)
+        assert policy.warn_window.to_timedelta() == timedelta(seconds=120)
+        assert isinstance(node.metadata["dagster/column_schema"], dg.TableSchema)
+    for name in COMPUTED:
+        node = graph.get(dg.AssetKey(name))
+        assert node.code_version and node.code_version.isdigit(), name
+        assert node.metadata["dagster/table_name"] == name
+        columns = [c.name for c in node.metadata["dagster/column_schema"].columns]
+        assert columns == list(column_names(name))
+        assert isinstance(node.assets_def.node_def.retry_policy, dg.RetryPolicy), name
+
+
+def test_instance_yamls_enable_freshness():
+    import yaml
+
+    for path in (REPO_ROOT / "dagster.yaml", REPO_ROOT / "deploy" / "dagster_postgres.yaml"):
+        assert yaml.safe_load(path.read_text())["freshness"] == {"enabled": True}, path
+
+
+def test_no_private_dagster_imports():
+    pattern = re.compile(r"^\s*(from|import)\s+dagster\w*\._", re.M)
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for folder in ("marketflow_assets", "spark_streaming", "benchmarks")
+        for path in (REPO_ROOT / folder).rglob("*.py")
+        if pattern.search(path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_only_settings_reads_the_environment():
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for folder in ("marketflow_assets", "spark_streaming", "benchmarks")
+        for path in (REPO_ROOT / folder).rglob("*.py")
+        if path.name != "settings.py" and re.search(r"os\.environ|os\.getenv", path.read_text())
+    ]
+    assert offenders == []
+
+
+def test_asset_and_check_packages_import_no_sensor_or_schedule():
+    code = (
+        "import json, sys, marketflow_assets.assets, marketflow_assets.checks; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith("
+        "('marketflow_assets.sensors', 'marketflow_assets.schedules', "
+        "'marketflow_assets.definitions')))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_plain_dagster_in_an_empty_folder_without_configuration(tmp_path):
+    """No MARKETFLOW_* variable, an empty folder with raw data under ./data/raw_prices: the
+    definitions' partitions start at the data's first hour, and a plain `dagster asset
+    materialize` of that partition writes the reference rows into the embedded PostgreSQL it
+    starts under ./data/postgres."""
+    rows = irregular_rows(seed=5, coins=6, polls=40)
+    write_raw_parquet(tmp_path / "data" / "raw_prices", rows)
+    first = min(r[2] for r in rows)
+    hour = first.replace(minute=0, second=0, microsecond=0)
+    key = hour.strftime("%Y-%m-%d-%H:%M")
+    env = bare_env()
+
+    probe = (
+        "import json, dagster as dg; from marketflow_assets.definitions import defs; "
+        "g = defs.get_repository_def().asset_graph; "
+        "n = g.get(dg.AssetKey('price_indicators')); "
+        "print(json.dumps([n.partitions_def.get_first_partition_key(), n.code_version]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=180,
     )
+    assert out.returncode == 0, out.stderr[-3000:]
+    first_key, version = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first_key == key and version
+
+    result = subprocess.run(
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "marketflow_assets.definitions",
+            "--select",
+            "price_indicators,market_movers",
+            "--partition",
+            key,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "data" / "postgres").is_dir()
+
+    in_hour = [r for r in rows if hour <= r[2] < hour + timedelta(hours=1)]
+    ref = reference_indicators(in_hour)  # the first partition: no earlier rows, no state
+    with EmbeddedPostgres(tmp_path / "data" / "postgres") as url:
+        table = read_table(url, "price_indicators")
+        movers = read_table(url, "market_movers")
+    got = {(r.coin_id, r.ts.to_pydatetime()): r for r in table.itertuples(index=False)}
+    assert set(got) == set(ref) and len(ref) > 20
+    for k, exp in ref.items():
+        for col in VALUES:
+            value, expected = getattr(got[k], col), exp[col]
+            if expected is None:
+                assert value is None or math.isnan(value), (k, col)
+            else:
+                assert math.isclose(value, expected, rel_tol=1e-9, abs_tol=0), (k, col)
+    assert sorted(
+        (r.snapshot_ts.to_pydatetime(), r.direction, r.rank, r.coin_id)
+        for r in movers.itertuples(index=False)
+    ) == [m[:4] for m in reference_movers(ref)]
+
+
+@pytest.mark.parametrize("command", ["validate"])
+def test_definitions_validate_in_an_empty_folder(tmp_path, command):
+    """``dagster definitions validate`` (what CI and ``dagster dev`` do first) with no data and
+    no configuration: partitions start today, nothing is started or written."""
+    result = subprocess.run(
+        [str(BIN / "dagster"), "definitions", command, "-m", "marketflow_assets.definitions"],
+        cwd=tmp_path,
+        env=bare_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert not (tmp_path / "data").exists()  # loading starts nothing and writes nothing
+    assert not (tmp_path / "data").exists()

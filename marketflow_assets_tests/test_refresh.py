@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from datetime import UTC, datetime
 
 import psycopg2
 import pytest
@@ -81,9 +82,11 @@ def test_refresh_all_raw_data_matches_reference_and_second_run_changes_nothing(
     assert table_snapshot(url) == before
 
 
-def test_refresh_start_end_limits_partitions(refresh_settings, capsys, monkeypatch):
+def test_refresh_start_end_limits_partitions(refresh_settings, capsys):
     # the code location's partitions start later than this data: refresh extends them itself
-    monkeypatch.setenv("MARKETFLOW_PARTITION_START", "2024-03-10")
+    refresh_settings = dataclasses.replace(
+        refresh_settings, partition_start=datetime(2024, 3, 10, tzinfo=UTC)
+    )
     rows = irregular_rows(seed=3, coins=4, polls=60)
     write_raw_parquet(refresh_settings.raw_dir, rows)
     code = refresh.run(

@@ -38,23 +38,13 @@ import time
 import uuid
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script / by spark-submit: make the repo importable
-    _REPO_ROOT = str(Path(__file__).resolve().parents[1])
-    if _REPO_ROOT not in sys.path:
-        sys.path.insert(0, _REPO_ROOT)
-    if _REPO_ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-        # Spark's Python workers inherit this environment.
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_REPO_ROOT, os.environ.get("PYTHONPATH")) if p
-        )
-
-from marketflow_assets.raw_dataset import (  # noqa: E402
+from marketflow_assets.raw_dataset import (
     day_files,
     streaming_file_name,
     streaming_file_prefix,
     to_micros,
 )
-from marketflow_assets.schema import (  # noqa: E402
+from marketflow_assets.schema import (
     RAW_COLUMN_NAMES,
     RAW_COLUMNS,
     RAW_PARTITION_COLUMN,
@@ -62,7 +52,12 @@ from marketflow_assets.schema import (  # noqa: E402
     message_spark_ddl,
     spark_ddl,
 )
-from marketflow_assets.settings import ConfigError, Settings, load_settings  # noqa: E402
+from marketflow_assets.settings import (
+    ConfigError,
+    Settings,
+    launched_by_spark_submit,
+    load_settings,
+)
 
 logger = logging.getLogger("spark_streaming.kafka_streaming")
 
@@ -436,7 +431,7 @@ def _check_broker(bootstrap: str, topic: str) -> None:
 def _resolve_master(requested: str | None) -> str | None:
     if requested:
         return requested
-    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit: keep its master
+    if launched_by_spark_submit():  # keep spark-submit's master
         from pyspark import SparkConf, SparkContext
 
         SparkContext._ensure_initialized()
@@ -542,7 +537,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
-        level=os.environ.get("MARKETFLOW_LOG_LEVEL", "INFO"),
+        level=load_settings().log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # kafka-python logs every failed connection attempt; this job reports failures itself.

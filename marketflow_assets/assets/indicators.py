@@ -21,6 +21,12 @@ import pandas as pd
 
 from marketflow_assets import indicators as ind
 from marketflow_assets.assets.partitions import HOURLY, backfill_policy, self_dependency
+from marketflow_assets.assets.policies import (
+    TRANSIENT_IO_RETRY,
+    retry_transient_io_only,
+    row_count_metadata,
+    table_metadata,
+)
 from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
 from marketflow_assets.assets.spark_compute import (
     indicators_dataframe,
@@ -152,10 +158,12 @@ def _build_price_indicators(
         kinds={"spark", "postgres"},
         owners=["team:marketflow"],
         tags={"domain": "crypto"},
+        code_version=ind.INDICATOR_FORMULA_VERSION,
+        retry_policy=TRANSIENT_IO_RETRY,
         metadata={
-            "table": "price_indicators",
+            **table_metadata("price_indicators"),
             "primary_key": "(coin_id, ts)",
-            "formulas": "marketflow_assets/indicators.py (SPEC.md: Indicator definitions)",
+            "formulas": "docs/INDICATORS.md (code: marketflow_assets/indicators.py)",
         },
     )
     def price_indicators(
@@ -174,15 +182,22 @@ def _build_price_indicators(
         """
         window = context.partition_time_window
         context.log.info(f"refreshing price_indicators for [{window.start}, {window.end})")
-        result = refresh_indicators(
-            pyspark.get_session,
-            raw_data.raw_dir,
-            postgres,
-            window.start,
-            window.end,
-            local_max_rows=pyspark.local_max_rows,
+        with retry_transient_io_only():
+            result = refresh_indicators(
+                pyspark.get_session,
+                raw_data.raw_dir,
+                postgres,
+                window.start,
+                window.end,
+                local_max_rows=pyspark.max_local_rows,
+            )
+            table_rows = postgres.row_count("price_indicators")
+        return dg.MaterializeResult(
+            metadata={
+                **indicator_metadata(result),
+                **row_count_metadata(len(result.rows), table_rows),
+            }
         )
-        return dg.MaterializeResult(metadata=indicator_metadata(result))
 
     return price_indicators
 

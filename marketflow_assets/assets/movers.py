@@ -12,6 +12,12 @@ import pandas as pd
 
 from marketflow_assets import indicators as ind
 from marketflow_assets.assets.partitions import HOURLY, backfill_policy
+from marketflow_assets.assets.policies import (
+    TRANSIENT_IO_RETRY,
+    retry_transient_io_only,
+    row_count_metadata,
+    table_metadata,
+)
 from marketflow_assets.assets.spark_compute import movers_dataframe, session, spark_to_pandas
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.spark import LOCAL_MAX_ROWS, SparkResource
@@ -138,7 +144,13 @@ def _build_market_movers(partitions_def: dg.TimeWindowPartitionsDefinition) -> d
         kinds={"spark", "postgres"},
         owners=["team:marketflow"],
         tags={"domain": "crypto"},
-        metadata={"table": "market_movers", "primary_key": "(snapshot_ts, direction, rank)"},
+        code_version=ind.MOVER_FORMULA_VERSION,
+        retry_policy=TRANSIENT_IO_RETRY,
+        metadata={
+            **table_metadata("market_movers"),
+            "primary_key": "(snapshot_ts, direction, rank)",
+            "formulas": "docs/INDICATORS.md (code: marketflow_assets/indicators.py)",
+        },
     )
     def market_movers(
         context: dg.AssetExecutionContext,
@@ -152,14 +164,18 @@ def _build_market_movers(partitions_def: dg.TimeWindowPartitionsDefinition) -> d
         same partition of `price_indicators`; written idempotently to table `market_movers`.
         """
         window = context.partition_time_window
-        result = refresh_movers(
-            pyspark.get_session,
-            postgres,
-            window.start,
-            window.end,
-            local_max_rows=pyspark.local_max_rows,
+        with retry_transient_io_only():
+            result = refresh_movers(
+                pyspark.get_session,
+                postgres,
+                window.start,
+                window.end,
+                local_max_rows=pyspark.max_local_rows,
+            )
+            table_rows = postgres.row_count("market_movers")
+        return dg.MaterializeResult(
+            metadata={**movers_metadata(result), **row_count_metadata(len(result.rows), table_rows)}
         )
-        return dg.MaterializeResult(metadata=movers_metadata(result))
 
     return market_movers
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from marketflow_assets.assets.policies import raw_column_schema
 from marketflow_assets.schema import RAW_PRICES_ASSET
 
 RAW_PRICES_KEY = dg.AssetKey(RAW_PRICES_ASSET)
@@ -23,5 +24,9 @@ raw_prices = dg.AssetSpec(
     ),
     group_name="market_data",
     kinds={"parquet", "spark"},
-    metadata={"dataset": "raw_prices/ (hive: date=YYYY-MM-DD)", "writer": "spark_streaming"},
+    metadata={
+        "dataset": "raw_prices/ (hive: date=YYYY-MM-DD)",
+        "writer": "spark_streaming",
+        "dagster/column_schema": raw_column_schema(),
+    },
 )

@@ -1,5 +1,6 @@
-"""Pieces every Marketflow check shares: thresholds from the environment, the evaluated time
-window, and :class:`Outcome` — the plain result of a check function, independent of Dagster.
+"""Pieces every Marketflow check shares: thresholds (:class:`CheckSettings`, read by
+``settings.py``), the evaluated time window, and :class:`Outcome` — the plain result of a
+check function, independent of Dagster.
 
 Check functions (``*_outcome``) take a psycopg2 connection or a pandas DataFrame and return an
 :class:`Outcome`; the ``@dg.asset_check`` wrappers only gather inputs and call
@@ -8,27 +9,22 @@ Check functions (``*_outcome``) take a psycopg2 connection or a pandas DataFrame
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
 
-from marketflow_assets.settings import ConfigError
-
-# Environment variables (documented in the README's configuration table).
-ENV_FRESHNESS_WARN = "MARKETFLOW_FRESHNESS_WARN_SECONDS"
-ENV_FRESHNESS_ERROR = "MARKETFLOW_FRESHNESS_ERROR_SECONDS"
-ENV_CHECK_WINDOW = "MARKETFLOW_CHECK_WINDOW_HOURS"
-ENV_ALERT_WEBHOOK = "MARKETFLOW_ALERT_WEBHOOK_URL"
-ENV_ALERT_MIN_SEVERITY = "MARKETFLOW_ALERT_MIN_SEVERITY"
-
-DEFAULT_FRESHNESS_WARN_SECONDS = 120.0  # 4 missed 30 s polls
-DEFAULT_FRESHNESS_ERROR_SECONDS = 300.0  # 10 missed polls: the stage is down
-DEFAULT_CHECK_WINDOW_HOURS = 1.0
+from marketflow_assets.settings import (  # noqa: F401 - re-exported for the checks
+    ENV_ALERT_MIN_SEVERITY,
+    ENV_ALERT_WEBHOOK,
+    ENV_CHECK_WINDOW,
+    ENV_FRESHNESS_ERROR,
+    ENV_FRESHNESS_WARN,
+    CheckSettings,
+    load_check_settings,
+)
 
 #: Relative tolerance for floating-point bound checks (SMA within [min, max]).
 REL_TOLERANCE = 1e-9
@@ -41,59 +37,6 @@ Clock = Callable[[], datetime]
 def utc_now() -> datetime:
     """The wall clock used by freshness checks (injectable: checks take a ``clock``)."""
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class CheckSettings:
-    """Check thresholds and alert target, read from the environment at evaluation time."""
-
-    freshness_warn_seconds: float = DEFAULT_FRESHNESS_WARN_SECONDS
-    freshness_error_seconds: float = DEFAULT_FRESHNESS_ERROR_SECONDS
-    window_hours: float = DEFAULT_CHECK_WINDOW_HOURS
-    alert_webhook_url: str | None = field(default=None, repr=False)
-    #: "WARN": alert on warnings and errors; "ERROR": a check in WARN counts as healthy.
-    alert_min_severity: str = "WARN"
-
-    @property
-    def window(self) -> timedelta:
-        return timedelta(hours=self.window_hours)
-
-
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be a positive number")
-    return value
-
-
-def load_check_settings(env: Mapping[str, str] | None = None) -> CheckSettings:
-    """Read the check settings from ``env`` (default ``os.environ``); raises ConfigError."""
-    env = os.environ if env is None else env
-    warn = _positive_float(env, ENV_FRESHNESS_WARN, DEFAULT_FRESHNESS_WARN_SECONDS)
-    error = _positive_float(env, ENV_FRESHNESS_ERROR, DEFAULT_FRESHNESS_ERROR_SECONDS)
-    if error < warn:
-        raise ConfigError(
-            f"{ENV_FRESHNESS_ERROR}={error:g} must be >= {ENV_FRESHNESS_WARN}={warn:g}"
-        )
-    url = (env.get(ENV_ALERT_WEBHOOK) or "").strip() or None
-    if url and not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{ENV_ALERT_WEBHOOK} must be an http(s):// URL")
-    severity = (env.get(ENV_ALERT_MIN_SEVERITY) or "WARN").strip().upper()
-    if severity not in ("WARN", "ERROR"):
-        raise ConfigError(f"{ENV_ALERT_MIN_SEVERITY} must be WARN or ERROR, not {severity!r}")
-    return CheckSettings(
-        alert_min_severity=severity,
-        freshness_warn_seconds=warn,
-        freshness_error_seconds=error,
-        window_hours=_positive_float(env, ENV_CHECK_WINDOW, DEFAULT_CHECK_WINDOW_HOURS),
-        alert_webhook_url=url,
-    )
 
 
 @dataclass(frozen=True)

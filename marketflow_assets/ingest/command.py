@@ -41,7 +41,7 @@ SOURCES = ("coingecko", "replay", "simulate")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``marketflow ingest`` (SPEC: command line)."""
+    """Options of ``marketflow ingest`` (README "Ingest")."""
     parser.add_argument(
         "--source",
         choices=SOURCES,

@@ -6,7 +6,7 @@ market records of that snapshot (validation happens later, the same way for ever
 * :class:`LiveSource` polls CoinGecko on a fixed cadence (poll k starts at ``start + k·interval``;
   a poll that overruns skips the ticks it missed instead of drifting) and can append every poll
   to a replay file (``--record``).
-* :class:`ReplaySource` reads the SPEC replay file (JSON Lines ``{"ts", "coins"}``) and
+* :class:`ReplaySource` reads a replay file (README "Ingest": JSON Lines ``{"ts", "coins"}``) and
   publishes each line with its recorded ``ts``; ``speed`` multiplies real time (2 = twice as
   fast), 0 = as fast as possible.
 * :class:`SimulateSource` / :func:`simulate_polls`: geometric Brownian motion with a common
@@ -87,7 +87,8 @@ def ticker(
 
 
 # --------------------------------------------------------------------------------------------
-# Replay file (SPEC: JSON Lines, one poll per line: {"ts": ISO-8601 UTC, "coins": [records]})
+# Replay file (README "Ingest"): JSON Lines, one poll per line:
+# {"ts": ISO-8601 UTC, "coins": [records]}
 # --------------------------------------------------------------------------------------------
 class ReplayRecorder:
     """Appends polls to a replay file, one JSON line per poll, flushed after each line.

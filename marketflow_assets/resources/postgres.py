@@ -7,8 +7,8 @@ Besides connections it owns the few SQL statements the assets need, so that asse
   ``(coin_id, ts)``: cost independent of the table's history);
 * :meth:`PostgresResource.replace_period` - idempotent bulk write of one period: ``COPY`` into a
   temporary staging table, then ``DELETE`` the period's rows that changed or vanished and
-  ``INSERT ... ON CONFLICT DO UPDATE`` the new ones, in one transaction serialised per table by an
-  advisory lock;
+  ``INSERT ... ON CONFLICT DO NOTHING`` the new ones (unchanged rows are never rewritten), in
+  one transaction serialised per table by an advisory lock;
 * :meth:`PostgresResource.read_period` - rows of one period, for downstream assets.
 """
 
@@ -21,8 +21,15 @@ from datetime import datetime
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
-from marketflow_assets.schema import TABLES, column_names, create_all_sql
+from marketflow_assets.schema import (
+    INDICATOR_STATE_COLUMNS,
+    TABLES,
+    column_names,
+    create_all_sql,
+)
+from marketflow_assets.settings import load_settings, redact_url
 
 _STATE_LOOKUPS = """
 SELECT c.coin_id, r.ts AS ref_ts, r.price AS ref_price, e.ts AS ema_ts, e.ema_3min
@@ -78,16 +85,48 @@ def _csv_payload(frame: pd.DataFrame) -> io.BytesIO:
 
 
 class PostgresResource(dg.ConfigurableResource):
-    """Connections to the Marketflow PostgreSQL database (``MARKETFLOW_POSTGRES_URL``)."""
+    """Connections to the Marketflow PostgreSQL database.
 
-    url: str
+    ``url`` unset: ``MARKETFLOW_POSTGRES_URL`` when set, else the embedded PostgreSQL under
+    ``$MARKETFLOW_DATA_DIR/postgres`` (default ``./data/postgres``), started - or reused when
+    already running, e.g. by ``marketflow up`` - on the first connection, not when the
+    definitions load.
+    """
+
+    url: str | None = Field(
+        default=None,
+        description=(
+            "postgresql:// URL; default MARKETFLOW_POSTGRES_URL, else the embedded PostgreSQL"
+            " under $MARKETFLOW_DATA_DIR/postgres"
+        ),
+    )
+
+    def resolved_url(self) -> str:
+        """The URL connections use (starts the embedded server when that is the one)."""
+        if self.url:
+            return self.url
+        settings = load_settings()
+        if settings.postgres_url:
+            return settings.postgres_url
+        from marketflow_assets.services import embedded_postgres_url
+
+        return embedded_postgres_url(settings.postgres_dir)
+
+    def display_url(self) -> str:
+        """Where connections go, safe to log (password redacted; nothing is started)."""
+        if self.url:
+            return redact_url(self.url)
+        settings = load_settings()
+        if settings.postgres_url:
+            return redact_url(settings.postgres_url)
+        return f"embedded PostgreSQL in {settings.postgres_dir}"
 
     @contextmanager
     def get_connection(self) -> Iterator:
         """A psycopg2 connection; commits on success, rolls back on error, always closes."""
         import psycopg2
 
-        conn = psycopg2.connect(self.url, connect_timeout=10)
+        conn = psycopg2.connect(self.resolved_url(), connect_timeout=10)
         try:
             with conn:
                 yield conn
@@ -110,7 +149,7 @@ class PostgresResource(dg.ConfigurableResource):
         are omitted. Columns are
         ``indicators.STATE_COLUMNS``; times are tz-aware UTC.
         """
-        columns = ["coin_id", "ref_ts", "ref_price", "ema_ts", "ema_3min"]
+        columns = list(INDICATOR_STATE_COLUMNS)
         if coin_ids is not None and not coin_ids:
             return pd.DataFrame(columns=columns)
         params = {
@@ -181,6 +220,17 @@ class PostgresResource(dg.ConfigurableResource):
                 f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
             )
             return cur.rowcount
+
+    def row_count(self, table: str) -> int:
+        """Exact number of rows of ``table`` (one of ``schema.TABLES``); 0 when it is missing."""
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        with self.get_connection() as conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+            if not cur.fetchone()[0]:
+                return 0
+            cur.execute(f"SELECT count(*) FROM {table}")
+            return int(cur.fetchone()[0])
 
     def read_period(
         self,

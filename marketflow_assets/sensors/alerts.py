@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 
 import dagster as dg
 import requests
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from marketflow_assets.checks.common import load_check_settings
 
@@ -49,6 +48,10 @@ RUN_OK = "SUCCESS"
 RUN_FAILED = "FAILURE"
 _FINISHED_RUN = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
 _CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"
+# ``status`` values of the check execution records ``DagsterInstance`` returns. Dagster exports
+# no public name for their enum, so they are compared by value.
+_SUCCEEDED = "SUCCEEDED"
+_FAILED = "FAILED"
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,10 @@ def post_webhook(
 # ------------------------------------------------------------------------------------------
 def check_state(instance: dg.DagsterInstance, record) -> tuple[str | None, str]:
     """(state, detail) of a check's latest execution; state None while it is in progress."""
-    if record.status == AssetCheckExecutionRecordStatus.SUCCEEDED:
+    status = record.status.value
+    if status == _SUCCEEDED:
         return PASSED, record.evaluation.description or ""
-    if record.status == AssetCheckExecutionRecordStatus.FAILED:
+    if status == _FAILED:
         evaluation = record.evaluation
         return evaluation.severity.value, evaluation.description or ""
     # PLANNED: still running, or its run ended without an evaluation: either the check's own
@@ -136,7 +140,11 @@ def check_alerts(
 ) -> list[Alert]:
     """Alerts for checks whose state differs from ``known`` (updated in place). With
     ``min_severity="ERROR"`` a check in WARN counts as passed (no alert either way)."""
-    records = instance.event_log_storage.get_latest_asset_check_execution_by_key(check_keys)
+    records = {}
+    for key in check_keys:
+        record = instance.get_latest_asset_check_evaluation_record(key)
+        if record is not None:
+            records[key] = record
     alerts = []
     for key in sorted(records, key=lambda k: k.to_user_string()):
         state, detail = check_state(instance, records[key])

@@ -17,7 +17,6 @@ from marketflow_assets.checks.common import Outcome, load_check_settings, utc_no
 from marketflow_assets.checks.freshness import CHECK_NAME, SOURCES, asset_freshness
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
-from marketflow_assets.settings import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def _unreachable(asset: dg.AssetKey, postgres: PostgresResource, exc: Exception)
     else:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = (
-            f"PostgreSQL at {redact_url(postgres.url)} unreachable: {first_line}"
+            f"PostgreSQL ({postgres.display_url()}) unreachable: {first_line}"
             " (check MARKETFLOW_POSTGRES_URL)"
         )
     log.warning("freshness of %s not measurable: %s", asset.to_user_string(), reason)

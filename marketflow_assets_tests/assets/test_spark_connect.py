@@ -46,7 +46,7 @@ def test_refresh_runs_on_a_spark_connect_server(tmp_path, data_dir, pg_clean):
             text=True,
             timeout=300,
         )
-        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.returncode == 0, done.stderr[-6000:]
         assert "refresh: done" in done.stdout
         assert "coins, spark)" in done.stdout  # computed on the server, not in process
         proc = server.proc
