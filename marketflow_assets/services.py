@@ -290,9 +290,12 @@ def running_services(
     log: Callable[[str], None] = logger.info,
     kafka: bool = True,
     postgres: bool = True,
+    embedded: dict[str, EmbeddedKafka | EmbeddedPostgres] | None = None,
 ) -> Iterator[Settings]:
     """Yield ``settings`` with Kafka and Postgres filled in: external ones checked, missing ones
-    started embedded (and stopped on exit, in reverse order)."""
+    started embedded (and stopped on exit, in reverse order). The embedded ones are also put in
+    ``embedded`` (keys ``kafka``, ``postgres``) when given, so a supervisor can watch them."""
+    embedded = {} if embedded is None else embedded
     with contextlib.ExitStack() as stack:
         resolved = settings
         if postgres:
@@ -303,6 +306,7 @@ def running_services(
                 started = time.monotonic()
                 pg = EmbeddedPostgres(settings.data_dir / "postgres")
                 url = stack.enter_context(pg)
+                embedded["postgres"] = pg
                 resolved = dataclasses.replace(resolved, postgres_url=url)
                 log(
                     f"postgres: embedded PostgreSQL ready in {time.monotonic() - started:.1f} s "
@@ -316,6 +320,7 @@ def running_services(
                 started = time.monotonic()
                 broker = EmbeddedKafka(settings.data_dir / "logs")
                 bootstrap = stack.enter_context(broker)
+                embedded["kafka"] = broker
                 resolved = dataclasses.replace(resolved, kafka_bootstrap=bootstrap)
                 log(
                     f"kafka: embedded Tansu broker ready in {time.monotonic() - started:.1f} s "

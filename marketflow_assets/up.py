@@ -1,30 +1,44 @@
-"""``marketflow up``: the whole pipeline on one machine, stopped cleanly by Ctrl-C.
+"""``marketflow up``: the whole pipeline on one machine, supervised, stopped cleanly by a signal.
 
 Order of start-up: PostgreSQL and Kafka (embedded unless configured), the tables and topics, then
-three child processes — the ingest loop, the Spark streaming job and ``dagster dev`` on
-127.0.0.1:3000. Each child runs in its own process group with its output in
-``$MARKETFLOW_DATA_DIR/logs/<name>.log``; one line is printed per component when it is ready. On
-Ctrl-C (SIGINT) or SIGTERM the children are stopped in reverse order (whole process groups, so
-Dagster's run workers and Spark's JVM go too), then the broker and PostgreSQL.
+the child processes — the ingest loop, the Spark streaming job, a Spark Connect server for the
+Dagster runs and ``dagster dev`` on 127.0.0.1:3000. Each child runs in its own process group with
+its output in ``$MARKETFLOW_DATA_DIR/logs/<name>.log``; one line is printed per component when it
+is ready. A child that exits is restarted with exponential backoff; a crash loop (more than
+``--max-restarts`` restarts within ``--restart-window`` seconds) stops everything with exit code 1
+(see :mod:`marketflow_assets.supervisor`). On SIGINT (Ctrl-C), SIGTERM or SIGHUP (a closed
+terminal) the children are stopped in reverse order (whole process groups, so Dagster's run
+workers and Spark's JVM go too), then the broker and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
-import os
 import signal
-import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
-from marketflow_assets.services import die_with_parent, free_port, running_services
+from marketflow_assets import supervisor as _supervisor
+from marketflow_assets.services import EmbeddedKafka, ServiceError, free_port, running_services
 from marketflow_assets.settings import ConfigError, Settings, child_environment
-from marketflow_assets.spark_connect import SPARK_REMOTE_ENV, EmbeddedSparkConnect
+from marketflow_assets.spark_connect import (
+    SPARK_REMOTE_ENV,
+    connect_server_command,
+    wait_for_port,
+)
+from marketflow_assets.supervisor import (  # noqa: F401 - Child & co. are used via `up.` too
+    Child,
+    RestartPolicy,
+    Supervisor,
+    describe_exit,
+    stop_child,
+    tail,
+)
 
 logger = logging.getLogger("marketflow.up")
 
@@ -58,21 +72,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Spark master for the streaming job and the assets (default $MARKETFLOW_SPARK_MASTER,"
         " else local[*])",
     )
-
-
-@dataclasses.dataclass
-class Child:
-    name: str
-    argv: list[str]
-    log_path: Path
-    proc: subprocess.Popen | None = None
-    ready: bool = False
+    parser.add_argument(
+        "--record",
+        type=Path,
+        help="append every poll acknowledged by the broker to this replay file (JSON Lines)",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="a child restarted more often than this within --restart-window is crash-looping: "
+        "everything stops with exit code 1 (default 5)",
+    )
+    parser.add_argument(
+        "--restart-window",
+        type=float,
+        default=300.0,
+        help="seconds over which restarts are counted (default 300)",
+    )
 
 
 def resolve_source(args: argparse.Namespace, settings: Settings) -> str:
     """``auto`` → ``coingecko`` when the API answers, else ``simulate``; says which in one line."""
     if args.source == "replay" and not args.replay_file:
         raise ConfigError("--source replay needs --replay-file PATH")
+    if args.source == "replay" and not Path(args.replay_file).is_file():
+        raise ConfigError(f"--replay-file {args.replay_file}: no such file")
     if args.source != "auto":
         return args.source
     from marketflow_assets.ingest.coingecko import coingecko_reachable
@@ -108,12 +133,26 @@ def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
+def start_child(child: Child, env: dict[str, str]) -> None:
+    """Start ``child`` unsupervised (benchmarks), in the repository root like ``up`` does."""
+    _supervisor.start_child(child, env, REPO_ROOT)
+
+
+def replay_progress_path(settings: Settings) -> Path:
+    """Where a replaying ingest child keeps its position, so a restart resumes after it."""
+    return settings.data_dir / "ingest" / "replay_progress.json"
+
+
 def build_children(args, settings: Settings, source: str) -> list[Child]:
     logs = settings.data_dir / "logs"
     ingest = [sys.executable, "-m", "marketflow_assets.cli", "ingest", "--source", source]
     ingest += ["--interval", str(args.interval), "--coins", str(args.coins)]
     if source == "replay":
-        ingest += ["--replay-file", args.replay_file, "--speed", str(args.speed)]
+        ingest += ["--replay-file", str(Path(args.replay_file).absolute())]
+        ingest += ["--speed", str(args.speed)]
+        ingest += ["--resume-file", str(replay_progress_path(settings))]
+    if getattr(args, "record", None):
+        ingest += ["--record", str(Path(args.record).absolute())]
     spark = [sys.executable, str(SPARK_JOB), "--master", args.spark_master]
     spark += ["--trigger-seconds", str(STREAMING_TRIGGER_SECONDS)]
     metrics = {"ingest": free_port(), "spark": free_port()}  # Prometheus, on 127.0.0.1
@@ -136,9 +175,10 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
         str(args.port),
     ]
     return [
-        Child("ingest", ingest, logs / "ingest.log"),
+        # a replay that reached the end of its file is done; other sources run until stopped
+        Child("ingest", ingest, logs / "ingest.log", finished_on_success=source == "replay"),
         Child("spark", spark, logs / "spark_streaming.log"),
-        Child("dagster", dagster, logs / "dagster.log"),
+        Child("dagster", dagster, logs / "dagster.log", stop_signal=signal.SIGINT),
         Child("follow", follow, logs / "follow.log"),
     ]
 
@@ -150,48 +190,23 @@ def dashboard_child(args, settings: Settings) -> Child:
     return Child("dashboard", argv, settings.data_dir / "logs" / "dashboard.log")
 
 
-def start_child(child: Child, env: dict[str, str]) -> None:
-    child.log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(child.log_path, "ab") as log_file:
-        child.proc = subprocess.Popen(
-            child.argv,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
-            preexec_fn=die_with_parent,
-        )
-    logger.info("%s: started (pid %s, log %s)", child.name, child.proc.pid, child.log_path)
+def spark_connect_child(settings: Settings, args) -> tuple[Child, str]:
+    """The Spark Connect server that Dagster runs use for large inputs (backfills): one warm
+    driver instead of a JVM per run, on a fixed free port (a restart keeps its URL). Returns the
+    child and its ``sc://`` URL."""
+    import pyspark
 
-
-def stop_child(child: Child, timeout: float = 20.0) -> None:
-    """Stop a child's whole process group: SIGINT/SIGTERM, then SIGKILL after ``timeout``."""
-    proc = child.proc
-    if proc is None:
-        return
-    pgid = proc.pid
-    first = signal.SIGINT if child.name == "dagster" else signal.SIGTERM
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, first)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        logger.warning("%s did not stop within %.0f s; killing it", child.name, timeout)
-    # Whatever is left in the group (JVMs, run workers, webserver) goes now.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
-    logger.info("%s: stopped", child.name)
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+    port = free_port()
+    logs = settings.data_dir / "logs"
+    env = {
+        "SPARK_HOME": str(Path(pyspark.__file__).parent),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_REMOTE": None,
+        SPARK_REMOTE_ENV: None,
+    }
+    argv = connect_server_command(port, args.spark_master)
+    child = Child("spark-connect", argv, logs / "spark-connect.log", env=env, cwd=logs)
+    return child, f"sc://127.0.0.1:{port}"
 
 
 class ReadinessProbes:
@@ -227,12 +242,6 @@ class ReadinessProbes:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
 
-    def _dashboard_serves(self) -> bool:
-        from marketflow_assets.dashboard.command import serves
-
-        port = getattr(self.args, "dashboard_port", None)
-        return bool(port) and serves(port)
-
     def _indicator_rows(self) -> int:
         import psycopg2
 
@@ -243,6 +252,12 @@ class ReadinessProbes:
                 return int(cur.fetchone()[0])
         finally:
             conn.close()
+
+    def _dashboard_serves(self) -> bool:
+        from marketflow_assets.dashboard.command import serves
+
+        port = getattr(self.args, "dashboard_port", None)
+        return bool(port) and serves(port)
 
     def check(self) -> None:
         probes = {
@@ -273,76 +288,195 @@ class ReadinessProbes:
                 logger.info("ready: %s — %s", name, message)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.max_restarts < 0 or args.restart_window <= 0:
+        raise ConfigError("--max-restarts must be >= 0 and --restart-window > 0")
     args.spark_master = args.spark_master or settings.spark_master
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stop_requested = threading.Event()
+    hurry = threading.Event()  # a second signal: do not wait for the Spark job to drain
 
     def request_stop(signum, _frame) -> None:
+        if stop_requested.is_set():
+            logger.info(
+                "received %s again; not waiting for the Spark job", signal.Signals(signum).name
+            )
+            hurry.set()
+            return
         logger.info("received %s; stopping", signal.Signals(signum).name)
         stop_requested.set()
 
-    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
     try:
-        with running_services(settings, log=logger.info) as resolved:
-            return _supervise(args, resolved, stop_requested)
+        embedded: dict = {}
+        with running_services(settings, log=logger.info, embedded=embedded) as resolved:
+            return _supervise(args, resolved, stop_requested, embedded.get("kafka"), hurry)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         logger.info("all components stopped")
 
 
-def _supervise(args, settings: Settings, stop_requested: threading.Event) -> int:
-    """Start the children, announce readiness, stop them all in reverse order on exit."""
+def _supervise(
+    args,
+    settings: Settings,
+    stop_requested: threading.Event,
+    broker: EmbeddedKafka | None,
+    hurry: threading.Event | None = None,
+) -> int:
+    """Start the children, announce readiness, restart the ones that exit, stop them all in
+    reverse order on exit."""
     from marketflow_assets.resources.postgres import PostgresResource
 
     PostgresResource(url=settings.postgres_url).ensure_tables()
     source = resolve_source(args, settings)
+    if source == "replay":  # a new `up` replays the file from its start
+        replay_progress_path(settings).unlink(missing_ok=True)
     env = child_env(settings, args)
     children = build_children(args, settings, source)
     children.append(dashboard_child(args, settings))
-    with contextlib.ExitStack() as stack:  # unwinds last-started first
-        server = None
+    policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window)
+    supervisor = Supervisor([], env, policy, cwd=REPO_ROOT)
+    connect: Child | None = None
+    with contextlib.ExitStack() as stack:
+        stack.callback(_stop_all, supervisor, settings, broker is not None, hurry)
         for child in children:
             if stop_requested.is_set():
                 return 0
             if child.name == "dagster" and not env.get(SPARK_REMOTE_ENV):
-                server = launch_spark_connect(settings, args, env, stack)
-            stack.callback(stop_child, child)
-            start_child(child, env)
-        if server is not None:
-            server.wait_ready()  # its JVM started alongside dagster dev
-            logger.info("spark-connect: ready at %s for Dagster runs", server.remote)
-        return _watch(children, settings, args, stop_requested)
+                connect, env[SPARK_REMOTE_ENV] = spark_connect_child(settings, args)
+                supervisor.start(connect)  # its JVM starts alongside dagster dev
+            supervisor.start(child)
+        connect_url = env.get(SPARK_REMOTE_ENV) if connect else None
+        return _watch(supervisor, settings, args, stop_requested, connect_url, broker)
 
 
-def launch_spark_connect(
-    settings: Settings, args, env: dict[str, str], stack: contextlib.ExitStack
-) -> EmbeddedSparkConnect:
-    """Launch the Spark Connect server that Dagster runs use for large inputs (backfills): one
-    warm driver instead of a JVM per run. Sets ``MARKETFLOW_SPARK_REMOTE`` in ``env``; does not
-    wait for the server (call ``wait_ready``), so dagster dev starts meanwhile."""
-    server = EmbeddedSparkConnect(settings.data_dir / "logs", master=args.spark_master)
-    stack.callback(server.stop)
-    env[SPARK_REMOTE_ENV] = server.launch()
-    return server
+def _watch(
+    supervisor: Supervisor,
+    settings: Settings,
+    args,
+    stop_requested,
+    connect: str | None,
+    broker: EmbeddedKafka | None = None,
+) -> int:
+    """Announce readiness and supervise; 0 when a stop is requested, 1 on a crash loop."""
+    from marketflow_assets.monitoring.location_health import LocationWatch
 
-
-def _watch(children: list[Child], settings: Settings, args, stop_requested) -> int:
-    """Announce readiness; return 1 as soon as a child dies, 0 when a stop is requested."""
     probes = ReadinessProbes(settings, args)
+    locations = LocationWatch(f"http://{args.host}:{args.port}")  # code-location load errors
+    broker_restarts: list[float] = []
     logger.info("marketflow is starting; Ctrl-C stops everything")
-    while not stop_requested.wait(2.0):
-        for child in children:
-            code = child.proc.poll()
-            if code is not None:
-                logger.error(
-                    "%s exited with code %s; stopping. Last lines of %s:\n%s",
-                    child.name,
-                    code,
-                    child.log_path,
-                    tail(child.log_path),
-                )
-                return 1
+    while not stop_requested.wait(1.0):
+        reason = _watch_broker(broker, supervisor, broker_restarts) if broker else None
+        reason = reason or supervisor.poll()
+        if reason is not None:
+            logger.error("stopping everything: %s", reason)
+            return 1
         probes.check()
+        locations.check()  # every 30 s: one alert per load failure, one when it loads again
+        if connect and wait_for_port("127.0.0.1", int(connect.rsplit(":", 1)[1]), 0.1):
+            logger.info("spark-connect: ready at %s for Dagster runs", connect)
+            connect = None
     return 0
+
+
+def _watch_broker(broker: EmbeddedKafka, supervisor: Supervisor, restarts: list[float]):
+    """Restart the embedded broker on its port when it died, then ingest (which recreates the
+    topics). Its topics were in memory: messages the Spark job had not yet read are lost; the
+    job itself notices the new topic and continues with its messages. Returns a crash-loop
+    reason, else None."""
+    if broker.proc is None or broker.proc.poll() is None:
+        return None
+    what = describe_exit(broker.proc.returncode)
+    log_path = broker.log_dir / "tansu.log"
+    reason = supervisor.crash_loop("kafka", restarts, what, log_path)
+    if reason is not None:
+        return reason
+    logger.warning(
+        "kafka: the embedded broker %s; restarting it on %s. Its topics were in memory only: "
+        "messages not yet read by the Spark job are lost",
+        what,
+        broker.bootstrap,
+    )
+    broker.proc = None
+    try:
+        broker.start()
+    except ServiceError as exc:
+        return f"kafka: the embedded broker could not be restarted: {exc}"
+    logger.info("kafka: embedded broker restarted on %s", broker.bootstrap)
+    supervisor.restart_now("ingest", "the broker restarted: new producer, topics recreated")
+    return None
+
+
+DRAIN_TIMEOUT_S = 120.0
+
+
+def _stop_all(
+    supervisor: Supervisor,
+    settings: Settings,
+    embedded_broker: bool,
+    hurry: threading.Event | None = None,
+) -> None:
+    """Stop ingest first, let the Spark job write what the broker still holds (the embedded
+    broker forgets it on exit), then stop the other children in reverse order of start."""
+    by_name = {child.name: child for child in supervisor.children}
+    ingest, spark = by_name.get("ingest"), by_name.get("spark")
+    if ingest is not None:
+        stop_child(ingest)
+    if spark is not None and spark.proc is not None and spark.proc.poll() is None:
+        try:
+            drain_spark(settings, spark, DRAIN_TIMEOUT_S, embedded_broker, hurry)
+        except Exception as exc:  # noqa: BLE001 - stopping goes on whatever happens here
+            logger.warning("could not wait for the Spark job to drain the topic: %s", exc)
+    supervisor.stop_all()
+
+
+def unread_messages(settings: Settings, probe) -> int:
+    """Messages in the topic beyond the Spark job's last committed batch."""
+    from spark_streaming.kafka_streaming import batch_end_offsets
+
+    checkpoint = settings.checkpoint_dir / "raw_prices" / settings.kafka_topic
+    batches = [int(f.name) for f in (checkpoint / "commits").glob("*") if f.name.isdigit()]
+    done_json = batch_end_offsets(checkpoint, max(batches)) if batches else None
+    done = {int(p): int(o) for p, o in ((done_json or {}).get(settings.kafka_topic) or {}).items()}
+    end = probe.end_offsets(probe.partitions())
+    return sum(max(0, e - done.get(p, 0)) for p, e in end.items())
+
+
+def drain_spark(
+    settings: Settings,
+    spark: Child,
+    timeout: float,
+    embedded_broker: bool,
+    hurry: threading.Event | None = None,
+) -> None:
+    """Wait (at most ``timeout`` s, or until ``hurry`` is set) until the Spark job has committed
+    every message of the topic."""
+    from spark_streaming.kafka_source import KafkaOffsetProbe
+
+    probe = KafkaOffsetProbe(settings.kafka_bootstrap, settings.kafka_topic, "marketflow-up-drain")
+    try:
+        deadline = time.monotonic() + timeout
+        left = unread_messages(settings, probe)
+        if left:
+            logger.info("spark: writing the last %d message(s) before stopping", left)
+        hurry = hurry or threading.Event()
+        while left and time.monotonic() < deadline and spark.proc.poll() is None:
+            if hurry.wait(1.0):
+                break
+            left = unread_messages(settings, probe)
+        if left:
+            logger.warning(
+                "spark: %d message(s) not yet written; %s",
+                left,
+                "they are lost with the embedded broker"
+                if embedded_broker
+                else "the next start reads them",
+            )
+        else:
+            logger.info("spark: every message of %s is written", settings.kafka_topic)
+    finally:
+        probe.close()

@@ -21,8 +21,14 @@ Design
 * **Broker reset.** A memory-only broker that restarts comes back with empty topics, so the
   checkpointed start offset can be beyond the topic's current end. That is detected
   (``end < start``) and the partition is re-read from its earliest offset, with a warning,
-  instead of failing or waiting for the topic to grow past the stale offset. A start offset below
-  the earliest available one (retention) likewise continues from the earliest, with a warning.
+  instead of failing or waiting for the topic to grow past the stale offset. The new topic may
+  also have grown past the stale offset by the time the job looks (the job was down or slow):
+  offsets alone cannot tell, so each offset also carries a *stamp* of the record just before it
+  (its Kafka timestamp and key checksum, under ``"#stamps"``). When the record now at that
+  offset has another stamp, the topic was recreated: the partition is re-read from its earliest
+  offset too, and the decision is kept in the batch's end offset (``"#reset"``) so that a
+  replayed batch plans the same ranges. A start offset below the earliest available one
+  (retention) likewise continues from the earliest, with a warning.
 * Topics that do not exist yet yield no partitions (the query idles); partitions that appear
   later start at their earliest offset.
 
@@ -58,6 +64,10 @@ KAFKA_ROW_SCHEMA = (
 )
 
 Offsets = dict[int, int]  # partition -> next offset to read
+# Extra keys of an offset (``#`` cannot occur in a Kafka topic name): the stamps of the records
+# before the offsets, and the partitions a batch re-reads from the earliest offset.
+STAMPS = "#stamps"
+RESET = "#reset"
 
 
 def _consumer(bootstrap: str, client_id: str, **extra):
@@ -106,6 +116,39 @@ class KafkaOffsetProbe:
         if self.topic not in topics:
             return []
         return sorted(self.consumer.partitions_for_topic(self.topic) or [])
+
+    def record_stamps(self, offsets: Offsets, timeout_s: float = 2.0) -> dict[int, str]:
+        """``{partition: stamp}`` of the records at ``offsets`` (``"<timestamp ms>:<crc32 of
+        key>"``); partitions whose record did not arrive within ``timeout_s`` are left out."""
+        import zlib
+
+        from kafka import TopicPartition
+
+        if not offsets:
+            return {}
+        c = self.consumer
+        tps = {p: TopicPartition(self.topic, p) for p in offsets}
+        c.assign(list(tps.values()))
+        for p, off in offsets.items():
+            c.seek(tps[p], off)
+        stamps: dict[int, str] = {}
+        deadline = time.monotonic() + timeout_s
+        try:
+            while len(stamps) < len(offsets) and time.monotonic() < deadline:
+                for tp, recs in c.poll(timeout_ms=200, update_offsets=True).items():
+                    for r in recs:
+                        if r.offset == offsets[tp.partition]:
+                            stamps[tp.partition] = f"{r.timestamp}:{zlib.crc32(r.key or b'')}"
+                    if tp.partition not in stamps:  # past it (compacted away): stop waiting
+                        if recs and recs[-1].offset >= offsets[tp.partition]:
+                            stamps.setdefault(tp.partition, "")
+                            c.pause(tp)
+                    else:
+                        c.pause(tp)
+        finally:
+            c.resume(*tps.values())
+            c.assign([])
+        return {p: v for p, v in stamps.items() if v}
 
     def beginning_offsets(self, partitions: Sequence[int]) -> Offsets:
         from kafka import TopicPartition
@@ -163,6 +206,19 @@ class KafkaRange(InputPartition):
     poll_timeout_ms: int = 60000
 
 
+# The planned offsets may no longer exist (broker restarted, topic recreated): a range without
+# new records for this long is finished when the broker answered "out of range" (the consumer
+# went back), or for twice as long when the partition's end offset is not beyond the position.
+TRUNCATION_CHECK_S = 15.0
+
+
+def _ends_at_or_before(consumer, tp, position: int) -> bool:
+    try:
+        return consumer.end_offsets([tp])[tp] <= position
+    except Exception:  # noqa: BLE001 - broker unreachable: not known to be truncated
+        return False
+
+
 def read_range(part: KafkaRange) -> Iterator[tuple]:
     """Yield the records of ``part`` as rows of :data:`KAFKA_ROW_SCHEMA` (runs on executors)."""
     from kafka import TopicPartition
@@ -175,6 +231,7 @@ def read_range(part: KafkaRange) -> Iterator[tuple]:
         c.assign([tp])
         c.seek(tp, part.start)
         position = part.start
+        reset = False  # the broker answered "offset out of range": the consumer went back
         last_progress = time.monotonic()
         while position < part.end:
             batch = c.poll(timeout_ms=500, max_records=5000).get(tp, [])
@@ -187,10 +244,26 @@ def read_range(part: KafkaRange) -> Iterator[tuple]:
                 ts = dt.datetime.fromtimestamp(rec.timestamp / 1000.0, tz=dt.UTC)
                 yield (rec.key, rec.value, part.topic, part.partition, rec.offset, ts)
                 position = rec.offset + 1
-            position = max(position, min(c.position(tp), part.end))
+            consumer_position = c.position(tp)
+            reset = reset or consumer_position < position
+            position = max(position, min(consumer_position, part.end))
             now = time.monotonic()
             if batch:
                 last_progress = now
+            elif (reset and now - last_progress > TRUNCATION_CHECK_S) or (
+                now - last_progress > 2 * TRUNCATION_CHECK_S and _ends_at_or_before(c, tp, position)
+            ):
+                # The broker lost the partition (memory-only broker restarted): what was planned
+                # is gone. Stop here; the next batch notices the new topic and reads it.
+                logger.warning(
+                    "Kafka %s[%d]: offsets %d..%d no longer exist (broker restarted or topic "
+                    "recreated); this batch ends the range early",
+                    part.topic,
+                    part.partition,
+                    position,
+                    part.end - 1,
+                )
+                return
             elif now - last_progress > part.poll_timeout_ms / 1000.0:
                 raise RuntimeError(
                     f"Kafka {part.topic}[{part.partition}]: no record between offset {position} "
@@ -228,11 +301,64 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             self._probe = KafkaOffsetProbe(self.bootstrap, self.topic)
         return self._probe
 
-    def _wrap(self, offsets: Offsets) -> dict:
-        return {self.topic: {str(p): int(o) for p, o in sorted(offsets.items())}}
+    def _wrap(
+        self,
+        offsets: Offsets,
+        stamps: dict[int, str] | None = None,
+        reset: Sequence[int] = (),
+    ) -> dict:
+        out: dict = {self.topic: {str(p): int(o) for p, o in sorted(offsets.items())}}
+        if stamps:
+            out[STAMPS] = {str(p): v for p, v in sorted(stamps.items())}
+        if reset:
+            out[RESET] = sorted(int(p) for p in reset)
+        return out
 
     def _unwrap(self, offset: dict | None) -> Offsets:
         return {int(p): int(o) for p, o in ((offset or {}).get(self.topic) or {}).items()}
+
+    @staticmethod
+    def _stamps(offset: dict | None) -> dict[int, str]:
+        return {int(p): str(v) for p, v in ((offset or {}).get(STAMPS) or {}).items()}
+
+    def _with_stamps(self, offsets: Offsets, previous: dict | None, reset=()) -> dict:
+        """``offsets`` wrapped with the stamp of the record before each offset (reused from
+        ``previous`` where the offset did not move)."""
+        old_offsets, old_stamps = self._unwrap(previous), self._stamps(previous)
+        stamps = {
+            p: old_stamps[p]
+            for p, o in offsets.items()
+            if p not in reset and old_offsets.get(p) == o and p in old_stamps
+        }
+        need = {p: o - 1 for p, o in offsets.items() if o > 0 and p not in stamps}
+        if need:
+            stamps.update(self.probe.record_stamps(need))
+        return self._wrap(offsets, stamps, reset)
+
+    def _recreated(self, start: dict, end: Offsets) -> list[int]:
+        """Partitions whose record before the checkpointed offset is not the one stamped then
+        (the topic was recreated and has grown past that offset meanwhile)."""
+        begin_state, stamps = self._unwrap(start), self._stamps(start)
+        check = {
+            p: s - 1
+            for p, s in begin_state.items()
+            if p in stamps and s > 0 and p in end and end[p] >= s
+        }
+        if not check:
+            return []
+        earliest = self.probe.beginning_offsets(sorted(check))
+        check = {p: o for p, o in check.items() if o >= earliest.get(p, 0)}
+        now = self.probe.record_stamps(check)
+        recreated = [p for p in check if p in now and now[p] != stamps[p]]
+        for p in recreated:
+            logger.warning(
+                "Kafka %s[%d]: the record before checkpointed offset %d is not the one read "
+                "then (broker restarted or topic recreated); re-reading from the earliest offset",
+                self.topic,
+                p,
+                begin_state[p],
+            )
+        return recreated
 
     def _current_end(self) -> Offsets:
         return self.probe.end_offsets(self.probe.partitions())
@@ -245,7 +371,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         else:
             offsets = self.probe.beginning_offsets(parts)
         logger.info("initial offsets for %s (%s): %s", self.topic, self.starting, offsets)
-        return self._wrap(offsets)
+        return self._with_stamps(offsets, None)
 
     def prepareForTriggerAvailableNow(self) -> None:
         self._target = self._current_end()
@@ -255,11 +381,12 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         begin_state = self._unwrap(start)
         end = self._target if self._target is not None else self._current_end()
         self._latest = dict(end)
+        recreated = self._recreated(start, end)
         result: Offsets = {}
         budget = limit.max_rows if isinstance(limit, ReadMaxRows) else None
         for p, e in sorted(end.items()):
             s = begin_state.get(p)
-            if s is None or e < s:
+            if s is None or e < s or p in recreated:
                 # New partition, or the broker lost the topic (e.g. memory-only broker restart):
                 # the range is planned from the earliest offset in partitions().
                 result[p] = e
@@ -272,7 +399,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         # Keep partitions we know of but which vanished from metadata (no new data there).
         for p, s in begin_state.items():
             result.setdefault(p, s)
-        return self._wrap(result)
+        if result == begin_state and not recreated:
+            return start  # nothing new: no batch
+        return self._with_stamps(result, start, recreated)
 
     def getDefaultReadLimit(self) -> ReadLimit:
         if self.max_offsets:
@@ -284,6 +413,9 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def partitions(self, start: dict, end: dict) -> Sequence[InputPartition]:
         s_off, e_off = self._unwrap(start), self._unwrap(end)
+        recreated = set((end or {}).get(RESET) or [])
+        for p in recreated:
+            s_off.pop(p, None)  # re-read from the earliest offset (decided in latestOffset)
         need_begin = [p for p, e in e_off.items() if p not in s_off or e < s_off[p]]
         begin = self.probe.beginning_offsets(sorted(set(need_begin) | set(e_off))) if e_off else {}
         ranges = []

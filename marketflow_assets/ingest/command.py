@@ -24,6 +24,7 @@ from marketflow_assets.ingest.coingecko import (
     pages_for,
     quota_warnings,
 )
+from marketflow_assets.ingest.progress import ReplayProgress
 from marketflow_assets.ingest.publish import Publisher
 from marketflow_assets.ingest.sources import (
     LiveSource,
@@ -69,7 +70,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replay speed: multiplies real time between recorded polls; 0 = no waiting",
     )
     parser.add_argument(
-        "--record", type=Path, help="append every poll (raw records) to this replay file"
+        "--record",
+        type=Path,
+        help="append every poll to this replay file once the broker has acknowledged it "
+        "(the records it acknowledged, as received from the source)",
+    )
+    parser.add_argument(
+        "--resume-file",
+        type=Path,
+        help="replay: keep the position in the file here and, when it exists, resume after it "
+        "(a restarted replay publishes nothing twice)",
     )
     parser.add_argument(
         "--partitions",
@@ -122,17 +132,19 @@ def _check_args(args: argparse.Namespace, settings: Settings) -> None:
             raise ConfigError(f"--replay-file {args.replay_file}: no such file")
 
 
-def _make_source(args: argparse.Namespace, settings: Settings, recorder: ReplayRecorder | None):
+def _make_source(args: argparse.Namespace, settings: Settings, progress: ReplayProgress | None):
     if args.source == "replay":
         speed = 0.0 if args.once else args.speed
-        return ReplaySource(args.replay_file, speed=speed)
+        start_after = progress.load() if progress is not None else 0
+        if start_after:
+            log.info("replay: resuming after line %d of %s", start_after, args.replay_file)
+        return ReplaySource(args.replay_file, speed=speed, start_after=start_after)
     if args.source == "simulate":
         return SimulateSource(
             n_coins=args.coins,
             seed=args.seed,
             interval_s=args.interval,
             once=args.once,
-            recorder=recorder,
         )
     pages, _ = pages_for(args.coins)
     for warning in quota_warnings(settings.coingecko_api_plan, args.interval, pages):
@@ -154,7 +166,6 @@ def _make_source(args: argparse.Namespace, settings: Settings, recorder: ReplayR
         n_coins=args.coins,
         interval_s=args.interval,
         once=args.once,
-        recorder=recorder,
     )
 
 
@@ -209,10 +220,13 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
         logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
     stop = stop or threading.Event()
     recorder = ReplayRecorder(args.record) if args.record else None
+    progress = None
+    if getattr(args, "resume_file", None) and args.source == "replay":
+        progress = ReplayProgress(args.resume_file, args.replay_file)
     publisher = None
     metrics, poll_alerts = _monitoring(args)
     try:
-        source = _make_source(args, settings, recorder)
+        source = _make_source(args, settings, progress)
         publisher = Publisher(
             settings.kafka_bootstrap,
             settings.kafka_topic,
@@ -241,6 +255,8 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                     )
                     metrics.poll_failed()
                     poll_alerts.poll(False, f"the source failed: {poll.error}")
+                    if progress is not None and poll.line is not None:
+                        progress.save(poll.line)  # a broken line stays broken: not retried
                     continue
                 started = time.monotonic()
                 validated = validate_poll(poll.records, poll.ts)
@@ -252,6 +268,12 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                         message.value["reason"],
                     )
                 result = publisher.publish(validated)
+                # Recorded only once acknowledged, and never twice (a restarted replay may
+                # publish the last poll of the previous run again: it was recorded then).
+                if recorder is not None and result.acked and poll.ts != recorder.last_ts:
+                    recorder.append(poll.ts, [m.raw for m in result.acked])
+                if progress is not None and poll.line is not None:
+                    progress.save(poll.line)
                 totals["good"] += result.good_acked
                 totals["bad"] += result.bad_acked
                 totals["unacked"] += len(result.failures)

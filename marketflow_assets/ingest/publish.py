@@ -41,6 +41,7 @@ class PublishResult:
     good_acked: int = 0
     bad_acked: int = 0
     failures: list[str] = field(default_factory=list)
+    acked: list[Message] = field(default_factory=list)  # good messages the broker acknowledged
 
     @property
     def ok(self) -> bool:
@@ -196,6 +197,7 @@ class Publisher:
             if outcome is None:
                 if topic == self.topic:
                     result.good_acked += 1
+                    result.acked.append(message)
                 else:
                     result.bad_acked += 1
             else:

@@ -43,6 +43,7 @@ class Poll:
     records: list[Any] | None
     error: str | None = None
     label: str = ""  # where it came from, for log lines (e.g. "replay line 3")
+    line: int | None = None  # line number in a replay file
 
 
 def utc_now() -> datetime:
@@ -90,19 +91,62 @@ def ticker(
 # {"ts": ISO-8601 UTC, "coins": [records]}
 # --------------------------------------------------------------------------------------------
 class ReplayRecorder:
-    """Appends polls to a replay file, one JSON line per poll, flushed after each line."""
+    """Appends polls to a replay file, one JSON line per poll, flushed after each line.
+
+    Safe to reopen after a crash: a torn last line (the process was killed while writing it) is
+    cut off, and :attr:`last_ts` is the ``ts`` of the last complete line, so a restarted writer
+    can skip a poll it had already recorded.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.last_ts: str | None = self._repair_tail()
         self._fh = self.path.open("a", encoding="utf-8")
+
+    def _repair_tail(self) -> str | None:
+        """Cut a torn last line; return the ``ts`` of the last complete line (None if none)."""
+        if not self.path.exists():
+            return None
+        with self.path.open("r+b") as fh:
+            size = fh.seek(0, 2)
+            cut = _last_newline(fh, size) + 1  # end of the last complete line (0: none)
+            if cut < size:
+                log.warning(
+                    "record file %s: cutting a torn last line (%d bytes)", self.path, size - cut
+                )
+                fh.truncate(cut)
+            if cut == 0:
+                return None
+            start = _last_newline(fh, cut - 1) + 1
+            fh.seek(start)
+            text = fh.read(cut - start)
+        try:
+            ts = json.loads(text).get("ts")
+        except (ValueError, AttributeError):
+            return None
+        return ts if isinstance(ts, str) else None
 
     def append(self, ts: str, coins: list[Any]) -> None:
         self._fh.write(json.dumps({"ts": ts, "coins": coins}, separators=(",", ":")) + "\n")
         self._fh.flush()
+        self.last_ts = ts
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _last_newline(fh, end: int, chunk: int = 1 << 16) -> int:
+    """Position of the last ``\\n`` before byte ``end`` of binary file ``fh``, else -1."""
+    pos = end
+    while pos > 0:
+        step = min(chunk, pos)
+        pos -= step
+        fh.seek(pos)
+        found = fh.read(step).rfind(b"\n")
+        if found >= 0:
+            return pos + found
+    return -1
 
 
 def read_replay(path: str | Path) -> Iterator[Poll]:
@@ -115,28 +159,35 @@ def read_replay(path: str | Path) -> Iterator[Poll]:
             try:
                 obj = json.loads(line)
             except ValueError as exc:
-                yield Poll(ts="", records=None, error=f"{label}: invalid JSON ({exc})", label=label)
+                yield Poll("", None, f"{label}: invalid JSON ({exc})", label, lineno)
                 continue
             if not isinstance(obj, dict) or not isinstance(obj.get("coins"), list):
-                yield Poll("", None, f"{label}: expected an object with a 'coins' list", label)
+                yield Poll(
+                    "", None, f"{label}: expected an object with a 'coins' list", label, lineno
+                )
                 continue
             ts = obj.get("ts")
             try:
                 parse_time(ts)
             except ValueError as exc:
-                yield Poll("", None, f"{label}: ts {exc}", label)
+                yield Poll("", None, f"{label}: ts {exc}", label, lineno)
                 continue
-            yield Poll(ts=ts, records=obj["coins"], label=label)
+            yield Poll(ts=ts, records=obj["coins"], label=label, line=lineno)
 
 
 class ReplaySource:
-    """Publishes a replay file with its recorded ``ts``, paced by ``speed`` (0 = no waiting)."""
+    """Publishes a replay file with its recorded ``ts``, paced by ``speed`` (0 = no waiting).
+
+    ``start_after`` skips the file's first lines (a restarted replay resumes after the last line
+    it had handled).
+    """
 
     name = "replay"
 
-    def __init__(self, path: str | Path, *, speed: float = 1.0):
+    def __init__(self, path: str | Path, *, speed: float = 1.0, start_after: int = 0):
         self.path = Path(path)
         self.speed = speed
+        self.start_after = start_after
 
     def polls(self, stop: threading.Event, max_polls: int | None = None) -> Iterator[Poll]:
         previous: datetime | None = None
@@ -146,6 +197,8 @@ class ReplaySource:
         for poll in read_replay(self.path):
             if stop.is_set():
                 return
+            if poll.line is not None and poll.line <= self.start_after:
+                continue
             if poll.records is not None and self.speed > 0:
                 moment = parse_time(poll.ts)
                 if first is None:

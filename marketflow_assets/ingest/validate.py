@@ -43,6 +43,7 @@ class Message:
 
     key: str | None
     value: dict[str, Any]
+    raw: Any = field(default=None, compare=False, repr=False)  # the record as received
 
     def key_bytes(self) -> bytes | None:
         return None if self.key is None else self.key.encode("utf-8")
@@ -200,5 +201,5 @@ def validate_poll(records: Iterable[Any], ts: str) -> ValidatedPoll:
             result.bad.append(dead_letter(_json_safe(record), str(exc), ts))
             continue
         seen.add(value["id"])
-        result.good.append(Message(key=value["id"], value=value))
+        result.good.append(Message(key=value["id"], value=value, raw=record))
     return result
