@@ -3,6 +3,7 @@ on each page equal SQL ground truth; empty and unreachable databases give plain 
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,6 +26,20 @@ from marketflow_assets_tests.dashboard.dashboard_data import (
 )
 
 APP = str(Path(marketflow_assets.dashboard.__file__).with_name("app.py"))
+
+
+@pytest.fixture(autouse=True)
+def no_gc_during_script_compilation():
+    """CPython 3.11.7 can fail ``ast.parse`` in AppTest's script thread with "AST constructor
+    recursion depth mismatch" when a garbage collection runs finalizers meanwhile (here: the
+    SQLite connections of Dagster instances left by earlier tests; fixed in later CPythons). Collect
+    first, and keep the collector off while the app runs."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def run_app(monkeypatch, url: str, page: str | None = None, **env: str) -> AppTest:
