@@ -19,7 +19,8 @@ from marketflow_assets.settings import ConfigError, load_settings
 
 logger = logging.getLogger("marketflow")
 
-DEBUG_HELP = "show tracebacks and debug logs"
+DESCRIPTION = "near-real-time crypto analytics: Kafka, Spark, Dagster and PostgreSQL on one machine"
+DEBUG_HELP = "show tracebacks and debug logs (before or after the subcommand)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     from marketflow_assets.ingest import command as ingest_command
     from spark_streaming import kafka_streaming
 
-    parser = _Parser(
-        prog="marketflow", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
-    )
+    parser = _Parser(prog="marketflow", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"marketflow {version()}")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
