@@ -1,9 +1,9 @@
 """The ``marketflow`` command: ``up``, ``ingest``, ``refresh``, ``follow``, ``forecast``,
-``dashboard``, ``compact``.
+``dashboard``, ``compact``, ``stream``, ``spark-cluster``.
 
 Exit codes (README): 0 success, 2 bad usage or configuration (one line on stderr), 1 runtime
 failure.
-Tracebacks are shown only with ``--debug``.
+Tracebacks are shown only with ``--debug`` (before or after the subcommand).
 """
 
 from __future__ import annotations
@@ -13,10 +13,14 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from marketflow_assets.cli_defaults import HelpFormatter
 from marketflow_assets.services import ServiceError
 from marketflow_assets.settings import ConfigError, load_settings
 
 logger = logging.getLogger("marketflow")
+
+DESCRIPTION = "near-real-time crypto analytics: Kafka, Spark, Dagster and PostgreSQL on one machine"
+DEBUG_HELP = "show tracebacks and debug logs (before or after the subcommand)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,50 +30,118 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def version() -> str:
+    """The installed distribution's version, else the package's own ``__version__``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("marketflow")
+    except PackageNotFoundError:
+        from marketflow_assets import __version__
+
+        return __version__
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every subcommand also takes after its name (``marketflow up --debug``).
+
+    The default is SUPPRESS: a subcommand without ``--debug`` leaves the top-level value alone
+    (``marketflow --debug up`` stays in debug mode).
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from marketflow_assets import compaction, forecast, refresh, up
-    from marketflow_assets.ingest import command as ingest_command
-
-    parser = _Parser(prog="marketflow", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    p_up = sub.add_parser("up", help="start the whole pipeline (embedded services as needed)")
-    up.add_arguments(p_up)
-    p_up.set_defaults(handler=up.run)
-
-    p_ingest = sub.add_parser("ingest", help="publish coin prices to Kafka")
-    ingest_command.add_arguments(p_ingest)
-    p_ingest.set_defaults(handler=ingest_command.run)
-
-    from marketflow_assets import follow
-
-    p_follow = sub.add_parser(
-        "follow", help="refresh price_indicators in process as soon as raw files appear"
-    )
-    follow.add_arguments(p_follow)
-    p_follow.set_defaults(handler=follow.run)
-
-    p_refresh = sub.add_parser("refresh", help="materialize the indicator tables through Dagster")
-    refresh.add_arguments(p_refresh)
-    p_refresh.set_defaults(handler=_refresh_with_services(refresh.run))
-
-    p_forecast = sub.add_parser(
-        "forecast", help="backtest, gate, train and forecast through Dagster; print the table"
-    )
-    forecast.add_arguments(p_forecast)
-    p_forecast.set_defaults(handler=_refresh_with_services(forecast.run))
+    from marketflow_assets import compaction, follow, forecast, refresh, spark_standalone, up
     from marketflow_assets.dashboard import command as dashboard_command
+    from marketflow_assets.ingest import command as ingest_command
+    from spark_streaming import kafka_streaming
 
-    p_dashboard = sub.add_parser("dashboard", help="serve the analyst dashboard (Streamlit)")
-    dashboard_command.add_arguments(p_dashboard)
-    p_dashboard.set_defaults(handler=dashboard_command.run)
-    p_compact = sub.add_parser(
-        "compact", help="rewrite each closed hour of raw Parquet into one file"
+    parser = _Parser(prog="marketflow", description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"marketflow {version()}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    common = _common_options()
+
+    def add(name: str, help: str, add_arguments, handler) -> None:
+        p = sub.add_parser(
+            name, help=help, description=help, parents=[common], formatter_class=HelpFormatter
+        )
+        add_arguments(p)
+        p.set_defaults(handler=handler)
+
+    add("up", "start the whole pipeline (embedded services as needed)", up.add_arguments, up.run)
+    add(
+        "ingest",
+        "publish coin prices to Kafka",
+        ingest_command.add_arguments,
+        ingest_command.run,
     )
-    compaction.add_arguments(p_compact)
-    p_compact.set_defaults(handler=compaction.run)
+    add(
+        "follow",
+        "refresh price_indicators in process as soon as raw files appear",
+        follow.add_arguments,
+        follow.run,
+    )
+    add(
+        "refresh",
+        "materialize the indicator tables through Dagster",
+        refresh.add_arguments,
+        _refresh_with_services(refresh.run),
+    )
+    add(
+        "forecast",
+        "backtest, gate, train and forecast through Dagster; print the table",
+        forecast.add_arguments,
+        _refresh_with_services(forecast.run),
+    )
+    add(
+        "dashboard",
+        "serve the analyst dashboard (Streamlit)",
+        dashboard_command.add_arguments,
+        dashboard_command.run,
+    )
+    add(
+        "compact",
+        "rewrite each closed hour of raw Parquet into one file",
+        compaction.add_arguments,
+        compaction.run,
+    )
+    add(
+        "stream",
+        "run the Spark streaming job (Kafka -> raw Parquet) in this process",
+        kafka_streaming.add_arguments,
+        _stream,
+    )
+    add(
+        "spark-cluster",
+        "run a Spark standalone cluster (master + 1 worker) on 127.0.0.1 until Ctrl-C",
+        spark_standalone.add_arguments,
+        spark_standalone.run,
+    )
     return parser
+
+
+def _stream(args, settings) -> int:
+    """``marketflow stream``: spark_streaming/kafka_streaming.py's job, same options."""
+    from spark_streaming import kafka_streaming
+
+    # kafka-python logs every failed connection attempt; the job reports failures itself.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    return kafka_streaming.run(args, settings)
+
+
+def _wants_version(argv: Sequence[str]) -> bool:
+    """``--version`` among the top-level options (before the subcommand)."""
+    for arg in argv:
+        if arg == "--version":
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
 
 
 def _refresh_with_services(run):
@@ -97,6 +169,10 @@ def configure_logging(debug: bool = False) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _wants_version(argv):  # answers even when the configuration is broken
+        print(f"marketflow {version()}")
+        return 0
     try:
         parser = build_parser()  # imports the definitions' resources, which read the environment
     except ConfigError as exc:

@@ -269,8 +269,8 @@ def add_arguments(parser) -> None:
         "--before",
         default=None,
         metavar="ISO",
-        help="compact the hours before this UTC time (rounded down to the hour; "
-        "default: the current hour, i.e. every closed hour)",
+        help="compact the hours before this UTC time, rounded down to the hour "
+        "(default: the current hour, i.e. every closed hour)",
     )
 
 

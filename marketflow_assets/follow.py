@@ -39,11 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--poll",
         type=float,
         default=0.5,
-        help="seconds between two listings of the raw directory (default 0.5)",
+        help="seconds between two listings of the raw directory",
     )
-    parser.add_argument(
-        "--max-runs", type=int, default=None, help="stop after this many refresh runs (tests)"
-    )
+    # test knob: stop after this many refresh runs (hidden from --help)
+    parser.add_argument("--max-runs", type=int, default=None, help=argparse.SUPPRESS)
 
 
 class Follower:

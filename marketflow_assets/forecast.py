@@ -21,12 +21,12 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=int, default=300, metavar="SECONDS",
-                        help="forecast horizon in seconds (default 300, at least 300)")  # fmt: skip
+                        help="forecast horizon in seconds, at least 300")  # fmt: skip
     parser.add_argument("--history-hours", type=float, default=12.0, metavar="H",
-                        help="data the backtest reads, newest first (default 12)")  # fmt: skip
+                        help="hours of data the backtest reads, newest first")  # fmt: skip
     parser.add_argument("--train-hours", type=float, default=6.0, metavar="H",
-                        help="rolling training window of each fit (default 6)")  # fmt: skip
-    parser.add_argument("--folds", type=int, default=4, help="backtest folds (default 4)")
+                        help="rolling training window of each fit, in hours")  # fmt: skip
+    parser.add_argument("--folds", type=int, default=4, help="backtest folds")
 
 
 def run_config(args: argparse.Namespace) -> dict:

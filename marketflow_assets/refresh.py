@@ -25,20 +25,20 @@ HOUR = timedelta(hours=1)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start",
-        help="ISO-8601 time (UTC if no offset); refresh from the hour containing it "
+        help="an ISO-8601 time (UTC if no offset); refresh from the hour containing it "
         "(default: the oldest raw data)",
     )
     parser.add_argument(
         "--end",
-        help="ISO-8601 time, exclusive (default: just after the newest raw data)",
+        help="an ISO-8601 time, exclusive (default: just after the newest raw data)",
     )
     parser.add_argument(
         "--partitions-per-run",
         type=int,
         default=1,
         metavar="N",
-        help="hourly partitions computed per Dagster run (default 1: one run, one progress line "
-        "per partition; larger values are faster for long backfills)",
+        help="hourly partitions computed per Dagster run; larger values are faster for long "
+        "backfills (default: 1, one run and one progress line per partition)",
     )
 
 

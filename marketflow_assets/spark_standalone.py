@@ -31,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from marketflow_assets.settings import child_environment
+from marketflow_assets.cli_defaults import HelpFormatter
+from marketflow_assets.settings import ConfigError, child_environment
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -243,25 +244,40 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "(empty log)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m marketflow_assets.spark_standalone",
-        description="Run a Spark standalone cluster (master + 1 worker) on 127.0.0.1 until Ctrl-C.",
-    )
-    parser.add_argument("--cores", type=int, default=2, help="cores the worker offers (2)")
-    parser.add_argument("--memory", default="2g", help="memory the worker offers (2g)")
+PROG = "python -m marketflow_assets.spark_standalone"
+DESCRIPTION = "Run a Spark standalone cluster (master + 1 worker) on 127.0.0.1 until Ctrl-C."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``marketflow spark-cluster`` and of ``python -m`` this module."""
+    parser.add_argument("--cores", type=int, default=2, help="cores the worker offers")
+    parser.add_argument("--memory", default="2g", help="memory the worker offers")
     parser.add_argument(
         "--app-cores",
         type=int,
         default=None,
-        help="cores an application gets unless it sets spark.cores.max (half of --cores)",
+        help="cores an application gets unless it sets spark.cores.max (default: half of --cores)",
     )
     parser.add_argument(
         "--work-dir", default="data/spark-standalone", help="logs and executor work dirs"
     )
-    args = parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """The one-line reason ``args`` are unusable, or None."""
     if args.cores < 1 or (args.app_cores is not None and not 1 <= args.app_cores <= args.cores):
-        parser.exit(2, f"{parser.prog}: --cores must be at least 1 and --app-cores 1..--cores\n")
+        return "--cores must be at least 1 and --app-cores 1..--cores"
+    return None
+
+
+def run(args: argparse.Namespace, settings=None) -> int:  # noqa: ARG001 - `marketflow` handler
+    """Start the cluster, print its master URL, run until SIGINT/SIGTERM; the exit code.
+
+    Unusable options raise :class:`~marketflow_assets.settings.ConfigError` (exit 2).
+    """
+    reason = check_args(args)
+    if reason:
+        raise ConfigError(reason)
     cluster = StandaloneCluster(
         args.work_dir, cores=args.cores, memory=args.memory, app_cores=args.app_cores
     )
@@ -284,6 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         cluster.stop()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=DESCRIPTION, formatter_class=HelpFormatter
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    reason = check_args(args)
+    if reason:
+        parser.exit(2, f"{parser.prog}: {reason}\n")
+    return run(args)
 
 
 if __name__ == "__main__":

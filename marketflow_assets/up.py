@@ -51,26 +51,41 @@ STREAMING_TRIGGER_SECONDS = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from marketflow_assets import cli_defaults as defaults
+
     parser.add_argument(
         "--source",
-        choices=SOURCES,
-        default="auto",
-        help="price source; auto = live CoinGecko when reachable, else the simulator",
+        choices=defaults.SOURCES,
+        default=defaults.DEFAULT_SOURCE,
+        help=defaults.SOURCE_HELP,
     )
-    parser.add_argument("--coins", type=int, default=50, help="coins per poll (default 50)")
-    parser.add_argument("--interval", type=float, default=30.0, help="seconds between polls")
-    parser.add_argument("--replay-file", help="replay file for --source replay")
-    parser.add_argument("--speed", type=float, default=1.0, help="replay speed (0 = max)")
-    parser.add_argument("--host", default="127.0.0.1", help="Dagster UI host (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=3000, help="Dagster UI port (3000)")
     parser.add_argument(
-        "--dashboard-port", type=int, default=8501, help="analyst dashboard port (8501)"
+        "--coins",
+        type=int,
+        default=defaults.DEFAULT_COINS,
+        help="top-N coins by market cap per poll",
     )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=defaults.DEFAULT_INTERVAL,
+        help="seconds between poll starts",
+    )
+    parser.add_argument("--replay-file", help="replay file (JSON Lines) for --source replay")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=defaults.DEFAULT_SPEED,
+        help="replay speed: multiplies real time between recorded polls; 0 = no waiting",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="host of the Dagster UI")
+    parser.add_argument("--port", type=int, default=3000, help="port of the Dagster UI")
+    parser.add_argument("--dashboard-port", type=int, default=8501, help="analyst dashboard port")
     parser.add_argument(
         "--spark-master",
         default=None,
-        help="Spark master for the streaming job and the assets (default $MARKETFLOW_SPARK_MASTER,"
-        " else local[*])",
+        help="master URL of Spark for the streaming job and the assets "
+        "(default: $MARKETFLOW_SPARK_MASTER, else local[*])",
     )
     parser.add_argument(
         "--record",
@@ -82,13 +97,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=5,
         help="a child restarted more often than this within --restart-window is crash-looping: "
-        "everything stops with exit code 1 (default 5)",
+        "everything stops with exit code 1",
     )
     parser.add_argument(
         "--restart-window",
         type=float,
         default=300.0,
-        help="seconds over which restarts are counted (default 300)",
+        help="seconds over which restarts are counted",
     )
 
 

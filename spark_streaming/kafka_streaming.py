@@ -63,6 +63,7 @@ from marketflow_assets.settings import (
 
 logger = logging.getLogger("spark_streaming.kafka_streaming")
 
+DESCRIPTION = "Kafka -> raw Parquet (Spark Structured Streaming)"
 QUERY_NAME = "marketflow_raw_prices"
 SINK_STATE = "marketflow_sink"  # sub-directory of the Spark checkpoint holding the sink's log
 KEEP_COMMITS = 100
@@ -433,30 +434,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--trigger-seconds",
         type=float,
         default=10.0,
-        help="micro-batch interval in seconds (default 10)",
+        help="micro-batch interval in seconds",
     )
     parser.add_argument(
         "--master",
         default=None,
-        help="Spark master (default: spark-submit's, $MARKETFLOW_SPARK_MASTER or local[*])",
+        help="master URL of Spark (default: spark-submit's, $MARKETFLOW_SPARK_MASTER or local[*])",
     )
     parser.add_argument(
         "--starting-offsets",
         choices=("earliest", "latest"),
         default="earliest",
-        help="where a query without checkpoint starts (default earliest)",
+        help="where a query without checkpoint starts",
     )
-    parser.add_argument("--topic", default=None, help="Kafka topic (default from settings)")
+    parser.add_argument(
+        "--topic", default=None, help="topic to read (default: $MARKETFLOW_KAFKA_TOPIC)"
+    )
     parser.add_argument(
         "--bootstrap",
         default=None,
-        help="Kafka bootstrap servers (default $MARKETFLOW_KAFKA_BOOTSTRAP)",
+        help="bootstrap servers of Kafka (default: $MARKETFLOW_KAFKA_BOOTSTRAP)",
     )
     parser.add_argument(
         "--source",
         choices=("auto", "kafka", "python"),
         default="auto",
-        help="Spark's JVM kafka connector, the Python source, or auto-detect",
+        help="kafka = Spark's JVM connector, python = the Python data source, auto = detect",
     )
     parser.add_argument(
         "--metrics-port",
@@ -614,8 +617,12 @@ def main(argv: list[str] | None = None) -> int:
     # kafka-python logs every failed connection attempt; this job reports failures itself.
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    from marketflow_assets.cli_defaults import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="kafka_streaming", description="Kafka -> raw Parquet (Spark Structured Streaming)"
+        prog="kafka_streaming",
+        description=DESCRIPTION,
+        formatter_class=HelpFormatter,
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -6,13 +6,16 @@ import argparse
 import logging
 import sys
 
+from marketflow_assets.cli_defaults import HelpFormatter
 from marketflow_assets.ingest import command
 from marketflow_assets.settings import ConfigError, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m marketflow_assets.ingest", description=command.__doc__
+        prog="python -m marketflow_assets.ingest",
+        description=command.__doc__,
+        formatter_class=HelpFormatter,
     )
     command.add_arguments(parser)
     args = parser.parse_args(argv)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from marketflow_assets import cli_defaults
 from marketflow_assets.ingest.coingecko import (
     PLAN_QUOTAS,
     CoinGeckoClient,
@@ -37,16 +38,16 @@ from marketflow_assets.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("coingecko", "replay", "simulate")
+SOURCES = cli_defaults.SOURCES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``marketflow ingest`` (README "Ingest")."""
+    """Options of ``marketflow ingest`` (README "Ingest"); defaults shared with ``up``."""
     parser.add_argument(
         "--source",
         choices=SOURCES,
-        default="coingecko",
-        help="live CoinGecko, a replay file, or the seeded simulator (default: coingecko)",
+        default=cli_defaults.DEFAULT_SOURCE,
+        help=cli_defaults.SOURCE_HELP,
     )
     parser.add_argument(
         "--once",
@@ -55,10 +56,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "when every record was acknowledged by the broker",
     )
     parser.add_argument(
-        "--interval", type=float, default=30.0, help="seconds between poll starts (default 30)"
+        "--interval",
+        type=float,
+        default=cli_defaults.DEFAULT_INTERVAL,
+        help="seconds between poll starts",
     )
     parser.add_argument(
-        "--coins", type=int, default=100, help="top-N coins by market cap per poll (default 100)"
+        "--coins",
+        type=int,
+        default=cli_defaults.DEFAULT_COINS,
+        help="top-N coins by market cap per poll",
     )
     parser.add_argument(
         "--replay-file", type=Path, help="replay file (JSON Lines) for --source replay"
@@ -66,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--speed",
         type=float,
-        default=1.0,
+        default=cli_defaults.DEFAULT_SPEED,
         help="replay speed: multiplies real time between recorded polls; 0 = no waiting",
     )
     parser.add_argument(
@@ -85,17 +92,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--partitions",
         type=int,
         default=3,
-        help="partitions of the topic and DLQ topic when they are created (default 3)",
+        help="partitions of the topic and DLQ topic when they are created",
     )
-    parser.add_argument("--seed", type=int, default=42, help="simulator seed (default 42)")
-    parser.add_argument(
-        "--max-polls", type=int, default=None, help="stop after this many polls (default: no limit)"
-    )
+    parser.add_argument("--seed", type=int, default=42, help="simulator seed")
+    # test and benchmark knob: a finite run of N polls (hidden from --help)
+    parser.add_argument("--max-polls", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--delivery-timeout",
         type=float,
         default=30.0,
-        help="seconds the broker has to acknowledge a poll before it counts as failed (30)",
+        help="seconds the broker has to acknowledge a poll before it counts as failed",
     )
     parser.add_argument(
         "--metrics-port",
@@ -216,6 +222,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | None = None) -> int:
     """Run ``marketflow ingest``; returns the exit code (raises ConfigError for bad config)."""
     _check_args(args, settings)
+    args.source = cli_defaults.resolve_source(args.source, settings, log)
     if logging.getLogger("kafka").level == logging.NOTSET:
         logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
     stop = stop or threading.Event()

@@ -1,0 +1,73 @@
+"""What the ``marketflow`` subcommands share: option defaults and one style of help text.
+
+``up`` starts ``ingest`` as a child with its own options, so both take their ``--source``,
+``--coins``, ``--interval`` and ``--speed`` defaults from here: ``marketflow up`` and
+``marketflow ingest`` without options poll the same source for the same coins.
+
+Help texts start in lowercase, end without a period, and every option that has a default ends
+with ``(default: X)`` (:class:`HelpFormatter` adds it; a help text that already says
+``(default: ...)`` in words keeps its own wording).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from marketflow_assets.settings import Settings
+
+#: Price sources of ``up`` and ``ingest``; ``auto`` = live CoinGecko when its API answers at
+#: start-up, else the seeded simulator (one log line says which).
+SOURCES = ("auto", "coingecko", "replay", "simulate")
+DEFAULT_SOURCE = "auto"
+#: Top-N coins by market cap per poll (one CoinGecko page of up to 250).
+DEFAULT_COINS = 100
+#: Seconds between poll starts.
+DEFAULT_INTERVAL = 30.0
+#: Replay speed (multiplies the recorded time between polls; 0 = no waiting).
+DEFAULT_SPEED = 1.0
+
+SOURCE_HELP = (
+    "price source: live CoinGecko, a replay file, the seeded simulator, or auto = live "
+    "CoinGecko when its API answers at start-up, else the simulator"
+)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to the help of every option that has a default.
+
+    Unlike :class:`argparse.ArgumentDefaultsHelpFormatter` it says nothing for a default of
+    ``None`` or ``False`` (an option that is off unless given) and leaves a help text alone that
+    already names its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or "(default" in text
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def resolve_source(source: str, settings: Settings, log: logging.Logger) -> str:
+    """``auto`` -> ``coingecko`` when the CoinGecko API answers, else ``simulate``; says which.
+
+    Any other source is returned as is. Same meaning as :func:`marketflow_assets.up.resolve_source`.
+    """
+    if source != "auto":
+        return source
+    from marketflow_assets.ingest.coingecko import coingecko_reachable
+
+    if coingecko_reachable(settings):
+        log.info("source: live CoinGecko at %s", settings.coingecko_api_url)
+        return "coingecko"
+    log.info(
+        "source: simulator (CoinGecko at %s is not reachable from here)",
+        settings.coingecko_api_url,
+    )
+    return "simulate"
