@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import warnings
 from pathlib import Path
 
 
@@ -32,7 +33,9 @@ def describe() -> str:
     import pyspark
 
     try:
-        import quixstreams
+        with warnings.catch_warnings():  # authlib (a dependency) warns about httpx on import
+            warnings.simplefilter("ignore")
+            import quixstreams
 
         quix = quixstreams.__version__
     except ImportError:  # the latency baseline is then skipped
