@@ -61,28 +61,43 @@ class IndicatorState:
         self.raw = pd.DataFrame({name: [] for name in RAW_INPUT_COLUMNS})
         self.raw["ts"] = pd.to_datetime(self.raw["ts"], utc=True)
         self.emitted: pd.DataFrame | None = None
+        self._pruned_at: pd.Timestamp | None = None
 
     def update(self, new: pd.DataFrame) -> pd.DataFrame:
-        """Indicator rows for every raw row at or after the oldest ``ts`` of ``new``."""
+        """Indicator rows of the coins in ``new``, from the oldest ``ts`` of ``new`` on.
+
+        Only those coins are recomputed (a coin's indicators depend on its own observations
+        only), so a poll that a checkpoint cuts in two costs its records once, not twice."""
         from marketflow_assets import indicators as ind
 
         start = new["ts"].min()
-        window = pd.concat([self.raw, new], ignore_index=True)
-        window = window[window["ts"] >= ind.lookback_start(start)]
+        coins = pd.unique(new["id"])
+        raw = self.raw
+        lookback = raw[(raw["ts"] >= ind.lookback_start(start)) & raw["id"].isin(coins)]
+        window = pd.concat([lookback, new], ignore_index=True)
         state = None
-        if self.emitted is not None and len(self.emitted):
-            state = ind.state_from_indicators(self.emitted, start)
+        if self.emitted is not None:
+            prior = self.emitted[self.emitted["coin_id"].isin(coins)]
+            if len(prior):
+                state = ind.state_from_indicators(prior, start)
         rows = ind.compute_indicators(window, state, start=start)
-        # keep the lookback
-        newest = window["ts"].max()
-        self.raw = window[window["ts"] >= newest - pd.Timedelta(seconds=KEEP_RAW_SECONDS)]
-        self.raw = self.raw.reset_index(drop=True)
-        kept = rows if self.emitted is None else pd.concat([self.emitted, rows])
-        kept = kept.drop_duplicates(["coin_id", "ts"], keep="last")
-        recent = kept["ts"] >= newest - pd.Timedelta(seconds=KEEP_ROWS_SECONDS)
-        older = kept[~recent].sort_values("ts").groupby("coin_id").tail(1)  # each coin's ref
-        self.emitted = pd.concat([older, kept[recent]], ignore_index=True)
+        self.raw = pd.concat([raw, new], ignore_index=True)
+        self.emitted = rows if self.emitted is None else pd.concat([self.emitted, rows])
+        newest = self.raw["ts"].max()
+        if self._pruned_at is None or newest - self._pruned_at >= pd.Timedelta(seconds=60):
+            self._prune(newest)
         return rows
+
+    def _prune(self, newest: pd.Timestamp) -> None:
+        """Keep what a batch at most ``KEEP_RAW_SECONDS - 300 s`` older than ``newest`` needs:
+        the raw rows of the lookback, and per coin the emitted rows of the state."""
+        self.raw = self.raw[self.raw["ts"] >= newest - pd.Timedelta(seconds=KEEP_RAW_SECONDS)]
+        self.raw = self.raw.reset_index(drop=True)
+        kept = self.emitted.drop_duplicates(["coin_id", "ts"], keep="last")
+        recent = kept["ts"] >= newest - pd.Timedelta(seconds=KEEP_ROWS_SECONDS)
+        older = kept[~recent].sort_values("ts", kind="mergesort").groupby("coin_id").tail(1)
+        self.emitted = pd.concat([older, kept[recent]], ignore_index=True)
+        self._pruned_at = newest
 
 
 def _frame(values: list[dict]) -> pd.DataFrame:

@@ -37,7 +37,9 @@ def _compare(got: pd.DataFrame, expected: pd.DataFrame) -> None:
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_streamed_batches_equal_a_full_recompute(seed):
+@pytest.mark.parametrize("cut", ["polls", "records"])
+def test_streamed_batches_equal_a_full_recompute(seed, cut):
+    """Checkpoints of 1-7 whole polls, or of 1-20 records (polls cut anywhere)."""
     raw = _raw()
     expected = ind.compute_indicators(raw)
     rng = random.Random(seed)
@@ -45,11 +47,22 @@ def test_streamed_batches_equal_a_full_recompute(seed):
     state = IndicatorState()
     emitted = []
     i = 0
-    while i < len(stamps):  # batches of 1-7 polls, as checkpoints cut them
-        n = rng.randint(1, 7)
-        batch = raw[raw["ts"].isin(stamps[i : i + n])]
+    units = stamps if cut == "polls" else range(len(raw))
+    while i < len(units):
+        n = rng.randint(1, 7 if cut == "polls" else 20)
+        if cut == "polls":
+            batch = raw[raw["ts"].isin(stamps[i : i + n])]
+        else:
+            batch = raw.iloc[i : i + n]
         rows = state.update(batch)
-        assert rows["ts"].min() == batch["ts"].min()  # rows from the batch's oldest poll on
+        # the batch's records, plus (polls cut anywhere) earlier rows of its coins from its
+        # oldest ts on; nothing of other coins
+        keys = set(zip(rows["coin_id"], rows["ts"], strict=True))
+        assert set(zip(batch["id"], batch["ts"], strict=True)) <= keys
+        assert set(rows["coin_id"]) == set(batch["id"])
+        assert rows["ts"].min() == batch["ts"].min()
+        if cut == "polls":
+            assert len(rows) == len(batch)
         emitted.append(rows)
         i += n
     got = pd.concat(emitted).drop_duplicates(["coin_id", "ts"], keep="last")
