@@ -25,6 +25,19 @@ coins at 30 s (10 minutes), then 10 polls of 15,000 coins at 30 s. Quick mode co
 test, not an easier one; no warm-up poll, so the first poll meets the streaming job's first
 non-empty micro-batch), then 4 polls of 15,000 coins every 15 s (twice the 30 s cadence's load).
 
+Targets (issue 21): p95 <= 3 s at 250 coins, <= 10 s at 15,000 coins. Beside each latency line,
+the machine's 1-minute load average during the phase (``os.getloadavg`` sampled every second from
+the first poll to the end of the drain, :mod:`benchmarks.loadavg`): mean and max.
+
+Baseline, side by side on the same run (``--no-baseline`` to skip): a plain Python stream
+processor, Quix Streams (:mod:`benchmarks.quix_baseline`), consuming the same topic on the same
+broker with a consumer group of its own and computing the same five indicators with the same
+functions (``marketflow_assets/indicators.py``) into ``quix_price_indicators`` on the same
+PostgreSQL; watched like ``price_indicators`` (all coins of a poll's ``ts`` visible). Printed as
+``quix latency_p95_seconds``, ``quix coins_15000 latency_p95_seconds`` and the ratios
+``marketflow / quix``. Both pipelines share the machine during the phases, so each one's figure
+includes the other's load (the baseline's is small: one Python process).
+
 ``path`` (``python -m benchmarks --latency-path ...``): ``up`` (default, as above), ``daemon``
 (no follower: observation sensor -> automation sensor -> run launcher, the path before issue 17)
 or ``inprocess`` (a loop in this process calling ``dg.materialize``).

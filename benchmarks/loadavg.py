@@ -35,7 +35,8 @@ class LoadSampler:
         return self
 
     def stop(self) -> LoadSampler:
-        if not self._stop.is_set():
+        """Stop sampling (one last sample); a no-op when not started or already stopped."""
+        if self._thread.ident is not None and not self._stop.is_set():
             self._stop.set()
             self._thread.join(self.interval + 5)
             self._sample()
