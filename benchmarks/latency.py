@@ -407,8 +407,10 @@ def run(
 
     polls, interval = MODES[mode]["polls"], MODES[mode]["interval"]
     if baseline:
-        try:
-            import quixstreams  # noqa: F401 - the baseline's one extra dependency (bench extra)
+        try:  # the baseline's one extra dependency (bench extra)
+            from benchmarks.quix_baseline import import_quixstreams
+
+            import_quixstreams()
         except ImportError:
             print("latency: quixstreams not installed (pip install -e '.[bench]'): no baseline")
             baseline = False

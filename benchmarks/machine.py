@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import warnings
 from pathlib import Path
 
 
@@ -33,11 +32,9 @@ def describe() -> str:
     import pyspark
 
     try:
-        with warnings.catch_warnings():  # authlib (a dependency) warns about httpx on import
-            warnings.simplefilter("ignore")
-            import quixstreams
+        from benchmarks.quix_baseline import import_quixstreams
 
-        quix = quixstreams.__version__
+        quix = import_quixstreams().__version__
     except ImportError:  # the latency baseline is then skipped
         quix = "not installed"
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())

@@ -44,6 +44,21 @@ KEEP_RAW_SECONDS = 360
 KEEP_ROWS_SECONDS = 720
 
 
+def import_quixstreams():
+    """``quixstreams``, imported without authlib's deprecation warning about httpx (authlib, a
+    dependency of confluent-kafka's schema registry client, turns its warnings to "always" when
+    imported, so the filter must follow that import)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import authlib.deprecate  # noqa: F401 - installs its filter, removed on exit
+        except ImportError:
+            pass
+        warnings.simplefilter("ignore")
+        import quixstreams
+    return quixstreams
+
+
 def create_table_sql(table: str = TABLE) -> str:
     from marketflow_assets.schema import TABLES
 
@@ -203,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    with warnings.catch_warnings():  # authlib (a dependency) warns about httpx on import
-        warnings.simplefilter("ignore")
-        from quixstreams import Application
+    Application = import_quixstreams().Application
 
     started = time.monotonic()
 
