@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         "live follower + dagster dev, default), dagster dev with its sensors only, or an "
         "in-process refresh loop",
     )
+    parser.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="latency without the Quix Streams baseline processor beside Marketflow",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     args.mode = args.mode or "quick"
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         elif name == "latency":
             from benchmarks import latency
 
-            latency.run(args.mode, args.latency_path)
+            latency.run(args.mode, args.latency_path, baseline=args.baseline)
         elif name == "forecast":
             from benchmarks import forecast
 

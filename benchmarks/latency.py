@@ -25,6 +25,19 @@ coins at 30 s (10 minutes), then 10 polls of 15,000 coins at 30 s. Quick mode co
 test, not an easier one; no warm-up poll, so the first poll meets the streaming job's first
 non-empty micro-batch), then 4 polls of 15,000 coins every 15 s (twice the 30 s cadence's load).
 
+Targets (issue 21): p95 <= 3 s at 250 coins, <= 10 s at 15,000 coins. Beside each latency line,
+the machine's 1-minute load average during the phase (``os.getloadavg`` sampled every second from
+the first poll to the end of the drain, :mod:`benchmarks.loadavg`): mean and max.
+
+Baseline, side by side on the same run (``--no-baseline`` to skip): a plain Python stream
+processor, Quix Streams (:mod:`benchmarks.quix_baseline`), consuming the same topic on the same
+broker with a consumer group of its own and computing the same five indicators with the same
+functions (``marketflow_assets/indicators.py``) into ``quix_price_indicators`` on the same
+PostgreSQL; watched like ``price_indicators`` (all coins of a poll's ``ts`` visible). Printed as
+``quix latency_p95_seconds``, ``quix coins_15000 latency_p95_seconds`` and the ratios
+``marketflow / quix``. Both pipelines share the machine during the phases, so each one's figure
+includes the other's load (the baseline's is small: one Python process).
+
 ``path`` (``python -m benchmarks --latency-path ...``): ``up`` (default, as above), ``daemon``
 (no follower: observation sensor -> automation sensor -> run launcher, the path before issue 17)
 or ``inprocess`` (a loop in this process calling ``dg.materialize``).
@@ -49,6 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import data
+from benchmarks.loadavg import LoadSampler
 from benchmarks.report import print_table, ratio_line
 
 logger = logging.getLogger(__name__)
@@ -72,24 +86,34 @@ PATHS = {
     "inprocess": "in-process refresh loop (dg.materialize) instead of dagster dev",
 }
 DRAIN_TIMEOUT_S = 240.0
+#: targets of issue 21 (poll ts -> row visible in price_indicators, p95)
+TARGETS = {COINS: 3.0, MARKET["quick"]["coins"]: 10.0}
 
 
 class Watcher:
-    """Records when each poll ``ts`` first becomes visible in Parquet and in Postgres."""
+    """Records when each poll ``ts`` first becomes visible in Parquet (when ``raw_dir`` is given)
+    and in ``table`` (all ``coins`` rows of that ``ts``, whichever process wrote them)."""
 
-    def __init__(self, raw_dir: Path, postgres_url: str, coins: int, since: datetime):
+    def __init__(
+        self,
+        raw_dir: Path | None,
+        postgres_url: str,
+        coins: int,
+        since: datetime,
+        table: str = "price_indicators",
+    ):
         self.raw_dir = raw_dir
         self.postgres_url = postgres_url
         self.coins = coins
         self.since = since
+        self.table = table
         self.parquet_seen: dict[datetime, float] = {}
         self.pg_seen: dict[datetime, float] = {}
         self._files: set[Path] = set()
         self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._watch_files, daemon=True),
-            threading.Thread(target=self._watch_pg, daemon=True),
-        ]
+        self._threads = [threading.Thread(target=self._watch_pg, daemon=True)]
+        if raw_dir is not None:
+            self._threads.append(threading.Thread(target=self._watch_files, daemon=True))
 
     def start(self) -> None:
         for thread in self._threads:
@@ -130,7 +154,7 @@ class Watcher:
                 now = time.time()
                 with conn.cursor() as cur:
                     cur.execute(
-                        "SELECT ts, count(*) FROM price_indicators WHERE ts >= %s GROUP BY ts",
+                        f"SELECT ts, count(*) FROM {self.table} WHERE ts >= %s GROUP BY ts",
                         (self.since,),
                     )
                     for ts, count in cur.fetchall():
@@ -235,18 +259,37 @@ class Phase:
     polls: int
     interval: float
     watcher: Watcher | None = None
+    quix: Watcher | None = None  # the baseline's table, when the baseline runs
+    load: LoadSampler | None = None  # 1-min load average from the first poll to the drain's end
     total_rows: int = 0
     stats: dict = field(default_factory=dict)
     samples: dict = field(default_factory=dict)
 
+    def p95(self, watcher: Watcher | None, samples: list[float]) -> float:
+        """p95 of ``samples``, infinite when a poll never became visible."""
+        if watcher is None or len(watcher.pg_seen) < self.polls:
+            return float("inf")
+        return _stats(samples)[1]
 
-def _poll_phase(phase: Phase, up, ingest_template, env, resolved, children) -> None:
-    """Publish ``phase.polls`` polls of ``phase.coins`` coins; wait until they are visible."""
+
+def _poll_phase(
+    phase: Phase, up, ingest_template, env, resolved, children, baseline: bool = False
+) -> None:
+    """Publish ``phase.polls`` polls of ``phase.coins`` coins; wait until they are visible (in
+    ``price_indicators`` and, with ``baseline``, in the Quix Streams processor's table)."""
     import psycopg2
 
     since = datetime.now(UTC)
+    phase.load = LoadSampler().start()
     phase.watcher = Watcher(resolved.raw_dir, resolved.postgres_url, phase.coins, since)
     phase.watcher.start()
+    watchers = [phase.watcher]
+    if baseline:
+        from benchmarks.quix_baseline import TABLE
+
+        phase.quix = Watcher(None, resolved.postgres_url, phase.coins, since, table=TABLE)
+        phase.quix.start()
+        watchers.append(phase.quix)
     argv = list(ingest_template.argv)
     argv[argv.index("--coins") + 1] = str(phase.coins)
     argv[argv.index("--interval") + 1] = str(phase.interval)
@@ -260,9 +303,11 @@ def _poll_phase(phase: Phase, up, ingest_template, env, resolved, children) -> N
     if ingest.proc.returncode != 0:
         raise RuntimeError(f"ingest exited with {ingest.proc.returncode}:\n{up.tail(log_path)}")
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while time.monotonic() < deadline and len(phase.watcher.pg_seen) < phase.polls:
+    while time.monotonic() < deadline and any(len(w.pg_seen) < phase.polls for w in watchers):
         time.sleep(1)
-    phase.watcher.stop()
+    for watcher in watchers:
+        watcher.stop()
+    phase.load.stop()
     conn = psycopg2.connect(resolved.postgres_url)
     try:
         with conn.cursor() as cur:
@@ -281,6 +326,10 @@ def _poll_phase(phase: Phase, up, ingest_template, env, resolved, children) -> N
         if b is not None:
             total.append(b - t0)
     phase.samples = {"Kafka->Parquet": k2p, "Parquet->Postgres": p2pg, "total": total}
+    if phase.quix is not None:
+        phase.samples["quix total"] = [
+            seen - ts.timestamp() for ts, seen in phase.quix.pg_seen.items()
+        ]
     phase.stats = {name: _stats(values) for name, values in phase.samples.items()}
 
 
@@ -334,8 +383,19 @@ def breakdown(logs: Path, phase: Phase) -> list[list[str]]:
     return rows
 
 
+def quix_child(up, resolved, work: Path):
+    """The Quix Streams baseline (:mod:`benchmarks.quix_baseline`) as a child process on the same
+    broker, topic and PostgreSQL, with a consumer group of its own."""
+    import sys
+
+    argv = [sys.executable, "-m", "benchmarks.quix_baseline"]
+    argv += ["--bootstrap", resolved.kafka_bootstrap, "--topic", resolved.kafka_topic]
+    argv += ["--postgres-url", resolved.postgres_url, "--state-dir", str(work / "quix-state")]
+    return up.Child("quix", argv, work / "logs" / "quix.log")
+
+
 def run(
-    mode: str = "quick", path: str = "up", market: bool = True
+    mode: str = "quick", path: str = "up", market: bool = True, baseline: bool = True
 ) -> dict[str, tuple[float, float, float]]:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
@@ -346,6 +406,14 @@ def run(
     from marketflow_assets.settings import Settings
 
     polls, interval = MODES[mode]["polls"], MODES[mode]["interval"]
+    if baseline:
+        try:  # the baseline's one extra dependency (bench extra)
+            from benchmarks.quix_baseline import import_quixstreams
+
+            import_quixstreams()
+        except ImportError:
+            print("latency: quixstreams not installed (pip install -e '.[bench]'): no baseline")
+            baseline = False
     phases = [Phase(COINS, polls, interval)]
     if market:
         phases.append(Phase(**MARKET[mode]))
@@ -373,6 +441,7 @@ def run(
             else ""
         )
         + f"; Parquet->Postgres via {PATHS[path]}"
+        + ("; baseline: a Quix Streams processor on the same topic" if baseline else "")
     )
     children: list[up.Child] = []
     loop: RefreshLoop | None = None
@@ -391,14 +460,19 @@ def run(
                 )
             admin.close()
             env = up.child_env(resolved, args)
-            ingest, spark, dagster, follow = up.build_children(args, resolved, "simulate")
+            built = {child.name: child for child in up.build_children(args, resolved, "simulate")}
+            ingest, spark, dagster = built["ingest"], built["spark"], built["dagster"]
+            follow = built.get("follow")
             warmup = up.Child("ingest-warmup", [*ingest.argv, "--max-polls", "1"], ingest.log_path)
             # Not started here: the Spark Connect server that ``up`` keeps for backfills. Runs of
-            # the newest hour compute in process and never open a Spark session.
-            started = {"up": (spark, dagster, follow), "daemon": (spark, dagster)}.get(
-                path, (spark,)
-            )
-            for child in started:
+            # the newest hour compute in process and never open a Spark session. ``up``: every
+            # child but ingest (the follower, and any live path ``up`` starts by default).
+            started = {
+                "up": [c for name, c in built.items() if name != "ingest"],
+                "daemon": [spark, dagster],
+            }.get(path, [spark])
+            quix = quix_child(up, resolved, work) if baseline else None
+            for child in [*started, *([quix] if quix else [])]:
                 up.start_child(child, env)
                 children.append(child)
             probes = up.ReadinessProbes(resolved, args)
@@ -417,7 +491,7 @@ def run(
                 "the Spark streaming job",
                 children,
             )
-            if path == "up":
+            if path == "up" and follow is not None:
                 _wait(
                     lambda: "following" in follow.log_path.read_text(errors="replace"),
                     180,
@@ -445,9 +519,16 @@ def run(
                     "the warm-up poll in price_indicators",
                     children,
                 )
+            if quix is not None:  # its consumer group has the topic's partitions
+                _wait(
+                    lambda: "ready: consuming" in quix.log_path.read_text(errors="replace"),
+                    180,
+                    "the Quix Streams baseline's consumer group",
+                    children,
+                )
             setup_s = time.monotonic() - started_at
             for phase in phases:
-                _poll_phase(phase, up, ingest, env, resolved, children)
+                _poll_phase(phase, up, ingest, env, resolved, children, baseline=quix is not None)
                 with contextlib.suppress(Exception):
                     breakdowns[phase.coins] = breakdown(work / "logs", phase)
             if loop is not None:
@@ -480,7 +561,8 @@ def run(
             ["stage", "polls", "p50", "p95", "max"],
             [
                 [name, str(len(phase.samples[name])), *(f"{x:.1f}" for x in phase.stats[name])]
-                for name in ("Kafka->Parquet", "Parquet->Postgres", "total")
+                for name in ("Kafka->Parquet", "Parquet->Postgres", "total", "quix total")
+                if name in phase.samples
             ],
         )
         if phase.coins in breakdowns:
@@ -489,12 +571,13 @@ def run(
                 ["step", "s"],
                 breakdowns[phase.coins],
             )
-        missing = phase.polls - len(phase.watcher.pg_seen)
-        if missing:
-            print(
-                f"latency: {missing} of {phase.polls} polls of {phase.coins:,} coins never "
-                "became visible in price_indicators"
-            )
+        for watcher in (phase.watcher, phase.quix):
+            missing = phase.polls - len(watcher.pg_seen) if watcher is not None else 0
+            if missing:
+                print(
+                    f"latency: {missing} of {phase.polls} polls of {phase.coins:,} coins never "
+                    f"became visible in {watcher.table}"
+                )
     if loop is not None:
         print(
             f"latency: in-process loop ran {len(loop.runs)} refreshes "
@@ -504,11 +587,16 @@ def run(
     base = phases[0]
     for name, (p50, p95, mx) in base.stats.items():
         print(f"latency {name}: p50 = {p50:.1f} s, p95 = {p95:.1f} s, max = {mx:.1f} s")
-    ratio_line("latency_p95_seconds", base.stats["total"][1], "<= 10")
-    if market:
-        big = phases[1]
-        value = big.stats["total"][1] if big.polls == len(big.watcher.pg_seen) else float("inf")
-        ratio_line(f"coins_{big.coins} latency_p95_seconds", value, "<= 30")
+    for phase in phases:
+        prefix = "" if phase is base else f"coins_{phase.coins} "
+        value = phase.p95(phase.watcher, phase.samples["total"])
+        target = TARGETS.get(phase.coins)
+        load = phase.load.describe()
+        ratio_line(f"{prefix}latency_p95_seconds", value, f"<= {target:g}", load)
+        if phase.quix is not None:
+            quix_value = phase.p95(phase.quix, phase.samples["quix total"])
+            ratio_line(f"quix {prefix}latency_p95_seconds", quix_value, None, load)
+            ratio_line(f"{prefix}latency_p95 marketflow / quix", value / quix_value)
     return base.stats
 
 

@@ -31,8 +31,15 @@ def describe() -> str:
     import duckdb
     import pyspark
 
+    try:
+        from benchmarks.quix_baseline import import_quixstreams
+
+        quix = import_quixstreams().__version__
+    except ImportError:  # the latency baseline is then skipped
+        quix = "not installed"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"machine: {os.cpu_count()} cores, {memory_gib():.1f} GiB, CPU {cpu_model()}, "
         f"Python {platform.python_version()}, pyspark {pyspark.__version__}, "
-        f"duckdb {duckdb.__version__}"
+        f"duckdb {duckdb.__version__}, quixstreams {quix}; load average {load} (1/5/15 min)"
     )

@@ -22,10 +22,13 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]
     print(flush=True)
 
 
-def ratio_line(name: str, value: float, target: str | None = None) -> str:
-    """Print and return ``name = value`` (plus the target, when there is one)."""
+def ratio_line(name: str, value: float, target: str | None = None, suffix: str = "") -> str:
+    """Print and return ``name = value`` (plus the target, when there is one, and ``suffix``:
+    e.g. the load average during the measurement)."""
     text = f"{name} = {value:.2f}"
     if target:
         text += f"   (target {target})"
+    if suffix:
+        text += f"   {suffix}"
     print(text, flush=True)
     return text
