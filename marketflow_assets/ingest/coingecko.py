@@ -271,6 +271,8 @@ class CoinGeckoClient:
             try:
                 rows = self._get_page(page, per_page, deadline)
             except CoinGeckoError as exc:
+                if not str(exc).startswith("CoinGecko page"):  # say which page failed
+                    exc = CoinGeckoError(f"CoinGecko page {page} of {pages}: {exc}")
                 return records[:n_coins], exc
             for row in rows:
                 coin_id = row.get("id") if isinstance(row, dict) else None

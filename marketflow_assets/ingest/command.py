@@ -396,6 +396,8 @@ def _make_publisher(args: argparse.Namespace, settings: Settings) -> Publisher:
         settings.dlq_topic,
         partitions=args.partitions,
         delivery_timeout_s=getattr(args, "delivery_timeout", 30.0),
+        # a reconnect between send attempts waits no longer than a delivery
+        connect_timeout_s=min(10.0, getattr(args, "delivery_timeout", 30.0)),
         send_attempts=settings.send_attempts,
         send_backoff_s=settings.send_backoff_seconds,
     )
