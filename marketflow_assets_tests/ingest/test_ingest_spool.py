@@ -432,3 +432,90 @@ def test_fetch_markets_partial_returns_the_pages_before_the_failure(httpserver, 
     assert [int(req.args["page"]) for req, _ in httpserver.log] == [1, 2]  # page 3 not asked
     with pytest.raises(CoinGeckoError, match="404"):
         client.fetch_markets(600)
+
+
+# --------------------------------------------------------------------------------------------
+# The broker restarts under a running ingest, and under `up` after a replay has finished
+# --------------------------------------------------------------------------------------------
+def test_a_running_ingest_resends_its_spool_when_the_broker_lost_the_topic(
+    tmp_path, private_broker
+):
+    broker = private_broker()
+    topic = "crypto_prices"
+    polls = list(simulate_polls(3, seed=6, start=START, interval_s=30, count=2))
+    spool = Spool(tmp_path / "spool", topic)
+    publisher = Publisher(
+        broker.bootstrap,
+        topic,
+        topic + "_dlq",
+        delivery_timeout_s=2,
+        connect_timeout_s=2,
+        send_attempts=5,
+        send_backoff_s=0.2,
+    )
+    try:
+        publisher.ensure_topics()
+        delivery = command.Delivery(publisher, spool, tmp_path / "raw_prices")
+        first_topic_id = delivery.topic_id
+        assert first_topic_id is not None  # Tansu reports topic ids
+        assert delivery.deliver(validate_poll(polls[0][1], polls[0][0]))[0].ok
+        assert delivery.tick() == (0, 0)  # nothing due, nothing lost
+
+        broker.proc.kill()  # the in-memory topic and poll 1 with it
+        broker.proc.wait()
+        private_broker()
+        result, _ = delivery.deliver(validate_poll(polls[1][1], polls[1][0]))
+        assert result.ok  # retried: a new producer, the topic created again
+        assert publisher.topic_id() not in (None, first_topic_id)
+        assert delivery.tick() == (3, 0)  # poll 1 resent at once, poll 2 not twice
+    finally:
+        publisher.close()
+        spool.close()
+    messages = read_topic(broker.bootstrap, topic, expected=6)
+    assert Counter((m["key"], m["value"]["ts"]) for m in messages) == _keys(polls)
+
+
+def test_up_replays_the_spool_of_a_finished_replay_after_a_broker_restart(
+    tmp_path, private_broker, ingest_args
+):
+    from marketflow_assets.settings import child_environment
+    from marketflow_assets.supervisor import Child, Supervisor, stop_child
+    from marketflow_assets.up import REPO_ROOT, _watch_broker
+
+    broker = private_broker()
+    settings = dataclasses.replace(
+        load_settings({}),
+        kafka_bootstrap=broker.bootstrap,
+        kafka_topic="crypto_prices",
+        data_dir=tmp_path / "data",
+    )
+    polls = list(simulate_polls(3, seed=7, start=START, interval_s=30, count=2))
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text(_replay_lines(polls))
+    assert (
+        command.run(
+            ingest_args("--source", "replay", "--replay-file", str(replay), "--once"), settings
+        )
+        == 0
+    )
+
+    env = child_environment(
+        overrides={
+            "MARKETFLOW_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "MARKETFLOW_KAFKA_TOPIC": settings.kafka_topic,
+            "MARKETFLOW_DATA_DIR": str(settings.data_dir),
+        }
+    )
+    ingest = Child("ingest", ["true"], tmp_path / "ingest.log", finished=True)  # replay done
+    supervisor = Supervisor([ingest], env, cwd=REPO_ROOT)
+    broker.proc.kill()
+    broker.proc.wait()
+    try:
+        assert _watch_broker(broker, supervisor, [], settings) is None
+        replayer = next(c for c in supervisor.children if c.name == "spool-replay")
+        assert replayer.proc.wait(120) == 0, (tmp_path / "data/logs/ingest.log").read_text()
+        messages = read_topic(broker.bootstrap, settings.kafka_topic, expected=6)
+        assert Counter((m["key"], m["value"]["ts"]) for m in messages) == _keys(polls)
+    finally:
+        for child in supervisor.children:
+            stop_child(child)  # the broker goes with the fixture
