@@ -324,18 +324,17 @@ class Delivery:
         )
         return acked, failed
 
-    def _prune(self) -> list[SpooledPoll] | None:
-        """Prune the spool; the polls left in it (None when the raw dataset was unreadable)."""
+    def _prune(self) -> None:
+        """Drop the spooled records found in raw Parquet (a failure is logged, not raised)."""
         try:
             removed, kept = self.spool.prune(self.raw_dir)
         except Exception as exc:  # noqa: BLE001 - a reconcile must not stop ingest
             log.warning("spool: could not check %s against raw Parquet: %s", self.raw_dir, exc)
-            return None
+            return
         if removed:
             log.info(
                 "spool: %d record(s) are in raw Parquet and left the spool; %d kept", removed, kept
             )
-        return self.spool.polls()
 
     def start(self) -> tuple[int, int]:
         """Resend what an earlier run spooled, raw Parquet lacks and this topic never took."""
@@ -343,9 +342,9 @@ class Delivery:
             return 0, 0
         self.publisher.topic_reset = False
         self.topic_id = self.publisher.topic_id()
-        polls = self._prune() or []
+        self._prune()
         return self.resend(
-            self.spool.unacked(polls, self.topic_id),
+            self.spool.unacked(self.topic_id),
             "spooled earlier, not in raw Parquet nor in the topic as it is now",
         )
 
@@ -368,9 +367,8 @@ class Delivery:
         self.publisher.topic_reset = False
         self.topic_id = topic_id
         self.next_reconcile = self.clock() + self.reconcile_s
-        polls = self._prune() or []
-        if not forget_acks:
-            polls = self.spool.unacked(polls, topic_id)
+        self._prune()
+        polls = self.spool.polls() if forget_acks else self.spool.unacked(topic_id)
         why = "the broker lost the topic" if lost else "not acknowledged by the topic"
         return self.resend(polls, why)
 

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -78,6 +80,7 @@ class SpooledPoll:
         return [record_key(v["id"], self.ts) for v in self.values]
 
 
+@functools.lru_cache(maxsize=4096)  # one poll's records share their ts
 def ts_micros(ts: str) -> int:
     """µs since the epoch of an ISO-8601 ``ts`` (the raw dataset stores µs timestamps)."""
     return (parse_time(ts) - EPOCH) // timedelta(microseconds=1)  # exact integer arithmetic
@@ -89,8 +92,20 @@ def record_key(coin_id: str, ts: str) -> Key:
 
 
 def poll_line(ts: str, values: list[dict[str, Any]]) -> str:
-    """One line of ``polls.jsonl`` (the replay-file format), newline included."""
-    return json.dumps({"ts": ts, "coins": values}, separators=(",", ":"), allow_nan=False) + "\n"
+    """One line of the polls file, newline included: the replay-file format plus ``n``, the
+    number of records (``{"ts":...,"n":...,"coins":[...]}``, read back by :func:`line_head`)."""
+    poll = {"ts": ts, "n": len(values), "coins": values}
+    return json.dumps(poll, separators=(",", ":"), allow_nan=False) + "\n"
+
+
+_HEAD = re.compile(r'^\{"ts":"([^"\\]+)","n":(\d+),')
+
+
+def line_head(line: str) -> tuple[str | None, int | None]:
+    """``(ts, n)`` from the head of a line written by :func:`poll_line`, without parsing the
+    rest; ``(None, None)`` for any other line."""
+    match = _HEAD.match(line)
+    return (match.group(1), int(match.group(2))) if match else (None, None)
 
 
 def ack_line(ts: str, ids: Iterable[str], topic_id: str | None) -> str:
@@ -144,7 +159,7 @@ def parse_acks(lines: Iterable[str]) -> list[tuple[str, str, str | None]]:
 def acked_keys(acks: Iterable[tuple[str, str, str | None]], topic_id: str | None) -> set[Key]:
     """Keys acknowledged by the topic incarnation ``topic_id`` (None: a broker without topic
     ids, whose acknowledgements all count)."""
-    return {record_key(i, ts) for ts, i, tid in acks if tid == topic_id}
+    return {(i, ts_micros(ts)) for ts, i, tid in acks if tid == topic_id}
 
 
 def prune_polls(polls: list[SpooledPoll], written: set[Key]) -> list[SpooledPoll]:
@@ -301,36 +316,66 @@ class Spool:
         return list(_json_lines(_read_lines(self.dead_letters_path)))
 
     # ----------------------------------------------------------------------------------------
-    def pending(self, raw_dir: Path) -> list[SpooledPoll]:
-        """Spooled records whose (id, ts) is not (yet) in the raw Parquet under ``raw_dir``."""
-        polls = self.polls()
-        bounds = ts_bounds(polls)
-        if bounds is None:
-            return []
-        return prune_polls(polls, raw_keys(raw_dir, *bounds))
+    def _heads(self) -> list[tuple[str, str | None, int | None]]:
+        """Complete lines of the polls file with their ``ts`` and record count, read from the
+        line's head without parsing its coins (None when the head is not ours)."""
+        out = []
+        for line in _read_lines(self.polls_path):
+            if line.endswith("\n") and line.strip():
+                ts, n = line_head(line)
+                out.append((line, ts, n))
+        return out
 
-    def prune(self, raw_dir: Path) -> tuple[int, int]:
-        """Drop the records found in raw Parquet; returns (records removed, records kept)."""
-        polls = self.polls()
-        before = count_records(polls)
-        if not before:
+    def prune(self, raw_dir: Path, *, dry_run: bool = False) -> tuple[int, int]:
+        """Drop the records found in raw Parquet; returns (records removed, records kept).
+
+        Only the lines of polls whose ``ts`` occurs in raw Parquet are parsed, and the files are
+        rewritten only when a record goes, so a spool that grows while the Spark job is down
+        costs a scan of line heads per reconcile. ``dry_run`` counts without rewriting.
+        """
+        heads = self._heads()
+        stamps = [ts_micros(ts) for _, ts, _ in heads if ts is not None]
+        if not heads:
             return 0, 0
-        kept = prune_polls(polls, raw_keys(raw_dir, *ts_bounds(polls)))
-        after = count_records(kept)
-        if after != before:
+        if len(stamps) < len(heads):  # a line without our head: parse them all
+            stamps = [ts_micros(p.ts) for p in parse_polls(line for line, _, _ in heads)]
+        written = raw_keys(raw_dir, min(stamps), max(stamps)) if stamps else set()
+        written_ts = {us for _, us in written}
+        lines: list[str] = []
+        removed = kept = 0
+        for line, ts, n in heads:
+            if ts is not None and n is not None and ts_micros(ts) not in written_ts:
+                lines.append(line)  # nothing of this poll is in raw Parquet yet
+                kept += n
+                continue
+            polls = parse_polls([line])
+            left = prune_polls(polls, written)
+            removed += count_records(polls) - count_records(left)
+            kept += count_records(left)
+            lines.extend(poll_line(p.ts, p.values) for p in left)
+        if removed and not dry_run:
             # Appends happen in this process only (the lock), between reconciles: no race.
-            _rewrite(self.polls_path, (poll_line(p.ts, p.values) for p in kept))
-            keys = {k for p in kept for k in p.keys()}
+            _rewrite(self.polls_path, lines)
             groups: dict[tuple[str, str | None], list[str]] = {}
             for ts, coin_id, topic_id in self.acks():
-                if record_key(coin_id, ts) in keys:
+                if record_key(coin_id, ts) not in written:
                     groups.setdefault((ts, topic_id), []).append(coin_id)
             _rewrite(self.acks_path, (ack_line(t, ids, tid) for (t, tid), ids in groups.items()))
-        return before - after, after
+        return removed, kept
 
-    def unacked(self, polls: list[SpooledPoll], topic_id: str | None) -> list[SpooledPoll]:
-        """The records of ``polls`` that topic incarnation ``topic_id`` never acknowledged."""
-        return prune_polls(polls, acked_keys(self.acks(), topic_id))
+    def unacked(self, topic_id: str | None) -> list[SpooledPoll]:
+        """The spooled records that topic incarnation ``topic_id`` never acknowledged (only
+        the lines of polls with such records are parsed)."""
+        acked = acked_keys(self.acks(), topic_id)
+        acked_ids: dict[int, set[str]] = {}
+        for coin_id, us in acked:
+            acked_ids.setdefault(us, set()).add(coin_id)
+        polls = []
+        for line, ts, n in self._heads():
+            if ts is not None and n is not None and len(acked_ids.get(ts_micros(ts), ())) >= n:
+                continue  # every record of this poll was acknowledged by this topic
+            polls.extend(prune_polls(parse_polls([line]), acked))
+        return polls
 
     def close(self) -> None:
         if self._lock_fh is not None:
@@ -351,4 +396,4 @@ def unwritten_count(spool_dir: Path | None, topic: str, raw_dir: Path) -> int:
     ``raw_dir`` (0 when there is no spool); reads without taking the lock."""
     if spool_dir is None or not (Path(spool_dir) / polls_file(topic)).exists():
         return 0
-    return count_records(Spool(spool_dir, topic, lock=False).pending(raw_dir))
+    return Spool(spool_dir, topic, lock=False).prune(raw_dir, dry_run=True)[1]

@@ -20,6 +20,7 @@ from marketflow_assets.ingest.publish import Publisher
 from marketflow_assets.ingest.sources import simulate_polls
 from marketflow_assets.ingest.spool import (
     Spool,
+    line_head,
     parse_polls,
     poll_line,
     prune_polls,
@@ -119,6 +120,9 @@ def test_spool_lines_round_trip_skip_a_torn_tail_and_prune_by_key():
     assert [(p.ts, [v["id"] for v in p.values]) for p in kept] == [
         ("2024-05-01T12:00:00.000Z", ["bitcoin"])
     ]
+    assert line_head(lines[1]) == ("2024-05-01T12:00:30.5Z", 1)
+    assert line_head('{"ts": "2024-05-01T12:00:00Z", "coins": []}\n') == (None, None)
+    assert parse_polls(['{"ts": "2024-05-01T12:00:00Z", "coins": [{"id": "x"}]}\n'])[0].values
     assert stop_line(3, "/x/spool") == (
         "3 record(s) not yet written to raw Parquet are kept in the spool /x/spool; "
         "replay them with `marketflow ingest --replay-spool`"
@@ -208,6 +212,9 @@ def test_pruning_drops_what_raw_parquet_holds_and_the_stop_line_counts_the_rest(
             spool.append_poll(ts, validated.good, [])
             spool.ack(ts, validated.good, "topic-1")
         assert unwritten_count(settings.spool_dir, settings.kafka_topic, settings.raw_dir) == 9
+        inode = spool.polls_path.stat().st_ino
+        assert spool.prune(settings.raw_dir) == (0, 9)  # no raw data yet: nothing goes
+        assert spool.polls_path.stat().st_ino == inode  # ... and the file is not rewritten
         # Spark wrote poll 1 and two coins of poll 2 (one of them with a µs-precise ts)
         (ts1, recs1), (ts2, recs2) = polls[0], polls[1]
         written = [(r["id"], ts1, r["current_price"]) for r in recs1]
