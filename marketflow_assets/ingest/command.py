@@ -312,11 +312,15 @@ class Delivery:
             len(polls),
             why,
         )
-        for poll in polls:
+        for k, poll in enumerate(polls):
             result = self.publisher.publish(ValidatedPoll(poll.ts, good=poll.messages()))
             self._ack(poll.ts, result)
             acked += result.good_acked
             failed += len(result.failures)
+            if result.failures and not result.good_acked:
+                # the broker takes nothing (after every retry): do not stall on the other polls
+                failed += count_records(polls[k + 1 :])
+                break
         log.info(
             "spool: %d record(s) resent and acknowledged%s",
             acked,

@@ -228,9 +228,10 @@ class Publisher:
 
     def _reconnect(self) -> None:
         """A new producer and the topics ensured again (the broker may have restarted)."""
+        fresh = self._make_producer(idempotent=self.idempotent)  # raises: the old one stays
+        old, self._producer = self._producer, fresh
         with contextlib.suppress(Exception):
-            self._producer.close(timeout=0)
-        self._producer = self._make_producer(idempotent=self.idempotent)
+            old.close(timeout=0)
         self.ensure_topics()
 
     def publish(self, poll: ValidatedPoll) -> PublishResult:

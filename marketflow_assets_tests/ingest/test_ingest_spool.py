@@ -526,3 +526,43 @@ def test_up_replays_the_spool_of_a_finished_replay_after_a_broker_restart(
     finally:
         for child in supervisor.children:
             stop_child(child)  # the broker goes with the fixture
+
+
+def test_a_failed_send_is_retried_with_exponential_backoff_then_counted_lost(
+    tmp_path, private_broker
+):
+    broker = private_broker()
+    polls = list(simulate_polls(2, seed=8, start=START, interval_s=30, count=3))
+    delays: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        time.sleep(seconds)
+
+    publisher = Publisher(
+        broker.bootstrap,
+        "crypto_prices",
+        "crypto_prices_dlq",
+        delivery_timeout_s=1,
+        connect_timeout_s=1,
+        send_attempts=4,
+        send_backoff_s=0.1,
+        sleep=sleep,
+    )
+    try:
+        publisher.ensure_topics()
+        assert publisher.publish(validate_poll(polls[0][1], polls[0][0])).ok
+        assert delays == []  # acknowledged at the first attempt
+        broker.proc.kill()
+        broker.proc.wait()
+        for ts, records in polls[1:]:  # the next poll too: the producer is still usable
+            result = publisher.publish(validate_poll(records, ts))
+            assert (result.good_acked, len(result.failures)) == (0, 2)
+            assert all("crypto_prices key=" in f for f in result.failures)
+        assert delays == [0.1, 0.2, 0.4] * 2  # 4 attempts, backoff doubling from 0.1 s
+        private_broker()  # the broker is back (empty): the next attempt reconnects
+        delays.clear()
+        result = publisher.publish(validate_poll(polls[2][1], polls[2][0]))
+        assert result.ok and result.good_acked == 2 and len(delays) >= 1
+    finally:
+        publisher.close()
