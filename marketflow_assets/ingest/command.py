@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replay-spool",
         action="store_true",
-        help="resend the records of the spool (MARKETFLOW_SPOOL_DIR) that are not yet in raw "
+        help="resend every record of the spool (MARKETFLOW_SPOOL_DIR) that is not yet in raw "
         "Parquet, then exit (0 when the broker acknowledged them all)",
     )
     parser.add_argument(
@@ -340,13 +340,16 @@ class Delivery:
                 "spool: %d record(s) are in raw Parquet and left the spool; %d kept", removed, kept
             )
 
-    def start(self) -> tuple[int, int]:
-        """Resend what an earlier run spooled, raw Parquet lacks and this topic never took."""
+    def start(self, *, everything: bool = False) -> tuple[int, int]:
+        """Resend what an earlier run spooled, raw Parquet lacks and this topic never took
+        (``everything``: whether the topic took it or not)."""
         if self.spool is None:
             return 0, 0
         self.publisher.topic_reset = False
         self.topic_id = self.publisher.topic_id()
         self._prune()
+        if everything:
+            return self.resend(self.spool.polls(), "--replay-spool: not yet in raw Parquet")
         return self.resend(
             self.spool.unacked(self.topic_id),
             "spooled earlier, not in raw Parquet nor in the topic as it is now",
@@ -420,7 +423,7 @@ def replay_spool(args: argparse.Namespace, settings: Settings) -> int:
         publisher = _make_publisher(args, settings)
         publisher.ensure_topics()
         delivery = Delivery(publisher, spool, settings.raw_dir)
-        acked, failed = delivery.start()
+        acked, failed = delivery.start(everything=True)
         print(
             f"replay-spool: {acked} record(s) resent to {settings.kafka_topic} and acknowledged"
             + (f", {failed} NOT acknowledged (still in the spool {spool.dir})" if failed else "")

@@ -5,9 +5,9 @@ The embedded Kafka broker (Tansu) keeps its topics in memory only, so a crash of
 poll to disk *before* sending it and keeps it until the record is in raw Parquet:
 
 ``<spool dir>/polls-<topic>.jsonl``
-    one line per poll sent to ``<topic>``, in the replay-file format
-    ``{"ts": ..., "coins": [...]}`` where ``coins`` are the validated Kafka message values (so
-    the file can also be replayed with ``marketflow ingest --source replay --replay-file``).
+    one line per poll sent to ``<topic>``, in the replay-file format plus a record count,
+    ``{"ts": ..., "n": ..., "coins": [...]}``, where ``coins`` are the validated Kafka message
+    values (so the file can also be replayed with ``marketflow ingest --source replay``).
     Appended and fsynced before the poll is sent: a poll counts as delivered once it is on disk.
 ``<spool dir>/acks-<topic>.jsonl``
     ack markers ``{"ts": ..., "ids": [...], "topic_id": ...}``: the records of a poll the broker
@@ -19,10 +19,11 @@ poll to disk *before* sending it and keeps it until the record is in raw Parquet
     every dead letter (validation failure) as sent to the DLQ topic, kept for good.
 
 Records leave the spool only once their (``id``, ``ts``) is in the raw Parquet dataset
-(:func:`prune_polls`, run every ``MARKETFLOW_SPOOL_RECONCILE_SECONDS``). Records still spooled are
-resent when ingest starts, when the topic is found re-created after a broker restart, and by
-``marketflow ingest --replay-spool``; the Spark job keeps one row per (``id``, ``ts``), so a resend
-never duplicates a row. A torn last line (the process died while writing it) is ignored and cut off
+(:func:`prune_polls`, run every ``MARKETFLOW_SPOOL_RECONCILE_SECONDS``). Spooled records the topic
+as it is now has not acknowledged are resent when ingest starts, at once when the topic is found
+re-created after a broker restart, and at every reconcile; ``marketflow ingest --replay-spool``
+resends every spooled record. The Spark job keeps one row per (``id``, ``ts``), so a resend never
+duplicates a row. A torn last line (the process died while writing it) is ignored and cut off
 by the next write.
 """
 

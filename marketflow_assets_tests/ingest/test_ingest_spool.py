@@ -371,9 +371,18 @@ def test_a_restart_on_the_same_topic_resends_only_what_it_never_acknowledged(
     finally:
         publisher.close()
         spool.close()
-    assert command.run(ingest_args("--replay-spool"), settings) == 0
+    # ingest starts again on the same topic (the broker lived): only poll 2 is sent
+    empty = settings.data_dir / "empty.jsonl"
+    empty.write_text("")
+    assert (
+        command.run(ingest_args("--source", "replay", "--replay-file", str(empty)), settings) == 0
+    )
     messages = read_topic(settings.kafka_bootstrap, settings.kafka_topic, expected=6)
     assert Counter((m["key"], m["value"]["ts"]) for m in messages) == _keys(polls)  # once each
+    # --replay-spool resends every record raw Parquet lacks, acknowledged or not
+    assert command.run(ingest_args("--replay-spool"), settings) == 0
+    messages = read_topic(settings.kafka_bootstrap, settings.kafka_topic, expected=12)
+    assert Counter((m["key"], m["value"]["ts"]) for m in messages) == _keys(polls + polls)
 
 
 # --------------------------------------------------------------------------------------------
