@@ -49,6 +49,25 @@ DEFAULT_FRESHNESS_WARN_SECONDS = 120.0  # 4 missed 30 s polls
 DEFAULT_FRESHNESS_ERROR_SECONDS = 300.0  # 10 missed polls: the stage is down
 DEFAULT_CHECK_WINDOW_HOURS = 1.0
 
+# Ingest durability (issue #20): the write-ahead spool and the send retries.
+#: MARKETFLOW_SPOOL_DIR: directory of the ingest write-ahead spool (every poll is fsynced there
+#: before it is sent, and kept until it is in raw Parquet); default ``<MARKETFLOW_DATA_DIR>/spool``;
+#: ``off``, ``none``, ``0`` or ``false`` disables it.
+ENV_SPOOL_DIR = "MARKETFLOW_SPOOL_DIR"
+#: MARKETFLOW_SPOOL_RECONCILE_SECONDS: how often ingest prunes the spool of records found in raw
+#: Parquet and resends the ones the broker never acknowledged; default 60.
+ENV_SPOOL_RECONCILE = "MARKETFLOW_SPOOL_RECONCILE_SECONDS"
+#: MARKETFLOW_SEND_ATTEMPTS: attempts to get one poll acknowledged by Kafka before its
+#: unacknowledged records count as lost (they stay in the spool); default 5.
+ENV_SEND_ATTEMPTS = "MARKETFLOW_SEND_ATTEMPTS"
+#: MARKETFLOW_SEND_BACKOFF_SECONDS: wait before the 2nd send attempt, doubled for each further
+#: attempt (0.5, 1, 2, 4 s); default 0.5.
+ENV_SEND_BACKOFF = "MARKETFLOW_SEND_BACKOFF_SECONDS"
+DEFAULT_SPOOL_RECONCILE_SECONDS = 60.0
+DEFAULT_SEND_ATTEMPTS = 5
+DEFAULT_SEND_BACKOFF_SECONDS = 0.5
+SPOOL_OFF_VALUES = ("off", "none", "0", "false")
+
 
 class ConfigError(ValueError):
     """Bad configuration; the CLI turns it into a one-line message and exit code 2."""
@@ -113,6 +132,20 @@ class Settings:
     dagster_home: str | None = None
     log_level: str = "INFO"
     bench_dir: Path = Path(DEFAULT_DATA_DIR) / "bench"
+    #: ``MARKETFLOW_SPOOL_DIR`` as given: None = ``data_dir/spool``, "off" = no spool.
+    spool: str | None = None
+    spool_reconcile_seconds: float = DEFAULT_SPOOL_RECONCILE_SECONDS
+    send_attempts: int = DEFAULT_SEND_ATTEMPTS
+    send_backoff_seconds: float = DEFAULT_SEND_BACKOFF_SECONDS
+
+    @property
+    def spool_dir(self) -> Path | None:
+        """The ingest write-ahead spool (``data_dir/spool`` by default); None when disabled."""
+        if self.spool is None:
+            return self.data_dir / "spool"
+        if self.spool.lower() in SPOOL_OFF_VALUES:
+            return None
+        return Path(self.spool).expanduser().absolute()
 
     @property
     def dlq_topic(self) -> str:
@@ -180,7 +213,37 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dagster_home=get("DAGSTER_HOME"),
         log_level=get("MARKETFLOW_LOG_LEVEL") or "INFO",
         bench_dir=Path(get("MARKETFLOW_BENCH_DIR") or Path(DEFAULT_DATA_DIR) / "bench").absolute(),
+        spool=get(ENV_SPOOL_DIR),
+        spool_reconcile_seconds=_positive_float(
+            env, ENV_SPOOL_RECONCILE, DEFAULT_SPOOL_RECONCILE_SECONDS
+        ),
+        send_attempts=_positive_int(env, ENV_SEND_ATTEMPTS, DEFAULT_SEND_ATTEMPTS),
+        send_backoff_seconds=_non_negative_float(
+            env, ENV_SEND_BACKOFF, DEFAULT_SEND_BACKOFF_SECONDS
+        ),
     )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name}={raw!r} must be an integer >= 1")
+    return int(raw)
+
+
+def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name}={raw!r} must be a number >= 0")
+    return value
 
 
 def parse_local_max_rows(value: str | None) -> int | None:

@@ -328,7 +328,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         embedded: dict = {}
         with running_services(settings, log=logger.info, embedded=embedded) as resolved:
-            return _supervise(args, resolved, stop_requested, embedded.get("kafka"), hurry)
+            code = _supervise(args, resolved, stop_requested, embedded.get("kafka"), hurry)
+        report_spool(resolved)
+        return code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -385,7 +387,7 @@ def _watch(
     broker_restarts: list[float] = []
     logger.info("marketflow is starting; Ctrl-C stops everything")
     while not stop_requested.wait(1.0):
-        reason = _watch_broker(broker, supervisor, broker_restarts) if broker else None
+        reason = _watch_broker(broker, supervisor, broker_restarts, settings) if broker else None
         reason = reason or supervisor.poll()
         if reason is not None:
             logger.error("stopping everything: %s", reason)
@@ -398,11 +400,58 @@ def _watch(
     return 0
 
 
-def _watch_broker(broker: EmbeddedKafka, supervisor: Supervisor, restarts: list[float]):
+def report_spool(settings: Settings) -> int:
+    """Print one line when records not yet in raw Parquet are left in the ingest spool (a stop
+    after a crash loop or a lost broker); returns their count."""
+    from marketflow_assets.ingest.spool import stop_line, unwritten_count
+
+    try:
+        count = unwritten_count(settings.spool_dir, settings.kafka_topic, settings.raw_dir)
+    except Exception as exc:  # noqa: BLE001 - stopping goes on whatever happens here
+        logger.warning("could not count the records of the spool %s: %s", settings.spool_dir, exc)
+        return 0
+    if count:
+        print(stop_line(count, settings.spool_dir), flush=True)
+    return count
+
+
+def spool_replay_child(settings: Settings) -> Child:
+    """A one-off ``marketflow ingest --replay-spool`` (after a broker restart, when the ingest
+    child has finished its replay and cannot resend the spool itself)."""
+    argv = [sys.executable, "-m", "marketflow_assets.cli", "ingest", "--replay-spool"]
+    log_path = settings.data_dir / "logs" / "ingest.log"
+    return Child("spool-replay", argv, log_path, finished_on_success=True)
+
+
+def _replay_spool_after_restart(supervisor: Supervisor, settings: Settings | None) -> None:
+    """After a broker restart: the ingest child resends its spool when it starts again; a
+    finished one (a replay at its end) gets a one-off ``--replay-spool`` instead."""
+    ingest = next((c for c in supervisor.children if c.name == "ingest"), None)
+    if ingest is None or not ingest.finished:
+        supervisor.restart_now("ingest", "the broker restarted: new producer, topics recreated")
+        return
+    if settings is None or settings.spool_dir is None:
+        return
+    child = next((c for c in supervisor.children if c.name == "spool-replay"), None)
+    if child is None:
+        child = spool_replay_child(settings)
+    else:
+        stop_child(child)
+        child.finished = False
+    logger.info("spool-replay: resending the spool %s to the new broker", settings.spool_dir)
+    supervisor.start(child)
+
+
+def _watch_broker(
+    broker: EmbeddedKafka,
+    supervisor: Supervisor,
+    restarts: list[float],
+    settings: Settings | None = None,
+):
     """Restart the embedded broker on its port when it died, then ingest (which recreates the
-    topics). Its topics were in memory: messages the Spark job had not yet read are lost; the
-    job itself notices the new topic and continues with its messages. Returns a crash-loop
-    reason, else None."""
+    topics and resends its spool: the records not yet in raw Parquet). Without a spool, the
+    messages the Spark job had not yet read are lost; the job itself notices the new topic and
+    continues with its messages. Returns a crash-loop reason, else None."""
     if broker.proc is None or broker.proc.poll() is None:
         return None
     what = describe_exit(broker.proc.returncode)
@@ -410,11 +459,14 @@ def _watch_broker(broker: EmbeddedKafka, supervisor: Supervisor, restarts: list[
     reason = supervisor.crash_loop("kafka", restarts, what, log_path)
     if reason is not None:
         return reason
+    spooled = settings is not None and settings.spool_dir is not None
     logger.warning(
-        "kafka: the embedded broker %s; restarting it on %s. Its topics were in memory only: "
-        "messages not yet read by the Spark job are lost",
+        "kafka: the embedded broker %s; restarting it on %s. Its topics were in memory only: %s",
         what,
         broker.bootstrap,
+        f"ingest resends the records of its spool {settings.spool_dir} not yet in raw Parquet"
+        if spooled
+        else "messages not yet read by the Spark job are lost (MARKETFLOW_SPOOL_DIR is off)",
     )
     broker.proc = None
     try:
@@ -422,7 +474,7 @@ def _watch_broker(broker: EmbeddedKafka, supervisor: Supervisor, restarts: list[
     except ServiceError as exc:
         return f"kafka: the embedded broker could not be restarted: {exc}"
     logger.info("kafka: embedded broker restarted on %s", broker.bootstrap)
-    supervisor.restart_now("ingest", "the broker restarted: new producer, topics recreated")
+    _replay_spool_after_restart(supervisor, settings)
     return None
 
 
@@ -487,9 +539,11 @@ def drain_spark(
             logger.warning(
                 "spark: %d message(s) not yet written; %s",
                 left,
-                "they are lost with the embedded broker"
-                if embedded_broker
-                else "the next start reads them",
+                "the next start reads them"
+                if not embedded_broker
+                else "they are kept in the spool"
+                if settings.spool_dir is not None
+                else "they are lost with the embedded broker",
             )
         else:
             logger.info("spark: every message of %s is written", settings.kafka_topic)

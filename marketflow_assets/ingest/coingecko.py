@@ -252,11 +252,28 @@ class CoinGeckoClient:
         ``deadline`` is a :func:`time.monotonic` instant after which no retry is started.
         Raises :class:`CoinGeckoError` when a page cannot be fetched.
         """
+        records, error = self.fetch_markets_partial(n_coins, deadline=deadline)
+        if error is not None:
+            raise error
+        return records
+
+    def fetch_markets_partial(
+        self, n_coins: int, *, deadline: float | None = None
+    ) -> tuple[list[Any], CoinGeckoError | None]:
+        """Like :meth:`fetch_markets`, but a page that cannot be fetched (after its retries)
+        ends the poll with the pages fetched before it: ``(records of pages 1..k-1, error of
+        page k)``; the error is None when every page came. A failed first page gives
+        ``([], error)``."""
         pages, per_page = pages_for(n_coins)
         records: list[Any] = []
         seen: set[str] = set()
         for page in range(1, pages + 1):
-            rows = self._get_page(page, per_page, deadline)
+            try:
+                rows = self._get_page(page, per_page, deadline)
+            except CoinGeckoError as exc:
+                if not str(exc).startswith("CoinGecko page"):  # say which page failed
+                    exc = CoinGeckoError(f"CoinGecko page {page} of {pages}: {exc}")
+                return records[:n_coins], exc
             for row in rows:
                 coin_id = row.get("id") if isinstance(row, dict) else None
                 if page > 1 and isinstance(coin_id, str) and coin_id in seen:
@@ -268,7 +285,7 @@ class CoinGeckoClient:
                 records.append(row)
             if len(rows) < per_page:
                 break  # the last page CoinGecko has
-        return records[:n_coins]
+        return records[:n_coins], None
 
     def ping(self, timeout: float = 3.0) -> bool:
         """True when the API answers (``/ping``, else one tiny ``/coins/markets`` request)."""

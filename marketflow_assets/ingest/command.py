@@ -4,6 +4,12 @@ Exit codes: 0 success, 2 bad usage/config (:class:`~marketflow_assets.settings.C
 1 runtime failure. A finite run (``--once``, a replay file, ``--max-polls``) exits 0 only when
 every poll completed and every message was acknowledged by the broker; an endless run stopped
 by SIGINT/SIGTERM exits 0 after finishing the poll in hand.
+
+Durability (:mod:`marketflow_assets.ingest.spool`): each poll is fsynced to the spool before it
+is sent and stays there until its records are in raw Parquet; the spool is resent when ingest
+starts, when the broker lost the topic, and by ``--replay-spool``. Failed sends are retried
+(``MARKETFLOW_SEND_ATTEMPTS``, ``MARKETFLOW_SEND_BACKOFF_SECONDS``); ``--resume-file`` moves on
+only past polls whose every record the broker acknowledged.
 """
 
 from __future__ import annotations
@@ -26,14 +32,15 @@ from marketflow_assets.ingest.coingecko import (
     quota_warnings,
 )
 from marketflow_assets.ingest.progress import ReplayProgress
-from marketflow_assets.ingest.publish import Publisher
+from marketflow_assets.ingest.publish import Publisher, PublishResult
 from marketflow_assets.ingest.sources import (
     LiveSource,
     ReplayRecorder,
     ReplaySource,
     SimulateSource,
 )
-from marketflow_assets.ingest.validate import validate_poll
+from marketflow_assets.ingest.spool import Spool, SpoolBusy, SpooledPoll, count_records
+from marketflow_assets.ingest.validate import ValidatedPoll, validate_poll
 from marketflow_assets.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -102,6 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=30.0,
         help="seconds the broker has to acknowledge a poll before it counts as failed",
+    )
+    parser.add_argument(
+        "--replay-spool",
+        action="store_true",
+        help="resend every record of the spool (MARKETFLOW_SPOOL_DIR) that is not yet in raw "
+        "Parquet, then exit (0 when the broker acknowledged them all)",
     )
     parser.add_argument(
         "--metrics-port",
@@ -219,29 +232,244 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+class Delivery:
+    """Spool, send, acknowledge and progress of each poll; reconcile and resends of the spool.
+
+    * :meth:`deliver`: the poll is appended to the spool and fsynced, then sent (with retries);
+      the records the broker acknowledged get an ack marker.
+    * :meth:`save_progress`: a replay line is saved only when its whole poll was acknowledged;
+      after a line that was not, the saved position stays put for the rest of the run (a restart
+      resumes at the first line not delivered; what follows it is deduplicated by Spark).
+    * :meth:`start` and :meth:`tick` (before every poll) resend the spooled records that raw
+      Parquet lacks and the topic *as it is now* never acknowledged: at start-up, at once when
+      the broker lost the topic (its Kafka topic id changed, an acknowledged offset went back, or
+      the topic had to be created again), else every ``reconcile_s`` after pruning the records
+      found in raw Parquet. After an in-memory broker's restart that is every spooled record.
+    """
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        spool: Spool | None,
+        raw_dir: Path,
+        *,
+        reconcile_s: float = 60.0,
+        progress: ReplayProgress | None = None,
+        clock=time.monotonic,
+    ):
+        self.publisher = publisher
+        self.spool = spool
+        self.raw_dir = raw_dir
+        self.reconcile_s = reconcile_s
+        self.progress = progress
+        self.progress_blocked = False
+        self.clock = clock
+        self.next_reconcile = clock() + reconcile_s
+        self.topic_id = publisher.topic_id()
+
+    def deliver(self, validated: ValidatedPoll) -> tuple[PublishResult, bool]:
+        """Spool then send one poll; returns the send result and whether it is on disk."""
+        durable = self.spool is None  # without a spool, an acknowledgement is all there is
+        if self.spool is not None:
+            try:
+                self.spool.append_poll(validated.ts, validated.good, validated.bad)
+                durable = True
+            except (OSError, ValueError) as exc:
+                log.error(
+                    "poll %s: could not write the spool %s (%s); sending it without",
+                    validated.ts,
+                    self.spool.dir,
+                    exc,
+                )
+        result = self.publisher.publish(validated)
+        self._ack(validated.ts, result)
+        return result, durable
+
+    def _ack(self, ts: str, result: PublishResult) -> None:
+        if self.spool is None or not result.acked:
+            return
+        try:
+            self.spool.ack(ts, result.acked, self.publisher.topic_id())
+        except OSError as exc:  # the marker only spares a resend
+            log.warning("poll %s: could not write the ack marker (%s)", ts, exc)
+
+    def save_progress(self, line: int | None, delivered: bool) -> None:
+        if self.progress is None or line is None or self.progress_blocked:
+            return
+        if not delivered:
+            self.progress_blocked = True
+            log.warning(
+                "replay: line %d was not fully acknowledged; the saved position stays before "
+                "it for the rest of this run (a restart resumes there)",
+                line,
+            )
+            return
+        self.progress.save(line)
+
+    # ----------------------------------------------------------------------------------------
+    def resend(self, polls: list[SpooledPoll], why: str) -> tuple[int, int]:
+        """Send ``polls`` again; returns (records acknowledged, records not acknowledged)."""
+        acked = failed = 0
+        if not polls:
+            return 0, 0
+        log.info(
+            "spool: resending %d record(s) of %d poll(s) (%s)",
+            count_records(polls),
+            len(polls),
+            why,
+        )
+        for k, poll in enumerate(polls):
+            result = self.publisher.publish(ValidatedPoll(poll.ts, good=poll.messages()))
+            self._ack(poll.ts, result)
+            acked += result.good_acked
+            failed += len(result.failures)
+            if result.failures and not result.good_acked:
+                # the broker takes nothing (after every retry): do not stall on the other polls
+                failed += count_records(polls[k + 1 :])
+                break
+        log.info(
+            "spool: %d record(s) resent and acknowledged%s",
+            acked,
+            f", {failed} NOT acknowledged (kept in the spool)" if failed else "",
+        )
+        return acked, failed
+
+    def _prune(self) -> None:
+        """Drop the spooled records found in raw Parquet (a failure is logged, not raised)."""
+        try:
+            removed, kept = self.spool.prune(self.raw_dir)
+        except Exception as exc:  # noqa: BLE001 - a reconcile must not stop ingest
+            log.warning("spool: could not check %s against raw Parquet: %s", self.raw_dir, exc)
+            return
+        if removed:
+            log.info(
+                "spool: %d record(s) are in raw Parquet and left the spool; %d kept", removed, kept
+            )
+
+    def start(self, *, everything: bool = False) -> tuple[int, int]:
+        """Resend what an earlier run spooled, raw Parquet lacks and this topic never took
+        (``everything``: whether the topic took it or not)."""
+        if self.spool is None:
+            return 0, 0
+        self.publisher.topic_reset = False
+        self.topic_id = self.publisher.topic_id()
+        self._prune()
+        if everything:
+            return self.resend(self.spool.polls(), "--replay-spool: not yet in raw Parquet")
+        return self.resend(
+            self.spool.unacked(self.topic_id),
+            "spooled earlier, not in raw Parquet nor in the topic as it is now",
+        )
+
+    def tick(self) -> tuple[int, int]:
+        """Resend at once when the broker lost the topic, else reconcile when due."""
+        if self.spool is None:
+            return 0, 0
+        topic_id = self.publisher.topic_id()
+        lost = self.publisher.topic_reset or topic_id != self.topic_id
+        if not lost and self.clock() < self.next_reconcile:
+            return 0, 0
+        if lost:
+            log.warning(
+                "Kafka topic %s was re-created (topic id %s -> %s): resending the spool",
+                self.publisher.topic,
+                self.topic_id,
+                topic_id,
+            )
+        forget_acks = self.publisher.topic_reset and topic_id is None  # no ids: trust no ack
+        self.publisher.topic_reset = False
+        self.topic_id = topic_id
+        self.next_reconcile = self.clock() + self.reconcile_s
+        self._prune()
+        polls = self.spool.polls() if forget_acks else self.spool.unacked(topic_id)
+        why = "the broker lost the topic" if lost else "not acknowledged by the topic"
+        return self.resend(polls, why)
+
+
+def _open_spool(settings: Settings) -> Spool | None:
+    if settings.spool_dir is None:
+        return None
+    try:
+        return Spool(settings.spool_dir, settings.kafka_topic)
+    except SpoolBusy as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"MARKETFLOW_SPOOL_DIR {settings.spool_dir}: cannot use it ({exc}); fix it or set "
+            "MARKETFLOW_SPOOL_DIR=off"
+        ) from None
+
+
+def _make_publisher(args: argparse.Namespace, settings: Settings) -> Publisher:
+    return Publisher(
+        settings.kafka_bootstrap,
+        settings.kafka_topic,
+        settings.dlq_topic,
+        partitions=args.partitions,
+        delivery_timeout_s=getattr(args, "delivery_timeout", 30.0),
+        # a reconnect between send attempts waits no longer than a delivery
+        connect_timeout_s=min(10.0, getattr(args, "delivery_timeout", 30.0)),
+        send_attempts=settings.send_attempts,
+        send_backoff_s=settings.send_backoff_seconds,
+    )
+
+
+def replay_spool(args: argparse.Namespace, settings: Settings) -> int:
+    """``marketflow ingest --replay-spool``: resend the spooled records not in raw Parquet."""
+    if not settings.kafka_bootstrap:
+        raise ConfigError(
+            "MARKETFLOW_KAFKA_BOOTSTRAP is not set: --replay-spool needs the Kafka broker the "
+            "Spark job reads"
+        )
+    if settings.spool_dir is None:
+        raise ConfigError("MARKETFLOW_SPOOL_DIR is off: there is no spool to replay")
+    spool = _open_spool(settings)
+    publisher = None
+    try:
+        publisher = _make_publisher(args, settings)
+        publisher.ensure_topics()
+        delivery = Delivery(publisher, spool, settings.raw_dir)
+        acked, failed = delivery.start(everything=True)
+        print(
+            f"replay-spool: {acked} record(s) resent to {settings.kafka_topic} and acknowledged"
+            + (f", {failed} NOT acknowledged (still in the spool {spool.dir})" if failed else "")
+        )
+        return 1 if failed else 0
+    finally:
+        if publisher is not None:
+            publisher.close()
+        spool.close()
+
+
 def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | None = None) -> int:
     """Run ``marketflow ingest``; returns the exit code (raises ConfigError for bad config)."""
-    _check_args(args, settings)
-    args.source = cli_defaults.resolve_source(args.source, settings, log)
     if logging.getLogger("kafka").level == logging.NOTSET:
         logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
+    if getattr(args, "replay_spool", False):
+        return replay_spool(args, settings)
+    _check_args(args, settings)
+    args.source = cli_defaults.resolve_source(args.source, settings, log)
     stop = stop or threading.Event()
     recorder = ReplayRecorder(args.record) if args.record else None
     progress = None
     if getattr(args, "resume_file", None) and args.source == "replay":
         progress = ReplayProgress(args.resume_file, args.replay_file)
     publisher = None
+    spool = None
     metrics, poll_alerts = _monitoring(args)
     try:
         source = _make_source(args, settings, progress)
-        publisher = Publisher(
-            settings.kafka_bootstrap,
-            settings.kafka_topic,
-            settings.dlq_topic,
-            partitions=args.partitions,
-            delivery_timeout_s=getattr(args, "delivery_timeout", 30.0),
-        )
+        spool = _open_spool(settings)
+        publisher = _make_publisher(args, settings)
         publisher.ensure_topics()
+        delivery = Delivery(
+            publisher,
+            spool,
+            settings.raw_dir,
+            reconcile_s=settings.spool_reconcile_seconds,
+            progress=progress,
+        )
+        delivery.start()
         log.info(
             "ingest: source=%s -> topic %s (dead letters: %s) on %s",
             args.source,
@@ -250,10 +478,11 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
             settings.kafka_bootstrap,
         )
         finite = args.once or args.source == "replay" or args.max_polls is not None
-        totals = {"polls": 0, "failed_polls": 0, "good": 0, "bad": 0, "unacked": 0}
+        totals = {"polls": 0, "failed_polls": 0, "partial": 0, "good": 0, "bad": 0, "unacked": 0}
         last_updates: dict[str | None, str] = {}  # coin id -> last_updated of the previous poll
         with _stop_on_signals(stop):
             for poll in source.polls(stop, max_polls=args.max_polls):
+                delivery.tick()  # a lost topic is resent first; the spool reconciled when due
                 totals["polls"] += 1
                 if poll.records is None:
                     totals["failed_polls"] += 1
@@ -262,9 +491,16 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                     )
                     metrics.poll_failed()
                     poll_alerts.poll(False, f"the source failed: {poll.error}")
-                    if progress is not None and poll.line is not None:
-                        progress.save(poll.line)  # a broken line stays broken: not retried
+                    delivery.save_progress(poll.line, True)  # a broken line stays broken
                     continue
+                if poll.error:  # a live poll whose later page failed: the pages that came
+                    totals["partial"] += 1
+                    log.error(
+                        "poll %s: publishing the %d record(s) that came; %s",
+                        poll.ts,
+                        len(poll.records),
+                        poll.error,
+                    )
                 started = time.monotonic()
                 validated = validate_poll(poll.records, poll.ts)
                 for message in validated.bad:
@@ -274,13 +510,12 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                         message.key or "record without id",
                         message.value["reason"],
                     )
-                result = publisher.publish(validated)
+                result, durable = delivery.deliver(validated)
                 # Recorded only once acknowledged, and never twice (a restarted replay may
                 # publish the last poll of the previous run again: it was recorded then).
                 if recorder is not None and result.acked and poll.ts != recorder.last_ts:
                     recorder.append(poll.ts, [m.raw for m in result.acked])
-                if progress is not None and poll.line is not None:
-                    progress.save(poll.line)
+                delivery.save_progress(poll.line, result.ok and durable)
                 totals["good"] += result.good_acked
                 totals["bad"] += result.bad_acked
                 totals["unacked"] += len(result.failures)
@@ -300,6 +535,8 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                         f"{settings.kafka_bootstrap} ({result.failures[0]})",
                         broker=True,
                     )
+                elif poll.error:
+                    poll_alerts.poll(False, f"the source failed part of the poll: {poll.error}")
                 else:
                     poll_alerts.poll(True)
                 updates = {m.key: m.value["last_updated"] for m in validated.good}
@@ -322,11 +559,13 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                         "published again with the new ts",
                         poll.ts,
                     )
+            delivery.tick()  # a topic lost during the last poll is resent before exiting
         log.info(
-            "ingest finished: %d poll(s), %d failed; %d messages and %d dead letters "
-            "acknowledged, %d not acknowledged",
+            "ingest finished: %d poll(s), %d failed, %d incomplete; %d messages and %d dead "
+            "letters acknowledged, %d not acknowledged",
             totals["polls"],
             totals["failed_polls"],
+            totals["partial"],
             totals["good"],
             totals["bad"],
             totals["unacked"],
@@ -335,9 +574,11 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
             return 0
         if totals["polls"] == 0 and not stop.is_set():
             log.warning("ingest: the source produced no polls (empty replay file?)")
-        return 1 if (totals["failed_polls"] or totals["unacked"]) else 0
+        return 1 if (totals["failed_polls"] or totals["partial"] or totals["unacked"]) else 0
     finally:
         if publisher is not None:
             publisher.close()
+        if spool is not None:
+            spool.close()
         if recorder is not None:
             recorder.close()

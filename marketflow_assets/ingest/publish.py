@@ -5,12 +5,17 @@
   a plain producer and one log line saying so).
 * Topics: the price topic and its dead-letter twin are created when missing, with the
   configured partition count; an existing topic is used as it is.
-* Delivery: every send's future is resolved after ``flush``; a failed send is counted and
-  reported, never ignored.
+* Delivery: every send's future is resolved after ``flush``; a failed send is retried
+  (``send_attempts`` attempts in all, ``send_backoff_s`` doubling between them, a new producer
+  and the topics ensured again before each retry), then counted and reported, never ignored.
+* Topic reset: an acknowledged offset below one acknowledged earlier on the same partition (or
+  a topic that had to be created again) means the broker lost the topic (an in-memory broker
+  restarted): :attr:`Publisher.topic_reset` is set so that ingest resends its spool.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -61,6 +66,9 @@ class Publisher:
         client_id: str = "marketflow-ingest",
         delivery_timeout_s: float = 30.0,
         connect_timeout_s: float = 10.0,
+        send_attempts: int = 1,
+        send_backoff_s: float = 0.5,
+        sleep=time.sleep,
     ):
         if partitions < 1:
             raise ConfigError("--partitions must be at least 1")
@@ -71,7 +79,13 @@ class Publisher:
         self.client_id = client_id
         self.delivery_timeout_s = delivery_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.send_attempts = max(1, send_attempts)
+        self.send_backoff_s = send_backoff_s
+        self._sleep = sleep
         self.idempotent = True
+        self.topic_reset = False  # set when the broker lost the topic; ingest clears it
+        self._high_offsets: dict[tuple[str, int], int] = {}
+        self._topics_seen = False
         self._producer = self._make_producer(idempotent=True)
 
     # ----------------------------------------------------------------------------------------
@@ -134,6 +148,9 @@ class Publisher:
                 try:
                     admin.create_topics([NewTopic(name, self.partitions, 1)])
                     log.info("created Kafka topic %s with %d partition(s)", name, self.partitions)
+                    if self._topics_seen and name == self.topic:
+                        log.warning("Kafka topic %s had to be created again", name)
+                        self.topic_reset = True
                 except TopicAlreadyExistsError:
                     log.info("Kafka topic %s exists", name)
         finally:
@@ -145,6 +162,7 @@ class Publisher:
                 if time.monotonic() > deadline:
                     raise KafkaError(f"topic {name} has no partitions after creation")
                 time.sleep(0.1)
+        self._topics_seen = True
 
     # ----------------------------------------------------------------------------------------
     def _send_all(self, messages: list[tuple[str, Message]]) -> list[str | None]:
@@ -169,7 +187,8 @@ class Publisher:
                 continue
             try:
                 # one shared deadline: a dead broker costs one delivery timeout, not one per message
-                future.get(timeout=max(0.05, deadline - time.monotonic()))
+                metadata = future.get(timeout=max(0.05, deadline - time.monotonic()))
+                self._note_offset(metadata)
                 outcomes.append(None)
             except _IDEMPOTENCE_ERRORS:
                 raise
@@ -177,9 +196,90 @@ class Publisher:
                 outcomes.append(f"{type(exc).__name__}: {exc}")
         return outcomes
 
+    def _note_offset(self, metadata) -> None:
+        """Track the highest acknowledged offset per partition; a lower one = a reset topic."""
+        topic = getattr(metadata, "topic", None)
+        offset = getattr(metadata, "offset", None)
+        if topic != self.topic or not isinstance(offset, int) or offset < 0:
+            return
+        key = (topic, metadata.partition)
+        high = self._high_offsets.get(key)
+        if high is not None and offset < high:
+            log.warning(
+                "Kafka acknowledged offset %d on %s[%d] after offset %d: the broker lost the "
+                "topic (restarted?)",
+                offset,
+                topic,
+                metadata.partition,
+                high,
+            )
+            self.topic_reset = True
+            self._high_offsets = {}
+        self._high_offsets[key] = max(offset, self._high_offsets.get(key, -1))
+
+    def topic_id(self) -> str | None:
+        """Kafka's id of the topic as the producer last saw it (a re-created topic has a new
+        one); None when the broker does not report topic ids."""
+        try:
+            value = self._producer._metadata.topic_id(self.topic)  # kafka-python's cluster view
+        except Exception:  # noqa: BLE001 - an older client or no metadata yet
+            return None
+        return str(value) if value else None
+
+    def _reconnect(self) -> None:
+        """A new producer and the topics ensured again (the broker may have restarted)."""
+        fresh = self._make_producer(idempotent=self.idempotent)  # raises: the old one stays
+        old, self._producer = self._producer, fresh
+        with contextlib.suppress(Exception):
+            old.close(timeout=0)
+        self.ensure_topics()
+
     def publish(self, poll: ValidatedPoll) -> PublishResult:
-        """Send every good message to the topic and every dead letter to the DLQ."""
+        """Send every good message to the topic and every dead letter to the DLQ; the sends
+        that fail are retried up to ``send_attempts`` attempts in all (backoff doubling from
+        ``send_backoff_s``). The result lists what was acknowledged and what was not."""
         messages = [(self.topic, m) for m in poll.good] + [(self.dlq_topic, m) for m in poll.bad]
+        result = PublishResult()
+        failed: list[tuple[tuple[str, Message], str]] = []
+        for attempt in range(1, self.send_attempts + 1):
+            if attempt > 1:
+                delay = self.send_backoff_s * 2 ** (attempt - 2)
+                log.warning(
+                    "%d message(s) of poll %s not acknowledged (%s); retrying in %.2g s "
+                    "(attempt %d/%d)",
+                    len(messages),
+                    poll.ts,
+                    failed[0][1],
+                    delay,
+                    attempt,
+                    self.send_attempts,
+                )
+                self._sleep(delay)
+                try:
+                    self._reconnect()
+                except (ConfigError, KafkaError) as exc:
+                    failed = [(item, f"reconnect failed: {exc}") for item, _ in failed]
+                    continue
+            failed = []
+            for item, outcome in zip(messages, self._send_once(messages), strict=True):
+                topic, message = item
+                if outcome is None:
+                    if topic == self.topic:
+                        result.good_acked += 1
+                        result.acked.append(message)
+                    else:
+                        result.bad_acked += 1
+                else:
+                    failed.append((item, outcome))
+            if not failed:
+                return result
+            messages = [item for item, _ in failed]
+        result.failures = [f"{topic} key={m.key}: {why}" for (topic, m), why in failed]
+        return result
+
+    def _send_once(self, messages: list[tuple[str, Message]]) -> list[str | None]:
+        """One attempt at ``messages`` (falls back to a plain producer when idempotence is
+        refused)."""
         try:
             outcomes = self._send_all(messages)
         except _IDEMPOTENCE_ERRORS as exc:
@@ -192,17 +292,7 @@ class Publisher:
             self.idempotent = False
             self._producer = self._make_producer(idempotent=False)
             outcomes = self._send_all(messages)
-        result = PublishResult()
-        for (topic, message), outcome in zip(messages, outcomes, strict=True):
-            if outcome is None:
-                if topic == self.topic:
-                    result.good_acked += 1
-                    result.acked.append(message)
-                else:
-                    result.bad_acked += 1
-            else:
-                result.failures.append(f"{topic} key={message.key}: {outcome}")
-        return result
+        return outcomes
 
     def close(self) -> None:
         self._producer.close(timeout=self.delivery_timeout_s)

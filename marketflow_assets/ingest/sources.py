@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Poll:
-    """One snapshot: ``records`` is None when the poll failed (``error`` says why)."""
+    """One snapshot: ``records`` is None when the poll failed (``error`` says why); a live poll
+    whose later page failed has the records of the pages that came and an ``error`` too."""
 
     ts: str
     records: list[Any] | None
@@ -250,13 +251,23 @@ class LiveSource:
             # retries must end before the next tick is due (or within a budget for --once)
             budget = self.once_budget_s if self.once else max(1.0, self.interval_s - 1.0)
             try:
-                records = self.client.fetch_markets(self.n_coins, deadline=started + budget)
+                records, error = self.client.fetch_markets_partial(
+                    self.n_coins, deadline=started + budget
+                )
             except CoinGeckoError as exc:
-                yield Poll(ts=ts, records=None, error=str(exc), label="coingecko")
+                records, error = [], exc
+            if error is not None and not records:
+                yield Poll(ts=ts, records=None, error=str(error), label="coingecko")
                 continue
             if self.recorder is not None:
                 self.recorder.append(ts, records)
-            yield Poll(ts=ts, records=records, label="coingecko")
+            # A later page failed: the pages that came are published (error says what is missing)
+            yield Poll(
+                ts=ts,
+                records=records,
+                error=None if error is None else f"incomplete poll: {error}",
+                label="coingecko",
+            )
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ def test_ingest_metrics_match_the_broker_and_broker_loss_alerts(tmp_path):
                 **os.environ,
                 "MARKETFLOW_KAFKA_BOOTSTRAP": bootstrap,
                 "MARKETFLOW_KAFKA_TOPIC": "prices",
+                "MARKETFLOW_DATA_DIR": str(tmp_path / "data"),  # its own spool, not ./data's
                 "MARKETFLOW_ALERT_WEBHOOK_URL": hook.url,
                 "MARKETFLOW_ALERT_COOLDOWN_SECONDS": "0",
             }
