@@ -1,4 +1,4 @@
-"""The ``marketflow`` command: ``up``, ``ingest``, ``refresh``, ``follow``, ``forecast``,
+"""The ``marketflow`` command: ``up``, ``ingest``, ``live``, ``refresh``, ``follow``, ``forecast``,
 ``dashboard``, ``compact``.
 
 Exit codes (README): 0 success, 2 bad usage or configuration (one line on stderr), 1 runtime
@@ -49,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     follow.add_arguments(p_follow)
     p_follow.set_defaults(handler=follow.run)
+
+    from marketflow_assets.live import command as live_command
+
+    p_live = sub.add_parser(
+        "live", help="update price_indicators and market_movers straight from the Kafka topic"
+    )
+    live_command.add_arguments(p_live)
+    p_live.set_defaults(handler=live_command.run)
 
     p_refresh = sub.add_parser("refresh", help="materialize the indicator tables through Dagster")
     refresh.add_arguments(p_refresh)

@@ -290,6 +290,9 @@ def create_all_sql() -> list[str]:
             "END IF; END $$"
             for t in SOURCE_TABLES
         ),
+        # the live rows Dagster has not replaced yet (few): what it compares before replacing
+        f"CREATE INDEX IF NOT EXISTS price_indicators_live_idx ON price_indicators (ts) "
+        f"WHERE {SOURCE_COLUMN} = '{SOURCE_LIVE}'",
         f"CREATE TABLE IF NOT EXISTS {LIVE_OFFSETS_TABLE} (\n  {offsets},\n"
         f"  PRIMARY KEY ({', '.join(LIVE_OFFSETS_KEY)})\n)",
     ]
