@@ -175,6 +175,8 @@ class LiveConsumer:
         stats = BatchStats(
             len(records), inserted, len(skipped), invalid, movers, time.perf_counter() - started
         )
+        self.stats.append(stats)
+        del self.stats[:-1000]  # the last batches only (tests and benchmarks read them)
         logger.info(
             "live: %d record(s) -> %d row(s), %d mover row(s), %d skipped, %d invalid, %.3f s",
             stats.records,
