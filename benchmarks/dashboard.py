@@ -193,6 +193,7 @@ def _calls(db, snapshot, previous, coins: list[str], newest, rng) -> dict:
         "movers": lambda: q.movers(db, snapshot, previous),
         "snapshot_coins": lambda: q.snapshot_coins(db, snapshot),
         "newest_indicator_ts": lambda: q.newest_indicator_ts(db),
+        "latest_row_source": lambda: q.latest_row_source(db),
         "promoted_forecast": lambda: q.promoted_forecast(db),
         "coins": lambda: q.coins(db),
         "candles": lambda: q.candles(db, *coin_range()),

@@ -32,6 +32,7 @@ from benchmarks import data, project
 from benchmarks.report import print_table, ratio_line
 from benchmarks.seed import seed_full_recompute
 from marketflow_assets.indicators import INDICATOR_COLUMNS
+from marketflow_assets.schema import column_names
 
 logger = logging.getLogger(__name__)
 
@@ -116,12 +117,14 @@ def _database(server_url: str, name: str) -> str:
 def _period(url: str, start, end) -> tuple[pd.DataFrame, pd.DataFrame]:
     ind = _query(
         url,
-        "SELECT * FROM price_indicators WHERE ts >= %s AND ts < %s ORDER BY coin_id, ts",
+        f"SELECT {', '.join(column_names('price_indicators'))} FROM price_indicators "
+        "WHERE ts >= %s AND ts < %s ORDER BY coin_id, ts",
         (start, end),
     )
     mov = _query(
         url,
-        "SELECT * FROM market_movers WHERE snapshot_ts >= %s AND snapshot_ts < %s "
+        f"SELECT {', '.join(column_names('market_movers'))} FROM market_movers "
+        "WHERE snapshot_ts >= %s AND snapshot_ts < %s "
         "ORDER BY snapshot_ts, direction, rank",
         (start, end),
     )

@@ -1,4 +1,4 @@
-"""The ``marketflow`` command: ``up``, ``ingest``, ``refresh``, ``follow``, ``forecast``,
+"""The ``marketflow`` command: ``up``, ``ingest``, ``live``, ``refresh``, ``follow``, ``forecast``,
 ``dashboard``, ``compact``, ``stream``, ``spark-cluster``.
 
 Exit codes (README): 0 success, 2 bad usage or configuration (one line on stderr), 1 runtime
@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     from marketflow_assets import compaction, follow, forecast, refresh, spark_standalone, up
     from marketflow_assets.dashboard import command as dashboard_command
     from marketflow_assets.ingest import command as ingest_command
+    from marketflow_assets.live import command as live_command
     from spark_streaming import kafka_streaming
 
     parser = _Parser(prog="marketflow", description=DESCRIPTION, formatter_class=HelpFormatter)
@@ -85,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         "refresh price_indicators in process as soon as raw files appear",
         follow.add_arguments,
         follow.run,
+    )
+    add(
+        "live",
+        "update price_indicators and market_movers straight from the Kafka topic",
+        live_command.add_arguments,
+        live_command.run,
     )
     add(
         "refresh",

@@ -44,6 +44,7 @@ would not fit in int64 (ranges of centuries) and by tests.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -559,3 +560,248 @@ def state_from_indicators(indicators: pd.DataFrame, start: Any) -> pd.DataFrame:
     last = last.loc[:, ["coin_id", "ts", "ema_3min"]].rename(columns={"ts": "ema_ts"})
     state = last.merge(ref, on="coin_id", how="left")
     return state.loc[:, list(STATE_COLUMNS)].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Live path: per-coin state carried from poll to poll (``marketflow_assets/live``).
+# --------------------------------------------------------------------------------------------
+#: Observations the live path keeps per coin: every one within 300 s of the coin's newest, plus
+#: the latest one at least 300 s older (the ``p_ref`` of ``change_5min`` for the next rows).
+LIVE_RETAIN_SECONDS = LOOKBACK_SECONDS
+#: How far back the live path reads ``price_indicators`` on start (before the newest ``ts``).
+LIVE_REBUILD_SECONDS = 2 * LOOKBACK_SECONDS
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """State of the live path for many coins, enough to compute the next rows exactly.
+
+    ``obs``: retained observations, columns ``coin_id``, ``t`` (int64 ns), ``p`` (price), sorted
+    by ``coin_id, t`` (see :data:`LIVE_RETAIN_SECONDS`); ``last``: per coin (index ``coin_id``)
+    the newest observation's ``t`` and its ``ema_3min`` (the EMA continues from it).
+    Immutable: :func:`advance_indicators` returns a new state, so a caller can keep the old one
+    until the rows computed with the new one are committed.
+    """
+
+    obs: pd.DataFrame
+    last: pd.DataFrame
+
+    @classmethod
+    def empty(cls) -> LiveState:
+        obs = pd.DataFrame(
+            {
+                "coin_id": pd.Series(dtype=object),
+                "t": pd.Series(dtype=np.int64),
+                "p": pd.Series(dtype=np.float64),
+            }
+        )
+        last = pd.DataFrame(
+            {"t": pd.Series(dtype=np.int64), "ema_3min": pd.Series(dtype=np.float64)},
+            index=pd.Index([], dtype=object, name="coin_id"),
+        )
+        return cls(obs, last)
+
+    @classmethod
+    def from_rows(cls, rows: pd.DataFrame) -> LiveState:
+        """State from stored ``price_indicators`` rows (``coin_id``, ``ts``, ``price``,
+        ``ema_3min``): each coin's newest row gives the EMA, the rows within
+        :data:`LIVE_RETAIN_SECONDS` of it (and the one before) the windows and references.
+        ``rows`` must hold, per coin, every stored row in that span (e.g. the last
+        :data:`LIVE_REBUILD_SECONDS` of the table plus each coin's last older row)."""
+        if rows.empty:
+            return cls.empty()
+        frame = pd.DataFrame(
+            {
+                "coin_id": rows["coin_id"].to_numpy(dtype=object),
+                "t": to_ns(rows["ts"]),
+                "p": rows["price"].to_numpy(dtype=np.float64),
+                "ema_3min": rows["ema_3min"].to_numpy(dtype=np.float64),
+            }
+        )
+        frame = frame.sort_values(["coin_id", "t"], kind="mergesort")
+        frame = frame.drop_duplicates(["coin_id", "t"], keep="last")
+        last = frame.groupby("coin_id", sort=True).tail(1).set_index("coin_id")
+        return cls(_prune(frame.loc[:, ["coin_id", "t", "p"]]), last.loc[:, ["t", "ema_3min"]])
+
+    def last_ts(self, coin_ids: np.ndarray) -> np.ndarray:
+        """Newest ``t`` (int64 ns) of each of ``coin_ids``; int64 min for unknown coins."""
+        found = self.last["t"].reindex(pd.Index(coin_ids, dtype=object))
+        return found.fillna(np.iinfo(np.int64).min).to_numpy(dtype=np.int64)
+
+
+def _prune(obs: pd.DataFrame) -> pd.DataFrame:
+    """Keep, per coin, the observations after ``newest - 300 s`` and the latest one before."""
+    if obs.empty:
+        return obs.reset_index(drop=True)
+    newest = obs.groupby("coin_id", sort=False)["t"].transform("max").to_numpy()
+    recent = obs["t"].to_numpy() > newest - np.int64(LIVE_RETAIN_SECONDS) * _NS
+    ref = obs.loc[~recent].groupby("coin_id", sort=False).tail(1).index
+    keep = recent | obs.index.isin(ref)
+    return obs.loc[keep].reset_index(drop=True)
+
+
+def advance_indicators(
+    state: LiveState, batch: pd.DataFrame
+) -> tuple[pd.DataFrame, LiveState, pd.DataFrame]:
+    """The indicator rows of new observations, continuing from ``state`` (pure).
+
+    ``batch``: columns ``id``, ``symbol``, ``ts`` (tz-aware UTC or naive UTC), ``current_price``
+    (the raw columns), any order, several observations per coin allowed. An observation whose
+    ``ts`` is not newer than the coin's newest one in ``state`` is not computed (a duplicate
+    ``(coin, ts)``, or a late row: the exact recompute from raw owns it) and comes back in the
+    third frame. The others are computed by :func:`compute_indicators` on the coin's retained
+    observations + the new ones, the EMA continued from the stored value - the same formulas and
+    windows as a full recompute, so the rows equal it (EMA up to rounding, ``<= 1e-12``
+    relative). Duplicates inside ``batch`` keep the last one. Returns ``(rows, new_state,
+    skipped)``; ``rows`` has :data:`INDICATOR_COLUMNS` sorted by ``coin_id, ts``.
+    """
+    usable = batch["current_price"].notna() & batch["ts"].notna() & batch["id"].notna()
+    batch = batch.loc[usable]
+    ts = pd.to_datetime(batch["ts"], utc=True)
+    t_new = to_ns(ts)
+    coins = batch["id"].to_numpy(dtype=object)
+    fresh = t_new > state.last_ts(coins)
+    skipped = batch.loc[~fresh]
+    if not fresh.any():
+        return _empty_indicators(ts.dtype), state, skipped
+    new = pd.DataFrame(
+        {
+            "id": coins[fresh],
+            "symbol": batch["symbol"].to_numpy(dtype=object)[fresh],
+            "ts": ts.to_numpy()[fresh],
+            "current_price": batch["current_price"].to_numpy(dtype=np.float64)[fresh],
+        }
+    )
+    new["ts"] = pd.to_datetime(new["ts"], utc=True)
+    touched = pd.unique(new["id"])
+    old = state.obs.loc[state.obs["coin_id"].isin(touched)]
+    raw = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "id": old["coin_id"].to_numpy(dtype=object),
+                    "symbol": None,
+                    "ts": pd.to_datetime(old["t"].to_numpy(), utc=True),
+                    "current_price": old["p"].to_numpy(),
+                }
+            ),
+            new,
+        ],
+        ignore_index=True,
+    )
+    known = state.last.reindex(pd.Index(touched, dtype=object)).dropna(subset=["t"])
+    ema_state = pd.DataFrame(
+        {
+            "coin_id": known.index.to_numpy(dtype=object),
+            "ema_ts": known["t"].to_numpy(dtype=np.int64),
+            "ema_3min": known["ema_3min"].to_numpy(dtype=np.float64),
+        }
+    )
+    out = compute_indicators(raw, ema_state)
+    after = to_ns(out["ts"]) > state.last_ts(out["coin_id"].to_numpy(dtype=object))
+    rows = out.loc[after].reset_index(drop=True)
+    # the new state: retained + new observations, pruned; the newest row's EMA per coin
+    obs = pd.concat(
+        [
+            state.obs,
+            pd.DataFrame(
+                {
+                    "coin_id": rows["coin_id"].to_numpy(dtype=object),
+                    "t": to_ns(rows["ts"]),
+                    "p": rows["price"].to_numpy(),
+                }
+            ),
+        ],
+        ignore_index=True,
+    ).sort_values(["coin_id", "t"], kind="mergesort")
+    newest = rows.groupby("coin_id", sort=False).tail(1)
+    last_new = pd.DataFrame(
+        {"t": to_ns(newest["ts"]), "ema_3min": newest["ema_3min"].to_numpy()},
+        index=pd.Index(newest["coin_id"].to_numpy(dtype=object), name="coin_id"),
+    )
+    last = pd.concat([state.last.loc[~state.last.index.isin(last_new.index)], last_new])
+    return rows, LiveState(_prune(obs), last), skipped
+
+
+def step_indicators(state: LiveState, coin_id: str, ts: Any, price: float, symbol: Any = None):
+    """One observation of one coin: ``(row, new_state)``, ``row`` a dict of
+    :data:`INDICATOR_COLUMNS`, or None when ``ts`` is not newer than the coin's newest one
+    (duplicate or late). The single-coin form of :func:`advance_indicators` (same code)."""
+    batch = pd.DataFrame(
+        {
+            "id": [coin_id],
+            "symbol": [symbol],
+            "ts": [pd.Timestamp(ts)],
+            "current_price": [float(price)],
+        }
+    )
+    rows, new_state, _ = advance_indicators(state, batch)
+    if rows.empty:
+        return None, state
+    return rows.iloc[0].to_dict(), new_state
+
+
+#: Columns :func:`compare_indicator_rows` compares (``price`` and the five indicators).
+COMPARED_COLUMNS = INDICATOR_COLUMNS[3:]
+
+
+def compare_indicator_rows(
+    live_rows: pd.DataFrame, dagster_rows: pd.DataFrame, tol: float = 1e-9
+) -> pd.DataFrame:
+    """Differences between the live path's rows and Dagster's recompute, per ``(coin_id, ts)``.
+
+    Only keys present in both frames are compared (a live row Dagster did not recompute is not
+    a difference). For each of :data:`COMPARED_COLUMNS` the difference is
+    ``|a - b| / max(|a|, |b|)`` (relative; 0 when ``a == b``; both NULL = equal; NULL on one side
+    = ``inf``). Returns one row per key whose largest difference exceeds ``tol``: columns
+    ``coin_id``, ``ts``, ``column`` (the worst one), ``live``, ``dagster``, ``diff``, sorted by
+    ``diff`` descending, and ``attrs["compared"]`` = number of keys compared, ``attrs["max_diff"]``
+    = the largest difference over all compared keys (0.0 when none).
+    """
+    left = live_rows.assign(_t=to_ns(live_rows["ts"])) if len(live_rows) else None
+    right = dagster_rows.assign(_t=to_ns(dagster_rows["ts"])) if len(dagster_rows) else None
+    columns = ["coin_id", "ts", "column", "live", "dagster", "diff"]
+    if left is None or right is None:
+        result = pd.DataFrame(columns=columns)
+        result.attrs.update(compared=0, max_diff=0.0)
+        return result
+    both = left.loc[:, ["coin_id", "_t", "ts", *COMPARED_COLUMNS]].merge(
+        right.loc[:, ["coin_id", "_t", *COMPARED_COLUMNS]],
+        on=["coin_id", "_t"],
+        suffixes=("_live", "_dagster"),
+    )
+    diffs = np.zeros((len(both), len(COMPARED_COLUMNS)))
+    for i, name in enumerate(COMPARED_COLUMNS):
+        a = both[f"{name}_live"].to_numpy(dtype=np.float64)
+        b = both[f"{name}_dagster"].to_numpy(dtype=np.float64)
+        scale = np.maximum(np.abs(a), np.abs(b))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = np.abs(a - b) / scale
+        d[a == b] = 0.0
+        d[np.isnan(a) & np.isnan(b)] = 0.0
+        d[np.isnan(a) ^ np.isnan(b)] = np.inf
+        diffs[:, i] = d
+    worst = diffs.argmax(axis=1) if len(both) else np.empty(0, dtype=int)
+    largest = diffs.max(axis=1) if len(both) else np.empty(0)
+    bad = np.flatnonzero(largest > tol)
+    worst_names = np.array(COMPARED_COLUMNS, dtype=object)[worst[bad]]
+    result = pd.DataFrame(
+        {
+            "coin_id": both["coin_id"].to_numpy()[bad],
+            "ts": both["ts"].iloc[bad].to_numpy(),
+            "column": worst_names,
+            "live": [both[f"{c}_live"].iloc[i] for c, i in zip(worst_names, bad, strict=True)],
+            "dagster": [
+                both[f"{c}_dagster"].iloc[i] for c, i in zip(worst_names, bad, strict=True)
+            ],
+            "diff": largest[bad],
+        },
+        columns=columns,
+    )
+    if len(result):
+        result["ts"] = pd.to_datetime(result["ts"], utc=True)
+    result = result.sort_values("diff", ascending=False, kind="mergesort").reset_index(drop=True)
+    result.attrs.update(
+        compared=int(len(both)), max_diff=float(largest.max()) if len(largest) else 0.0
+    )
+    return result

@@ -199,13 +199,37 @@ TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
 }
 
 
+# Provenance of a row of ``price_indicators`` / ``market_movers``: ``'dagster'`` (the exact
+# recompute from raw Parquet, whose values win) or ``'live'`` (the live consumer reading the Kafka
+# topic, ``marketflow_assets/live``). Not part of :func:`column_names` (the computed columns):
+# writers that do not name it get ``'dagster'``. Added to existing tables by ``ALTER TABLE``.
+SOURCE_COLUMN = "source"
+SOURCE_LIVE = "live"
+SOURCE_DAGSTER = "dagster"
+SOURCE_COLUMN_DDL = (
+    f"text NOT NULL DEFAULT '{SOURCE_DAGSTER}' "
+    f"CHECK ({SOURCE_COLUMN} IN ('{SOURCE_LIVE}', '{SOURCE_DAGSTER}'))"
+)
+#: Tables that carry :data:`SOURCE_COLUMN`.
+SOURCE_TABLES = ("price_indicators", "market_movers")
+
+
 def column_names(table: str) -> tuple[str, ...]:
+    """The computed columns of ``table`` (without :data:`SOURCE_COLUMN`)."""
     return tuple(name for name, _ in TABLES[table][0])
+
+
+def stored_column_names(table: str) -> tuple[str, ...]:
+    """Every column of ``table`` as stored (:func:`column_names` + ``source`` where present)."""
+    extra = (SOURCE_COLUMN,) if table in SOURCE_TABLES else ()
+    return column_names(table) + extra
 
 
 def create_table_sql(table: str) -> str:
     """``CREATE TABLE IF NOT EXISTS`` statement for one of :data:`TABLES`."""
     columns, key = TABLES[table]
+    if table in SOURCE_TABLES:
+        columns = (*columns, (SOURCE_COLUMN, SOURCE_COLUMN_DDL))
     body = ",\n  ".join(f"{name} {kind}" for name, kind in columns)
     return f"CREATE TABLE IF NOT EXISTS {table} (\n  {body},\n  PRIMARY KEY ({', '.join(key)})\n)"
 
@@ -226,12 +250,23 @@ REFRESH_LEDGER_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 REFRESH_LEDGER_KEY = ("partition_start",)
 #: Tables that hold derived bookkeeping only (dropping them costs one full recompute per hour).
-STATE_TABLES = (REFRESH_LEDGER_TABLE,)
+# Kafka offsets of the live consumer (``marketflow_assets/live``): the next offset to read per
+# partition, committed in the same transaction as the rows computed from the records before it.
+LIVE_OFFSETS_TABLE = "live_offsets"
+LIVE_OFFSETS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("topic", "text NOT NULL"),
+    ("partition", "int NOT NULL"),
+    ("next_offset", "bigint NOT NULL"),
+    ("updated_at", "timestamptz NOT NULL DEFAULT now()"),
+)
+LIVE_OFFSETS_KEY = ("topic", "partition")
+STATE_TABLES = (REFRESH_LEDGER_TABLE, LIVE_OFFSETS_TABLE)
 
 
 def create_all_sql() -> list[str]:
     """DDL for every table plus the secondary indexes queries rely on."""
     body = ",\n  ".join(f"{name} {kind}" for name, kind in REFRESH_LEDGER_COLUMNS)
+    offsets = ",\n  ".join(f"{name} {kind}" for name, kind in LIVE_OFFSETS_COLUMNS)
     return [
         *(create_table_sql(t) for t in TABLES),
         "CREATE INDEX IF NOT EXISTS price_indicators_ts_idx ON price_indicators (ts)",
@@ -245,6 +280,21 @@ def create_all_sql() -> list[str]:
         "CREATE INDEX IF NOT EXISTS check_results_evaluated_at_idx ON check_results (evaluated_at)",
         f"CREATE TABLE IF NOT EXISTS {REFRESH_LEDGER_TABLE} (\n  {body},\n"
         f"  PRIMARY KEY ({', '.join(REFRESH_LEDGER_KEY)})\n)",
+        # tables created before the live path existed get the provenance column (rows: dagster)
+        # (guarded: ALTER TABLE takes an exclusive lock even when the column exists)
+        *(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM information_schema.columns "
+            f"WHERE table_schema = current_schema() AND table_name = '{t}' "
+            f"AND column_name = '{SOURCE_COLUMN}') THEN "
+            f"ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {SOURCE_COLUMN} {SOURCE_COLUMN_DDL}; "
+            "END IF; END $$"
+            for t in SOURCE_TABLES
+        ),
+        # the live rows Dagster has not replaced yet (few): what it compares before replacing
+        f"CREATE INDEX IF NOT EXISTS price_indicators_live_idx ON price_indicators (ts) "
+        f"WHERE {SOURCE_COLUMN} = '{SOURCE_LIVE}'",
+        f"CREATE TABLE IF NOT EXISTS {LIVE_OFFSETS_TABLE} (\n  {offsets},\n"
+        f"  PRIMARY KEY ({', '.join(LIVE_OFFSETS_KEY)})\n)",
     ]
 
 

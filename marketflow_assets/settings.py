@@ -415,3 +415,39 @@ def load_pipeline_settings(env: dict[str, str] | None = None) -> Settings:
         load_dotenv_once()
         env = dict(os.environ)
     return load_settings({k: v for k, v in env.items() if not k.startswith("COINGECKO_")})
+
+
+# ------------------------------------------------------------------------------------------------
+# Live path: Kafka -> price_indicators / market_movers in seconds (marketflow_assets/live)
+# ------------------------------------------------------------------------------------------------
+#: ``1`` (default): ``marketflow up`` starts the live consumer (``marketflow live``); ``0``: not.
+ENV_LIVE = "MARKETFLOW_LIVE"
+#: Seconds one Kafka poll of the live consumer waits for records (default 0.1).
+ENV_LIVE_POLL_TIMEOUT = "MARKETFLOW_LIVE_POLL_TIMEOUT"
+#: Most records the live consumer folds into one transaction (default 100000).
+ENV_LIVE_MAX_BATCH = "MARKETFLOW_LIVE_MAX_BATCH"
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """Settings of the live consumer (README: live path)."""
+
+    enabled: bool = True
+    poll_timeout_s: float = 0.1
+    max_batch_records: int = 100_000
+
+
+def load_live_settings(env: Mapping[str, str] | None = None) -> LiveSettings:
+    """Read :class:`LiveSettings` from ``env`` (default: ``os.environ`` + ``.env``)."""
+    env = _environment(env)
+    raw = (env.get(ENV_LIVE) or "1").strip().lower()
+    if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigError(f"{ENV_LIVE}={raw!r} must be 1 or 0")
+    batch_raw = (env.get(ENV_LIVE_MAX_BATCH) or "").strip()
+    if batch_raw and (not batch_raw.isdigit() or int(batch_raw) < 1):
+        raise ConfigError(f"{ENV_LIVE_MAX_BATCH}={batch_raw!r} must be an integer >= 1")
+    return LiveSettings(
+        enabled=raw in ("1", "true", "yes", "on"),
+        poll_timeout_s=_positive_float(env, ENV_LIVE_POLL_TIMEOUT, 0.1),
+        max_batch_records=int(batch_raw) if batch_raw else 100_000,
+    )

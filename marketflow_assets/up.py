@@ -25,7 +25,12 @@ from pathlib import Path
 
 from marketflow_assets import supervisor as _supervisor
 from marketflow_assets.services import EmbeddedKafka, ServiceError, free_port, running_services
-from marketflow_assets.settings import ConfigError, Settings, child_environment
+from marketflow_assets.settings import (
+    ConfigError,
+    Settings,
+    child_environment,
+    load_live_settings,
+)
 from marketflow_assets.spark_connect import (
     SPARK_REMOTE_ENV,
     connect_server_command,
@@ -205,6 +210,12 @@ def dashboard_child(args, settings: Settings) -> Child:
     return Child("dashboard", argv, settings.data_dir / "logs" / "dashboard.log")
 
 
+def live_child(settings: Settings) -> Child:
+    """``marketflow live``: Kafka -> price_indicators / market_movers in seconds."""
+    argv = [sys.executable, "-m", "marketflow_assets.cli", "live"]
+    return Child("live", argv, settings.data_dir / "logs" / "live.log")
+
+
 def spark_connect_child(settings: Settings, args) -> tuple[Child, str]:
     """The Spark Connect server that Dagster runs use for large inputs (backfills): one warm
     driver instead of a JVM per run, on a fixed free port (a restart keeps its URL). Returns the
@@ -355,6 +366,8 @@ def _supervise(
     env = child_env(settings, args)
     children = build_children(args, settings, source)
     children.append(dashboard_child(args, settings))
+    if load_live_settings().enabled:  # MARKETFLOW_LIVE=0 turns the live path off
+        children.append(live_child(settings))
     policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window)
     supervisor = Supervisor([], env, policy, cwd=REPO_ROOT)
     connect: Child | None = None

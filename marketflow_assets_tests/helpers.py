@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from marketflow_assets.schema import raw_arrow_schema
+from marketflow_assets.schema import TABLES, column_names, raw_arrow_schema
 
 BASE = datetime(2024, 3, 9, 22, 50, tzinfo=UTC)
 VALUE_COLUMNS = ["price", "change_1min", "change_5min", "sma_5min", "ema_3min", "volatility_5min"]
@@ -172,7 +172,9 @@ def read_table(url: str, table: str) -> pd.DataFrame:
     try:
         with conn.cursor() as cur:
             cur.execute("SET TIME ZONE 'UTC'")
-            cur.execute(f"SELECT * FROM {table}")
+            # the computed columns (not the provenance column ``source``) of Marketflow tables
+            columns = ", ".join(column_names(table)) if table in TABLES else "*"
+            cur.execute(f"SELECT {columns} FROM {table}")
             cols = [d[0] for d in cur.description]
             frame = pd.DataFrame(cur.fetchall(), columns=cols)
     finally:

@@ -41,11 +41,18 @@ from marketflow_assets.raw_dataset import raw_row_count, retry_vanished
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.resources.spark import LOCAL_MAX_ROWS, SparkResource
-from marketflow_assets.schema import PRICE_INDICATORS_ASSET
+from marketflow_assets.schema import PRICE_INDICATORS_ASSET, SOURCE_COLUMN, SOURCE_LIVE
 
 logger = logging.getLogger(__name__)
 
 WATCHED_COINS = ("bitcoin", "ethereum")
+#: Largest relative difference allowed between a live row and Dagster's recompute of it.
+LIVE_TOLERANCE = 1e-9
+#: Materialization metadata of the live comparison (asset check price_indicators_live_matches).
+LIVE_META_COMPARED = "live_rows_compared"
+LIVE_META_DIFFERING = "live_rows_differing"
+LIVE_META_MAX_DIFF = "live_max_rel_diff"
+LIVE_META_DIFFERENCES = "live_differences"
 
 
 @dataclass
@@ -61,6 +68,11 @@ class IndicatorRefresh:
     changed: int = 0  # rows deleted + inserted in the table
     recomputed_from: datetime | None = None  # incremental refresh: first recomputed instant
     plan: str = ""  # incremental refresh: what each hour needed and why
+    # live path: its rows of the period compared with the recomputed ones before the write
+    # replaced them (indicators.compare_indicator_rows: keys compared, rows differing > 1e-9)
+    live_compared: int = 0
+    live_max_diff: float = 0.0
+    live_diffs: pd.DataFrame | None = None
 
 
 def refresh_indicators(
@@ -101,6 +113,7 @@ def refresh_indicators(
     if engine != "none":
         timings["compute"] = time.perf_counter() - t0 - sum(timings.values())
     result = IndicatorRefresh(start, end, rows, engine=engine)
+    _compare_live(postgres, result)
     result.changed = postgres.replace_period(
         "price_indicators", rows, start, end, after_write=_counting(after_write, result)
     )
@@ -118,6 +131,29 @@ def refresh_indicators(
         time.perf_counter() - t0,
     )
     return result
+
+
+def _compare_live(postgres: PostgresResource, result: IndicatorRefresh) -> None:
+    """Before Dagster's rows replace the live path's rows of the period, record how far those
+    differ from the recomputed ones (asset check ``price_indicators_live_matches``)."""
+    live = postgres.read_period(
+        "price_indicators", result.start, result.end, where=f"{SOURCE_COLUMN} = '{SOURCE_LIVE}'"
+    )
+    if live.empty:
+        return
+    diffs = ind.compare_indicator_rows(live, result.rows, tol=LIVE_TOLERANCE)
+    result.live_compared = diffs.attrs["compared"]
+    result.live_max_diff = diffs.attrs["max_diff"]
+    result.live_diffs = diffs
+    if len(diffs):
+        logger.warning(
+            "price_indicators %s .. %s: %d of %d live rows differ from the recompute (max %.3g)",
+            result.start.isoformat(),
+            result.end.isoformat(),
+            len(diffs),
+            result.live_compared,
+            result.live_max_diff,
+        )
 
 
 def _counting(after_write, result: IndicatorRefresh):
@@ -170,6 +206,13 @@ def refresh_indicators_incremental(
         changed=sum(r.changed for r in done),
         recomputed_from=min((s.start for s, r in steps if r is not None), default=None),
         plan="; ".join(f"{s.start:%H:%M:%S}: {s.reason}" for s, _ in steps),
+        live_compared=sum(r.live_compared for r in done),
+        live_max_diff=max((r.live_max_diff for r in done), default=0.0),
+        live_diffs=pd.concat(
+            [r.live_diffs for r in done if r.live_diffs is not None and len(r.live_diffs)]
+            or [pd.DataFrame(columns=["coin_id", "ts", "column", "live", "dagster", "diff"])],
+            ignore_index=True,
+        ),
     )
 
 
@@ -188,6 +231,7 @@ def indicator_metadata(result: IndicatorRefresh) -> dict[str, Any]:
     }
     if result.plan:
         meta["incremental_plan"] = dg.MetadataValue.text(result.plan)
+    meta.update(live_comparison_metadata(result))
     if result.recomputed_from is not None:
         meta["recomputed_from"] = dg.MetadataValue.timestamp(result.recomputed_from)
     if len(rows):
@@ -203,6 +247,31 @@ def indicator_metadata(result: IndicatorRefresh) -> dict[str, Any]:
                 meta[f"latest_{coin}_change_5min"] = dg.MetadataValue.float(
                     float(latest["change_5min"])
                 )
+    return meta
+
+
+def live_comparison_metadata(result: IndicatorRefresh) -> dict[str, Any]:
+    """The live-vs-recompute comparison of a refresh (read by the asset check
+    ``price_indicators_live_matches``): keys compared, rows differing, largest difference and,
+    when any differ, the worst ones (coin, ts, column, values)."""
+    diffs = result.live_diffs
+    differing = 0 if diffs is None else len(diffs)
+    meta: dict[str, Any] = {
+        LIVE_META_COMPARED: dg.MetadataValue.int(result.live_compared),
+        LIVE_META_DIFFERING: dg.MetadataValue.int(differing),
+        LIVE_META_MAX_DIFF: dg.MetadataValue.float(float(result.live_max_diff)),
+    }
+    if differing:
+        lines = [
+            "| coin | ts | column | live | dagster | rel. diff |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for row in diffs.head(20).itertuples(index=False):
+            lines.append(
+                f"| {row.coin_id} | {pd.Timestamp(row.ts).isoformat()} | {row.column} | "
+                f"{row.live!r} | {row.dagster!r} | {row.diff:.3g} |"
+            )
+        meta[LIVE_META_DIFFERENCES] = dg.MetadataValue.md("\n".join(lines))
     return meta
 
 

@@ -207,4 +207,82 @@ def volatility_non_negative(
     return _run(context, postgres, volatility_non_negative_outcome)
 
 
-CHECKS = [prices_positive, unique_coin_ts, sma_within_window_range, volatility_non_negative]
+def live_matches_outcome(metadata: dict | None) -> Outcome:
+    """The live path's rows vs Dagster's recompute, from the metadata of the latest
+    ``price_indicators`` materialization that compared any (``live_comparison_metadata``).
+    Fails when any live row differed by more than 1e-9 (relative), listing the coins and ts."""
+    from marketflow_assets.assets.indicators import (
+        LIVE_META_COMPARED,
+        LIVE_META_DIFFERENCES,
+        LIVE_META_DIFFERING,
+        LIVE_META_MAX_DIFF,
+        LIVE_TOLERANCE,
+    )
+
+    if not metadata:
+        return Outcome(True, "No live rows compared with Dagster's recompute yet.")
+
+    def value(key, default=None):
+        entry = metadata.get(key)
+        return default if entry is None else getattr(entry, "value", entry)
+
+    compared = int(value(LIVE_META_COMPARED, 0))
+    differing = int(value(LIVE_META_DIFFERING, 0))
+    max_diff = float(value(LIVE_META_MAX_DIFF, 0.0))
+    meta = {
+        "live_rows_compared": dg.MetadataValue.int(compared),
+        "live_rows_differing": dg.MetadataValue.int(differing),
+        "live_max_rel_diff": dg.MetadataValue.float(max_diff),
+        "tolerance": dg.MetadataValue.float(LIVE_TOLERANCE),
+    }
+    if differing:
+        meta["differences"] = dg.MetadataValue.md(str(value(LIVE_META_DIFFERENCES, "")))
+        return Outcome(
+            False,
+            f"{differing} of {compared} live rows differ from Dagster's recompute by more than "
+            f"{LIVE_TOLERANCE:g} (max {max_diff:.3g}); see `differences`.",
+            meta,
+        )
+    return Outcome(
+        True,
+        f"{compared} live rows equal Dagster's recompute (max relative difference {max_diff:.3g}).",
+        meta,
+    )
+
+
+#: How many of the newest materializations the check looks through for a comparison.
+LIVE_LOOKBACK_MATERIALIZATIONS = 50
+
+
+@dg.asset_check(
+    asset=ASSET,
+    metadata={"table": TABLE, "reads": "materialization metadata live_rows_* of price_indicators"},
+)
+def price_indicators_live_matches(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """The live path's rows (`source = 'live'`) equal Dagster's exact recompute (<= 1e-9).
+
+    Before a refresh replaces live rows, it compares them with its recomputed rows and records
+    the outcome as materialization metadata (`live_rows_compared`, `live_rows_differing`,
+    `live_max_rel_diff`, `live_differences`); this check reads the newest such record."""
+    from marketflow_assets.assets.indicators import LIVE_META_COMPARED
+
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=ASSET), limit=LIVE_LOOKBACK_MATERIALIZATIONS
+    ).records
+    metadata = None
+    for record in records:
+        meta = record.asset_materialization.metadata
+        entry = meta.get(LIVE_META_COMPARED)
+        if entry is not None and int(entry.value) > 0:
+            metadata = meta
+            break
+    return live_matches_outcome(metadata).to_result()
+
+
+CHECKS = [
+    prices_positive,
+    unique_coin_ts,
+    sma_within_window_range,
+    volatility_non_negative,
+    price_indicators_live_matches,
+]

@@ -96,6 +96,7 @@ def market_now() -> None:
         previous = read("previous_snapshot", url, snapshot)
         movers = read("movers", url, snapshot, previous)
         coins = read("snapshot_coins", url, snapshot)
+        latest_row = read("latest_row_source", url)
     except q.DashboardError as exc:
         explain(exc, "market data")
         return
@@ -110,7 +111,8 @@ def market_now() -> None:
     colour = {"OK": "green", "WARN": "orange", "ERROR": "red"}[age.status]
     st.markdown(
         f"**Latest snapshot** `{snapshot.isoformat()}` · data age "
-        f":{colour}[**{age.text}** ({age.status})]"
+        f":{colour}[**{age.text}** ({age.status})] · "
+        f"{view.latest_row_text(latest_row, datetime.now(UTC))}"
     )
     tiles = view.market_tiles(coins)
     c1, c2, c3, c4 = st.columns(4)

@@ -80,6 +80,8 @@ SQL: dict[str, str] = {
         SELECT coin_id, symbol, price, change_5min, volatility_5min
         FROM price_indicators WHERE ts = %(snapshot)s ORDER BY coin_id""",
     "newest_indicator_ts": "SELECT max(ts) FROM price_indicators",
+    # which path wrote the newest row (live consumer or Dagster recompute), and its ts
+    "latest_row_source": "SELECT source, ts FROM price_indicators ORDER BY ts DESC LIMIT 1",
     "coins": """
         WITH RECURSIVE stored(coin_id) AS (
             (SELECT coin_id FROM price_indicators ORDER BY coin_id LIMIT 1)
@@ -161,7 +163,7 @@ SQL: dict[str, str] = {
 #: The queries of each page, with example parameters: what the benchmark times.
 PAGE_QUERIES = {
     "market": ("latest_snapshot", "previous_snapshot", "movers", "snapshot_coins",
-               "newest_indicator_ts", "promoted_forecast"),
+               "newest_indicator_ts", "latest_row_source", "promoted_forecast"),
     "coin": ("coins", "candles", "latest_rows", "coin_forecasts"),
     "pipeline": ("latest_check_results", "recent_failed_checks", "alerts", "rows_per_poll"),
 }  # fmt: skip
@@ -336,6 +338,14 @@ def newest_indicator_ts(db: Database) -> pd.Timestamp | None:
     return _utc(db.scalar("newest_indicator_ts"))
 
 
+def latest_row_source(db: Database) -> tuple[str, pd.Timestamp] | None:
+    """``(source, ts)`` of the newest ``price_indicators`` row ('live' | 'dagster'), or None."""
+    frame = db.query("latest_row_source")
+    if frame.empty:
+        return None
+    return str(frame["source"].iloc[0]), _utc(frame["ts"].iloc[0])
+
+
 def coins(db: Database) -> pd.DataFrame:
     return _times(db.query("coins"), "newest_ts")
 
@@ -414,6 +424,7 @@ def example_params(db: Database) -> Mapping[str, dict[str, Any]]:
         "movers": {"snapshot": snapshot, "previous": previous},
         "snapshot_coins": {"snapshot": snapshot},
         "newest_indicator_ts": {},
+        "latest_row_source": {},
         "coins": {},
         "candles": coin_range,
         "latest_rows": {**coin_range, "limit": LATEST_ROWS_LIMIT},

@@ -61,6 +61,16 @@ def freshness_thresholds() -> tuple[float, float]:
     return settings.freshness_warn_seconds, settings.freshness_error_seconds
 
 
+def latest_row_text(latest: tuple[str, datetime] | None, now: datetime) -> str:
+    """``"latest row: live, 2 s old"``: which path wrote the newest ``price_indicators`` row
+    (``live`` consumer or ``dagster`` recompute) and its age; ``"latest row: none"`` without."""
+    if latest is None:
+        return "latest row: none"
+    source, ts = latest
+    seconds = (pd.Timestamp(now) - pd.Timestamp(ts)).total_seconds()
+    return f"latest row: {source}, {human_duration(seconds)} old"
+
+
 @dataclass(frozen=True)
 class Tiles:
     coins: int

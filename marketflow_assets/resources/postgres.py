@@ -26,9 +26,13 @@ from pydantic import Field
 
 from marketflow_assets.schema import (
     INDICATOR_STATE_COLUMNS,
+    SOURCE_COLUMN,
+    SOURCE_LIVE,
+    SOURCE_TABLES,
     TABLES,
     column_names,
     create_all_sql,
+    stored_column_names,
 )
 from marketflow_assets.settings import load_settings, redact_url
 
@@ -209,13 +213,22 @@ class PostgresResource(dg.ConfigurableResource):
             )
             cur.copy_expert(f"COPY _stage_{table} ({col_list}) FROM STDIN WITH (FORMAT csv)", buf)
             same_key = " AND ".join(f"s.{k} = t.{k}" for k in key)
-            same_row = f"({', '.join('s.' + c for c in columns)}) IS NOT DISTINCT FROM " + (
-                f"({', '.join('t.' + c for c in columns)})"
+            compared = stored_column_names(table)  # + source: a live row is replaced
+            same_row = f"({', '.join('s.' + c for c in compared)}) IS NOT DISTINCT FROM " + (
+                f"({', '.join('t.' + c for c in compared)})"
+            )
+            # live rows newer than anything recomputed here are ahead of the raw data: kept
+            ahead = (
+                f" AND NOT (t.{SOURCE_COLUMN} = '{SOURCE_LIVE}' AND t.{ts_column} > "
+                f"(SELECT max({ts_column}) FROM _stage_{table}))"
+                if table in SOURCE_TABLES
+                else ""
             )
             # rows of the period that are not in the new result, unchanged rows stay untouched
             cur.execute(
                 f"DELETE FROM {table} t WHERE t.{ts_column} >= %s AND t.{ts_column} < %s "
-                f"AND NOT EXISTS (SELECT 1 FROM _stage_{table} s WHERE {same_key} AND {same_row})",
+                f"AND NOT EXISTS (SELECT 1 FROM _stage_{table} s WHERE {same_key} AND {same_row})"
+                f"{ahead}",
                 period,
             )
             deleted = cur.rowcount

@@ -16,9 +16,12 @@ from datetime import datetime
 
 import pandas as pd
 
-from marketflow_assets.schema import REFRESH_LEDGER_TABLE
+from marketflow_assets.schema import REFRESH_LEDGER_TABLE, SOURCE_COLUMN, SOURCE_DAGSTER
 
 LEDGER = REFRESH_LEDGER_TABLE
+#: The ledger describes what Dagster wrote: rows of the live path (``source = 'live'``, ahead of
+#: the raw data) do not count as a change behind the refresh's back.
+_DAGSTER_ROWS = f" AND {SOURCE_COLUMN} = '{SOURCE_DAGSTER}'"
 #: Advisory lock serialising refreshes of the indicator tables (plan, compute and write), so a
 #: refresh never plans from a ledger that another refresh is about to change.
 REFRESH_LOCK = "marketflow:indicator-refresh"
@@ -60,9 +63,11 @@ def read(cur, partition_start: datetime) -> LedgerRow | None:
 
 
 def newest_ts(cur, table: str, ts_column: str, start: datetime, end: datetime) -> datetime | None:
-    """Newest ``ts_column`` of ``table`` in ``[start, end)`` (an index lookup)."""
+    """Newest ``ts_column`` of ``table`` in ``[start, end)`` (an index lookup), among the rows
+    Dagster wrote (the live path's rows are not the refresh's business)."""
     cur.execute(
-        f"SELECT max({ts_column}) FROM {table} WHERE {ts_column} >= %s AND {ts_column} < %s",
+        f"SELECT max({ts_column}) FROM {table} WHERE {ts_column} >= %s AND {ts_column} < %s"
+        f"{_DAGSTER_ROWS}",
         (start, end),
     )
     return _utc(cur.fetchone()[0])
@@ -84,7 +89,8 @@ def record_indicators(
         INSERT INTO {LEDGER} AS l
             (partition_start, raw_files, indicators_newest_ts, movers_from, updated_at)
         VALUES (%(start)s, %(files)s,
-                (SELECT max(ts) FROM price_indicators WHERE ts >= %(start)s AND ts < %(end)s),
+                (SELECT max(ts) FROM price_indicators WHERE ts >= %(start)s AND ts < %(end)s
+                 {_DAGSTER_ROWS}),
                 CASE WHEN %(changed)s THEN %(movers_from)s::timestamptz END, now())
         ON CONFLICT (partition_start) DO UPDATE SET
             raw_files = EXCLUDED.raw_files,
@@ -121,7 +127,8 @@ def record_movers(cur, partition_start: datetime, partition_end: datetime) -> No
         INSERT INTO {LEDGER} AS l (partition_start, movers_from, movers_newest_ts, updated_at)
         VALUES (%(start)s, NULL,
                 (SELECT max(snapshot_ts) FROM market_movers
-                 WHERE snapshot_ts >= %(start)s AND snapshot_ts < %(end)s), now())
+                 WHERE snapshot_ts >= %(start)s AND snapshot_ts < %(end)s
+                 {_DAGSTER_ROWS}), now())
         ON CONFLICT (partition_start) DO UPDATE SET
             movers_from = NULL,
             movers_newest_ts = EXCLUDED.movers_newest_ts,

@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 
 from marketflow_assets.resources.postgres import PostgresResource
+from marketflow_assets.schema import column_names
 
 START = datetime(2024, 3, 10, 12, tzinfo=UTC)
 END = START + timedelta(hours=1)
@@ -40,7 +41,8 @@ def indicator_frame(n: int = len(AWKWARD)) -> pd.DataFrame:
 
 def stored(url: str) -> list[tuple]:
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        cur.execute("SELECT * FROM price_indicators ORDER BY coin_id")
+        columns = ", ".join(column_names("price_indicators"))
+        cur.execute(f"SELECT {columns} FROM price_indicators ORDER BY coin_id")
         return cur.fetchall()
 
 

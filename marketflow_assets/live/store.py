@@ -1,0 +1,169 @@
+"""PostgreSQL side of the live path: state on start, stored offsets, and the batch write.
+
+Everything a batch changes - new ``price_indicators`` rows, the ``market_movers`` of the
+snapshots they touch, the next offset per partition in ``live_offsets`` - is written in ONE
+transaction (:meth:`LiveStore.write_batch`), so the stored offsets always describe exactly the
+records whose rows are in the tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+
+import pandas as pd
+
+from marketflow_assets import indicators as ind
+from marketflow_assets.resources.postgres import ALL_COINS_STATE_SQL, _csv_payload
+from marketflow_assets.schema import (
+    LIVE_OFFSETS_TABLE,
+    MOVER_INPUT_COLUMNS,
+    SOURCE_COLUMN,
+    SOURCE_DAGSTER,
+    SOURCE_LIVE,
+    column_names,
+    create_all_sql,
+)
+
+logger = logging.getLogger(__name__)
+
+INDICATOR_COLS = column_names("price_indicators")
+MOVER_COLS = column_names("market_movers")
+
+
+def _lock_sql(table: str) -> str:
+    # the per-table lock of PostgresResource.replace_period: Dagster's writes and ours serialise
+    return f"SELECT pg_advisory_xact_lock(hashtext('marketflow:{table}'))"
+
+
+class LiveStore:
+    """One PostgreSQL connection of the live consumer."""
+
+    def __init__(self, url: str):
+        import psycopg2
+
+        self.url = url
+        self.conn = psycopg2.connect(url, connect_timeout=10)
+        with self.conn, self.conn.cursor() as cur:
+            for statement in create_all_sql():
+                cur.execute(statement)
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _live_indicators "
+                "(LIKE price_indicators INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            cur.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS _live_movers "
+                "(LIKE market_movers INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ------------------------------------------------------------------------------------
+    def load_offsets(self, topic: str) -> dict[int, int]:
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute(
+                f"SELECT partition, next_offset FROM {LIVE_OFFSETS_TABLE} WHERE topic = %s",
+                (topic,),
+            )
+            return {int(p): int(o) for p, o in cur.fetchall()}
+
+    def load_state(self) -> ind.LiveState:
+        """The live state as the tables hold it: the rows of the last
+        :data:`~marketflow_assets.indicators.LIVE_REBUILD_SECONDS` before the newest ``ts``, and
+        each coin's last row before them (reference price and EMA of quieter coins)."""
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute("SET LOCAL TIME ZONE 'UTC'")
+            cur.execute("SELECT max(ts) FROM price_indicators")
+            newest = cur.fetchone()[0]
+            if newest is None:
+                return ind.LiveState.empty()
+            cut = pd.Timestamp(newest) - pd.Timedelta(seconds=ind.LIVE_REBUILD_SECONDS)
+            cut = cut.to_pydatetime()
+            cur.execute(
+                "SELECT coin_id, ts, price, ema_3min FROM price_indicators WHERE ts >= %s",
+                (cut,),
+            )
+            recent = cur.fetchall()
+            cur.execute(ALL_COINS_STATE_SQL, {"ref_before": cut, "ema_before": cut})
+            older = [(c, e_ts, r_price, e_val) for c, _, r_price, e_ts, e_val in cur.fetchall()]
+        rows = pd.DataFrame(recent + older, columns=["coin_id", "ts", "price", "ema_3min"])
+        rows["ts"] = pd.to_datetime(rows["ts"], utc=True)
+        rows["price"] = rows["price"].astype("float64")
+        rows["ema_3min"] = rows["ema_3min"].astype("float64")
+        return ind.LiveState.from_rows(rows)
+
+    # ------------------------------------------------------------------------------------
+    def write_batch(
+        self, topic: str, rows: pd.DataFrame, next_offsets: Mapping[int, int]
+    ) -> tuple[int, int]:
+        """One transaction: insert ``rows`` (source 'live'; an existing row - Dagster's - wins),
+        recompute ``market_movers`` for every snapshot ``ts`` of ``rows`` from the table's rows
+        at that ``ts`` (snapshots Dagster already wrote movers for are left to Dagster), store
+        ``next_offsets``. Returns (indicator rows inserted, mover rows written)."""
+        inserted = movers_written = 0
+        with self.conn, self.conn.cursor() as cur:
+            cur.execute("SET LOCAL TIME ZONE 'UTC'")
+            if len(rows):
+                cur.execute(_lock_sql("price_indicators"))
+                frame = rows.loc[:, list(INDICATOR_COLS)].assign(**{SOURCE_COLUMN: SOURCE_LIVE})
+                cols = ", ".join((*INDICATOR_COLS, SOURCE_COLUMN))
+                cur.copy_expert(
+                    f"COPY _live_indicators ({cols}) FROM STDIN WITH (FORMAT csv)",
+                    _csv_payload(frame),
+                )
+                cur.execute(
+                    f"INSERT INTO price_indicators ({cols}) SELECT {cols} FROM _live_indicators "
+                    "ON CONFLICT (coin_id, ts) DO NOTHING"
+                )
+                inserted = cur.rowcount
+                snapshots = [t.to_pydatetime() for t in pd.unique(rows["ts"])]
+                movers_written = self._write_movers(cur, snapshots)
+            if next_offsets:
+                cur.executemany(
+                    f"INSERT INTO {LIVE_OFFSETS_TABLE} AS o (topic, partition, next_offset) "
+                    "VALUES (%s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET "
+                    "next_offset = EXCLUDED.next_offset, updated_at = now()",
+                    [(topic, int(p), int(o)) for p, o in sorted(next_offsets.items())],
+                )
+        return inserted, movers_written
+
+    def _write_movers(self, cur, snapshots: list[datetime]) -> int:
+        cur.execute(_lock_sql("market_movers"))
+        cur.execute(
+            "SELECT DISTINCT snapshot_ts FROM market_movers "
+            f"WHERE snapshot_ts = ANY(%s) AND {SOURCE_COLUMN} = %s",
+            (snapshots, SOURCE_DAGSTER),
+        )
+        owned = {pd.Timestamp(r[0]) for r in cur.fetchall()}
+        mine = [s for s in snapshots if pd.Timestamp(s) not in owned]
+        if not mine:
+            return 0
+        cols = ", ".join(MOVER_INPUT_COLUMNS)
+        cur.execute(
+            f"SELECT {cols} FROM price_indicators WHERE ts = ANY(%s) AND change_5min IS NOT NULL",
+            (mine,),
+        )
+        source = pd.DataFrame(cur.fetchall(), columns=list(MOVER_INPUT_COLUMNS))
+        source["ts"] = pd.to_datetime(source["ts"], utc=True)
+        source["change_5min"] = source["change_5min"].astype("float64")
+        source["price"] = source["price"].astype("float64")
+        movers = ind.compute_movers(source)
+        cur.execute(
+            f"DELETE FROM market_movers WHERE snapshot_ts = ANY(%s) AND {SOURCE_COLUMN} = %s",
+            (mine, SOURCE_LIVE),
+        )
+        if movers.empty:
+            return 0
+        frame = movers.loc[:, list(MOVER_COLS)].assign(**{SOURCE_COLUMN: SOURCE_LIVE})
+        mcols = ", ".join((*MOVER_COLS, SOURCE_COLUMN))
+        cur.copy_expert(
+            f"COPY _live_movers ({mcols}) FROM STDIN WITH (FORMAT csv)", _csv_payload(frame)
+        )
+        cur.execute(
+            f"INSERT INTO market_movers ({mcols}) SELECT {mcols} FROM _live_movers "
+            "ON CONFLICT (snapshot_ts, direction, rank) DO NOTHING"
+        )
+        return cur.rowcount

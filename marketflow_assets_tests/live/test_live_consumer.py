@@ -1,0 +1,198 @@
+"""The live consumer against a real Tansu topic and PostgreSQL: its rows equal a full
+recompute (the independent reference of helpers.py and the pure functions Dagster runs), movers
+too; duplicates are no-ops, late rows are left to Dagster; kill -9 loses or duplicates nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pandas as pd
+
+from marketflow_assets import indicators as ind
+from marketflow_assets_tests.helpers import (
+    assert_indicators_match_reference,
+    assert_movers_match_reference,
+    irregular_rows,
+    read_table,
+)
+from marketflow_assets_tests.live.live_helpers import (
+    consumed_all,
+    in_poll_order,
+    publish,
+    query,
+    running_consumer,
+    stored_offsets,
+    wait_for,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def full_recompute(rows: list[tuple]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    raw = pd.DataFrame(rows, columns=["id", "symbol", "ts", "current_price"])
+    raw["ts"] = pd.to_datetime(raw["ts"], utc=True)
+    indicators = ind.compute_indicators(raw)
+    return indicators, ind.compute_movers(indicators)
+
+
+def assert_equal_to_full_recompute(url: str, rows: list[tuple]) -> None:
+    table = read_table(url, "price_indicators")
+    assert_indicators_match_reference(table, rows)  # independent plain-Python reference
+    expected, expected_movers = full_recompute(rows)  # what the Dagster assets compute
+    diffs = ind.compare_indicator_rows(table, expected, tol=1e-9)
+    assert diffs.attrs["compared"] == len(expected) == len(table)
+    assert diffs.empty, diffs.head()
+    movers = read_table(url, "market_movers")
+    assert_movers_match_reference(movers, rows)
+    got = movers.sort_values(["snapshot_ts", "direction", "rank"]).reset_index(drop=True)
+    assert list(got["coin_id"]) == list(expected_movers["coin_id"])
+    assert query(url, "SELECT DISTINCT source FROM price_indicators") == [("live",)]
+    assert query(url, "SELECT DISTINCT source FROM market_movers") == [("live",)]
+
+
+def test_stream_of_polls_equals_full_recompute(kafka_bootstrap, new_topic, pg_clean):
+    topic = new_topic("live", partitions=3)
+    rows = in_poll_order(irregular_rows(seed=3, coins=12, polls=90))
+    polls = sorted({r[2] for r in rows})
+    with running_consumer(kafka_bootstrap, topic, pg_clean):
+        sent = 0
+        # bursts of several polls, then single polls: batches of every size
+        for chunk in (polls[:30], polls[30:31], polls[31:60], *[[p] for p in polls[60:]]):
+            batch = [r for r in rows if chunk[0] <= r[2] <= chunk[-1]]
+            sent += publish(kafka_bootstrap, topic, batch)
+        assert sent == len(rows)
+        wait_for(lambda: consumed_all(pg_clean, topic, sent), what="every record consumed")
+    assert_equal_to_full_recompute(pg_clean, rows)
+
+
+def test_duplicates_are_no_ops_and_late_rows_are_left_to_dagster(
+    kafka_bootstrap, new_topic, pg_clean
+):
+    topic = new_topic("live", partitions=1)
+    rows = in_poll_order(irregular_rows(seed=5, coins=5, polls=40))
+    head, tail = rows[: len(rows) // 2], rows[len(rows) // 2 :]
+    with running_consumer(kafka_bootstrap, topic, pg_clean):
+        n = publish(kafka_bootstrap, topic, head)
+        wait_for(lambda: consumed_all(pg_clean, topic, n), what="first half")
+        before = read_table(pg_clean, "price_indicators")
+        coin, symbol, ts, price = head[-1]
+        late_ts = head[0][2] + timedelta(microseconds=3)  # older than the coin's newest row
+        n += publish(
+            kafka_bootstrap,
+            topic,
+            [(coin, symbol, ts, price * 2), (coin, symbol, late_ts, price * 3)],  # dup, late
+        )
+        wait_for(lambda: consumed_all(pg_clean, topic, n), what="duplicate and late rows")
+        after = read_table(pg_clean, "price_indicators")
+        pd.testing.assert_frame_equal(
+            before.sort_values(["coin_id", "ts"]).reset_index(drop=True),
+            after.sort_values(["coin_id", "ts"]).reset_index(drop=True),
+        )
+        n += publish(kafka_bootstrap, topic, tail)
+        wait_for(lambda: consumed_all(pg_clean, topic, n), what="second half")
+    assert_equal_to_full_recompute(pg_clean, rows)
+
+
+def test_restart_rebuilds_state_from_the_table(kafka_bootstrap, new_topic, pg_clean):
+    """A new consumer (fresh process state) continues exactly where the table is."""
+    topic = new_topic("live", partitions=2)
+    rows = in_poll_order(irregular_rows(seed=9, coins=6, polls=60))
+    cut = len(rows) // 3
+    for part in (rows[:cut], rows[cut : 2 * cut], rows[2 * cut :]):
+        with running_consumer(kafka_bootstrap, topic, pg_clean):
+            publish(kafka_bootstrap, topic, part)
+            total = rows.index(part[-1]) + 1
+            wait_for(lambda total=total: consumed_all(pg_clean, topic, total), what="part")
+    assert_equal_to_full_recompute(pg_clean, rows)
+
+
+def live_process(kafka_bootstrap: str, topic: str, url: str, data_dir) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "MARKETFLOW_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "MARKETFLOW_KAFKA_TOPIC": topic,
+        "MARKETFLOW_POSTGRES_URL": url,
+        "MARKETFLOW_DATA_DIR": str(data_dir),
+        "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    log = open(data_dir / "live.log", "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, "-m", "marketflow_assets.cli", "live"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+
+
+def test_kill_9_mid_stream_then_restart_loses_and_duplicates_nothing(
+    kafka_bootstrap, new_topic, pg_clean, data_dir
+):
+    topic = new_topic("live", partitions=3)
+    rows = in_poll_order(irregular_rows(seed=11, coins=40, polls=200))
+    proc = live_process(kafka_bootstrap, topic, pg_clean, data_dir)
+    try:
+        from marketflow_assets_tests.live.live_helpers import producer
+
+        prod = producer(kafka_bootstrap)
+        polls = sorted({r[2] for r in rows})
+        by_poll: dict = {}
+        for r in rows:
+            by_poll.setdefault(r[2], []).append(r)
+        sent = 0
+        killed_at = None
+        for i, poll in enumerate(polls):
+            sent += publish(kafka_bootstrap, topic, by_poll[poll], prod)
+            if i == len(polls) // 3:
+                # let it write some batches, then kill it while records keep coming
+                wait_for(lambda: sum(stored_offsets(pg_clean, topic).values()) > 0, timeout=90)
+            if i == len(polls) // 2:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                killed_at = stored_offsets(pg_clean, topic)
+        prod.close()
+        assert killed_at and 0 < sum(killed_at.values()) < len(rows)
+        # what is stored is exactly the rows of the records before the stored offsets
+        stored_rows = query(pg_clean, "SELECT count(*) FROM price_indicators")[0][0]
+        assert stored_rows == records_before(kafka_bootstrap, topic, killed_at) > 0
+        proc = live_process(kafka_bootstrap, topic, pg_clean, data_dir)
+        wait_for(lambda: consumed_all(pg_clean, topic, len(rows)), timeout=120, what="the rest")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    log = (data_dir / "live.log").read_text()
+    assert "from offsets" in log
+    # the restart resumed from the stored offsets (not from the beginning)
+    resumed = [line for line in log.splitlines() if "from offsets" in line][-1]
+    assert "beginning" not in resumed, resumed
+    assert proc.returncode == 0
+    assert_equal_to_full_recompute(pg_clean, rows)
+    assert sum(stored_offsets(pg_clean, topic).values()) == len(rows)
+
+
+def records_before(bootstrap: str, topic: str, offsets: dict[int, int]) -> int:
+    """How many records of ``topic`` lie before ``offsets`` (read back from the broker)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in offsets]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        seen = dict.fromkeys(offsets, 0)
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < offsets[tp.partition] for tp in tps):
+            assert time.monotonic() < deadline
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                seen[tp.partition] += sum(r.offset < offsets[tp.partition] for r in records)
+        return sum(seen.values())
+    finally:
+        consumer.close()
