@@ -1,7 +1,7 @@
 """End-to-end freshness: poll ``ts`` -> row visible in ``price_indicators``.
 
 The whole pipeline runs as ``marketflow up`` runs it (the same helpers of
-:mod:`marketflow_assets.up`): embedded Kafka (Tansu) and PostgreSQL, the Spark streaming job
+:mod:`marketflow_assets.runtime.up`): embedded Kafka (Tansu) and PostgreSQL, the Spark streaming job
 (2 s trigger), ``dagster dev`` (daemon, sensors) and the live follower (``marketflow follow``:
 in-process runs of ``refresh_indicators_job`` as soon as a raw file appears) as child processes;
 not the Spark Connect server ``up`` keeps for backfills, since runs of the newest hour compute in
@@ -210,7 +210,7 @@ def _stats(values: list[float]) -> tuple[float, float, float]:
 
 
 def _wait(predicate, timeout: float, what: str, children) -> None:
-    from marketflow_assets.up import tail
+    from marketflow_assets.runtime.up import tail
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -340,9 +340,9 @@ def run(
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    from marketflow_assets import up
     from marketflow_assets.resources.postgres import PostgresResource
-    from marketflow_assets.services import free_port, running_services
+    from marketflow_assets.runtime import up
+    from marketflow_assets.runtime.services import free_port, running_services
     from marketflow_assets.settings import Settings
 
     polls, interval = MODES[mode]["polls"], MODES[mode]["interval"]

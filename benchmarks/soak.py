@@ -125,9 +125,10 @@ def run() -> None:
     from kafka.admin import NewTopic
 
     from benchmarks.latency import _wait
-    from marketflow_assets import compaction, up
+    from marketflow_assets import compaction
     from marketflow_assets.resources.postgres import PostgresResource
-    from marketflow_assets.services import free_port, running_services
+    from marketflow_assets.runtime import up
+    from marketflow_assets.runtime.services import free_port, running_services
     from marketflow_assets.settings import Settings
 
     scratch = data.bench_dir() / "soak"

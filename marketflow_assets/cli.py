@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from marketflow_assets.services import ServiceError
+from marketflow_assets.runtime.services import ServiceError
 from marketflow_assets.settings import ConfigError, load_settings
 
 logger = logging.getLogger("marketflow")
@@ -27,8 +27,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from marketflow_assets import compaction, forecast, refresh, up
+    from marketflow_assets import compaction
+    from marketflow_assets.defs.forecasts import command as forecast
+    from marketflow_assets.defs.indicators import refresh
     from marketflow_assets.ingest import command as ingest_command
+    from marketflow_assets.runtime import up
 
     parser = _Parser(prog="marketflow", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -42,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest_command.add_arguments(p_ingest)
     p_ingest.set_defaults(handler=ingest_command.run)
 
-    from marketflow_assets import follow
+    from marketflow_assets.defs.indicators import follow
 
     p_follow = sub.add_parser(
         "follow", help="refresh price_indicators in process as soon as raw files appear"
@@ -76,7 +79,7 @@ def _refresh_with_services(run):
     """``refresh`` needs Postgres: the configured one, or the embedded one under the data dir."""
 
     def handler(args, settings) -> int:
-        from marketflow_assets.services import running_services
+        from marketflow_assets.runtime.services import running_services
 
         with running_services(settings, log=logger.info, kafka=False) as resolved:
             return run(args, resolved)

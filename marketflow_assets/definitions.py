@@ -19,21 +19,35 @@ from datetime import timedelta
 
 import dagster as dg
 
-from marketflow_assets.assets import ASSETS
-from marketflow_assets.assets.forecasts import FORECAST_ASSETS
-from marketflow_assets.checks import ASSET_CHECKS
-from marketflow_assets.checks.forecasts import FORECAST_CHECKS
-from marketflow_assets.checks.stream import STREAM_CHECKS
-from marketflow_assets.jobs import JOBS
-from marketflow_assets.maintenance import MAINTENANCE_JOBS, MAINTENANCE_SCHEDULES
+from marketflow_assets.defs.forecasts.assets import FORECAST_ASSETS
+from marketflow_assets.defs.forecasts.checks import FORECAST_CHECKS
+from marketflow_assets.defs.forecasts.schedules import forecast_retrain_schedule
+from marketflow_assets.defs.forecasts.sensors import (
+    forecast_retrain_on_degradation,
+    forecasts_follow_indicators,
+)
+from marketflow_assets.defs.indicators import checks as price_indicator_checks
+from marketflow_assets.defs.indicators import movers_checks
+from marketflow_assets.defs.indicators.assets import price_indicators
+from marketflow_assets.defs.indicators.jobs import JOBS
+from marketflow_assets.defs.indicators.movers import market_movers
+from marketflow_assets.defs.indicators.schedules import recent_indicators_schedule
+from marketflow_assets.defs.indicators.sensors import indicators_follow_raw_prices
+from marketflow_assets.defs.maintenance import MAINTENANCE_JOBS, MAINTENANCE_SCHEDULES
+from marketflow_assets.defs.monitoring.alerts import marketflow_alert_sensor
+from marketflow_assets.defs.monitoring.checks import FRESHNESS_CHECKS
+from marketflow_assets.defs.monitoring.sensors import monitoring_checks_sensor
+from marketflow_assets.defs.monitoring.stream_checks import STREAM_CHECKS
+from marketflow_assets.defs.monitoring.stream_sensors import stream_health_sensor
+from marketflow_assets.defs.raw_prices import checks as raw_price_checks
+from marketflow_assets.defs.raw_prices.assets import raw_prices
+from marketflow_assets.defs.raw_prices.sensors import raw_prices_observation_sensor
 from marketflow_assets.resources import (
     KafkaTopicResource,
     PostgresResource,
     RawDataResource,
     SparkResource,
 )
-from marketflow_assets.schedules.forecasts import forecast_retrain_schedule
-from marketflow_assets.schedules.indicators import recent_indicators_schedule
 from marketflow_assets.schema import (
     FORECAST_EVALUATION_ASSET,
     FORECAST_MODEL_ASSET,
@@ -42,17 +56,17 @@ from marketflow_assets.schema import (
     PRICE_INDICATORS_ASSET,
     RAW_PRICES_ASSET,
 )
-from marketflow_assets.sensors.alerts import marketflow_alert_sensor
-from marketflow_assets.sensors.automation import indicators_follow_raw_prices
-from marketflow_assets.sensors.forecasts import (
-    forecast_retrain_on_degradation,
-    forecasts_follow_indicators,
-)
-from marketflow_assets.sensors.freshness import monitoring_checks_sensor
-from marketflow_assets.sensors.raw_prices import raw_prices_observation_sensor
-from marketflow_assets.sensors.stream_health import stream_health_sensor
 from marketflow_assets.settings import load_check_settings
 
+#: Market-data assets: ``raw_prices`` (external, observed), ``price_indicators``, ``market_movers``.
+ASSETS = [raw_prices, price_indicators, market_movers]
+#: Freshness and data-quality checks of the market-data assets.
+ASSET_CHECKS = [
+    *FRESHNESS_CHECKS,
+    *raw_price_checks.CHECKS,
+    *price_indicator_checks.CHECKS,
+    *movers_checks.CHECKS,
+]
 SENSORS = [
     raw_prices_observation_sensor,
     indicators_follow_raw_prices,

@@ -166,7 +166,8 @@ EVALUATION_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 EVALUATION_KEY = ("evaluated_at", "model", "horizon_s")
 # Pipeline history for the dashboard's "Pipeline" page: every check evaluation the monitoring
-# sensor records and every alert the alert sensor sends (``marketflow_assets/history.py``).
+# sensor records and every alert the alert sensor sends
+# (``marketflow_assets/defs/monitoring/history.py``).
 # ``check_key`` = "<asset>:<check>"; ``metadata`` = the evaluation's metadata as JSON.
 CHECK_RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("check_key", "text NOT NULL"),

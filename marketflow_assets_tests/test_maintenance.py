@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from marketflow_assets import maintenance
 from marketflow_assets.definitions import defs
+from marketflow_assets.defs import maintenance
 from marketflow_assets.resources import RawDataResource
 from marketflow_assets_tests.compaction_helpers import all_rows, files_per_hour, make_history
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import psycopg2
 import pytest
 
-from marketflow_assets import refresh
+from marketflow_assets.defs.indicators import refresh
 from marketflow_assets.settings import ConfigError, load_settings
 from marketflow_assets_tests.helpers import (
     irregular_rows,

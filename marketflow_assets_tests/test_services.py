@@ -6,7 +6,7 @@ import psycopg2
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from marketflow_assets.services import (
+from marketflow_assets.runtime.services import (
     EmbeddedKafka,
     ServiceError,
     free_port,

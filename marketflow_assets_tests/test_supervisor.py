@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from marketflow_assets.supervisor import Child, RestartPolicy, Supervisor
+from marketflow_assets.runtime.supervisor import Child, RestartPolicy, Supervisor
 
 PY = sys.executable
 

@@ -21,7 +21,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from marketflow_assets.services import free_port
+from marketflow_assets.runtime.services import free_port
 
 MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
 

@@ -109,7 +109,7 @@ class PostgresResource(dg.ConfigurableResource):
         settings = load_settings()
         if settings.postgres_url:
             return settings.postgres_url
-        from marketflow_assets.services import embedded_postgres_url
+        from marketflow_assets.runtime.services import embedded_postgres_url
 
         return embedded_postgres_url(settings.postgres_dir)
 

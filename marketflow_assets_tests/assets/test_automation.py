@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import pandas as pd
 
-from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
-from marketflow_assets.jobs import RANGE_END_TAG, RANGE_START_TAG
+from marketflow_assets.defs.indicators.jobs import RANGE_END_TAG, RANGE_START_TAG
+from marketflow_assets.defs.indicators.schedules import recent_indicators_schedule
+from marketflow_assets.defs.indicators.sensors import indicators_follow_raw_prices
+from marketflow_assets.defs.raw_prices.assets import RAW_PRICES_KEY
+from marketflow_assets.defs.raw_prices.sensors import raw_prices_observation_sensor
 from marketflow_assets.resources import RawDataResource
-from marketflow_assets.schedules.indicators import recent_indicators_schedule
-from marketflow_assets.sensors.automation import indicators_follow_raw_prices
-from marketflow_assets.sensors.raw_prices import raw_prices_observation_sensor
 from marketflow_assets_tests.helpers import (
     irregular_rows,
     read_table,

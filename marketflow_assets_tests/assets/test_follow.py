@@ -9,9 +9,9 @@ import dagster as dg
 import pandas as pd
 
 from marketflow_assets import definitions
-from marketflow_assets.assets.raw_prices import RAW_PRICES_KEY
-from marketflow_assets.follow import Follower
-from marketflow_assets.sensors.automation import LIVE_TRIGGER_TAG, indicators_follow_raw_prices
+from marketflow_assets.defs.indicators.follow import Follower
+from marketflow_assets.defs.indicators.sensors import LIVE_TRIGGER_TAG, indicators_follow_raw_prices
+from marketflow_assets.defs.raw_prices.assets import RAW_PRICES_KEY
 from marketflow_assets_tests.helpers import (
     assert_indicators_match_reference,
     read_table,

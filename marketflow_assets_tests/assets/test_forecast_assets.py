@@ -14,12 +14,13 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from marketflow_assets import forecast, refresh
-from marketflow_assets.assets.forecasts import FORECAST_ASSETS, artifact_path
-from marketflow_assets.assets.indicators import price_indicators
-from marketflow_assets.assets.raw_prices import raw_prices
-from marketflow_assets.checks.forecasts import FORECAST_CHECKS
 from marketflow_assets.definitions import build_resources
+from marketflow_assets.defs.forecasts import command as forecast
+from marketflow_assets.defs.forecasts.assets import FORECAST_ASSETS, artifact_path
+from marketflow_assets.defs.forecasts.checks import FORECAST_CHECKS
+from marketflow_assets.defs.indicators import refresh
+from marketflow_assets.defs.indicators.assets import price_indicators
+from marketflow_assets.defs.raw_prices.assets import raw_prices
 from marketflow_assets.settings import load_settings
 from marketflow_assets_tests.forecasting import synthetic
 from marketflow_assets_tests.helpers import read_table

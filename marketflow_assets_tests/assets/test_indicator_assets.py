@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marketflow_assets.assets.indicators import price_indicators
-from marketflow_assets.assets.movers import market_movers
-from marketflow_assets.assets.raw_prices import raw_prices
-from marketflow_assets.jobs import partition_range_tags
+from marketflow_assets.defs.indicators.assets import price_indicators
+from marketflow_assets.defs.indicators.jobs import partition_range_tags
+from marketflow_assets.defs.indicators.movers import market_movers
+from marketflow_assets.defs.raw_prices.assets import raw_prices
 from marketflow_assets.raw_dataset import list_raw_files
 from marketflow_assets.resources import SparkResource
 from marketflow_assets_tests.helpers import (
@@ -207,8 +207,8 @@ def write_poll_file(raw_dir, rows, batch: int) -> list:
 def follow(resources, raw_dir, new_rows, batch):
     """What the live path does for one new file: refresh the hours from its oldest row's hour
     to its newest (direct calls of the assets' functions; the same code as the asset bodies)."""
-    from marketflow_assets.assets.indicators import refresh_indicators_incremental
-    from marketflow_assets.assets.movers import refresh_movers_incremental
+    from marketflow_assets.defs.indicators.assets import refresh_indicators_incremental
+    from marketflow_assets.defs.indicators.movers import refresh_movers_incremental
 
     write_poll_file(raw_dir, new_rows, batch)
     first = min(r[2] for r in new_rows).replace(minute=0, second=0, microsecond=0)

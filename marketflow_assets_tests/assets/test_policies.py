@@ -6,11 +6,11 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from marketflow_assets.assets.indicators import price_indicators
-from marketflow_assets.assets.policies import is_transient_io_error, retry_transient_io_only
-from marketflow_assets.assets.raw_prices import raw_prices
 from marketflow_assets.definitions import build_resources
-from marketflow_assets.services import free_port
+from marketflow_assets.defs.common.policies import is_transient_io_error, retry_transient_io_only
+from marketflow_assets.defs.indicators.assets import price_indicators
+from marketflow_assets.defs.raw_prices.assets import raw_prices
+from marketflow_assets.runtime.services import free_port
 from marketflow_assets_tests.helpers import irregular_rows, write_raw_parquet
 
 

@@ -25,7 +25,7 @@ pytest.importorskip("grpc_status", reason="pyspark[connect] client extras are no
 
 
 def test_refresh_runs_on_a_spark_connect_server(tmp_path, data_dir, pg_clean):
-    from marketflow_assets.spark_connect import EmbeddedSparkConnect
+    from marketflow_assets.runtime.spark_connect import EmbeddedSparkConnect
 
     rows = irregular_rows(seed=8, coins=4, polls=30)
     write_raw_parquet(data_dir / "raw_prices", rows)

@@ -12,7 +12,7 @@ import pandas as pd
 import psycopg2
 import psycopg2.extras
 
-from marketflow_assets import checks
+from marketflow_assets.definitions import ASSET_CHECKS
 from marketflow_assets.indicators import compute_indicators, compute_movers
 from marketflow_assets.schema import RAW_COLUMN_NAMES, column_names, raw_arrow_schema
 
@@ -143,13 +143,13 @@ STUB_ASSETS = [
 def checks_defs(resources: dict, assets=None) -> dg.Definitions:
     """The checks with the jobs and sensors that use them (as ``definitions.py`` assembles them),
     over ``assets`` (default :data:`STUB_ASSETS`) and the given test resources."""
-    from marketflow_assets.jobs import all_checks_job, monitoring_checks_job
-    from marketflow_assets.sensors.alerts import marketflow_alert_sensor
-    from marketflow_assets.sensors.freshness import monitoring_checks_sensor
+    from marketflow_assets.defs.indicators.jobs import all_checks_job, monitoring_checks_job
+    from marketflow_assets.defs.monitoring.alerts import marketflow_alert_sensor
+    from marketflow_assets.defs.monitoring.sensors import monitoring_checks_sensor
 
     return dg.Definitions(
         assets=STUB_ASSETS if assets is None else assets,
-        asset_checks=checks.ASSET_CHECKS,
+        asset_checks=ASSET_CHECKS,
         jobs=[monitoring_checks_job, all_checks_job],
         sensors=[monitoring_checks_sensor, marketflow_alert_sensor],
         resources=resources,
@@ -162,7 +162,7 @@ def run_checks(
     """Execute the selected checks in a real in-process Dagster run; evaluations by
     ``asset:check`` name."""
     result = dg.materialize(
-        [*STUB_ASSETS, *checks.ASSET_CHECKS],
+        [*STUB_ASSETS, *ASSET_CHECKS],
         selection=selection,
         resources=resources,
         instance=instance or dg.DagsterInstance.ephemeral(),

@@ -5,11 +5,12 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from marketflow_assets import checks
-from marketflow_assets.assets.indicators import price_indicators
-from marketflow_assets.assets.movers import market_movers
-from marketflow_assets.assets.raw_prices import raw_prices
-from marketflow_assets.definitions import build_resources
+from marketflow_assets.definitions import ASSET_CHECKS, build_resources
+from marketflow_assets.defs.indicators import checks as price_indicator_checks
+from marketflow_assets.defs.indicators import movers_checks
+from marketflow_assets.defs.indicators.assets import price_indicators
+from marketflow_assets.defs.indicators.movers import market_movers
+from marketflow_assets.defs.raw_prices.assets import raw_prices
 from marketflow_assets_tests.checks.checks_data import make_raw, write_raw
 
 ASSETS = [raw_prices, price_indicators, market_movers]
@@ -19,7 +20,7 @@ PARTITION = "2026-03-02-10:00"
 
 def _materialize(pg_clean, data_dir):
     return dg.materialize(
-        [*ASSETS, *checks.ASSET_CHECKS],
+        [*ASSETS, *ASSET_CHECKS],
         selection=dg.AssetSelection.assets("price_indicators", "market_movers"),
         partition_key=PARTITION,
         resources=build_resources(pg_clean, str(data_dir)),
@@ -37,8 +38,8 @@ def test_good_partition_passes_every_check_and_writes_movers(spark, pg_clean, da
     }
     # the checks of both assets ran in the run (not the freshness ones: they are not partitioned
     # data checks, the monitoring sensor evaluates them)
-    expected = {f"price_indicators:{c.check_key.name}" for c in checks.price_indicators.CHECKS} | {
-        f"market_movers:{c.check_key.name}" for c in checks.market_movers.CHECKS
+    expected = {f"price_indicators:{c.check_key.name}" for c in price_indicator_checks.CHECKS} | {
+        f"market_movers:{c.check_key.name}" for c in movers_checks.CHECKS
     }
     assert expected <= set(evaluations)
     failed = {k: e.description for k, e in evaluations.items() if k in expected and not e.passed}

@@ -5,8 +5,8 @@ from datetime import timedelta
 import dagster as dg
 import pytest
 
-from marketflow_assets.checks import freshness
-from marketflow_assets.checks.common import CheckSettings, load_check_settings
+from marketflow_assets.defs.common.outcome import CheckSettings, load_check_settings
+from marketflow_assets.defs.monitoring import checks as freshness
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.settings import ConfigError
 from marketflow_assets_tests.checks.checks_data import (

@@ -8,7 +8,8 @@ import psycopg2
 import pytest
 import yaml
 
-from marketflow_assets import checks
+from marketflow_assets.definitions import ASSET_CHECKS
+from marketflow_assets.defs.indicators import checks as price_indicator_checks
 from marketflow_assets.instance import (
     POSTGRES_INSTANCE_YAML,
     SQLITE_INSTANCE_YAML,
@@ -49,8 +50,8 @@ def test_postgres_instance_records_runs(
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
         result = dg.materialize(
-            [*STUB_ASSETS, *checks.ASSET_CHECKS],
-            selection=dg.AssetSelection.checks(*checks.price_indicators.CHECKS),
+            [*STUB_ASSETS, *ASSET_CHECKS],
+            selection=dg.AssetSelection.checks(*price_indicator_checks.CHECKS),
             resources=resources,
             instance=instance,
         )
@@ -72,7 +73,7 @@ def test_postgres_instance_records_runs(
             " AND dagster_event_type = 'ASSET_CHECK_EVALUATION'",
             (run_id,),
         )
-        assert cur.fetchone()[0] == len(checks.price_indicators.CHECKS)
+        assert cur.fetchone()[0] == len(price_indicator_checks.CHECKS)
     conn.close()
 
 

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from marketflow_assets.checks import market_movers as mm
+from marketflow_assets.defs.indicators import movers_checks as mm
 from marketflow_assets_tests.checks.checks_data import (
     execute,
     insert,

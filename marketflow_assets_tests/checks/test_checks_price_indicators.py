@@ -6,8 +6,8 @@ import dagster as dg
 import psycopg2
 import pytest
 
-from marketflow_assets.checks import price_indicators as pi
-from marketflow_assets.checks.common import Window
+from marketflow_assets.defs.common.outcome import Window
+from marketflow_assets.defs.indicators import checks as pi
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets_tests.checks.checks_data import (
     create_tables,

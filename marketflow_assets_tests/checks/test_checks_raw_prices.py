@@ -4,8 +4,8 @@ from datetime import timedelta
 
 import dagster as dg
 
-from marketflow_assets.checks import raw_prices as rc
-from marketflow_assets.checks.common import Window
+from marketflow_assets.defs.common.outcome import Window
+from marketflow_assets.defs.raw_prices import checks as rc
 from marketflow_assets_tests.checks.checks_data import make_raw, run_checks, write_raw
 
 CHECKS = dg.AssetSelection.checks(*rc.CHECKS)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from marketflow_assets.sensors import alerts
+from marketflow_assets.defs.monitoring import alerts
 from marketflow_assets.settings import load_monitoring_settings
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

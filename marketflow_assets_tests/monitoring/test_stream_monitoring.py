@@ -18,11 +18,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from marketflow_assets.checks import stream
+from marketflow_assets.defs.monitoring import alerts
+from marketflow_assets.defs.monitoring import stream_checks as stream
+from marketflow_assets.defs.monitoring.stream_sensors import evaluate_stream_checks
 from marketflow_assets.resources.kafka import KafkaTopicResource
-from marketflow_assets.sensors import alerts
-from marketflow_assets.sensors.stream_health import evaluate_stream_checks
-from marketflow_assets.services import free_port
+from marketflow_assets.runtime.services import free_port
 from marketflow_assets.settings import load_monitoring_settings
 from marketflow_assets_tests.monitoring.monitoring_helpers import (
     WebhookReceiver,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from marketflow_assets.sensors import alerts
+from marketflow_assets.defs.monitoring import alerts
 from marketflow_assets_tests.monitoring.monitoring_helpers import wait_for
 
 DAEMON = str(Path(sys.executable).with_name("dagster-daemon"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from marketflow_assets.services import free_port
+from marketflow_assets.runtime.services import free_port
 from marketflow_assets_tests.monitoring.monitoring_helpers import (
     WebhookReceiver,
     count_messages,

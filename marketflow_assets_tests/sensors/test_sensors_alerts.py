@@ -8,11 +8,13 @@ import dagster as dg
 import pytest
 from werkzeug import Response
 
-from marketflow_assets import checks
+from marketflow_assets.definitions import ASSET_CHECKS
+from marketflow_assets.defs.indicators import checks as price_indicator_checks
+from marketflow_assets.defs.monitoring import alerts
+from marketflow_assets.defs.monitoring.checks import FRESHNESS_CHECKS
+from marketflow_assets.defs.monitoring.sensors import evaluate_monitoring_checks
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
-from marketflow_assets.sensors import alerts
-from marketflow_assets.sensors.freshness import evaluate_monitoring_checks
 
 FRESHNESS_KEYS = [
     f"{a}:freshness_check" for a in ("market_movers", "price_indicators", "raw_prices")
@@ -70,7 +72,7 @@ def test_one_post_per_check_state_change(
     monkeypatch.setenv("MARKETFLOW_FRESHNESS_WARN_SECONDS", "0.001")
     monkeypatch.setenv("MARKETFLOW_FRESHNESS_ERROR_SECONDS", "0.002")
     monitor()
-    with caplog.at_level(logging.WARNING, logger="marketflow_assets.sensors.alerts"):
+    with caplog.at_level(logging.WARNING, logger="marketflow_assets.defs.monitoring.alerts"):
         posts = harness.tick()
     assert len(posts) == 3
     assert all(p.startswith("ERROR: Marketflow check ") for p in posts)
@@ -106,7 +108,7 @@ def test_failed_run_alerts_once_and_resolves(webhook, checks_data, pg_clean, dat
 
     def run(res):
         return dg.materialize(
-            [*checks_data.STUB_ASSETS, *checks.ASSET_CHECKS],
+            [*checks_data.STUB_ASSETS, *ASSET_CHECKS],
             selection=selection,
             resources=res,
             instance=harness.instance,
@@ -143,7 +145,7 @@ def test_blocking_check_failure_alerts_for_the_check_only(
     harness = AlertHarness(webhook, sensor_defs)
     key = dg.AssetCheckKey(dg.AssetKey("price_indicators"), "prices_positive")
     result = dg.materialize(
-        [*checks_data.STUB_ASSETS, *checks.ASSET_CHECKS],
+        [*checks_data.STUB_ASSETS, *ASSET_CHECKS],
         selection=dg.AssetSelection.checks(key),
         resources=resources,
         instance=harness.instance,
@@ -180,7 +182,7 @@ def test_no_webhook_configured_only_logs(sensor_defs, caplog, monkeypatch):
         dg.AssetCheckEvaluation(asset_key=key.asset_key, check_name=key.name, passed=False)
     )
     context = dg.build_sensor_context(instance=instance, definitions=sensor_defs)
-    with caplog.at_level(logging.WARNING, logger="marketflow_assets.sensors.alerts"):
+    with caplog.at_level(logging.WARNING, logger="marketflow_assets.defs.monitoring.alerts"):
         result = alerts.marketflow_alert_sensor(context)
     assert "ERROR: Marketflow check raw_prices:unique_id_ts failed" in caplog.text
     assert json.loads(result.cursor)["checks"] == {"raw_prices:unique_id_ts": "ERROR"}
@@ -225,7 +227,7 @@ def test_checks_skipped_by_a_failed_upstream_do_not_alert(webhook, checks_data, 
     defs = checks_data.checks_defs(resources, assets)
     harness = AlertHarness(webhook, defs)
     result = dg.materialize(
-        [*assets, *checks.price_indicators.CHECKS, *checks.FRESHNESS_CHECKS[1:2]],
+        [*assets, *price_indicator_checks.CHECKS, *FRESHNESS_CHECKS[1:2]],
         resources=resources,
         instance=harness.instance,
         raise_on_error=False,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from marketflow_assets.assets.partitions import hourly_partitions
-from marketflow_assets.sensors.automation import MAX_AUTOMATIC_PARTITIONS, partition_range
+from marketflow_assets.defs.common.partitions import hourly_partitions
+from marketflow_assets.defs.indicators.sensors import MAX_AUTOMATIC_PARTITIONS, partition_range
 
 
 def test_rows_inside_the_current_hour_map_to_the_current_partition():

@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marketflow_assets.assets.forecasts import _upsert, artifact_path, save_artifact
 from marketflow_assets.definitions import build_resources
-from marketflow_assets.forecasting import live
-from marketflow_assets.forecasting.serve import train_artifact
-from marketflow_assets.resources import RawDataResource
-from marketflow_assets.sensors.forecasts import (
+from marketflow_assets.defs.forecasts.assets import _upsert, artifact_path, save_artifact
+from marketflow_assets.defs.forecasts.sensors import (
     forecast_retrain_on_degradation,
     forecasts_follow_indicators,
 )
+from marketflow_assets.forecasting import live
+from marketflow_assets.forecasting.serve import train_artifact
+from marketflow_assets.resources import RawDataResource
 from marketflow_assets_tests.forecasting import synthetic
 
 
@@ -123,8 +123,8 @@ def test_degradation_sensor_retrains_once_per_model(pg_clean, data_dir):
 def test_new_snapshot_gets_forecasts_through_sensor_and_job(pg_clean, data_dir, monkeypatch):
     """Train once, then a new indicator snapshot arrives: the sensor requests
     ``price_forecasts_job`` and that job (from the code location) forecasts the new snapshot."""
-    from marketflow_assets.assets.forecasts import FORECAST_ASSETS
     from marketflow_assets.definitions import defs
+    from marketflow_assets.defs.forecasts.assets import FORECAST_ASSETS
     from marketflow_assets_tests.helpers import read_table
 
     monkeypatch.setenv("MARKETFLOW_POSTGRES_URL", pg_clean)
@@ -157,7 +157,7 @@ def test_new_snapshot_gets_forecasts_through_sensor_and_job(pg_clean, data_dir, 
 
 
 def test_hourly_retraining_waits_for_data(pg_clean, data_dir):
-    from marketflow_assets.schedules.forecasts import forecast_retrain_schedule
+    from marketflow_assets.defs.forecasts.schedules import forecast_retrain_schedule
 
     postgres = build_resources(pg_clean, str(data_dir))["postgres"]
 

@@ -6,9 +6,9 @@ import json
 import dagster as dg
 import psycopg2
 
-from marketflow_assets.history import record_alerts, record_check_evaluations
-from marketflow_assets.sensors import alerts
-from marketflow_assets.sensors.freshness import monitoring_checks_sensor
+from marketflow_assets.defs.monitoring import alerts
+from marketflow_assets.defs.monitoring.history import record_alerts, record_check_evaluations
+from marketflow_assets.defs.monitoring.sensors import monitoring_checks_sensor
 
 
 def _rows(url: str, statement: str) -> list[tuple]:

@@ -4,12 +4,12 @@ from datetime import timedelta
 
 import dagster as dg
 
-from marketflow_assets.resources.postgres import PostgresResource
-from marketflow_assets.resources.raw_data import RawDataResource
-from marketflow_assets.sensors.freshness import (
+from marketflow_assets.defs.monitoring.sensors import (
     evaluate_monitoring_checks,
     monitoring_checks_sensor,
 )
+from marketflow_assets.resources.postgres import PostgresResource
+from marketflow_assets.resources.raw_data import RawDataResource
 
 FRESHNESS = ("raw_prices", "price_indicators", "market_movers")
 

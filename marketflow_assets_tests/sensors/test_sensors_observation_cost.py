@@ -12,12 +12,12 @@ from pathlib import Path
 import dagster as dg
 
 from marketflow_assets import compaction
-from marketflow_assets.resources import RawDataResource
-from marketflow_assets.sensors.raw_prices import (
+from marketflow_assets.defs.raw_prices.sensors import (
     RawCursor,
     new_raw_files,
     raw_prices_observation_sensor,
 )
+from marketflow_assets.resources import RawDataResource
 from marketflow_assets_tests.compaction_helpers import write_batch
 
 END = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)  # the open hour starts here

@@ -1,0 +1,2 @@
+"""Forecasts: ``forecast_evaluation`` -> ``forecast_model`` -> ``price_forecasts``, checks,
+automation."""

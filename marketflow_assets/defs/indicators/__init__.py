@@ -1,0 +1,1 @@
+"""``price_indicators`` and ``market_movers``: assets, checks, jobs, automation, commands."""
