@@ -1,7 +1,8 @@
 """The one Definitions object of Marketflow: assets, checks, jobs, sensors, schedules, resources.
 
-Packages only define things (``assets/``, ``checks/``, ``sensors/``, ``schedules/``,
-``resources/``); this module is the only place that puts them together and applies the
+Packages only define things: ``defs/<domain>/`` (``raw_prices``, ``indicators``, ``forecasts``,
+``monitoring``; each exports ``ASSETS, CHECKS, JOBS, SENSORS, SCHEDULES``), ``defs/maintenance.py``
+and ``resources/``; this module is the only place that puts them together and applies the
 cross-cutting policy: native freshness policies (the UI's freshness status) and the executor.
 ``dagster dev -w workspace.yaml``, ``dagster definitions validate`` and ``dagster asset
 materialize -m marketflow_assets.definitions`` load exactly this module.
@@ -10,7 +11,7 @@ Nothing here needs configuration: resources resolve ``MARKETFLOW_*`` settings wh
 sensor first uses them (see ``settings.py``), with defaults for everything (``./data``, the
 embedded PostgreSQL under ``./data/postgres``, local Spark). The only thing read when the module
 loads is where the hourly partitions start (the first hour of raw data, see
-``assets/partitions.py``) and the freshness thresholds.
+``defs/common/partitions.py``) and the freshness thresholds.
 """
 
 from __future__ import annotations
@@ -19,29 +20,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from marketflow_assets.defs.forecasts.assets import FORECAST_ASSETS
-from marketflow_assets.defs.forecasts.checks import FORECAST_CHECKS
-from marketflow_assets.defs.forecasts.schedules import forecast_retrain_schedule
-from marketflow_assets.defs.forecasts.sensors import (
-    forecast_retrain_on_degradation,
-    forecasts_follow_indicators,
-)
-from marketflow_assets.defs.indicators import checks as price_indicator_checks
-from marketflow_assets.defs.indicators import movers_checks
-from marketflow_assets.defs.indicators.assets import price_indicators
-from marketflow_assets.defs.indicators.jobs import JOBS
-from marketflow_assets.defs.indicators.movers import market_movers
-from marketflow_assets.defs.indicators.schedules import recent_indicators_schedule
-from marketflow_assets.defs.indicators.sensors import indicators_follow_raw_prices
-from marketflow_assets.defs.maintenance import MAINTENANCE_JOBS, MAINTENANCE_SCHEDULES
-from marketflow_assets.defs.monitoring.alerts import marketflow_alert_sensor
-from marketflow_assets.defs.monitoring.checks import FRESHNESS_CHECKS
-from marketflow_assets.defs.monitoring.sensors import monitoring_checks_sensor
-from marketflow_assets.defs.monitoring.stream_checks import STREAM_CHECKS
-from marketflow_assets.defs.monitoring.stream_sensors import stream_health_sensor
-from marketflow_assets.defs.raw_prices import checks as raw_price_checks
-from marketflow_assets.defs.raw_prices.assets import raw_prices
-from marketflow_assets.defs.raw_prices.sensors import raw_prices_observation_sensor
+from marketflow_assets.defs import forecasts, indicators, maintenance, monitoring, raw_prices
 from marketflow_assets.resources import (
     KafkaTopicResource,
     PostgresResource,
@@ -58,25 +37,29 @@ from marketflow_assets.schema import (
 )
 from marketflow_assets.settings import load_check_settings
 
-#: Market-data assets: ``raw_prices`` (external, observed), ``price_indicators``, ``market_movers``.
-ASSETS = [raw_prices, price_indicators, market_movers]
-#: Freshness and data-quality checks of the market-data assets.
-ASSET_CHECKS = [
-    *FRESHNESS_CHECKS,
-    *raw_price_checks.CHECKS,
-    *price_indicator_checks.CHECKS,
-    *movers_checks.CHECKS,
+#: Market-data assets (``raw_prices``, ``price_indicators``, ``market_movers``) and their
+#: freshness and data-quality checks: what runs without the forecasts or a Kafka topic.
+ASSETS = [*raw_prices.ASSETS, *indicators.ASSETS]
+ASSET_CHECKS = [*monitoring.FRESHNESS_CHECKS, *raw_prices.CHECKS, *indicators.CHECKS]
+
+#: Every domain's Dagster objects, listed here and nowhere else.
+ALL_ASSETS = [*raw_prices.ASSETS, *indicators.ASSETS, *forecasts.ASSETS, *monitoring.ASSETS]
+CHECKS = [*raw_prices.CHECKS, *indicators.CHECKS, *forecasts.CHECKS, *monitoring.CHECKS]
+JOBS = [
+    *raw_prices.JOBS,
+    *indicators.JOBS,
+    *forecasts.JOBS,
+    *monitoring.JOBS,
+    *maintenance.MAINTENANCE_JOBS,
 ]
-SENSORS = [
-    raw_prices_observation_sensor,
-    indicators_follow_raw_prices,
-    monitoring_checks_sensor,
-    marketflow_alert_sensor,
-    forecasts_follow_indicators,
-    forecast_retrain_on_degradation,
-    stream_health_sensor,
+SENSORS = [*raw_prices.SENSORS, *indicators.SENSORS, *forecasts.SENSORS, *monitoring.SENSORS]
+SCHEDULES = [
+    *raw_prices.SCHEDULES,
+    *indicators.SCHEDULES,
+    *forecasts.SCHEDULES,
+    *monitoring.SCHEDULES,
+    *maintenance.MAINTENANCE_SCHEDULES,
 ]
-SCHEDULES = [recent_indicators_schedule, forecast_retrain_schedule, *MAINTENANCE_SCHEDULES]
 #: Assets that follow every poll: freshness thresholds of the data checks.
 FRESH_ASSETS = (
     RAW_PRICES_ASSET,
@@ -131,9 +114,9 @@ def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
 
 
 defs = dg.Definitions(
-    assets=with_freshness([*ASSETS, *FORECAST_ASSETS], freshness_policy()),
-    asset_checks=[*ASSET_CHECKS, *STREAM_CHECKS, *FORECAST_CHECKS],
-    jobs=[*JOBS, *MAINTENANCE_JOBS],
+    assets=with_freshness(ALL_ASSETS, freshness_policy()),
+    asset_checks=CHECKS,
+    jobs=JOBS,
     sensors=SENSORS,
     schedules=SCHEDULES,
     resources=build_resources(),

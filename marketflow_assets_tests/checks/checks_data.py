@@ -143,8 +143,8 @@ STUB_ASSETS = [
 def checks_defs(resources: dict, assets=None) -> dg.Definitions:
     """The checks with the jobs and sensors that use them (as ``definitions.py`` assembles them),
     over ``assets`` (default :data:`STUB_ASSETS`) and the given test resources."""
-    from marketflow_assets.defs.indicators.jobs import all_checks_job, monitoring_checks_job
     from marketflow_assets.defs.monitoring.alerts import marketflow_alert_sensor
+    from marketflow_assets.defs.monitoring.jobs import all_checks_job, monitoring_checks_job
     from marketflow_assets.defs.monitoring.sensors import monitoring_checks_sensor
 
     return dg.Definitions(

@@ -8,8 +8,8 @@ Skipped while a forecast run is still in flight, or while ``price_indicators`` i
 import dagster as dg
 
 from marketflow_assets.defs.forecasts.assets import newest_indicator_ts
+from marketflow_assets.defs.forecasts.jobs import forecast_training_job
 from marketflow_assets.defs.forecasts.sensors import forecast_run_in_flight
-from marketflow_assets.defs.indicators.jobs import forecast_training_job
 from marketflow_assets.resources.postgres import PostgresResource
 
 

@@ -22,7 +22,7 @@ from marketflow_assets.defs.forecasts.assets import (
     load_artifact,
     served_outcomes,
 )
-from marketflow_assets.defs.indicators.jobs import forecast_training_job, price_forecasts_job
+from marketflow_assets.defs.forecasts.jobs import forecast_training_job, price_forecasts_job
 from marketflow_assets.forecasting import live
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource

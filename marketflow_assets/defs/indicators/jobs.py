@@ -1,20 +1,13 @@
-"""Jobs of the code location: the indicator refresh (used by the automation sensor, the schedule
-and backfills) and the check-only jobs (run on demand)."""
+"""The indicator refresh job (used by the automation sensor, the schedule, the follower and
+backfills) and the run tags of a partition range."""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from marketflow_assets.defs.common.partitions import PARTITION_FMT
-from marketflow_assets.defs.monitoring.checks import CHECK_NAME, FRESHNESS_CHECK_KEYS
-from marketflow_assets.defs.raw_prices import checks as raw_checks
-from marketflow_assets.schema import (
-    FORECAST_EVALUATION_ASSET,
-    FORECAST_MODEL_ASSET,
-    MARKET_MOVERS_ASSET,
-    PRICE_FORECASTS_ASSET,
-    PRICE_INDICATORS_ASSET,
-)
+from marketflow_assets.defs.monitoring.checks import CHECK_NAME
+from marketflow_assets.schema import MARKET_MOVERS_ASSET, PRICE_INDICATORS_ASSET
 
 INDICATOR_ASSETS = dg.AssetSelection.assets(PRICE_INDICATORS_ASSET, MARKET_MOVERS_ASSET)
 _FRESHNESS_CHECKS = dg.AssetSelection.checks(
@@ -36,49 +29,7 @@ refresh_indicators_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
-monitoring_checks_job = dg.define_asset_job(
-    "monitoring_checks_job",
-    selection=dg.AssetSelection.checks(*FRESHNESS_CHECK_KEYS)
-    | dg.AssetSelection.checks(*raw_checks.CHECKS),
-    description="Freshness checks of the three assets and the raw_prices quality checks.",
-    tags={"marketflow/kind": "checks"},
-)
-
-all_checks_job = dg.define_asset_job(
-    "all_checks_job",
-    selection=dg.AssetSelection.all_asset_checks(),
-    description=(
-        "Every asset check on the latest data (MARKETFLOW_CHECK_WINDOW_HOURS), without"
-        " materializing anything."
-    ),
-    tags={"marketflow/kind": "checks"},
-)
-
-forecast_training_job = dg.define_asset_job(
-    "forecast_training_job",
-    selection=dg.AssetSelection.assets(
-        FORECAST_EVALUATION_ASSET, FORECAST_MODEL_ASSET, PRICE_FORECASTS_ASSET
-    ),
-    description="Backtest + gate, fit the promoted model, forecast the newest snapshot.",
-    tags={"marketflow/pipeline": "forecast"},
-    executor_def=dg.in_process_executor,
-)
-
-price_forecasts_job = dg.define_asset_job(
-    "price_forecasts_job",
-    selection=dg.AssetSelection.assets(PRICE_FORECASTS_ASSET),
-    description="Forecast the newest snapshot with the stored model (no training).",
-    tags={"marketflow/pipeline": "forecast"},
-    executor_def=dg.in_process_executor,
-)
-
-JOBS = [
-    refresh_indicators_job,
-    monitoring_checks_job,
-    all_checks_job,
-    forecast_training_job,
-    price_forecasts_job,
-]
+JOBS = [refresh_indicators_job]
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
