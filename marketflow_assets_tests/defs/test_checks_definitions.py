@@ -7,7 +7,7 @@ import dagster as dg
 import psycopg2
 import pytest
 
-from marketflow_assets_tests.checks.checks_data import load_good_tables, make_raw, write_raw
+from marketflow_assets_tests.defs.checks_data import load_good_tables, make_raw, write_raw
 
 ASSETS = ("raw_prices", "price_indicators", "market_movers")
 

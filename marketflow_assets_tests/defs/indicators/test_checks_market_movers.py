@@ -5,7 +5,7 @@ from datetime import timedelta
 import dagster as dg
 
 from marketflow_assets.defs.indicators import movers_checks as mm
-from marketflow_assets_tests.checks.checks_data import (
+from marketflow_assets_tests.defs.checks_data import (
     execute,
     insert,
     load_good_tables,

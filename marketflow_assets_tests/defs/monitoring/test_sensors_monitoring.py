@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import dagster as dg
+import pytest
 
 from marketflow_assets.defs.monitoring.sensors import (
     evaluate_monitoring_checks,
@@ -10,6 +11,9 @@ from marketflow_assets.defs.monitoring.sensors import (
 )
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
+
+# Ticks in quick succession: no alert cooldown or start-up grace (see defs/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_pacing")
 
 FRESHNESS = ("raw_prices", "price_indicators", "market_movers")
 

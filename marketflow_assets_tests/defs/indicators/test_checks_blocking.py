@@ -11,7 +11,7 @@ from marketflow_assets.defs.indicators import movers_checks
 from marketflow_assets.defs.indicators.assets import price_indicators
 from marketflow_assets.defs.indicators.movers import market_movers
 from marketflow_assets.defs.raw_prices.assets import raw_prices
-from marketflow_assets_tests.checks.checks_data import make_raw, write_raw
+from marketflow_assets_tests.defs.checks_data import make_raw, write_raw
 
 ASSETS = [raw_prices, price_indicators, market_movers]
 END = datetime(2026, 3, 2, 10, 40, tzinfo=UTC)  # 30 polls from 10:25:30 to 10:40

@@ -9,7 +9,7 @@ import pytest
 from marketflow_assets.defs.common.outcome import Window
 from marketflow_assets.defs.indicators import checks as pi
 from marketflow_assets.resources.postgres import PostgresResource
-from marketflow_assets_tests.checks.checks_data import (
+from marketflow_assets_tests.defs.checks_data import (
     create_tables,
     execute,
     good_tables,

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from marketflow_assets.defs.common.partitions import hourly_partitions
 from marketflow_assets.defs.indicators.sensors import MAX_AUTOMATIC_PARTITIONS, partition_range
+
+# Ticks in quick succession: no alert cooldown or start-up grace (see defs/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_pacing")
 
 
 def test_rows_inside_the_current_hour_map_to_the_current_partition():

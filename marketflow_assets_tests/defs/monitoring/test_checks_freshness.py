@@ -9,7 +9,7 @@ from marketflow_assets.defs.common.outcome import CheckSettings, load_check_sett
 from marketflow_assets.defs.monitoring import checks as freshness
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.settings import ConfigError
-from marketflow_assets_tests.checks.checks_data import (
+from marketflow_assets_tests.defs.checks_data import (
     STUB_ASSETS,
     load_good_tables,
     make_raw,

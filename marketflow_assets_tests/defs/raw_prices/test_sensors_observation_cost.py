@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from marketflow_assets import compaction
 from marketflow_assets.defs.raw_prices.sensors import (
@@ -19,6 +20,9 @@ from marketflow_assets.defs.raw_prices.sensors import (
 )
 from marketflow_assets.resources import RawDataResource
 from marketflow_assets_tests.compaction_helpers import write_batch
+
+# Ticks in quick succession: no alert cooldown or start-up grace (see defs/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_pacing")
 
 END = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)  # the open hour starts here
 

@@ -16,7 +16,7 @@ from marketflow_assets.instance import (
     dagster_storage_url,
     prepare_dagster_home,
 )
-from marketflow_assets_tests.checks.checks_data import STUB_ASSETS, load_good_tables, make_raw
+from marketflow_assets_tests.defs.checks_data import STUB_ASSETS, load_good_tables, make_raw
 
 
 @pytest.fixture

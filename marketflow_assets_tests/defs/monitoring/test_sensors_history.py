@@ -5,10 +5,14 @@ import json
 
 import dagster as dg
 import psycopg2
+import pytest
 
 from marketflow_assets.defs.monitoring import alerts
 from marketflow_assets.defs.monitoring.history import record_alerts, record_check_evaluations
 from marketflow_assets.defs.monitoring.sensors import monitoring_checks_sensor
+
+# Ticks in quick succession: no alert cooldown or start-up grace (see defs/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_pacing")
 
 
 def _rows(url: str, statement: str) -> list[tuple]:

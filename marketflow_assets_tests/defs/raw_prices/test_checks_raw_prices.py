@@ -6,7 +6,7 @@ import dagster as dg
 
 from marketflow_assets.defs.common.outcome import Window
 from marketflow_assets.defs.raw_prices import checks as rc
-from marketflow_assets_tests.checks.checks_data import make_raw, run_checks, write_raw
+from marketflow_assets_tests.defs.checks_data import make_raw, run_checks, write_raw
 
 CHECKS = dg.AssetSelection.checks(*rc.CHECKS)
 NAMES = ["raw_prices:prices_positive", "raw_prices:rows_per_poll_stable", "raw_prices:unique_id_ts"]

@@ -20,6 +20,9 @@ from marketflow_assets.forecasting.serve import train_artifact
 from marketflow_assets.resources import RawDataResource
 from marketflow_assets_tests.forecasting import synthetic
 
+# Ticks in quick succession: no alert cooldown or start-up grace (see defs/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_pacing")
+
 
 def follow(instance, data_dir, cursor=None):
     context = dg.build_sensor_context(

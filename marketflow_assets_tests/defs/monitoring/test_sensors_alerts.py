@@ -16,6 +16,9 @@ from marketflow_assets.defs.monitoring.sensors import evaluate_monitoring_checks
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 
+# Ticks in quick succession: no alert cooldown or start-up grace (see defs/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_pacing")
+
 FRESHNESS_KEYS = [
     f"{a}:freshness_check" for a in ("market_movers", "price_indicators", "raw_prices")
 ]

@@ -31,7 +31,7 @@ from marketflow_assets_tests.monitoring.monitoring_helpers import (
     wait_for,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 JOB = REPO_ROOT / "spark_streaming" / "kafka_streaming.py"
 
 
