@@ -19,15 +19,12 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from marketflow_assets.settings import Settings, load_settings
+from marketflow_assets.settings import floor_hour as floor_hour  # the one floor, re-exported
 from marketflow_assets.settings import parse_utc as parse_utc  # re-exported (older imports)
 
 PARTITION_FMT = "%Y-%m-%d-%H:%M"
 #: Partitions per run in backfills (one day); each run continues from the previous one's state.
 PARTITIONS_PER_BACKFILL_RUN = 24
-
-
-def floor_hour(ts: datetime) -> datetime:
-    return ts.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def default_partition_start(settings: Settings | None = None, now: datetime | None = None):

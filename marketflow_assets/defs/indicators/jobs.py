@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from marketflow_assets.defs.common.partitions import PARTITION_FMT
+from marketflow_assets.defs.common.partitions import PARTITION_FMT, floor_hour
 from marketflow_assets.defs.monitoring.checks import CHECK_NAME
 from marketflow_assets.schema import MARKET_MOVERS_ASSET, PRICE_INDICATORS_ASSET
 
@@ -42,4 +42,4 @@ def partition_range_tags(first_key: str, last_key: str) -> dict[str, str]:
 
 def partition_key_for(ts) -> str:
     """Hourly partition key holding time ``ts`` (tz-aware UTC)."""
-    return ts.replace(minute=0, second=0, microsecond=0).strftime(PARTITION_FMT)
+    return floor_hour(ts).strftime(PARTITION_FMT)

@@ -15,7 +15,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from marketflow_assets.settings import ConfigError, Settings, parse_utc, redact_url
+from marketflow_assets.settings import ConfigError, Settings, floor_hour, parse_utc, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _floor_hour(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
 def _ceil_hour(value: datetime) -> datetime:
-    floored = _floor_hour(value)
+    floored = floor_hour(value)
     return floored if floored == value else floored + HOUR
 
 
@@ -61,7 +57,7 @@ def plan(raw_dir, start: datetime | None, end: datetime | None) -> tuple[datetim
             return None
         start = start or bounds[0]
         end = end or bounds[1] + timedelta(microseconds=1)
-    first, last = _floor_hour(start), _ceil_hour(end)
+    first, last = floor_hour(start), _ceil_hour(end)
     return (first, last) if first < last else None
 
 
@@ -109,7 +105,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # Partitions must cover the data even if it predates MARKETFLOW_PARTITION_START or lies
     # in the future (the code location's own definition covers up to the current hour).
     partition_start = min(default_partition_start(settings), first)
-    now_hour = _floor_hour(datetime.now(UTC))
+    now_hour = floor_hour(datetime.now(UTC))
     partitions_def = hourly_partitions(
         partition_start, end=last if last > now_hour + HOUR else None
     )

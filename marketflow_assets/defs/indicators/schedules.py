@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from marketflow_assets.defs.common.partitions import floor_hour
 from marketflow_assets.defs.indicators.jobs import partition_key_for, refresh_indicators_job
 from marketflow_assets.defs.indicators.sensors import run_request_for
 from marketflow_assets.raw_dataset import list_raw_files
@@ -29,7 +30,7 @@ def recent_indicators_schedule(
     context: dg.ScheduleEvaluationContext, raw_data: RawDataResource
 ) -> dg.RunRequest | dg.SkipReason:
     now = context.scheduled_execution_time
-    start = (now - timedelta(hours=RECENT_HOURS - 1)).replace(minute=0, second=0, microsecond=0)
+    start = floor_hour(now - timedelta(hours=RECENT_HOURS - 1))
     if not list_raw_files(raw_data.raw_dir, start - timedelta(minutes=5), now + timedelta(hours=1)):
         return dg.SkipReason(f"no raw data since {start.isoformat()}")
     return run_request_for(

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from marketflow_assets.defs.common.partitions import HOURLY
+from marketflow_assets.defs.common.partitions import HOURLY, floor_hour
 from marketflow_assets.defs.indicators.jobs import (
     partition_key_for,
     partition_range_tags,
@@ -71,10 +71,6 @@ def _ts(metadata, key: str) -> datetime | None:
     return datetime.fromtimestamp(float(value.value), tz=UTC)
 
 
-def _hour(ts: datetime) -> datetime:
-    return ts.replace(minute=0, second=0, microsecond=0)
-
-
 def partition_range(
     oldest: datetime, newest: datetime, partitions_def=HOURLY
 ) -> tuple[str, str] | None:
@@ -83,9 +79,9 @@ def partition_range(
     last_allowed = partitions_def.get_last_partition_window()
     if last_allowed is None:
         return None
-    newest = min(_hour(newest), last_allowed.start)
+    newest = min(floor_hour(newest), last_allowed.start)
     oldest = max(
-        _hour(oldest), first_allowed, newest - timedelta(hours=MAX_AUTOMATIC_PARTITIONS - 1)
+        floor_hour(oldest), first_allowed, newest - timedelta(hours=MAX_AUTOMATIC_PARTITIONS - 1)
     )
     if oldest > newest:
         return None
