@@ -15,6 +15,7 @@ import json
 
 import dagster as dg
 
+from marketflow_assets.defs.common.runs import in_flight_runs
 from marketflow_assets.defs.forecasts.assets import (
     PRICE_INDICATORS_KEY,
     artifact_path,
@@ -28,20 +29,14 @@ from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 
 DEFAULT_HORIZON_S = 300
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 def forecast_run_in_flight(instance: dg.DagsterInstance) -> str | None:
     """Id of a queued or running forecast run, if any."""
     for job in (forecast_training_job.name, price_forecasts_job.name):
-        runs = instance.get_runs(filters=dg.RunsFilter(job_name=job, statuses=IN_FLIGHT), limit=1)
+        runs = in_flight_runs(instance, job, limit=1)
         if runs:
-            return runs[0].run_id
+            return runs[0].dagster_run.run_id
     return None
 
 

@@ -125,15 +125,11 @@ class Follower:
     def abandon_stale_runs(self) -> None:
         """Live runs a killed follower left STARTED are marked failed (else the automation
         sensor would wait for them)."""
-        import dagster as dg
+        from marketflow_assets.defs.common.runs import in_flight_runs
+        from marketflow_assets.defs.indicators.sensors import LIVE_TRIGGER_TAG
 
-        from marketflow_assets.defs.indicators.sensors import IN_FLIGHT, LIVE_TRIGGER_TAG
-
-        for run in self.instance.get_runs(
-            filters=dg.RunsFilter(
-                job_name=self.job.name, statuses=IN_FLIGHT, tags={LIVE_TRIGGER_TAG: "live"}
-            )
-        ):
+        for record in in_flight_runs(self.instance, self.job.name, tags={LIVE_TRIGGER_TAG: "live"}):
+            run = record.dagster_run
             self.instance.report_run_failed(run)
             logger.info("marked the stale live run %s (from a stopped follower) failed", run.run_id)
 

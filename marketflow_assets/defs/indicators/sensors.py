@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from marketflow_assets.defs.common.partitions import HOURLY, floor_hour
+from marketflow_assets.defs.common.runs import in_flight_runs
 from marketflow_assets.defs.indicators.jobs import (
     partition_key_for,
     partition_range_tags,
@@ -56,12 +57,6 @@ LIVE_HORIZON_HOURS = 2
 #: ... and counts as alive while its latest run is at most this old; meanwhile this sensor
 #: leaves such data to it (older data, or a silent follower: this sensor launches as before).
 LIVE_GRACE_S = 90.0
-IN_FLIGHT = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 def _ts(metadata, key: str) -> datetime | None:
@@ -137,10 +132,7 @@ def indicators_follow_raw_prices(
         return dg.SkipReason("no new raw_prices data since the last run request")
     in_flight = [
         record
-        for record in context.instance.get_run_records(
-            filters=dg.RunsFilter(job_name=refresh_indicators_job.name, statuses=IN_FLIGHT),
-            limit=5,
-        )
+        for record in in_flight_runs(context.instance, refresh_indicators_job.name, limit=5)
         if not _stale_live_run(record)
     ]
     if in_flight:
