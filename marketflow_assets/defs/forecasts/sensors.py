@@ -11,10 +11,9 @@
 Hourly retraining is ``schedules/forecasts.py``.
 """
 
-import json
-
 import dagster as dg
 
+from marketflow_assets.defs.common.cursors import materializations_since_cursor, storage_id_cursor
 from marketflow_assets.defs.common.runs import in_flight_runs
 from marketflow_assets.defs.forecasts.assets import (
     PRICE_INDICATORS_KEY,
@@ -51,19 +50,14 @@ def forecast_run_in_flight(instance: dg.DagsterInstance) -> str | None:
 def forecasts_follow_indicators(
     context: dg.SensorEvaluationContext, raw_data: RawDataResource
 ) -> dg.SensorResult | dg.SkipReason:
-    after = int(json.loads(context.cursor)["storage_id"]) if context.cursor else None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=PRICE_INDICATORS_KEY, after_storage_id=after),
-        limit=1000,
-        ascending=True,
-    ).records
+    records = materializations_since_cursor(context, PRICE_INDICATORS_KEY)
     if not records:
         return dg.SkipReason("no new price_indicators materialization")
     busy = forecast_run_in_flight(context.instance)
     if busy is not None:
         return dg.SkipReason(f"forecast run {busy} in flight; the newest snapshot follows it")
     storage_id = records[-1].storage_id
-    cursor = json.dumps({"storage_id": storage_id})
+    cursor = storage_id_cursor(records[-1])
     if artifact_path(raw_data.root, DEFAULT_HORIZON_S).is_file():
         request = dg.RunRequest(run_key=f"forecast-{storage_id}", job_name=price_forecasts_job.name)
     else:

@@ -34,11 +34,11 @@ after the observation sensor reports new raw files (run of 2026-11-29 on the sha
 So the sensor stays; ``recent_indicators_schedule`` covers what it cannot see (sensor stopped).
 """
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from marketflow_assets.defs.common.cursors import materializations_since_cursor, storage_id_cursor
 from marketflow_assets.defs.common.partitions import HOURLY, floor_hour
 from marketflow_assets.defs.common.runs import in_flight_runs
 from marketflow_assets.defs.indicators.jobs import (
@@ -122,12 +122,7 @@ def run_request_for(first_key: str, last_key: str, run_key: str) -> dg.RunReques
 def indicators_follow_raw_prices(
     context: dg.SensorEvaluationContext,
 ) -> dg.SensorResult | dg.SkipReason:
-    after = int(json.loads(context.cursor)["storage_id"]) if context.cursor else None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=RAW_PRICES_KEY, after_storage_id=after),
-        limit=1000,
-        ascending=True,
-    ).records
+    records = materializations_since_cursor(context, RAW_PRICES_KEY)
     if not records:
         return dg.SkipReason("no new raw_prices data since the last run request")
     in_flight = [
@@ -147,7 +142,7 @@ def indicators_follow_raw_prices(
             continue
         oldest = lo if oldest is None else min(oldest, lo)
         newest = hi if newest is None else max(newest, hi)
-    cursor = json.dumps({"storage_id": records[-1].storage_id})
+    cursor = storage_id_cursor(records[-1])
     keys = None if oldest is None else partition_range(oldest, newest)
     if keys is None:
         return dg.SensorResult(
