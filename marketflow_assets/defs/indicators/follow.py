@@ -21,15 +21,14 @@ and the new data lies within :data:`~marketflow_assets.defs.indicators.sensors.L
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from marketflow_assets.raw_dataset import RawFile, file_ts_range, list_raw_files
+from marketflow_assets.runtime.signals import stop_after_work_in_hand
 from marketflow_assets.settings import ConfigError, Settings
 
 logger = logging.getLogger("marketflow.follow")
@@ -171,29 +170,10 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
     # Runs execute in a worker thread: Dagster then leaves the signal handlers alone, so
     # SIGINT/SIGTERM reach this thread, which lets the run in hand finish and stops the loop.
     worker = threading.Thread(target=loop, name="marketflow-follow", daemon=True)
-    with _stop_on_signals(stop):
+    with stop_after_work_in_hand(stop, work="the run in hand", log=logger):
         worker.start()
         while worker.is_alive():
             worker.join(0.5)
     if args.max_runs:  # a finite run (tests, scripts): 1 when a refresh failed
         return 0 if all(r["success"] for r in follower.runs) else 1
     return 0  # stopped by a signal; failed runs are in Dagster (and alerted on)
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event):
-    """SIGINT/SIGTERM finish the run in hand, then stop."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, _frame) -> None:
-        logger.info("received %s; stopping after the run in hand", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
