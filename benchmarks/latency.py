@@ -37,9 +37,7 @@ import contextlib
 import json
 import logging
 import re
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import data
+from benchmarks.processes import clean_up, create_topics, scratch_run, stop_children, wait_for
 from benchmarks.report import print_table, ratio_line
 
 logger = logging.getLogger(__name__)
@@ -209,24 +207,6 @@ def _stats(values: list[float]) -> tuple[float, float, float]:
     )
 
 
-def _wait(predicate, timeout: float, what: str, children) -> None:
-    from marketflow_assets.runtime.up import tail
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in children:
-            if child.proc is not None and child.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{child.name} exited with code {child.proc.returncode} while waiting for "
-                    f"{what}:\n{tail(child.log_path)}"
-                )
-        with contextlib.suppress(Exception):
-            if predicate():
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @dataclass
 class Phase:
     """One measured series of polls on the running pipeline."""
@@ -337,9 +317,6 @@ def breakdown(logs: Path, phase: Phase) -> list[list[str]]:
 def run(
     mode: str = "quick", path: str = "up", market: bool = True
 ) -> dict[str, tuple[float, float, float]]:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
     from marketflow_assets.resources.postgres import PostgresResource
     from marketflow_assets.runtime import up
     from marketflow_assets.runtime.services import free_port, running_services
@@ -349,9 +326,7 @@ def run(
     phases = [Phase(COINS, polls, interval)]
     if market:
         phases.append(Phase(**MARKET[mode]))
-    scratch = data.bench_dir() / "latency"
-    scratch.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
+    scratch, work = scratch_run("latency")
     settings = Settings(data_dir=work)
     args = argparse.Namespace(
         source="simulate",
@@ -381,15 +356,7 @@ def run(
     try:
         with running_services(settings, log=logger.info) as resolved:
             PostgresResource(url=resolved.postgres_url).ensure_tables()
-            admin = KafkaAdminClient(bootstrap_servers=resolved.kafka_bootstrap)
-            with contextlib.suppress(Exception):
-                admin.create_topics(
-                    [
-                        NewTopic(resolved.kafka_topic, 3, 1),
-                        NewTopic(resolved.dlq_topic, 3, 1),
-                    ]
-                )
-            admin.close()
+            create_topics(resolved)
             env = up.child_env(resolved, args)
             ingest, spark, dagster, follow = up.build_children(args, resolved, "simulate")
             warmup = up.Child("ingest-warmup", [*ingest.argv, "--max-polls", "1"], ingest.log_path)
@@ -404,28 +371,28 @@ def run(
             probes = up.ReadinessProbes(resolved, args)
             spark_log = spark.log_path
             if path in ("up", "daemon"):
-                _wait(probes._ui_serves, 180, "the Dagster UI", children)
+                wait_for(probes._ui_serves, 180, "the Dagster UI", children)
             else:
                 from benchmarks import project
 
                 project.get_bench_spark()
                 loop = RefreshLoop(work, resolved.postgres_url)
                 loop.start()
-            _wait(
+            wait_for(
                 lambda: "micro-batch" in spark_log.read_text(errors="replace"),
                 180,
                 "the Spark streaming job",
                 children,
             )
             if path == "up":
-                _wait(
+                wait_for(
                     lambda: "following" in follow.log_path.read_text(errors="replace"),
                     180,
                     "the live follower",
                     children,
                 )
             if path in ("up", "daemon"):  # the daemon has loaded the code and ticks the sensor
-                _wait(
+                wait_for(
                     lambda: (
                         "sensor: indicators_follow_raw_prices"
                         in dagster.log_path.read_text(errors="replace")
@@ -439,7 +406,7 @@ def run(
                 children.append(warmup)
                 warmup.proc.wait(120)
                 children.remove(warmup)
-                _wait(
+                wait_for(
                     lambda: probes._indicator_rows() >= COINS,
                     300,
                     "the warm-up poll in price_indicators",
@@ -452,24 +419,14 @@ def run(
                     breakdowns[phase.coins] = breakdown(work / "logs", phase)
             if loop is not None:
                 loop.stop()
-            for child in reversed(children):
-                up.stop_child(child)
-            children.clear()
+            stop_children(children)
     finally:
         for phase in phases:
             if phase.watcher is not None:
                 phase.watcher.stop()
         if loop is not None:
             loop.stop()
-        for child in reversed(children):
-            with contextlib.suppress(Exception):
-                up.stop_child(child)
-        logs = work / "logs"
-        if logs.is_dir():
-            keep = scratch / "last-logs"
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(logs, keep)
-        shutil.rmtree(work, ignore_errors=True)
+        clean_up(children, work, scratch)
 
     for phase in phases:
         label = f"{phase.polls} polls x {phase.coins:,} coins every {phase.interval:g} s"
