@@ -230,6 +230,22 @@ REFRESH_LEDGER_KEY = ("partition_start",)
 STATE_TABLES = (REFRESH_LEDGER_TABLE,)
 
 
+def distinct_values_cte(name: str, table: str, column: str) -> str:
+    """``WITH RECURSIVE <name>(<column>) AS (...)``: the distinct values of ``table.column`` by a
+    loose index scan of an index led by ``column`` (one probe per value, so the cost follows the
+    number of values, not of rows). Its last row is a NULL: filter ``WHERE <column> IS NOT
+    NULL``."""
+    return f"""
+WITH RECURSIVE {name}({column}) AS (
+    (SELECT {column} FROM {table} ORDER BY {column} LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.{column} FROM {table} t WHERE t.{column} > prev.{column}
+            ORDER BY t.{column} LIMIT 1)
+    FROM {name} prev WHERE prev.{column} IS NOT NULL
+)
+"""
+
+
 def create_all_sql() -> list[str]:
     """DDL for every table plus the secondary indexes queries rely on."""
     body = ",\n  ".join(f"{name} {kind}" for name, kind in REFRESH_LEDGER_COLUMNS)
