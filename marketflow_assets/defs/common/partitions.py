@@ -1,9 +1,7 @@
 """Time partitions of the indicator assets: hourly, UTC, starting at the first hour of data.
 
-Why hourly: a refresh then touches at most one hour of raw rows (~30k rows for 250 coins polled
-every 30 s) plus the 5-minute lookback, whatever the length of the history, and the newest
-partition can be recomputed every poll within seconds. Partitions depend on their predecessor
-(``TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)``) because the EMA carries state.
+Partitions depend on their predecessor (``TimeWindowPartitionMapping(start_offset=-1,
+end_offset=-1)``) because the EMA carries state. Why hourly: ``docs/DECISIONS.md``.
 
 The first partition is, in this order: ``MARKETFLOW_PARTITION_START`` (ISO date or date-time,
 UTC) when set; else the hour of the oldest row in the raw dataset (``$MARKETFLOW_DATA_DIR/

@@ -1,11 +1,8 @@
 """``marketflow follow``: the live fast path from new raw Parquet to ``price_indicators``.
 
-Through the Dagster daemon a new raw file reaches PostgreSQL after four hops: the observation
-sensor's tick (every 5 s), the automation sensor's tick (every 5 s), the run queue and the run
-launcher (a fresh Python process that imports Dagster and the project: ~4-6 s on 2 cores), then the
-refresh itself (~0.3-1 s). This process removes the first three: it keeps the project loaded,
-lists the newest raw files every ``--poll`` seconds (names only; the streaming job's file names
-carry their time range) and, as soon as one appears, executes ``refresh_indicators_job`` for the
+It keeps the project loaded (why a process beside the daemon: ``docs/DECISIONS.md``), lists the
+newest raw files every ``--poll`` seconds (names only; the streaming job's file names carry their
+time range) and, as soon as one appears, executes ``refresh_indicators_job`` for the
 hours it touches in process (``execute_in_process`` on the Dagster instance of ``$DAGSTER_HOME``),
 so every refresh is still a Dagster run with its materializations, metadata and blocking checks,
 visible in the UI and seen by the alert sensor. The refresh itself is incremental

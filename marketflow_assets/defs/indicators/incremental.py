@@ -1,10 +1,8 @@
 """Incremental refresh *within* an hourly partition: recompute only what new raw rows affect.
 
-A live refresh of the current hour used to recompute the whole hour on every poll, so its cost
-grew with the hour (30k rows at 250 coins, 1.8 M at 15,000). Now each hourly partition has a row
-in the ledger table (``schema.REFRESH_LEDGER_TABLE``, SQL in
+Each hourly partition has a row in the ledger table (``schema.REFRESH_LEDGER_TABLE``, SQL in
 :mod:`marketflow_assets.resources.refresh_ledger`) naming the raw files already folded into
-``price_indicators``. A refresh of hour ``[h, h + 1 h)``:
+``price_indicators`` (why: ``docs/DECISIONS.md``). A refresh of hour ``[h, h + 1 h)``:
 
 1. lists the hour's raw files (names only; the streaming job's names carry each file's min/max
    ``ts``) and compares them with the ledger (:func:`plan_indicators`);

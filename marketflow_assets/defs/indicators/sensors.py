@@ -14,24 +14,8 @@ run-launch hops. While the follower has run within ``LIVE_GRACE_S`` this sensor 
 the last ``LIVE_HORIZON_HOURS`` to it and only launches runs for older (late) data; when the
 follower stops, this sensor takes over by itself.
 
-Why a custom sensor and not declarative automation (``AutomationCondition``): measured with
-``python -m benchmarks.automation``, which asks both, on one Dagster instance, what they would run
-after the observation sensor reports new raw files (run of 2026-11-29 on the shared 2-core machine):
-
-* new rows of the current hour: both request the current hour;
-* late rows of the previous hour (a poll at hh:59:50 whose Parquet lands after the hour turned):
-  this sensor requests the previous hour; ``AutomationCondition.eager()`` requests the current hour
-  only. ``raw_prices`` is one unpartitioned external asset, so a condition sees *that* it changed,
-  not *which hours* the new rows belong to, and ``eager()`` only looks at the latest time window;
-* new rows while the previous hour was never materialized (the first hour after a gap, or after
-  a fresh start): this sensor requests the current hour; ``eager()`` requests nothing, because the
-  hourly self-dependency (the EMA state) makes the missing previous partition a missing dependency;
-* the automation condition sensor ticks every 30 s by default against 5 s here, which would add
-  up to 25 s to the end-to-end latency budget (p95 <= 10 s is the target);
-* one evaluation took 120-460 ms for ``eager()`` against 12-75 ms for this sensor (single noisy
-  runs on a loaded machine; both small next to the tick interval).
-
-So the sensor stays; ``recent_indicators_schedule`` covers what it cannot see (sensor stopped).
+Why a custom sensor and not declarative automation (``AutomationCondition``): ``docs/DECISIONS.md``;
+``recent_indicators_schedule`` covers what it cannot see (sensor stopped).
 """
 
 from datetime import UTC, datetime, timedelta
