@@ -23,10 +23,10 @@ import dagster as dg
 
 
 def _assets(start: datetime):
-    from marketflow_assets.assets.indicators import build_price_indicators
-    from marketflow_assets.assets.movers import build_market_movers
-    from marketflow_assets.assets.partitions import hourly_partitions
-    from marketflow_assets.assets.raw_prices import raw_prices
+    from marketflow_assets.defs.common.partitions import hourly_partitions
+    from marketflow_assets.defs.indicators.assets import build_price_indicators
+    from marketflow_assets.defs.indicators.movers import build_market_movers
+    from marketflow_assets.defs.raw_prices.assets import raw_prices
 
     partitions = hourly_partitions(start)
     eager = dg.AutomationCondition.eager()
@@ -52,8 +52,8 @@ def _report_done(instance, asset: str, key: str) -> None:
 
 
 def scenario(name: str, rows_at: datetime, previous_done: bool, now: datetime) -> None:
-    from marketflow_assets.jobs import partition_key_for
-    from marketflow_assets.sensors.automation import indicators_follow_raw_prices
+    from marketflow_assets.defs.indicators.jobs import partition_key_for
+    from marketflow_assets.defs.indicators.sensors import indicators_follow_raw_prices
 
     hour = now.replace(minute=0, second=0, microsecond=0)
     assets, _ = _assets(hour - timedelta(hours=6))
@@ -109,7 +109,7 @@ def main() -> int:
 
     warnings.filterwarnings("ignore")
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    from marketflow_assets.sensors.automation import indicators_follow_raw_prices
+    from marketflow_assets.defs.indicators.sensors import indicators_follow_raw_prices
 
     default_sensor = dg.AutomationConditionSensorDefinition(
         "default_automation_condition_sensor", target=dg.AssetSelection.all()

@@ -94,12 +94,12 @@ def observe(raws: dict[str, Path], scratch: Path) -> dict[str, dict]:
     import dagster as dg
 
     import marketflow_assets.definitions  # noqa: F401 - loads assets before their sensors
-    from marketflow_assets.resources import RawDataResource
-    from marketflow_assets.sensors.raw_prices import (
+    from marketflow_assets.defs.raw_prices.sensors import (
         RawCursor,
         new_raw_files,
         raw_prices_observation_sensor,
     )
+    from marketflow_assets.resources import RawDataResource
 
     state = {}
     for label, raw in raws.items():
@@ -138,7 +138,7 @@ def observe(raws: dict[str, Path], scratch: Path) -> dict[str, dict]:
 
 def refresh(raws: dict[str, Path], scratch: Path) -> dict[str, list[float]]:
     from benchmarks.incremental import _database
-    from marketflow_assets.services import EmbeddedPostgres
+    from marketflow_assets.runtime.services import EmbeddedPostgres
 
     start = (END - pd.Timedelta(hours=1)).to_pydatetime()
     key = project.partition_key(start)

@@ -272,7 +272,7 @@ def candles_without_covering_index(url: str, repeats: int) -> tuple[float, float
 
 
 def run(mode: str = "quick") -> float:
-    from marketflow_assets.services import EmbeddedPostgres
+    from marketflow_assets.runtime.services import EmbeddedPostgres
 
     folder = data.bench_dir() / "dashboard"
     folder.mkdir(parents=True, exist_ok=True)

@@ -160,7 +160,7 @@ def _compare(seed: tuple[pd.DataFrame, pd.DataFrame], inc: tuple[pd.DataFrame, p
 
 
 def run(mode: str = "quick") -> list[SizeResult]:
-    from marketflow_assets.services import EmbeddedPostgres
+    from marketflow_assets.runtime.services import EmbeddedPostgres
 
     repeats = 7
     layout = LAYOUT[mode]

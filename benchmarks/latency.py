@@ -1,7 +1,7 @@
 """End-to-end freshness: poll ``ts`` -> row visible in ``price_indicators``.
 
 The whole pipeline runs as ``marketflow up`` runs it (the same helpers of
-:mod:`marketflow_assets.up`): embedded Kafka (Tansu) and PostgreSQL, the Spark streaming job
+:mod:`marketflow_assets.runtime.up`): embedded Kafka (Tansu) and PostgreSQL, the Spark streaming job
 (2 s trigger), ``dagster dev`` (daemon, sensors) and the live follower (``marketflow follow``:
 in-process runs of ``refresh_indicators_job`` as soon as a raw file appears) as child processes;
 not the Spark Connect server ``up`` keeps for backfills, since runs of the newest hour compute in
@@ -50,9 +50,7 @@ import contextlib
 import json
 import logging
 import re
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -61,8 +59,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import data
 from benchmarks.loadavg import LoadSampler
+from benchmarks.processes import clean_up, create_topics, scratch_run, stop_children, wait_for
 from benchmarks.report import print_table, ratio_line
 
 logger = logging.getLogger(__name__)
@@ -233,24 +231,6 @@ def _stats(values: list[float]) -> tuple[float, float, float]:
     )
 
 
-def _wait(predicate, timeout: float, what: str, children) -> None:
-    from marketflow_assets.up import tail
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for child in children:
-            if child.proc is not None and child.proc.poll() is not None:
-                raise RuntimeError(
-                    f"{child.name} exited with code {child.proc.returncode} while waiting for "
-                    f"{what}:\n{tail(child.log_path)}"
-                )
-        with contextlib.suppress(Exception):
-            if predicate():
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 @dataclass
 class Phase:
     """One measured series of polls on the running pipeline."""
@@ -397,12 +377,9 @@ def quix_child(up, resolved, work: Path):
 def run(
     mode: str = "quick", path: str = "up", market: bool = True, baseline: bool = True
 ) -> dict[str, tuple[float, float, float]]:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    from marketflow_assets import up
     from marketflow_assets.resources.postgres import PostgresResource
-    from marketflow_assets.services import free_port, running_services
+    from marketflow_assets.runtime import up
+    from marketflow_assets.runtime.services import free_port, running_services
     from marketflow_assets.settings import Settings
 
     polls, interval = MODES[mode]["polls"], MODES[mode]["interval"]
@@ -417,9 +394,7 @@ def run(
     phases = [Phase(COINS, polls, interval)]
     if market:
         phases.append(Phase(**MARKET[mode]))
-    scratch = data.bench_dir() / "latency"
-    scratch.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
+    scratch, work = scratch_run("latency")
     settings = Settings(data_dir=work)
     args = argparse.Namespace(
         source="simulate",
@@ -450,15 +425,7 @@ def run(
     try:
         with running_services(settings, log=logger.info) as resolved:
             PostgresResource(url=resolved.postgres_url).ensure_tables()
-            admin = KafkaAdminClient(bootstrap_servers=resolved.kafka_bootstrap)
-            with contextlib.suppress(Exception):
-                admin.create_topics(
-                    [
-                        NewTopic(resolved.kafka_topic, 3, 1),
-                        NewTopic(resolved.dlq_topic, 3, 1),
-                    ]
-                )
-            admin.close()
+            create_topics(resolved)
             env = up.child_env(resolved, args)
             built = {child.name: child for child in up.build_children(args, resolved, "simulate")}
             ingest, spark, dagster = built["ingest"], built["spark"], built["dagster"]
@@ -478,28 +445,28 @@ def run(
             probes = up.ReadinessProbes(resolved, args)
             spark_log = spark.log_path
             if path in ("up", "daemon"):
-                _wait(probes._ui_serves, 180, "the Dagster UI", children)
+                wait_for(probes._ui_serves, 180, "the Dagster UI", children)
             else:
                 from benchmarks import project
 
                 project.get_bench_spark()
                 loop = RefreshLoop(work, resolved.postgres_url)
                 loop.start()
-            _wait(
+            wait_for(
                 lambda: "micro-batch" in spark_log.read_text(errors="replace"),
                 180,
                 "the Spark streaming job",
                 children,
             )
             if path == "up" and follow is not None:
-                _wait(
+                wait_for(
                     lambda: "following" in follow.log_path.read_text(errors="replace"),
                     180,
                     "the live follower",
                     children,
                 )
             if path in ("up", "daemon"):  # the daemon has loaded the code and ticks the sensor
-                _wait(
+                wait_for(
                     lambda: (
                         "sensor: indicators_follow_raw_prices"
                         in dagster.log_path.read_text(errors="replace")
@@ -513,14 +480,14 @@ def run(
                 children.append(warmup)
                 warmup.proc.wait(120)
                 children.remove(warmup)
-                _wait(
+                wait_for(
                     lambda: probes._indicator_rows() >= COINS,
                     300,
                     "the warm-up poll in price_indicators",
                     children,
                 )
             if quix is not None:  # its consumer group has the topic's partitions
-                _wait(
+                wait_for(
                     lambda: "ready: consuming" in quix.log_path.read_text(errors="replace"),
                     180,
                     "the Quix Streams baseline's consumer group",
@@ -533,24 +500,14 @@ def run(
                     breakdowns[phase.coins] = breakdown(work / "logs", phase)
             if loop is not None:
                 loop.stop()
-            for child in reversed(children):
-                up.stop_child(child)
-            children.clear()
+            stop_children(children)
     finally:
         for phase in phases:
             if phase.watcher is not None:
                 phase.watcher.stop()
         if loop is not None:
             loop.stop()
-        for child in reversed(children):
-            with contextlib.suppress(Exception):
-                up.stop_child(child)
-        logs = work / "logs"
-        if logs.is_dir():
-            keep = scratch / "last-logs"
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(logs, keep)
-        shutil.rmtree(work, ignore_errors=True)
+        clean_up(children, work, scratch)
 
     for phase in phases:
         label = f"{phase.polls} polls x {phase.coins:,} coins every {phase.interval:g} s"

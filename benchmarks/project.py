@@ -17,12 +17,13 @@ BENCH_PARTITION_START = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 def get_bench_spark():
-    """The project's SparkSession (``marketflow_assets.spark.get_spark``: project conf, local).
+    """The project's SparkSession (``marketflow_assets.runtime.spark.get_spark``: project conf,
+    local).
 
     The Dagster ``PySparkResource`` of the assets is built from the same ``spark_conf()``, so a
     materialization in this process reuses this session (``getOrCreate``).
     """
-    from marketflow_assets.spark import get_spark
+    from marketflow_assets.runtime.spark import get_spark
 
     return get_spark(app_name="marketflow-bench")
 
@@ -30,7 +31,7 @@ def get_bench_spark():
 def spark_indicators(spark, raw_dir: Path, start: datetime, end: datetime):
     """The assets' Spark indicator computation for ``[start, end)`` from scratch (no state):
     ``spark_compute.read_raw_window`` + ``spark_compute.indicators_dataframe`` (lazy)."""
-    from marketflow_assets.assets.spark_compute import indicators_dataframe, read_raw_window
+    from marketflow_assets.defs.indicators.compute import indicators_dataframe, read_raw_window
 
     raw_df = read_raw_window(spark, raw_dir, start, end)
     return indicators_dataframe(raw_df, None, start, end)
@@ -65,10 +66,10 @@ def materialize_partition(
     """
     import dagster as dg
 
-    from marketflow_assets.assets.indicators import build_price_indicators
-    from marketflow_assets.assets.movers import build_market_movers
-    from marketflow_assets.assets.partitions import hourly_partitions
     from marketflow_assets.definitions import build_resources
+    from marketflow_assets.defs.common.partitions import hourly_partitions
+    from marketflow_assets.defs.indicators.assets import build_price_indicators
+    from marketflow_assets.defs.indicators.movers import build_market_movers
 
     # the synthetic histories lie in the past: partitions from 2020 on, whatever ./data holds
     partitions = hourly_partitions(start=BENCH_PARTITION_START)
@@ -98,8 +99,8 @@ def refresh_functions(
 ) -> dict[str, float]:
     """The assets' bodies called directly (no Dagster; the whole period, no ledger): per-step
     seconds."""
-    from marketflow_assets.assets.indicators import refresh_indicators
-    from marketflow_assets.assets.movers import refresh_movers
+    from marketflow_assets.defs.indicators.assets import refresh_indicators
+    from marketflow_assets.defs.indicators.movers import refresh_movers
     from marketflow_assets.resources.postgres import PostgresResource
 
     postgres = PostgresResource(url=postgres_url)
@@ -117,6 +118,6 @@ def refresh_functions(
 
 
 def partition_key(start: datetime) -> str:
-    from marketflow_assets.assets.partitions import PARTITION_FMT
+    from marketflow_assets.defs.common.partitions import PARTITION_FMT
 
     return start.strftime(PARTITION_FMT)

@@ -116,8 +116,8 @@ def _record_ledger(url: str, raw_dir: Path, hour) -> None:
     """The ledger row the live pipeline leaves for ``hour``: every file present folded in."""
     import psycopg2
 
-    from marketflow_assets.assets.incremental import HOUR, file_names
-    from marketflow_assets.assets.spark_compute import raw_window_files
+    from marketflow_assets.defs.indicators.compute import raw_window_files
+    from marketflow_assets.defs.indicators.incremental import HOUR, file_names
     from marketflow_assets.resources import refresh_ledger
 
     names = file_names(raw_dir, raw_window_files(raw_dir, hour, hour + HOUR))
@@ -132,9 +132,9 @@ def _record_ledger(url: str, raw_dir: Path, hour) -> None:
 
 def _direct(raw_dir: Path, url: str, hour) -> dict[str, float]:
     """One live refresh through the assets' functions (no Dagster): seconds per step."""
-    from marketflow_assets.assets.incremental import HOUR
-    from marketflow_assets.assets.indicators import refresh_indicators_incremental
-    from marketflow_assets.assets.movers import refresh_movers_incremental
+    from marketflow_assets.defs.indicators.assets import refresh_indicators_incremental
+    from marketflow_assets.defs.indicators.incremental import HOUR
+    from marketflow_assets.defs.indicators.movers import refresh_movers_incremental
     from marketflow_assets.resources.postgres import PostgresResource
 
     postgres = PostgresResource(url=url)
@@ -166,9 +166,9 @@ def _count(url: str, start, end) -> int:
 def run(mode: str = "quick") -> dict[str, list[float]]:
     from benchmarks.incremental import _database
     from marketflow_assets import indicators as ind
-    from marketflow_assets.assets.spark_compute import read_raw_window_local
+    from marketflow_assets.defs.indicators.compute import read_raw_window_local
     from marketflow_assets.raw_dataset import list_raw_files
-    from marketflow_assets.services import EmbeddedPostgres
+    from marketflow_assets.runtime.services import EmbeddedPostgres
 
     history = data.History(coins=COINS, interval_s=INTERVAL_S, hours=3, files="poll")
     raw = data.ensure_history(history)

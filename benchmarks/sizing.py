@@ -85,7 +85,7 @@ def postgres_bytes_per_row(frame) -> tuple[float, float, int, int]:
 
     from marketflow_assets.indicators import compute_indicators, compute_movers
     from marketflow_assets.resources.postgres import PostgresResource
-    from marketflow_assets.services import EmbeddedPostgres
+    from marketflow_assets.runtime.services import EmbeddedPostgres
 
     indicators = compute_indicators(frame[["id", "symbol", "ts", "current_price"]])
     movers = compute_movers(indicators)

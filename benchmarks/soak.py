@@ -22,13 +22,12 @@ import argparse
 import contextlib
 import json
 import logging
-import shutil
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from benchmarks import data
+from benchmarks.processes import clean_up, create_topics, scratch_run, stop_children, wait_for
 from benchmarks.report import print_table, ratio_line
 
 logger = logging.getLogger(__name__)
@@ -121,18 +120,13 @@ def rss(spark_pid: int, dagster_pid: int) -> dict[str, int]:
 
 
 def run() -> None:
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    from benchmarks.latency import _wait
-    from marketflow_assets import compaction, up
+    from marketflow_assets import compaction
     from marketflow_assets.resources.postgres import PostgresResource
-    from marketflow_assets.services import free_port, running_services
+    from marketflow_assets.runtime import up
+    from marketflow_assets.runtime.services import free_port, running_services
     from marketflow_assets.settings import Settings
 
-    scratch = data.bench_dir() / "soak"
-    scratch.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
+    scratch, work = scratch_run("soak")
     replay = work / "replay.jsonl"
     polls = write_replay(replay, datetime.now(UTC).replace(microsecond=0))
     settings = Settings(data_dir=work)
@@ -155,22 +149,17 @@ def run() -> None:
     try:
         with running_services(settings, log=logger.info) as resolved:
             PostgresResource(url=resolved.postgres_url).ensure_tables()
-            admin = KafkaAdminClient(bootstrap_servers=resolved.kafka_bootstrap)
-            with contextlib.suppress(Exception):
-                admin.create_topics(
-                    [NewTopic(resolved.kafka_topic, 3, 1), NewTopic(resolved.dlq_topic, 3, 1)]
-                )
-            admin.close()
+            create_topics(resolved)
             env = up.child_env(resolved, args)
-            ingest, spark, dagster = up.build_children(args, resolved, "replay")
+            ingest, spark, dagster, _follow = up.build_children(args, resolved, "replay")
             # many micro-batches, as many hours of a live run would bring (time-compressed too)
             spark.argv += ["--trigger-seconds", str(TRIGGER_S)]
             for child in (spark, dagster):
                 up.start_child(child, env)
                 children.append(child)
             probes = up.ReadinessProbes(resolved, args)
-            _wait(probes._ui_serves, 240, "the Dagster UI", children)
-            _wait(
+            wait_for(probes._ui_serves, 240, "the Dagster UI", children)
+            wait_for(
                 lambda: (
                     "starting marketflow_raw_prices" in spark.log_path.read_text("utf-8", "replace")
                 ),
@@ -202,19 +191,9 @@ def run() -> None:
             after = rss(spark.proc.pid, dagster.proc.pid)
             files = len(list(resolved.raw_dir.glob("date=*/*.parquet")))
             rows = _raw_rows(resolved.raw_dir)
-            for child in reversed(children):
-                up.stop_child(child)
-            children.clear()
+            stop_children(children)
     finally:
-        for child in reversed(children):
-            with contextlib.suppress(Exception):
-                up.stop_child(child)
-        logs = work / "logs"
-        if logs.is_dir():
-            keep = scratch / "last-logs"
-            shutil.rmtree(keep, ignore_errors=True)
-            shutil.copytree(logs, keep)
-        shutil.rmtree(work, ignore_errors=True)
+        clean_up(children, work, scratch)
     mib = 1024 * 1024
     print_table(
         f"soak: RSS at start and after {HOURS} h of polls at {SPEED:g}x "

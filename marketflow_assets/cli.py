@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from marketflow_assets.cli_defaults import HelpFormatter
-from marketflow_assets.services import ServiceError
+from marketflow_assets.runtime.services import ServiceError
 from marketflow_assets.settings import ConfigError, load_settings
 
 logger = logging.getLogger("marketflow")
@@ -55,10 +55,13 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from marketflow_assets import compaction, follow, forecast, refresh, spark_standalone, up
+    from marketflow_assets import compaction
     from marketflow_assets.dashboard import command as dashboard_command
+    from marketflow_assets.defs.forecasts import command as forecast
+    from marketflow_assets.defs.indicators import follow, refresh
     from marketflow_assets.ingest import command as ingest_command
     from marketflow_assets.live import command as live_command
+    from marketflow_assets.runtime import spark_standalone, up
     from spark_streaming import kafka_streaming
 
     parser = _Parser(prog="marketflow", description=DESCRIPTION, formatter_class=HelpFormatter)
@@ -155,7 +158,7 @@ def _refresh_with_services(run):
     """``refresh`` needs Postgres: the configured one, or the embedded one under the data dir."""
 
     def handler(args, settings) -> int:
-        from marketflow_assets.services import running_services
+        from marketflow_assets.runtime.services import running_services
 
         with running_services(settings, log=logger.info, kafka=False) as resolved:
             return run(args, resolved)

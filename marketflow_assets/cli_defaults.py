@@ -57,7 +57,7 @@ class HelpFormatter(argparse.HelpFormatter):
 def resolve_source(source: str, settings: Settings, log: logging.Logger) -> str:
     """``auto`` -> ``coingecko`` when the CoinGecko API answers, else ``simulate``; says which.
 
-    Any other source is returned as is. Same meaning as :func:`marketflow_assets.up.resolve_source`.
+    Any other source is returned as is. ``up`` and ``ingest`` both resolve through here.
     """
     if source != "auto":
         return source

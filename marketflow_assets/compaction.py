@@ -59,6 +59,7 @@ from marketflow_assets.raw_dataset import (
     writer_lock,
 )
 from marketflow_assets.raw_dataset import write_manifest as _write_manifest
+from marketflow_assets.settings import floor_hour
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +90,6 @@ class CompactionReport:
         return text
 
 
-def hour_floor(ts: datetime) -> datetime:
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    return ts.replace(minute=0, second=0, microsecond=0)
-
-
 def _file_range(path: Path) -> tuple[int, int] | None:
     rng = name_ts_range(path.name)
     if rng is not None:
@@ -112,7 +108,7 @@ def _file_range(path: Path) -> tuple[int, int] | None:
 
 
 def _hours(rng: tuple[int, int]) -> list[datetime]:
-    first, last = hour_floor(from_micros(rng[0])), hour_floor(from_micros(rng[1]))
+    first, last = floor_hour(from_micros(rng[0])), floor_hour(from_micros(rng[1]))
     out = []
     while first <= last:
         out.append(first)
@@ -187,7 +183,7 @@ def compact_day(
     try:
         written = 0
         for value in sorted(v for v in pc.unique(hours).to_pylist() if v is not None):
-            hour = hour_floor(value)
+            hour = floor_hour(value)
             if hour < before and hour not in todo:
                 raise RuntimeError(f"{folder.name}: rows of {hour} outside its planned inputs")
             part = table.filter(pc.equal(hours, pa.scalar(value, type=hours.type)))
@@ -243,7 +239,7 @@ def compact(
     Only one compaction runs at a time per dataset (``_compact.lock``).
     """
     raw_dir = Path(raw_dir)
-    before = hour_floor(before or datetime.now(UTC))
+    before = floor_hour(before or datetime.now(UTC))
     report = CompactionReport(before)
     if not raw_dir.is_dir():
         return report

@@ -1,7 +1,8 @@
 """The one Definitions object of Marketflow: assets, checks, jobs, sensors, schedules, resources.
 
-Packages only define things (``assets/``, ``checks/``, ``sensors/``, ``schedules/``,
-``resources/``); this module is the only place that puts them together and applies the
+Packages only define things: ``defs/<domain>/`` (``raw_prices``, ``indicators``, ``forecasts``,
+``monitoring``; each exports ``ASSETS, CHECKS, JOBS, SENSORS, SCHEDULES``), ``defs/maintenance.py``
+and ``resources/``; this module is the only place that puts them together and applies the
 cross-cutting policy: native freshness policies (the UI's freshness status) and the executor.
 ``dagster dev -w workspace.yaml``, ``dagster definitions validate`` and ``dagster asset
 materialize -m marketflow_assets.definitions`` load exactly this module.
@@ -10,7 +11,7 @@ Nothing here needs configuration: resources resolve ``MARKETFLOW_*`` settings wh
 sensor first uses them (see ``settings.py``), with defaults for everything (``./data``, the
 embedded PostgreSQL under ``./data/postgres``, local Spark). The only thing read when the module
 loads is where the hourly partitions start (the first hour of raw data, see
-``assets/partitions.py``) and the freshness thresholds.
+``defs/common/partitions.py``) and the freshness thresholds.
 """
 
 from __future__ import annotations
@@ -19,21 +20,13 @@ from datetime import timedelta
 
 import dagster as dg
 
-from marketflow_assets.assets import ASSETS
-from marketflow_assets.assets.forecasts import FORECAST_ASSETS
-from marketflow_assets.checks import ASSET_CHECKS
-from marketflow_assets.checks.forecasts import FORECAST_CHECKS
-from marketflow_assets.checks.stream import STREAM_CHECKS
-from marketflow_assets.jobs import JOBS
-from marketflow_assets.maintenance import MAINTENANCE_JOBS, MAINTENANCE_SCHEDULES
+from marketflow_assets.defs import forecasts, indicators, maintenance, monitoring, raw_prices
 from marketflow_assets.resources import (
     KafkaTopicResource,
     PostgresResource,
     RawDataResource,
     SparkResource,
 )
-from marketflow_assets.schedules.forecasts import forecast_retrain_schedule
-from marketflow_assets.schedules.indicators import recent_indicators_schedule
 from marketflow_assets.schema import (
     FORECAST_EVALUATION_ASSET,
     FORECAST_MODEL_ASSET,
@@ -42,27 +35,31 @@ from marketflow_assets.schema import (
     PRICE_INDICATORS_ASSET,
     RAW_PRICES_ASSET,
 )
-from marketflow_assets.sensors.alerts import marketflow_alert_sensor
-from marketflow_assets.sensors.automation import indicators_follow_raw_prices
-from marketflow_assets.sensors.forecasts import (
-    forecast_retrain_on_degradation,
-    forecasts_follow_indicators,
-)
-from marketflow_assets.sensors.freshness import monitoring_checks_sensor
-from marketflow_assets.sensors.raw_prices import raw_prices_observation_sensor
-from marketflow_assets.sensors.stream_health import stream_health_sensor
 from marketflow_assets.settings import load_check_settings
 
-SENSORS = [
-    raw_prices_observation_sensor,
-    indicators_follow_raw_prices,
-    monitoring_checks_sensor,
-    marketflow_alert_sensor,
-    forecasts_follow_indicators,
-    forecast_retrain_on_degradation,
-    stream_health_sensor,
+#: Market-data assets (``raw_prices``, ``price_indicators``, ``market_movers``) and their
+#: freshness and data-quality checks: what runs without the forecasts or a Kafka topic.
+ASSETS = [*raw_prices.ASSETS, *indicators.ASSETS]
+ASSET_CHECKS = [*monitoring.FRESHNESS_CHECKS, *raw_prices.CHECKS, *indicators.CHECKS]
+
+#: Every domain's Dagster objects, listed here and nowhere else.
+ALL_ASSETS = [*raw_prices.ASSETS, *indicators.ASSETS, *forecasts.ASSETS, *monitoring.ASSETS]
+CHECKS = [*raw_prices.CHECKS, *indicators.CHECKS, *forecasts.CHECKS, *monitoring.CHECKS]
+JOBS = [
+    *raw_prices.JOBS,
+    *indicators.JOBS,
+    *forecasts.JOBS,
+    *monitoring.JOBS,
+    *maintenance.MAINTENANCE_JOBS,
 ]
-SCHEDULES = [recent_indicators_schedule, forecast_retrain_schedule, *MAINTENANCE_SCHEDULES]
+SENSORS = [*raw_prices.SENSORS, *indicators.SENSORS, *forecasts.SENSORS, *monitoring.SENSORS]
+SCHEDULES = [
+    *raw_prices.SCHEDULES,
+    *indicators.SCHEDULES,
+    *forecasts.SCHEDULES,
+    *monitoring.SCHEDULES,
+    *maintenance.MAINTENANCE_SCHEDULES,
+]
 #: Assets that follow every poll: freshness thresholds of the data checks.
 FRESH_ASSETS = (
     RAW_PRICES_ASSET,
@@ -117,9 +114,9 @@ def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
 
 
 defs = dg.Definitions(
-    assets=with_freshness([*ASSETS, *FORECAST_ASSETS], freshness_policy()),
-    asset_checks=[*ASSET_CHECKS, *STREAM_CHECKS, *FORECAST_CHECKS],
-    jobs=[*JOBS, *MAINTENANCE_JOBS],
+    assets=with_freshness(ALL_ASSETS, freshness_policy()),
+    asset_checks=CHECKS,
+    jobs=JOBS,
     sensors=SENSORS,
     schedules=SCHEDULES,
     resources=build_resources(),

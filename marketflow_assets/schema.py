@@ -166,7 +166,8 @@ EVALUATION_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 EVALUATION_KEY = ("evaluated_at", "model", "horizon_s")
 # Pipeline history for the dashboard's "Pipeline" page: every check evaluation the monitoring
-# sensor records and every alert the alert sensor sends (``marketflow_assets/history.py``).
+# sensor records and every alert the alert sensor sends
+# (``marketflow_assets/defs/monitoring/history.py``).
 # ``check_key`` = "<asset>:<check>"; ``metadata`` = the evaluation's metadata as JSON.
 CHECK_RESULT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("check_key", "text NOT NULL"),
@@ -261,6 +262,22 @@ LIVE_OFFSETS_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 LIVE_OFFSETS_KEY = ("topic", "partition")
 STATE_TABLES = (REFRESH_LEDGER_TABLE, LIVE_OFFSETS_TABLE)
+
+
+def distinct_values_cte(name: str, table: str, column: str) -> str:
+    """``WITH RECURSIVE <name>(<column>) AS (...)``: the distinct values of ``table.column`` by a
+    loose index scan of an index led by ``column`` (one probe per value, so the cost follows the
+    number of values, not of rows). Its last row is a NULL: filter ``WHERE <column> IS NOT
+    NULL``."""
+    return f"""
+WITH RECURSIVE {name}({column}) AS (
+    (SELECT {column} FROM {table} ORDER BY {column} LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.{column} FROM {table} t WHERE t.{column} > prev.{column}
+            ORDER BY t.{column} LIMIT 1)
+    FROM {name} prev WHERE prev.{column} IS NOT NULL
+)
+"""
 
 
 def create_all_sql() -> list[str]:

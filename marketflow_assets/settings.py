@@ -111,6 +111,12 @@ def parse_utc(value: str, name: str = "time") -> datetime:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+def floor_hour(ts: datetime) -> datetime:
+    """Start of the UTC hour holding ``ts`` (tz-aware UTC; naive input means UTC)."""
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str | None = None
@@ -206,9 +212,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         spark_ui=get("MARKETFLOW_SPARK_UI") or "false",
         spark_log_level=get("MARKETFLOW_SPARK_LOG_LEVEL") or "WARN",
         partition_start=(
-            None
-            if start is None
-            else parse_utc(start, ENV_PARTITION_START).replace(minute=0, second=0, microsecond=0)
+            None if start is None else floor_hour(parse_utc(start, ENV_PARTITION_START))
         ),
         dagster_home=get("DAGSTER_HOME"),
         log_level=get("MARKETFLOW_LOG_LEVEL") or "INFO",

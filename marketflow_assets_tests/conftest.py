@@ -1,6 +1,7 @@
 """Session-wide real infrastructure for the tests: a Tansu broker, PostgreSQL 16, local Spark.
 
-Everything goes through :mod:`marketflow_assets.services`, the same code `marketflow up` uses.
+Everything goes through :mod:`marketflow_assets.runtime.services`, the same code `marketflow up`
+uses.
 Set ``MARKETFLOW_KAFKA_BOOTSTRAP`` / ``MARKETFLOW_POSTGRES_URL`` to run the suite against real
 servers instead of the embedded ones.
 """
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from marketflow_assets.runtime.services import EmbeddedKafka, EmbeddedPostgres, wait_for_kafka
 from marketflow_assets.schema import STATE_TABLES, TABLES
-from marketflow_assets.services import EmbeddedKafka, EmbeddedPostgres, wait_for_kafka
 from marketflow_assets.settings import load_settings
 
 # The test data lies in the past (2024, 2026-03): the code location's partitions must start
@@ -90,7 +91,7 @@ def new_topic(kafka_bootstrap):
 @pytest.fixture(scope="session")
 def spark():
     """One local[2] SparkSession for the whole test session."""
-    from marketflow_assets.spark import get_spark
+    from marketflow_assets.runtime.spark import get_spark
 
     session = get_spark("local[2]", app_name="marketflow-tests")
     yield session

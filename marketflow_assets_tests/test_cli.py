@@ -247,7 +247,7 @@ def test_bad_spark_cluster_options_exit_2_before_starting_anything(capsys):
 
 def test_spark_standalone_module_entry_point_still_works():
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    cmd = [sys.executable, "-m", "marketflow_assets.spark_standalone"]
+    cmd = [sys.executable, "-m", "marketflow_assets.runtime.spark_standalone"]
     res = subprocess.run([*cmd, "--help"], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 0 and "--app-cores" in res.stdout
     res = subprocess.run(

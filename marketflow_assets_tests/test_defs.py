@@ -3,6 +3,7 @@ Dagster features in place, and nothing configured or running needed."""
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -16,8 +17,8 @@ import dagster as dg
 import pytest
 
 from marketflow_assets.definitions import defs
+from marketflow_assets.runtime.services import EmbeddedPostgres
 from marketflow_assets.schema import column_names
-from marketflow_assets.services import EmbeddedPostgres
 from marketflow_assets_tests.helpers import (
     irregular_rows,
     read_table,
@@ -135,17 +136,47 @@ def test_only_settings_reads_the_environment():
     assert offenders == []
 
 
-def test_asset_and_check_packages_import_no_sensor_or_schedule():
-    code = (
-        "import json, sys, marketflow_assets.assets, marketflow_assets.checks; "
-        "print(json.dumps(sorted(m for m in sys.modules if m.startswith("
-        "('marketflow_assets.sensors', 'marketflow_assets.schedules', "
-        "'marketflow_assets.definitions')))))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
-    )
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+def _module_imports(path: Path) -> set[str]:
+    """Modules ``path`` imports (absolute names), at any depth of its code."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_asset_and_check_modules_import_no_sensor_or_schedule():
+    """Assets and checks do not depend on the sensors, schedules or the composition root
+    (followed through every module they import, package ``__init__`` files aside)."""
+    package = REPO_ROOT / "marketflow_assets"
+    modules = {
+        ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts): path
+        for path in package.rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    roots = [
+        m
+        for m in modules
+        if m.startswith("marketflow_assets.defs.")
+        and m.rsplit(".", 1)[1] in {"assets", "movers", "checks", "movers_checks", "stream_checks"}
+    ]
+    assert len(roots) >= 8
+    forbidden = re.compile(r"\.(sensors|stream_sensors|schedules|alerts)$|\.definitions$")
+    seen, todo, offenders = set(), list(roots), []
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for name in _module_imports(modules[module]):
+            if forbidden.search(name):
+                offenders.append(f"{module} imports {name}")
+            if name in modules:
+                todo.append(name)
+    assert offenders == []
 
 
 def test_plain_dagster_in_an_empty_folder_without_configuration(tmp_path):

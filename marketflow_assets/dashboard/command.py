@@ -2,7 +2,7 @@
 
 Reads only PostgreSQL: ``MARKETFLOW_POSTGRES_URL`` (not required to be up: the page says so and
 retries), else the embedded server under ``$MARKETFLOW_DATA_DIR/postgres`` (started here through
-:mod:`marketflow_assets.services`, and stopped on exit). Streamlit runs as a child process
+:mod:`marketflow_assets.runtime.services`, and stopped on exit). Streamlit runs as a child process
 (``python -m streamlit run app.py``) bound to 127.0.0.1, headless, without usage statistics;
 Ctrl-C or SIGTERM stops it.
 """
@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from marketflow_assets.services import LOOPBACK, running_services, stop_process
+from marketflow_assets.runtime.services import LOOPBACK, running_services, stop_process
 from marketflow_assets.settings import ConfigError, Settings, child_environment, redact_url
 
 logger = logging.getLogger("marketflow.dashboard")

@@ -41,6 +41,7 @@ from typing import Any
 
 import pandas as pd
 
+from marketflow_assets.schema import distinct_values_cte
 from marketflow_assets.settings import redact_url
 
 #: Coin-page ranges (label -> length); the page offers 15 min … 7 days.
@@ -82,14 +83,8 @@ SQL: dict[str, str] = {
     "newest_indicator_ts": "SELECT max(ts) FROM price_indicators",
     # which path wrote the newest row (live consumer or Dagster recompute), and its ts
     "latest_row_source": "SELECT source, ts FROM price_indicators ORDER BY ts DESC LIMIT 1",
-    "coins": """
-        WITH RECURSIVE stored(coin_id) AS (
-            (SELECT coin_id FROM price_indicators ORDER BY coin_id LIMIT 1)
-            UNION ALL
-            SELECT (SELECT p.coin_id FROM price_indicators p WHERE p.coin_id > s.coin_id
-                    ORDER BY p.coin_id LIMIT 1)
-            FROM stored s WHERE s.coin_id IS NOT NULL
-        )
+    "coins": distinct_values_cte("stored", "price_indicators", "coin_id")
+    + """
         SELECT s.coin_id, l.symbol, l.ts AS newest_ts
         FROM stored s, LATERAL (
             SELECT p.symbol, p.ts FROM price_indicators p
@@ -125,14 +120,8 @@ SQL: dict[str, str] = {
     "rows_per_poll": """
         SELECT ts, count(*) AS rows FROM price_indicators
         WHERE ts > %(start)s GROUP BY ts ORDER BY ts""",
-    "latest_check_results": """
-        WITH RECURSIVE keys(check_key) AS (
-            (SELECT check_key FROM check_results ORDER BY check_key LIMIT 1)
-            UNION ALL
-            SELECT (SELECT c.check_key FROM check_results c WHERE c.check_key > k.check_key
-                    ORDER BY c.check_key LIMIT 1)
-            FROM keys k WHERE k.check_key IS NOT NULL
-        )
+    "latest_check_results": distinct_values_cte("keys", "check_results", "check_key")
+    + """
         SELECT r.* FROM keys k, LATERAL (
             SELECT c.check_key, c.asset_key, c.check_name, c.evaluated_at, c.passed,
                    c.severity, c.description, c.metadata::text AS metadata

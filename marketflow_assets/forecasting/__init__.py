@@ -9,5 +9,5 @@
 * :mod:`.gate` - Diebold-Mariano test (HAC variance) and the promotion rule;
 * :mod:`.live` - live error of served forecasts (retraining trigger).
 
-The Dagster assets in :mod:`marketflow_assets.assets.forecasts` are thin wrappers over these.
+The Dagster assets in :mod:`marketflow_assets.defs.forecasts.assets` are thin wrappers over these.
 """

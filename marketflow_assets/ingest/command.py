@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from marketflow_assets import cli_defaults
@@ -41,6 +38,7 @@ from marketflow_assets.ingest.sources import (
 )
 from marketflow_assets.ingest.spool import Spool, SpoolBusy, SpooledPoll, count_records
 from marketflow_assets.ingest.validate import ValidatedPoll, validate_poll
+from marketflow_assets.runtime.signals import stop_after_work_in_hand
 from marketflow_assets.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -209,27 +207,6 @@ def _monitoring(args: argparse.Namespace):
         emit_to_alert_path(pacing.alert_webhook_url), cooldown=pacing.alert_cooldown_seconds
     )
     return metrics, alerts
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop`` (the poll in hand finishes); a second SIGINT interrupts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.info("received %s; stopping after the current poll", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class Delivery:
@@ -480,7 +457,9 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
         finite = args.once or args.source == "replay" or args.max_polls is not None
         totals = {"polls": 0, "failed_polls": 0, "partial": 0, "good": 0, "bad": 0, "unacked": 0}
         last_updates: dict[str | None, str] = {}  # coin id -> last_updated of the previous poll
-        with _stop_on_signals(stop):
+        with stop_after_work_in_hand(
+            stop, work="the current poll", log=log, second_sigint_interrupts=True
+        ):
             for poll in source.polls(stop, max_polls=args.max_polls):
                 delivery.tick()  # a lost topic is resent first; the spool reconciled when due
                 totals["polls"] += 1

@@ -1,7 +1,8 @@
 """Alerts raised by the ingest process itself: polls failing, and their recovery.
 
 A dead broker or an unreachable CoinGecko is seen first (and, when Dagster is down, only) by the
-ingest loop, so it alerts through the same :func:`~marketflow_assets.sensors.alerts.emit_alert`
+ingest loop, so it alerts through the same
+:func:`~marketflow_assets.defs.monitoring.alerts.emit_alert`
 as the Dagster alert sensor. State machine, one message per state change:
 
 * a poll whose messages the broker did not acknowledge -> ``FAILURE`` at once (broker down);
@@ -62,7 +63,7 @@ class PollAlerts:
 
 def emit_to_alert_path(webhook_url: str | None) -> Callable[[str, str, str], object]:
     """``emit`` for :class:`PollAlerts` through the one alert function of the project."""
-    from marketflow_assets.sensors.alerts import Alert, emit_alert
+    from marketflow_assets.defs.monitoring.alerts import Alert, emit_alert
 
     def emit(previous: str, state: str, text: str) -> bool:
         return emit_alert(Alert(KEY, previous, state, text), webhook_url)

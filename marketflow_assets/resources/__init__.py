@@ -4,9 +4,11 @@
 * :class:`RawDataResource` - the raw Parquet dataset root (``MARKETFLOW_DATA_DIR``),
 * :class:`KafkaTopicResource` - the price topic and the streaming job's checkpoint (stream checks),
 * :class:`SparkResource` - a Spark session started on first use: a Spark Connect client when
-  ``MARKETFLOW_SPARK_REMOTE`` (``sc://host:port``, see :mod:`marketflow_assets.spark_connect`) is
+  ``MARKETFLOW_SPARK_REMOTE`` (``sc://host:port``, see
+  :mod:`marketflow_assets.runtime.spark_connect`) is
   set - one warm driver shared by all runs - else an in-process driver with
-  :func:`marketflow_assets.spark.spark_conf`. Inputs up to ``MARKETFLOW_LOCAL_MAX_ROWS`` rows
+  :func:`marketflow_assets.runtime.spark.spark_conf`. Inputs up to ``MARKETFLOW_LOCAL_MAX_ROWS``
+  rows
   (default 500 000) are computed in process without Spark.
 """
 

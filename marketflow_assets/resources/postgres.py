@@ -32,6 +32,7 @@ from marketflow_assets.schema import (
     TABLES,
     column_names,
     create_all_sql,
+    distinct_values_cte,
     stored_column_names,
 )
 from marketflow_assets.settings import load_settings, redact_url
@@ -55,15 +56,9 @@ WHERE e.ts IS NOT NULL
 STATE_SQL = _STATE_LOOKUPS.format(coins="unnest(%(coins)s::text[])")
 #: State of every stored coin: the distinct coin_ids come from a loose index scan of the primary
 #: key (one probe per coin), so the cost does not grow with the history either.
-ALL_COINS_STATE_SQL = """
-WITH RECURSIVE stored(coin_id) AS (
-    (SELECT coin_id FROM price_indicators ORDER BY coin_id LIMIT 1)
-    UNION ALL
-    SELECT (SELECT p.coin_id FROM price_indicators p WHERE p.coin_id > s.coin_id
-            ORDER BY p.coin_id LIMIT 1)
-    FROM stored s WHERE s.coin_id IS NOT NULL
-)
-""" + _STATE_LOOKUPS.format(coins="(SELECT coin_id FROM stored WHERE coin_id IS NOT NULL)")
+ALL_COINS_STATE_SQL = distinct_values_cte(
+    "stored", "price_indicators", "coin_id"
+) + _STATE_LOOKUPS.format(coins="(SELECT coin_id FROM stored WHERE coin_id IS NOT NULL)")
 
 
 def _utc(value: datetime | pd.Timestamp) -> pd.Timestamp:
@@ -113,7 +108,7 @@ class PostgresResource(dg.ConfigurableResource):
         settings = load_settings()
         if settings.postgres_url:
             return settings.postgres_url
-        from marketflow_assets.services import embedded_postgres_url
+        from marketflow_assets.runtime.services import embedded_postgres_url
 
         return embedded_postgres_url(settings.postgres_dir)
 

@@ -2,7 +2,8 @@
 
 One row per hourly partition of ``price_indicators`` / ``market_movers``; what the columns mean
 is documented in :mod:`marketflow_assets.schema` and how they are used in
-:mod:`marketflow_assets.assets.incremental`. Functions here take an open psycopg2 cursor so that
+:mod:`marketflow_assets.defs.indicators.incremental`. Functions here take an open psycopg2 cursor
+so that
 the ledger is updated in the same transaction as the rows it describes
 (``PostgresResource.replace_period(after_write=...)``).
 """

@@ -12,18 +12,17 @@ from pydantic import Field
 from marketflow_assets.settings import load_settings
 
 #: Default of :attr:`SparkResource.local_max_rows`: computations over at most this many input
-#: rows run in this process on the same pure functions instead of on Spark. One hour of 250
-#: coins at 30 s is 30 000 raw rows; for it a Spark job (Parquet scan of ~120 small files, shuffle
-#: to the Python workers, Arrow collect) costs ~0.7-4 s against ~0.1-0.3 s in process
-#: (``benchmarks/incremental.py``). Backfills of many hours go to Spark, whose cores pay off.
+#: rows run in this process on the same pure functions instead of on Spark (why 500 000:
+#: ``docs/DECISIONS.md``).
 LOCAL_MAX_ROWS = 500_000
 
 
 def default_spark_config() -> dict[str, str]:
     """Spark settings from the environment, read when a session is needed: a Spark Connect
-    client when ``MARKETFLOW_SPARK_REMOTE`` is set, else :func:`marketflow_assets.spark.spark_conf`
+    client when ``MARKETFLOW_SPARK_REMOTE`` is set, else
+    :func:`marketflow_assets.runtime.spark.spark_conf`
     (master ``MARKETFLOW_SPARK_MASTER``, default ``local[*]``)."""
-    from marketflow_assets.spark import spark_conf
+    from marketflow_assets.runtime.spark import spark_conf
 
     settings = load_settings()
     if settings.spark_remote:

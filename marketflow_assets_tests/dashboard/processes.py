@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from marketflow_assets.services import free_port
+from marketflow_assets.runtime.services import free_port
 
 MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
 

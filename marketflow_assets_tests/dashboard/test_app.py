@@ -15,8 +15,8 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import marketflow_assets.dashboard
-from marketflow_assets.history import record_alerts, record_check_evaluations
-from marketflow_assets.services import free_port
+from marketflow_assets.defs.monitoring.history import record_alerts, record_check_evaluations
+from marketflow_assets.runtime.services import free_port
 from marketflow_assets_tests.dashboard.dashboard_data import (
     SOLO,
     create_forecast_tables,

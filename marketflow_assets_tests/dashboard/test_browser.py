@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from marketflow_assets.indicators import compute_indicators, compute_movers
-from marketflow_assets.services import free_port
+from marketflow_assets.runtime.services import free_port
 from marketflow_assets_tests.dashboard.dashboard_data import synthetic_raw
 from marketflow_assets_tests.dashboard.processes import MARKETFLOW, Dashboard, env
 from marketflow_assets_tests.helpers import write_raw_parquet

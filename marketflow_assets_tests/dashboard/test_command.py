@@ -8,7 +8,7 @@ import socket
 import subprocess
 import urllib.request
 
-from marketflow_assets.services import free_port
+from marketflow_assets.runtime.services import free_port
 from marketflow_assets_tests.dashboard.processes import MARKETFLOW, Dashboard, env
 
 

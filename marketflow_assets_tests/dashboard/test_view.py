@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from marketflow_assets.checks.common import CheckSettings
-from marketflow_assets.checks.freshness import freshness_outcome
 from marketflow_assets.dashboard import view
+from marketflow_assets.defs.common.outcome import CheckSettings
+from marketflow_assets.defs.monitoring.checks import freshness_outcome
 
 NOW = pd.Timestamp("2026-03-01T12:00:00Z")
 

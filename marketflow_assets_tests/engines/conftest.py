@@ -1,7 +1,8 @@
 """Real engines beyond the embedded defaults: a Spark standalone cluster and a password-protected
 PostgreSQL server over TCP, both on 127.0.0.1, one of each per test session.
 
-* ``spark_cluster`` - :class:`marketflow_assets.spark_standalone.StandaloneCluster`: master + one
+* ``spark_cluster`` - :class:`marketflow_assets.runtime.spark_standalone.StandaloneCluster`: master
+  + one
   worker from the pyspark wheel's ``spark-class`` (ephemeral ports, 2 cores, 2 GiB, 1 core per
   application); every JVM
   (daemons, executors, Python workers) is gone after the session (asserted).
@@ -38,7 +39,7 @@ def spark_cluster(tmp_path_factory):
     """A running Spark standalone cluster (master URL in ``.master_url``); stopped afterwards."""
     import shutil
 
-    from marketflow_assets.spark_standalone import StandaloneCluster
+    from marketflow_assets.runtime.spark_standalone import StandaloneCluster
 
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         _unavailable("Java is not installed (Spark needs Java 17)")

@@ -1,4 +1,5 @@
-"""``python -m marketflow_assets.spark_standalone``: a local cluster for users, until SIGTERM."""
+"""``python -m marketflow_assets.runtime.spark_standalone``: a local cluster for users, until
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 pytestmark = [pytest.mark.engines, pytest.mark.spark_cluster, pytest.mark.timeout(300)]
 
-COMMAND = [sys.executable, "-m", "marketflow_assets.spark_standalone"]
+COMMAND = [sys.executable, "-m", "marketflow_assets.runtime.spark_standalone"]
 
 
 def processes_mentioning(text: str) -> list[str]:

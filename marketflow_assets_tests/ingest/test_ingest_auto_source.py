@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from marketflow_assets.ingest import command
-from marketflow_assets.services import free_port
+from marketflow_assets.runtime.services import free_port
 from marketflow_assets.settings import load_settings
 
 MARKETS = "/coins/markets"

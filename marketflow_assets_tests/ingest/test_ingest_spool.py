@@ -30,7 +30,7 @@ from marketflow_assets.ingest.spool import (
     unwritten_count,
 )
 from marketflow_assets.ingest.validate import validate_poll
-from marketflow_assets.services import EmbeddedKafka, free_port
+from marketflow_assets.runtime.services import EmbeddedKafka, free_port
 from marketflow_assets.settings import load_settings
 from marketflow_assets_tests.ingest.conftest import read_topic
 
@@ -201,7 +201,7 @@ def test_each_poll_is_fsynced_to_the_spool_before_it_is_sent(spool_settings, mon
 def test_pruning_drops_what_raw_parquet_holds_and_the_stop_line_counts_the_rest(
     spool_settings, capsys
 ):
-    from marketflow_assets.up import report_spool
+    from marketflow_assets.runtime.up import report_spool
 
     settings = spool_settings
     polls = list(simulate_polls(3, seed=2, start=START, interval_s=30, count=3))
@@ -494,9 +494,9 @@ def test_a_running_ingest_resends_its_spool_when_the_broker_lost_the_topic(
 def test_up_replays_the_spool_of_a_finished_replay_after_a_broker_restart(
     tmp_path, private_broker, ingest_args
 ):
+    from marketflow_assets.runtime.supervisor import Child, Supervisor, stop_child
+    from marketflow_assets.runtime.up import REPO_ROOT, _watch_broker
     from marketflow_assets.settings import child_environment
-    from marketflow_assets.supervisor import Child, Supervisor, stop_child
-    from marketflow_assets.up import REPO_ROOT, _watch_broker
 
     broker = private_broker()
     settings = dataclasses.replace(

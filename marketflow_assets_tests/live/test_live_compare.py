@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 
 from marketflow_assets import indicators as ind
-from marketflow_assets.assets.indicators import price_indicators
-from marketflow_assets.assets.movers import market_movers
-from marketflow_assets.assets.raw_prices import raw_prices
-from marketflow_assets.checks.price_indicators import price_indicators_live_matches
 from marketflow_assets.definitions import build_resources
+from marketflow_assets.defs.indicators.assets import price_indicators
+from marketflow_assets.defs.indicators.checks import price_indicators_live_matches
+from marketflow_assets.defs.indicators.movers import market_movers
+from marketflow_assets.defs.raw_prices.assets import raw_prices
 from marketflow_assets.live.store import LiveStore
 from marketflow_assets_tests.helpers import (
     assert_indicators_match_reference,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from marketflow_assets import up
+from marketflow_assets.runtime import up
 from marketflow_assets.settings import ConfigError, load_live_settings, load_settings
 
 

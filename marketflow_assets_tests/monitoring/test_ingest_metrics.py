@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from marketflow_assets.monitoring.ingest_health import PollAlerts
-from marketflow_assets.services import EmbeddedKafka, free_port
+from marketflow_assets.runtime.services import EmbeddedKafka, free_port
 from marketflow_assets_tests.monitoring.monitoring_helpers import (
     WebhookReceiver,
     count_messages,

@@ -4,9 +4,9 @@ import dataclasses
 
 import dagster as dg
 
-from marketflow_assets.checks import stream
+from marketflow_assets.defs.monitoring import stream_checks as stream
+from marketflow_assets.defs.monitoring.stream_sensors import windowed_dead_letters
 from marketflow_assets.monitoring import lag
-from marketflow_assets.sensors.stream_health import windowed_dead_letters
 from marketflow_assets.settings import load_monitoring_settings
 
 SETTINGS = load_monitoring_settings({})

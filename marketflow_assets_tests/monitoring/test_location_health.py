@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from marketflow_assets.monitoring.location_health import LocationWatch, location_errors
-from marketflow_assets.services import free_port
+from marketflow_assets.runtime.services import free_port
 from marketflow_assets_tests.monitoring.monitoring_helpers import wait_for
 
 WEBSERVER = str(Path(sys.executable).with_name("dagster-webserver"))

@@ -137,7 +137,7 @@ def test_bad_option_is_exit_2(kafka_bootstrap, data_dir, job_cwd):
 
 
 def test_unreachable_broker_is_a_one_line_runtime_failure(data_dir, job_cwd):
-    from marketflow_assets.services import free_port
+    from marketflow_assets.runtime.services import free_port
 
     env = job_env(f"127.0.0.1:{free_port()}", "crypto_prices", data_dir)
     res = run_job(env, "--available-now", cwd=job_cwd, timeout=90)

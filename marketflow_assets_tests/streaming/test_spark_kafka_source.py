@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
 
-from marketflow_assets.services import EmbeddedKafka, free_port
+from marketflow_assets.runtime.services import EmbeddedKafka, free_port
 from spark_streaming import kafka_source
 from spark_streaming.kafka_source import (
     RESET,

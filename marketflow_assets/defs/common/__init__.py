@@ -1,0 +1,1 @@
+"""Pieces the domains share: partitions, definition policies, check outcomes, table helpers."""

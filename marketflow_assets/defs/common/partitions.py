@@ -1,0 +1,70 @@
+"""Time partitions of the indicator assets: hourly, UTC, starting at the first hour of data.
+
+Partitions depend on their predecessor (``TimeWindowPartitionMapping(start_offset=-1,
+end_offset=-1)``) because the EMA carries state. Why hourly: ``docs/DECISIONS.md``.
+
+The first partition is, in this order: ``MARKETFLOW_PARTITION_START`` (ISO date or date-time,
+UTC) when set; else the hour of the oldest row in the raw dataset (``$MARKETFLOW_DATA_DIR/
+raw_prices``, read when the definitions load: only the oldest ``date=`` directory is looked at);
+else the start of today (UTC), when there is no data yet. ``marketflow refresh`` extends the range
+itself when asked for data before it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from marketflow_assets.settings import Settings, load_settings
+from marketflow_assets.settings import floor_hour as floor_hour  # the one floor, re-exported
+from marketflow_assets.settings import parse_utc as parse_utc  # re-exported (older imports)
+
+PARTITION_FMT = "%Y-%m-%d-%H:%M"
+#: Partitions per run in backfills (one day); each run continues from the previous one's state.
+PARTITIONS_PER_BACKFILL_RUN = 24
+
+
+def default_partition_start(settings: Settings | None = None, now: datetime | None = None):
+    """First hourly partition: the configured start, else the first hour of raw data, else
+    the start of today (UTC)."""
+    from marketflow_assets.raw_dataset import oldest_raw_ts
+
+    settings = settings or load_settings()
+    if settings.partition_start is not None:
+        return settings.partition_start
+    oldest = oldest_raw_ts(settings.raw_dir)
+    if oldest is not None:
+        return floor_hour(oldest)
+    now = now or datetime.now(UTC)
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def hourly_partitions(
+    start: datetime | None = None, end: datetime | None = None
+) -> dg.TimeWindowPartitionsDefinition:
+    """Hourly UTC partitions from ``start`` (default :func:`default_partition_start`).
+
+    Without ``end`` the range runs up to and including the current (still filling) hour, so the
+    streaming data always has a partition.
+    """
+    start = start or default_partition_start()
+    return dg.HourlyPartitionsDefinition(
+        start_date=start.strftime(PARTITION_FMT),
+        end_date=end.strftime(PARTITION_FMT) if end is not None else None,
+        timezone="UTC",
+        end_offset=0 if end is not None else 1,
+    )
+
+
+def self_dependency() -> dg.TimeWindowPartitionMapping:
+    """Each partition depends on the previous one (EMA state carries over)."""
+    return dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+
+
+def backfill_policy() -> dg.BackfillPolicy:
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_BACKFILL_RUN)
+
+
+#: The code location's partitions (start read when the definitions load; see the module docstring).
+HOURLY = hourly_partitions()

@@ -1,0 +1,1 @@
+"""The process runtime of ``marketflow up``: embedded services, Spark servers, supervision."""

@@ -1,0 +1,560 @@
+"""``marketflow up``: the whole pipeline on one machine, supervised, stopped cleanly by a signal.
+
+Order of start-up: PostgreSQL and Kafka (embedded unless configured), the tables and topics, then
+the child processes — the ingest loop, the Spark streaming job, a Spark Connect server for the
+Dagster runs and ``dagster dev`` on 127.0.0.1:3000. Each child runs in its own process group with
+its output in ``$MARKETFLOW_DATA_DIR/logs/<name>.log``; one line is printed per component when it
+is ready. A child that exits is restarted with exponential backoff; a crash loop (more than
+``--max-restarts`` restarts within ``--restart-window`` seconds) stops everything with exit code 1
+(see :mod:`marketflow_assets.runtime.supervisor`). On SIGINT (Ctrl-C), SIGTERM or SIGHUP (a closed
+terminal) the children are stopped in reverse order (whole process groups, so Dagster's run
+workers and Spark's JVM go too), then the broker and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from marketflow_assets.runtime import supervisor as _supervisor
+from marketflow_assets.runtime.services import (
+    EmbeddedKafka,
+    ServiceError,
+    free_port,
+    running_services,
+)
+from marketflow_assets.runtime.spark_connect import (
+    SPARK_REMOTE_ENV,
+    connect_server_command,
+    wait_for_port,
+)
+from marketflow_assets.runtime.supervisor import (  # noqa: F401 - Child & co. are used via `up.` too
+    Child,
+    RestartPolicy,
+    Supervisor,
+    describe_exit,
+    stop_child,
+    tail,
+)
+from marketflow_assets.settings import (
+    ConfigError,
+    Settings,
+    child_environment,
+    load_live_settings,
+)
+
+logger = logging.getLogger("marketflow.up")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPARK_JOB = REPO_ROOT / "spark_streaming" / "kafka_streaming.py"
+SOURCES = ("auto", "coingecko", "replay", "simulate")
+#: Micro-batch trigger of the streaming job under ``up``: a new poll waits at most this long
+#: before its micro-batch starts (docs/PERFORMANCE.md, "Where the seconds go").
+STREAMING_TRIGGER_SECONDS = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from marketflow_assets import cli_defaults as defaults
+
+    parser.add_argument(
+        "--source",
+        choices=defaults.SOURCES,
+        default=defaults.DEFAULT_SOURCE,
+        help=defaults.SOURCE_HELP,
+    )
+    parser.add_argument(
+        "--coins",
+        type=int,
+        default=defaults.DEFAULT_COINS,
+        help="top-N coins by market cap per poll",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=defaults.DEFAULT_INTERVAL,
+        help="seconds between poll starts",
+    )
+    parser.add_argument("--replay-file", help="replay file (JSON Lines) for --source replay")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=defaults.DEFAULT_SPEED,
+        help="replay speed: multiplies real time between recorded polls; 0 = no waiting",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="host of the Dagster UI")
+    parser.add_argument("--port", type=int, default=3000, help="port of the Dagster UI")
+    parser.add_argument("--dashboard-port", type=int, default=8501, help="analyst dashboard port")
+    parser.add_argument(
+        "--spark-master",
+        default=None,
+        help="master URL of Spark for the streaming job and the assets "
+        "(default: $MARKETFLOW_SPARK_MASTER, else local[*])",
+    )
+    parser.add_argument(
+        "--record",
+        type=Path,
+        help="append every poll acknowledged by the broker to this replay file (JSON Lines)",
+    )
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="a child restarted more often than this within --restart-window is crash-looping: "
+        "everything stops with exit code 1",
+    )
+    parser.add_argument(
+        "--restart-window",
+        type=float,
+        default=300.0,
+        help="seconds over which restarts are counted",
+    )
+
+
+def resolve_source(args: argparse.Namespace, settings: Settings) -> str:
+    """``auto`` → ``coingecko`` when the API answers, else ``simulate``; says which in one line."""
+    if args.source == "replay" and not args.replay_file:
+        raise ConfigError("--source replay needs --replay-file PATH")
+    if args.source == "replay" and not Path(args.replay_file).is_file():
+        raise ConfigError(f"--replay-file {args.replay_file}: no such file")
+    from marketflow_assets.cli_defaults import resolve_source as resolve
+
+    return resolve(args.source, settings, logger)
+
+
+def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
+    """Environment of every child: the resolved (embedded or real) services, absolute paths, and
+    a Dagster home whose instance stores runs and events in the same PostgreSQL."""
+    from marketflow_assets.instance import prepare_dagster_home
+
+    env = child_environment(
+        overrides={
+            "MARKETFLOW_KAFKA_BOOTSTRAP": settings.kafka_bootstrap or "",
+            "MARKETFLOW_KAFKA_TOPIC": settings.kafka_topic,
+            "MARKETFLOW_POSTGRES_URL": settings.postgres_url or "",
+            "MARKETFLOW_DATA_DIR": str(settings.data_dir),
+            "MARKETFLOW_SPARK_MASTER": args.spark_master,
+            "PYSPARK_PYTHON": sys.executable,
+            "PYSPARK_DRIVER_PYTHON": sys.executable,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(prepare_dagster_home(settings.data_dir / "dagster_home"))
+    return env
+
+
+def start_child(child: Child, env: dict[str, str]) -> None:
+    """Start ``child`` unsupervised (benchmarks), in the repository root like ``up`` does."""
+    _supervisor.start_child(child, env, REPO_ROOT)
+
+
+def replay_progress_path(settings: Settings) -> Path:
+    """Where a replaying ingest child keeps its position, so a restart resumes after it."""
+    return settings.data_dir / "ingest" / "replay_progress.json"
+
+
+def build_children(args, settings: Settings, source: str) -> list[Child]:
+    logs = settings.data_dir / "logs"
+    ingest = [sys.executable, "-m", "marketflow_assets.cli", "ingest", "--source", source]
+    ingest += ["--interval", str(args.interval), "--coins", str(args.coins)]
+    if source == "replay":
+        ingest += ["--replay-file", str(Path(args.replay_file).absolute())]
+        ingest += ["--speed", str(args.speed)]
+        ingest += ["--resume-file", str(replay_progress_path(settings))]
+    if getattr(args, "record", None):
+        ingest += ["--record", str(Path(args.record).absolute())]
+    spark = [sys.executable, str(SPARK_JOB), "--master", args.spark_master]
+    spark += ["--trigger-seconds", str(STREAMING_TRIGGER_SECONDS)]
+    metrics = {"ingest": free_port(), "spark": free_port()}  # Prometheus, on 127.0.0.1
+    ingest += ["--metrics-port", str(metrics["ingest"])]
+    spark += ["--metrics-port", str(metrics["spark"])]
+    logger.info(
+        "metrics: ingest http://127.0.0.1:%d/metrics, spark http://127.0.0.1:%d/metrics",
+        metrics["ingest"],
+        metrics["spark"],
+    )
+    follow = [sys.executable, "-m", "marketflow_assets.cli", "follow"]
+    dagster = [
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+    ]
+    return [
+        # a replay that reached the end of its file is done; other sources run until stopped
+        Child("ingest", ingest, logs / "ingest.log", finished_on_success=source == "replay"),
+        Child("spark", spark, logs / "spark_streaming.log"),
+        Child("dagster", dagster, logs / "dagster.log", stop_signal=signal.SIGINT),
+        Child("follow", follow, logs / "follow.log"),
+    ]
+
+
+def dashboard_child(args, settings: Settings) -> Child:
+    """``marketflow dashboard`` on 127.0.0.1:--dashboard-port, reading the same PostgreSQL."""
+    argv = [sys.executable, "-m", "marketflow_assets.cli", "dashboard"]
+    argv += ["--port", str(args.dashboard_port)]
+    return Child("dashboard", argv, settings.data_dir / "logs" / "dashboard.log")
+
+
+def live_child(settings: Settings) -> Child:
+    """``marketflow live``: Kafka -> price_indicators / market_movers in seconds."""
+    argv = [sys.executable, "-m", "marketflow_assets.cli", "live"]
+    return Child("live", argv, settings.data_dir / "logs" / "live.log")
+
+
+def spark_connect_child(settings: Settings, args) -> tuple[Child, str]:
+    """The Spark Connect server that Dagster runs use for large inputs (backfills): one warm
+    driver instead of a JVM per run, on a fixed free port (a restart keeps its URL). Returns the
+    child and its ``sc://`` URL."""
+    import pyspark
+
+    port = free_port()
+    logs = settings.data_dir / "logs"
+    env = {
+        "SPARK_HOME": str(Path(pyspark.__file__).parent),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "SPARK_REMOTE": None,
+        SPARK_REMOTE_ENV: None,
+    }
+    argv = connect_server_command(port, args.spark_master)
+    child = Child("spark-connect", argv, logs / "spark-connect.log", env=env, cwd=logs)
+    return child, f"sc://127.0.0.1:{port}"
+
+
+class ReadinessProbes:
+    """One log line per component when it is ready, checked from the outside (no log parsing)."""
+
+    def __init__(self, settings: Settings, args):
+        self.settings = settings
+        self.args = args
+        self.announced: set[str] = set()
+
+    def _kafka_has_messages(self) -> bool:
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
+        try:
+            parts = consumer.partitions_for_topic(self.settings.kafka_topic) or set()
+            from kafka import TopicPartition
+
+            tps = [TopicPartition(self.settings.kafka_topic, p) for p in parts]
+            if not tps:
+                return False
+            consumer.assign(tps)
+            consumer.seek_to_beginning()
+            return bool(consumer.poll(1000, max_records=1))
+        finally:
+            consumer.close()
+
+    def _parquet_written(self) -> bool:
+        return any(self.settings.raw_dir.rglob("*.parquet"))
+
+    def _ui_serves(self) -> bool:
+        url = f"http://{self.args.host}:{self.args.port}/server_info"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+
+    def _indicator_rows(self) -> int:
+        import psycopg2
+
+        conn = psycopg2.connect(self.settings.postgres_url, connect_timeout=3)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM price_indicators")
+                return int(cur.fetchone()[0])
+        finally:
+            conn.close()
+
+    def _dashboard_serves(self) -> bool:
+        from marketflow_assets.dashboard.command import serves
+
+        port = getattr(self.args, "dashboard_port", None)
+        return bool(port) and serves(port)
+
+    def check(self) -> None:
+        probes = {
+            "ingest": (
+                self._kafka_has_messages,
+                f"first poll published to {self.settings.kafka_topic}",
+            ),
+            "spark": (self._parquet_written, f"raw Parquet written under {self.settings.raw_dir}"),
+            "dagster": (
+                self._ui_serves,
+                f"UI serving on http://{self.args.host}:{self.args.port}",
+            ),
+            "indicators": (self._indicator_rows, "price_indicators has rows in PostgreSQL"),
+            "dashboard": (
+                self._dashboard_serves,
+                f"http://127.0.0.1:{getattr(self.args, 'dashboard_port', '')}",
+            ),
+        }
+        for name, (probe, message) in probes.items():
+            if name in self.announced:
+                continue
+            try:
+                ok = probe()
+            except Exception:  # noqa: BLE001 - not ready yet
+                ok = False
+            if ok:
+                self.announced.add(name)
+                logger.info("ready: %s — %s", name, message)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.max_restarts < 0 or args.restart_window <= 0:
+        raise ConfigError("--max-restarts must be >= 0 and --restart-window > 0")
+    args.spark_master = args.spark_master or settings.spark_master
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    stop_requested = threading.Event()
+    hurry = threading.Event()  # a second signal: do not wait for the Spark job to drain
+
+    def request_stop(signum, _frame) -> None:
+        if stop_requested.is_set():
+            logger.info(
+                "received %s again; not waiting for the Spark job", signal.Signals(signum).name
+            )
+            hurry.set()
+            return
+        logger.info("received %s; stopping", signal.Signals(signum).name)
+        stop_requested.set()
+
+    previous = {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
+    try:
+        embedded: dict = {}
+        with running_services(settings, log=logger.info, embedded=embedded) as resolved:
+            code = _supervise(args, resolved, stop_requested, embedded.get("kafka"), hurry)
+        report_spool(resolved)
+        return code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        logger.info("all components stopped")
+
+
+def _supervise(
+    args,
+    settings: Settings,
+    stop_requested: threading.Event,
+    broker: EmbeddedKafka | None,
+    hurry: threading.Event | None = None,
+) -> int:
+    """Start the children, announce readiness, restart the ones that exit, stop them all in
+    reverse order on exit."""
+    from marketflow_assets.resources.postgres import PostgresResource
+
+    PostgresResource(url=settings.postgres_url).ensure_tables()
+    source = resolve_source(args, settings)
+    if source == "replay":  # a new `up` replays the file from its start
+        replay_progress_path(settings).unlink(missing_ok=True)
+    env = child_env(settings, args)
+    children = build_children(args, settings, source)
+    children.append(dashboard_child(args, settings))
+    if load_live_settings().enabled:  # MARKETFLOW_LIVE=0 turns the live path off
+        children.append(live_child(settings))
+    policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window)
+    supervisor = Supervisor([], env, policy, cwd=REPO_ROOT)
+    connect: Child | None = None
+    with contextlib.ExitStack() as stack:
+        stack.callback(_stop_all, supervisor, settings, broker is not None, hurry)
+        for child in children:
+            if stop_requested.is_set():
+                return 0
+            if child.name == "dagster" and not env.get(SPARK_REMOTE_ENV):
+                connect, env[SPARK_REMOTE_ENV] = spark_connect_child(settings, args)
+                supervisor.start(connect)  # its JVM starts alongside dagster dev
+            supervisor.start(child)
+        connect_url = env.get(SPARK_REMOTE_ENV) if connect else None
+        return _watch(supervisor, settings, args, stop_requested, connect_url, broker)
+
+
+def _watch(
+    supervisor: Supervisor,
+    settings: Settings,
+    args,
+    stop_requested,
+    connect: str | None,
+    broker: EmbeddedKafka | None = None,
+) -> int:
+    """Announce readiness and supervise; 0 when a stop is requested, 1 on a crash loop."""
+    from marketflow_assets.monitoring.location_health import LocationWatch
+
+    probes = ReadinessProbes(settings, args)
+    locations = LocationWatch(f"http://{args.host}:{args.port}")  # code-location load errors
+    broker_restarts: list[float] = []
+    logger.info("marketflow is starting; Ctrl-C stops everything")
+    while not stop_requested.wait(1.0):
+        reason = _watch_broker(broker, supervisor, broker_restarts, settings) if broker else None
+        reason = reason or supervisor.poll()
+        if reason is not None:
+            logger.error("stopping everything: %s", reason)
+            return 1
+        probes.check()
+        locations.check()  # every 30 s: one alert per load failure, one when it loads again
+        if connect and wait_for_port("127.0.0.1", int(connect.rsplit(":", 1)[1]), 0.1):
+            logger.info("spark-connect: ready at %s for Dagster runs", connect)
+            connect = None
+    return 0
+
+
+def report_spool(settings: Settings) -> int:
+    """Print one line when records not yet in raw Parquet are left in the ingest spool (a stop
+    after a crash loop or a lost broker); returns their count."""
+    from marketflow_assets.ingest.spool import stop_line, unwritten_count
+
+    try:
+        count = unwritten_count(settings.spool_dir, settings.kafka_topic, settings.raw_dir)
+    except Exception as exc:  # noqa: BLE001 - stopping goes on whatever happens here
+        logger.warning("could not count the records of the spool %s: %s", settings.spool_dir, exc)
+        return 0
+    if count:
+        print(stop_line(count, settings.spool_dir), flush=True)
+    return count
+
+
+def spool_replay_child(settings: Settings) -> Child:
+    """A one-off ``marketflow ingest --replay-spool`` (after a broker restart, when the ingest
+    child has finished its replay and cannot resend the spool itself)."""
+    argv = [sys.executable, "-m", "marketflow_assets.cli", "ingest", "--replay-spool"]
+    log_path = settings.data_dir / "logs" / "ingest.log"
+    return Child("spool-replay", argv, log_path, finished_on_success=True)
+
+
+def _replay_spool_after_restart(supervisor: Supervisor, settings: Settings | None) -> None:
+    """After a broker restart: the ingest child resends its spool when it starts again; a
+    finished one (a replay at its end) gets a one-off ``--replay-spool`` instead."""
+    ingest = next((c for c in supervisor.children if c.name == "ingest"), None)
+    if ingest is None or not ingest.finished:
+        supervisor.restart_now("ingest", "the broker restarted: new producer, topics recreated")
+        return
+    if settings is None or settings.spool_dir is None:
+        return
+    child = next((c for c in supervisor.children if c.name == "spool-replay"), None)
+    if child is None:
+        child = spool_replay_child(settings)
+    else:
+        stop_child(child)
+        child.finished = False
+    logger.info("spool-replay: resending the spool %s to the new broker", settings.spool_dir)
+    supervisor.start(child)
+
+
+def _watch_broker(
+    broker: EmbeddedKafka,
+    supervisor: Supervisor,
+    restarts: list[float],
+    settings: Settings | None = None,
+):
+    """Restart the embedded broker on its port when it died, then ingest (which recreates the
+    topics and resends its spool: the records not yet in raw Parquet). Without a spool, the
+    messages the Spark job had not yet read are lost; the job itself notices the new topic and
+    continues with its messages. Returns a crash-loop reason, else None."""
+    if broker.proc is None or broker.proc.poll() is None:
+        return None
+    what = describe_exit(broker.proc.returncode)
+    log_path = broker.log_dir / "tansu.log"
+    reason = supervisor.crash_loop("kafka", restarts, what, log_path)
+    if reason is not None:
+        return reason
+    spooled = settings is not None and settings.spool_dir is not None
+    logger.warning(
+        "kafka: the embedded broker %s; restarting it on %s. Its topics were in memory only: %s",
+        what,
+        broker.bootstrap,
+        f"ingest resends the records of its spool {settings.spool_dir} not yet in raw Parquet"
+        if spooled
+        else "messages not yet read by the Spark job are lost (MARKETFLOW_SPOOL_DIR is off)",
+    )
+    broker.proc = None
+    try:
+        broker.start()
+    except ServiceError as exc:
+        return f"kafka: the embedded broker could not be restarted: {exc}"
+    logger.info("kafka: embedded broker restarted on %s", broker.bootstrap)
+    _replay_spool_after_restart(supervisor, settings)
+    return None
+
+
+DRAIN_TIMEOUT_S = 120.0
+
+
+def _stop_all(
+    supervisor: Supervisor,
+    settings: Settings,
+    embedded_broker: bool,
+    hurry: threading.Event | None = None,
+) -> None:
+    """Stop ingest first, let the Spark job write what the broker still holds (the embedded
+    broker forgets it on exit), then stop the other children in reverse order of start."""
+    by_name = {child.name: child for child in supervisor.children}
+    ingest, spark = by_name.get("ingest"), by_name.get("spark")
+    if ingest is not None:
+        stop_child(ingest)
+    if spark is not None and spark.proc is not None and spark.proc.poll() is None:
+        try:
+            drain_spark(settings, spark, DRAIN_TIMEOUT_S, embedded_broker, hurry)
+        except Exception as exc:  # noqa: BLE001 - stopping goes on whatever happens here
+            logger.warning("could not wait for the Spark job to drain the topic: %s", exc)
+    supervisor.stop_all()
+
+
+def unread_messages(settings: Settings, probe) -> int:
+    """Messages in the topic beyond the Spark job's last committed batch."""
+    from spark_streaming.kafka_streaming import batch_end_offsets
+
+    checkpoint = settings.checkpoint_dir / "raw_prices" / settings.kafka_topic
+    batches = [int(f.name) for f in (checkpoint / "commits").glob("*") if f.name.isdigit()]
+    done_json = batch_end_offsets(checkpoint, max(batches)) if batches else None
+    done = {int(p): int(o) for p, o in ((done_json or {}).get(settings.kafka_topic) or {}).items()}
+    end = probe.end_offsets(probe.partitions())
+    return sum(max(0, e - done.get(p, 0)) for p, e in end.items())
+
+
+def drain_spark(
+    settings: Settings,
+    spark: Child,
+    timeout: float,
+    embedded_broker: bool,
+    hurry: threading.Event | None = None,
+) -> None:
+    """Wait (at most ``timeout`` s, or until ``hurry`` is set) until the Spark job has committed
+    every message of the topic."""
+    from spark_streaming.kafka_source import KafkaOffsetProbe
+
+    probe = KafkaOffsetProbe(settings.kafka_bootstrap, settings.kafka_topic, "marketflow-up-drain")
+    try:
+        deadline = time.monotonic() + timeout
+        left = unread_messages(settings, probe)
+        if left:
+            logger.info("spark: writing the last %d message(s) before stopping", left)
+        hurry = hurry or threading.Event()
+        while left and time.monotonic() < deadline and spark.proc.poll() is None:
+            if hurry.wait(1.0):
+                break
+            left = unread_messages(settings, probe)
+        if left:
+            logger.warning(
+                "spark: %d message(s) not yet written; %s",
+                left,
+                "the next start reads them"
+                if not embedded_broker
+                else "they are kept in the spool"
+                if settings.spool_dir is not None
+                else "they are lost with the embedded broker",
+            )
+        else:
+            logger.info("spark: every message of %s is written", settings.kafka_topic)
+    finally:
+        probe.close()

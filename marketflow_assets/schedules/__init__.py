@@ -1,1 +1,0 @@
-"""Schedules of the market-data assets (assembled in ``definitions.py``)."""

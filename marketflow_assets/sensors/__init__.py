@@ -1,1 +1,0 @@
-"""Sensors: raw_prices observation, indicator automation, freshness monitoring, alerts."""

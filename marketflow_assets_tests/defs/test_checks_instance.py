@@ -1,0 +1,116 @@
+"""The Dagster instance configurations: PostgreSQL-backed (``marketflow up``) and SQLite default."""
+
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import dagster as dg
+import psycopg2
+import pytest
+import yaml
+
+from marketflow_assets.definitions import ASSET_CHECKS
+from marketflow_assets.defs.indicators import checks as price_indicator_checks
+from marketflow_assets.instance import (
+    POSTGRES_INSTANCE_YAML,
+    SQLITE_INSTANCE_YAML,
+    dagster_storage_url,
+    prepare_dagster_home,
+)
+from marketflow_assets_tests.defs.checks_data import STUB_ASSETS, load_good_tables, make_raw
+
+
+@pytest.fixture
+def dagster_db(postgres_url):
+    """A fresh database on the test server for Dagster's own tables."""
+    name = f"dagster_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(postgres_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    parts = urlsplit(postgres_url)
+    yield urlunsplit(parts._replace(path=f"/{name}"))
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+def test_postgres_instance_records_runs(
+    tmp_path, dagster_db, resources, pg_clean, now, monkeypatch
+):
+    env = prepare_dagster_home(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+    monkeypatch.setenv("MARKETFLOW_POSTGRES_URL", dagster_db)  # plain postgresql:// as `up` sets
+    load_good_tables(pg_clean, make_raw(now))
+
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.get_ref().storage).__name__ == "MarketflowPostgresStorage"
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
+        result = dg.materialize(
+            [*STUB_ASSETS, *ASSET_CHECKS],
+            selection=dg.AssetSelection.checks(*price_indicator_checks.CHECKS),
+            resources=resources,
+            instance=instance,
+        )
+        assert result.success
+        run_id = result.run_id
+
+    # a new instance (another process after a restart) sees the run and its check results
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
+        key = dg.AssetCheckKey(dg.AssetKey("price_indicators"), "prices_positive")
+        record = instance.get_latest_asset_check_evaluation_record(key)
+        assert record.run_id == run_id and record.evaluation.passed
+
+    with psycopg2.connect(dagster_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT run_id, status FROM runs")
+        assert cur.fetchall() == [(run_id, "SUCCESS")]
+        cur.execute(
+            "SELECT count(*) FROM event_logs WHERE run_id = %s"
+            " AND dagster_event_type = 'ASSET_CHECK_EVALUATION'",
+            (run_id,),
+        )
+        assert cur.fetchone()[0] == len(price_indicator_checks.CHECKS)
+    conn.close()
+
+
+def test_postgres_config_needs_its_env_var(tmp_path, monkeypatch):
+    prepare_dagster_home(tmp_path / "home")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MARKETFLOW_POSTGRES_URL", raising=False)
+    with pytest.raises(Exception, match="MARKETFLOW_POSTGRES_URL"):
+        dg.DagsterInstance.get()
+
+
+def test_sqlite_default_without_postgres(tmp_path, monkeypatch):
+    env = prepare_dagster_home(tmp_path / "home", postgres=False)
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+    monkeypatch.delenv("MARKETFLOW_POSTGRES_URL", raising=False)
+    with dg.DagsterInstance.get() as instance:
+        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+        assert instance.run_retries_enabled
+
+
+def test_both_configs_share_run_settings():
+    postgres = yaml.safe_load(POSTGRES_INSTANCE_YAML.read_text())
+    sqlite = yaml.safe_load(SQLITE_INSTANCE_YAML.read_text())
+    assert postgres.pop("storage") == {
+        "custom": {
+            "module": "marketflow_assets.instance",
+            "class": "MarketflowPostgresStorage",
+            "config": {"postgres_url": {"env": "MARKETFLOW_POSTGRES_URL"}},
+        }
+    }
+    assert "storage" not in sqlite
+    assert postgres == sqlite
+
+
+def test_storage_url_has_explicit_driver():
+    assert (
+        dagster_storage_url("postgresql://postgres:@/postgres?host=/tmp/pg")
+        == "postgresql+psycopg2://postgres:@/postgres?host=/tmp/pg"
+    )
+    assert dagster_storage_url("postgres://u:p@h:5/db") == "postgresql+psycopg2://u:p@h:5/db"

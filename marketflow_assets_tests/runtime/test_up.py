@@ -1,0 +1,359 @@
+"""`marketflow up` end to end: data flows into PostgreSQL, the UI serves the asset graph, a closed
+terminal (SIGHUP, handled like Ctrl-C and SIGTERM) leaves no process behind, killed children are
+restarted without losing or duplicating a recorded poll, a crash loop stops everything with exit 1,
+and a bad configuration is a one-line exit 2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from marketflow_assets.runtime.services import free_port
+
+MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MARKETFLOW_", "COINGECKO_", "DAGSTER_"))
+    }
+    env.update({"MARKETFLOW_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def test_unreachable_postgres_exits_2_with_one_line(tmp_path):
+    url = f"postgresql://mf:hunter2@127.0.0.1:{free_port()}/mf"
+    proc = subprocess.run(
+        [MARKETFLOW, "up", "--source", "simulate"],
+        env=_env(tmp_path, MARKETFLOW_POSTGRES_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("marketflow up: MARKETFLOW_POSTGRES_URL unreachable")
+    assert "Traceback" not in proc.stderr
+    assert "hunter2" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("COINGECKO_API_PLAN", "enterprise"), ("MARKETFLOW_LOCAL_MAX_ROWS", "lots")],
+)
+def test_bad_config_is_config_error(tmp_path, name, value):
+    proc = subprocess.run(
+        [MARKETFLOW, "up"],
+        env=_env(tmp_path, **{name: value}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and "Traceback" not in proc.stderr
+
+
+def _stack_processes(up: psutil.Process, data_dir: Path) -> list[psutil.Process]:
+    """`up`, everything below it (broker, JVMs, Dagster's processes) and its PostgreSQL."""
+    postgres = [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "postgres" and str(data_dir) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert postgres, "embedded PostgreSQL not found"
+    return [up, *up.children(recursive=True), *postgres]
+
+
+def _still_running(processes: list[psutil.Process]) -> list[str]:
+    """Those still running (psutil checks the start time too: a reused pid is not a survivor)."""
+    alive = []
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+    return alive
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a `marketflow up` a failed test left running (SIGTERM: its PostgreSQL stops too)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _indicator_rows(log_path: Path) -> int:
+    """Rows in price_indicators of the embedded Postgres whose URL `up` logged."""
+    import psycopg2
+
+    found = re.search(r"embedded PostgreSQL ready .*\((postgresql://[^)]+)\)", log_path.read_text())
+    if not found:
+        return 0
+    conn = psycopg2.connect(found.group(1))
+    try:
+        with conn.cursor() as cur:
+            # rows through Spark and Dagster (the live path's rows come within seconds)
+            cur.execute("SELECT count(*) FROM price_indicators WHERE source = 'dagster'")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(420)
+def test_up_flows_end_to_end_and_stops_cleanly(tmp_path):
+    data_dir = tmp_path / "data"
+    port = free_port()
+    dashboard_port = free_port()
+    log_path = tmp_path / "up.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [
+                MARKETFLOW,
+                "up",
+                "--source",
+                "simulate",
+                "--interval",
+                "5",
+                "--coins",
+                "12",
+                "--port",
+                str(port),
+                "--dashboard-port",
+                str(dashboard_port),
+                "--spark-master",
+                "local[1]",
+                "--record",
+                str(tmp_path / "record.jsonl"),
+            ],
+            env=_env(data_dir),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    started = time.monotonic()
+    try:
+        rows = 0
+        while time.monotonic() - started < 240:
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            try:
+                rows = _indicator_rows(log_path)
+            except Exception:  # noqa: BLE001 - not up yet
+                rows = 0
+            if rows:
+                break
+            time.sleep(3)
+        assert rows > 0, "no rows in price_indicators after 240 s\n" + log_path.read_text()[-3000:]
+        elapsed = time.monotonic() - started
+        print(f"price_indicators had {rows} rows {elapsed:.0f} s after start")
+
+        # the live path writes rows within seconds, possibly before dagster dev serves its UI
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                answer = _graphql(port, "{ assetNodes { assetKey { path } } }")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(3)
+        nodes = answer["data"]["assetNodes"]
+        keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
+        assert {"raw_prices", "price_indicators", "market_movers"} <= keys
+
+        stack = _stack_processes(psutil.Process(proc.pid), data_dir)
+        # SIGHUP (a closed terminal) stops everything like Ctrl-C / SIGTERM (one handler)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(90) == 0, log_path.read_text()[-3000:]
+    finally:
+        _stop(proc)
+    time.sleep(1)
+    alive = _still_running(stack)
+    assert not alive, f"processes left after SIGHUP: {alive}"
+    # ingest stopped first and the Spark job wrote what the in-memory broker still held
+    expected = _recorded(tmp_path / "record.jsonl")
+    rows = _raw_rows(data_dir / "raw_prices")
+    assert set(expected) <= set(rows) and max(rows.values()) == 1
+    text = log_path.read_text()
+    for component in ("ingest", "spark", "dagster"):
+        assert f"ready: {component}" in text
+    assert f"ready: dashboard — http://127.0.0.1:{dashboard_port}" in text
+
+
+def _child(up: psutil.Process, marker: str, not_pid: int | None = None, timeout: float = 60):
+    """The direct child of `up` whose command line contains ``marker`` (other than ``not_pid``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in up.children():
+            with contextlib.suppress(psutil.Error):
+                if marker in " ".join(child.cmdline()) and child.pid != not_pid:
+                    return child
+        time.sleep(0.5)
+    raise AssertionError(f"no child {marker!r} of marketflow up after {timeout:.0f} s")
+
+
+def _recorded(path: Path) -> list[tuple[str, pd.Timestamp]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        poll = json.loads(line)
+        rows += [(coin["id"], pd.Timestamp(poll["ts"])) for coin in poll["coins"]]
+    return rows
+
+
+def _raw_rows(raw_dir: Path) -> Counter:
+    import pyarrow.dataset as ds
+
+    if not raw_dir.is_dir():
+        return Counter()
+    dataset = ds.dataset(raw_dir, format="parquet", partitioning="hive")
+    if not dataset.files:  # nothing committed yet
+        return Counter()
+    frame = dataset.to_table(["id", "ts"]).to_pandas()
+    return Counter(zip(frame["id"], pd.to_datetime(frame["ts"], utc=True), strict=True))
+
+
+def _wait_for(predicate, timeout: float, what: str, proc, log_path: Path):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"up exited while waiting for {what}\n" + _tail(log_path)
+        if predicate():
+            return
+        time.sleep(2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n" + _tail(log_path))
+
+
+def _ui_serves(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=5) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-4000:]
+
+
+@pytest.mark.timeout(900)
+def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp_path):
+    """kill -9 of the Spark job and `dagster dev`, then of ingest: `up` restarts them, the UI
+    serves again and every poll recorded by `--record` (acknowledged by the broker) is in the raw
+    Parquet exactly once; kill -9 of the embedded broker: `up` restarts it and ingest, and the
+    polls published to the new broker reach the Parquet exactly once; two more kills of ingest
+    exceed --max-restarts 2: `up` stops everything and exits 1 with the reason."""
+    data_dir = tmp_path / "data"
+    record = tmp_path / "record.jsonl"
+    log_path = tmp_path / "up.log"
+    argv = [MARKETFLOW, "up", "--source", "simulate", "--interval", "2", "--coins", "3"]
+    port = free_port()
+    argv += ["--port", str(port), "--spark-master", "local[1]", "--record", str(record)]
+    argv += ["--max-restarts", "2", "--restart-window", "3600"]  # a slow machine: all count
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, env=_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        up = psutil.Process(proc.pid)
+        _wait_for(lambda: "ready: spark" in log_path.read_text(), 400, "Parquet", proc, log_path)
+
+        spark = _child(up, "kafka_streaming.py")
+        spark.kill()
+        _child(up, "kafka_streaming.py", not_pid=spark.pid)
+        dagster = _child(up, "dagster dev")
+        dagster.kill()  # its webserver, daemon and code server go with its process group
+        _child(up, "dagster dev", not_pid=dagster.pid)
+        ingest = _child(up, " ingest ")
+        ingest.kill()
+        ingest = _child(up, " ingest ", not_pid=ingest.pid)
+        before = len(record.read_text().splitlines())
+        _wait_for(
+            lambda: len(record.read_text().splitlines()) >= before + 3,
+            120,
+            "polls recorded by the restarted ingest",
+            proc,
+            log_path,
+        )
+        text = log_path.read_text()
+        for name in ("spark", "dagster", "ingest"):
+            assert f"{name} was killed by SIGKILL" in text
+
+        expected = _recorded(record)
+        assert len(expected) == len(set(expected)), "a poll was recorded twice"
+        _wait_for(
+            lambda: set(expected) <= set(_raw_rows(data_dir / "raw_prices")),
+            400,
+            f"the {len(expected)} recorded rows in the raw Parquet",
+            proc,
+            log_path,
+        )
+        rows = _raw_rows(data_dir / "raw_prices")
+        assert max(rows.values()) == 1, [k for k, n in rows.items() if n > 1][:5]
+        _wait_for(lambda: _ui_serves(port), 300, "the restarted Dagster UI", proc, log_path)
+
+        # The in-memory broker dies: `up` restarts it and ingest; the Spark job goes on with the
+        # recreated topic (the un-consumed messages of the old one are the documented loss).
+        _child(up, "tansu").kill()
+        _wait_for(
+            lambda: "kafka: embedded broker restarted" in log_path.read_text(),
+            90,
+            "the broker restart",
+            proc,
+            log_path,
+        )
+        after = len(record.read_text().splitlines())
+        _wait_for(
+            lambda: len(record.read_text().splitlines()) >= after + 3,
+            120,
+            "polls acknowledged by the new broker",
+            proc,
+            log_path,
+        )
+        new = [
+            (coin["id"], pd.Timestamp(poll["ts"]))
+            for poll in map(json.loads, record.read_text().splitlines()[after:])
+            for coin in poll["coins"]
+        ]
+        _wait_for(
+            lambda: set(new) <= set(_raw_rows(data_dir / "raw_prices")),
+            400,
+            "the polls published after the broker restart in the raw Parquet",
+            proc,
+            log_path,
+        )
+        rows = _raw_rows(data_dir / "raw_prices")
+        assert max(rows.values()) == 1, [k for k, n in rows.items() if n > 1][:5]
+
+        ingest = _child(up, " ingest ")
+        stack = _stack_processes(up, data_dir)
+        ingest.kill()  # restart 2 of at most 2
+        _child(up, " ingest ", not_pid=ingest.pid).kill()  # one more: a crash loop
+        assert proc.wait(120) == 1, _tail(log_path)
+    finally:
+        _stop(proc)
+    assert "stopping everything: ingest is crash-looping" in log_path.read_text()
+    time.sleep(1)
+    alive = _still_running(stack)
+    assert not alive, f"processes left after the crash-loop stop: {alive}"
