@@ -149,7 +149,7 @@ def show_whole_asset_graph(page, zoom_steps: int = 2) -> None:
 
 
 def _free_port() -> int:
-    from marketflow_assets.services import free_port
+    from marketflow_assets.runtime.services import free_port
 
     return free_port()
 

@@ -27,7 +27,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from marketflow_assets.services import free_port
+from marketflow_assets.runtime.services import free_port
 
 MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
 PG_URL_RE = re.compile(r"embedded PostgreSQL ready .*\((postgresql://[^)]+)\)")
@@ -195,7 +195,7 @@ def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 def _read_indicators(stack: Stack) -> Counter:
     """(coin_id, ts) of price_indicators: through the running `up`'s PostgreSQL, else through
     the embedded server in the data dir (started for the read when `up` is gone)."""
-    from marketflow_assets.services import EmbeddedPostgres
+    from marketflow_assets.runtime.services import EmbeddedPostgres
 
     with contextlib.suppress(Exception):
         return _indicator_rows(stack.postgres_url())
