@@ -10,7 +10,11 @@ Nothing here needs configuration: resources resolve ``MARKETFLOW_*`` settings wh
 sensor first uses them (see ``settings.py``), with defaults for everything (``./data``, the
 embedded PostgreSQL under ``./data/postgres``, local Spark). The only thing read when the module
 loads is where the hourly partitions start (the first hour of raw data, see
-``assets/partitions.py``) and the freshness thresholds.
+``assets/partitions.py``); loading it never changes the process environment (``.env`` is
+read as defaults, not exported). The native freshness policies use the default thresholds
+(120 s / 300 s), fixed when the definitions load; ``MARKETFLOW_FRESHNESS_WARN_SECONDS`` /
+``..._ERROR_SECONDS`` are applied at run time by the ``freshness_check`` asset checks and
+``monitoring_checks_sensor``.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from marketflow_assets.sensors.forecasts import (
 from marketflow_assets.sensors.freshness import monitoring_checks_sensor
 from marketflow_assets.sensors.raw_prices import raw_prices_observation_sensor
 from marketflow_assets.sensors.stream_health import stream_health_sensor
-from marketflow_assets.settings import load_check_settings
+from marketflow_assets.settings import CheckSettings
 
 SENSORS = [
     raw_prices_observation_sensor,
@@ -78,14 +82,15 @@ HOURLY_POLICY = dg.FreshnessPolicy.time_window(
 MIN_FRESHNESS_WINDOW_SECONDS = 60
 
 
-def freshness_policy() -> dg.FreshnessPolicy:
+def freshness_policy(settings: CheckSettings | None = None) -> dg.FreshnessPolicy:
     """Dagster's native freshness policy of the three assets: WARN / FAIL when the last
     materialization (for ``raw_prices``: the last report of new files by the observation sensor)
-    is older than ``MARKETFLOW_FRESHNESS_WARN_SECONDS`` / ``..._ERROR_SECONDS`` (120 s / 300 s;
-    Dagster's windows are at least 60 s). The ``freshness_check`` asset checks keep applying the
-    same thresholds to the newest *data* timestamp, which says more after a backfill of old hours
-    or a replay of an old recording."""
-    settings = load_check_settings()
+    is older than the thresholds of ``settings`` (default: the built-in 120 s / 300 s, so the
+    definitions do not depend on the environment; Dagster's windows are at least 60 s). The
+    ``freshness_check`` asset checks apply ``MARKETFLOW_FRESHNESS_WARN_SECONDS`` /
+    ``..._ERROR_SECONDS`` at run time to the newest *data* timestamp, which says more after a
+    backfill of old hours or a replay of an old recording."""
+    settings = settings or CheckSettings()
     fail = max(settings.freshness_error_seconds, MIN_FRESHNESS_WINDOW_SECONDS + 1)
     warn = min(max(settings.freshness_warn_seconds, MIN_FRESHNESS_WINDOW_SECONDS), fail - 1)
     return dg.FreshnessPolicy.time_window(
