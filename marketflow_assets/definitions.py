@@ -108,6 +108,26 @@ def build_resources(postgres_url: str | None = None, data_dir: str | None = None
     }
 
 
+def without_secrets_in_config(resources: dict) -> dict:
+    """``resources`` with a ``postgres`` resource that carries a literal URL wrapped so that
+    Dagster stores no config for it.
+
+    A Pythonic resource's field values become the defaults of the job's config schema, which
+    Dagster keeps in the job snapshot in run storage (``runs.db``, zlib-compressed): a literal
+    ``postgresql://user:password@...`` would land there. Wrapped as a hardcoded resource it is
+    used as is, with no config schema (the code location's resource has ``url=None`` and reads
+    ``MARKETFLOW_POSTGRES_URL`` when used, so nothing secret is stored either)."""
+    postgres = resources.get("postgres")
+    if isinstance(postgres, PostgresResource) and postgres.url:
+        return {
+            **resources,
+            "postgres": dg.ResourceDefinition.hardcoded_resource(
+                postgres, description="PostgreSQL (URL kept out of run storage)"
+            ),
+        }
+    return resources
+
+
 def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
     return dg.map_asset_specs(
         lambda spec: (

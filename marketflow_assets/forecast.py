@@ -54,7 +54,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from marketflow_assets.assets.indicators import price_indicators
     from marketflow_assets.assets.raw_prices import raw_prices
     from marketflow_assets.checks import forecasts as forecast_checks
-    from marketflow_assets.definitions import build_resources
+    from marketflow_assets.definitions import build_resources, without_secrets_in_config
     from marketflow_assets.forecasting import report
 
     if not settings.postgres_url:
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     config = run_config(args)
     resources = build_resources(settings.postgres_url, str(settings.data_dir))
     postgres = resources["postgres"]
+    resources = without_secrets_in_config(resources)  # no password in run storage
     newest = forecasts.newest_indicator_ts(postgres)
     if newest is None:
         print("forecast: price_indicators is empty; run `marketflow refresh` first. Nothing to do.")

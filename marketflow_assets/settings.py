@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 DEFAULT_TOPIC = "crypto_prices"
 DLQ_SUFFIX = "_dlq"
@@ -108,24 +108,27 @@ def _environment(env: Mapping[str, str] | None) -> Mapping[str, str]:
 
 def redact_url(url: str | None) -> str:
     """Return ``url`` with any password replaced by ``***`` (safe to log): the userinfo password
-    and ``password=`` / ``passwd=`` / ``pwd=`` query parameters (libpq accepts ``?password=``)."""
+    and ``password=`` / ``passwd=`` / ``pwd=`` query parameters (libpq accepts ``?password=``).
+    The rest of the URL is kept as written."""
     if not url:
         return ""
+    rest, hash_, fragment = url.partition("#")
+    head, mark, query = rest.partition("?")
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(head)
         password = parts.password
     except ValueError:  # not parseable as a URL: show nothing of it
         return "***"
     if password is not None:
         netloc = parts.netloc.rsplit("@", 1)
-        user = parts.username or ""
-        parts = parts._replace(netloc=f"{user}:***@{netloc[-1]}")
-    if parts.query:
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        if any(key.lower() in SECRET_QUERY_KEYS for key, _ in pairs):
-            hidden = [(k, "***" if k.lower() in SECRET_QUERY_KEYS else v) for k, v in pairs]
-            parts = parts._replace(query=urlencode(hidden, safe="*", quote_via=quote))
-    return urlunsplit(parts)
+        head = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc[-1]}"))
+    if query:
+        pairs = []
+        for pair in query.split("&"):
+            key = unquote(pair.partition("=")[0]).strip().lower()
+            pairs.append(f"{pair.partition('=')[0]}=***" if key in SECRET_QUERY_KEYS else pair)
+        query = "&".join(pairs)
+    return head + mark + query + hash_ + fragment
 
 
 def parse_utc(value: str, name: str = "time") -> datetime:
