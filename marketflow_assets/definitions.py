@@ -27,6 +27,7 @@ from marketflow_assets.assets import ASSETS
 from marketflow_assets.assets.forecasts import FORECAST_ASSETS
 from marketflow_assets.checks import ASSET_CHECKS
 from marketflow_assets.checks.forecasts import FORECAST_CHECKS
+from marketflow_assets.checks.reconciliation import CHECKS as RECONCILIATION_CHECKS
 from marketflow_assets.checks.stream import STREAM_CHECKS
 from marketflow_assets.jobs import JOBS
 from marketflow_assets.maintenance import MAINTENANCE_JOBS, MAINTENANCE_SCHEDULES
@@ -54,6 +55,7 @@ from marketflow_assets.sensors.forecasts import (
 )
 from marketflow_assets.sensors.freshness import monitoring_checks_sensor
 from marketflow_assets.sensors.raw_prices import raw_prices_observation_sensor
+from marketflow_assets.sensors.reconciliation import reconciliation_sensor
 from marketflow_assets.sensors.stream_health import stream_health_sensor
 from marketflow_assets.settings import CheckSettings
 
@@ -65,6 +67,7 @@ SENSORS = [
     forecasts_follow_indicators,
     forecast_retrain_on_degradation,
     stream_health_sensor,
+    reconciliation_sensor,
 ]
 SCHEDULES = [recent_indicators_schedule, forecast_retrain_schedule, *MAINTENANCE_SCHEDULES]
 #: Assets that follow every poll: freshness thresholds of the data checks.
@@ -143,7 +146,7 @@ def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
 
 defs = dg.Definitions(
     assets=with_freshness([*ASSETS, *FORECAST_ASSETS], freshness_policy()),
-    asset_checks=[*ASSET_CHECKS, *STREAM_CHECKS, *FORECAST_CHECKS],
+    asset_checks=[*ASSET_CHECKS, *STREAM_CHECKS, *FORECAST_CHECKS, *RECONCILIATION_CHECKS],
     jobs=[*JOBS, *MAINTENANCE_JOBS],
     sensors=SENSORS,
     schedules=SCHEDULES,

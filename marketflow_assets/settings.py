@@ -62,6 +62,10 @@ SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd"})
 DEFAULT_FRESHNESS_WARN_SECONDS = 120.0  # 4 missed 30 s polls
 DEFAULT_FRESHNESS_ERROR_SECONDS = 300.0  # 10 missed polls: the stage is down
 DEFAULT_CHECK_WINDOW_HOURS = 1.0
+#: MARKETFLOW_RECONCILE_INTERVAL_SECONDS: how often ``reconciliation_sensor`` compares raw rows
+#: per hour with ``price_indicators`` rows per hour (default 300 s).
+ENV_RECONCILE_INTERVAL = "MARKETFLOW_RECONCILE_INTERVAL_SECONDS"
+DEFAULT_RECONCILE_INTERVAL_SECONDS = 300.0
 
 
 class ConfigError(ValueError):
@@ -293,6 +297,13 @@ def load_check_settings(env: Mapping[str, str] | None = None) -> CheckSettings:
         freshness_error_seconds=error,
         window_hours=_positive_float(env, ENV_CHECK_WINDOW, DEFAULT_CHECK_WINDOW_HOURS),
         alert_webhook_url=url,
+    )
+
+
+def load_reconcile_interval(env: Mapping[str, str] | None = None) -> float:
+    """``MARKETFLOW_RECONCILE_INTERVAL_SECONDS`` (> 0, default 300), read at each sensor tick."""
+    return _positive_float(
+        _environment(env), ENV_RECONCILE_INTERVAL, DEFAULT_RECONCILE_INTERVAL_SECONDS
     )
 
 
