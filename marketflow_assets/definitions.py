@@ -27,7 +27,6 @@ from marketflow_assets.assets import ASSETS
 from marketflow_assets.assets.forecasts import FORECAST_ASSETS
 from marketflow_assets.checks import ASSET_CHECKS
 from marketflow_assets.checks.forecasts import FORECAST_CHECKS
-from marketflow_assets.checks.reconciliation import CHECKS as RECONCILIATION_CHECKS
 from marketflow_assets.checks.stream import STREAM_CHECKS
 from marketflow_assets.jobs import JOBS
 from marketflow_assets.maintenance import MAINTENANCE_JOBS, MAINTENANCE_SCHEDULES
@@ -146,7 +145,8 @@ def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
 
 defs = dg.Definitions(
     assets=with_freshness([*ASSETS, *FORECAST_ASSETS], freshness_policy()),
-    asset_checks=[*ASSET_CHECKS, *STREAM_CHECKS, *FORECAST_CHECKS, *RECONCILIATION_CHECKS],
+    # ASSET_CHECKS includes price_indicators_reconciled (checks/reconciliation.py)
+    asset_checks=[*ASSET_CHECKS, *STREAM_CHECKS, *FORECAST_CHECKS],
     jobs=[*JOBS, *MAINTENANCE_JOBS],
     sensors=SENSORS,
     schedules=SCHEDULES,

@@ -20,6 +20,7 @@ import pytest
 
 from marketflow_assets import definitions, reconcile
 from marketflow_assets.assets.partitions import HOURLY
+from marketflow_assets.checks import ASSET_CHECKS
 from marketflow_assets.checks.reconciliation import CHECK_KEY, price_indicators_reconciled
 from marketflow_assets.jobs import (
     RANGE_END_TAG,
@@ -51,9 +52,10 @@ def polls(start: datetime, count: int, seed: int = 4) -> list[tuple]:
 
 @pytest.fixture
 def defs(pg_clean, data_dir) -> dg.Definitions:
+    assert price_indicators_reconciled in ASSET_CHECKS  # so every Definitions of JOBS has it
     return dg.Definitions(
         assets=definitions.ASSETS,
-        asset_checks=[*definitions.ASSET_CHECKS, price_indicators_reconciled],
+        asset_checks=definitions.ASSET_CHECKS,
         jobs=[
             *definitions.JOBS,
             dg.define_asset_job(
