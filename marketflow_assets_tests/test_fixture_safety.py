@@ -107,7 +107,8 @@ def _run_inner_session(tmp_path: Path, foreign_url: str, extra_env: dict[str, st
 
 def test_dotenv_database_is_never_touched(developer_db, tmp_path):
     before = _developer_rows(developer_db)
-    res = _run_inner_session(tmp_path, developer_db, {})
+    # in the .env *and* in the shell: the fixtures must use neither
+    res = _run_inner_session(tmp_path, developer_db, {"MARKETFLOW_POSTGRES_URL": developer_db})
     assert res.returncode == 0, res.stdout + res.stderr
     assert "1 passed" in res.stdout
     assert (
