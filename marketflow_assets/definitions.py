@@ -11,7 +11,11 @@ Nothing here needs configuration: resources resolve ``MARKETFLOW_*`` settings wh
 sensor first uses them (see ``settings.py``), with defaults for everything (``./data``, the
 embedded PostgreSQL under ``./data/postgres``, local Spark). The only thing read when the module
 loads is where the hourly partitions start (the first hour of raw data, see
-``defs/common/partitions.py``) and the freshness thresholds.
+``defs/common/partitions.py``); loading it never changes the process environment (``.env`` is
+read as defaults, not exported). The native freshness policies use the default thresholds
+(120 s / 300 s), fixed when the definitions load; ``MARKETFLOW_FRESHNESS_WARN_SECONDS`` /
+``..._ERROR_SECONDS`` are applied at run time by the ``freshness_check`` asset checks and
+``monitoring_checks_sensor``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from marketflow_assets.schema import (
     PRICE_INDICATORS_ASSET,
     RAW_PRICES_ASSET,
 )
-from marketflow_assets.settings import load_check_settings
+from marketflow_assets.settings import CheckSettings
 
 #: Market-data assets (``raw_prices``, ``price_indicators``, ``market_movers``) and their
 #: freshness and data-quality checks: what runs without the forecasts or a Kafka topic.
@@ -75,14 +79,15 @@ HOURLY_POLICY = dg.FreshnessPolicy.time_window(
 MIN_FRESHNESS_WINDOW_SECONDS = 60
 
 
-def freshness_policy() -> dg.FreshnessPolicy:
+def freshness_policy(settings: CheckSettings | None = None) -> dg.FreshnessPolicy:
     """Dagster's native freshness policy of the three assets: WARN / FAIL when the last
     materialization (for ``raw_prices``: the last report of new files by the observation sensor)
-    is older than ``MARKETFLOW_FRESHNESS_WARN_SECONDS`` / ``..._ERROR_SECONDS`` (120 s / 300 s;
-    Dagster's windows are at least 60 s). The ``freshness_check`` asset checks keep applying the
-    same thresholds to the newest *data* timestamp, which says more after a backfill of old hours
-    or a replay of an old recording."""
-    settings = load_check_settings()
+    is older than the thresholds of ``settings`` (default: the built-in 120 s / 300 s, so the
+    definitions do not depend on the environment; Dagster's windows are at least 60 s). The
+    ``freshness_check`` asset checks apply ``MARKETFLOW_FRESHNESS_WARN_SECONDS`` /
+    ``..._ERROR_SECONDS`` at run time to the newest *data* timestamp, which says more after a
+    backfill of old hours or a replay of an old recording."""
+    settings = settings or CheckSettings()
     fail = max(settings.freshness_error_seconds, MIN_FRESHNESS_WINDOW_SECONDS + 1)
     warn = min(max(settings.freshness_warn_seconds, MIN_FRESHNESS_WINDOW_SECONDS), fail - 1)
     return dg.FreshnessPolicy.time_window(
@@ -98,6 +103,26 @@ def build_resources(postgres_url: str | None = None, data_dir: str | None = None
         "pyspark": SparkResource(),
         "kafka": KafkaTopicResource(),
     }
+
+
+def without_secrets_in_config(resources: dict) -> dict:
+    """``resources`` with a ``postgres`` resource that carries a literal URL wrapped so that
+    Dagster stores no config for it.
+
+    A Pythonic resource's field values become the defaults of the job's config schema, which
+    Dagster keeps in the job snapshot in run storage (``runs.db``, zlib-compressed): a literal
+    ``postgresql://user:password@...`` would land there. Wrapped as a hardcoded resource it is
+    used as is, with no config schema (the code location's resource has ``url=None`` and reads
+    ``MARKETFLOW_POSTGRES_URL`` when used, so nothing secret is stored either)."""
+    postgres = resources.get("postgres")
+    if isinstance(postgres, PostgresResource) and postgres.url:
+        return {
+            **resources,
+            "postgres": dg.ResourceDefinition.hardcoded_resource(
+                postgres, description="PostgreSQL (URL kept out of run storage)"
+            ),
+        }
+    return resources
 
 
 def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:

@@ -6,7 +6,10 @@ the README's configuration table are the only knobs, and every one of them has a
 nothing set, the data directory is ``./data``, PostgreSQL is the embedded server under
 ``./data/postgres`` (started on first use), Kafka is an embedded broker (``marketflow up``) and
 Spark runs ``local[*]``. Nothing reads the environment at import time; callers load settings when
-they need them (a Dagster resource on first use, a sensor tick, a CLI command).
+they need them (a Dagster resource on first use, a sensor tick, a CLI command). The ``.env`` file
+(``MARKETFLOW_DOTENV``) is read as defaults beneath the real environment, never copied into
+``os.environ``: loading settings does not change the process environment (children get the
+values through :func:`child_environment`).
 
 Secrets (the CoinGecko key, passwords inside ``MARKETFLOW_POSTGRES_URL``, the alert webhook) are
 kept out of ``repr`` and logs; use :func:`redact_url`.
@@ -21,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 DEFAULT_TOPIC = "crypto_prices"
 DLQ_SUFFIX = "_dlq"
@@ -44,10 +47,25 @@ ENV_FRESHNESS_ERROR = "MARKETFLOW_FRESHNESS_ERROR_SECONDS"
 ENV_CHECK_WINDOW = "MARKETFLOW_CHECK_WINDOW_HOURS"
 ENV_ALERT_WEBHOOK = "MARKETFLOW_ALERT_WEBHOOK_URL"
 ENV_ALERT_MIN_SEVERITY = "MARKETFLOW_ALERT_MIN_SEVERITY"
+#: MARKETFLOW_DOTENV: the dotenv file whose values serve as defaults beneath the environment
+#: (default ``.env`` in the working directory; set it empty to read no file - the tests do).
+ENV_DOTENV = "MARKETFLOW_DOTENV"
+DEFAULT_DOTENV = ".env"
+#: MARKETFLOW_TEST_POSTGRES_URL: the test suite's PostgreSQL (default: unset, the tests start
+#: their own pgserver). Its database must be empty at session start: the tests drop tables.
+ENV_TEST_POSTGRES_URL = "MARKETFLOW_TEST_POSTGRES_URL"
+#: MARKETFLOW_TEST_KAFKA_BOOTSTRAP: the test suite's Kafka (default: unset, an embedded Tansu).
+ENV_TEST_KAFKA_BOOTSTRAP = "MARKETFLOW_TEST_KAFKA_BOOTSTRAP"
+#: Query parameters of a URL that carry a password (hidden by :func:`redact_url`).
+SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd"})
 
 DEFAULT_FRESHNESS_WARN_SECONDS = 120.0  # 4 missed 30 s polls
 DEFAULT_FRESHNESS_ERROR_SECONDS = 300.0  # 10 missed polls: the stage is down
 DEFAULT_CHECK_WINDOW_HOURS = 1.0
+#: MARKETFLOW_RECONCILE_INTERVAL_SECONDS: how often ``reconciliation_sensor`` compares raw rows
+#: per hour with ``price_indicators`` rows per hour (default 300 s).
+ENV_RECONCILE_INTERVAL = "MARKETFLOW_RECONCILE_INTERVAL_SECONDS"
+DEFAULT_RECONCILE_INTERVAL_SECONDS = 300.0
 
 # Ingest durability (issue #20): the write-ahead spool and the send retries.
 #: MARKETFLOW_SPOOL_DIR: directory of the ingest write-ahead spool (every poll is fsynced there
@@ -73,33 +91,67 @@ class ConfigError(ValueError):
     """Bad configuration; the CLI turns it into a one-line message and exit code 2."""
 
 
-def load_dotenv_once(path: str | os.PathLike[str] = ".env") -> None:
-    """Load ``.env`` from the working directory without overriding the real environment."""
+def dotenv_path(env: Mapping[str, str] | None = None) -> Path | None:
+    """The dotenv file to read (``MARKETFLOW_DOTENV``, default ``./.env``); None: read none."""
+    env = os.environ if env is None else env
+    value = env.get(ENV_DOTENV, DEFAULT_DOTENV)
+    return Path(value) if value.strip() else None
+
+
+def dotenv_values_once(path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The values of the dotenv file (``path``, default :func:`dotenv_path`), without touching
+    ``os.environ``; empty when there is no file."""
+    path = dotenv_path() if path is None else Path(path)
+    if path is None or not path.is_file():
+        return {}
     try:
-        from dotenv import load_dotenv
+        from dotenv import dotenv_values
     except ImportError:  # pragma: no cover - python-dotenv is a dependency
-        return
-    if Path(path).is_file():
-        load_dotenv(path, override=False)
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def load_dotenv_once(path: str | os.PathLike[str] | None = None) -> None:
+    """Copy the dotenv file into ``os.environ`` without overriding the real environment.
+
+    Nothing in the package calls it (settings read the file as defaults, see
+    :func:`environment`); kept for scripts that want the old behaviour explicitly."""
+    for key, value in dotenv_values_once(path).items():
+        os.environ.setdefault(key, value)
+
+
+def environment() -> dict[str, str]:
+    """``os.environ`` over the dotenv file's values (the real environment wins); a copy."""
+    return {**dotenv_values_once(), **os.environ}
 
 
 def _environment(env: Mapping[str, str] | None) -> Mapping[str, str]:
-    if env is not None:
-        return env
-    load_dotenv_once()
-    return os.environ
+    return environment() if env is None else env
 
 
 def redact_url(url: str | None) -> str:
-    """Return ``url`` with any password replaced by ``***`` (safe to log)."""
+    """Return ``url`` with any password replaced by ``***`` (safe to log): the userinfo password
+    and ``password=`` / ``passwd=`` / ``pwd=`` query parameters (libpq accepts ``?password=``).
+    The rest of the URL is kept as written."""
     if not url:
         return ""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+    rest, hash_, fragment = url.partition("#")
+    head, mark, query = rest.partition("?")
+    try:
+        parts = urlsplit(head)
+        password = parts.password
+    except ValueError:  # not parseable as a URL: show nothing of it
+        return "***"
+    if password is not None:
+        netloc = parts.netloc.rsplit("@", 1)
+        head = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc[-1]}"))
+    if query:
+        pairs = []
+        for pair in query.split("&"):
+            key = unquote(pair.partition("=")[0]).strip().lower()
+            pairs.append(f"{pair.partition('=')[0]}=***" if key in SECRET_QUERY_KEYS else pair)
+        query = "&".join(pairs)
+    return head + mark + query + hash_ + fragment
 
 
 def parse_utc(value: str, name: str = "time") -> datetime:
@@ -315,6 +367,13 @@ def load_check_settings(env: Mapping[str, str] | None = None) -> CheckSettings:
     )
 
 
+def load_reconcile_interval(env: Mapping[str, str] | None = None) -> float:
+    """``MARKETFLOW_RECONCILE_INTERVAL_SECONDS`` (> 0, default 300), read at each sensor tick."""
+    return _positive_float(
+        _environment(env), ENV_RECONCILE_INTERVAL, DEFAULT_RECONCILE_INTERVAL_SECONDS
+    )
+
+
 # ------------------------------------------------------------------------------------------------
 # The process environment of Spark and of child processes
 # ------------------------------------------------------------------------------------------------
@@ -338,11 +397,23 @@ def export_spark_local_ip() -> None:
 def child_environment(
     overrides: Mapping[str, str] | None = None, defaults: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """Environment for a child process: this one's, with ``defaults`` for unset names and then
-    ``overrides``."""
-    env = {**(defaults or {}), **os.environ}
+    """Environment for a child process: this one's (over the dotenv file's values), with
+    ``defaults`` for unset names and then ``overrides``."""
+    env = {**(defaults or {}), **dotenv_values_once(), **os.environ}
     env.update(overrides or {})
     return env
+
+
+def lent_test_services(env: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """``(MARKETFLOW_TEST_POSTGRES_URL, MARKETFLOW_TEST_KAFKA_BOOTSTRAP)`` of the real environment
+    (never the dotenv file): the servers a developer lends the test suite; None each when unset."""
+    env = os.environ if env is None else env
+
+    def get(name: str) -> str | None:
+        value = (env.get(name) or "").strip()
+        return value or None
+
+    return get(ENV_TEST_POSTGRES_URL), get(ENV_TEST_KAFKA_BOOTSTRAP)
 
 
 def launched_by_spark_submit() -> bool:
@@ -388,8 +459,7 @@ class MonitoringSettings:
 def load_monitoring_settings(env: dict[str, str] | None = None) -> MonitoringSettings:
     """Build :class:`MonitoringSettings` from ``env`` (default: ``os.environ`` + ``.env``)."""
     if env is None:
-        load_dotenv_once()
-        env = dict(os.environ)
+        env = environment()
     values: dict[str, float] = {}
     for name, (attr, default) in MONITORING_DEFAULTS.items():
         raw = (env.get(name) or "").strip()
@@ -416,8 +486,7 @@ def load_pipeline_settings(env: dict[str, str] | None = None) -> Settings:
     """:class:`Settings` without the CoinGecko part (which is validated only where it is used):
     what the Dagster code location needs, so a bad CoinGecko variable cannot break its load."""
     if env is None:
-        load_dotenv_once()
-        env = dict(os.environ)
+        env = environment()
     return load_settings({k: v for k, v in env.items() if not k.startswith("COINGECKO_")})
 
 

@@ -2,24 +2,51 @@
 
 Everything goes through :mod:`marketflow_assets.runtime.services`, the same code `marketflow up`
 uses.
-Set ``MARKETFLOW_KAFKA_BOOTSTRAP`` / ``MARKETFLOW_POSTGRES_URL`` to run the suite against real
-servers instead of the embedded ones.
+
+The tests only touch servers they started themselves: ``MARKETFLOW_POSTGRES_URL`` and
+``MARKETFLOW_KAFKA_BOOTSTRAP`` are removed from the environment when the session starts and the
+dotenv file is switched off (``MARKETFLOW_DOTENV=""``), so neither the developer's shell nor their
+``.env`` can point a fixture that drops tables at real data. To lend the suite servers instead of
+the embedded ones, set ``MARKETFLOW_TEST_POSTGRES_URL`` / ``MARKETFLOW_TEST_KAFKA_BOOTSTRAP``; the
+PostgreSQL database must then hold no table when the session starts (else the session stops with
+exit code 3 before any test runs), and the tables the session created are dropped at its end.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import sys
-import uuid
-import warnings
-from pathlib import Path
 
-import pytest
+from marketflow_assets.settings import (
+    ENV_DOTENV,
+    ENV_POSTGRES_URL,
+    ENV_TEST_POSTGRES_URL,
+    lent_test_services,
+    redact_url,
+)
 
-from marketflow_assets.runtime.services import EmbeddedKafka, EmbeddedPostgres, wait_for_kafka
-from marketflow_assets.schema import STATE_TABLES, TABLES
-from marketflow_assets.settings import load_settings
+# Before anything loads settings: the developer's servers are not the tests' servers.
+os.environ[ENV_DOTENV] = ""
+for _name in (ENV_POSTGRES_URL, "MARKETFLOW_KAFKA_BOOTSTRAP"):
+    os.environ.pop(_name, None)
+
+import dataclasses  # noqa: E402
+import sys  # noqa: E402
+import uuid  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from marketflow_assets.runtime.services import (  # noqa: E402
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    wait_for_kafka,
+)
+from marketflow_assets.schema import STATE_TABLES, TABLES  # noqa: E402
+from marketflow_assets.settings import load_settings  # noqa: E402
+
+#: Exit code of a session refused because the lent PostgreSQL database is not empty.
+FOREIGN_TABLES_EXIT = 3
 
 # The test data lies in the past (2024, 2026-03): the code location's partitions must start
 # before it. Without this variable they start at the first hour of ./data/raw_prices (else today);
@@ -33,10 +60,50 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 
 
+def public_tables(url: str) -> list[str]:
+    """Tables (and views) in the ``public`` schema of the database at ``url``."""
+    import psycopg2
+
+    conn = psycopg2.connect(url, connect_timeout=10)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = 'public' ORDER BY table_name"
+            )
+            return [row[0] for row in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def pytest_sessionstart(session) -> None:
+    """Refuse a lent PostgreSQL database that holds tables the tests did not create."""
+    url, _ = lent_test_services()
+    if not url:
+        return
+    try:
+        found = public_tables(url)
+    except Exception as exc:  # noqa: BLE001 - unreachable: say so in one line
+        pytest.exit(
+            f"{ENV_TEST_POSTGRES_URL}={redact_url(url)} unreachable: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+            returncode=FOREIGN_TABLES_EXIT,
+        )
+    if found:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        pytest.exit(
+            f"refusing to run: {ENV_TEST_POSTGRES_URL}={redact_url(url)} holds {len(found)} "
+            f"table(s) the tests did not create ({shown}); the tests drop tables, so point it at "
+            "an empty database (or unset it to use an embedded PostgreSQL)",
+            returncode=FOREIGN_TABLES_EXIT,
+        )
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory) -> str:
-    """Bootstrap servers of a real Kafka-protocol broker (embedded Tansu unless configured)."""
-    external = os.environ.get("MARKETFLOW_KAFKA_BOOTSTRAP")
+    """Bootstrap servers of a real Kafka-protocol broker (embedded Tansu unless
+    ``MARKETFLOW_TEST_KAFKA_BOOTSTRAP`` lends one)."""
+    _, external = lent_test_services()
     if external:
         wait_for_kafka(external, timeout=15)
         yield external
@@ -47,13 +114,32 @@ def kafka_bootstrap(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_url(tmp_path_factory) -> str:
-    """URL of a real PostgreSQL (embedded pgserver PostgreSQL 16 unless configured)."""
-    external = os.environ.get("MARKETFLOW_POSTGRES_URL")
+    """URL of a real PostgreSQL (embedded pgserver PostgreSQL 16 unless
+    ``MARKETFLOW_TEST_POSTGRES_URL`` lends one: checked empty at session start, see
+    :func:`pytest_sessionstart`; the tables the session created are dropped at its end)."""
+    external, _ = lent_test_services()
     if external:
-        yield external
+        try:
+            yield external
+        finally:
+            _drop_public_tables(external)
         return
     with EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata") as url:
         yield url
+
+
+def _drop_public_tables(url: str) -> None:
+    """Drop the tables of ``public`` (the lent database was empty when the session started)."""
+    import psycopg2
+
+    conn = psycopg2.connect(url, connect_timeout=10)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            for (table,) in cur.fetchall():
+                cur.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')
+    finally:
+        conn.close()
 
 
 @pytest.fixture

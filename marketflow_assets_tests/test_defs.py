@@ -59,6 +59,7 @@ SENSORS = {
     "forecasts_follow_indicators",
     "forecast_retrain_on_degradation",
     "stream_health_sensor",
+    "reconciliation_sensor",
 }
 VALUES = ("change_1min", "change_5min", "sma_5min", "ema_3min", "volatility_5min")
 

@@ -11,6 +11,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
 
 from marketflow_assets.runtime.services import EmbeddedKafka, free_port
+from marketflow_assets.settings import lent_test_services
 from spark_streaming import kafka_source
 from spark_streaming.kafka_source import (
     RESET,
@@ -20,7 +21,7 @@ from spark_streaming.kafka_source import (
     read_range,
 )
 
-EMBEDDED = not os.environ.get("MARKETFLOW_KAFKA_BOOTSTRAP")
+EMBEDDED = not lent_test_services()[1]  # MARKETFLOW_TEST_KAFKA_BOOTSTRAP unset
 
 
 def produce(bootstrap: str, topic: str, n: int, partition: int | None = None) -> list[int]:

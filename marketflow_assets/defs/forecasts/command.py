@@ -50,7 +50,7 @@ ASSET_NAMES = ("forecast_evaluation", "forecast_model", "price_forecasts")
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import dagster as dg
 
-    from marketflow_assets.definitions import build_resources
+    from marketflow_assets.definitions import build_resources, without_secrets_in_config
     from marketflow_assets.defs.forecasts import assets as forecasts
     from marketflow_assets.defs.forecasts import checks as forecast_checks
     from marketflow_assets.defs.indicators.assets import price_indicators
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     config = run_config(args)
     resources = build_resources(settings.postgres_url, str(settings.data_dir))
     postgres = resources["postgres"]
+    resources = without_secrets_in_config(resources)  # no password in run storage
     newest = forecasts.newest_indicator_ts(postgres)
     if newest is None:
         print("forecast: price_indicators is empty; run `marketflow refresh` first. Nothing to do.")

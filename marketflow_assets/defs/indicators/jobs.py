@@ -16,12 +16,17 @@ _FRESHNESS_CHECKS = dg.AssetSelection.checks(
         for a in (PRICE_INDICATORS_ASSET, MARKET_MOVERS_ASSET)
     )
 )
+#: ``reconciliation_checks.py``: it reads every hour of the dataset, not what a refresh wrote.
+_RECONCILED_CHECK = dg.AssetSelection.checks(
+    dg.AssetCheckKey(dg.AssetKey(PRICE_INDICATORS_ASSET), "price_indicators_reconciled")
+)
 
 refresh_indicators_job = dg.define_asset_job(
     "refresh_indicators_job",
     # The freshness checks are evaluated every minute by monitoring_checks_sensor; running them
     # in every refresh too would only add steps.
-    selection=INDICATOR_ASSETS - _FRESHNESS_CHECKS,
+    # The reconciliation check compares the whole history: on demand and by its sensor only.
+    selection=INDICATOR_ASSETS - _FRESHNESS_CHECKS - _RECONCILED_CHECK,
     description="Recompute price_indicators and market_movers for a partition (range), in order.",
     tags={"marketflow/pipeline": "indicators"},
     # One process per run: the steps are sequential anyway (market_movers needs price_indicators,

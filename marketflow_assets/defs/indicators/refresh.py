@@ -74,7 +74,7 @@ def _failure_message(result) -> str:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import dagster as dg
 
-    from marketflow_assets.definitions import build_resources
+    from marketflow_assets.definitions import build_resources, without_secrets_in_config
     from marketflow_assets.defs.common.partitions import (
         PARTITION_FMT,
         default_partition_start,
@@ -119,7 +119,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     chunks = [keys[i : i + per_run] for i in range(0, len(keys), per_run)]
     instance = dg.DagsterInstance.get() if settings.dagster_home else dg.DagsterInstance.ephemeral()
-    resources = build_resources(settings.postgres_url, str(settings.data_dir))
+    # no password in the job snapshot Dagster stores in $DAGSTER_HOME
+    resources = without_secrets_in_config(
+        build_resources(settings.postgres_url, str(settings.data_dir))
+    )
     print(
         f"refresh: {len(keys)} hourly partition(s) {keys[0]} .. {keys[-1]} "
         f"from {settings.raw_dir} into {redact_url(settings.postgres_url)}",

@@ -1,0 +1,143 @@
+"""Reconciliation of ``price_indicators`` with the raw dataset: rows per hour on both sides.
+
+Every raw observation (distinct ``(id, ts)`` with a ``ts`` and a non-NULL ``current_price``,
+``ts`` in microseconds as the refresh reads it) becomes exactly one ``price_indicators`` row, so
+per hour the two counts are equal once the hour was refreshed. An hour whose counts differ holds
+raw rows that never reached PostgreSQL - typically late data that landed in a ``date=`` directory
+older than the one the sensors watch - or table rows without raw data behind them.
+
+Plain functions only (no Dagster): :func:`raw_rows_per_hour` (per ``date=`` directory, from the
+Parquet files), :func:`indicator_rows_per_hour` (one ``GROUP BY`` over the primary key) and
+:func:`differing_hours`. The ``price_indicators_reconciled`` check
+(``checks/reconciliation.py``) compares every hour; the ``reconciliation_sensor``
+(``sensors/reconciliation.py``) compares the days whose raw files changed and requests the runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from marketflow_assets.raw_dataset import (
+    list_raw_files,
+    raw_days,
+    read_files,
+    retry_vanished,
+    visible_names,
+)
+
+HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
+#: Hours ending less than this before "now" are not compared: the live refresh is still
+#: folding their newest raw rows in (a few seconds normally).
+SETTLE = timedelta(seconds=120)
+
+
+@dataclass(frozen=True)
+class HourDiff:
+    """One hour whose raw rows and ``price_indicators`` rows differ in number."""
+
+    hour: datetime
+    raw_rows: int
+    indicator_rows: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.hour:%Y-%m-%d %H:00} UTC: raw {self.raw_rows}, indicators {self.indicator_rows}"
+        )
+
+
+def day_start(day: date) -> datetime:
+    return datetime.combine(day, time(), UTC)
+
+
+def day_signature(raw_dir: Path, day: date) -> str:
+    """Changes whenever a file of the day's directory is added, removed or replaced (directory
+    mtime plus the visible names, so a compaction's manifest switch counts too)."""
+    folder = Path(raw_dir) / f"date={day.isoformat()}"
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except FileNotFoundError:
+        return "absent"
+    names = "\n".join(sorted(visible_names(folder)))
+    return f"{mtime}:{hashlib.sha1(names.encode()).hexdigest()[:16]}"
+
+
+def _hour_counts(frame: pd.DataFrame) -> dict[datetime, int]:
+    if not len(frame):
+        return {}
+    frame = frame[frame["ts"].notna() & frame["current_price"].notna()]
+    ts = pd.to_datetime(frame["ts"], utc=True).dt.floor("us")
+    keys = pd.DataFrame({"id": frame["id"].to_numpy(), "ts": ts.to_numpy()}).drop_duplicates()
+    hours = pd.to_datetime(keys["ts"], utc=True).dt.floor("h")
+    return {h.to_pydatetime(): int(n) for h, n in hours.value_counts().items()}
+
+
+def raw_rows_per_hour(raw_dir: Path, days: Iterable[date] | None = None) -> dict[datetime, int]:
+    """Distinct raw observations per UTC hour, for the given ``date=`` days (default: all).
+
+    Reads only ``id``, ``ts`` and ``current_price``, one day at a time (a day's duplicates -
+    a replayed micro-batch - count once, as the refresh keeps one row per ``(id, ts)``)."""
+    counts: dict[datetime, int] = {}
+    for day in sorted(set(raw_days(raw_dir) if days is None else days)):
+        start = day_start(day)
+
+        def read(start=start):
+            files = list_raw_files(Path(raw_dir), start, start + DAY)
+            return read_files([f.path for f in files], columns=("id", "ts", "current_price"))
+
+        for hour, n in _hour_counts(retry_vanished(read)).items():
+            counts[hour] = counts.get(hour, 0) + n
+    return counts
+
+
+def indicator_rows_per_hour(
+    conn, start: datetime | None = None, end: datetime | None = None
+) -> dict[datetime, int]:
+    """``price_indicators`` rows per UTC hour with ``ts`` in ``[start, end)`` (default: all);
+    empty when the table does not exist."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('price_indicators') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return {}
+        where, params = [], []
+        if start is not None:
+            where.append("ts >= %s")
+            params.append(start)
+        if end is not None:
+            where.append("ts < %s")
+            params.append(end)
+        cur.execute(
+            "SELECT date_trunc('hour', ts AT TIME ZONE 'UTC') AS hour, count(*) "
+            f"FROM price_indicators {'WHERE ' + ' AND '.join(where) if where else ''} "
+            "GROUP BY 1 ORDER BY 1",
+            params,
+        )
+        return {row[0].replace(tzinfo=UTC): int(row[1]) for row in cur.fetchall()}
+
+
+def differing_hours(
+    raw: dict[datetime, int],
+    stored: dict[datetime, int],
+    settled_before: datetime | None = None,
+) -> list[HourDiff]:
+    """Hours (oldest first) whose counts differ; hours ending after ``settled_before`` are left
+    out (still being refreshed)."""
+    out = []
+    for hour in sorted(set(raw) | set(stored)):
+        if settled_before is not None and hour + HOUR > settled_before:
+            continue
+        if raw.get(hour, 0) != stored.get(hour, 0):
+            out.append(HourDiff(hour, raw.get(hour, 0), stored.get(hour, 0)))
+    return out
+
+
+def settled_before(now: datetime | None = None) -> datetime:
+    """Hours ending after this instant are not compared yet (see :data:`SETTLE`)."""
+    return (now or datetime.now(UTC)) - SETTLE
