@@ -68,6 +68,8 @@ Offsets = dict[int, int]  # partition -> next offset to read
 # before the offsets, and the partitions a batch re-reads from the earliest offset.
 STAMPS = "#stamps"
 RESET = "#reset"
+# The broker's id of the topic when the offset was made (a recreated topic has a new one).
+TOPIC_ID = "#topic_id"
 
 
 def no_auto_create(consumer):
@@ -136,6 +138,15 @@ class KafkaOffsetProbe:
         if self.topic not in topics:
             return []
         return sorted(self.consumer.partitions_for_topic(self.topic) or [])
+
+    def topic_id(self) -> str | None:
+        """The broker's id of the topic (fresh metadata); None when missing or not reported."""
+        self.consumer.topics()  # fresh metadata of all topics
+        try:
+            value = self.consumer._cluster.topic_id(self.topic)  # kafka-python's cluster view
+        except Exception:  # noqa: BLE001 - an older client
+            return None
+        return str(value) if value else None
 
     def existing(self, partitions) -> list[int]:
         """Those of ``partitions`` the topic has now (offsets may only be asked for these: a
@@ -341,8 +352,11 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         offsets: Offsets,
         stamps: dict[int, str] | None = None,
         reset: Sequence[int] = (),
+        topic_id: str | None = None,
     ) -> dict:
         out: dict = {self.topic: {str(p): int(o) for p, o in sorted(offsets.items())}}
+        if topic_id:
+            out[TOPIC_ID] = topic_id
         if stamps:
             out[STAMPS] = {str(p): v for p, v in sorted(stamps.items())}
         if reset:
@@ -368,7 +382,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         need = {p: o - 1 for p, o in offsets.items() if o > 0 and p not in stamps}
         if need:
             stamps.update(self.probe.record_stamps(need))
-        return self._wrap(offsets, stamps, reset)
+        return self._wrap(offsets, stamps, reset, self.probe.topic_id())
 
     def _recreated(self, start: dict, end: Offsets) -> list[int]:
         """Partitions whose record before the checkpointed offset is not the one stamped then
@@ -417,6 +431,16 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         end = self._target if self._target is not None else self._current_end()
         self._latest = dict(end)
         recreated = self._recreated(start, end)
+        before, now = (start or {}).get(TOPIC_ID), self.probe.topic_id()
+        if before and now and before != now and end:
+            logger.warning(
+                "Kafka %s: the topic was recreated (id %s -> %s); re-reading every partition "
+                "from the earliest offset",
+                self.topic,
+                before,
+                now,
+            )
+            recreated = sorted(end)
         result: Offsets = {}
         budget = limit.max_rows if isinstance(limit, ReadMaxRows) else None
         for p, e in sorted(end.items()):
@@ -462,6 +486,18 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def partitions(self, start: dict, end: dict) -> Sequence[InputPartition]:
         s_off, e_off = self._unwrap(start), self._unwrap(end)
+        planned_on, now = (end or {}).get(TOPIC_ID), self.probe.topic_id()
+        if planned_on and now and planned_on != now:
+            # A batch planned on a topic that no longer exists (replayed after a restart): its
+            # offsets are gone; the next batch sees the new id and reads from the earliest.
+            logger.warning(
+                "Kafka %s: batch planned on topic id %s, the topic is now %s (recreated); "
+                "its ranges are skipped",
+                self.topic,
+                planned_on,
+                now,
+            )
+            return []
         recreated = set((end or {}).get(RESET) or [])
         for p in recreated:
             s_off.pop(p, None)  # re-read from the earliest offset (decided in latestOffset)
