@@ -1,9 +1,11 @@
 """Fault test of the whole `marketflow up` pipeline: while simulated polls flow, kill -9 in turn
 the broker (Tansu), the Spark streaming job, the live follower, a Dagster run worker (when one
-runs at that moment) and `up` itself (then its leftover children, as an operator would), restart
-`up` on the same data dir, stop publishing and let the data settle. Every poll recorded by
-`--record` (acknowledged by the broker) must be in the raw Parquet and in `price_indicators`
-exactly once: the three sets of (coin id, ts) are equal, nothing lost, nothing duplicated.
+runs at that moment), the live consumer (`marketflow live`) and `up` itself (then its leftover
+children, as an operator would), restart `up` on the same data dir, stop publishing and let the
+data settle. Every poll recorded by `--record` (acknowledged by the broker) must be in the raw
+Parquet and in `price_indicators` exactly once: the three sets of (coin id, ts) are equal,
+nothing lost, nothing duplicated; and every `price_indicators` row equals a full recompute of
+the raw Parquet.
 
 Prints ``fault test: published=N raw=N indicators=N lost=0 duplicated=0`` (the README quotes it)
 and, when something is lost, which kill lost it (a lost poll is charged to the first kill after
@@ -150,17 +152,37 @@ def _raw_rows(raw_dir: Path) -> Counter:
     return Counter(zip(frame["id"], pd.to_datetime(frame["ts"], utc=True), strict=True))
 
 
-def _indicator_rows(url: str) -> Counter:
+def _indicator_rows(url: str, source: str | None = None) -> Counter:
+    """(coin_id, ts) of price_indicators (only the rows written by ``source`` when given)."""
     import psycopg2
 
     conn = psycopg2.connect(url, connect_timeout=5)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT coin_id, ts FROM price_indicators")
+            if source is None:
+                cur.execute("SELECT coin_id, ts FROM price_indicators")
+            else:
+                cur.execute("SELECT coin_id, ts FROM price_indicators WHERE source = %s", (source,))
             rows = cur.fetchall()
     finally:
         conn.close()
     return Counter((coin, pd.Timestamp(ts).tz_convert("UTC")) for coin, ts in rows)
+
+
+def _recompute_differences(raw_dir: Path, url: str) -> tuple[int, pd.DataFrame]:
+    """price_indicators against a full recompute of the raw Parquet (the pure functions the
+    Dagster assets run): (rows compared, the rows that differ)."""
+    import pyarrow.dataset as ds
+
+    from marketflow_assets import indicators as ind
+    from marketflow_assets_tests.helpers import read_table
+
+    dataset = ds.dataset(raw_dir, format="parquet", partitioning="hive")
+    raw = dataset.to_table(columns=["id", "symbol", "ts", "current_price"]).to_pandas()
+    raw["ts"] = pd.to_datetime(raw["ts"], utc=True)
+    expected = ind.compute_indicators(raw)
+    diffs = ind.compare_indicator_rows(read_table(url, "price_indicators"), expected, tol=1e-9)
+    return diffs.attrs["compared"], diffs
 
 
 def _newest(rows) -> pd.Timestamp | None:
@@ -238,9 +260,11 @@ def test_kill_9_of_every_component_loses_and_duplicates_nothing(tmp_path):
         notes.append(line)
         print(line, flush=True)
 
-    def flows_after(moment: datetime, what: str, indicators: bool = False) -> None:
+    def flows_after(
+        moment: datetime, what: str, indicators: bool = False, written_by: str | None = None
+    ) -> None:
         cut = pd.Timestamp(moment)
-        source = (lambda: _indicator_rows(stack.postgres_url())) if indicators else None
+        source = (lambda: _indicator_rows(stack.postgres_url(), written_by)) if indicators else None
 
         def newer() -> bool:
             rows = source() if source else _raw_rows(raw_dir)
@@ -249,7 +273,8 @@ def test_kill_9_of_every_component_loses_and_duplicates_nothing(tmp_path):
 
         took = stack.wait_for(newer, 400, f"data written after {what}")
         note(
-            f"{'price_indicators' if indicators else 'raw Parquet'} has polls after {what}"
+            f"{'price_indicators' if indicators else 'raw Parquet'}"
+            f"{f' ({written_by} rows)' if written_by else ''} has polls after {what}"
             f" ({took:.0f} s)"
         )
 
@@ -293,7 +318,14 @@ def test_kill_9_of_every_component_loses_and_duplicates_nothing(tmp_path):
             stack.child("cli follow", not_pid=follower.pid)
             flows_after(kills[-1][1], "the follower kill", indicators=True)
 
-            # 5. `up` itself: its children get SIGTERM (PR_SET_PDEATHSIG); what is left after 15 s
+            # 5. the live consumer: restarted by up, it resumes at the offsets in live_offsets
+            live = stack.child("cli live")
+            kills.append(("live", datetime.now(UTC)))
+            note(f"kill -9 live: {_kill(live)}")
+            stack.child("cli live", not_pid=live.pid)
+            flows_after(kills[-1][1], "the live kill", indicators=True, written_by="live")
+
+            # 6. `up` itself: its children get SIGTERM (PR_SET_PDEATHSIG); what is left after 15 s
             # is killed, as an operator would; the embedded PostgreSQL (a pg_ctl daemon) survives
             # and the next `up` reuses it.
             descendants = stack.up.children(recursive=True)
@@ -301,10 +333,12 @@ def test_kill_9_of_every_component_loses_and_duplicates_nothing(tmp_path):
             note(f"kill -9 up (pid {stack.proc.pid}, {len(descendants)} descendants)")
             stack.up.kill()
             stack.proc.wait(10)
-            time.sleep(15)
+            gone_by = time.monotonic() + 15
+            while _alive(descendants) and time.monotonic() < gone_by:
+                time.sleep(0.5)
             left = _alive(descendants)
             names = [_kill(p) for p in left]
-            note(f"after 15 s, {len(left)} leftover(s) of up killed: {names}")
+            note(f"after <= 15 s, {len(left)} leftover(s) of up killed: {names}")
             postgres = [
                 p
                 for p in psutil.process_iter(["name", "cmdline"])
@@ -334,6 +368,12 @@ def test_kill_9_of_every_component_loses_and_duplicates_nothing(tmp_path):
                     break
                 time.sleep(2)
             note(f"settled after {time.monotonic() - settle_started:.0f} s")
+            compared, differences = _recompute_differences(raw_dir, url)
+            note(f"price_indicators vs a full recompute: {compared} rows compared")
+            assert differences.empty, (
+                f"{len(differences)} price_indicators row(s) differ from a full recompute:\n"
+                f"{differences.head(10)}"
+            )
 
         except AssertionError as exc:  # measure what the failed phase left, then fail
             failure = exc

@@ -68,22 +68,44 @@ Offsets = dict[int, int]  # partition -> next offset to read
 # before the offsets, and the partitions a batch re-reads from the earliest offset.
 STAMPS = "#stamps"
 RESET = "#reset"
+# The broker's id of the topic when the offset was made (a recreated topic has a new one).
+TOPIC_ID = "#topic_id"
+
+
+def no_auto_create(consumer):
+    """Make ``consumer`` never cause a topic to be auto-created, and return it.
+
+    kafka-python sends ``allow_auto_topic_creation=False`` (``allow_auto_create_topics``), but
+    the Tansu broker ignores that flag: any metadata request *naming* a missing topic creates it
+    with Tansu's default partition count (4) -- ``beginning_offsets`` / ``end_offsets`` / a fetch
+    of an assigned partition all send one. A source asking about the topic right after a broker
+    restart therefore created it before the producer did (with the wrong partition count).
+    Requesting metadata for *all* topics instead never creates one; a missing topic then just
+    has no partitions (offset look-ups time out, fetches return nothing).
+    """
+    cluster = getattr(consumer, "_cluster", None)
+    if cluster is not None and hasattr(cluster, "need_all_topic_metadata"):
+        cluster.need_all_topic_metadata = True
+    return consumer
 
 
 def _consumer(bootstrap: str, client_id: str, **extra):
-    """A group-less kafka-python consumer (manual assignment only; nothing is ever committed)."""
+    """A group-less kafka-python consumer (manual assignment only; nothing is ever committed;
+    never auto-creates a topic, see :func:`no_auto_create`)."""
     from kafka import KafkaConsumer
 
-    return KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","),
-        client_id=client_id,
-        group_id=None,
-        enable_auto_commit=False,
-        allow_auto_create_topics=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=100,
-        request_timeout_ms=30000,
-        **extra,
+    return no_auto_create(
+        KafkaConsumer(
+            bootstrap_servers=bootstrap.split(","),
+            client_id=client_id,
+            group_id=None,
+            enable_auto_commit=False,
+            allow_auto_create_topics=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            request_timeout_ms=30000,
+            **extra,
+        )
     )
 
 
@@ -117,6 +139,21 @@ class KafkaOffsetProbe:
             return []
         return sorted(self.consumer.partitions_for_topic(self.topic) or [])
 
+    def topic_id(self) -> str | None:
+        """The broker's id of the topic (fresh metadata); None when missing or not reported."""
+        self.consumer.topics()  # fresh metadata of all topics
+        try:
+            value = self.consumer._cluster.topic_id(self.topic)  # kafka-python's cluster view
+        except Exception:  # noqa: BLE001 - an older client
+            return None
+        return str(value) if value else None
+
+    def existing(self, partitions) -> list[int]:
+        """Those of ``partitions`` the topic has now (offsets may only be asked for these: a
+        missing partition raises ``KeyError`` in kafka-python, a missing topic times out)."""
+        wanted = {int(p) for p in partitions}
+        return sorted(wanted & set(self.partitions())) if wanted else []
+
     def record_stamps(self, offsets: Offsets, timeout_s: float = 2.0) -> dict[int, str]:
         """``{partition: stamp}`` of the records at ``offsets`` (``"<timestamp ms>:<crc32 of
         key>"``); partitions whose record did not arrive within ``timeout_s`` are left out."""
@@ -124,6 +161,8 @@ class KafkaOffsetProbe:
 
         from kafka import TopicPartition
 
+        present = set(self.existing(offsets))
+        offsets = {p: o for p, o in offsets.items() if p in present}
         if not offsets:
             return {}
         c = self.consumer
@@ -151,22 +190,26 @@ class KafkaOffsetProbe:
         return {p: v for p, v in stamps.items() if v}
 
     def beginning_offsets(self, partitions: Sequence[int]) -> Offsets:
+        """Earliest offsets of those of ``partitions`` that exist (the others are left out)."""
         from kafka import TopicPartition
 
-        tps = [TopicPartition(self.topic, p) for p in partitions]
+        tps = [TopicPartition(self.topic, p) for p in self.existing(partitions)]
+        if not tps:
+            return {}
         return {tp.partition: off for tp, off in self.consumer.beginning_offsets(tps).items()}
 
     def end_offsets(self, partitions: Sequence[int], probe_timeout_s: float = 2.0) -> Offsets:
         """True end offsets: reported end, extended by fetching past it (see module doc)."""
         from kafka import TopicPartition
 
+        partitions = self.existing(partitions)  # missing ones are left out
         if not partitions:
             return {}
         c = self.consumer
         tps = [TopicPartition(self.topic, p) for p in partitions]
         reported = {tp.partition: off for tp, off in c.end_offsets(tps).items()}
         begin = self.beginning_offsets(partitions)
-        probe = [tp for tp in tps if reported[tp.partition] > begin[tp.partition]]
+        probe = [tp for tp in tps if reported[tp.partition] > begin.get(tp.partition, 0)]
         true_end = dict(reported)
         if not probe:
             return true_end
@@ -214,6 +257,9 @@ TRUNCATION_CHECK_S = 15.0
 
 def _ends_at_or_before(consumer, tp, position: int) -> bool:
     try:
+        consumer.topics()  # fresh metadata of all topics (never creates one)
+        if tp.partition not in (consumer.partitions_for_topic(tp.topic) or set()):
+            return True  # the topic (or this partition) is gone: nothing more to read here
         return consumer.end_offsets([tp])[tp] <= position
     except Exception:  # noqa: BLE001 - broker unreachable: not known to be truncated
         return False
@@ -306,8 +352,11 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         offsets: Offsets,
         stamps: dict[int, str] | None = None,
         reset: Sequence[int] = (),
+        topic_id: str | None = None,
     ) -> dict:
         out: dict = {self.topic: {str(p): int(o) for p, o in sorted(offsets.items())}}
+        if topic_id:
+            out[TOPIC_ID] = topic_id
         if stamps:
             out[STAMPS] = {str(p): v for p, v in sorted(stamps.items())}
         if reset:
@@ -333,7 +382,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         need = {p: o - 1 for p, o in offsets.items() if o > 0 and p not in stamps}
         if need:
             stamps.update(self.probe.record_stamps(need))
-        return self._wrap(offsets, stamps, reset)
+        return self._wrap(offsets, stamps, reset, self.probe.topic_id())
 
     def _recreated(self, start: dict, end: Offsets) -> list[int]:
         """Partitions whose record before the checkpointed offset is not the one stamped then
@@ -382,6 +431,16 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         end = self._target if self._target is not None else self._current_end()
         self._latest = dict(end)
         recreated = self._recreated(start, end)
+        before, now = (start or {}).get(TOPIC_ID), self.probe.topic_id()
+        if before and now and before != now and end:
+            logger.warning(
+                "Kafka %s: the topic was recreated (id %s -> %s); re-reading every partition "
+                "from the earliest offset",
+                self.topic,
+                before,
+                now,
+            )
+            recreated = sorted(end)
         result: Offsets = {}
         budget = limit.max_rows if isinstance(limit, ReadMaxRows) else None
         for p, e in sorted(end.items()):
@@ -396,9 +455,23 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 budget -= take
                 e = s + take
             result[p] = e
-        # Keep partitions we know of but which vanished from metadata (no new data there).
-        for p, s in begin_state.items():
-            result.setdefault(p, s)
+        # Partitions we know of but which vanished from metadata: while the whole topic is
+        # missing (broker restarted, producer has not recreated it yet) keep them (nothing new,
+        # no batch). When the topic exists without them it was recreated with fewer
+        # partitions: drop them, so that one reappearing later counts as new (read from its
+        # earliest offset).
+        gone = sorted(set(begin_state) - set(end))
+        if gone and end:
+            logger.warning(
+                "Kafka %s: checkpointed partition(s) %s no longer exist (topic recreated with "
+                "fewer partitions); treated as a topic reset: dropped from the offsets, read "
+                "from the earliest offset should they reappear",
+                self.topic,
+                gone,
+            )
+        else:
+            for p in gone:
+                result[p] = begin_state[p]
         if result == begin_state and not recreated:
             return start  # nothing new: no batch
         return self._with_stamps(result, start, recreated)
@@ -413,13 +486,39 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def partitions(self, start: dict, end: dict) -> Sequence[InputPartition]:
         s_off, e_off = self._unwrap(start), self._unwrap(end)
+        planned_on, now = (end or {}).get(TOPIC_ID), self.probe.topic_id()
+        if planned_on and now and planned_on != now:
+            # A batch planned on a topic that no longer exists (replayed after a restart): its
+            # offsets are gone; the next batch sees the new id and reads from the earliest.
+            logger.warning(
+                "Kafka %s: batch planned on topic id %s, the topic is now %s (recreated); "
+                "its ranges are skipped",
+                self.topic,
+                planned_on,
+                now,
+            )
+            return []
         recreated = set((end or {}).get(RESET) or [])
         for p in recreated:
             s_off.pop(p, None)  # re-read from the earliest offset (decided in latestOffset)
-        need_begin = [p for p, e in e_off.items() if p not in s_off or e < s_off[p]]
-        begin = self.probe.beginning_offsets(sorted(set(need_begin) | set(e_off))) if e_off else {}
+        # Only partitions that exist now are asked about (kafka-python raises KeyError for a
+        # partition the topic no longer has); a planned one that is gone has nothing to read.
+        present = set(self.probe.existing(e_off)) if e_off else set()
+        for p in sorted(set(e_off) - present):
+            if e_off[p] > s_off.get(p, 0):
+                logger.warning(
+                    "Kafka %s[%d]: partition no longer exists (broker restarted or topic "
+                    "recreated); its planned offsets %d..%d are skipped",
+                    self.topic,
+                    p,
+                    s_off.get(p, 0),
+                    e_off[p] - 1,
+                )
+        begin = self.probe.beginning_offsets(sorted(present)) if present else {}
         ranges = []
         for p, e in sorted(e_off.items()):
+            if p not in present:
+                continue
             earliest = begin.get(p, 0)
             s = s_off.get(p)
             if s is None:

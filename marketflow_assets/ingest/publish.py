@@ -118,6 +118,12 @@ class Publisher:
             log.warning("broker cannot do idempotent produce (%s); using acks=all without it", exc)
             self.idempotent = False
             return self._make_producer(idempotent=False)
+        # Tansu ignores allow_auto_topic_creation: metadata naming a missing topic creates it
+        # (4 partitions), e.g. right after a broker restart, before ensure_topics() creates it
+        # with the configured count. Metadata of all topics never creates one.
+        metadata = getattr(producer, "_metadata", None)
+        if metadata is not None and hasattr(metadata, "need_all_topic_metadata"):
+            metadata.need_all_topic_metadata = True
         log.info(
             "Kafka producer connected to %s (acks=all, idempotence %s)",
             self.bootstrap,

@@ -58,13 +58,14 @@ class LiveConsumer:
         )
         self.consumer = self._consumer()
         self.assigned: set[int] = set()
+        self._assigned_topic_id: str | None = None
         self._ts_cache: dict[str, pd.Timestamp] = {}
 
     def _consumer(self):
         from kafka import KafkaConsumer
 
         wait_ms = max(10, int(self.poll_timeout_s * 1000))
-        return KafkaConsumer(
+        consumer = KafkaConsumer(
             bootstrap_servers=self.bootstrap.split(","),
             client_id=self.client_id,
             group_id=None,
@@ -74,25 +75,152 @@ class LiveConsumer:
             fetch_max_wait_ms=wait_ms,
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
+            allow_auto_create_topics=False,
+            metadata_max_age_ms=5000,  # a recreated topic (new topic id) is noticed quickly
         )
+        # Tansu ignores allow_auto_topic_creation: a metadata request naming a missing topic
+        # creates it (4 partitions) -- after a broker restart, before ingest creates it with
+        # the configured count. Asking for all topics' metadata never creates one.
+        cluster = getattr(consumer, "_cluster", None)
+        if cluster is not None and hasattr(cluster, "need_all_topic_metadata"):
+            cluster.need_all_topic_metadata = True
+        return consumer
 
-    def assign(self) -> bool:
-        """Assign every partition of the topic (new ones too) at its stored offset."""
+    def _unseen_before(self, stored: dict[int, int], timeout_s: float = 3.0) -> list[int]:
+        """Partitions whose record just before the stored offset is newer than its coin's last
+        row in the state: that record was never consumed, so the stored offset belongs to an
+        earlier incarnation of the topic (a memory-only broker restarted and ingest recreated
+        and refilled the topic while this process was down). A record consumed before -
+        written, or skipped as late - is never newer than its coin's last row."""
+        import json
+
         from kafka import TopicPartition
 
+        wanted = {p: o - 1 for p, o in stored.items() if o > 0}
+        if not wanted:
+            return []
+        probe = self._consumer()
+        unseen: list[int] = []
+        try:
+            tps = {p: TopicPartition(self.topic, p) for p in wanted}
+            probe.assign(list(tps.values()))
+            for p, off in wanted.items():
+                probe.seek(tps[p], off)
+            pending = dict(wanted)
+            deadline = time.monotonic() + timeout_s
+            while pending and time.monotonic() < deadline:
+                for tp, recs in probe.poll(timeout_ms=200).items():
+                    target = pending.get(tp.partition)
+                    record = next((r for r in recs if r.offset == target), None)
+                    if target is None or (record is None and not recs):
+                        continue
+                    pending.pop(tp.partition)
+                    probe.pause(tp)
+                    if record is None:
+                        continue  # out of range / compacted: kafka-python goes to the earliest
+                    try:
+                        value = json.loads(record.value)
+                        coin = str(value["id"])
+                        ts = pd.Timestamp(value["ts"])
+                        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+                    except (ValueError, KeyError, TypeError):
+                        continue  # an invalid record: nothing to tell
+                    last = self.state.last
+                    if coin not in last.index or ts.value > int(last.at[coin, "t"]):
+                        unseen.append(tp.partition)
+        except Exception as exc:  # noqa: BLE001 - the check is best effort
+            logger.warning("live: could not check the stored offsets (%s)", exc)
+        finally:
+            probe.close()
+        return sorted(unseen)
+
+    def _topic_id(self) -> str | None:
+        """The broker's id of the topic as last seen in metadata (a recreated topic has a new
+        one); None when unknown or when the broker reports no topic ids."""
+        try:
+            value = self.consumer._cluster.topic_id(self.topic)  # kafka-python's cached view
+        except Exception:  # noqa: BLE001 - an older client
+            return None
+        return str(value) if value else None
+
+    def check_recreated(self) -> bool:
+        """When the topic's id changed since the assignment (deleted and recreated: a broker
+        restart, an operator), read every partition again from the beginning: stored offsets
+        mean nothing in the new topic. Rows already in price_indicators are skipped by
+        ``advance_indicators`` (not newer than their coin's last row), so this re-read writes
+        only what is new. Returns True when it repositioned."""
+        current = self._topic_id()
+        if current is None or self._assigned_topic_id is None or current == self._assigned_topic_id:
+            if current is not None and self._assigned_topic_id is None and self.assigned:
+                self._assigned_topic_id = current
+            return False
+        logger.warning(
+            "live: topic %s was recreated (id %s -> %s); reading its partitions from the "
+            "beginning (rows already written are skipped)",
+            self.topic,
+            self._assigned_topic_id,
+            current,
+        )
+        self.assigned = set()
+        self._assigned_topic_id = None
+        self.assign(fresh=True)
+        return True
+
+    def assign(self, fresh: bool = False) -> bool:
+        """Assign every partition of the topic (new ones too) at its stored offset (from the
+        beginning when ``fresh``: the topic was recreated). Partitions the topic no longer has
+        (recreated with fewer) are dropped from the assignment."""
+        from kafka import TopicPartition
+
+        self.consumer.topics()  # fresh metadata of all topics (never creates one)
         partitions = self.consumer.partitions_for_topic(self.topic) or set()
-        if not partitions or partitions <= self.assigned:
-            return bool(partitions)
-        stored = self.store.load_offsets(self.topic)
+        if not partitions:
+            return False
+        if partitions == self.assigned:
+            return True
+        gone = sorted(self.assigned - partitions)
+        if gone:
+            logger.warning(
+                "live: %s partitions %s no longer exist (topic recreated with fewer "
+                "partitions); no longer read",
+                self.topic,
+                gone,
+            )
+        stored = {} if fresh else self.store.load_offsets(self.topic)
+        unseen = self._unseen_before(
+            {p: o for p, o in stored.items() if p in partitions - self.assigned}
+        )
+        for p in unseen:
+            logger.warning(
+                "live: the record before stored offset %d of %s[%d] was never read (the topic "
+                "was recreated while the consumer was down); reading that partition from the "
+                "beginning (rows already written are skipped)",
+                stored[p],
+                self.topic,
+                p,
+            )
+            del stored[p]
+        positions = {}
+        for p in self.assigned & partitions:
+            with_position = TopicPartition(self.topic, p)
+            try:
+                positions[p] = self.consumer.position(with_position, timeout_ms=5000)
+            except Exception:  # noqa: BLE001 - unknown: the stored offset is used
+                pass
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self.consumer.assign(tps)
         for tp in tps:
-            if tp.partition in stored:
+            if tp.partition in positions and positions[tp.partition] is not None:
+                self.consumer.seek(tp, positions[tp.partition])
+            elif tp.partition in stored:
+                # Beyond the end of a recreated partition the broker answers "out of range":
+                # kafka-python goes back to the earliest offset (auto_offset_reset).
                 self.consumer.seek(tp, stored[tp.partition])
-            elif tp.partition not in self.assigned:
+            else:
                 self.consumer.seek_to_beginning(tp)
         new = sorted(partitions - self.assigned)
         self.assigned = set(partitions)
+        self._assigned_topic_id = self._topic_id()
         logger.info(
             "live: reading %s partitions %s from offsets %s",
             self.topic,
@@ -198,7 +326,11 @@ class LiveConsumer:
                     logger.info("live: topic %s has no partitions yet; waiting", self.topic)
                     stop.wait(1.0)
                     continue
+            if self.check_recreated():
+                continue
             records = self.poll_batch()
+            if records and self.check_recreated():
+                continue  # fetched at offsets of the old topic: read again from the beginning
             if records:
                 self.process(records)
 

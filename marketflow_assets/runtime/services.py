@@ -137,6 +137,11 @@ class EmbeddedKafka:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / "tansu.log"
         log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        # Tansu (0.6) has no option to turn off topic auto-creation and ignores the metadata
+        # request's allow_auto_topic_creation: a request naming a missing topic creates it with
+        # 4 partitions. Our clients therefore never name a topic in metadata requests (they ask
+        # for all topics; see spark_streaming.kafka_source.no_auto_create), so only ingest's
+        # ensure_topics creates it, with the configured partition count.
         self.proc = subprocess.Popen(
             [
                 binary,
