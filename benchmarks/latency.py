@@ -78,8 +78,8 @@ MARKET = {
     "full": {"coins": 15_000, "polls": 10, "interval": 30.0},
 }
 PATHS = {
-    "up": "what `marketflow up` runs: the live follower (marketflow follow, in-process runs) "
-    "with dagster dev's sensors as fallback",
+    "up": "what `marketflow up` runs: the live path (marketflow live, straight from the topic), "
+    "the follower (marketflow follow, in-process runs) and dagster dev's sensors",
     "daemon": "dagster dev only: observation sensor -> automation sensor -> run launcher",
     "inprocess": "in-process refresh loop (dg.materialize) instead of dagster dev",
 }

@@ -151,7 +151,8 @@ def run() -> None:
             PostgresResource(url=resolved.postgres_url).ensure_tables()
             create_topics(resolved)
             env = up.child_env(resolved, args)
-            ingest, spark, dagster, _follow = up.build_children(args, resolved, "replay")
+            built = {child.name: child for child in up.build_children(args, resolved, "replay")}
+            ingest, spark, dagster = built["ingest"], built["spark"], built["dagster"]
             # many micro-batches, as many hours of a live run would bring (time-compressed too)
             spark.argv += ["--trigger-seconds", str(TRIGGER_S)]
             for child in (spark, dagster):

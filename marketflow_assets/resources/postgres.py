@@ -212,10 +212,13 @@ class PostgresResource(dg.ConfigurableResource):
             same_row = f"({', '.join('s.' + c for c in compared)}) IS NOT DISTINCT FROM " + (
                 f"({', '.join('t.' + c for c in compared)})"
             )
-            # live rows newer than anything recomputed here are ahead of the raw data: kept
+            # live rows newer than anything recomputed here are ahead of the raw data: kept. For
+            # price_indicators "newer" is per coin: a Spark micro-batch may hold only part of a
+            # poll, and the coins not yet in raw Parquet keep their live row at that ts.
+            per_coin = " WHERE s.coin_id = t.coin_id" if table == "price_indicators" else ""
             ahead = (
                 f" AND NOT (t.{SOURCE_COLUMN} = '{SOURCE_LIVE}' AND t.{ts_column} > "
-                f"(SELECT max({ts_column}) FROM _stage_{table}))"
+                f"(SELECT max(s.{ts_column}) FROM _stage_{table} s{per_coin}))"
                 if table in SOURCE_TABLES
                 else ""
             )

@@ -190,13 +190,16 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
         "-p",
         str(args.port),
     ]
-    return [
+    children = [
         # a replay that reached the end of its file is done; other sources run until stopped
         Child("ingest", ingest, logs / "ingest.log", finished_on_success=source == "replay"),
         Child("spark", spark, logs / "spark_streaming.log"),
         Child("dagster", dagster, logs / "dagster.log", stop_signal=signal.SIGINT),
         Child("follow", follow, logs / "follow.log"),
     ]
+    if load_live_settings().enabled:  # MARKETFLOW_LIVE=0 turns the live path off
+        children.append(live_child(settings))
+    return children
 
 
 def dashboard_child(args, settings: Settings) -> Child:
@@ -362,8 +365,6 @@ def _supervise(
     env = child_env(settings, args)
     children = build_children(args, settings, source)
     children.append(dashboard_child(args, settings))
-    if load_live_settings().enabled:  # MARKETFLOW_LIVE=0 turns the live path off
-        children.append(live_child(settings))
     policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window)
     supervisor = Supervisor([], env, policy, cwd=REPO_ROOT)
     connect: Child | None = None
