@@ -215,10 +215,19 @@ class PostgresResource(dg.ConfigurableResource):
             # live rows newer than anything recomputed here are ahead of the raw data: kept. For
             # price_indicators "newer" is per coin: a Spark micro-batch may hold only part of a
             # poll, and the coins not yet in raw Parquet keep their live row at that ts.
-            per_coin = " WHERE s.coin_id = t.coin_id" if table == "price_indicators" else ""
+            # (One indexed row per coin: a correlated max() over the unindexed stage per deleted
+            # candidate would be quadratic.)
+            if table == "price_indicators":
+                cur.execute(
+                    f"CREATE TEMP TABLE _newest_{table} ON COMMIT DROP AS SELECT coin_id, "
+                    f"max({ts_column}) AS newest FROM _stage_{table} GROUP BY coin_id"
+                )
+                cur.execute(f"CREATE UNIQUE INDEX ON _newest_{table} (coin_id)")
+                newest = f"(SELECT n.newest FROM _newest_{table} n WHERE n.coin_id = t.coin_id)"
+            else:
+                newest = f"(SELECT max(s.{ts_column}) FROM _stage_{table} s)"
             ahead = (
-                f" AND NOT (t.{SOURCE_COLUMN} = '{SOURCE_LIVE}' AND t.{ts_column} > "
-                f"(SELECT max(s.{ts_column}) FROM _stage_{table} s{per_coin}))"
+                f" AND NOT (t.{SOURCE_COLUMN} = '{SOURCE_LIVE}' AND t.{ts_column} > {newest})"
                 if table in SOURCE_TABLES
                 else ""
             )
