@@ -1,22 +1,50 @@
-"""Costs that must not grow with history: one observation-sensor tick and the live refresh.
+"""Costs that must not grow with history: a sensor tick, the live refresh, a commit.
 
-Two raw datasets ending at the same instant (:data:`END`), generated once with pyarrow
-(:mod:`benchmarks.data`: ``COINS`` coins polled every 30 s) and then compacted by
-:func:`marketflow_assets.compaction.compact` -- i.e. as the hourly compaction job leaves them:
-one ``cpart-...`` file per closed hour plus a ``_compaction.json`` manifest per ``date=``
-directory. ``30d`` holds 720 hours (31 date directories), ``1h`` the last hour only. Cached under
-``$MARKETFLOW_BENCH_DIR/costs``.
+Two ``raw_prices`` Delta tables ending at the same instant (:data:`END`, the open hour starts
+there), ``COINS`` coins polled every 30 s (:mod:`benchmarks.data`), built once and cached under
+``$MARKETFLOW_BENCH_DIR/costs/v<VERSION>_...`` (``_COMPLETE`` holds how long the build took and
+the table's figures). ``30d`` holds 720 hours (31 date partitions), ``1h`` the last hour only.
+
+How the 30-day table is built (state = what 30 days of the streaming job, one commit per poll,
+plus the hourly compaction job leave; one delta-rs commit costs ~25 ms here, so replaying all
+86,400 polls would take ~40 min):
+
+* **Settled days** -- the hours older than the log retention (``raw_dataset.LOG_RETENTION``,
+  2 days) before :data:`END`: what compaction leaves of them is ONE file per date partition
+  (OPTIMIZE's output, rows in commit order, 32 k-row row groups) referenced from the checkpoint,
+  and no commit file (cleaned from the log after 2 days). They are appended with
+  ``raw_dataset.append_batch`` as one commit per date, so the table holds the same files; their
+  ~30 commit files stay in ``_delta_log`` (delta-rs expires log files by commit time, which
+  cannot be set back), i.e. slightly MORE log than the real table: pessimistic for ``30d``.
+* **The last 2 days** (``LOG_HOURS``): replayed as the pipeline runs them -- one
+  ``append_batch`` per poll with the streaming job's application transaction
+  ``(app id, batch id)`` and its (id, ts) dedup (checkpoint every 100 commits by delta-rs'
+  post-commit hook), and :func:`marketflow_assets.compaction.compact` at every hour boundary
+  (OPTIMIZE of the date partitions with closed hours + VACUUM + checkpoint + log cleanup). 5,760
+  commits, ~3 min once. The compactions run seconds apart instead of an hour apart, so the
+  VACUUM retention (6 h) never elapses: the files OPTIMIZE replaced stay on disk and as
+  tombstones in the checkpoints (~5,800 instead of ~720) -- again more than the real table.
+* ``1h``: a fresh table with the one hour replayed the same way (120 commits, one compaction).
+
+Each benchmark run works on a copy (data files hard-linked, ``_delta_log`` copied with its
+file times shifted so the newest commit is "now": a cache days old is not log-cleaned at the
+first checkpoint of the run).
 
 * ``observe``: ``raw_prices_observation_sensor`` evaluated through ``dg.build_sensor_context``
-  with its real cursor. Each timed tick follows the arrival of one new streaming-job file (one
-  poll of all coins) in the open hour; median of ``TICKS`` ticks per history, interleaved.
-  Printed with what each tick looked at (directories listed, names listed, files statted).
+  with its real cursor (``{"version": v}``). Each timed tick follows one new micro-batch commit
+  (one poll of all coins, ``append_batch`` as the streaming job commits it) in the open hour;
+  median of ``TICKS`` ticks per table, interleaved. Printed with what the table looks like
+  (version, ``_delta_log`` entries, data files, commits read by the tick).
 * ``refresh``: ``dg.materialize`` of ``price_indicators`` + ``market_movers`` for the newest
-  hourly partition (what the automation sensor's run executes, in process; see
-  :func:`benchmarks.project.materialize_partition`), each history in its own PostgreSQL
+  closed hourly partition (what the automation sensor's run executes, in process; see
+  :func:`benchmarks.project.materialize_partition`), each table in its own PostgreSQL
   database, after an untimed warm-up that materializes the previous and the newest hour;
   median of ``REFRESHES`` interleaved runs. The databases hold only what the warm-up wrote:
   growth of the indicator tables is what ``incremental_7d / incremental_1h`` measures.
+* ``commit``: ``append_batch`` of one ``COMMIT_COINS``-coin poll with an application
+  transaction and the (id, ts) dedup, ``COMMITS`` times on a fresh table and on the 30-day
+  table (interleaved; the first commit of each is untimed): ``raw_commit_p50_ms`` /
+  ``raw_commit_p95_ms``.
 
 Full mode adds :mod:`benchmarks.soak` (RSS of the long-running processes over an accelerated
 soak).
@@ -26,6 +54,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -42,14 +71,30 @@ logger = logging.getLogger(__name__)
 END = pd.Timestamp("2026-01-08T12:00:00Z")  # the open hour starts here
 COINS = 50
 HISTORIES = {"1h": 1, "30d": 30 * 24}
+#: Hours replayed commit by commit (the log retention, ``raw_dataset.LOG_RETENTION``).
+LOG_HOURS = 48
 TICKS = 25
 REFRESHES = 7
-VERSION = 1
+COMMITS = 40
+COMMIT_COINS = 250
+APP_ID = "raw_prices_stream:bench"
+VERSION = 2
 
 
-def ensure_compacted(label: str, hours: int) -> Path:
-    """``<bench>/costs/<name>/raw_prices``: the history, compacted (generated once)."""
+def _with_date(table):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return table.append_column("date", pc.cast(table["ts"], pa.date32()))
+
+
+def ensure_table(label: str, hours: int) -> Path:
+    """``<bench>/costs/v<VERSION>_<name>/raw_prices``: the table (built once, see the module
+    docstring)."""
+    import pyarrow as pa
+
     from marketflow_assets import compaction
+    from marketflow_assets.raw_dataset import append_batch, snapshot
 
     history = data.History(coins=COINS, hours=hours, end=END.isoformat(), files="hour")
     root = data.bench_dir() / "costs" / f"v{VERSION}_{history.name}"
@@ -59,35 +104,79 @@ def ensure_compacted(label: str, hours: int) -> Path:
         return raw
     shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()
-    logger.info("costs %s: generating %d rows, then compacting ...", label, history.rows)
-    for h in range(history.hours):
+    replayed = min(hours, LOG_HOURS)
+    settled = hours - replayed
+    logger.info(
+        "costs %s: building the table (%d settled hours, %d hours commit by commit) ...",
+        label,
+        settled,
+        replayed,
+    )
+    by_day: dict[str, list] = {}
+    for h in range(settled):
         hour_start = history.start_ts + pd.Timedelta(hours=h)
-        data._write_hour(data.generate_hour(history, h), raw, hour_start, history)
-    report = compaction.compact(raw, before=END.to_pydatetime())
-    marker.write_text(json.dumps({"rows": history.rows, "compaction": report.summary()}))
-    logger.info("costs %s: %s (%.1f s)", label, report.summary(), time.perf_counter() - started)
+        by_day.setdefault(f"{hour_start:%Y-%m-%d}", []).append(data.generate_hour(history, h))
+    for day, tables in by_day.items():  # what OPTIMIZE leaves of a day: one file, commit order
+        append_batch(raw, _with_date(pa.concat_tables(tables)), metadata={"settled": day})
+    batch = 0
+    commits = compactions = 0
+    for h in range(settled, hours):
+        hour = _with_date(data.generate_hour(history, h))
+        for k in range(hour.num_rows // COINS):
+            append_batch(raw, hour.slice(k * COINS, COINS), app_id=APP_ID, batch_id=batch)
+            batch += 1
+            commits += 1
+        hour_end = history.start_ts + pd.Timedelta(hours=h + 1)
+        report = compaction.compact(raw, before=hour_end.to_pydatetime(), log=logger.debug)
+        compactions += 1
+    snap = snapshot(raw)
+    info = {
+        "rows": history.rows,
+        "build_s": round(time.perf_counter() - started, 1),
+        "poll_commits": commits,
+        "compactions": compactions,
+        "version": snap.version,
+        "data_files": len(snap.files_all),
+        "log_entries": len(os.listdir(raw / "_delta_log")),
+        "last_compaction": report.summary(),
+        "next_batch": batch,
+    }
+    marker.write_text(json.dumps(info))
+    logger.info("costs %s: built %s", label, info)
     return raw
 
 
 def _fresh_copy(raw: Path, scratch: Path, label: str) -> Path:
-    """A scratch copy (hard links) of the cached dataset, so new files never touch the cache."""
+    """A scratch copy of the cached table: data files hard-linked, the log copied with its file
+    times shifted so that its newest file is "now" (the cache is never written)."""
     target = scratch / label / "raw_prices"
-    shutil.copytree(raw, target, copy_function=lambda s, d: Path(d).hardlink_to(s))
+    shutil.copytree(
+        raw,
+        target,
+        copy_function=lambda s, d: Path(d).hardlink_to(s),
+        ignore=shutil.ignore_patterns("_delta_log"),
+    )
+    shutil.copytree(raw / "_delta_log", target / "_delta_log")
+    entries = list((target / "_delta_log").iterdir())
+    shift = time.time() - max(p.stat().st_mtime for p in entries)
+    for p in entries:
+        st = p.stat()
+        os.utime(p, (st.st_atime + shift, st.st_mtime + shift))
     return target
 
 
-def _new_poll(raw: Path, k: int) -> None:
-    """One streaming-job file with poll ``k`` of the open hour (all coins)."""
-    import pyarrow.parquet as pq
+def _poll(k: int, coins: int = COINS, hours_after_end: int = 0):
+    """Poll ``k`` of the hour starting ``hours_after_end`` hours after :data:`END`."""
+    start = END + pd.Timedelta(hours=hours_after_end)
+    history = data.History(coins=coins, hours=1, end=(start + pd.Timedelta(hours=1)).isoformat())
+    return _with_date(data.generate_hour(history, 0).slice(k * coins, coins))
 
-    history = data.History(coins=COINS, hours=1, end=(END + pd.Timedelta(hours=1)).isoformat())
-    table = data.generate_hour(history, 0).slice(k * COINS, COINS)
-    ts = int(table.column("ts").cast("int64")[0].as_py())
-    folder = raw / f"date={END:%Y-%m-%d}"
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"part-00000000b0b0-b{k:010d}-000-{ts}-{ts}.parquet"
-    pq.write_table(table, folder / f".{name}")
-    (folder / f".{name}").rename(folder / name)  # as the sink publishes: rename into place
+
+def _next_batch(raw: Path) -> int:
+    from marketflow_assets.raw_dataset import committed_batch
+
+    done = committed_batch(raw, APP_ID)
+    return 0 if done is None else done + 1
 
 
 def observe(raws: dict[str, Path], scratch: Path) -> dict[str, dict]:
@@ -95,10 +184,11 @@ def observe(raws: dict[str, Path], scratch: Path) -> dict[str, dict]:
 
     import marketflow_assets.definitions  # noqa: F401 - loads assets before their sensors
     from marketflow_assets.defs.raw_prices.sensors import (
-        RawCursor,
-        new_raw_files,
+        new_commits,
+        parse_cursor,
         raw_prices_observation_sensor,
     )
+    from marketflow_assets.raw_dataset import append_batch, open_table, snapshot
     from marketflow_assets.resources import RawDataResource
 
     state = {}
@@ -110,11 +200,12 @@ def observe(raws: dict[str, Path], scratch: Path) -> dict[str, dict]:
             "resources": {"raw_data": RawDataResource(data_dir=str(copy.parent))},
             "cursor": None,
             "times": [],
+            "batch": _next_batch(copy),
         }
     for k in range(TICKS + 1):  # tick 0: bootstraps the cursor (untimed)
         for label, s in state.items():
-            _new_poll(s["raw"], k)
-            time.sleep(0.01)
+            append_batch(s["raw"], _poll(k), app_id=APP_ID, batch_id=s["batch"])
+            s["batch"] += 1
             context = dg.build_sensor_context(
                 instance=s["instance"], cursor=s["cursor"], resources=s["resources"]
             )
@@ -122,18 +213,51 @@ def observe(raws: dict[str, Path], scratch: Path) -> dict[str, dict]:
             result = raw_prices_observation_sensor(context)
             elapsed = time.perf_counter() - started
             assert isinstance(result, dg.SensorResult) and result.asset_events, (label, k)
-            assert result.asset_events[0].metadata["new_rows"].value == COINS, (label, k)
             if k:
+                assert result.asset_events[0].metadata["new_rows"].value == COINS, (label, k)
                 s["times"].append(elapsed)
             s["cursor"] = result.cursor
-    # what one more tick looks at, counted by the sensor's own scan function
+    # what one more tick looks at
     for s in state.values():
-        _new_poll(s["raw"], TICKS + 1)
-        _, _, stats = new_raw_files(s["raw"], RawCursor.parse(s["cursor"]))
-        s["stats"] = stats
-        s["dates"] = len(list(s["raw"].glob("date=*")))
-        s["files"] = len(list(s["raw"].glob("date=*/*.parquet")))
+        append_batch(s["raw"], _poll(TICKS + 1), app_id=APP_ID, batch_id=s["batch"])
+        s["batch"] += 1
+        table = open_table(s["raw"])
+        s["new"] = new_commits(table, parse_cursor(s["cursor"]))
+        snap = snapshot(s["raw"])
+        s["version"] = snap.version
+        s["dates"] = len(snap.days())
+        s["files"] = len(snap.files_all)
+        log = s["raw"] / "_delta_log"
+        s["log"] = len(list(log.iterdir()))
+        checkpoints = sorted(log.glob("*.checkpoint.parquet"))
+        s["checkpoint_kb"] = checkpoints[-1].stat().st_size / 1024 if checkpoints else 0.0
     return state
+
+
+def commit_cost(state: dict[str, dict], scratch: Path) -> dict[str, list[float]]:
+    """ms per ``append_batch`` of one ``COMMIT_COINS``-coin poll: a fresh table vs the 30-day
+    table (after ``observe``), interleaved; the first commit of each is untimed."""
+    from marketflow_assets.raw_dataset import append_batch
+
+    targets = {"fresh": scratch / "fresh" / "raw_prices", "30d": state["30d"]["raw"]}
+    batches = {"fresh": 0, "30d": state["30d"]["batch"]}
+    times: dict[str, list[float]] = {label: [] for label in targets}
+    for k in range(COMMITS + 1):
+        rows = _poll(k, COMMIT_COINS, hours_after_end=1)
+        for label, raw in targets.items():
+            started = time.perf_counter()
+            result = append_batch(raw, rows, app_id=APP_ID, batch_id=batches[label])
+            elapsed = time.perf_counter() - started
+            assert result.rows_written == COMMIT_COINS, (label, k, result)
+            batches[label] += 1
+            if k:
+                times[label].append(1000 * elapsed)
+    return times
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def refresh(raws: dict[str, Path], scratch: Path) -> dict[str, list[float]]:
@@ -161,10 +285,11 @@ def refresh(raws: dict[str, Path], scratch: Path) -> dict[str, list[float]]:
 
 def run(mode: str = "quick") -> None:
     started = time.perf_counter()
-    raws = {label: ensure_compacted(label, hours) for label, hours in HISTORIES.items()}
+    raws = {label: ensure_table(label, hours) for label, hours in HISTORIES.items()}
     scratch = Path(tempfile.mkdtemp(prefix="costs-", dir=data.bench_dir()))
     try:
         obs = observe(raws, scratch)
+        commits = commit_cost(obs, scratch)
         ref = refresh(raws, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -172,33 +297,52 @@ def run(mode: str = "quick") -> None:
     rmed = {label: statistics.median(ref[label]) for label in ref}
     print_table(
         f"costs vs history: observation sensor tick and newest-hour refresh ({COINS} coins @ "
-        "30 s, compacted: one file per closed hour)",
+        "30 s, Delta table, compacted hourly; 30d: last 2 days one commit per poll)",
         [
             "history",
-            "date dirs",
-            "files",
+            "table version",
+            "_delta_log entries (newest checkpoint KiB)",
+            "date partitions / data files",
             "tick ms (median)",
-            "tick: dirs listed / names listed / files statted",
+            "tick: commits read",
             "refresh s (Dagster, median)",
             "refresh runs",
         ],
         [
             [
                 label,
-                str(s["dates"]),
-                str(s["files"]),
+                str(s["version"]),
+                f"{s['log']} ({s['checkpoint_kb']:.0f})",
+                f"{s['dates']} / {s['files']}",
                 f"{1000 * med[label]:.1f}",
-                f"{s['stats'].dirs_listed} / {s['stats'].entries_listed} / "
-                f"{s['stats'].files_statted}",
+                str(s["new"].commits),
                 f"{rmed[label]:.2f}",
                 " ".join(f"{t:.2f}" for t in ref[label]),
             ]
             for label, s in obs.items()
         ],
     )
+    print_table(
+        f"raw commit: append_batch of one {COMMIT_COINS}-coin poll (app transaction + (id, ts) "
+        f"dedup), {COMMITS} commits each, interleaved",
+        ["table", "p50 ms", "p95 ms", "max ms"],
+        [
+            [label, f"{_pct(v, 0.5):.1f}", f"{_pct(v, 0.95):.1f}", f"{max(v):.1f}"]
+            for label, v in commits.items()
+        ],
+    )
+    for label, values in commits.items():
+        print(
+            f"raw_commit_p50_ms[{label}] = {_pct(values, 0.5):.1f}  "
+            f"raw_commit_p95_ms[{label}] = {_pct(values, 0.95):.1f}"
+        )
     print(f"costs benchmark took {time.perf_counter() - started:.0f} s")
     ratio_line("observe_30d / observe_1h", med["30d"] / med["1h"], "<= 1.5")
     ratio_line("refresh_30d / refresh_1h", rmed["30d"] / rmed["1h"], "<= 1.2")
+    ratio_line(
+        "raw_commit_p50 30d / fresh",
+        _pct(commits["30d"], 0.5) / _pct(commits["fresh"], 0.5),
+    )
     if mode == "full":
         from benchmarks import soak
 

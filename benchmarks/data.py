@@ -1,10 +1,23 @@
 """Synthetic raw price history for the benchmarks: vectorised, deterministic, cached.
 
 ``N`` coins polled every ``interval`` seconds, prices following independent geometric random
-walks, written as the raw Parquet dataset (``schema.raw_arrow_schema()``, hive partitions
-``date=YYYY-MM-DD``, one file per hour of data, the way a streaming job leaves many files per
-day). The same seed always gives the same rows, and a history of ``h`` hours is exactly the last
-``h`` hours of any longer history with the same end, so the 1 h / 1 d / 7 d datasets are nested.
+walks, stored as the ``raw_prices`` Delta table (:mod:`marketflow_assets.raw_dataset`: data files
+``date=YYYY-MM-DD/part-*.parquet`` in ``schema.raw_arrow_schema()``, partition column ``date``),
+one data file per poll (as the streaming job's micro-batches leave them) or per hour (a
+compacted layout). The same seed always gives the same rows, and a history of ``h`` hours is
+exactly the last ``h`` hours of any longer history with the same end, so the 1 h / 1 d / 7 d
+datasets are nested.
+
+How the table is built: the data files are written with pyarrow (row groups of
+``raw_dataset.ROW_GROUP_ROWS`` rows, Snappy, like delta-rs writes them) and then added to the
+table in ONE commit of ``add`` actions carrying each file's statistics
+(:func:`register_files`). The table then references exactly the files a streaming job would
+have left, without paying one delta-rs commit per poll (20,160 commits for 7 days). Only the
+file layout matters to the benchmarks using these histories (engine, incremental, scale: what a
+refresh lists and reads); the commit history itself is what :mod:`benchmarks.costs` measures,
+and it builds its tables commit by commit. A Parquet file written under ``raw_prices/`` after the
+table exists is NOT part of it until registered: use :func:`register_files` or
+``raw_dataset.append_batch``.
 
 Datasets are cached under :func:`bench_dir` (``$MARKETFLOW_BENCH_DIR`` or ``./data/bench``) in a
 directory named after their parameters; a ``_COMPLETE`` marker makes a half-written dataset be
@@ -19,6 +32,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +46,7 @@ logger = logging.getLogger(__name__)
 HISTORY_END = pd.Timestamp("2026-01-08T00:00:00Z")
 HOURS = {"1h": 1, "1d": 24, "7d": 24 * 7}
 #: Bumped when the generated files change, so stale caches are regenerated.
-DATA_VERSION = 2
+DATA_VERSION = 3
 
 
 def bench_dir() -> Path:
@@ -158,26 +172,34 @@ def generate_hour(history: History, hour_index: int):
     return pa.Table.from_pydict(columns, schema=raw_arrow_schema())
 
 
-def _write_hour(table, root: Path, hour_start: pd.Timestamp, history: History) -> None:
+def _write_hour(table, root: Path, hour_start: pd.Timestamp, history: History) -> list[Path]:
+    """Data files of one hour under ``root/date=.../`` (not yet part of the table)."""
     import pyarrow.parquet as pq
+
+    from marketflow_assets.raw_dataset import ROW_GROUP_ROWS
 
     folder = root / f"date={hour_start:%Y-%m-%d}"
     folder.mkdir(parents=True, exist_ok=True)
     ts_us = table.column("ts").cast("int64").to_numpy()
+
+    def write(part, name: str) -> Path:
+        path = folder / name
+        pq.write_table(part, path, row_group_size=ROW_GROUP_ROWS, compression="snappy")
+        return path
+
     if history.files == "hour":
-        # named like the streaming job's files (min/max ts in the name), so the assets can
-        # prune them by time exactly as they prune real data
+        # named like per-poll files (min/max ts in the name), so _file_start works on both
         hour_id = hour_start.value // 3_600_000_000_000
         lo, hi = int(ts_us.min()), int(ts_us.max())
-        name = f"part-{history.seed:012x}-b{hour_id:010d}-000-{lo}-{hi}.parquet"
-        pq.write_table(table, folder / name)
-        return
+        return [write(table, f"part-{history.seed:012x}-b{hour_id:010d}-000-{lo}-{hi}.parquet")]
     n = history.coins
     first_poll = hour_start.value // 1_000_000_000 // history.interval_s
+    out = []
     for i in range(len(table) // n):
         lo = int(ts_us[i * n])
         name = f"part-{history.seed:012x}-b{first_poll + i:010d}-000-{lo}-{lo}.parquet"
-        pq.write_table(table.slice(i * n, n), folder / name)
+        out.append(write(table.slice(i * n, n), name))
+    return out
 
 
 def _file_start(path: Path) -> pd.Timestamp:
@@ -185,11 +207,83 @@ def _file_start(path: Path) -> pd.Timestamp:
     return pd.Timestamp(int(path.stem.rsplit("-", 2)[1]) * 1000, tz="UTC")
 
 
-def ensure_history(history: History, source: History | None = None) -> Path:
-    """Path of the ``raw_prices`` dataset for ``history`` (generated once, then cached).
+def _stat_value(value):
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value
 
-    With ``source`` (a longer, otherwise identical history), the files are hard links to the
-    source's newest files instead of being generated again.
+
+def add_action(raw: Path, path: Path):
+    """The Delta ``add`` action of one data file under ``raw`` (statistics from its data)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from deltalake.transaction import AddAction
+
+    table = pq.read_table(path)
+    lo, hi, nulls = {}, {}, {}
+    for name in table.column_names:
+        column = table[name]
+        nulls[name] = column.null_count
+        if column.null_count < len(column):
+            bounds = pc.min_max(column).as_py()
+            lo[name], hi[name] = _stat_value(bounds["min"]), _stat_value(bounds["max"])
+    stats = {"numRecords": table.num_rows, "minValues": lo, "maxValues": hi, "nullCount": nulls}
+    st = path.stat()
+    day = path.parent.name.split("=", 1)[1]
+    return AddAction(
+        path=path.relative_to(raw).as_posix(),
+        size=st.st_size,
+        partition_values={"date": day},
+        modification_time=st.st_mtime_ns // 1_000_000,
+        data_change=True,
+        stats=json.dumps(stats),
+    )
+
+
+def register_files(raw: Path, paths: list[Path], operation: str = "append") -> int:
+    """Add the data files ``paths`` (already under ``raw/date=.../``) to the ``raw_prices``
+    table in ONE commit (the table is created when missing); returns the version."""
+    from deltalake import DeltaTable
+    from deltalake.transaction import create_table_with_add_actions
+
+    from marketflow_assets import raw_dataset as rd
+    from marketflow_assets.schema import RAW_PARTITION_COLUMN, raw_table_schema
+    from marketflow_assets.settings import load_raw_retention_hours
+
+    actions = [add_action(raw, p) for p in paths]
+    props = rd._commit_properties(operation, {"files": len(actions)})
+    if rd.is_table(raw):
+        table = DeltaTable(str(raw))
+        table.create_write_transaction(
+            actions,
+            mode="append",
+            schema=raw_table_schema(),
+            partition_by=[RAW_PARTITION_COLUMN],
+            commit_properties=props,
+        )
+        table.update_incremental()
+        return table.version()
+    from deltalake import Schema
+
+    create_table_with_add_actions(
+        str(raw),
+        Schema.from_arrow(raw_table_schema()),
+        actions,
+        mode="error",
+        partition_by=[RAW_PARTITION_COLUMN],
+        name="raw_prices",
+        configuration=rd.table_configuration(load_raw_retention_hours()),
+        commit_properties=props,
+    )
+    return DeltaTable(str(raw)).version()
+
+
+def ensure_history(history: History, source: History | None = None) -> Path:
+    """Path of the ``raw_prices`` table for ``history`` (generated once, then cached).
+
+    With ``source`` (a longer, otherwise identical history), the data files are hard links to
+    the source's newest files instead of being generated again (registered in a table of their
+    own).
     """
     root = bench_dir() / "datasets" / history.name
     raw = root / "raw_prices"
@@ -200,6 +294,7 @@ def ensure_history(history: History, source: History | None = None) -> Path:
         shutil.rmtree(root)
     started = time.perf_counter()
     logger.info("generating %s (%d rows) ...", history.name, history.rows)
+    paths: list[Path] = []
     if (
         source is not None
         and source.name != history.name
@@ -212,10 +307,12 @@ def ensure_history(history: History, source: History | None = None) -> Path:
                 target = raw / path.parent.name / path.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.link(path, target)
+                paths.append(target)
     else:
         for h in range(history.hours):
             hour_start = history.start_ts + pd.Timedelta(hours=h)
-            _write_hour(generate_hour(history, h), raw, hour_start, history)
+            paths += _write_hour(generate_hour(history, h), raw, hour_start, history)
+    register_files(raw, paths)
     marker.write_text(json.dumps(asdict(history) | {"rows": history.rows}))
     logger.info("generated %s in %.1f s", history.name, time.perf_counter() - started)
     return raw
@@ -232,8 +329,7 @@ def nested_histories(
 
 
 def read_history(raw: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Whole dataset into pandas (benchmarks only)."""
-    import pyarrow.dataset as ds
+    """The newest version of the table into pandas (benchmarks only)."""
+    from deltalake import DeltaTable
 
-    dataset = ds.dataset(raw, format="parquet", partitioning="hive")
-    return dataset.to_table(columns=columns).to_pandas()
+    return DeltaTable(str(raw)).to_pandas(columns=columns)

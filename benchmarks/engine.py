@@ -1,7 +1,8 @@
 """Engine limit: the project's Spark indicator computation vs one DuckDB window query.
 
 Both engines run in this process (Spark local mode with the project's ``spark_conf``; DuckDB
-in-process, default threads = cores) on the same raw Parquet dataset, and do the same job:
+in-process, default threads = cores) on the same ``raw_prices`` Delta table (DuckDB reads the
+data files of its newest version), and do the same job:
 read the raw rows, compute every indicator of docs/INDICATORS.md (``change_1min``,
 ``change_5min``, ``sma_5min``, ``ema_3min``, ``volatility_5min``) for every row, and write the
 result as Parquet. The results are then joined on (``coin_id``, ``ts``) and compared column by
@@ -45,7 +46,7 @@ VALUE_COLUMNS = INDICATOR_COLUMNS[3:]  # price and the five indicators
 DUCKDB_SQL = f"""
 WITH base AS (
     SELECT id AS coin_id, symbol, ts, epoch_us(ts) AS t, current_price AS price
-    FROM read_parquet('{{raw}}/**/*.parquet', hive_partitioning = false)
+    FROM read_parquet({{files}}, hive_partitioning = false)
     WHERE current_price IS NOT NULL AND ts IS NOT NULL
 ),
 steps AS (
@@ -107,8 +108,17 @@ class EngineResult:
 # ------------------------------------------------------------------------------------------------
 # The two engines
 # ------------------------------------------------------------------------------------------------
+def _file_list(raw: Path) -> str:
+    """SQL list of the data files of the newest version of the ``raw_prices`` table."""
+    from marketflow_assets.raw_dataset import snapshot
+
+    paths = [f.path.as_posix().replace("'", "''") for f in snapshot(raw).files_all]
+    return "[" + ", ".join(f"'{p}'" for p in paths) + "]"
+
+
 def run_duckdb(raw: Path, out: Path, threads: int | None = None) -> int:
-    """DuckDB: raw Parquet -> indicators -> one Parquet file. Returns the row count."""
+    """DuckDB: raw table's Parquet files (newest version) -> indicators -> one Parquet file.
+    Returns the row count."""
     import duckdb
 
     con = duckdb.connect()
@@ -117,7 +127,7 @@ def run_duckdb(raw: Path, out: Path, threads: int | None = None) -> int:
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         con.execute("SET TimeZone = 'UTC'")
-        query = DUCKDB_SQL.format(raw=raw.as_posix())
+        query = DUCKDB_SQL.format(files=_file_list(raw))
         con.execute(f"COPY ({query}) TO '{out.as_posix()}' (FORMAT parquet)")
         return con.execute(f"SELECT count(*) FROM read_parquet('{out.as_posix()}')").fetchone()[0]
     finally:

@@ -11,7 +11,8 @@ time of each poll.
 
 From the outside, this process watches
 
-* the raw Parquet directory (every 0.2 s): when a poll's ``ts`` first appears in a visible file
+* the ``raw_prices`` Delta table (every 0.2 s): when a poll's ``ts`` first appears in a
+  committed file
   -> Kafka->Parquet latency (ingest + broker + streaming trigger + micro-batch);
 * ``price_indicators`` (every 0.5 s): when all coins of a poll's ``ts`` are visible
   -> Parquet->Postgres latency (follower notices the file + run: refresh, checks, events);
@@ -125,10 +126,17 @@ class Watcher:
     def _watch_files(self) -> None:
         import pyarrow.parquet as pq
 
+        from marketflow_assets.raw_dataset import snapshot
+
         while not self._stop.wait(0.2):
             now = time.time()
-            for path in self.raw_dir.glob("date=*/*.parquet"):
-                if path in self._files or path.name.startswith((".", "_")):
+            try:  # committed files only: a data file is visible once its commit is
+                committed = [f.path for f in snapshot(self.raw_dir).files_all]
+            except Exception as exc:  # noqa: BLE001 - no table yet / transient
+                logger.debug("raw table watch: %s", exc)
+                continue
+            for path in committed:
+                if path in self._files:
                     continue
                 self._files.add(path)
                 try:
@@ -188,23 +196,25 @@ class RefreshLoop:
 
     def _run(self) -> None:
         from benchmarks import project
+        from marketflow_assets.raw_dataset import snapshot
 
         seen: set[Path] = set()
         raw_dir = self.data_dir / "raw_prices"
         while not self._stop.wait(0.5):
-            new = [p for p in raw_dir.glob("date=*/*.parquet") if p not in seen]
+            try:  # the files of the newest table version (ts range from the log's statistics)
+                files = snapshot(raw_dir).files_all
+            except Exception as exc:  # noqa: BLE001 - no table yet / transient
+                logger.debug("raw table watch: %s", exc)
+                continue
+            new = [f for f in files if f.path not in seen]
             if not new:
                 continue
-            seen.update(new)
+            seen.update(f.path for f in new)
             hours = set()
-            for path in new:
-                try:
-                    lo, hi = (int(x) for x in path.stem.rsplit("-", 2)[1:])
-                except ValueError:
-                    continue
-                for us in (lo, hi):
-                    moment = datetime.fromtimestamp(us / 1e6, tz=UTC)
-                    hours.add(moment.replace(minute=0, second=0, microsecond=0))
+            for f in new:
+                for moment in (f.min_ts, f.max_ts):
+                    if moment is not None:
+                        hours.add(moment.replace(minute=0, second=0, microsecond=0))
             for hour in sorted(hours):
                 try:
                     self.runs.append(

@@ -17,10 +17,11 @@ unrelated reason: 15,000 inserts into the ``(coin_id, ts)`` key touch one index 
 coin, and a smaller index stays in PostgreSQL's buffer cache.)
 
 ``market_movers`` holds the movers of the stored snapshots, and the incremental ledger lists the
-raw files already folded in (as the live pipeline leaves them). Each database has its own raw
-directory of hard links holding exactly the files up to its moment. Then, interleaved, the next
-poll's file appears in each directory and ``price_indicators`` + ``market_movers`` of the current
-partition are materialized through Dagster (``dg.materialize``, in process: what the live
+raw files already folded in (as the live pipeline leaves them). Each database has its own
+``raw_prices`` Delta table of hard links to the history's files holding exactly the files up to
+its moment (registered in one commit). Then, interleaved, the next poll's file is committed to
+each table (one commit, as a micro-batch) and ``price_indicators`` + ``market_movers`` of the
+current partition are materialized through Dagster (``dg.materialize``, in process: what the live
 follower runs), 3 times each, plus one more poll per database through the assets' functions
 directly, printing the time per step. Seeding (the same pure functions, cached under
 ``$MARKETFLOW_BENCH_DIR/scale`` after the first run; bulk ``COPY``, keys built afterwards) is
@@ -57,11 +58,18 @@ def _files_by_start(raw: Path) -> list[tuple[pd.Timestamp, Path]]:
     return sorted(files)
 
 
-def _link(path: Path, raw_dir: Path) -> None:
-    target = raw_dir / path.parent.name / path.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        os.link(path, target)
+def _link(paths: list[Path], raw_dir: Path) -> None:
+    """Hard-link ``paths`` into the table ``raw_dir`` and commit them (one commit, as the
+    streaming job commits a micro-batch; the table is created on the first call)."""
+    targets = []
+    for path in paths:
+        target = raw_dir / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            os.link(path, target)
+            targets.append(target)
+    if targets:
+        data.register_files(raw_dir, targets, operation="stream")
 
 
 def _bulk_load(url: str, indicators: pd.DataFrame, movers: pd.DataFrame) -> None:
@@ -227,9 +235,7 @@ def run(mode: str = "quick") -> dict[str, list[float]]:
                     )
                 _bulk_load(urls[label], indicators[part], movers[mover_part])
                 dirs[label] = work / label / "raw_prices"
-                for start, path in files:
-                    if start <= cut:
-                        _link(path, dirs[label])
+                _link([path for start, path in files if start <= cut], dirs[label])
                 _record_ledger(urls[label], dirs[label], hours[label].to_pydatetime())
                 stored[label] = _count(urls[label], first, history.end_ts)
                 seed_s[label] = time.perf_counter() - t0
@@ -247,9 +253,7 @@ def run(mode: str = "quick") -> dict[str, list[float]]:
             for i in range(1, REPEATS + 1):
                 for label in MOMENTS:
                     target = cuts[label] + pd.Timedelta(seconds=INTERVAL_S * i)
-                    for start, path in files:
-                        if start == target:
-                            _link(path, dirs[label])
+                    _link([path for start, path in files if start == target], dirs[label])
                     times[label].append(
                         project.materialize_partition(
                             dirs[label].parent, urls[label], keys[label], False
@@ -258,9 +262,7 @@ def run(mode: str = "quick") -> dict[str, list[float]]:
             # one more poll each through the assets' functions directly: where the time goes
             for label in MOMENTS:
                 target = cuts[label] + pd.Timedelta(seconds=INTERVAL_S * (REPEATS + 1))
-                for start, path in files:
-                    if start == target:
-                        _link(path, dirs[label])
+                _link([path for start, path in files if start == target], dirs[label])
                 steps[label] = _direct(dirs[label], urls[label], hours[label].to_pydatetime())
             load.stop()
             for label in MOMENTS:

@@ -1,8 +1,9 @@
 """The seed's design, as the baseline of the incremental benchmark.
 
-Every run reads ALL raw Parquet, recomputes every indicator of every row with Spark window
-functions and overwrites both tables. It is implemented as well as that design allows, so the
-comparison measures the design, not a strawman:
+Every run reads ALL raw data (every data file of the ``raw_prices`` table's newest version),
+recomputes every indicator of every row with Spark window functions and overwrites both tables.
+It is implemented as well as that design allows, so the comparison measures the design, not a
+strawman:
 
 * Spark SQL windows only (no Python UDF): ``change_Nmin`` = ``last(price)`` over ``RANGE
   BETWEEN UNBOUNDED PRECEDING AND N s PRECEDING``; ``sma_5min`` / ``volatility_5min`` = ``avg`` /
@@ -35,7 +36,11 @@ def seed_frames(spark, raw_dir: Path):
     import pyspark.sql.functions as F
     from pyspark.sql import Window
 
-    raw = spark.read.parquet(Path(raw_dir).as_posix())
+    from marketflow_assets.raw_dataset import snapshot
+    from marketflow_assets.schema import RAW_COLUMNS, spark_ddl
+
+    files = [f.path.as_posix() for f in snapshot(Path(raw_dir)).files_all]  # newest version
+    raw = spark.read.schema(spark_ddl(RAW_COLUMNS)).parquet(*files)
     base = raw.where(F.col("current_price").isNotNull() & F.col("ts").isNotNull()).select(
         F.col("id").alias("coin_id"),
         "symbol",

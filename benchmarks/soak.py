@@ -5,11 +5,11 @@ streaming job, ``dagster dev`` with its daemon, webserver, sensors and schedules
 ``marketflow ingest --source replay`` publishes ``HOURS`` hours of recorded-format polls
 (``COINS`` coins every 30 s, ``ts`` ending now) at ``SPEED`` times real time, the streaming job
 triggering a micro-batch every ``TRIGGER_S`` seconds (many batches, as hours of a live run bring,
-not a few large ones). While it runs this
-process compacts the raw dataset every ``COMPACT_EVERY_S`` seconds (the hourly compaction job,
+not a few large ones). While it runs this process compacts the ``raw_prices`` Delta table
+(OPTIMIZE + VACUUM) every ``COMPACT_EVERY_S`` seconds (the hourly compaction job,
 time-compressed like the polls). The resident set size (RSS) of the Spark driver (the job's
-Python driver + its JVM), the Dagster daemon and the Dagster webserver processes is
-sampled once everything is ready and again after the replay has been drained.
+Python driver + its JVM), the Dagster daemon and the Dagster webserver processes is sampled
+once everything is ready and again after the replay has been drained.
 
 Prints a table and ``soak_rss_growth_<process> = after / start`` lines (no target in the issue:
 flat means close to 1; JVM heaps grow until their first full GC, so one soak is a trend, not a
@@ -71,9 +71,10 @@ def write_replay(path: Path, end: datetime) -> int:
 
 
 def _raw_rows(raw_dir: Path) -> int:
-    from marketflow_assets.raw_dataset import file_rows, list_raw_files
+    """Rows in the newest version of the ``raw_prices`` table (from the log's statistics)."""
+    from marketflow_assets.raw_dataset import snapshot
 
-    return sum(file_rows(f.path) for f in list_raw_files(raw_dir))
+    return snapshot(raw_dir).row_count()
 
 
 def _tree_rss(proc) -> int:
@@ -121,6 +122,7 @@ def rss(spark_pid: int, dagster_pid: int) -> dict[str, int]:
 
 def run() -> None:
     from marketflow_assets import compaction
+    from marketflow_assets.raw_dataset import snapshot
     from marketflow_assets.resources.postgres import PostgresResource
     from marketflow_assets.runtime import up
     from marketflow_assets.runtime.services import free_port, running_services
@@ -190,7 +192,7 @@ def run() -> None:
             time.sleep(60)
             compaction.compact(resolved.raw_dir)
             after = rss(spark.proc.pid, dagster.proc.pid)
-            files = len(list(resolved.raw_dir.glob("date=*/*.parquet")))
+            files = len(snapshot(resolved.raw_dir).files_all)  # data files of the table
             rows = _raw_rows(resolved.raw_dir)
             stop_children(children)
     finally:

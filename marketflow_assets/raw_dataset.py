@@ -1,17 +1,28 @@
-"""The raw Parquet dataset written by the Spark streaming job: naming, listing, pruning, reading.
+"""The ``raw_prices`` dataset: a Delta Lake table, written and read with ``deltalake`` (delta-rs).
 
-Layout: ``$MARKETFLOW_DATA_DIR/raw_prices/date=YYYY-MM-DD/*.parquet`` (columns
-``schema.RAW_COLUMNS``, hive partition column ``schema.RAW_PARTITION_COLUMN``). The streaming
-job (``spark_streaming/kafka_streaming.py``) names its files
-``part-<sink id>-b<batch>-<k>-<min ts µs>-<max ts µs>.parquet`` (:func:`streaming_file_name`), so
-readers prune by day directory and, inside a day, by the time range in the name: a refresh of one
-hour opens only that hour's files however long the history is. Files named otherwise (written by
-other tools) are always included and filtered by ``ts`` when read. Hidden files (``.``/``_``
-prefixes: in-progress writes) are never listed.
+Layout: ``$MARKETFLOW_DATA_DIR/raw_prices/`` holds the transaction log ``_delta_log/`` and the
+data files ``date=YYYY-MM-DD/part-*.parquet`` (columns ``schema.RAW_COLUMNS``, partition column
+``schema.RAW_PARTITION_COLUMN``; schema: :func:`marketflow_assets.schema.raw_table_schema`).
+Any Delta reader (Spark with delta-spark, DuckDB's ``delta_scan``, Polars' ``read_delta``,
+Trino) reads it; see ``docs/ARCHITECTURE.md``.
 
-This is the only module that knows the layout: the Spark sink, the ``raw_prices`` asset and its
-checks, the observation sensor, the schedule and ``marketflow refresh`` all go through it. It
-imports neither Dagster nor Spark at module level (the streaming job imports it).
+Why a table format: every guarantee the indicators rest on is the table's, not ours.
+
+* **Snapshots.** A reader pins one table *version* (:func:`snapshot`) and lists and reads only
+  that version's files. A commit landing meanwhile (a micro-batch, a compaction) changes nothing
+  for it: the files it listed are immutable, and a file a compaction removed from the table stays
+  on disk until ``VACUUM`` after the retention (``MARKETFLOW_RAW_RETENTION_HOURS``, >= 1 h). A
+  read can never come up short.
+* **Atomic, idempotent appends.** The streaming job commits each micro-batch as one transaction
+  carrying an application transaction ``(app id, batch id)`` (:func:`append_batch`); a replayed
+  batch finds its id committed and is skipped. A crash before the commit leaves only unreferenced
+  files (invisible; ``VACUUM`` removes them), after it the whole batch.
+* **Compaction** is Delta's ``OPTIMIZE`` (:mod:`marketflow_assets.compaction`): a commit that
+  swaps small files for large ones, readers before it keep their version.
+
+This is the only module that knows the storage format: the streaming sink, the indicator and
+movers assets, checks, forecasts, the observation sensor, ``follow``, the spool's reconciliation
+and the benchmarks all go through it. It imports neither Dagster nor Spark at module level.
 """
 
 from __future__ import annotations
@@ -21,11 +32,9 @@ import fcntl
 import json
 import logging
 import os
-import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -34,115 +43,420 @@ import pandas as pd
 
 from marketflow_assets.schema import (
     RAW_CHECK_COLUMNS,
+    RAW_COLUMN_NAMES,
     RAW_PARTITION_COLUMN,
     raw_arrow_schema,
+    raw_table_schema,
     spark_ddl,
 )
 
-#: Name of a file written by the streaming job (min/max ``ts`` of the file, in µs since epoch).
-STREAMING_FILE = re.compile(r"^part-[0-9a-f]+-b\d+-\d+-(\d+)-(\d+)\.parquet$")
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
 #: Columns the checks read by default.
 CHECK_COLUMNS = RAW_CHECK_COLUMNS
+PARTITION_PREFIX = f"{RAW_PARTITION_COLUMN}="
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Rows per Parquet row group in the table's files: a compacted day file is in commit (≈ time)
+#: order, so a reader of one hour skips the other row groups by their ``ts`` statistics.
+ROW_GROUP_ROWS = 32_768
+#: Table properties: a checkpoint every 100 commits (opening the table reads the newest
+#: checkpoint plus at most 99 commit files, however long the history), commit files older than
+#: two days are removed at checkpoint time, removed data files are kept for the retention.
+CHECKPOINT_INTERVAL = 100
+LOG_RETENTION = "interval 2 days"
+#: Name of the in-progress marker of a conversion from a plain Parquet directory (upgrades).
+CONVERSION_MARKER = "_marketflow_conversion.json"
+CONVERSION_LOCK = "_marketflow_conversion.lock"
+#: Commit metadata key naming what wrote a commit (``stream``, ``convert``, ``compact``, ...).
+OPERATION_KEY = "marketflow.operation"
 
 
-def streaming_file_prefix(sink_id: str, batch_id: int) -> str:
-    """Prefix of every file (raw and rejects) that batch ``batch_id`` of sink ``sink_id`` writes."""
-    return f"part-{sink_id}-b{batch_id:010d}-"
+def table_configuration(retention_hours: float) -> dict[str, str]:
+    """Delta table properties of ``raw_prices`` for a VACUUM retention of ``retention_hours``."""
+    minutes = max(1, int(round(retention_hours * 60)))
+    return {
+        "delta.checkpointInterval": str(CHECKPOINT_INTERVAL),
+        "delta.logRetentionDuration": LOG_RETENTION,
+        "delta.enableExpiredLogCleanup": "true",
+        "delta.deletedFileRetentionDuration": f"interval {minutes} minutes",
+    }
 
 
-def streaming_file_name(sink_id: str, batch_id: int, k: int, min_us: int, max_us: int) -> str:
-    """File name of the ``k``-th raw file of a batch holding ``ts`` in ``[min_us, max_us]`` (µs);
-    matches :data:`STREAMING_FILE`."""
-    return f"{streaming_file_prefix(sink_id, batch_id)}{k:03d}-{min_us}-{max_us}.parquet"
+def writer_properties():
+    from deltalake import WriterProperties
+
+    return WriterProperties(max_row_group_size=ROW_GROUP_ROWS, compression="SNAPPY")
 
 
-def to_micros(ts: datetime) -> int:
-    """µs since the epoch of ``ts`` (naive means UTC), as used in streaming file names."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return int(ts.timestamp() * 1_000_000)
+def micros(ts: datetime) -> int:
+    """µs since the epoch of ``ts`` (naive means UTC)."""
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+    return (ts - _EPOCH) // timedelta(microseconds=1)
+
+
+to_micros = micros
+
+
+def from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def day_dir(raw_dir: Path, day: date | str) -> Path:
-    """The hive directory of one UTC date."""
+    """The directory of one UTC date's data files."""
     text = day if isinstance(day, str) else day.isoformat()
-    return Path(raw_dir) / f"{RAW_PARTITION_COLUMN}={text}"
+    return Path(raw_dir) / f"{PARTITION_PREFIX}{text}"
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``path`` (created with its directory when missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------------
+# Opening the table (and converting a plain Parquet directory on first use)
+# ------------------------------------------------------------------------------------------------
+def is_table(raw_dir: Path) -> bool:
+    from deltalake import DeltaTable
+
+    raw_dir = Path(raw_dir)
+    return (raw_dir / "_delta_log").is_dir() and DeltaTable.is_deltatable(str(raw_dir))
+
+
+def _legacy_files(raw_dir: Path) -> list[Path]:
+    """Parquet files of a plain hive-partitioned directory (no ``_delta_log``)."""
+    out = []
+    for folder in sorted(Path(raw_dir).glob(f"{PARTITION_PREFIX}*")):
+        if folder.is_dir():
+            out += sorted(p for p in folder.iterdir() if p.name.endswith(".parquet"))
+    return out
+
+
+def open_table(raw_dir: Path, version: int | None = None, create: bool = False):
+    """The ``raw_prices`` DeltaTable at ``version`` (default: the newest), or None when there is
+    no table and ``create`` is false. A plain Parquet directory is converted first (upgrades)."""
+    from deltalake import DeltaTable
+
+    raw_dir = Path(raw_dir)
+    if (raw_dir / CONVERSION_MARKER).exists() or (
+        not is_table(raw_dir) and raw_dir.is_dir() and _legacy_files(raw_dir)
+    ):
+        convert_legacy(raw_dir)
+    if not is_table(raw_dir):
+        if not create:
+            return None
+        _create(raw_dir)
+    if version is None:
+        return DeltaTable(str(raw_dir))
+    return DeltaTable(str(raw_dir), version=version)
+
+
+def _create(raw_dir: Path) -> None:
+    from deltalake import DeltaTable
+
+    from marketflow_assets.settings import load_raw_retention_hours
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(raw_dir / CONVERSION_LOCK):
+        if is_table(raw_dir):
+            return
+        DeltaTable.create(
+            str(raw_dir),
+            raw_table_schema(),
+            mode="ignore",
+            partition_by=[RAW_PARTITION_COLUMN],
+            name="raw_prices",
+            description="CoinGecko /coins/markets snapshots, one row per (id, ts)",
+            configuration=table_configuration(load_raw_retention_hours()),
+        )
+        logger.info("created the raw_prices Delta table at %s", raw_dir)
+
+
+def _settled_legacy_visible(folder: Path, names: list[str]) -> list[str]:
+    """Files of one ``date=`` directory that the pre-Delta compaction manifest made visible
+    (``_compaction.json``: compacted ``cpart-`` files count only when listed in ``files``; inputs
+    listed in ``superseded`` were replaced). Without a manifest every file is visible."""
+    try:
+        manifest = json.loads((folder / "_compaction.json").read_text())
+    except (FileNotFoundError, ValueError):
+        manifest = {}
+    live = set(manifest.get("files", ()))
+    gone = set(manifest.get("superseded", ()))
+    out = []
+    for name in names:
+        if name.startswith((".", "_")):
+            continue
+        if name.startswith("cpart-"):
+            if name in live:
+                out.append(name)
+        elif name not in gone:
+            out.append(name)
+    return out
+
+
+def _legacy_table(path: Path):
+    """One legacy file as a table in the raw schema (``ts`` truncated to µs, date from ``ts``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    schema = raw_arrow_schema()
+    columns = []
+    for f in schema:
+        if f.name in table.column_names:
+            columns.append(table[f.name].cast(f.type, safe=False))
+        else:
+            columns.append(pa.nulls(table.num_rows, f.type))
+    out = pa.Table.from_arrays(columns, schema=schema)
+    out = out.filter(pc.is_valid(out["ts"]))
+    day = pc.cast(pc.cast(out["ts"], pa.timestamp("us", tz="UTC")), pa.date32())
+    return out.append_column(RAW_PARTITION_COLUMN, day)
+
+
+def convert_legacy(raw_dir: Path, log: Callable[[str], None] = logger.warning) -> int:
+    """Convert a plain hive-partitioned Parquet ``raw_prices/`` into the Delta table, in place.
+
+    The visible rows (per the old compaction manifest, if any) are rewritten into the table in
+    ONE commit (at most one row per (id, ts) kept), then the old files are deleted. A marker file
+    names the old files first, so a crash at any point resumes: before the commit, the conversion
+    starts over from the same list; after it, only the deletion is finished. Returns the rows
+    converted (0 when there was nothing to do).
+    """
+    import pyarrow as pa
+
+    from marketflow_assets.settings import load_raw_retention_hours
+
+    raw_dir = Path(raw_dir)
+    marker = raw_dir / CONVERSION_MARKER
+    with file_lock(raw_dir / CONVERSION_LOCK):
+        if marker.exists():
+            plan = json.loads(marker.read_text())
+        elif is_table(raw_dir) or not _legacy_files(raw_dir):
+            return 0
+        else:
+            files = _legacy_files(raw_dir)
+            visible = []
+            for folder in sorted({f.parent for f in files}):
+                names = [f.name for f in files if f.parent == folder]
+                visible += [
+                    (folder / n).relative_to(raw_dir).as_posix()
+                    for n in _settled_legacy_visible(folder, names)
+                ]
+            plan = {
+                "visible": sorted(visible),
+                "remove": sorted(f.relative_to(raw_dir).as_posix() for f in files),
+            }
+            tmp = marker.with_name(f".{marker.name}.tmp")
+            tmp.write_text(json.dumps(plan))
+            os.replace(tmp, marker)
+        rows = 0
+        if not is_table(raw_dir):
+            from deltalake import write_deltalake
+
+            started = time.perf_counter()
+            tables = [_legacy_table(raw_dir / name) for name in plan["visible"]]
+            tables = [t for t in tables if t.num_rows]
+            data = (
+                pa.concat_tables(tables)
+                if tables
+                else pa.Table.from_pylist([], schema=raw_table_schema())
+            )
+            data = dedup_keys(data)
+            rows = data.num_rows
+            write_deltalake(
+                str(raw_dir),
+                data,
+                mode="append",
+                partition_by=[RAW_PARTITION_COLUMN],
+                name="raw_prices",
+                configuration=table_configuration(load_raw_retention_hours()),
+                writer_properties=writer_properties(),
+                commit_properties=_commit_properties(
+                    "convert", {"legacy_files": len(plan["visible"])}
+                ),
+            )
+            seconds = time.perf_counter() - started
+            log(
+                f"raw_prices: converted the plain Parquet dataset at {raw_dir} into a Delta table "
+                f"({len(plan['visible'])} file(s), {rows} row(s), {seconds:.1f} s)"
+            )
+        for name in plan["remove"]:
+            (raw_dir / name).unlink(missing_ok=True)
+        for folder in raw_dir.glob(f"{PARTITION_PREFIX}*"):
+            for leftover in ("_compaction.json",):
+                (folder / leftover).unlink(missing_ok=True)
+        for leftover in ("_writer.lock", "_compact.lock"):
+            (raw_dir / leftover).unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+        return rows
+
+
+def _commit_properties(operation: str, extra: dict | None = None, app=None):
+    from deltalake import CommitProperties, Transaction
+
+    meta = {OPERATION_KEY: operation}
+    for key, value in (extra or {}).items():
+        meta[f"marketflow.{key}"] = str(value)
+    txns = None if app is None else [Transaction(app_id=app[0], version=int(app[1]))]
+    return CommitProperties(custom_metadata=meta, app_transactions=txns)
+
+
+# ------------------------------------------------------------------------------------------------
+# Snapshots
+# ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RawFile:
+    """One data file of a table version (immutable: a Delta data file is never rewritten)."""
+
     path: Path
     day: date
-    min_ts: datetime | None  # from the streaming job's file name, when it follows it
+    min_ts: datetime | None  # from the file's statistics in the log
     max_ts: datetime | None
     mtime_ns: int
     size: int
+    rows: int | None = None
 
 
-def _micros(value: str | int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(value))
+@dataclass
+class RawSnapshot:
+    """One pinned version of ``raw_prices``: every list and read goes through the same version.
 
+    ``version`` is None when there is no table yet (an empty snapshot). ``os.fspath(snapshot)`` is
+    the table's directory, so a snapshot can stand where a dataset path is expected.
+    """
 
-def _day_dirs(raw_dir: Path) -> list[tuple[date, Path]]:
-    out = []
-    if not raw_dir.is_dir():
+    root: Path
+    version: int | None
+    files_all: list[RawFile] = field(default_factory=list)
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def files(self, start: datetime | None = None, end: datetime | None = None) -> list[RawFile]:
+        """Files of this version that may hold rows with ``ts`` in ``[start, end)`` (pruned by
+        partition date and by each file's min/max ``ts`` statistics)."""
+        out = []
+        for f in self.files_all:
+            if start is not None and f.day < start.astimezone(UTC).date():
+                continue
+            if end is not None and f.day > (end.astimezone(UTC) - timedelta(microseconds=1)).date():
+                continue
+            if f.min_ts is not None and f.max_ts is not None:
+                if (end is not None and f.min_ts >= end) or (
+                    start is not None and f.max_ts < start
+                ):
+                    continue
+            out.append(f)
         return out
-    prefix = f"{RAW_PARTITION_COLUMN}="
-    for entry in raw_dir.iterdir():
-        if entry.is_dir() and entry.name.startswith(prefix):
-            try:
-                out.append((date.fromisoformat(entry.name[len(prefix) :]), entry))
-            except ValueError:
-                continue
-    return sorted(out)
+
+    def days(self) -> list[date]:
+        return sorted({f.day for f in self.files_all if f.rows != 0})
+
+    def row_count(self, files: list[RawFile] | None = None) -> int:
+        return sum(raw_file_rows(f) for f in (self.files_all if files is None else files))
+
+    def read(
+        self, start: datetime, end: datetime, columns: tuple[str, ...] = CHECK_COLUMNS
+    ) -> pd.DataFrame:
+        """Rows with ``start <= ts < end`` of this version (``ts`` as UTC timestamps)."""
+        df = read_files([f.path for f in self.files(start, end)], columns, start, end)
+        if not len(df):
+            return df
+        return df[(df["ts"] >= start) & (df["ts"] < end)].reset_index(drop=True)
 
 
-def raw_days(raw_dir: Path) -> list[date]:
-    """UTC dates present in the dataset (one per ``date=`` directory)."""
-    return [day for day, _ in _day_dirs(Path(raw_dir))]
+def _file_from_action(root: Path, row: dict) -> RawFile:
+    lo, hi = row.get("min.ts"), row.get("max.ts")
+    day = row.get(f"partition.{RAW_PARTITION_COLUMN}")
+    if isinstance(day, str):
+        day = date.fromisoformat(day)
+    return RawFile(
+        path=root / row["path"],
+        day=day,
+        min_ts=None if lo is None else _as_utc(lo),
+        max_ts=None if hi is None else _as_utc(hi),
+        mtime_ns=int(row.get("modification_time") or 0) * 1_000_000,
+        size=int(row.get("size_bytes") or 0),
+        rows=None if row.get("num_records") is None else int(row["num_records"]),
+    )
 
 
+def snapshot_of(table, root: Path) -> RawSnapshot:
+    """The :class:`RawSnapshot` of an opened DeltaTable version."""
+    import pyarrow as pa
+
+    actions = pa.table(table.get_add_actions(flatten=True))
+    wanted = [
+        c
+        for c in (
+            "path",
+            "size_bytes",
+            "modification_time",
+            "num_records",
+            "min.ts",
+            "max.ts",
+            f"partition.{RAW_PARTITION_COLUMN}",
+        )
+        if c in actions.column_names
+    ]
+    rows = actions.select(wanted).to_pylist()
+    files = sorted((_file_from_action(root, r) for r in rows), key=lambda f: str(f.path))
+    return RawSnapshot(root, table.version(), files)
+
+
+def snapshot(raw_dir: Path | RawSnapshot, version: int | None = None) -> RawSnapshot:
+    """Pin a version of the table (default: the newest); ``raw_dir`` may already be a snapshot
+    (returned as it is). An empty snapshot when there is no table."""
+    if isinstance(raw_dir, RawSnapshot):
+        return raw_dir
+    root = Path(raw_dir)
+    table = open_table(root, version)
+    if table is None:
+        return RawSnapshot(root, None, [])
+    return snapshot_of(table, root)
+
+
+def table_version(raw_dir: Path) -> int | None:
+    """The newest committed version of the table (None when there is no table)."""
+    table = open_table(Path(raw_dir))
+    return None if table is None else table.version()
+
+
+# ------------------------------------------------------------------------------------------------
+# Convenience readers (each pins one snapshot for its list + read)
+# ------------------------------------------------------------------------------------------------
 def list_raw_files(
-    raw_dir: Path, start: datetime | None = None, end: datetime | None = None
+    raw_dir: Path | RawSnapshot, start: datetime | None = None, end: datetime | None = None
 ) -> list[RawFile]:
-    """Visible Parquet files that may hold rows with ``ts`` in ``[start, end)`` (all if None)."""
-    files = []
-    for day, folder in _day_dirs(Path(raw_dir)):
-        if start is not None and day < start.astimezone(UTC).date():
-            continue
-        if end is not None and day > (end.astimezone(UTC) - timedelta(microseconds=1)).date():
-            continue
-        files.extend(_scan(folder, day, start, end))
-    return sorted(files, key=lambda f: str(f.path))
+    """Files of the (pinned, else newest) version that may hold rows with ``ts`` in
+    ``[start, end)`` (all if None)."""
+    return snapshot(raw_dir).files(start, end)
 
 
-def day_files(raw_dir: Path, day: date | str, min_us: int, max_us: int) -> list[Path]:
-    """Visible files of one ``date=`` directory that may hold a ``ts`` in ``[min_us, max_us]``
-    (µs; the streaming sink's duplicate check)."""
-    folder = day_dir(raw_dir, day)
-    if not folder.is_dir():
-        return []
-    day = date.fromisoformat(day) if isinstance(day, str) else day
-    start, end = _micros(min_us), _micros(max_us + 1)
-    return sorted((f.path for f in _scan(folder, day, start, end)), key=str)
+def raw_days(raw_dir: Path | RawSnapshot) -> list[date]:
+    """UTC dates with data in the table."""
+    return snapshot(raw_dir).days()
 
 
-def _scan(folder: Path, day: date, start: datetime | None, end: datetime | None) -> list[RawFile]:
-    files = []
-    for name in visible_names(folder):  # compaction-aware: one consistent manifest version
-        entry = folder / name
-        rng = name_ts_range(name)
-        lo = hi = None
-        if rng is not None:
-            lo, hi = _micros(rng[0]), _micros(rng[1])
-            if (end is not None and lo >= end) or (start is not None and hi < start):
-                continue
-        try:
-            stat = entry.stat()
-        except FileNotFoundError:  # removed meanwhile
-            continue
-        files.append(RawFile(entry, day, lo, hi, stat.st_mtime_ns, stat.st_size))
-    return files
+def raw_file_rows(raw_file: RawFile) -> int:
+    """Rows of one data file: from the log's statistics, else its Parquet footer."""
+    if raw_file.rows is not None:
+        return raw_file.rows
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(raw_file.path).num_rows
 
 
 def file_rows(path: Path) -> int:
@@ -156,42 +470,25 @@ def file_rows(path: Path) -> int:
 
 
 def raw_row_count(files: list[RawFile], stop_above: int | None = None) -> int:
-    """Rows in ``files`` according to their Parquet footers (no data is read); counting stops
-    as soon as the total exceeds ``stop_above`` (a backfill need not open every footer)."""
-    import pyarrow.parquet as pq
-
+    """Rows in ``files``; counting stops once the total exceeds ``stop_above``."""
     total = 0
     for raw_file in files:
-        total += pq.read_metadata(raw_file.path).num_rows
+        total += raw_file_rows(raw_file)
         if stop_above is not None and total > stop_above:
             break
     return total
 
 
 def file_ts_range(raw_file: RawFile) -> tuple[datetime, datetime] | None:
-    """(min, max) ``ts`` of one file: from its name, else Parquet statistics, else its data."""
+    """(min, max) ``ts`` of one file: from the log's statistics, else its data."""
     if raw_file.min_ts is not None and raw_file.max_ts is not None:
         return raw_file.min_ts, raw_file.max_ts
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.ParquetFile(raw_file.path).metadata
-        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-        if "ts" in names and meta.num_row_groups:
-            idx = names.index("ts")
-            lows, highs = [], []
-            for g in range(meta.num_row_groups):
-                stats = meta.row_group(g).column(idx).statistics
-                if stats is None or not stats.has_min_max:
-                    break
-                lows.append(stats.min)
-                highs.append(stats.max)
-            else:
-                if lows and all(isinstance(v, datetime) for v in lows + highs):
-                    return _as_utc(min(lows)), _as_utc(max(highs))
         column = pq.read_table(raw_file.path, columns=["ts"]).column("ts")
-    except (OSError, ValueError, KeyError):  # unreadable or foreign file: ignore it here
+    except (OSError, ValueError, KeyError):
         return None
     if column.null_count == len(column):
         return None
@@ -199,16 +496,12 @@ def file_ts_range(raw_file: RawFile) -> tuple[datetime, datetime] | None:
     return _as_utc(bounds["min"]), _as_utc(bounds["max"])
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def raw_time_range(
-    raw_dir: Path, files: list[RawFile] | None = None
+    raw_dir: Path | RawSnapshot, files: list[RawFile] | None = None
 ) -> tuple[datetime, datetime] | None:
-    """(oldest, newest) ``ts`` in the dataset (or in ``files``), None when there is no row."""
+    """(oldest, newest) ``ts`` in the table (or in ``files``), None when there is no row."""
     lo = hi = None
-    for raw_file in list_raw_files(raw_dir) if files is None else files:
+    for raw_file in snapshot(raw_dir).files_all if files is None else files:
         bounds = file_ts_range(raw_file)
         if bounds is None:
             continue
@@ -217,19 +510,48 @@ def raw_time_range(
     return None if lo is None else (lo, hi)
 
 
-# ------------------------------------------------------------------------------------------
-# Reading rows
-# ------------------------------------------------------------------------------------------
+def newest_raw_ts(raw_dir: Path | RawSnapshot) -> datetime | None:
+    """Newest ``ts`` in the table (from the files' statistics)."""
+    bounds = raw_time_range(raw_dir)
+    return None if bounds is None else bounds[1]
+
+
+def oldest_raw_ts(raw_dir: Path | RawSnapshot) -> datetime | None:
+    """Oldest ``ts`` in the table (from the files' statistics)."""
+    bounds = raw_time_range(raw_dir)
+    return None if bounds is None else bounds[0]
+
+
 def _to_utc(series: pd.Series) -> pd.Series:
     ts = pd.to_datetime(series)
     return ts.dt.tz_localize(UTC) if ts.dt.tz is None else ts.dt.tz_convert(UTC)
 
 
-def read_files(files: list[Path], columns: tuple[str, ...] = CHECK_COLUMNS) -> pd.DataFrame:
-    """Read ``columns`` of ``files`` into one DataFrame with ``ts`` as UTC timestamps."""
+def _ts_filter(start: datetime | None, end: datetime | None):
+    import pyarrow as pa
+
+    ts_type = raw_arrow_schema().field("ts").type
+    filters = []
+    if start is not None:
+        filters.append(("ts", ">=", pa.scalar(pd.Timestamp(start), type=ts_type)))
+    if end is not None:
+        filters.append(("ts", "<", pa.scalar(pd.Timestamp(end), type=ts_type)))
+    return filters or None
+
+
+def read_files(
+    files: list[Path],
+    columns: tuple[str, ...] = CHECK_COLUMNS,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> pd.DataFrame:
+    """Read ``columns`` of ``files`` (of one snapshot) into one DataFrame, ``ts`` as UTC; with
+    ``start``/``end``, row groups outside ``[start, end)`` are skipped (rows inside a kept row
+    group are returned as they are: filter them)."""
     import pyarrow.parquet as pq
 
-    frames = [pq.read_table(f, columns=list(columns)).to_pandas() for f in files]
+    filters = _ts_filter(start, end)
+    frames = [pq.read_table(f, columns=list(columns), filters=filters).to_pandas() for f in files]
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
@@ -239,87 +561,43 @@ def read_files(files: list[Path], columns: tuple[str, ...] = CHECK_COLUMNS) -> p
     return df
 
 
-def newest_raw_ts(raw_dir: Path) -> datetime | None:
-    """Newest ``ts`` in the dataset, from the newest non-empty ``date=`` partition.
-
-    Files named by the streaming job carry their max ``ts`` in the name (no read); other files
-    are read (``ts`` column only).
-    """
-    from datetime import time
-
-    for day in reversed(raw_days(raw_dir)):
-        start = datetime.combine(day, time(), UTC)
-        files = list_raw_files(raw_dir, start, start + timedelta(days=1))
-        newest = [f.max_ts for f in files if f.max_ts is not None]
-        df = read_files([f.path for f in files if f.max_ts is None], columns=("ts",))
-        if len(df) and df["ts"].notna().any():
-            newest.append(df["ts"].max().to_pydatetime())
-        if newest:
-            return max(newest)
-    return None
-
-
 def read_window(
-    raw_dir: Path, start: datetime, end: datetime, columns: tuple[str, ...] = CHECK_COLUMNS
+    raw_dir: Path | RawSnapshot,
+    start: datetime,
+    end: datetime,
+    columns: tuple[str, ...] = CHECK_COLUMNS,
 ) -> pd.DataFrame:
-    """Rows with ``start <= ts < end`` (opens only files that may hold such rows; lists again
-    when a compaction removed a listed file meanwhile)."""
-    df = retry_vanished(
-        lambda: read_files([f.path for f in list_raw_files(raw_dir, start, end)], columns)
-    )
-    if not len(df):
-        return df
-    return df[(df["ts"] >= start) & (df["ts"] < end)].reset_index(drop=True)
+    """Rows with ``start <= ts < end`` of one pinned version."""
+    return retry_vanished(lambda: snapshot(raw_dir).read(start, end, columns))
 
 
 def read_rows_local(
     files: list[RawFile], start: datetime, end: datetime, columns: tuple[str, ...]
 ) -> pd.DataFrame:
     """``columns`` of the rows of ``files`` with ``ts`` in ``[start, end)`` and a non-NULL
-    ``current_price``, read in this process with pyarrow and cast to the dataset schema; ``ts``
-    becomes tz-aware UTC in microseconds (nanosecond files truncated, as on Spark)."""
+    ``current_price``, read in this process with pyarrow; ``ts`` is tz-aware UTC (µs)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     schema = raw_arrow_schema()
     target = pa.schema([schema.field(name) for name in columns])
-    lo = pa.scalar(pd.Timestamp(start), type=target.field("ts").type)
-    stop = pa.scalar(pd.Timestamp(end), type=target.field("ts").type)
+    filters = _ts_filter(start, end)
     tables = []
     for raw_file in files:
-        table = pq.read_table(raw_file.path, columns=list(columns))
+        table = pq.read_table(raw_file.path, columns=list(columns), filters=filters)
         table = table.select(list(columns)).cast(target, safe=False)
-        keep = pc.and_(
-            pc.and_(pc.greater_equal(table["ts"], lo), pc.less(table["ts"], stop)),
-            pc.is_valid(table["current_price"]),
-        )
-        tables.append(table.filter(keep))
+        tables.append(table.filter(pc.is_valid(table["current_price"])))
+    if not tables:
+        return pa.Table.from_pylist([], schema=target).to_pandas()
     return pa.concat_tables(tables).to_pandas()
-
-
-def _has_nanosecond_ts(path: Path) -> bool:
-    """True when the file stores ``ts`` as TIMESTAMP(NANOS) (pandas' default), which Spark's
-    Parquet reader rejects as a timestamp."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        ts_type = pq.read_schema(path).field("ts").type
-    except (OSError, KeyError, ValueError):
-        return False
-    return pa.types.is_timestamp(ts_type) and ts_type.unit == "ns"
 
 
 def read_rows_spark(
     spark, files: list[RawFile], start: datetime, end: datetime, columns: tuple[str, ...]
 ):
-    """Spark DataFrame of ``columns`` of the rows of ``files`` with ``ts`` in ``[start, end)``
-    and a non-NULL ``current_price``; None when ``files`` is empty.
-
-    Files written by other tools with nanosecond timestamps are read as integers
-    (``spark.sql.legacy.parquet.nanosAsLong``) and converted to microseconds.
-    """
+    """Spark DataFrame of ``columns`` of the rows of ``files`` (one snapshot's file list) with
+    ``ts`` in ``[start, end)`` and a non-NULL ``current_price``; None when ``files`` is empty."""
     import pyspark.sql.functions as F
 
     from marketflow_assets.schema import RAW_COLUMNS
@@ -327,180 +605,12 @@ def read_rows_spark(
     if not files:
         return None
     ddl = spark_ddl(tuple(c for c in RAW_COLUMNS if c[0] in columns))
-    nanos = [f for f in files if f.min_ts is None and _has_nanosecond_ts(f.path)]
-    micros = [f for f in files if f not in nanos]
-    frames = []
-    if micros:
-        frames.append(spark.read.schema(ddl).parquet(*(str(f.path) for f in micros)))
-    if nanos:
-        spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
-        frame = spark.read.schema(ddl.replace("`ts` TIMESTAMP", "`ts` BIGINT")).parquet(
-            *(str(f.path) for f in nanos)
-        )
-        frames.append(frame.withColumn("ts", F.timestamp_micros(F.floor(F.col("ts") / 1000))))
-    frame = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
+    frame = spark.read.schema(ddl).parquet(*(str(f.path) for f in files))
     return frame.where(
         (F.col("ts") >= F.lit(pd.Timestamp(start).to_pydatetime()))
         & (F.col("ts") < F.lit(pd.Timestamp(end).to_pydatetime()))
         & F.col("current_price").isNotNull()
     ).select(*columns)
-
-
-def oldest_raw_ts(raw_dir: Path) -> datetime | None:
-    """Oldest ``ts`` in the dataset, from the oldest non-empty ``date=`` partition (streaming
-    files: from their names; other files: their ``ts`` column)."""
-    from datetime import time
-
-    for day in raw_days(raw_dir):
-        start = datetime.combine(day, time(), UTC)
-        files = list_raw_files(raw_dir, start, start + timedelta(days=1))
-        oldest = [f.min_ts for f in files if f.min_ts is not None]
-        df = read_files([f.path for f in files if f.min_ts is None], columns=("ts",))
-        if len(df) and df["ts"].notna().any():
-            oldest.append(df["ts"].min().to_pydatetime())
-        if oldest:
-            return min(oldest)
-    return None
-
-
-# ------------------------------------------------------------------------------------------
-# Compaction-aware visibility (the protocol is described in marketflow_assets/compaction.py)
-# ------------------------------------------------------------------------------------------
-MANIFEST = "_compaction.json"
-WRITER_LOCK = "_writer.lock"
-COMPACT_LOCK = "_compact.lock"
-PARTITION_PREFIX = f"{RAW_PARTITION_COLUMN}="
-#: Compaction's output: hour key, min/max ``ts`` in µs, random token.
-COMPACTED_FILE = re.compile(r"^cpart-(\d{10})-(\d+)-(\d+)-([0-9a-f]+)\.parquet$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-T = TypeVar("T")
-logger = logging.getLogger(__name__)
-
-
-def name_ts_range(name: str) -> tuple[int, int] | None:
-    """(min, max) ``ts`` in µs since the epoch carried by a file name, or None."""
-    m = STREAMING_FILE.match(name)
-    if m:
-        return int(m.group(1)), int(m.group(2))
-    m = COMPACTED_FILE.match(name)
-    if m:
-        return int(m.group(2)), int(m.group(3))
-    return None
-
-
-def is_compacted(name: str) -> bool:
-    return COMPACTED_FILE.match(name) is not None
-
-
-def micros(ts: datetime) -> int:
-    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
-    return (ts - _EPOCH) // timedelta(microseconds=1)
-
-
-def from_micros(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
-
-
-@dataclass(frozen=True)
-class Manifest:
-    version: int = 0
-    files: tuple[str, ...] = ()
-    superseded: tuple[str, ...] = ()
-
-
-def read_manifest(date_dir: Path) -> Manifest:
-    try:
-        data = json.loads((Path(date_dir) / MANIFEST).read_text())
-    except FileNotFoundError:
-        return Manifest()
-    return Manifest(
-        int(data["version"]), tuple(data.get("files", ())), tuple(data.get("superseded", ()))
-    )
-
-
-def write_manifest(date_dir: Path, manifest: Manifest) -> None:
-    path = Path(date_dir) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.{uuid.uuid4().hex[:8]}.tmp")
-    payload = {
-        "version": manifest.version,
-        "files": sorted(manifest.files),
-        "superseded": sorted(manifest.superseded),
-    }
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _visible(names: list[str], manifest: Manifest) -> list[str]:
-    live, gone = set(manifest.files), set(manifest.superseded)
-    out = []
-    for name in names:
-        if name.startswith((".", "_")) or not name.endswith(".parquet"):
-            continue
-        if is_compacted(name):
-            if name in live:
-                out.append(name)
-        elif name not in gone:
-            out.append(name)
-    return sorted(out)
-
-
-def visible_names(date_dir: Path) -> list[str]:
-    """Names of the Parquet files of one ``date=`` directory that readers must read.
-
-    Consistent with one manifest version (see the module docstring); [] if the directory is gone.
-    """
-    date_dir = Path(date_dir)
-    for _ in range(100):
-        before = read_manifest(date_dir)
-        try:
-            names = os.listdir(date_dir)
-        except FileNotFoundError:
-            return []
-        after = read_manifest(date_dir)
-        if before.version == after.version:
-            return _visible(names, after)
-    raise RuntimeError(f"{date_dir}: manifest keeps changing; cannot list a consistent snapshot")
-
-
-def date_dirs(raw_dir: Path) -> list[tuple[date, Path]]:
-    """``(day, directory)`` of every ``date=YYYY-MM-DD`` directory, in date order."""
-    raw_dir = Path(raw_dir)
-    out = []
-    try:
-        entries = os.scandir(raw_dir)
-    except FileNotFoundError:
-        return out
-    with entries:
-        for entry in entries:
-            if entry.name.startswith(PARTITION_PREFIX) and entry.is_dir():
-                try:
-                    day = date.fromisoformat(entry.name[len(PARTITION_PREFIX) :])
-                except ValueError:
-                    continue
-                out.append((day, entry.path))
-    return [(d, Path(p)) for d, p in sorted(out)]
-
-
-# ------------------------------------------------------------------------------------------------
-# Locks and reader retries
-# ------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def writer_lock(raw_dir: Path):
-    """Exclusive lock serialising the streaming sink's batches and compaction commits."""
-    return file_lock(Path(raw_dir) / WRITER_LOCK)
 
 
 def _vanished(exc: BaseException) -> bool:
@@ -510,18 +620,204 @@ def _vanished(exc: BaseException) -> bool:
     return "FileNotFoundException" in text or "does not exist" in text or "FILE_NOT_EXIST" in text
 
 
-def retry_vanished(fn: Callable[[], T], attempts: int = 5) -> T:
-    """Call ``fn`` (which lists *and* reads raw files) again when a file it listed vanished.
-
-    A compaction commit deletes its inputs right after making the compacted file visible; a
-    reader that listed before the commit then lists again and reads the compacted file.
-    """
+def retry_vanished(fn: Callable[[], T], attempts: int = 3) -> T:
+    """Call ``fn`` (which pins a snapshot, lists *and* reads) again when a file it listed is gone:
+    only possible when the snapshot is older than the VACUUM retention; a new call pins the
+    newest version. Never returns a partial read."""
     for attempt in range(attempts):
         try:
             return fn()
         except Exception as exc:
             if attempt == attempts - 1 or not _vanished(exc):
                 raise
-            logger.info("a raw file vanished while reading (compaction); listing again")
+            logger.warning("a raw file of a pinned version was vacuumed; reading a newer version")
             time.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing: one transaction per micro-batch
+# ------------------------------------------------------------------------------------------------
+def dedup_keys(table):
+    """``table`` with at most one row per (id, ts): the first occurrence is kept."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return table
+    idx = pa.array(range(table.num_rows), pa.int64())
+    keyed = pa.table({"id": table["id"], "ts": table["ts"], "_i": idx})
+    first = keyed.group_by(["id", "ts"], use_threads=False).aggregate([("_i", "min")])
+    keep = pc.is_in(idx, value_set=first["_i_min"])
+    return table.filter(keep)
+
+
+def existing_keys(snap: RawSnapshot, table) -> set[tuple[str, int]]:
+    """(id, ts µs) of the rows of ``snap`` that ``table``'s rows could duplicate (only the files
+    whose date and ts range overlap ``table``'s are read)."""
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0 or snap.version is None:
+        return set()
+    bounds = pc.min_max(table["ts"]).as_py()
+    start, end = _as_utc(bounds["min"]), _as_utc(bounds["max"]) + timedelta(microseconds=1)
+    files = snap.files(start, end)
+    if not files:
+        return set()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    filters = _ts_filter(start, end)
+    out: set[tuple[str, int]] = set()
+    for f in files:
+        part = pq.read_table(f.path, columns=["id", "ts"], filters=filters)
+        stamps = part["ts"].cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
+        out.update(zip(part["id"].to_pylist(), stamps, strict=True))
+    return out
+
+
+@dataclass
+class AppendResult:
+    version: int | None  # the version committed (None: nothing new or already committed)
+    rows_written: int
+    duplicates: int
+    skipped: bool = False  # the batch id was already committed (a replay)
+
+
+def committed_batch(raw_dir: Path, app_id: str) -> int | None:
+    """The newest batch id committed under ``app_id`` (an application transaction)."""
+    table = open_table(Path(raw_dir))
+    return None if table is None else table.transaction_version(app_id)
+
+
+def append_batch(
+    raw_dir: Path,
+    rows,
+    app_id: str | None = None,
+    batch_id: int | None = None,
+    metadata: dict | None = None,
+    operation: str = "stream",
+) -> AppendResult:
+    """Append ``rows`` (pyarrow table in :func:`raw_table_schema`) as ONE commit carrying the
+    application transaction ``(app_id, batch_id)``; exactly once per batch id.
+
+    A batch id already committed under ``app_id`` is skipped. Rows whose (id, ts) the table (or
+    the batch itself) already holds are dropped, so replays and producer retries never duplicate
+    a row. An empty remainder still commits the transaction (the batch counts as done).
+    Without ``app_id`` (tools, tests, benchmarks) the rows are appended once, deduplicated the
+    same way (``operation`` names the commit: ``append``).
+    """
+    from deltalake import write_deltalake
+
+    raw_dir = Path(raw_dir)
+    table = open_table(raw_dir, create=True)
+    if app_id is not None:
+        done = table.transaction_version(app_id)
+        if done is not None and done >= batch_id:
+            return AppendResult(None, 0, 0, skipped=True)
+    rows = rows.select(list(raw_table_schema().names)).cast(raw_table_schema(), safe=False)
+    unique = dedup_keys(rows)
+    seen = existing_keys(snapshot_of(table, raw_dir), unique)
+    if seen:
+        import pyarrow as pa
+
+        stamps = unique["ts"].cast(pa.int64()).to_pylist()
+        keep = [(i, t) not in seen for i, t in zip(unique["id"].to_pylist(), stamps, strict=True)]
+        unique = unique.filter(pa.array(keep))
+    extra = dict(metadata or {})
+    extra["rows"] = unique.num_rows
+    if batch_id is not None:
+        extra["batch_id"] = batch_id
+    if unique.num_rows:
+        import pyarrow.compute as pc
+
+        bounds = pc.min_max(unique["ts"]).as_py()
+        extra.update(ts_min=bounds["min"].isoformat(), ts_max=bounds["max"].isoformat())
+    write_deltalake(
+        table,
+        unique,
+        mode="append",
+        partition_by=[RAW_PARTITION_COLUMN],
+        writer_properties=writer_properties(),
+        commit_properties=_commit_properties(
+            operation, extra, app=None if app_id is None else (app_id, batch_id)
+        ),
+    )
+    # the table object now stands at the version this write committed (not a later one)
+    return AppendResult(table.version(), unique.num_rows, rows.num_rows - unique.num_rows)
+
+
+def reject_table_schema():
+    """pyarrow schema of the ``raw_prices_rejects`` Delta table (``schema.REJECT_COLUMNS``)."""
+    import pyarrow as pa
+
+    from marketflow_assets.schema import REJECT_COLUMNS
+
+    types = {"string": pa.string(), "int": pa.int32(), "long": pa.int64()}
+    return pa.schema(
+        [
+            (name, pa.timestamp("us", tz="UTC") if kind == "timestamp" else types[kind])
+            for name, kind in REJECT_COLUMNS
+        ]
+    )
+
+
+def append_rejects(rejects_dir: Path, rows, app_id: str, batch_id: int) -> bool:
+    """Append rejected messages to the ``raw_prices_rejects`` Delta table, once per batch id
+    (the same application transaction as :func:`append_batch`); False when already there."""
+    from deltalake import DeltaTable, write_deltalake
+
+    rejects_dir = Path(rejects_dir)
+    if is_table(rejects_dir):
+        done = DeltaTable(str(rejects_dir)).transaction_version(app_id)
+        if done is not None and done >= batch_id:
+            return False
+    rows = rows.select(reject_table_schema().names).cast(reject_table_schema(), safe=False)
+    write_deltalake(
+        str(rejects_dir),
+        rows,
+        mode="append",
+        name="raw_prices_rejects",
+        commit_properties=_commit_properties("stream", {"batch_id": batch_id}, (app_id, batch_id)),
+    )
+    return True
+
+
+def read_rejects(rejects_dir: Path) -> pd.DataFrame:
+    """All rejected messages (newest table version); empty when there is no table."""
+    from deltalake import DeltaTable
+
+    if not is_table(Path(rejects_dir)):
+        return pd.DataFrame(columns=reject_table_schema().names)
+    return DeltaTable(str(rejects_dir)).to_pandas()
+
+
+def append_frame(raw_dir: Path, df: pd.DataFrame, operation: str = "append") -> AppendResult:
+    """Append the rows of ``df`` (the raw columns; ``date`` derived) as one commit."""
+    return append_batch(raw_dir, raw_table_from_frame(df), operation=operation)
+
+
+def raw_table_from_frame(df: pd.DataFrame):
+    """A pyarrow table in the table schema from a DataFrame holding the raw columns (``date``
+    derived from ``ts``; missing optional columns NULL)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    schema = raw_arrow_schema()
+    arrays = []
+    for f in schema:
+        if f.name in df:
+            arrays.append(pa.array(df[f.name], from_pandas=True).cast(f.type, safe=False))
+        else:
+            arrays.append(pa.nulls(len(df), f.type))
+    table = pa.Table.from_arrays(arrays, schema=schema)
+    return table.append_column(RAW_PARTITION_COLUMN, pc.cast(table["ts"], pa.date32()))
+
+
+__all__ = [
+    "RAW_COLUMN_NAMES",
+    "RawFile",
+    "RawSnapshot",
+    "append_batch",
+    "snapshot",
+]

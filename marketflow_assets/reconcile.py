@@ -6,9 +6,9 @@ per hour the two counts are equal once the hour was refreshed. An hour whose cou
 raw rows that never reached PostgreSQL - typically late data that landed in a ``date=`` directory
 older than the one the sensors watch - or table rows without raw data behind them.
 
-Plain functions only (no Dagster): :func:`raw_rows_per_hour` (per ``date=`` directory, from the
-Parquet files), :func:`indicator_rows_per_hour` (one ``GROUP BY`` over the primary key) and
-:func:`differing_hours`. The ``price_indicators_reconciled`` check
+Plain functions only (no Dagster): :func:`raw_rows_per_hour` (per day, from one pinned version
+of the ``raw_prices`` table), :func:`indicator_rows_per_hour` (one ``GROUP BY`` over the
+primary key) and :func:`differing_hours`. The ``price_indicators_reconciled`` check
 (``checks/reconciliation.py``) compares every hour; the ``reconciliation_sensor``
 (``sensors/reconciliation.py``) compares the days whose raw files changed and requests the runs.
 """
@@ -16,7 +16,6 @@ Parquet files), :func:`indicator_rows_per_hour` (one ``GROUP BY`` over the prima
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -24,13 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from marketflow_assets.raw_dataset import (
-    list_raw_files,
-    raw_days,
-    read_files,
-    retry_vanished,
-    visible_names,
-)
+from marketflow_assets.raw_dataset import RawSnapshot, read_files, retry_vanished, snapshot
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -57,16 +50,13 @@ def day_start(day: date) -> datetime:
     return datetime.combine(day, time(), UTC)
 
 
-def day_signature(raw_dir: Path, day: date) -> str:
-    """Changes whenever a file of the day's directory is added, removed or replaced (directory
-    mtime plus the visible names, so a compaction's manifest switch counts too)."""
-    folder = Path(raw_dir) / f"date={day.isoformat()}"
-    try:
-        mtime = os.stat(folder).st_mtime_ns
-    except FileNotFoundError:
+def day_signature(raw: Path | RawSnapshot, day: date) -> str:
+    """Changes whenever a data file of the day is added or removed in the table (a hash of the
+    day's file paths in the pinned version: a commit adding rows or a compaction counts)."""
+    paths = sorted(str(f.path) for f in snapshot(raw).files_all if f.day == day)
+    if not paths:
         return "absent"
-    names = "\n".join(sorted(visible_names(folder)))
-    return f"{mtime}:{hashlib.sha1(names.encode()).hexdigest()[:16]}"
+    return hashlib.sha1("\n".join(paths).encode()).hexdigest()[:16]
 
 
 def _hour_counts(frame: pd.DataFrame) -> dict[datetime, int]:
@@ -79,22 +69,28 @@ def _hour_counts(frame: pd.DataFrame) -> dict[datetime, int]:
     return {h.to_pydatetime(): int(n) for h, n in hours.value_counts().items()}
 
 
-def raw_rows_per_hour(raw_dir: Path, days: Iterable[date] | None = None) -> dict[datetime, int]:
-    """Distinct raw observations per UTC hour, for the given ``date=`` days (default: all).
+def raw_rows_per_hour(
+    raw: Path | RawSnapshot, days: Iterable[date] | None = None
+) -> dict[datetime, int]:
+    """Distinct raw observations per UTC hour, for the given days (default: all), of ONE
+    pinned table version (``raw`` may already be a snapshot).
 
-    Reads only ``id``, ``ts`` and ``current_price``, one day at a time (a day's duplicates -
-    a replayed micro-batch - count once, as the refresh keeps one row per ``(id, ts)``)."""
-    counts: dict[datetime, int] = {}
-    for day in sorted(set(raw_days(raw_dir) if days is None else days)):
-        start = day_start(day)
+    Reads only ``id``, ``ts`` and ``current_price``, one day at a time."""
 
-        def read(start=start):
-            files = list_raw_files(Path(raw_dir), start, start + DAY)
-            return read_files([f.path for f in files], columns=("id", "ts", "current_price"))
+    def count() -> dict[datetime, int]:
+        snap = snapshot(raw)
+        counts: dict[datetime, int] = {}
+        for day in sorted(set(snap.days() if days is None else days)):
+            start = day_start(day)
+            files = snap.files(start, start + DAY)
+            frame = read_files(
+                [f.path for f in files], ("id", "ts", "current_price"), start, start + DAY
+            )
+            for hour, n in _hour_counts(frame).items():
+                counts[hour] = counts.get(hour, 0) + n
+        return counts
 
-        for hour, n in _hour_counts(retry_vanished(read)).items():
-            counts[hour] = counts.get(hour, 0) + n
-    return counts
+    return retry_vanished(count)
 
 
 def indicator_rows_per_hour(

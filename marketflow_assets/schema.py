@@ -92,6 +92,14 @@ def message_spark_ddl() -> str:
     return spark_ddl(tuple(cols))
 
 
+def raw_table_schema():
+    """pyarrow schema of the ``raw_prices`` Delta table: the raw columns plus the ``date``
+    partition column (UTC date of ``ts``)."""
+    import pyarrow as pa
+
+    return raw_arrow_schema().append(pa.field(RAW_PARTITION_COLUMN, pa.date32()))
+
+
 def raw_arrow_schema():
     """pyarrow schema of the raw Parquet files (without the hive ``date`` column)."""
     import pyarrow as pa

@@ -66,6 +66,12 @@ DEFAULT_CHECK_WINDOW_HOURS = 1.0
 #: per hour with ``price_indicators`` rows per hour (default 300 s).
 ENV_RECONCILE_INTERVAL = "MARKETFLOW_RECONCILE_INTERVAL_SECONDS"
 DEFAULT_RECONCILE_INTERVAL_SECONDS = 300.0
+#: MARKETFLOW_RAW_RETENTION_HOURS: how long a data file of the ``raw_prices`` Delta table stays
+#: on disk after a compaction removed it from the table (``VACUUM`` retention; >= 1, default 6).
+#: A reader pinned to an older table version than this may find its files gone.
+ENV_RAW_RETENTION = "MARKETFLOW_RAW_RETENTION_HOURS"
+DEFAULT_RAW_RETENTION_HOURS = 6.0
+MIN_RAW_RETENTION_HOURS = 1.0
 
 # Ingest durability (issue #20): the write-ahead spool and the send retries.
 #: MARKETFLOW_SPOOL_DIR: directory of the ingest write-ahead spool (every poll is fsynced there
@@ -372,6 +378,18 @@ def load_reconcile_interval(env: Mapping[str, str] | None = None) -> float:
     return _positive_float(
         _environment(env), ENV_RECONCILE_INTERVAL, DEFAULT_RECONCILE_INTERVAL_SECONDS
     )
+
+
+def load_raw_retention_hours(env: Mapping[str, str] | None = None) -> float:
+    """``MARKETFLOW_RAW_RETENTION_HOURS`` (>= 1, default 6): the raw table's VACUUM retention."""
+    env = _environment(env)
+    hours = _positive_float(env, ENV_RAW_RETENTION, DEFAULT_RAW_RETENTION_HOURS)
+    if hours < MIN_RAW_RETENTION_HOURS:
+        raise ConfigError(
+            f"{ENV_RAW_RETENTION}={env.get(ENV_RAW_RETENTION)!r} must be at least "
+            f"{MIN_RAW_RETENTION_HOURS:g} hour (readers pinned to a table version need its files)"
+        )
+    return hours
 
 
 # ------------------------------------------------------------------------------------------------

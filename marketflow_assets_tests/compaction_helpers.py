@@ -1,4 +1,4 @@
-"""Raw datasets for the compaction tests: streaming-job-like files, visible rows, file counts."""
+"""Raw tables for the compaction tests: streaming-job-like commits, visible rows, file counts."""
 
 from __future__ import annotations
 
@@ -8,62 +8,50 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from marketflow_assets import compaction
-from marketflow_assets.raw_dataset import list_raw_files
-from marketflow_assets.schema import raw_arrow_schema
+from marketflow_assets.raw_dataset import append_batch, micros, snapshot
+from marketflow_assets.schema import raw_arrow_schema, raw_table_schema
 
 T0 = datetime(2026, 3, 1, 21, 0, tzinfo=UTC)
 COINS = ("bitcoin", "ethereum", "solana")
+APP = "test-stream"
+
+__all__ = ["micros"]
 
 
-def micros(ts: datetime) -> int:
-    return compaction.micros(ts)
-
-
-def write_batch(raw_dir: Path, polls: list[datetime], batch: int, sink: str = "abc123") -> None:
-    """One streaming-job-like file per date for ``polls`` (rows for every coin)."""
-    schema = raw_arrow_schema()
-    by_day: dict = {}
+def batch_table(polls: list[datetime]) -> pa.Table:
+    """Rows for every coin at each of ``polls`` in the table schema."""
+    rows = {f.name: [] for f in raw_table_schema()}
     for ts in polls:
-        by_day.setdefault(ts.date(), []).append(ts)
-    for day, stamps in by_day.items():
-        rows = {f.name: [] for f in schema}
-        for ts in stamps:
-            for k, coin in enumerate(COINS):
-                rows["id"].append(coin)
-                rows["symbol"].append(coin[:3])
-                rows["name"].append(coin.title())
-                rows["current_price"].append(100.0 * (k + 1) + ts.minute + ts.second / 60)
-                rows["last_updated"].append(ts)
-                rows["ts"].append(ts)
-                for col in ("market_cap", "total_volume", "high_24h", "low_24h"):
-                    if col in rows:
-                        rows[col].append(float(k))
-        for f in schema:
-            if not rows[f.name]:
-                rows[f.name] = [None] * len(rows["id"])
-        folder = raw_dir / f"date={day.isoformat()}"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"part-{sink}-b{batch:010d}-000-{micros(min(stamps))}-{micros(max(stamps))}.parquet"
-        pq.write_table(pa.table(rows, schema=schema), folder / name)
+        for k, coin in enumerate(COINS):
+            rows["id"].append(coin)
+            rows["symbol"].append(coin[:3])
+            rows["name"].append(coin.title())
+            rows["current_price"].append(100.0 * (k + 1) + ts.minute + ts.second / 60)
+            rows["last_updated"].append(ts)
+            rows["ts"].append(ts)
+            rows["date"].append(ts.date())
+            for col in ("market_cap", "total_volume", "high_24h", "low_24h"):
+                rows[col].append(float(k))
+    for f in raw_table_schema():
+        if not rows[f.name]:
+            rows[f.name] = [None] * len(rows["id"])
+    return pa.table(rows, schema=raw_table_schema())
 
 
-def all_rows(raw_dir: Path) -> list[tuple]:
-    """Every visible row as a sorted list of tuples (through the readers' listing)."""
-    files = list_raw_files(raw_dir)
-    if not files:
+def write_batch(raw_dir: Path, polls: list[datetime], batch: int, app: str = APP):
+    """One streaming-job-like commit holding ``polls`` (rows for every coin)."""
+    return append_batch(raw_dir, batch_table(polls), app, batch)
+
+
+def all_rows(raw_dir) -> list[tuple]:
+    """Every row of one pinned version (or of the snapshot given) as a sorted list of tuples."""
+    snap = snapshot(raw_dir)
+    if not snap.files_all:
         return []
-    table = pa.concat_tables([pq.read_table(f.path) for f in files])
+    table = pa.concat_tables(
+        [pq.read_table(f.path).select(raw_arrow_schema().names) for f in snap.files_all]
+    )
     return sorted(tuple(r.values()) for r in table.to_pylist())
-
-
-def files_per_hour(raw_dir: Path) -> dict[datetime, list[str]]:
-    out: dict = {}
-    for f in list_raw_files(raw_dir):
-        hour = f.min_ts.replace(minute=0, second=0, microsecond=0)
-        assert f.max_ts < hour + timedelta(hours=1) or not f.path.name.startswith("cpart")
-        out.setdefault(hour, []).append(f.path.name)
-    return out
 
 
 def make_history(raw_dir: Path) -> None:

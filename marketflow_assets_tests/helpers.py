@@ -16,10 +16,8 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from marketflow_assets.schema import TABLES, column_names, raw_arrow_schema
+from marketflow_assets.schema import TABLES, column_names
 
 BASE = datetime(2024, 3, 9, 22, 50, tzinfo=UTC)
 VALUE_COLUMNS = ["price", "change_1min", "change_5min", "sma_5min", "ema_3min", "volatility_5min"]
@@ -142,27 +140,18 @@ def assert_movers_match_reference(table: pd.DataFrame, rows) -> None:
         assert math.isclose(g[4], e[4], rel_tol=1e-9)
 
 
-def write_raw_parquet(raw_dir: Path, rows, name: str = "part-00000.parquet") -> list[Path]:
-    """Write rows ``(id, symbol, ts, price)`` as the raw dataset (hive ``date=`` directories)."""
+def write_raw_parquet(raw_dir: Path, rows, name: str | None = None) -> list[Path]:
+    """Append rows ``(id, symbol, ts, price)`` to the ``raw_prices`` Delta table as ONE commit;
+    return the data files that commit added (``name``: ignored, kept for old call sites)."""
+    from marketflow_assets.raw_dataset import append_frame, snapshot
+
     frame = pd.DataFrame(rows, columns=["id", "symbol", "ts", "current_price"])
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    paths = []
-    for day, group in frame.groupby(frame["ts"].dt.date):
-        columns = {}
-        for field in raw_arrow_schema():
-            if field.name in group:
-                columns[field.name] = pa.array(group[field.name], type=field.type)
-            elif field.name == "name":
-                columns[field.name] = pa.array(group["id"].str.title(), type=field.type)
-            elif field.name == "last_updated":
-                columns[field.name] = pa.array(group["ts"], type=field.type)
-            else:
-                columns[field.name] = pa.nulls(len(group), field.type)
-        folder = Path(raw_dir) / f"date={day.isoformat()}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(columns, schema=raw_arrow_schema()), folder / name)
-        paths.append(folder / name)
-    return paths
+    frame["name"] = frame["id"].str.title()
+    frame["last_updated"] = frame["ts"]
+    before = {f.path for f in snapshot(raw_dir).files_all}
+    append_frame(Path(raw_dir), frame)
+    return sorted(f.path for f in snapshot(raw_dir).files_all if f.path not in before)
 
 
 def read_table(url: str, table: str) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Spark Structured Streaming job: Kafka topic ``crypto_prices`` -> raw Parquet, exactly once.
+"""Spark Structured Streaming job: Kafka ``crypto_prices`` -> the Delta table ``raw_prices``.
 
 Run ``python spark_streaming/kafka_streaming.py [--available-now]`` or
 ``spark-submit spark_streaming/kafka_streaming.py [...]``.
@@ -11,12 +11,12 @@ Pipeline per micro-batch (``foreachBatch``; see :class:`RawPricesSink`):
    unparsable ``ts``, non-numeric or non-positive price) go to ``raw_prices_rejects/`` with a
    ``reason``;
 3. exact duplicates of (``id``, ``ts``) are dropped within the batch (keeping the lowest Kafka
-   offset) and against the rows already in the affected ``date`` partitions (so replays,
-   producer retries, restarts and a reset broker never duplicate a row);
-4. the batch is written to a staging directory, moved into place under file names carrying the
-   batch id, and recorded in the sink's own commit log. A re-run of a batch (after a crash at any
-   point) first removes whatever that batch had already moved, and a batch whose commit record
-   exists is skipped -- so each batch's output lands exactly once.
+   offset) and against the rows the table already holds (so replays, producer retries, restarts
+   and a reset broker never duplicate a row);
+4. the batch is committed to the ``raw_prices`` Delta table as ONE transaction carrying the
+   application transaction (query id, batch id): a re-run of a committed batch (after a crash
+   at any point) is skipped, an uncommitted one is written again -- each batch lands exactly
+   once, with no commit files of our own (:mod:`marketflow_assets.raw_dataset`).
 
 Source: Spark's built-in ``kafka`` format when ``spark-sql-kafka`` is on the classpath, otherwise
 the Python Data Source in :mod:`spark_streaming.kafka_source` (``--source`` forces either).
@@ -31,28 +31,18 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from marketflow_assets.monitoring.lag import batch_end_offsets
-from marketflow_assets.raw_dataset import (
-    day_files,
-    streaming_file_name,
-    streaming_file_prefix,
-    to_micros,
-    writer_lock,
-)
 from marketflow_assets.schema import (
     RAW_COLUMN_NAMES,
     RAW_COLUMNS,
     RAW_PARTITION_COLUMN,
     REJECT_COLUMNS,
     message_spark_ddl,
-    spark_ddl,
 )
 from marketflow_assets.settings import (
     ConfigError,
@@ -154,7 +144,7 @@ def dedup_batch(good_df):
 
 
 # ------------------------------------------------------------------------------------------------
-# Exactly-once sink.
+# Exactly-once sink: one Delta transaction per micro-batch.
 # ------------------------------------------------------------------------------------------------
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
@@ -163,11 +153,19 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
 
 
 class RawPricesSink:
-    """``foreachBatch`` function writing raw Parquet + rejects idempotently per batch id.
+    """``foreachBatch`` function committing each micro-batch to the ``raw_prices`` Delta table.
 
-    State lives in ``<checkpoint>/marketflow_sink/``: ``sink_id`` (random, names this query's
-    files), ``pending/<batch>.json`` (files a batch is about to move into place),
-    ``commits/<batch>.json`` (batch fully written, with its metrics) and ``staging/``.
+    Exactly once by the table's application transactions: a batch is committed as ONE Delta
+    commit carrying ``(app id, batch id)``, where the app id names this streaming query (Spark's
+    query id, stable across restarts from the same checkpoint); a replayed batch whose id the
+    table already holds is skipped (:func:`marketflow_assets.raw_dataset.append_batch`). Rows
+    whose (id, ts) the table already holds are dropped (producer retries, spool resends, a reset
+    broker). Rejected messages go to the ``raw_prices_rejects`` Delta table the same way, in their
+    own commit before the raw one.
+
+    After the commit, a metrics record ``<checkpoint>/marketflow_sink/batches/<batch>.json`` is
+    written for monitoring only (lag, reject rate; :mod:`marketflow_assets.monitoring.lag`);
+    exactness never depends on it.
     """
 
     def __init__(
@@ -179,67 +177,24 @@ class RawPricesSink:
         self.state = self.checkpoint / SINK_STATE
         self.lag_probe = lag_probe  # callable(batch_id) -> int | None
         self.on_commit = on_commit  # callable(metrics dict) after each commit (Prometheus)
-        for d in (self.raw_dir, self.rejects_dir, self.state / "pending", self.state / "commits"):
-            d.mkdir(parents=True, exist_ok=True)
-        id_file = self.state / "sink_id"
-        if not id_file.exists():
-            id_file.write_text(uuid.uuid4().hex[:12])
-        self.sink_id = id_file.read_text().strip()
+        (self.state / "batches").mkdir(parents=True, exist_ok=True)
+        self._app_id: str | None = None
 
-    # -- file bookkeeping -------------------------------------------------------------------
-    def _prefix(self, batch_id: int) -> str:
-        return streaming_file_prefix(self.sink_id, batch_id)
-
-    def _staging(self, batch_id: int) -> Path:
-        return self.state / "staging" / f"b{batch_id:010d}"
-
-    def _rollback(self, batch_id: int) -> None:
-        """Undo a previous, interrupted attempt of ``batch_id`` (no-op when there was none)."""
-        pending = self.state / "pending" / f"{batch_id}.json"
-        if pending.exists():
-            files = json.loads(pending.read_text())["files"]
-            removed = 0
-            for f in files:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(f)
-                    removed += 1
-            logger.warning(
-                "batch %d: rolled back %d file(s) of an interrupted attempt", batch_id, removed
-            )
-            pending.unlink()
-        shutil.rmtree(self._staging(batch_id), ignore_errors=True)
-
-    def _existing_files(self, date: str, ts_min: int, ts_max: int) -> list[str]:
-        """Visible Parquet files of ``date`` whose ts range may overlap [ts_min, ts_max] (our
-        own files with a disjoint ts range in their name cannot hold a duplicate). Visible as
-        readers see the dataset: compacted hour files included, files a committed compaction
-        replaced excluded (:mod:`marketflow_assets.raw_dataset`)."""
-        return [str(path) for path in day_files(self.raw_dir, date, ts_min, ts_max)]
-
-    def _plan_raw_moves(self, batch_id, staged: Path, ranges, metrics) -> list[tuple[str, str]]:
-        """Final names for the staged raw files; fills ``rows_written``/``dates`` in ``metrics``.
-
-        Names carry the batch's ts range of that date (``..-<min us>-<max us>.parquet``) so later
-        batches only read the files that can overlap theirs when deduplicating.
-        """
-        import pyarrow.parquet as pq
-
-        moves = []
-        for date_dir in sorted(staged.glob(f"{RAW_PARTITION_COLUMN}=*")):
-            date = date_dir.name.split("=", 1)[1]
-            lo, hi = ranges[date]
-            rows = 0
-            for k, src in enumerate(sorted(date_dir.glob("part-*.parquet"))):
-                rows += pq.read_metadata(src).num_rows
-                name = streaming_file_name(self.sink_id, batch_id, k, lo, hi)
-                moves.append((str(src), str(self.raw_dir / date_dir.name / name)))
-            if rows:
-                metrics["dates"].append(date)
-            metrics["rows_written"] += rows
-        return moves
+    @property
+    def app_id(self) -> str:
+        """``marketflow_raw_prices:<query id>`` (Spark writes ``<checkpoint>/metadata`` before the
+        first batch; a checkpoint deleted and started over is a new query: the (id, ts) dedup
+        then keeps the table exact)."""
+        if self._app_id is None:
+            try:
+                query_id = json.loads((self.checkpoint / "metadata").read_text())["id"]
+            except (OSError, ValueError, KeyError):
+                query_id = "no-checkpoint"
+            self._app_id = f"{QUERY_NAME}:{query_id}"
+        return self._app_id
 
     def _prune(self, batch_id: int) -> None:
-        for f in (self.state / "commits").glob("*.json"):
+        for f in (self.state / "batches").glob("*.json"):
             with contextlib.suppress(ValueError):
                 if int(f.stem) < batch_id - KEEP_COMMITS:
                     f.unlink(missing_ok=True)
@@ -249,25 +204,12 @@ class RawPricesSink:
         self.process(df, batch_id)
 
     def process(self, df, batch_id: int) -> dict:
-        """Write micro-batch ``batch_id`` exactly once (see the class docstring).
-
-        Holds the dataset's writer lock throughout, so a compaction commit (which swaps files
-        under the same lock) never lands between this batch's dedup read and its publication.
-        """
-        with writer_lock(self.raw_dir):
-            return self._process(df, batch_id)
-
-    def _process(self, df, batch_id: int) -> dict:
+        """Commit micro-batch ``batch_id`` exactly once (see the class docstring)."""
         import pyspark.sql.functions as F
 
+        from marketflow_assets.raw_dataset import append_batch, append_rejects, committed_batch
+
         started = time.monotonic()
-        commit = self.state / "commits" / f"{batch_id}.json"
-        if commit.exists():
-            logger.info("batch %d already committed by the sink; skipping", batch_id)
-            return json.loads(commit.read_text())
-        self._rollback(batch_id)
-        spark = df.sparkSession
-        staging = self._staging(batch_id)
         metrics = {
             "batch_id": batch_id,
             "rows_in": 0,
@@ -276,66 +218,46 @@ class RawPricesSink:
             "rejects": 0,
             "dates": [],
         }
-        moves: list[tuple[str, str]] = []
+        done = committed_batch(self.raw_dir, self.app_id)
+        if done is not None and done >= batch_id:
+            logger.info("batch %d already committed to raw_prices; skipping", batch_id)
+            record = self.state / "batches" / f"{batch_id}.json"
+            return json.loads(record.read_text()) if record.exists() else metrics
         parsed = parse_messages(df).persist()  # the Kafka read happens once, in the next job
         try:
             ok = F.col("reason").isNull()
-            stats = (
-                parsed.groupBy(RAW_PARTITION_COLUMN, ok.alias("ok"))
-                .agg(F.count(F.lit(1)).alias("n"), F.min("ts").alias("lo"), F.max("ts").alias("hi"))
-                .collect()
+            good = (
+                dedup_batch(parsed.filter(ok))
+                .select(*RAW_COLUMN_NAMES, RAW_PARTITION_COLUMN)
+                .toArrow()
             )
-            ranges = {
-                r[RAW_PARTITION_COLUMN].isoformat(): (to_micros(r["lo"]), to_micros(r["hi"]))
-                for r in stats
-                if r["ok"]
-            }
-            good_count = sum(r["n"] for r in stats if r["ok"])
-            metrics["rows_in"] = sum(r["n"] for r in stats)
-            metrics["rejects"] = metrics["rows_in"] - good_count
-            logger.debug("batch %d: parsed at %.2fs", batch_id, time.monotonic() - started)
-            if good_count:
-                unique = dedup_batch(parsed.filter(ok))
-                existing = [
-                    f
-                    for date, (lo, hi) in sorted(ranges.items())
-                    for f in self._existing_files(date, lo, hi)
-                ]
-                if existing:
-                    keys = spark.read.schema(spark_ddl()).parquet(*existing).select("id", "ts")
-                    unique = unique.join(keys.distinct(), ["id", "ts"], "left_anti")
-                # A micro-batch is small: one writer task, one file per date (no extra shuffle).
-                unique.select(*RAW_COLUMN_NAMES, RAW_PARTITION_COLUMN).coalesce(
-                    1
-                ).write.partitionBy(RAW_PARTITION_COLUMN).parquet(str(staging / "raw"))
-                moves += self._plan_raw_moves(batch_id, staging / "raw", ranges, metrics)
-                metrics["duplicates"] = good_count - metrics["rows_written"]
-            if metrics["rejects"]:
-                reject_cols = [name for name, _ in REJECT_COLUMNS]
-                parsed.filter(~ok).select(*reject_cols).coalesce(1).write.parquet(
-                    str(staging / "rejects")
-                )
-                srcs = sorted((staging / "rejects").glob("part-*.parquet"))
-                for k, src in enumerate(srcs):
-                    dst = self.rejects_dir / f"{self._prefix(batch_id)}{k:03d}.parquet"
-                    moves.append((str(src), str(dst)))
-            logger.debug("batch %d: staged at %.2fs", batch_id, time.monotonic() - started)
+            rejects = parsed.filter(~ok).select(*(n for n, _ in REJECT_COLUMNS)).toArrow()
+            metrics["rows_in"] = parsed.count()
         finally:
             parsed.unpersist()
-        # Publish: record intent, move into place, then commit.
-        pending = self.state / "pending" / f"{batch_id}.json"
-        if moves:
-            _write_json_atomic(pending, {"files": [dst for _, dst in moves]})
-            for src, dst in moves:
-                Path(dst).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(src, dst)
+        metrics["rejects"] = rejects.num_rows
+        logger.debug("batch %d: parsed at %.2fs", batch_id, time.monotonic() - started)
+        if rejects.num_rows:
+            append_rejects(self.rejects_dir, rejects, self.app_id, batch_id)
+        result = append_batch(
+            self.raw_dir,
+            good,
+            self.app_id,
+            batch_id,
+            metadata={"rows_in": metrics["rows_in"], "rejects": metrics["rejects"]},
+        )
+        metrics["rows_written"] = result.rows_written
+        metrics["duplicates"] = metrics["rows_in"] - metrics["rejects"] - result.rows_written
+        metrics["version"] = result.version
+        if good.num_rows:
+            import pyarrow.compute as pc
+
+            metrics["dates"] = sorted({d.isoformat() for d in pc.unique(good["date"]).to_pylist()})
+            newest = pc.max(good["ts"]).as_py()
+            metrics["ts_max"] = newest.timestamp()  # newest poll ts of the batch: latency
         metrics["lag"] = self.lag_probe(batch_id) if self.lag_probe else None
-        if ranges:  # newest poll ts of the batch (Unix s): end-to-end latency
-            metrics["ts_max"] = max(hi for _lo, hi in ranges.values()) / 1e6
         metrics["duration_s"] = round(time.monotonic() - started, 3)
-        _write_json_atomic(commit, metrics)
-        pending.unlink(missing_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
+        _write_json_atomic(self.state / "batches" / f"{batch_id}.json", metrics)
         self._prune(batch_id)
         logger.info("micro-batch %s", json.dumps(metrics, sort_keys=True))
         if self.on_commit is not None:

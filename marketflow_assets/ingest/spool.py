@@ -196,14 +196,19 @@ def stop_line(count: int, spool_dir: Path) -> str:
 # I/O: the raw dataset's keys, and the spool directory
 # --------------------------------------------------------------------------------------------
 def raw_keys(raw_dir: Path, start_us: int, end_us: int) -> set[Key]:
-    """(id, ts µs) of the raw Parquet rows with ``ts`` in ``[start_us, end_us]``."""
-    from marketflow_assets.raw_dataset import list_raw_files, read_files, retry_vanished
+    """(id, ts µs) of the rows of the newest *committed* version of the ``raw_prices`` table
+    with ``ts`` in ``[start_us, end_us]``, made durable first.
+
+    A row is in a committed version only once its data file and its commit are written; before
+    answering, ``os.sync()`` flushes them (and everything else written so far) to disk, so a
+    record the spool drops on this answer survives a power loss in the table.
+    """
+    from marketflow_assets.raw_dataset import read_window
 
     start = EPOCH + timedelta(microseconds=start_us)
     end = EPOCH + timedelta(microseconds=end_us + 1)
-    df = retry_vanished(
-        lambda: read_files([f.path for f in list_raw_files(raw_dir, start, end)], ("id", "ts"))
-    )
+    df = read_window(raw_dir, start, end, ("id", "ts"))
+    os.sync()
     if not len(df):
         return set()
     df = df[df["ts"].notna() & df["id"].notna()]

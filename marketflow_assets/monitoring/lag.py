@@ -4,8 +4,8 @@ A stalled job (SIGSTOP, a hung JVM) cannot report its own stall — its metrics 
 answering too. So everything here reads what the job leaves on disk plus the broker:
 
 * **committed offsets** — the newest micro-batch the sink committed
-  (``<checkpoint>/marketflow_sink/commits/<batch>.json``, written only after the batch's files
-  are in place) and that batch's end offsets from Spark's offset log
+  (``<checkpoint>/marketflow_sink/batches/<batch>.json``, written only after the batch
+  is committed to the raw_prices Delta table) and that batch's end offsets from Spark's offset log
   (``<checkpoint>/offsets/<batch>``, line 3: ``{topic: {partition: next offset}}``);
 * **end offsets** — the topic's *true* ends from
   :class:`spark_streaming.kafka_source.KafkaOffsetProbe` (Tansu reports a partition's end without
@@ -35,7 +35,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SINK_COMMITS = Path("marketflow_sink") / "commits"
+SINK_COMMITS = Path("marketflow_sink") / "batches"
 
 
 def stream_checkpoint(checkpoint_root: Path, topic: str) -> Path:

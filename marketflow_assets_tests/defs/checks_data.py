@@ -2,7 +2,6 @@
 the real PostgreSQL tables, computed with the pipeline's own indicator math."""
 
 import re
-import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import psycopg2.extras
 
 from marketflow_assets.definitions import ASSET_CHECKS
 from marketflow_assets.indicators import compute_indicators, compute_movers
-from marketflow_assets.schema import RAW_COLUMN_NAMES, column_names, raw_arrow_schema
+from marketflow_assets.schema import RAW_COLUMN_NAMES, column_names
 
 POLL = timedelta(seconds=30)
 
@@ -58,26 +57,16 @@ def _micros(ts: pd.Timestamp) -> int:
 
 
 def write_raw(data_dir: Path, df: pd.DataFrame, streaming_names: bool = True) -> list[Path]:
-    """Write ``df`` like the Spark job does: ``raw_prices/date=YYYY-MM-DD/``, one file per poll
-    (micro-batch), named ``part-<uuid>-b<batch>-<k>-<min ts µs>-<max ts µs>.parquet`` like
-    spark_streaming/kafka_streaming.py — or ``part-<uuid>.snappy.parquet`` (another writer)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """Append ``df`` to the ``raw_prices`` Delta table like the Spark job does: one commit per
+    poll (micro-batch); return the data files added. (``streaming_names``: kept for old call
+    sites; file names are the table's.)"""
+    from marketflow_assets.raw_dataset import append_frame, snapshot
 
-    paths = []
-    for batch, (ts, poll) in enumerate(df.groupby("ts")):
-        directory = data_dir / "raw_prices" / f"date={ts.date().isoformat()}"
-        directory.mkdir(parents=True, exist_ok=True)
-        if streaming_names:
-            name = f"part-{uuid.uuid4().hex}-b{batch}-0-{_micros(ts)}-{_micros(ts)}.parquet"
-        else:
-            name = f"part-{uuid.uuid4().hex}.snappy.parquet"
-        table = pa.Table.from_pandas(
-            poll[list(RAW_COLUMN_NAMES)], schema=raw_arrow_schema(), preserve_index=False
-        )
-        pq.write_table(table, directory / name)
-        paths.append(directory / name)
-    return paths
+    raw_dir = data_dir / "raw_prices"
+    before = {f.path for f in snapshot(raw_dir).files_all}
+    for _ts, poll in df.groupby("ts"):
+        append_frame(raw_dir, poll[list(RAW_COLUMN_NAMES)], operation="stream")
+    return sorted(f.path for f in snapshot(raw_dir).files_all if f.path not in before)
 
 
 def _bare_type(kind: str) -> str:

@@ -10,10 +10,11 @@ import dagster as dg
 from marketflow_assets.definitions import defs
 from marketflow_assets.defs import maintenance
 from marketflow_assets.resources import RawDataResource
-from marketflow_assets_tests.compaction_helpers import all_rows, files_per_hour, make_history
+from marketflow_assets.raw_dataset import snapshot
+from marketflow_assets_tests.compaction_helpers import all_rows, make_history
 
 
-def test_compaction_job_compacts_closed_hours(tmp_path):
+def test_compaction_job_optimizes_the_closed_partitions(tmp_path):
     raw = tmp_path / "raw_prices"
     make_history(raw)  # March 2026: every hour is closed
     rows = all_rows(raw)
@@ -23,7 +24,8 @@ def test_compaction_job_compacts_closed_hours(tmp_path):
     )
     assert result.success
     assert all_rows(raw) == rows
-    assert all(len(names) == 1 for names in files_per_hour(raw).values())
+    files = snapshot(raw).files_all
+    assert len(files) == len({f.day for f in files}) == 2  # one file per date partition
     schedule = defs.get_schedule_def("compact_raw_prices_schedule")
     assert schedule.job_name == "compact_raw_prices_job"
 

@@ -68,7 +68,7 @@ def test_streaming_job_on_standalone_cluster_is_exactly_once_across_sigkill(
     topic = new_topic("cluster", partitions=2)
     produced = produce_known_set(kafka_bootstrap, topic, coins=6, polls=5)
     env = cluster_env(kafka_bootstrap, topic, data_dir, spark_cluster.master_url)
-    commits = data_dir / "checkpoints" / "raw_prices" / topic / "marketflow_sink" / "commits"
+    commits = data_dir / "checkpoints" / "raw_prices" / topic / "marketflow_sink" / "batches"
     apps_before = spark_cluster.master_log.read_text().count(
         "Registering app marketflow-kafka-streaming"
     )
@@ -116,7 +116,7 @@ def test_streaming_job_on_standalone_cluster_is_exactly_once_across_sigkill(
     assert again.returncode == 0, again.stderr[-3000:]
     assert watch.exposed == set(), watch.exposed
     assert_exact(data_dir, produced)
-    assert list((commits.parent / "pending").glob("*.json")) == []
+    assert not (commits.parent / "pending").exists()
     # (spark-submit forwards the Python driver's stderr to its own stdout)
     assert batch_logs(again.stdout + again.stderr), "restart processed nothing"
 

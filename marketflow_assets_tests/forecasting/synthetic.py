@@ -106,25 +106,12 @@ def panel(raw: pd.DataFrame) -> pd.DataFrame:
     return rows.merge(lu, on=["coin_id", "ts"], how="left")
 
 
-def write_raw(raw_dir, raw: pd.DataFrame, name: str = "part-00000.parquet") -> None:
-    """``raw`` as the raw Parquet dataset (hive ``date=`` folders, the SPEC columns)."""
+def write_raw(raw_dir, raw: pd.DataFrame, name: str | None = None) -> None:
+    """Append ``raw`` to the ``raw_prices`` Delta table (one commit; the SPEC columns)."""
     from pathlib import Path
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from marketflow_assets.raw_dataset import append_frame
 
-    from marketflow_assets.schema import raw_arrow_schema
-
-    schema = raw_arrow_schema()
     frame = raw.copy()
     frame["name"] = frame["id"].str.title()
-    for day, group in frame.groupby(frame["ts"].dt.date):
-        columns = {
-            f.name: pa.array(group[f.name], type=f.type)
-            if f.name in group
-            else pa.nulls(len(group), f.type)
-            for f in schema
-        }
-        folder = Path(raw_dir) / f"date={day.isoformat()}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(columns, schema=schema), folder / name)
+    append_frame(Path(raw_dir), frame)

@@ -75,25 +75,20 @@ def private_broker(tmp_path):
 
 
 def _write_raw(raw_dir, rows: list[tuple[str, str, float]]) -> None:
-    """A raw Parquet file (project schema, streaming-job file name) holding (id, ts, price)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """One commit to the ``raw_prices`` Delta table holding (id, ts, price)."""
+    import pandas as pd
 
     from marketflow_assets.ingest.validate import parse_time
-    from marketflow_assets.raw_dataset import day_dir, streaming_file_name
-    from marketflow_assets.schema import raw_arrow_schema
+    from marketflow_assets.raw_dataset import append_frame
 
-    table = pa.Table.from_pylist(
+    frame = pd.DataFrame(
         [
             {"id": i, "symbol": i[:3], "name": i, "current_price": p, "ts": parse_time(ts)}
             for i, ts, p in rows
-        ],
-        schema=raw_arrow_schema(),
+        ]
     )
-    micros = [ts_micros(ts) for _, ts, _ in rows]
-    folder = day_dir(raw_dir, parse_time(rows[0][1]).date())
-    folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, folder / streaming_file_name("abc123", 0, 0, min(micros), max(micros)))
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    append_frame(raw_dir, frame)
 
 
 # --------------------------------------------------------------------------------------------

@@ -120,22 +120,25 @@ def produce_known_set(
 
 
 def read_raw(data_dir: Path):
-    """The raw Parquet dataset as a pandas frame (hive ``date`` partitions included)."""
-    import pyarrow.dataset as ds
+    """The ``raw_prices`` Delta table (newest version) as a pandas frame, ``date`` as ISO text;
+    None when there is no table."""
+    from deltalake import DeltaTable
 
     path = data_dir / "raw_prices"
-    if not path.exists():
+    if not DeltaTable.is_deltatable(str(path)):
         return None
-    return ds.dataset(str(path), format="parquet", partitioning="hive").to_table().to_pandas()
+    df = DeltaTable(str(path)).to_pandas()
+    df["date"] = df["date"].astype(str)
+    return df
 
 
 def read_rejects(data_dir: Path):
-    import pyarrow.dataset as ds
+    from deltalake import DeltaTable
 
     path = data_dir / "raw_prices_rejects"
-    if not path.exists() or not any(path.glob("*.parquet")):
+    if not DeltaTable.is_deltatable(str(path)):
         return None
-    return ds.dataset(str(path), format="parquet").to_table().to_pandas()
+    return DeltaTable(str(path)).to_pandas()
 
 
 def raw_files(data_dir: Path) -> list[str]:

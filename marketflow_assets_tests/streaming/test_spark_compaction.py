@@ -1,6 +1,6 @@
-"""Compaction while the Spark streaming job writes into the dataset: rows exactly once, and a
-replay of already-written polls after compaction is still deduplicated (its cross-batch dedup
-sees the compacted files)."""
+"""Compaction (OPTIMIZE + VACUUM) while the Spark streaming job commits to the table: rows exactly
+once, and a replay of already-written polls after compaction is still deduplicated (its dedup
+reads the compacted files of the version it writes on)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def produce(bootstrap: str, topic: str, polls: range, price_offset: float = 0.0)
 
 
 def visible_rows(raw_dir) -> list[tuple[str, dt.datetime, float]]:
-    """Rows as readers see them (through the listing module)."""
+    """Rows of one pinned table version."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -79,7 +79,7 @@ def assert_exactly_once(data_dir, expected: dict) -> None:
     keys = [(i, t) for i, t, _ in rows]
     assert len(keys) == len(set(keys)), "duplicate (id, ts) rows"
     assert {(i, t): p for i, t, p in rows} == expected
-    # a plain reader of the directory (pyarrow, hive partitions) sees the same
+    # another reader of the table (delta-rs' own scan of the newest version) sees the same
     plain = read_raw(data_dir)
     assert sorted(zip(plain["id"], plain["ts"], strict=True)) == sorted(keys)
 
@@ -91,7 +91,7 @@ def test_compaction_concurrent_with_streaming_then_replay(
     expected = produce(kafka_bootstrap, topic, range(0, 160))  # 22:50 .. 00:09:30, 480 rows
     env = job_env(kafka_bootstrap, topic, data_dir)
     raw_dir = data_dir / "raw_prices"
-    commits = data_dir / "checkpoints" / "raw_prices" / topic / "marketflow_sink" / "commits"
+    commits = data_dir / "checkpoints" / "raw_prices" / topic / "marketflow_sink" / "batches"
     before = dt.datetime(2026, 3, 2, 3, 0, tzinfo=dt.UTC)  # every hour of the data is closed
     log = open(data_dir / "job.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -116,9 +116,10 @@ def test_compaction_concurrent_with_streaming_then_replay(
     try:
         deadline = time.monotonic() + 480
         while time.monotonic() < deadline and proc.poll() is None:
-            report = compaction.compact(raw_dir, before=before)  # races the job's batches
-            compactions += 1
-            hours += report.hours_compacted
+            if (raw_dir / "_delta_log").is_dir():
+                report = compaction.compact(raw_dir, before=before, retention_hours=1)
+                compactions += 1  # races the job's commits
+                hours += report.partitions_optimized
             rows = visible_rows(raw_dir)
             assert len(rows) == len({(i, t) for i, t, _ in rows}), "duplicates mid-stream"
             if len(rows) == len(expected):
@@ -136,12 +137,12 @@ def test_compaction_concurrent_with_streaming_then_replay(
     assert len(visible_rows(raw_dir)) == len(expected), (data_dir / "job.log").read_text()[-3000:]
     batches = len(list(commits.glob("*.json")))
     assert batches >= 5 and hours > 3, (batches, hours, compactions)  # it really interleaved
-    compaction.compact(raw_dir, before=before)
+    compaction.compact(raw_dir, before=before, retention_hours=1)
     assert_exactly_once(data_dir, expected)
-    per_hour: dict = {}
+    per_day: dict = {}
     for f in list_raw_files(raw_dir):
-        per_hour.setdefault(f.min_ts.replace(minute=0, second=0, microsecond=0), []).append(f)
-    assert len(per_hour) == 3 and all(len(v) == 1 for v in per_hour.values())
+        per_day.setdefault(f.day, []).append(f)
+    assert len(per_day) == 2 and all(len(v) == 1 for v in per_day.values())
 
     # Replays of already-written polls (other prices: the first written must stay), plus new
     # polls; one more run of the job, then compaction again.
@@ -153,5 +154,5 @@ def test_compaction_concurrent_with_streaming_then_replay(
     assert sum(b["duplicates"] for b in logs) == 100 * COINS
     assert sum(b["rows_written"] for b in logs) == 20 * COINS
     assert_exactly_once(data_dir, expected)
-    compaction.compact(raw_dir, before=before)
+    compaction.compact(raw_dir, before=before, retention_hours=1)
     assert_exactly_once(data_dir, expected)

@@ -6,6 +6,8 @@ import datetime as dt
 import json
 import shutil
 
+from deltalake import DeltaTable
+
 from marketflow_assets.schema import RAW_COLUMN_NAMES, REJECT_COLUMNS
 from marketflow_assets_tests.streaming.streaming_helpers import (
     GARBAGE,
@@ -48,7 +50,10 @@ def keys(df) -> set[tuple[str, object]]:
 
 def test_sink_is_exactly_once_across_batches_reruns_and_crashes(spark, tmp_path):
     raw, rejects, ckpt = tmp_path / "raw_prices", tmp_path / "raw_prices_rejects", tmp_path / "ck"
+    ckpt.mkdir()
+    (ckpt / "metadata").write_text(json.dumps({"id": "query-1"}))  # as Spark writes it
     sink = RawPricesSink(raw, rejects, ckpt)
+    assert sink.app_id == "marketflow_raw_prices:query-1"
     poll0 = [json.dumps(message(c, 0, 10.0 + c)).encode() for c in range(4)]
     poll1 = [json.dumps(message(c, 1, 20.0 + c)).encode() for c in range(4)]
     replayed = [json.dumps(message(c, 0, 99.0)).encode() for c in range(4)]  # same (id, ts)
@@ -59,23 +64,21 @@ def test_sink_is_exactly_once_across_batches_reruns_and_crashes(spark, tmp_path)
     # Batch 1: a replay of poll 0 (all duplicates of batch 0) plus poll 1.
     m1 = sink.process(kafka_df(spark, replayed + poll1, first_offset=6), 1)
     assert (m1["rows_written"], m1["duplicates"]) == (4, 4)
-    # Spark re-running a committed batch (crash after our commit, before Spark's): skipped.
-    files = sorted(p.name for p in raw.rglob("*.parquet"))
+    # Spark re-running a committed batch (crash after our commit, before Spark's): skipped, no
+    # new table version.
+    version = DeltaTable(str(raw)).version()
     assert sink.process(kafka_df(spark, poll1, first_offset=6), 1)["rows_written"] == 4
-    assert sorted(p.name for p in raw.rglob("*.parquet")) == files
+    assert DeltaTable(str(raw)).version() == version
+    assert DeltaTable(str(raw)).transaction_version(sink.app_id) == 1
 
-    # Batch 2 crashed after moving one file into place, before committing: the re-run must
-    # remove that file and redo the batch (the poll-4 rows must appear exactly once).
+    # Batch 2 crashed after writing a data file, before its commit: the file is referenced by no
+    # version (invisible to every reader); the re-run commits the batch once.
     poll4 = [json.dumps(message(c, 4, 30.0 + c)).encode() for c in range(4)]  # next day
     date_dir = next(raw.glob("date=*"))
-    partial = date_dir / f"{sink._prefix(2)}000-0-99999999999999999.parquet"
-    shutil.copy(next(date_dir.glob("*.parquet")), partial)  # stands for a half-published batch
-    (sink.state / "pending" / "2.json").write_text(json.dumps({"files": [str(partial)]}))
-    (sink._staging(2) / "raw").mkdir(parents=True)
+    orphan = date_dir / "part-00000-orphan-of-a-killed-batch-c000.snappy.parquet"
+    shutil.copy(next(date_dir.glob("*.parquet")), orphan)
     m2 = sink.process(kafka_df(spark, poll4, first_offset=14), 2)
-    assert m2["rows_written"] == 4
-    assert not partial.exists() and not (sink.state / "pending" / "2.json").exists()
-    assert not sink._staging(2).exists()
+    assert m2["rows_written"] == 4 and m2["version"] == version + 1
 
     df = read_raw(tmp_path)
     assert len(df) == 12 and len(keys(df)) == 12
@@ -91,10 +94,21 @@ def test_sink_is_exactly_once_across_batches_reruns_and_crashes(spark, tmp_path)
     assert list(rej.columns) == [name for name, _ in REJECT_COLUMNS]
     assert rej[["partition", "offset", "reason"]].values.tolist() == [[0, 5, "invalid_json"]]
 
-    # A deleted checkpoint (new sink id, batch ids from 0 again) still deduplicates against the
-    # Parquet already there, and never touches the old files.
-    fresh = RawPricesSink(raw, rejects, tmp_path / "ck-new")
-    assert fresh.sink_id != sink.sink_id
+    # A deleted checkpoint (a new query id, batch ids from 0 again) still deduplicates against
+    # the table, and commits under its own application id.
+    fresh_ckpt = tmp_path / "ck-new"
+    fresh_ckpt.mkdir()
+    (fresh_ckpt / "metadata").write_text(json.dumps({"id": "query-2"}))
+    fresh = RawPricesSink(raw, rejects, fresh_ckpt)
     m = fresh.process(kafka_df(spark, poll1 + poll4), 0)
     assert (m["rows_written"], m["duplicates"]) == (0, 8)
     assert len(read_raw(tmp_path)) == 12
+    # The orphan of the killed attempt goes with the next VACUUM (no version references it).
+    from marketflow_assets.compaction import compact
+
+    compact(raw, retention_hours=1)
+    assert orphan.exists()  # younger than the retention: kept
+    DeltaTable(str(raw)).vacuum(
+        retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True
+    )
+    assert not orphan.exists() and len(read_raw(tmp_path)) == 12

@@ -37,7 +37,7 @@ from marketflow_assets.defs.indicators.compute import (
     spark_to_pandas,
 )
 from marketflow_assets.defs.raw_prices.assets import RAW_PRICES_KEY
-from marketflow_assets.raw_dataset import raw_row_count, retry_vanished
+from marketflow_assets.raw_dataset import raw_row_count, retry_vanished, snapshot
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.resources.spark import LOCAL_MAX_ROWS, SparkResource
@@ -49,6 +49,8 @@ WATCHED_COINS = ("bitcoin", "ethereum")
 #: Largest relative difference allowed between a live row and Dagster's recompute of it.
 LIVE_TOLERANCE = 1e-9
 #: Materialization metadata of the live comparison (asset check price_indicators_live_matches).
+#: Metadata key: the version of the raw_prices Delta table the materialization read.
+RAW_VERSION_META = "raw_table_version"
 LIVE_META_COMPARED = "live_rows_compared"
 LIVE_META_DIFFERING = "live_rows_differing"
 LIVE_META_MAX_DIFF = "live_max_rel_diff"
@@ -73,6 +75,7 @@ class IndicatorRefresh:
     live_compared: int = 0
     live_max_diff: float = 0.0
     live_diffs: pd.DataFrame | None = None
+    raw_version: int | None = None  # the raw_prices table version read (None: no table)
 
 
 def refresh_indicators(
@@ -95,9 +98,11 @@ def refresh_indicators(
     t0 = time.perf_counter()
     postgres.ensure_tables()
 
-    def compute():  # lists and reads; again if compaction swapped a listed file meanwhile
+    def compute():  # pins one table version, lists and reads it (again if it was vacuumed)
         timings.pop("read_state", None)
-        files = raw_window_files(raw_dir, start, end)
+        snap = snapshot(raw_dir)
+        result_version.append(snap.version)
+        files = raw_window_files(snap, start, end)
         if not files:
             empty = pd.DataFrame(columns=list(ind.RAW_INPUT_COLUMNS))
             return ind.compute_indicators(empty), None, "none"
@@ -106,13 +111,14 @@ def refresh_indicators(
         if raw_row_count(files, stop_above=local_max_rows) <= local_max_rows:
             raw = read_raw_window_local(files, start, end)
             return ind.compute_indicators(raw, state, start=start, end=end), state, "local"
-        raw_df = read_raw_window(session(spark), raw_dir, start, end, files)
+        raw_df = read_raw_window(session(spark), snap, start, end, files)
         return spark_to_pandas(indicators_dataframe(raw_df, state, start, end)), state, "spark"
 
+    result_version: list[int | None] = []
     rows, state, engine = retry_vanished(compute)
     if engine != "none":
         timings["compute"] = time.perf_counter() - t0 - sum(timings.values())
-    result = IndicatorRefresh(start, end, rows, engine=engine)
+    result = IndicatorRefresh(start, end, rows, engine=engine, raw_version=result_version[-1])
     _compare_live(postgres, result)
     result.changed = postgres.replace_period(
         "price_indicators", rows, start, end, after_write=_counting(after_write, result)
@@ -179,6 +185,7 @@ def refresh_indicators_incremental(
     recomputing only what new raw files affect
     (:mod:`marketflow_assets.defs.indicators.incremental`)."""
     t0 = time.perf_counter()
+    raw_dir = snapshot(raw_dir)  # every hour of the window plans and reads ONE table version
 
     def compute(frm: datetime, stop: datetime, after_write) -> IndicatorRefresh:
         return refresh_indicators(
@@ -205,6 +212,7 @@ def refresh_indicators_incremental(
         seconds,
         "+".join(sorted({r.engine for r in done})) or "none",
         changed=sum(r.changed for r in done),
+        raw_version=raw_dir.version,
         recomputed_from=min((s.start for s, r in steps if r is not None), default=None),
         plan="; ".join(f"{s.start:%H:%M:%S}: {s.reason}" for s, _ in steps),
         live_compared=sum(r.live_compared for r in done),
@@ -229,6 +237,9 @@ def indicator_metadata(result: IndicatorRefresh) -> dict[str, Any]:
         "refresh_seconds": dg.MetadataValue.float(round(sum(result.seconds.values()), 3)),
         "engine": dg.MetadataValue.text(result.engine),
         "rows_changed": dg.MetadataValue.int(result.changed),
+        RAW_VERSION_META: dg.MetadataValue.int(
+            -1 if result.raw_version is None else result.raw_version
+        ),
     }
     if result.plan:
         meta["incremental_plan"] = dg.MetadataValue.text(result.plan)

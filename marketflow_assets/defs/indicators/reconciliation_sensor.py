@@ -42,7 +42,7 @@ from marketflow_assets.defs.indicators.jobs import (
     refresh_indicators_job,
 )
 from marketflow_assets.defs.indicators.sensors import LIVE_TRIGGER_TAG, _stale_live_run
-from marketflow_assets.raw_dataset import raw_days
+from marketflow_assets.raw_dataset import raw_days, snapshot
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.settings import load_reconcile_interval
@@ -88,6 +88,7 @@ def reconcile_tick(
     now = now or datetime.now(UTC)
     verified: dict[str, str] = dict(cursor.get("days", {}))
     attempts: dict[str, list] = dict(cursor.get("attempts", {}))
+    raw_dir = snapshot(raw_dir)  # one pinned table version for the whole comparison
     signatures = {day: reconcile.day_signature(raw_dir, day) for day in raw_days(raw_dir)}
     changed = [day for day, sig in signatures.items() if verified.get(day.isoformat()) != sig]
     # days no longer in the dataset drop out of the cursor

@@ -16,7 +16,6 @@ from marketflow_assets.defs.indicators.assets import price_indicators
 from marketflow_assets.defs.indicators.jobs import partition_range_tags
 from marketflow_assets.defs.indicators.movers import market_movers
 from marketflow_assets.defs.raw_prices.assets import raw_prices
-from marketflow_assets.raw_dataset import list_raw_files
 from marketflow_assets.resources import SparkResource
 from marketflow_assets_tests.helpers import (
     VALUE_COLUMNS,
@@ -146,31 +145,12 @@ def test_partition_without_raw_data_is_empty(asset_resources, pg_clean):
     assert read_table(pg_clean, "price_indicators").empty
 
 
-def test_raw_file_listing_prunes_by_day_and_streaming_file_name(tmp_path):
-    day = tmp_path / "date=2024-03-10"
-    other_day = tmp_path / "date=2024-03-09"
-    for folder in (day, other_day):
-        folder.mkdir()
-
-    def micros(dt: datetime) -> int:
-        return int((dt - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(microseconds=1))
-
-    t = datetime(2024, 3, 10, 5, tzinfo=UTC)
-    inside = f"part-0a1b-b7-000-{micros(t)}-{micros(t + timedelta(minutes=1))}.parquet"
-    before = f"part-0a1b-b3-000-{micros(t - timedelta(hours=2))}-{micros(t - timedelta(hours=1))}"
-    for name in (inside, before + ".parquet", "other-tool.parquet", ".part-x.parquet", "_SUCCESS"):
-        (day / name).write_bytes(b"x")
-    (other_day / "other-tool.parquet").write_bytes(b"x")
-    found = list_raw_files(tmp_path, t - timedelta(minutes=5), t + timedelta(hours=1))
-    assert sorted(f.path.name for f in found) == sorted([inside, "other-tool.parquet"])
-    assert len(list_raw_files(tmp_path)) == 4
-
-
 @pytest.mark.parametrize("engine", ["local", "spark"])
 def test_files_from_other_writers_with_nanosecond_timestamps(
     asset_resources, raw_dir, pg_clean, engine
 ):
-    """pandas writes TIMESTAMP(NANOS) by default, which Spark rejects; such files still work."""
+    """A plain Parquet directory from another writer (pandas: TIMESTAMP(NANOS), which Spark
+    rejects) is converted into the table on first use and computed like any other data."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -263,11 +243,11 @@ def test_live_refresh_appends_each_poll_and_late_rows_recompute_what_they_affect
     assert_indicators_match_reference(table, rows)
     assert_movers_match_reference(read_table(pg_clean, "market_movers"), rows)
 
-    # a compaction replaces files by one with the same rows: full recompute, no row changes
-    day_dir = next(raw_dir.iterdir())
-    for path in sorted(day_dir.iterdir())[:3]:
-        path.unlink()
-    write_raw_parquet(raw_dir, rows, name="compacted.parquet")
+    # a compaction (OPTIMIZE) replaces files by one with the same rows: full recompute of the
+    # hours whose files the ledger lists are gone, no row changes
+    from marketflow_assets import compaction
+
+    assert compaction.compact(raw_dir, retention_hours=1).partitions_optimized >= 1
     _, mov_result = follow(asset_resources, raw_dir, late[:1], batch + 300)
     pd.testing.assert_frame_equal(sorted_table(pg_clean, "price_indicators"), table)
 

@@ -38,7 +38,13 @@ def test_non_positive_and_null_prices_fail(resources, data_dir, now):
 def test_duplicate_id_ts_fails(resources, data_dir, now):
     raw = make_raw(now)
     write_raw(data_dir, raw)
-    write_raw(data_dir, raw[raw["ts"] == now].head(2))  # a micro-batch written twice
+    # another writer appending to the table without Marketflow's (id, ts) dedup
+    from deltalake import write_deltalake
+
+    from marketflow_assets.raw_dataset import raw_table_from_frame
+
+    again = raw[raw["ts"] == now].head(2)
+    write_deltalake(str(data_dir / "raw_prices"), raw_table_from_frame(again), mode="append")
     evaluations = run_checks(resources, CHECKS)
     dup = evaluations["raw_prices:unique_id_ts"]
     assert not dup.passed

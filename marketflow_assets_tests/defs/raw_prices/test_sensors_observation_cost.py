@@ -1,25 +1,23 @@
-"""The observation sensor's cost per tick does not depend on the length of the history.
+"""The observation sensor: table version as data version, only new commits read per tick.
 
-Cost is counted, not timed: directories statted and listed, names listed, files statted.
+Cost is counted, not timed: commit infos read per tick, which must not depend on the history.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from deltalake import DeltaTable
 
 from marketflow_assets import compaction
-from marketflow_assets.defs.raw_prices.sensors import (
-    RawCursor,
-    new_raw_files,
-    raw_prices_observation_sensor,
-)
+from marketflow_assets.defs.raw_prices import sensors
+from marketflow_assets.defs.raw_prices.sensors import raw_prices_observation_sensor
+from marketflow_assets.raw_dataset import open_table
 from marketflow_assets.resources import RawDataResource
-from marketflow_assets_tests.compaction_helpers import write_batch
+from marketflow_assets_tests.compaction_helpers import COINS, write_batch
 
 # Ticks in quick succession: no alert cooldown or start-up grace (see defs/conftest.py).
 pytestmark = pytest.mark.usefixtures("no_pacing")
@@ -27,70 +25,71 @@ pytestmark = pytest.mark.usefixtures("no_pacing")
 END = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)  # the open hour starts here
 
 
-def history(raw: Path, hours: int) -> None:
-    """``hours`` closed hours before END, two polls per hour, compacted as the job leaves them;
-    then the open hour's first streaming file."""
-    for h in range(hours, 0, -1):
-        hour = END - timedelta(hours=h)
-        write_batch(raw, [hour + timedelta(minutes=10), hour + timedelta(minutes=40)], 2 * h)
-    compaction.compact(raw, before=END)
-    write_batch(raw, [END + timedelta(seconds=5)], 1)
+def tick(data_dir: Path, instance, cursor=None):
+    resources = {"raw_data": RawDataResource(data_dir=str(data_dir))}
+    return raw_prices_observation_sensor(
+        dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor)
+    )
 
 
-def steady_tick(raw: Path) -> tuple[list, object]:
-    """Bootstrap the cursor, then one tick after the streaming job adds one file (the tick's
-    clock is a few seconds later, as a 5 s sensor interval makes it)."""
-    _, cursor, _ = new_raw_files(raw, RawCursor())
-    _, cursor, _ = new_raw_files(raw, cursor)
-    write_batch(raw, [END + timedelta(seconds=35)], 2)
-    new, _, stats = new_raw_files(raw, cursor, now_ns=time.time_ns() + 5_000_000_000)
-    return new, stats
+def test_each_tick_reads_only_the_new_commits_whatever_the_history(tmp_path, monkeypatch):
+    read: list[int] = []
+    original = DeltaTable.history
+
+    def counting(self, limit=None):
+        out = original(self, limit)
+        read.append(len(out))
+        return out
+
+    monkeypatch.setattr(DeltaTable, "history", counting)
+    costs = {}
+    for hours in (1, 48):
+        raw = tmp_path / f"h{hours}" / "raw_prices"
+        for h in range(hours, 0, -1):
+            hour = END - timedelta(hours=h)
+            polls = [hour + timedelta(minutes=10), hour + timedelta(minutes=40)]
+            write_batch(raw, polls, hours - h)
+        compaction.compact(raw, before=END, retention_hours=1)
+        instance = dg.DagsterInstance.ephemeral()
+        first = tick(raw.parent, instance)
+        assert first.asset_events[0].metadata["new_rows"].value == 2 * hours * len(COINS)
+        write_batch(raw, [END + timedelta(seconds=5)], 10_000)
+        read.clear()
+        result = tick(raw.parent, instance, first.cursor)
+        costs[hours] = sum(read)
+        (event,) = result.asset_events
+        assert event.metadata["new_rows"].value == len(COINS)
+        assert event.metadata["new_commits"].value == 1
+        version = open_table(raw).version()
+        assert event.metadata["table_version"].value == version
+        assert event.tags["dagster/data_version"] == str(version)
+        assert event.metadata["oldest_new_ts"].value == (END + timedelta(seconds=5)).timestamp()
+        assert event.metadata["newest_ts"].value == (END + timedelta(seconds=5)).timestamp()
+    assert costs[1] == costs[48] == 1
 
 
-def test_sensor_cost_is_independent_of_history(tmp_path):
-    stats = {}
-    for label, hours in (("1h", 1), ("2d", 48), ("30d", 30 * 24)):
-        raw = tmp_path / label / "raw_prices"
-        history(raw, hours)
-        assert len(list((raw).glob("date=*"))) >= (1 if hours == 1 else 2)
-        new, stats[label] = steady_tick(raw)
-        assert [f.min_ts for f in new] == [END + timedelta(seconds=35)], label
-    one, two, thirty = stats["1h"], stats["2d"], stats["30d"]
-    assert thirty == two  # days beyond the watched ones cost nothing
-    assert thirty.root_listed == 0 and thirty.dirs_listed == 1
-    assert thirty.dirs_statted == one.dirs_statted + 1  # watches 2 dates, 1h history has one
-    assert thirty.files_statted == one.files_statted == 2  # only the open hour's files
-    assert thirty.entries_listed <= one.entries_listed + 24  # at most a day of compacted files
-
-
-def test_quiet_tick_lists_nothing_and_late_dates_are_seen(tmp_path):
-    raw = tmp_path / "raw_prices"
-    history(raw, 48)
-    now = time.time_ns()
-    _, cursor, _ = new_raw_files(raw, RawCursor())
-    _, cursor, _ = new_raw_files(raw, cursor, now_ns=int(now + 10e9))
-    new, cursor, stats = new_raw_files(raw, cursor, now_ns=int(now + 3600e9))
-    assert new == [] and stats.dirs_listed == 0 and stats.entries_listed == 0
-    # a replay of old data creates an old date directory: the root changed, it is found
-    write_batch(raw, [datetime(2026, 1, 5, 3, 0, tzinfo=UTC)], 99, sink="0ld")
-    new, cursor, stats = new_raw_files(raw, cursor)
-    assert [f.day.isoformat() for f in new] == ["2026-01-05"] and stats.root_listed == 1
-
-
-def test_compacted_files_are_not_reported_again(tmp_path):
+def test_compactions_are_not_reported_as_new_data(tmp_path):
     raw = tmp_path / "raw_prices"
     write_batch(raw, [END - timedelta(minutes=50), END - timedelta(minutes=20)], 1)
     instance = dg.DagsterInstance.ephemeral()
-    resources = {"raw_data": RawDataResource(data_dir=str(tmp_path))}
-    first = raw_prices_observation_sensor(
-        dg.build_sensor_context(instance=instance, resources=resources)
-    )
+    first = tick(tmp_path, instance)
     assert first.asset_events[0].metadata["new_rows"].value == 6
-    compaction.compact(raw, before=END)
-    assert [p.name[:6] for p in raw.glob("date=*/*.parquet")] == ["cpart-"]
-    again = raw_prices_observation_sensor(
-        dg.build_sensor_context(instance=instance, resources=resources, cursor=first.cursor)
-    )
-    assert not getattr(again, "asset_events", None)
-    # the cursor forgets the files compaction removed (it does not grow with history)
-    assert RawCursor.parse(again.cursor).recent == []
+    assert isinstance(tick(tmp_path, instance, first.cursor), dg.SkipReason)
+    write_batch(raw, [END - timedelta(minutes=10)], 2)
+    compaction.compact(raw, before=END, retention_hours=1)
+    again = tick(tmp_path, instance, first.cursor)
+    (event,) = again.asset_events
+    assert event.metadata["new_rows"].value == 3  # the append, not the OPTIMIZE's rewrite
+    assert event.metadata["operations"].value == {"stream": 1, "compact": 1}
+    third = tick(tmp_path, instance, again.cursor)
+    assert isinstance(third, dg.SkipReason)
+
+
+def test_no_table_yet_and_an_old_cursor(tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    assert isinstance(tick(tmp_path, instance), dg.SkipReason)
+    write_batch(tmp_path / "raw_prices", [END], 1)
+    legacy_cursor = '{"mtime_ns": 5, "recent": [], "root_mtime_ns": 1, "watch": {}}'
+    assert sensors.parse_cursor(legacy_cursor) is None
+    result = tick(tmp_path, instance, legacy_cursor)  # reported once from the start
+    assert result.asset_events[0].metadata["new_rows"].value == len(COINS)
