@@ -34,6 +34,7 @@ from marketflow_assets.raw_dataset import (
     file_lock,
     open_table,
     snapshot_of,
+    table_configuration,
     writer_properties,
 )
 from marketflow_assets.settings import floor_hour, load_raw_retention_hours
@@ -86,6 +87,11 @@ def compact(
         return report
     last_day = (before - timedelta(microseconds=1)).date()
     with file_lock(raw_dir / COMPACT_LOCK):
+        wanted = table_configuration(load_raw_retention_hours())  # the setting, not an override
+        current = table.metadata().configuration
+        if any(current.get(k) != v for k, v in wanted.items()):  # a changed retention setting
+            table.alter.set_table_properties(wanted, raise_if_not_exists=False)
+            log(f"raw_prices table properties set: {wanted}")
         snap = snapshot_of(table, raw_dir)
         per_day: dict = {}
         for f in snap.files_all:

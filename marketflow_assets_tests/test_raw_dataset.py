@@ -144,3 +144,19 @@ def test_the_table_schema_is_the_raw_schema_plus_the_date_partition(tmp_path):
     names = [f.name for f in table.schema().fields]
     assert names == [*raw_arrow_schema().names, "date"]
     assert datetime(2026, 3, 1, tzinfo=UTC).date() in rd.snapshot(raw).days()
+
+
+def test_a_changed_retention_setting_reaches_the_table_at_the_next_compaction(
+    tmp_path, monkeypatch
+):
+    from marketflow_assets import compaction
+
+    raw = tmp_path / "raw_prices"
+    write_batch(raw, [T0], 0)
+    config = DeltaTable(str(raw)).metadata().configuration
+    assert config["delta.deletedFileRetentionDuration"] == "interval 360 minutes"
+    assert config["delta.logRetentionDuration"] == rd.LOG_RETENTION
+    monkeypatch.setenv("MARKETFLOW_RAW_RETENTION_HOURS", "2")
+    compaction.compact(raw)
+    config = DeltaTable(str(raw)).metadata().configuration
+    assert config["delta.deletedFileRetentionDuration"] == "interval 120 minutes"

@@ -9,8 +9,8 @@ import dagster as dg
 
 from marketflow_assets.definitions import defs
 from marketflow_assets.defs import maintenance
-from marketflow_assets.resources import RawDataResource
 from marketflow_assets.raw_dataset import snapshot
+from marketflow_assets.resources import RawDataResource
 from marketflow_assets_tests.compaction_helpers import all_rows, make_history
 
 
