@@ -6,25 +6,43 @@ there), ``COINS`` coins polled every 30 s (:mod:`benchmarks.data`), built once a
 the table's figures). ``30d`` holds 720 hours (31 date partitions), ``1h`` the last hour only.
 
 How the 30-day table is built (state = what 30 days of the streaming job, one commit per poll,
-plus the hourly compaction job leave; one delta-rs commit costs ~25 ms here, so replaying all
-86,400 polls would take ~40 min):
+plus the hourly compaction job leave; replaying all 86,400 polls would take about an hour):
 
-* **Settled days** -- the hours older than the log retention (``raw_dataset.LOG_RETENTION``,
-  2 days) before :data:`END`: what compaction leaves of them is ONE file per date partition
-  (OPTIMIZE's output, rows in commit order, 32 k-row row groups) referenced from the checkpoint,
-  and no commit file (cleaned from the log after 2 days). They are appended with
+* **Settled days** -- the hours before the last ``REPLAY_HOURS`` (12): what compaction leaves of
+  them is ONE file per date partition (OPTIMIZE's output, rows in commit order, 32 k-row row
+  groups) referenced from the checkpoint, and no commit file. They are appended with
   ``raw_dataset.append_batch`` as one commit per date, so the table holds the same files; their
-  ~30 commit files stay in ``_delta_log`` (delta-rs expires log files by commit time, which
-  cannot be set back), i.e. slightly MORE log than the real table: pessimistic for ``30d``.
-* **The last 2 days** (``LOG_HOURS``): replayed as the pipeline runs them -- one
-  ``append_batch`` per poll with the streaming job's application transaction
-  ``(app id, batch id)`` and its (id, ts) dedup (checkpoint every 100 commits by delta-rs'
-  post-commit hook), and :func:`marketflow_assets.compaction.compact` at every hour boundary
-  (OPTIMIZE of the date partitions with closed hours + VACUUM + checkpoint + log cleanup). 5,760
-  commits, ~3 min once. The compactions run seconds apart instead of an hour apart, so the
-  VACUUM retention (6 h) never elapses: the files OPTIMIZE replaced stay on disk and as
-  tombstones in the checkpoints (~5,800 instead of ~720) -- again more than the real table.
-* ``1h``: a fresh table with the one hour replayed the same way (120 commits, one compaction).
+  commit files expire from the log with the first replayed hours (below).
+* **The last 12 hours** (``REPLAY_HOURS``: END's date partition since midnight, the only one
+  still written; twice the VACUUM retention, 12 times the log retention): replayed as the
+  pipeline runs them -- one ``append_batch`` per poll with the streaming job's application
+  transaction ``(app id, batch id)`` and its (id, ts) dedup (a checkpoint every 100 commits by
+  delta-rs' post-commit hook, which also removes expired commit files), and
+  :func:`marketflow_assets.compaction.compact` at every hour boundary (OPTIMIZE + VACUUM +
+  checkpoint + ``cleanup_metadata``). 1,440 poll commits and 12 compactions.
+* **Time is fast-forwarded, so the retentions are scaled to it.** An hour is replayed in
+  seconds, but delta-rs expires by the wall clock: a checkpoint keeps the tombstones (``remove``
+  actions) younger than ``delta.deletedFileRetentionDuration``, and the log cleanup removes the
+  commit files (by file mtime) before the newest checkpoint older than
+  ``delta.logRetentionDuration``. Unscaled, nothing would expire during the build (the previous
+  build's checkpoint held ~5,500 tombstones instead of ~730, its log ~6,000 files). So
+  :class:`_BuildClock` records the wall time at which the build reached each simulated hour, and
+  at every hour boundary ``h`` both properties are set (by ``compact()`` itself, which applies
+  the properties it finds differing from ``table_configuration()``: the benchmark hands it the
+  scaled ones with ``mock.patch``) to ``now - wall(h - retention)`` in milliseconds, i.e. the
+  real ``table_configuration()`` with "6 simulated hours" and "1 simulated hour" expressed on
+  the build's clock. The per-poll checkpoints in between use the latest scaled values (the build
+  runs at a nearly constant pace, so they stay about one simulated hour / six simulated hours).
+  After the last hour a VACUUM with the scaled retention deletes the data files the hourly
+  VACUUM would have deleted by END (``compact()``'s own VACUUM takes whole wall hours, so it
+  deletes nothing during the build); then the real properties
+  (``raw_dataset.table_configuration(MARKETFLOW_RAW_RETENTION_HOURS)``) are restored and one
+  real ``compact()`` runs (checkpoint, log cleanup: nothing more expires, since the whole build
+  is younger than an hour of wall time). The log then holds what a live table's holds: the
+  commits since the newest checkpoint older than one (simulated) hour, ~1-2 h of polls, and the
+  checkpoint ~6 h of tombstones. ``_COMPLETE`` records both counts.
+* ``1h``: a fresh table with the one hour replayed the same way (120 commits, one compaction;
+  nothing expires).
 
 Each benchmark run works on a copy (data files hard-linked, ``_delta_log`` copied with its
 file times shifted so the newest commit is "now": a cache days old is not log-cleaned at the
@@ -71,14 +89,16 @@ logger = logging.getLogger(__name__)
 END = pd.Timestamp("2026-01-08T12:00:00Z")  # the open hour starts here
 COINS = 50
 HISTORIES = {"1h": 1, "30d": 30 * 24}
-#: Hours replayed commit by commit (the log retention, ``raw_dataset.LOG_RETENTION``).
-LOG_HOURS = 48
+#: Hours before END replayed commit by commit (one ``append_batch`` per poll, ``compact()`` at
+#: every hour boundary): the date partition of END since midnight, i.e. every partition still
+#: written, and far more than the log (1 h) and VACUUM (6 h) retentions.
+REPLAY_HOURS = 12
 TICKS = 25
 REFRESHES = 7
 COMMITS = 40
 COMMIT_COINS = 250
 APP_ID = "raw_prices_stream:bench"
-VERSION = 2
+VERSION = 3
 
 
 def _with_date(table):
@@ -88,13 +108,82 @@ def _with_date(table):
     return table.append_column("date", pc.cast(table["ts"], pa.date32()))
 
 
+def _interval_hours(text: str) -> float:
+    """Hours of a Delta interval property (``"interval 1 hours"``)."""
+    _, amount, unit = text.split()
+    per_hour = {"second": 1 / 3600, "minute": 1 / 60, "hour": 1.0, "day": 24.0, "week": 168.0}
+    return float(amount) * per_hour[unit.lower().rstrip("s")]
+
+
+class _BuildClock:
+    """Maps simulated time (hours since the history's start) onto the build's wall clock.
+
+    ``mark(h)`` records the wall time at which the build reached simulated hour ``h``; a
+    retention of ``hours`` at simulated hour ``h`` becomes the wall duration since the build
+    reached ``h - hours`` (interpolated; before the first mark: the first mark).
+    """
+
+    def __init__(self) -> None:
+        self.marks: dict[int, float] = {}
+
+    def mark(self, hour: int) -> None:
+        self.marks[hour] = time.time()
+
+    def wall(self, hour: float) -> float:
+        keys = sorted(self.marks)
+        if hour <= keys[0]:
+            return self.marks[keys[0]]
+        lo = max(k for k in keys if k <= hour)
+        hi = min((k for k in keys if k >= hour), default=lo)
+        if hi == lo:
+            return self.marks[lo]
+        return self.marks[lo] + (hour - lo) / (hi - lo) * (self.marks[hi] - self.marks[lo])
+
+    def properties(self, hour: int, retention_hours: float) -> dict[str, str]:
+        """The table properties at simulated hour ``hour``: the real ones with both retentions
+        scaled to the build's clock (milliseconds)."""
+        from marketflow_assets.raw_dataset import LOG_RETENTION, table_configuration
+
+        now = time.time()
+
+        def scaled(hours: float) -> str:
+            ms = max(1, int(1000 * (now - self.wall(hour - hours))))
+            return f"interval {ms} milliseconds"
+
+        return {
+            **table_configuration(retention_hours),
+            "delta.logRetentionDuration": scaled(_interval_hours(LOG_RETENTION)),
+            "delta.deletedFileRetentionDuration": scaled(retention_hours),
+        }
+
+
+def _checkpoint_tombstones(raw: Path) -> int:
+    """``remove`` actions (tombstones) in the newest checkpoint of ``raw``."""
+    import pyarrow.parquet as pq
+
+    checkpoints = sorted((raw / "_delta_log").glob("*.checkpoint*.parquet"))
+    if not checkpoints:
+        return 0
+    column = pq.read_table(checkpoints[-1], columns=["remove"]).column("remove")
+    return len(column) - column.null_count
+
+
 def ensure_table(label: str, hours: int) -> Path:
     """``<bench>/costs/v<VERSION>_<name>/raw_prices``: the table (built once, see the module
     docstring)."""
+    from unittest import mock
+
     import pyarrow as pa
 
     from marketflow_assets import compaction
-    from marketflow_assets.raw_dataset import append_batch, snapshot
+    from marketflow_assets.raw_dataset import (
+        _commit_properties,
+        append_batch,
+        open_table,
+        snapshot,
+        table_configuration,
+    )
+    from marketflow_assets.settings import load_raw_retention_hours
 
     history = data.History(coins=COINS, hours=hours, end=END.isoformat(), files="hour")
     root = data.bench_dir() / "costs" / f"v{VERSION}_{history.name}"
@@ -104,7 +193,8 @@ def ensure_table(label: str, hours: int) -> Path:
         return raw
     shutil.rmtree(root, ignore_errors=True)
     started = time.perf_counter()
-    replayed = min(hours, LOG_HOURS)
+    retention = load_raw_retention_hours()
+    replayed = min(hours, REPLAY_HOURS)
     settled = hours - replayed
     logger.info(
         "costs %s: building the table (%d settled hours, %d hours commit by commit) ...",
@@ -118,26 +208,52 @@ def ensure_table(label: str, hours: int) -> Path:
         by_day.setdefault(f"{hour_start:%Y-%m-%d}", []).append(data.generate_hour(history, h))
     for day, tables in by_day.items():  # what OPTIMIZE leaves of a day: one file, commit order
         append_batch(raw, _with_date(pa.concat_tables(tables)), metadata={"settled": day})
+    clock = _BuildClock()
+    clock.mark(settled)
     batch = 0
     commits = compactions = 0
-    for h in range(settled, hours):
-        hour = _with_date(data.generate_hour(history, h))
-        for k in range(hour.num_rows // COINS):
-            append_batch(raw, hour.slice(k * COINS, COINS), app_id=APP_ID, batch_id=batch)
-            batch += 1
-            commits += 1
-        hour_end = history.start_ts + pd.Timedelta(hours=h + 1)
-        report = compaction.compact(raw, before=hour_end.to_pydatetime(), log=logger.debug)
-        compactions += 1
+    scaled: dict[str, str] = {}
+    # compact() sets the table properties it finds differing from table_configuration(): during
+    # the fast-forward it is handed the scaled ones (see the module docstring)
+    with mock.patch.object(compaction, "table_configuration", lambda _hours: scaled):
+        for h in range(settled, hours):
+            hour = _with_date(data.generate_hour(history, h))
+            for k in range(hour.num_rows // COINS):
+                append_batch(raw, hour.slice(k * COINS, COINS), app_id=APP_ID, batch_id=batch)
+                batch += 1
+                commits += 1
+            clock.mark(h + 1)
+            scaled = clock.properties(h + 1, retention)
+            hour_end = history.start_ts + pd.Timedelta(hours=h + 1)
+            compaction.compact(raw, before=hour_end.to_pydatetime(), log=logger.debug)
+            compactions += 1
+    # what the hourly VACUUM has deleted by END: the files removed more than `retention`
+    # simulated hours ago (compact()'s own VACUUM takes whole wall hours: it deletes nothing here)
+    table = open_table(raw)
+    vacuumed = table.vacuum(
+        retention_hours=None,  # the table's (scaled) delta.deletedFileRetentionDuration
+        dry_run=False,
+        enforce_retention_duration=False,
+        full=True,
+        commit_properties=_commit_properties("vacuum"),
+    )
+    # back to the real properties, and one real compaction (checkpoint + log cleanup)
+    table.update_incremental()
+    table.alter.set_table_properties(table_configuration(retention), raise_if_not_exists=False)
+    report = compaction.compact(raw, before=END.to_pydatetime(), log=logger.debug)
+    assert open_table(raw).metadata().configuration == table_configuration(retention)
     snap = snapshot(raw)
     info = {
         "rows": history.rows,
         "build_s": round(time.perf_counter() - started, 1),
         "poll_commits": commits,
-        "compactions": compactions,
+        "compactions": compactions + 1,
+        "vacuumed_at_end": len(vacuumed),
         "version": snap.version,
         "data_files": len(snap.files_all),
+        "files_on_disk": sum(1 for _ in raw.glob("date=*/*.parquet")),
         "log_entries": len(os.listdir(raw / "_delta_log")),
+        "checkpoint_tombstones": _checkpoint_tombstones(raw),
         "last_compaction": report.summary(),
         "next_batch": batch,
     }
@@ -297,7 +413,7 @@ def run(mode: str = "quick") -> None:
     rmed = {label: statistics.median(ref[label]) for label in ref}
     print_table(
         f"costs vs history: observation sensor tick and newest-hour refresh ({COINS} coins @ "
-        "30 s, Delta table, compacted hourly; 30d: last 2 days one commit per poll)",
+        "30 s, Delta table, compacted hourly; 30d: last 12 h one commit per poll)",
         [
             "history",
             "table version",

@@ -116,13 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(
         "compact",
-        "rewrite each closed hour of raw Parquet into one file",
+        "compact raw_prices: Delta OPTIMIZE of closed hours, VACUUM, checkpoint",
         compaction.add_arguments,
         compaction.run,
     )
     add(
         "stream",
-        "run the Spark streaming job (Kafka -> raw Parquet) in this process",
+        "run the Spark streaming job (Kafka -> raw_prices Delta table) in this process",
         kafka_streaming.add_arguments,
         _stream,
     )

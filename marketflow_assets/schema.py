@@ -36,7 +36,7 @@ MESSAGE_NUMERIC_FIELDS = (
 DLQ_FIELDS = ("reason", "payload", "ts", "schema_version")
 
 # --------------------------------------------------------------------------------------------
-# Raw Parquet dataset: hive-partitioned by ``date=YYYY-MM-DD`` (UTC date of ``ts``); at most one
+# raw_prices Delta table: partitioned by ``date`` (UTC date of ``ts``); at most one
 # row per (id, ts). (name, logical type); logical types map to Arrow / Spark below.
 # --------------------------------------------------------------------------------------------
 RAW_COLUMNS: tuple[tuple[str, str], ...] = (

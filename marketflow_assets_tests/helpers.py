@@ -154,6 +154,20 @@ def write_raw_parquet(raw_dir: Path, rows, name: str | None = None) -> list[Path
     return sorted(f.path for f in snapshot(raw_dir).files_all if f.path not in before)
 
 
+def raw_key_counts(raw_dir: Path):
+    """``Counter`` of the (id, ts) keys in the newest committed version of ``raw_prices`` (read
+    through one pinned snapshot, as every reader does)."""
+    from collections import Counter
+
+    from marketflow_assets.raw_dataset import read_files, snapshot
+
+    snap = snapshot(raw_dir)
+    if not snap.files_all:
+        return Counter()
+    frame = read_files([f.path for f in snap.files_all], ("id", "ts"))
+    return Counter(zip(frame["id"], pd.to_datetime(frame["ts"], utc=True), strict=True))
+
+
 def read_table(url: str, table: str) -> pd.DataFrame:
     import psycopg2
 

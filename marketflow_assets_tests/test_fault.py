@@ -30,6 +30,7 @@ import psutil
 import pytest
 
 from marketflow_assets.runtime.services import free_port
+from marketflow_assets_tests.helpers import raw_key_counts
 
 MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
 PG_URL_RE = re.compile(r"embedded PostgreSQL ready .*\((postgresql://[^)]+)\)")
@@ -141,15 +142,7 @@ def _recorded(path: Path) -> list[tuple[str, pd.Timestamp]]:
 
 
 def _raw_rows(raw_dir: Path) -> Counter:
-    import pyarrow.dataset as ds
-
-    if not raw_dir.is_dir():
-        return Counter()
-    dataset = ds.dataset(raw_dir, format="parquet", partitioning="hive")
-    if not dataset.files:
-        return Counter()
-    frame = dataset.to_table(columns=["id", "ts"]).to_pandas()
-    return Counter(zip(frame["id"], pd.to_datetime(frame["ts"], utc=True), strict=True))
+    return raw_key_counts(raw_dir)
 
 
 def _indicator_rows(url: str, source: str | None = None) -> Counter:

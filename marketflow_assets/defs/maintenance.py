@@ -2,7 +2,7 @@
 
 * ``compact_raw_prices_job`` (schedule ``compact_raw_prices_schedule``, hourly at minute 2) runs
   :func:`marketflow_assets.compaction.compact` -- the same code as ``marketflow compact`` -- so
-  each closed hour of raw Parquet becomes one file.
+  Delta OPTIMIZE of the partitions with closed hours, VACUUM past the retention, checkpoint.
 * ``purge_old_runs_job`` (schedule ``purge_old_runs_schedule``, hourly at minute 17) deletes the
   finished runs of the high-frequency jobs (the automatic refresh, about one run per poll, the
   check jobs and this module's own jobs) older than ``keep_hours`` (default 24) with Dagster's
@@ -40,7 +40,7 @@ FINISHED = [
 # ------------------------------------------------------------------------------------------------
 # Compaction
 # ------------------------------------------------------------------------------------------------
-@dg.op(description="Rewrite each closed hour of the raw Parquet dataset into one file.")
+@dg.op(description="OPTIMIZE + VACUUM the raw_prices Delta table (closed hours; rows unchanged).")
 def compact_raw_prices(context: dg.OpExecutionContext, raw_data: RawDataResource) -> None:
     report = compact(raw_data.raw_dir, log=context.log.info)
     context.log.info(report.summary())
@@ -48,8 +48,9 @@ def compact_raw_prices(context: dg.OpExecutionContext, raw_data: RawDataResource
 
 @dg.job(
     name="compact_raw_prices_job",
-    description="Compacts raw_prices: one Parquet file per closed hour (rows unchanged; atomic "
-    "for readers and the streaming job). Same as `marketflow compact`.",
+    description="Compacts the raw_prices Delta table: OPTIMIZE of the partitions with closed "
+    "hours (one commit; readers keep their pinned version), VACUUM past the retention, "
+    "checkpoint and log cleanup. Same as `marketflow compact`.",
     executor_def=dg.in_process_executor,
     tags={"marketflow/pipeline": "maintenance"},
 )

@@ -260,7 +260,9 @@ class ReadinessProbes:
             consumer.close()
 
     def _parquet_written(self) -> bool:
-        return any(self.settings.raw_dir.rglob("*.parquet"))
+        from marketflow_assets.raw_dataset import snapshot
+
+        return bool(snapshot(self.settings.raw_dir).files_all)  # a committed table version
 
     def _ui_serves(self) -> bool:
         url = f"http://{self.args.host}:{self.args.port}/server_info"
@@ -290,7 +292,10 @@ class ReadinessProbes:
                 self._kafka_has_messages,
                 f"first poll published to {self.settings.kafka_topic}",
             ),
-            "spark": (self._parquet_written, f"raw Parquet written under {self.settings.raw_dir}"),
+            "spark": (
+                self._parquet_written,
+                f"raw_prices rows committed under {self.settings.raw_dir}",
+            ),
             "dagster": (
                 self._ui_serves,
                 f"UI serving on http://{self.args.host}:{self.args.port}",

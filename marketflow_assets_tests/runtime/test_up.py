@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from marketflow_assets.runtime.services import free_port
+from marketflow_assets_tests.helpers import raw_key_counts
 
 MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
 
@@ -226,15 +227,7 @@ def _recorded(path: Path) -> list[tuple[str, pd.Timestamp]]:
 
 
 def _raw_rows(raw_dir: Path) -> Counter:
-    import pyarrow.dataset as ds
-
-    if not raw_dir.is_dir():
-        return Counter()
-    dataset = ds.dataset(raw_dir, format="parquet", partitioning="hive")
-    if not dataset.files:  # nothing committed yet
-        return Counter()
-    frame = dataset.to_table(["id", "ts"]).to_pandas()
-    return Counter(zip(frame["id"], pd.to_datetime(frame["ts"], utc=True), strict=True))
+    return raw_key_counts(raw_dir)
 
 
 def _wait_for(predicate, timeout: float, what: str, proc, log_path: Path):

@@ -1,4 +1,4 @@
-"""``raw_prices``: the external raw Parquet dataset, its observation sensor and its checks.
+"""``raw_prices``: the external raw Delta Lake table, its observation sensor and its checks.
 
 * asset ``raw_prices`` (external, written by the Spark streaming job; ``assets.py``);
 * sensor ``raw_prices_observation_sensor`` (``sensors.py``): reports the files the job added;

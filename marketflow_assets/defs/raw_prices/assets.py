@@ -1,7 +1,7 @@
-"""``raw_prices``: the raw Parquet dataset written by the Spark streaming job (external asset).
+"""``raw_prices``: the Delta Lake table written by the Spark streaming job (external asset).
 
-Dagster does not materialize it; the observation sensor (``sensors/raw_prices.py``) reports what
-the streaming job added. Listing, pruning and reading the files:
+Dagster does not materialize it; the observation sensor (``sensors.py``) reports each new table
+version (the data version) and what the streaming job committed. Snapshots, listing and reading:
 :mod:`marketflow_assets.raw_dataset`.
 """
 
@@ -17,15 +17,16 @@ RAW_PRICES_KEY = dg.AssetKey(RAW_PRICES_ASSET)
 raw_prices = dg.AssetSpec(
     key=RAW_PRICES_KEY,
     description=(
-        "Raw CoinGecko market snapshots as Parquet under `$MARKETFLOW_DATA_DIR/raw_prices/` "
-        "(hive partitions `date=YYYY-MM-DD`, at most one row per (`id`, `ts`)), written exactly "
-        "once by the Spark Structured Streaming job from Kafka topic `crypto_prices`. Observed "
-        "by the `raw_prices_observation_sensor`."
+        "Raw CoinGecko market snapshots: a Delta Lake table at `$MARKETFLOW_DATA_DIR/raw_prices/` "
+        "(partitioned by `date`, at most one row per (`id`, `ts`)), one transaction per Spark "
+        "micro-batch from Kafka topic `crypto_prices`, exactly once. Observed by the "
+        "`raw_prices_observation_sensor` (data version = table version); read only through a "
+        "pinned table version."
     ),
     group_name="market_data",
-    kinds={"parquet", "spark"},
+    kinds={"delta", "spark"},
     metadata={
-        "dataset": "raw_prices/ (hive: date=YYYY-MM-DD)",
+        "dataset": "raw_prices/ (Delta Lake table, partitioned by date)",
         "writer": "spark_streaming",
         "dagster/column_schema": raw_column_schema(),
     },
