@@ -33,7 +33,7 @@ MESSAGE_NUMERIC_FIELDS = (
     "total_supply",
     "max_supply",
 )
-DLQ_FIELDS = ("reason", "payload", "ts", "schema_version")
+DLQ_FIELDS = ("reason", "detail", "payload", "ts", "schema_version")
 
 # --------------------------------------------------------------------------------------------
 # Raw Parquet dataset: hive-partitioned by ``date=YYYY-MM-DD`` (UTC date of ``ts``); at most one
