@@ -461,7 +461,8 @@ def _state_arrays(state: Any, coin_ids: np.ndarray) -> tuple[np.ndarray, ...]:
     if state.empty:
         return empty
     frame = state.drop_duplicates("coin_id", keep="last").set_index("coin_id")
-    frame = frame.reindex(pd.Index(coin_ids, dtype=object))
+    # positions, not a reindex: coins without state must not turn int64 ns into float64
+    pos = frame.index.get_indexer(pd.Index(coin_ids, dtype=object))
 
     def times(column: str) -> tuple[np.ndarray, np.ndarray]:
         if column not in frame:
@@ -469,15 +470,18 @@ def _state_arrays(state: Any, coin_ids: np.ndarray) -> tuple[np.ndarray, ...]:
         values = frame[column]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
             ok = values.notna().to_numpy()
-            return values.fillna(0).to_numpy(dtype=np.int64), ok  # already ns
-        stamps = pd.to_datetime(values, utc=True)
-        ok = stamps.notna().to_numpy()
-        return to_ns(stamps.fillna(pd.Timestamp(0, tz="UTC"))), ok
+            t = values.fillna(0).to_numpy(dtype=np.int64)  # already ns
+        else:
+            stamps = pd.to_datetime(values, utc=True)
+            ok = stamps.notna().to_numpy()
+            t = to_ns(stamps.fillna(pd.Timestamp(0, tz="UTC")))
+        return _take(t, pos, 0), _take(ok, pos, False)
 
     def floats(column: str) -> np.ndarray:
         if column not in frame:
             return np.full(n, np.nan)
-        return pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+        return _take(values, pos, np.nan)
 
     ref_t, ref_ok = times("ref_ts")
     ref_p = floats("ref_price")
@@ -625,8 +629,18 @@ class LiveState:
 
     def last_ts(self, coin_ids: np.ndarray) -> np.ndarray:
         """Newest ``t`` (int64 ns) of each of ``coin_ids``; int64 min for unknown coins."""
-        found = self.last["t"].reindex(pd.Index(coin_ids, dtype=object))
-        return found.fillna(np.iinfo(np.int64).min).to_numpy(dtype=np.int64)
+        pos = self.last.index.get_indexer(pd.Index(coin_ids, dtype=object))
+        return _take(self.last["t"].to_numpy(dtype=np.int64), pos, np.iinfo(np.int64).min)
+
+
+def _take(values: np.ndarray, pos: np.ndarray, missing: Any) -> np.ndarray:
+    """``values[pos]`` with ``missing`` where ``pos`` is -1, in the dtype of ``values`` (a
+    ``reindex`` would turn int64 ns into float64 when a key is missing, rounding them by up to
+    128 ns)."""
+    out = np.full(len(pos), missing, dtype=values.dtype)
+    hit = pos >= 0
+    out[hit] = values[pos[hit]]
+    return out
 
 
 def _prune(obs: pd.DataFrame) -> pd.DataFrame:
@@ -689,12 +703,13 @@ def advance_indicators(
         ],
         ignore_index=True,
     )
-    known = state.last.reindex(pd.Index(touched, dtype=object)).dropna(subset=["t"])
+    pos = state.last.index.get_indexer(pd.Index(touched, dtype=object))
+    known = pos[pos >= 0]
     ema_state = pd.DataFrame(
         {
-            "coin_id": known.index.to_numpy(dtype=object),
-            "ema_ts": known["t"].to_numpy(dtype=np.int64),
-            "ema_3min": known["ema_3min"].to_numpy(dtype=np.float64),
+            "coin_id": state.last.index.to_numpy(dtype=object)[known],
+            "ema_ts": state.last["t"].to_numpy(dtype=np.int64)[known],
+            "ema_3min": state.last["ema_3min"].to_numpy(dtype=np.float64)[known],
         }
     )
     out = compute_indicators(raw, ema_state)

@@ -33,7 +33,7 @@ MESSAGE_NUMERIC_FIELDS = (
     "total_supply",
     "max_supply",
 )
-DLQ_FIELDS = ("reason", "payload", "ts", "schema_version")
+DLQ_FIELDS = ("reason", "detail", "payload", "ts", "schema_version")
 
 # --------------------------------------------------------------------------------------------
 # raw_prices Delta table: partitioned by ``date`` (UTC date of ``ts``); at most one

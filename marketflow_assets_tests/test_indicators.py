@@ -251,3 +251,45 @@ def test_all_coins_at_once_and_coin_by_coin_agree_including_the_overflow_fallbac
     # ~226 years between two observations: keys would overflow, the per-coin path takes over
     far = [("a", "A", BASE, 1.0), ("a", "A", BASE.replace(year=2250), 2.0), ("b", "B", BASE, 3.0)]
     assert_matches_reference(ind.compute_indicators(to_frame(far)), reference_indicators(far))
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_live_batches_with_new_coins_jumps_and_gaps_equal_full_recompute(seed):
+    """``advance_indicators`` batch by batch - coins appearing mid-stream next to known ones,
+    40x price jumps, gaps of hours, millisecond poll times (not representable as float64 ns) -
+    equals one full recompute within 1e-9 relative: the EMA's previous time stays exact."""
+    rng = random.Random(seed)
+    t = pd.Timestamp("2026-03-01T00:00:00.713Z")
+    coins, prices, polls = ["alpha"], {}, []
+    for k in range(240):
+        t += pd.Timedelta(milliseconds=rng.choice([29_000, 30_000, 31_000]) + rng.randint(1, 999))
+        if rng.random() < 0.03:
+            t += pd.Timedelta(hours=rng.choice([1, 5]), milliseconds=rng.randint(1, 999))
+        if k % 15 == 7:
+            coins.append(f"coin-{k}")  # a new coin, in a batch with known ones
+        poll = []
+        for coin in coins:
+            if rng.random() < 0.1:
+                continue  # absent from this poll
+            price = prices.get(coin, 10.0 ** rng.uniform(-3, 4)) * math.exp(rng.gauss(0, 0.003))
+            if rng.random() < 0.03:
+                price *= 40.0 if rng.random() < 0.5 else 1 / 40.0
+            prices[coin] = price
+            poll.append((coin, coin[:3].upper(), t, price))
+        polls.append(poll)
+    rows = [row for poll in polls for row in poll]
+    full = ind.compute_indicators(to_frame(rows))
+    state, live, i = ind.LiveState.empty(), [], 0
+    while i < len(polls):
+        n = rng.choice([1, 1, 2, 3, 7])  # several polls per batch, sometimes
+        batch = to_frame([row for poll in polls[i : i + n] for row in poll])
+        out, state, skipped = ind.advance_indicators(state, batch)
+        assert skipped.empty
+        live.append(out)
+        i += n
+    live = pd.concat(live, ignore_index=True)
+    assert len(live) == len(full) == len(rows)
+    diff = ind.compare_indicator_rows(live, full, tol=REL)
+    assert diff.attrs["compared"] == len(full)
+    assert diff.empty, diff.head()
+    assert diff.attrs["max_diff"] <= REL

@@ -36,13 +36,13 @@ import sys
 import time
 from pathlib import Path
 
+from marketflow_assets import contract
 from marketflow_assets.monitoring.lag import batch_end_offsets
 from marketflow_assets.schema import (
     RAW_COLUMN_NAMES,
-    RAW_COLUMNS,
     RAW_PARTITION_COLUMN,
     REJECT_COLUMNS,
-    message_spark_ddl,
+    spark_ddl,
 )
 from marketflow_assets.settings import (
     ConfigError,
@@ -53,83 +53,69 @@ from marketflow_assets.settings import (
 
 logger = logging.getLogger("spark_streaming.kafka_streaming")
 
-DESCRIPTION = "Kafka -> raw Parquet (Spark Structured Streaming)"
+DESCRIPTION = "Kafka -> the raw_prices Delta table (Spark Structured Streaming)"
 QUERY_NAME = "marketflow_raw_prices"
 SINK_STATE = "marketflow_sink"  # sub-directory of the Spark checkpoint holding the sink's log
 KEEP_COMMITS = 100
 
-# Reject reasons (column ``reason`` of raw_prices_rejects).
-R_EMPTY = "empty_value"
-R_JSON = "invalid_json"
-R_ID = "missing_id"
-R_TS_MISSING = "missing_ts"
-R_TS_INVALID = "invalid_ts"
-R_PRICE_MISSING = "missing_price"
-R_PRICE_INVALID = "invalid_price"
-R_PRICE_NON_POSITIVE = "non_positive_price"
+# Reject reasons (column ``reason`` of raw_prices_rejects): the record contract's codes
+# (:data:`marketflow_assets.contract.REASONS`), shared with the ingest and the live consumer.
+R_EMPTY = contract.EMPTY_VALUE
+R_JSON = contract.INVALID_JSON
+R_ID = contract.MISSING_ID
+R_ID_INVALID = contract.INVALID_ID
+R_TS_MISSING = contract.MISSING_TS
+R_TS_INVALID = contract.INVALID_TS
+R_PRICE_MISSING = contract.MISSING_PRICE
+R_PRICE_INVALID = contract.INVALID_PRICE
+R_PRICE_NON_POSITIVE = contract.NON_POSITIVE_PRICE
+R_FIELD_INVALID = contract.INVALID_FIELD
+
+_PASSED = ("topic", "partition", "offset", "key", "value")
 
 
 # ------------------------------------------------------------------------------------------------
 # Pure Spark transformations (unit-tested in-process).
 # ------------------------------------------------------------------------------------------------
+def _parse_arrow_batches(batches):
+    """``mapInArrow`` body of :func:`parse_messages`: each batch's ``_bytes`` through the record
+    contract; the Kafka columns passed through, the raw columns and ``reason`` added."""
+    import pyarrow as pa
+
+    for batch in batches:
+        table, reasons = contract.parse_values(batch.column("_bytes").to_pylist())
+        arrays = [batch.column(name) for name in _PASSED]
+        arrays += [column.combine_chunks() for column in table.columns]
+        arrays.append(pa.array(reasons, type=pa.string()))
+        yield pa.RecordBatch.from_arrays(arrays, names=[*_PASSED, *RAW_COLUMN_NAMES, "reason"])
+
+
 def parse_messages(kafka_df, rejected_at: dt.datetime | None = None):
     """Kafka rows -> one row per message with the raw columns, ``date`` and a reject ``reason``.
 
     ``kafka_df`` has the Kafka source columns (``key``/``value`` binary or string, ``topic``,
-    ``partition``, ``offset``). ``reason`` is NULL for usable messages.
+    ``partition``, ``offset``). Each value is decided by the record contract
+    (:func:`marketflow_assets.contract.parse_values`, in the Python workers): ``reason`` is NULL
+    for usable messages, else the contract's reason code (the raw columns then NULL).
     """
     import pyspark.sql.functions as F
 
-    value = F.col("value").cast("string")
-    msg = F.from_json(value, message_spark_ddl())
     df = kafka_df.select(
-        F.col("topic"),
+        F.col("topic").cast("string").alias("topic"),
         F.col("partition").cast("int").alias("partition"),
         F.col("offset").cast("long").alias("offset"),
         F.col("key").cast("string").alias("key"),
-        value.alias("value"),
-        msg.alias("m"),
-        F.json_object_keys(value).isNotNull().alias("_is_object"),
-        F.get_json_object(value, "$.current_price").alias("_raw_price"),
+        F.col("value").cast("string").alias("value"),
+        F.col("value").cast("binary").alias("_bytes"),
     )
-    cols = []
-    for name, kind in RAW_COLUMNS:
-        field = F.col(f"m.{name}")
-        cols.append((F.try_to_timestamp(field) if kind == "timestamp" else field).alias(name))
-    df = df.select(
-        "topic",
-        "partition",
-        "offset",
-        "key",
-        "value",
-        "_is_object",
-        "_raw_price",
-        F.col("m.ts").alias("_ts_text"),
-        *cols,
-    )
-    price = F.col("current_price")
-    reason = (
-        F.when(F.col("value").isNull() | (F.trim(F.col("value")) == ""), F.lit(R_EMPTY))
-        # Spark's lenient parser also accepts NaN/Infinity literals; a record it parsed into an
-        # id counts as JSON even if a strict parser would refuse it.
-        .when(~F.col("_is_object") & F.col("id").isNull(), F.lit(R_JSON))
-        .when(F.col("id").isNull() | (F.trim(F.col("id")) == ""), F.lit(R_ID))
-        .when(F.col("_ts_text").isNull(), F.lit(R_TS_MISSING))
-        .when(F.col("ts").isNull(), F.lit(R_TS_INVALID))
-        .when(F.col("_raw_price").isNull(), F.lit(R_PRICE_MISSING))
-        .when(price.isNull() | F.isnan(price) | (price == float("inf")), F.lit(R_PRICE_INVALID))
-        .when(price <= 0, F.lit(R_PRICE_NON_POSITIVE))
-    )
+    passed = "topic STRING, partition INT, offset BIGINT, key STRING, value STRING"
+    parsed = df.mapInArrow(_parse_arrow_batches, f"{passed}, {spark_ddl()}, reason STRING")
     rejected_at = rejected_at or dt.datetime.now(dt.UTC)
-    return df.select(
-        "topic",
-        "partition",
-        "offset",
-        "key",
-        "value",
+    return parsed.select(
+        *_PASSED,
         *RAW_COLUMN_NAMES,
         F.to_date("ts").alias(RAW_PARTITION_COLUMN),
-        reason.alias("reason"),
+        "reason",
         F.lit(rejected_at).cast("timestamp").alias("rejected_at"),
     )
 

@@ -484,10 +484,11 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                 validated = validate_poll(poll.records, poll.ts)
                 for message in validated.bad:
                     log.warning(
-                        "poll %s: rejected %s: %s",
+                        "poll %s: rejected %s: %s (%s)",
                         poll.ts,
                         message.key or "record without id",
                         message.value["reason"],
+                        message.value["detail"],
                     )
                 result, durable = delivery.deliver(validated)
                 # Recorded only once acknowledged, and never twice (a restarted replay may

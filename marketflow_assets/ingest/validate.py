@@ -2,17 +2,16 @@
 
 The message is the CoinGecko record as received (every field that is present, nulls included)
 plus ``ts`` (the poll's snapshot time, identical for every coin of one poll) and
-``schema_version`` (:data:`marketflow_assets.schema.SCHEMA_VERSION`). Normalisation is limited to
-what consumers need to trust the types:
+``schema_version`` (:data:`marketflow_assets.schema.SCHEMA_VERSION`). Whether it may be published
+is decided by the record contract (:func:`marketflow_assets.contract.check_message`), the same
+decision the Spark job and the live consumer apply to what they read: nothing is coerced (a
+numeric string or a boolean where a number belongs, NaN, an infinity, a non-positive price, a
+blank id or an unparsable time rejects the record).
 
-* numeric fields (:data:`~marketflow_assets.schema.MESSAGE_NUMERIC_FIELDS`) that arrive as
-  numeric strings (``"24660.5"``) are coerced to numbers; anything else that is not a finite
-  number or ``null`` rejects the record with a reason naming the field;
-* ``current_price`` must be a positive finite number; ``id`` and ``symbol`` non-empty strings;
-  ``last_updated`` a parsable ISO-8601 time (kept verbatim).
-
-A rejected record becomes a dead-letter message ``{"reason", "payload", "ts", "schema_version"}``
-(:data:`~marketflow_assets.schema.DLQ_FIELDS`) carrying the original payload untouched.
+A rejected record becomes a dead-letter message ``{"reason", "detail", "payload", "ts",
+"schema_version"}`` (:data:`~marketflow_assets.schema.DLQ_FIELDS`): ``reason`` is the contract's
+reason code (:data:`marketflow_assets.contract.REASONS`), ``detail`` one line naming the field,
+``payload`` the original record untouched.
 """
 
 from __future__ import annotations
@@ -24,17 +23,29 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from marketflow_assets.schema import (
-    MESSAGE_NUMERIC_FIELDS,
-    SCHEMA_VERSION,
-)
+from marketflow_assets import contract
+from marketflow_assets.contract import parse_time
+from marketflow_assets.schema import SCHEMA_VERSION
 
-# Fields whose value is a count/rank: coerced to int when integral.
-_INTEGER_FIELDS = frozenset({"market_cap_rank"})
+__all__ = [
+    "InvalidRecord",
+    "Message",
+    "ValidatedPoll",
+    "dead_letter",
+    "format_ts",
+    "normalise_record",
+    "parse_time",
+    "validate_poll",
+]
 
 
 class InvalidRecord(ValueError):
-    """A record that cannot be published; ``str(exc)`` is the DLQ reason."""
+    """A record that cannot be published: ``reason`` (a contract reason code) and ``detail``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -61,113 +72,38 @@ class ValidatedPoll:
     bad: list[Message] = field(default_factory=list)
 
 
-def parse_time(value: Any) -> datetime:
-    """Parse an ISO-8601 time (``Z`` or offset; naive means UTC) into an aware UTC datetime."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"not an ISO-8601 time: {value!r}")
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"not an ISO-8601 time: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
 def format_ts(moment: datetime) -> str:
     """Canonical ``ts`` text: ISO-8601 UTC with milliseconds and ``Z`` (``...T09:49:56.713Z``)."""
     moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def coerce_number(name: str, value: Any) -> int | float | None:
-    """Return ``value`` as a finite number (or None for null); raise :class:`InvalidRecord`."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise InvalidRecord(f"{name}: expected a number, got boolean {value!r}")
-    if isinstance(value, int):
-        number: int | float = value
-    elif isinstance(value, float):
-        number = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if not text:
-            raise InvalidRecord(f"{name}: expected a number, got empty string")
-        try:
-            number = float(text)
-        except ValueError:
-            raise InvalidRecord(
-                f"{name}: expected a number, got non-numeric string {_short(value)}"
-            ) from None
-    else:
-        raise InvalidRecord(f"{name}: expected a number, got {type(value).__name__}")
-    if isinstance(number, float) and not math.isfinite(number):
-        raise InvalidRecord(f"{name}: expected a finite number, got {_short(value)}")
-    if name in _INTEGER_FIELDS and isinstance(number, float) and number.is_integer():
-        number = int(number)
-    return number
-
-
 def normalise_record(record: Any, ts: str) -> dict[str, Any]:
-    """Validate one CoinGecko market record and return the Kafka message value.
+    """The Kafka message value of one CoinGecko market record of the poll at ``ts``.
 
-    Raises :class:`InvalidRecord` with a one-line reason when the record cannot be published.
+    Raises :class:`InvalidRecord` when the record contract refuses the message.
     """
-    if not isinstance(record, dict):
-        raise InvalidRecord(f"record is not a JSON object but {type(record).__name__}")
-    coin_id = record.get("id")
-    if not isinstance(coin_id, str) or not coin_id.strip():
-        raise InvalidRecord(f"id: missing or not a non-empty string ({_short(coin_id)})")
-    symbol = record.get("symbol")
-    if not isinstance(symbol, str) or not symbol.strip():
-        raise InvalidRecord(f"symbol: missing or not a non-empty string ({_short(symbol)})")
-    name = record.get("name")
-    if name is not None and not isinstance(name, str):
-        raise InvalidRecord(f"name: expected a string, got {type(name).__name__}")
-    if record.get("current_price") is None:
-        raise InvalidRecord("current_price: missing or null")
-    value = dict(record)
-    for key in MESSAGE_NUMERIC_FIELDS:
-        if key in value:
-            value[key] = coerce_number(key, value[key])
-    price = value["current_price"]
-    if price <= 0:
-        raise InvalidRecord(
-            f"current_price: must be positive, got {_short(record['current_price'])}"
-        )
-    if "last_updated" not in record or record["last_updated"] is None:
-        raise InvalidRecord("last_updated: missing or null")
-    try:
-        parse_time(record["last_updated"])
-    except ValueError as exc:
-        raise InvalidRecord(f"last_updated: {exc}") from None
-    value["ts"] = ts
-    value["schema_version"] = SCHEMA_VERSION
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        bad = sorted(k for k, v in value.items() if isinstance(v, float) and not math.isfinite(v))
-        raise InvalidRecord(
-            f"{', '.join(bad) or 'record'}: NaN or Infinity is not valid JSON"
-        ) from None
+    value = record  # not an object: the contract names it
+    if isinstance(record, dict):
+        value = {**record, "ts": ts, "schema_version": SCHEMA_VERSION}
+    checked = contract.check_message(value)
+    if type(checked) is contract.Invalid:
+        raise InvalidRecord(checked.reason, checked.detail)
     return value
 
 
-def dead_letter(payload: Any, reason: str, ts: str) -> Message:
-    """The DLQ message for ``payload`` (kept as received) rejected for ``reason``."""
+def dead_letter(payload: Any, reason: str, ts: str, detail: str = "") -> Message:
+    """The DLQ message for ``payload`` (kept as received) rejected for ``reason`` (a code)."""
     key = None
     if isinstance(payload, dict) and isinstance(payload.get("id"), str) and payload["id"]:
         key = payload["id"]
-    value = {"reason": reason, "payload": payload, "ts": ts, "schema_version": SCHEMA_VERSION}
+    value = {
+        "reason": reason,
+        "detail": detail or reason,
+        "payload": payload,
+        "ts": ts,
+        "schema_version": SCHEMA_VERSION,
+    }
     return Message(key=key, value=value)
 
 
@@ -196,9 +132,11 @@ def validate_poll(records: Iterable[Any], ts: str) -> ValidatedPoll:
         try:
             value = normalise_record(record, ts)
             if value["id"] in seen:
-                raise InvalidRecord(f"id: duplicate {value['id']!r} within one poll")
+                raise InvalidRecord(
+                    contract.DUPLICATE_IN_POLL, f"id: duplicate {value['id']!r} within one poll"
+                )
         except InvalidRecord as exc:
-            result.bad.append(dead_letter(_json_safe(record), str(exc), ts))
+            result.bad.append(dead_letter(_json_safe(record), exc.reason, ts, exc.detail))
             continue
         seen.add(value["id"])
         result.good.append(Message(key=value["id"], value=value, raw=record))

@@ -10,14 +10,15 @@ supervisor's restart resumes from what was committed.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pandas as pd
 
+from marketflow_assets import contract
 from marketflow_assets import indicators as ind
 from marketflow_assets.live.store import LiveStore
 
@@ -25,6 +26,23 @@ logger = logging.getLogger("marketflow.live")
 
 #: How often the consumer looks for partitions added to the topic.
 PARTITION_REFRESH_SECONDS = 30.0
+
+
+#: The raw columns the indicators read (``advance_indicators``' batch).
+_COLUMNS = ["id", "symbol", "ts", "current_price"]
+
+
+def parse_records(values: list) -> tuple[pd.DataFrame, list[str | None]]:
+    """Kafka message values -> the valid ones' ``id``, ``symbol``, ``ts``, ``current_price``
+    (in order) and each value's reason code (None = valid): the record contract
+    (:func:`marketflow_assets.contract.parse_values`), so a live row exists only for a message
+    the Spark job writes to the raw dataset."""
+    import pyarrow as pa
+
+    table, reasons = contract.parse_values(values)
+    valid = pa.array([reason is None for reason in reasons], type=pa.bool_())
+    frame = table.select(_COLUMNS).filter(valid).to_pandas(coerce_temporal_nanoseconds=True)
+    return frame, reasons
 
 
 @dataclass
@@ -59,7 +77,6 @@ class LiveConsumer:
         self.consumer = self._consumer()
         self.assigned: set[int] = set()
         self._assigned_topic_id: str | None = None
-        self._ts_cache: dict[str, pd.Timestamp] = {}
 
     def _consumer(self):
         from kafka import KafkaConsumer
@@ -92,8 +109,6 @@ class LiveConsumer:
         earlier incarnation of the topic (a memory-only broker restarted and ingest recreated
         and refilled the topic while this process was down). A record consumed before -
         written, or skipped as late - is never newer than its coin's last row."""
-        import json
-
         from kafka import TopicPartition
 
         wanted = {p: o - 1 for p, o in stored.items() if o > 0}
@@ -118,15 +133,12 @@ class LiveConsumer:
                     probe.pause(tp)
                     if record is None:
                         continue  # out of range / compacted: kafka-python goes to the earliest
-                    try:
-                        value = json.loads(record.value)
-                        coin = str(value["id"])
-                        ts = pd.Timestamp(value["ts"])
-                        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-                    except (ValueError, KeyError, TypeError):
+                    row = contract.parse_value(record.value)
+                    if type(row) is contract.Invalid:
                         continue  # an invalid record: nothing to tell
+                    coin, ts_ns = row[0], row[-1] * 1000  # raw row: id first, ts (us) last
                     last = self.state.last
-                    if coin not in last.index or ts.value > int(last.at[coin, "t"]):
+                    if coin not in last.index or ts_ns > int(last.at[coin, "t"]):
                         unseen.append(tp.partition)
         except Exception as exc:  # noqa: BLE001 - the check is best effort
             logger.warning("live: could not check the stored offsets (%s)", exc)
@@ -244,43 +256,6 @@ class LiveConsumer:
             polled = self.consumer.poll(timeout_ms=0, max_records=room)
         return records
 
-    def _parse(self, records: list) -> tuple[pd.DataFrame, int]:
-        ids, symbols, stamps, prices = [], [], [], []
-        invalid = 0
-        cache = self._ts_cache
-        for record in records:
-            try:
-                value = json.loads(record.value)
-                ts_text = value["ts"]
-                ts = cache.get(ts_text)
-                if ts is None:
-                    ts = pd.Timestamp(ts_text)
-                    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-                    if len(cache) > 10_000:
-                        cache.clear()
-                    cache[ts_text] = ts
-                price = float(value["current_price"])
-                coin = str(value["id"])
-            except (ValueError, KeyError, TypeError):
-                invalid += 1
-                continue
-            if not price > 0:
-                invalid += 1
-                continue
-            ids.append(coin)
-            symbols.append(value.get("symbol"))
-            stamps.append(ts)
-            prices.append(price)
-        frame = pd.DataFrame(
-            {
-                "id": pd.Series(ids, dtype=object),
-                "symbol": pd.Series(symbols, dtype=object),
-                "ts": pd.to_datetime(pd.Series(stamps, dtype=object), utc=True),
-                "current_price": pd.Series(prices, dtype="float64"),
-            }
-        )
-        return frame, invalid
-
     def process(self, records: list) -> BatchStats:
         """Compute and write one batch (one transaction); then move the state on."""
         started = time.perf_counter()
@@ -289,7 +264,10 @@ class LiveConsumer:
             nxt = record.offset + 1
             if nxt > next_offsets.get(record.partition, -1):
                 next_offsets[record.partition] = nxt
-        frame, invalid = self._parse(records)
+        frame, reasons = parse_records([record.value for record in records])
+        invalid = len(reasons) - len(frame)
+        if invalid:
+            logger.debug("live: invalid record(s) by reason: %s", Counter(filter(None, reasons)))
         rows, state, skipped = ind.advance_indicators(self.state, frame)
         if len(skipped):
             logger.debug(

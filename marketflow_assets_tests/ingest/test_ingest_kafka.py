@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from marketflow_assets import contract
 from marketflow_assets.ingest import command
 from marketflow_assets.ingest.publish import Publisher
 from marketflow_assets.ingest.sources import simulate_polls
@@ -27,10 +28,15 @@ START = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def page_with_invalid_records(recorded_page):
-    """The recorded real page plus invalid records, and one numeric string that is coerced."""
+    """The recorded real page plus invalid records (a numeric string is not a number either)."""
     page = copy.deepcopy(recorded_page)
-    page[1]["current_price"] = str(page[1]["current_price"])  # valid after coercion
     invalid = [
+        dict(
+            recorded_page[1],
+            id="numeric-string-coin",
+            symbol="nsc",
+            current_price=str(recorded_page[1]["current_price"]),
+        ),
         dict(recorded_page[0], id="bad-price-coin", symbol="bpc", current_price=-1),
         {k: v for k, v in recorded_page[2].items() if k != "id"},
         dict(recorded_page[3], id="bad-time-coin", symbol="btc2", last_updated="not a time"),
@@ -72,19 +78,21 @@ def test_live_once_end_to_end(httpserver, recorded_page, settings, ingest_args, 
     assert len(httpserver.log) == 2  # the 429, then the page
     messages = topic_reader(settings.kafka_topic, expected=len(page))
     assert_valid_exactly_once(messages, page)
-    assert isinstance(
-        next(m for m in messages if m["key"] == page[1]["id"])["value"]["current_price"], float
-    )  # the numeric string was coerced
     dead = topic_reader(settings.dlq_topic, expected=len(invalid))
     assert len(dead) == len(invalid)
     assert sorted(json.dumps(d["value"]["payload"], sort_keys=True) for d in dead) == sorted(
         json.dumps(r, sort_keys=True) for r in invalid
     )
     reasons = {d["key"]: d["value"]["reason"] for d in dead}
-    assert "current_price: must be positive" in reasons["bad-price-coin"]
-    assert "last_updated" in reasons["bad-time-coin"]
-    assert "non-numeric" in reasons["text-price-coin"]
-    assert "id:" in reasons[None]
+    assert reasons == {
+        "numeric-string-coin": contract.INVALID_PRICE,
+        "bad-price-coin": contract.NON_POSITIVE_PRICE,
+        None: contract.MISSING_ID,
+        "bad-time-coin": contract.INVALID_FIELD,
+        "text-price-coin": contract.INVALID_PRICE,
+    }
+    details = {d["key"]: d["value"]["detail"] for d in dead}
+    assert "last_updated" in details["bad-time-coin"]
     assert all(d["value"]["ts"] == messages[0]["value"]["ts"] for d in dead)
 
 

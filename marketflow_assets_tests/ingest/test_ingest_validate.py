@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 
 import pytest
 
+from marketflow_assets import contract
 from marketflow_assets.ingest.validate import (
     InvalidRecord,
-    coerce_number,
     format_ts,
     normalise_record,
     parse_time,
@@ -42,52 +41,58 @@ def test_real_page_contains_the_quirks_the_validator_must_tolerate(recorded_page
     assert len({r["last_updated"] for r in recorded_page}) > 1
 
 
-def test_numeric_strings_are_coerced(recorded_page):
-    record = copy.deepcopy(recorded_page[0])
-    record["current_price"] = "24660.5"
-    record["market_cap"] = " 478363786702 "
-    record["market_cap_rank"] = "1"
-    value = normalise_record(record, TS)
-    assert value["current_price"] == 24660.5
-    assert value["market_cap"] == 478363786702.0
-    assert value["market_cap_rank"] == 1 and isinstance(value["market_cap_rank"], int)
-    # the original payload is not modified
-    assert record["current_price"] == "24660.5"
+def test_numeric_strings_are_not_coerced(recorded_page):
+    # the record contract reads numbers only from JSON numbers (Spark and the live path too)
+    for field in ("current_price", "market_cap", "market_cap_rank"):
+        record = dict(copy.deepcopy(recorded_page[0]), **{field: "1"})
+        with pytest.raises(InvalidRecord) as info:
+            normalise_record(record, TS)
+        assert info.value.reason in (contract.INVALID_PRICE, contract.INVALID_FIELD)
+        assert field in info.value.detail
 
 
 @pytest.mark.parametrize(
-    ("change", "reason_part"),
+    ("change", "reason", "detail_part"),
     [
-        ({"id": None}, "id:"),
-        ({"id": ""}, "id:"),
-        ({"symbol": None}, "symbol:"),
-        ({"current_price": None}, "current_price: missing"),
-        ({"current_price": 0}, "current_price: must be positive"),
-        ({"current_price": -3.5}, "current_price: must be positive"),
-        ({"current_price": "n/a"}, "current_price: expected a number, got non-numeric string"),
-        ({"current_price": True}, "current_price: expected a number, got boolean"),
-        ({"current_price": float("nan")}, "current_price: expected a finite number"),
-        ({"market_cap": "lots"}, "market_cap: expected a number"),
-        ({"total_volume": {"usd": 1}}, "total_volume: expected a number, got dict"),
-        ({"last_updated": "yesterday"}, "last_updated: not an ISO-8601 time"),
-        ({"last_updated": None}, "last_updated: missing"),
-        ({"ath": float("inf")}, "ath: NaN or Infinity"),
+        ({"id": None}, contract.MISSING_ID, "id:"),
+        ({"id": ""}, contract.MISSING_ID, "id:"),
+        ({"id": "  "}, contract.MISSING_ID, "id:"),
+        ({"id": 7}, contract.INVALID_ID, "id:"),
+        ({"symbol": 5}, contract.INVALID_FIELD, "symbol:"),
+        ({"current_price": None}, contract.MISSING_PRICE, "current_price: missing"),
+        ({"current_price": 0}, contract.NON_POSITIVE_PRICE, "current_price: must be positive"),
+        ({"current_price": -3.5}, contract.NON_POSITIVE_PRICE, "current_price: must be positive"),
+        ({"current_price": "n/a"}, contract.INVALID_PRICE, "current_price: expected a number"),
+        ({"current_price": True}, contract.INVALID_PRICE, "current_price: expected a number"),
+        ({"current_price": float("nan")}, contract.INVALID_PRICE, "current_price: not finite"),
+        ({"market_cap": "lots"}, contract.INVALID_FIELD, "market_cap: expected a number"),
+        ({"total_volume": {"usd": 1}}, contract.INVALID_FIELD, "total_volume: expected a number"),
+        ({"last_updated": "yesterday"}, contract.INVALID_FIELD, "last_updated: not an ISO-8601"),
+        ({"ath": float("inf")}, contract.INVALID_FIELD, "ath: holds NaN or an infinity"),
     ],
 )
-def test_invalid_records_are_rejected_with_a_reason(recorded_page, change, reason_part):
+def test_invalid_records_are_rejected_with_a_reason(recorded_page, change, reason, detail_part):
     record = copy.deepcopy(recorded_page[0])
     record.update(change)
     with pytest.raises(InvalidRecord) as info:
         normalise_record(record, TS)
-    assert reason_part in str(info.value)
+    assert info.value.reason == reason
+    assert detail_part in info.value.detail
 
 
-def test_missing_fields_are_rejected(recorded_page):
-    for field in ("id", "symbol", "current_price", "last_updated"):
+def test_missing_required_fields_are_rejected_optional_ones_are_not(recorded_page):
+    for field, reason in (("id", contract.MISSING_ID), ("current_price", contract.MISSING_PRICE)):
         record = copy.deepcopy(recorded_page[1])
         del record[field]
-        with pytest.raises(InvalidRecord, match=field):
+        with pytest.raises(InvalidRecord) as info:
             normalise_record(record, TS)
+        assert info.value.reason == reason
+    with pytest.raises(InvalidRecord) as info:
+        normalise_record(recorded_page[1], None)
+    assert info.value.reason == contract.MISSING_TS
+    for field in ("symbol", "name", "last_updated", "market_cap"):
+        record = {k: v for k, v in recorded_page[1].items() if k != field}
+        assert normalise_record(record, TS)["id"] == record["id"]
 
 
 def test_validate_poll_splits_good_and_dead_letters(recorded_page):
@@ -106,7 +111,13 @@ def test_validate_poll_splits_good_and_dead_letters(recorded_page):
     assert poll.bad[0].value["payload"] == bad_price
     assert poll.bad[1].value["payload"] == no_id
     assert poll.bad[2].value["payload"] == "not-an-object"
-    assert "duplicate" in poll.bad[3].value["reason"]
+    assert [m.value["reason"] for m in poll.bad] == [
+        contract.NON_POSITIVE_PRICE,
+        contract.MISSING_ID,
+        contract.INVALID_JSON,
+        contract.DUPLICATE_IN_POLL,
+    ]
+    assert "duplicate" in poll.bad[3].value["detail"]
 
 
 def test_dead_letter_of_nan_payload_is_still_strict_json(recorded_page):
@@ -126,10 +137,3 @@ def test_time_parsing_and_formatting():
     assert format_ts(parse_time("2023-03-15T09:49:56.713999Z")) == "2023-03-15T09:49:56.713Z"
     with pytest.raises(ValueError):
         parse_time("15/03/2023")
-
-
-def test_coerce_number_keeps_ints_and_nulls():
-    assert coerce_number("x", None) is None
-    assert coerce_number("x", 24660) == 24660 and isinstance(coerce_number("x", 24660), int)
-    assert coerce_number("x", "1e3") == 1000.0
-    assert math.isclose(coerce_number("x", "0.999"), 0.999)

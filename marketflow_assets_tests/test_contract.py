@@ -1,0 +1,106 @@
+"""The record contract as a pure function: each poison value's reason, the raw row of valid ones,
+and the batch form."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pyarrow as pa
+import pytest
+
+from marketflow_assets import contract as c
+from marketflow_assets.schema import RAW_COLUMN_NAMES, raw_arrow_schema
+from marketflow_assets_tests.contract_cases import CASES, TS, encoded, message
+
+
+@pytest.mark.parametrize(("label", "value", "reason"), CASES, ids=[c[0] for c in CASES])
+def test_each_value_gets_its_reason(label, value, reason):
+    result = c.parse_value(value)
+    if reason is None:
+        assert type(result) is tuple and len(result) == len(RAW_COLUMN_NAMES), label
+    else:
+        assert type(result) is c.Invalid and result.reason == reason, (label, result)
+        assert result.detail and "\n" not in result.detail
+    # text and bytes, and the decoded object, get the same answer
+    if value is not None:
+        assert c.parse_value(value.decode("utf-8")) == result
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return
+        assert c.check_message(decoded) == result
+
+
+def test_every_reason_is_documented_and_used():
+    codes = {reason for _, _, reason in CASES if reason}
+    assert codes == set(c.REASONS) - {c.DUPLICATE_IN_POLL}
+    assert len(set(c.REASONS)) == len(c.REASONS)
+
+
+def test_the_raw_row_of_a_valid_message():
+    row = dict(zip(RAW_COLUMN_NAMES, c.parse_value(encoded(low_24h=63000)), strict=True))
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    assert row == {
+        "id": "bitcoin",
+        "symbol": "btc",
+        "name": "Bitcoin",
+        "current_price": 64250.5,
+        "market_cap": 1.26e12,
+        "market_cap_rank": 1,
+        "total_volume": 3.1e10,
+        "high_24h": 65000.0,
+        "low_24h": 63000.0,
+        "price_change_percentage_24h": -0.19,
+        "circulating_supply": 19_650_000.0,
+        "last_updated": (dt.datetime(2026, 3, 1, 23, 57, 53, 250000, tzinfo=dt.UTC) - epoch)
+        // dt.timedelta(microseconds=1),
+        "ts": (dt.datetime(2026, 3, 1, 23, 58, tzinfo=dt.UTC) - epoch)
+        // dt.timedelta(microseconds=1),
+    }
+    assert type(row["current_price"]) is float and type(row["low_24h"]) is float
+    assert type(row["market_cap_rank"]) is int
+    # an offset or no zone at all: the same instant in UTC
+    same = [c.parse_value(encoded(ts=t))[-1] for t in (TS, "2026-03-02T00:58:00+01:00")]
+    assert same == [row["ts"]] * 2
+    assert c.parse_value(encoded(ts="2026-03-01T23:58:00"))[-1] == row["ts"]
+
+
+def test_the_message_is_not_modified():
+    value = message(current_price="5")
+    before = json.dumps(value, sort_keys=True)
+    c.check_message(value)
+    assert json.dumps(value, sort_keys=True) == before
+
+
+def test_batch_form_one_row_per_value_nulls_for_invalid_ones():
+    values = [value for _, value, _ in CASES]
+    table, reasons = c.parse_values(values)
+    assert table.schema == raw_arrow_schema()
+    assert table.num_rows == len(values)
+    assert reasons == [reason for _, _, reason in CASES]
+    rows = table.to_pylist()
+    for row, reason, value in zip(rows, reasons, values, strict=True):
+        if reason is None:
+            single = c.parse_value(value)
+            assert row["id"] == single[0] and row["current_price"] == single[3]
+            assert row["ts"] == dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(
+                microseconds=single[-1]
+            )
+        else:
+            assert set(row.values()) == {None}
+    empty, none = c.parse_values([])
+    assert none == [] and empty.num_rows == 0 and empty.schema == raw_arrow_schema()
+
+
+def test_batch_form_is_fast_enough_for_a_15000_coin_poll():
+    import time
+
+    values = [encoded(id=f"coin-{i}", current_price=1.0 + i) for i in range(15_000)]
+    c.parse_values(values[:10])  # imports
+    started = time.perf_counter()
+    table, reasons = c.parse_values(values)
+    elapsed = time.perf_counter() - started
+    assert reasons == [None] * 15_000 and table.num_rows == 15_000
+    assert pa.compute.sum(table["current_price"]).as_py() == pytest.approx(15_000 * 7_500.5)
+    assert elapsed < 2.0, f"{elapsed:.2f} s for 15,000 values"
