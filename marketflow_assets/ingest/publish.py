@@ -232,8 +232,9 @@ class Publisher:
             return None
         return str(value) if value else None
 
-    def _reconnect(self) -> None:
-        """A new producer and the topics ensured again (the broker may have restarted)."""
+    def reconnect(self) -> None:
+        """A new producer and the topics ensured again (the broker may have restarted); raises
+        :class:`ConfigError` or :class:`KafkaError` when the broker is still unreachable."""
         fresh = self._make_producer(idempotent=self.idempotent)  # raises: the old one stays
         old, self._producer = self._producer, fresh
         with contextlib.suppress(Exception):
@@ -262,7 +263,7 @@ class Publisher:
                 )
                 self._sleep(delay)
                 try:
-                    self._reconnect()
+                    self.reconnect()
                 except (ConfigError, KafkaError) as exc:
                     failed = [(item, f"reconnect failed: {exc}") for item, _ in failed]
                     continue
