@@ -568,7 +568,8 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
             totals["bad"] += result.bad_acked
             totals["unacked"] += len(result.failures)
             if result.failures:
-                log.error(
+                waits = "waits in the spool" in result.failures[0]  # said once by the sender
+                (log.info if waits else log.error)(
                     "poll %s: %d message(s) not acknowledged%s: %s",
                     poll.ts,
                     len(result.failures),

@@ -157,6 +157,7 @@ class Publisher:
                     if self._topics_seen and name == self.topic:
                         log.warning("Kafka topic %s had to be created again", name)
                         self.topic_reset = True
+                        self._high_offsets = {}  # offsets start again at 0: no second reset
                 except TopicAlreadyExistsError:
                     log.info("Kafka topic %s exists", name)
         finally:

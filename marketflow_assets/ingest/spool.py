@@ -331,7 +331,7 @@ class Spool:
         min_free_bytes: int = 0,
         usage_alert=None,
         cap_alert=None,
-        disk_usage=shutil.disk_usage,
+        disk_usage=None,
     ):
         self.dir = Path(directory)
         self.topic = topic
@@ -339,7 +339,7 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self.usage_alert = usage_alert or _NoAlert()  # 80 % of the cap (start/end)
         self.cap_alert = cap_alert or _NoAlert()  # the cap reached: polls dropped (start/end)
-        self._disk_usage = disk_usage
+        self._disk_usage = disk_usage  # None: shutil.disk_usage, looked up at each write
         #: the topic incarnation whose acknowledgements count when choosing polls to drop
         self.topic_id: str | None = None
         # The poll loop appends while the sender thread acks and prunes: file changes are made
@@ -381,7 +381,7 @@ class Spool:
     def _check_disk(self, nbytes: int) -> None:
         """Raise :class:`SpoolFull` when writing ``nbytes`` would leave less than
         ``min_free_bytes`` free on the spool's file system."""
-        free = self._disk_usage(self.dir).free
+        free = (self._disk_usage or shutil.disk_usage)(self.dir).free
         if free - nbytes < self.min_free_bytes:
             raise SpoolFull(
                 f"{free / MB:.0f} MB free on the file system of {self.dir}, a write of "
