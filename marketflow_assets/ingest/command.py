@@ -21,6 +21,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from kafka.errors import KafkaError
+
 from marketflow_assets import cli_defaults
 from marketflow_assets.ingest.coingecko import (
     PLAN_QUOTAS,
@@ -480,7 +482,9 @@ def _open_spool(settings: Settings, edges: dict | None = None) -> Spool | None:
         ) from None
 
 
-def _make_publisher(args: argparse.Namespace, settings: Settings) -> Publisher:
+def _make_publisher(
+    args: argparse.Namespace, settings: Settings, *, connect: bool = True
+) -> Publisher:
     return Publisher(
         settings.kafka_bootstrap,
         settings.kafka_topic,
@@ -491,6 +495,7 @@ def _make_publisher(args: argparse.Namespace, settings: Settings) -> Publisher:
         connect_timeout_s=min(10.0, getattr(args, "delivery_timeout", 30.0)),
         send_attempts=settings.send_attempts,
         send_backoff_s=settings.send_backoff_seconds,
+        connect=connect,
     )
 
 
@@ -542,8 +547,17 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
     try:
         source = _make_source(args, settings, progress)
         spool = _open_spool(settings, edges)
-        publisher = _make_publisher(args, settings)
-        publisher.ensure_topics()
+        finite = args.once or args.source == "replay" or args.max_polls is not None
+        away = None
+        try:
+            publisher = _make_publisher(args, settings)
+            publisher.ensure_topics()
+        except (ConfigError, KafkaError) as exc:
+            if finite or spool is None:
+                raise  # a one-off run (or one without a spool) fails fast: check the config
+            # an endless ingest collects anyway: the polls wait in the spool for the broker
+            away = str(exc)
+            publisher = _make_publisher(args, settings, connect=False)
         delivery = Delivery(
             publisher,
             spool,
@@ -595,7 +609,8 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
         sender = Sender(
             delivery,
             on_sent,
-            backlog=delivery.backlog(),
+            backlog=delivery.backlog() if away is None else ([], ""),
+            away=away,
             broker_alert=edges["broker"],
             retry_s=max(0.5, min(args.interval, 10.0)),
         )
@@ -607,7 +622,6 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
             settings.dlq_topic,
             settings.kafka_bootstrap,
         )
-        finite = args.once or args.source == "replay" or args.max_polls is not None
         last_updates: dict[str | None, str] = {}  # coin id -> last_updated of the previous poll
         with stop_after_work_in_hand(
             stop, work="the current poll", log=log, second_sigint_interrupts=True

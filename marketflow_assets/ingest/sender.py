@@ -77,6 +77,7 @@ class Sender:
         on_sent: Callable[[Pending, PublishResult], None],
         *,
         backlog: tuple[list, str] = ([], ""),
+        away: str | None = None,
         broker_alert=None,
         retry_s: float = 5.0,
         max_queued: int = 8,
@@ -96,6 +97,7 @@ class Sender:
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="ingest-sender", daemon=True)
+        self._away_at_start = away  # why the broker was unreachable when ingest started
 
     @property
     def bootstrap(self) -> str:
@@ -136,6 +138,8 @@ class Sender:
     # The sender thread
     # ----------------------------------------------------------------------------------------
     def _run(self) -> None:
+        if self._away_at_start is not None:
+            self._went_away(f"unreachable at start-up: {self._away_at_start}", None)
         polls, why = self.backlog
         self.backlog = ([], "")
         self._guard("resending the spool at start-up", lambda: self.delivery.resend(polls, why))
