@@ -7,9 +7,11 @@ by SIGINT/SIGTERM exits 0 after finishing the poll in hand.
 
 Durability (:mod:`marketflow_assets.ingest.spool`): each poll is fsynced to the spool before it
 is sent and stays there until its records are in raw Parquet; the spool is resent when ingest
-starts, when the broker lost the topic, and by ``--replay-spool``. Failed sends are retried
-(``MARKETFLOW_SEND_ATTEMPTS``, ``MARKETFLOW_SEND_BACKOFF_SECONDS``); ``--resume-file`` moves on
-only past polls whose every record the broker acknowledged.
+starts, when the broker lost the topic, when the broker is back after an outage, and by
+``--replay-spool``. The poll loop only polls, validates and spools; a sender thread
+(:mod:`marketflow_assets.ingest.sender`) sends, so no broker trouble delays a poll. Failed sends
+are retried (``MARKETFLOW_SEND_ATTEMPTS``, ``MARKETFLOW_SEND_BACKOFF_SECONDS``);
+``--resume-file`` moves on only past polls whose every record the broker acknowledged.
 """
 
 from __future__ import annotations
@@ -703,7 +705,8 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
         return 1 if (totals["failed_polls"] or totals["partial"] or totals["unacked"]) else 0
     finally:
         if sender is not None:
-            sender.close()  # after an error: stop sending before the publisher closes
+            # after an error or a second Ctrl-C: no long wait (what is unsent stays spooled)
+            sender.close(timeout=2 * getattr(args, "delivery_timeout", 30.0))
         if publisher is not None:
             publisher.close()
         if spool is not None:
