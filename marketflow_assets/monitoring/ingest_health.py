@@ -5,7 +5,8 @@ ingest loop, so it alerts through the same
 :func:`~marketflow_assets.defs.monitoring.alerts.emit_alert`
 as the Dagster alert sensor. State machine, one message per state change:
 
-* a poll whose messages the broker did not acknowledge -> ``FAILURE`` at once (broker down);
+* ``broker=True`` -> ``FAILURE`` at once (ingest itself reports the broker through the
+  ``ingest:broker`` :class:`EdgeAlert` instead: its polls go on into the spool);
 * ``source_failures_to_alert`` (2) failed fetches in a row -> ``FAILURE`` (one 429 is no news);
 * the first ok poll after an alerted failure -> ``RESOLVED``;
 * a change within ``cooldown`` seconds of the previous alert is held until a later poll.
