@@ -87,9 +87,18 @@ ENV_SEND_ATTEMPTS = "MARKETFLOW_SEND_ATTEMPTS"
 #: MARKETFLOW_SEND_BACKOFF_SECONDS: wait before the 2nd send attempt, doubled for each further
 #: attempt (0.5, 1, 2, 4 s); default 0.5.
 ENV_SEND_BACKOFF = "MARKETFLOW_SEND_BACKOFF_SECONDS"
+#: MARKETFLOW_SPOOL_MAX_MB: size cap of the spool's polls and ack markers (issue #27); at 80 % one
+#: alert, at the cap the oldest polls are dropped (acknowledged ones first) to keep the newest;
+#: default 2048 (about 2 h of 15,000 coins every 30 s, 13 days of the default 100 coins).
+ENV_SPOOL_MAX_MB = "MARKETFLOW_SPOOL_MAX_MB"
+#: MARKETFLOW_SPOOL_MIN_FREE_MB: free space the spool's file system must keep after a write; a
+#: poll that would leave less is held in memory (not sent) until it can be spooled; default 256.
+ENV_SPOOL_MIN_FREE_MB = "MARKETFLOW_SPOOL_MIN_FREE_MB"
 DEFAULT_SPOOL_RECONCILE_SECONDS = 60.0
 DEFAULT_SEND_ATTEMPTS = 5
 DEFAULT_SEND_BACKOFF_SECONDS = 0.5
+DEFAULT_SPOOL_MAX_MB = 2048.0
+DEFAULT_SPOOL_MIN_FREE_MB = 256.0
 SPOOL_OFF_VALUES = ("off", "none", "0", "false")
 
 
@@ -201,6 +210,8 @@ class Settings:
     spool_reconcile_seconds: float = DEFAULT_SPOOL_RECONCILE_SECONDS
     send_attempts: int = DEFAULT_SEND_ATTEMPTS
     send_backoff_seconds: float = DEFAULT_SEND_BACKOFF_SECONDS
+    spool_max_mb: float = DEFAULT_SPOOL_MAX_MB
+    spool_min_free_mb: float = DEFAULT_SPOOL_MIN_FREE_MB
 
     @property
     def spool_dir(self) -> Path | None:
@@ -282,6 +293,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         send_attempts=_positive_int(env, ENV_SEND_ATTEMPTS, DEFAULT_SEND_ATTEMPTS),
         send_backoff_seconds=_non_negative_float(
             env, ENV_SEND_BACKOFF, DEFAULT_SEND_BACKOFF_SECONDS
+        ),
+        spool_max_mb=_positive_float(env, ENV_SPOOL_MAX_MB, DEFAULT_SPOOL_MAX_MB),
+        spool_min_free_mb=_non_negative_float(
+            env, ENV_SPOOL_MIN_FREE_MB, DEFAULT_SPOOL_MIN_FREE_MB
         ),
     )
 

@@ -7,9 +7,11 @@ by SIGINT/SIGTERM exits 0 after finishing the poll in hand.
 
 Durability (:mod:`marketflow_assets.ingest.spool`): each poll is fsynced to the spool before it
 is sent and stays there until its records are in raw Parquet; the spool is resent when ingest
-starts, when the broker lost the topic, and by ``--replay-spool``. Failed sends are retried
-(``MARKETFLOW_SEND_ATTEMPTS``, ``MARKETFLOW_SEND_BACKOFF_SECONDS``); ``--resume-file`` moves on
-only past polls whose every record the broker acknowledged.
+starts, when the broker lost the topic, when the broker is back after an outage, and by
+``--replay-spool``. The poll loop only polls, validates and spools; a sender thread
+(:mod:`marketflow_assets.ingest.sender`) sends, so no broker trouble delays a poll. Failed sends
+are retried (``MARKETFLOW_SEND_ATTEMPTS``, ``MARKETFLOW_SEND_BACKOFF_SECONDS``);
+``--resume-file`` moves on only past polls whose every record the broker acknowledged.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import argparse
 import logging
 import threading
 import time
+from collections import deque
 from pathlib import Path
+
+from kafka.errors import KafkaError
 
 from marketflow_assets import cli_defaults
 from marketflow_assets.ingest.coingecko import (
@@ -30,13 +35,14 @@ from marketflow_assets.ingest.coingecko import (
 )
 from marketflow_assets.ingest.progress import ReplayProgress
 from marketflow_assets.ingest.publish import Publisher, PublishResult
+from marketflow_assets.ingest.sender import Pending, Sender, unsent
 from marketflow_assets.ingest.sources import (
     LiveSource,
     ReplayRecorder,
     ReplaySource,
     SimulateSource,
 )
-from marketflow_assets.ingest.spool import Spool, SpoolBusy, SpooledPoll, count_records
+from marketflow_assets.ingest.spool import MB, Spool, SpoolBusy, SpooledPoll, count_records
 from marketflow_assets.ingest.validate import ValidatedPoll, validate_poll
 from marketflow_assets.runtime.signals import stop_after_work_in_hand
 from marketflow_assets.settings import ConfigError, Settings
@@ -187,8 +193,13 @@ def _make_source(args: argparse.Namespace, settings: Settings, progress: ReplayP
 
 
 def _monitoring(args: argparse.Namespace):
-    """Prometheus metrics (served when ``--metrics-port`` is given) and poll-failure alerts."""
-    from marketflow_assets.monitoring.ingest_health import PollAlerts, emit_to_alert_path
+    """Prometheus metrics (served when ``--metrics-port`` is given), poll-failure alerts and the
+    two-edge alerts of the broker and the spool (all through the project's alert path)."""
+    from marketflow_assets.monitoring.ingest_health import (
+        EdgeAlert,
+        PollAlerts,
+        emit_to_alert_path,
+    )
     from marketflow_assets.monitoring.metrics import IngestMetrics, metrics_url, serve
     from marketflow_assets.settings import load_monitoring_settings
 
@@ -203,21 +214,28 @@ def _monitoring(args: argparse.Namespace):
             ) from None
         log.info("ingest metrics on %s", metrics_url(bound))
     pacing = load_monitoring_settings()
-    alerts = PollAlerts(
-        emit_to_alert_path(pacing.alert_webhook_url), cooldown=pacing.alert_cooldown_seconds
-    )
-    return metrics, alerts
+    url = pacing.alert_webhook_url
+    alerts = PollAlerts(emit_to_alert_path(url), cooldown=pacing.alert_cooldown_seconds)
+    edges = {
+        name: EdgeAlert(emit_to_alert_path(url, f"ingest:{name}"))
+        for name in ("broker", "spool", "spool_cap", "spool_disk")
+    }
+    return metrics, alerts, edges
 
 
 class Delivery:
     """Spool, send, acknowledge and progress of each poll; reconcile and resends of the spool.
 
-    * :meth:`deliver`: the poll is appended to the spool and fsynced, then sent (with retries);
-      the records the broker acknowledged get an ack marker.
+    * :meth:`spool_poll` (the poll loop): the poll is appended to the spool and fsynced. A poll
+      that cannot be spooled (disk full, ``MARKETFLOW_SPOOL_MIN_FREE_MB``) is never sent: it is
+      held in memory (the newest ``hold_max`` polls; an older one is dropped, logged) and alerted
+      once, and spooled, then sent, in order as soon as there is room.
+    * :meth:`send` (the sender thread): the spooled poll is sent (with retries); the records the
+      broker acknowledged get an ack marker.
     * :meth:`save_progress`: a replay line is saved only when its whole poll was acknowledged;
       after a line that was not, the saved position stays put for the rest of the run (a restart
       resumes at the first line not delivered; what follows it is deduplicated by Spark).
-    * :meth:`start` and :meth:`tick` (before every poll) resend the spooled records that raw
+    * :meth:`start` and :meth:`tick` (the sender thread) resend the spooled records that raw
       Parquet lacks and the topic *as it is now* never acknowledged: at start-up, at once when
       the broker lost the topic (its Kafka topic id changed, an acknowledged offset went back, or
       the topic had to be created again), else every ``reconcile_s`` after pruning the records
@@ -233,6 +251,8 @@ class Delivery:
         reconcile_s: float = 60.0,
         progress: ReplayProgress | None = None,
         clock=time.monotonic,
+        disk_alert=None,
+        hold_max: int = 20,
     ):
         self.publisher = publisher
         self.spool = spool
@@ -242,25 +262,86 @@ class Delivery:
         self.progress_blocked = False
         self.clock = clock
         self.next_reconcile = clock() + reconcile_s
-        self.topic_id = publisher.topic_id()
+        self.disk_alert = disk_alert
+        self.hold_max = max(1, hold_max)
+        self.held: deque[Pending] = deque()  # polls not spooled yet (disk full): never sent
+        self._set_topic_id(publisher.topic_id())
 
-    def deliver(self, validated: ValidatedPoll) -> tuple[PublishResult, bool]:
-        """Spool then send one poll; returns the send result and whether it is on disk."""
-        durable = self.spool is None  # without a spool, an acknowledgement is all there is
+    def _set_topic_id(self, topic_id: str | None) -> None:
+        self.topic_id = topic_id
         if self.spool is not None:
+            self.spool.topic_id = topic_id  # whose acks count when the cap drops polls
+
+    # ----------------------------------------------------------------------------------------
+    def spool_poll(self, pending: Pending) -> list[Pending]:
+        """Spool ``pending`` after the polls held before it; returns the polls now on disk (in
+        order), which may be sent. Never raises for a spool failure."""
+        if self.spool is None:
+            pending.spooled = False
+            return [pending]
+        self.held.append(pending)
+        ready: list[Pending] = []
+        while self.held:
+            head = self.held[0]
+            v = head.validated
+            if not v.good and not v.bad:  # nothing to spool (a failed poll): in its turn
+                ready.append(self.held.popleft())
+                continue
             try:
-                self.spool.append_poll(validated.ts, validated.good, validated.bad)
-                durable = True
-            except (OSError, ValueError) as exc:
-                log.error(
-                    "poll %s: could not write the spool %s (%s); sending it without",
-                    validated.ts,
-                    self.spool.dir,
-                    exc,
-                )
+                self.spool.append_poll(v.ts, v.good, v.bad)
+            except ValueError as exc:  # a value JSON cannot hold: it never will
+                self.held.popleft()
+                log.error("poll %s: cannot be spooled (%s); dropped, not sent", v.ts, exc)
+                continue
+            except OSError as exc:
+                self._hold_failed(exc)
+                return ready
+            ready.append(self.held.popleft())
+        if self.disk_alert is not None and self.disk_alert.end(
+            f"Marketflow ingest writes its spool {self.spool.dir} again; held polls spooled"
+        ):
+            log.warning("spool: writable again; the held polls are spooled and sent")
+        return ready
+
+    def _hold_failed(self, exc: OSError) -> None:
+        dropped = []
+        while len(self.held) > self.hold_max:
+            dropped.append(self.held.popleft().validated.ts)
+        if dropped:
+            log.error(
+                "spool: %d held poll(s) dropped (never spooled nor sent, lost): %s",
+                len(dropped),
+                ", ".join(dropped),
+            )
+        log.error(
+            "poll %s: could not write the spool %s (%s); NOT sent: %d poll(s) held in memory "
+            "until the spool takes them",
+            self.held[-1].validated.ts,
+            self.spool.dir,
+            exc,
+            len(self.held),
+        )
+        if self.disk_alert is not None:
+            self.disk_alert.start(
+                f"Marketflow ingest cannot write its spool {self.spool.dir}: {exc}. Polls are "
+                f"held in memory (the newest {self.hold_max}) and not sent until they can be "
+                "spooled; free disk space."
+            )
+
+    def send(self, validated: ValidatedPoll) -> PublishResult:
+        """Send one spooled poll and mark what the broker acknowledged."""
         result = self.publisher.publish(validated)
         self._ack(validated.ts, result)
-        return result, durable
+        return result
+
+    def deliver(self, validated: ValidatedPoll) -> tuple[PublishResult, bool]:
+        """Spool then send one poll in the caller's thread; returns the send result and whether
+        it is on disk (a poll that could not be spooled is held, not sent)."""
+        ready = self.spool_poll(Pending(validated))
+        if not ready:
+            return unsent(Pending(validated), "not spooled: held, not sent"), False
+        results = [self.send(p.validated) for p in ready]
+        return results[-1], ready[-1].spooled or self.spool is None
 
     def _ack(self, ts: str, result: PublishResult) -> None:
         if self.spool is None or not result.acked:
@@ -326,14 +407,19 @@ class Delivery:
     def start(self, *, everything: bool = False) -> tuple[int, int]:
         """Resend what an earlier run spooled, raw Parquet lacks and this topic never took
         (``everything``: whether the topic took it or not)."""
+        return self.resend(*self.backlog(everything=everything))
+
+    def backlog(self, *, everything: bool = False) -> tuple[list[SpooledPoll], str]:
+        """What :meth:`start` resends, and why: read before the first poll of this run is
+        spooled, so that poll is not taken for one of an earlier run."""
         if self.spool is None:
-            return 0, 0
+            return [], ""
         self.publisher.topic_reset = False
-        self.topic_id = self.publisher.topic_id()
+        self._set_topic_id(self.publisher.topic_id())
         self._prune()
         if everything:
-            return self.resend(self.spool.polls(), "--replay-spool: not yet in raw Parquet")
-        return self.resend(
+            return self.spool.polls(), "--replay-spool: not yet in raw Parquet"
+        return (
             self.spool.unacked(self.topic_id),
             "spooled earlier, not in raw Parquet nor in the topic as it is now",
         )
@@ -355,19 +441,40 @@ class Delivery:
             )
         forget_acks = self.publisher.topic_reset and topic_id is None  # no ids: trust no ack
         self.publisher.topic_reset = False
-        self.topic_id = topic_id
+        self._set_topic_id(topic_id)
         self.next_reconcile = self.clock() + self.reconcile_s
         self._prune()
         polls = self.spool.polls() if forget_acks else self.spool.unacked(topic_id)
         why = "the broker lost the topic" if lost else "not acknowledged by the topic"
         return self.resend(polls, why)
 
+    def resend_unacked(self, why: str, exclude: set[str] = frozenset()) -> tuple[int, int]:
+        """Resend the spooled records the topic as it is now never acknowledged, except the
+        polls whose ``ts`` is in ``exclude`` (still queued in memory: sent next)."""
+        if self.spool is None:
+            return 0, 0
+        topic_id = self.publisher.topic_id()
+        forget_acks = self.publisher.topic_reset and topic_id is None
+        self.publisher.topic_reset = False
+        self._set_topic_id(topic_id)
+        self.next_reconcile = self.clock() + self.reconcile_s
+        polls = self.spool.polls() if forget_acks else self.spool.unacked(topic_id)
+        return self.resend([p for p in polls if p.ts not in exclude], why)
 
-def _open_spool(settings: Settings) -> Spool | None:
+
+def _open_spool(settings: Settings, edges: dict | None = None) -> Spool | None:
     if settings.spool_dir is None:
         return None
+    edges = edges or {}
     try:
-        return Spool(settings.spool_dir, settings.kafka_topic)
+        return Spool(
+            settings.spool_dir,
+            settings.kafka_topic,
+            max_bytes=int(settings.spool_max_mb * MB),
+            min_free_bytes=int(settings.spool_min_free_mb * MB),
+            usage_alert=edges.get("spool"),
+            cap_alert=edges.get("spool_cap"),
+        )
     except SpoolBusy as exc:
         raise ConfigError(str(exc)) from None
     except OSError as exc:
@@ -377,7 +484,9 @@ def _open_spool(settings: Settings) -> Spool | None:
         ) from None
 
 
-def _make_publisher(args: argparse.Namespace, settings: Settings) -> Publisher:
+def _make_publisher(
+    args: argparse.Namespace, settings: Settings, *, connect: bool = True
+) -> Publisher:
     return Publisher(
         settings.kafka_bootstrap,
         settings.kafka_topic,
@@ -388,6 +497,7 @@ def _make_publisher(args: argparse.Namespace, settings: Settings) -> Publisher:
         connect_timeout_s=min(10.0, getattr(args, "delivery_timeout", 30.0)),
         send_attempts=settings.send_attempts,
         send_backoff_s=settings.send_backoff_seconds,
+        connect=connect,
     )
 
 
@@ -433,20 +543,80 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
         progress = ReplayProgress(args.resume_file, args.replay_file)
     publisher = None
     spool = None
-    metrics, poll_alerts = _monitoring(args)
+    sender = None
+    metrics, poll_alerts, edges = _monitoring(args)
+    totals = {"polls": 0, "failed_polls": 0, "partial": 0, "good": 0, "bad": 0, "unacked": 0}
     try:
         source = _make_source(args, settings, progress)
-        spool = _open_spool(settings)
-        publisher = _make_publisher(args, settings)
-        publisher.ensure_topics()
+        spool = _open_spool(settings, edges)
+        finite = args.once or args.source == "replay" or args.max_polls is not None
+        away = None
+        try:
+            publisher = _make_publisher(args, settings)
+            publisher.ensure_topics()
+        except (ConfigError, KafkaError) as exc:
+            if finite or spool is None:
+                raise  # a one-off run (or one without a spool) fails fast: check the config
+            # an endless ingest collects anyway: the polls wait in the spool for the broker
+            away = str(exc)
+            publisher = _make_publisher(args, settings, connect=False)
         delivery = Delivery(
             publisher,
             spool,
             settings.raw_dir,
             reconcile_s=settings.spool_reconcile_seconds,
             progress=progress,
+            disk_alert=edges["spool_disk"],
         )
-        delivery.start()
+
+        def on_sent(pending: Pending, result: PublishResult) -> None:
+            """Bookkeeping of one poll once the broker answered (the sender thread)."""
+            poll = pending.poll
+            if poll.records is None:  # a failed poll, in its turn: only its progress
+                delivery.save_progress(poll.line, True)
+                return
+            # Recorded only once acknowledged, and never twice (a restarted replay may
+            # publish the last poll of the previous run again: it was recorded then).
+            if recorder is not None and result.acked and poll.ts != recorder.last_ts:
+                recorder.append(poll.ts, [m.raw for m in result.acked])
+            delivery.save_progress(poll.line, result.ok and (pending.spooled or spool is None))
+            totals["good"] += result.good_acked
+            totals["bad"] += result.bad_acked
+            totals["unacked"] += len(result.failures)
+            if result.failures:
+                waits = "waits in the spool" in result.failures[0]  # said once by the sender
+                (log.info if waits else log.error)(
+                    "poll %s: %d message(s) not acknowledged%s: %s",
+                    poll.ts,
+                    len(result.failures),
+                    " (kept in the spool)" if pending.spooled and spool is not None else "",
+                    result.failures[0],
+                )
+            metrics.poll_published(
+                result.good_acked,
+                result.bad_acked,
+                len(result.failures),
+                time.monotonic() - pending.taken,
+                time.time(),
+            )
+            log.info(
+                "poll %s: %d + %d acknowledged%s (%.2f s after it was taken)",
+                poll.ts,
+                result.good_acked,
+                result.bad_acked,
+                f", {len(result.failures)} NOT acknowledged" if result.failures else "",
+                time.monotonic() - pending.taken,
+            )
+
+        sender = Sender(
+            delivery,
+            on_sent,
+            backlog=delivery.backlog() if away is None else ([], ""),
+            away=away,
+            broker_alert=edges["broker"],
+            retry_s=max(0.5, min(args.interval, 10.0)),
+        )
+        sender.start()  # resends what an earlier run spooled, then sends each poll in order
         log.info(
             "ingest: source=%s -> topic %s (dead letters: %s) on %s",
             args.source,
@@ -454,14 +624,11 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
             settings.dlq_topic,
             settings.kafka_bootstrap,
         )
-        finite = args.once or args.source == "replay" or args.max_polls is not None
-        totals = {"polls": 0, "failed_polls": 0, "partial": 0, "good": 0, "bad": 0, "unacked": 0}
         last_updates: dict[str | None, str] = {}  # coin id -> last_updated of the previous poll
         with stop_after_work_in_hand(
             stop, work="the current poll", log=log, second_sigint_interrupts=True
         ):
             for poll in source.polls(stop, max_polls=args.max_polls):
-                delivery.tick()  # a lost topic is resent first; the spool reconciled when due
                 totals["polls"] += 1
                 if poll.records is None:
                     totals["failed_polls"] += 1
@@ -470,7 +637,10 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                     )
                     metrics.poll_failed()
                     poll_alerts.poll(False, f"the source failed: {poll.error}")
-                    delivery.save_progress(poll.line, True)  # a broken line stays broken
+                    # a broken line stays broken: its progress is saved in turn, after the
+                    # polls before it are sent
+                    for ready in delivery.spool_poll(Pending(ValidatedPoll(poll.ts), poll)):
+                        sender.submit(ready)
                     continue
                 if poll.error:  # a live poll whose later page failed: the pages that came
                     totals["partial"] += 1
@@ -480,7 +650,6 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                         len(poll.records),
                         poll.error,
                     )
-                started = time.monotonic()
                 validated = validate_poll(poll.records, poll.ts)
                 for message in validated.bad:
                     log.warning(
@@ -490,32 +659,10 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                         message.value["reason"],
                         message.value["detail"],
                     )
-                result, durable = delivery.deliver(validated)
-                # Recorded only once acknowledged, and never twice (a restarted replay may
-                # publish the last poll of the previous run again: it was recorded then).
-                if recorder is not None and result.acked and poll.ts != recorder.last_ts:
-                    recorder.append(poll.ts, [m.raw for m in result.acked])
-                delivery.save_progress(poll.line, result.ok and durable)
-                totals["good"] += result.good_acked
-                totals["bad"] += result.bad_acked
-                totals["unacked"] += len(result.failures)
-                for failure in result.failures[:5]:
-                    log.error("poll %s: send failed: %s", poll.ts, failure)
-                metrics.poll_published(
-                    result.good_acked,
-                    result.bad_acked,
-                    len(result.failures),
-                    time.monotonic() - started,
-                    time.time(),
-                )
-                if result.failures:
-                    poll_alerts.poll(
-                        False,
-                        f"{len(result.failures)} message(s) not acknowledged by Kafka at "
-                        f"{settings.kafka_bootstrap} ({result.failures[0]})",
-                        broker=True,
-                    )
-                elif poll.error:
+                # spooled (fsynced) here, sent by the sender thread: polling never waits on Kafka
+                for ready in delivery.spool_poll(Pending(validated, poll)):
+                    sender.submit(ready)
+                if poll.error:
                     poll_alerts.poll(False, f"the source failed part of the poll: {poll.error}")
                 else:
                     poll_alerts.poll(True)
@@ -523,15 +670,12 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                 unchanged = sum(1 for k, v in updates.items() if last_updates.get(k) == v)
                 last_updates = updates
                 log.info(
-                    "poll %s: %d good, %d bad -> %d + %d acknowledged%s%s (%.2f s)",
+                    "poll %s: %d good, %d bad%s; %d poll(s) queued for Kafka",
                     poll.ts,
                     len(validated.good),
                     len(validated.bad),
-                    result.good_acked,
-                    result.bad_acked,
-                    f", {len(result.failures)} NOT acknowledged" if result.failures else "",
                     f"; {unchanged} coin(s) unchanged since the previous poll" if unchanged else "",
-                    time.monotonic() - started,
+                    sender.queued(),
                 )
                 if updates and unchanged == len(updates):
                     log.info(
@@ -539,7 +683,11 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                         "published again with the new ts",
                         poll.ts,
                     )
-            delivery.tick()  # a topic lost during the last poll is resent before exiting
+        sender.close()  # sends what is queued; a topic lost meanwhile is resent before exiting
+        for pending in delivery.held:
+            result = unsent(pending, "never spooled (disk full): lost")
+            totals["unacked"] += len(result.failures)
+            log.error("poll %s: never spooled nor sent (disk full); lost", pending.validated.ts)
         log.info(
             "ingest finished: %d poll(s), %d failed, %d incomplete; %d messages and %d dead "
             "letters acknowledged, %d not acknowledged",
@@ -556,6 +704,9 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
             log.warning("ingest: the source produced no polls (empty replay file?)")
         return 1 if (totals["failed_polls"] or totals["partial"] or totals["unacked"]) else 0
     finally:
+        if sender is not None:
+            # after an error or a second Ctrl-C: no long wait (what is unsent stays spooled)
+            sender.close(timeout=2 * getattr(args, "delivery_timeout", 30.0))
         if publisher is not None:
             publisher.close()
         if spool is not None:

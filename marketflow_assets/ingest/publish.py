@@ -69,6 +69,7 @@ class Publisher:
         send_attempts: int = 1,
         send_backoff_s: float = 0.5,
         sleep=time.sleep,
+        connect: bool = True,
     ):
         if partitions < 1:
             raise ConfigError("--partitions must be at least 1")
@@ -86,7 +87,8 @@ class Publisher:
         self.topic_reset = False  # set when the broker lost the topic; ingest clears it
         self._high_offsets: dict[tuple[str, int], int] = {}
         self._topics_seen = False
-        self._producer = self._make_producer(idempotent=True)
+        # connect=False: no producer until :meth:`reconnect` (ingest started with the broker away)
+        self._producer = self._make_producer(idempotent=True) if connect else None
 
     # ----------------------------------------------------------------------------------------
     def _make_producer(self, *, idempotent: bool) -> KafkaProducer:
@@ -157,6 +159,7 @@ class Publisher:
                     if self._topics_seen and name == self.topic:
                         log.warning("Kafka topic %s had to be created again", name)
                         self.topic_reset = True
+                        self._high_offsets = {}  # offsets start again at 0: no second reset
                 except TopicAlreadyExistsError:
                     log.info("Kafka topic %s exists", name)
         finally:
@@ -232,8 +235,9 @@ class Publisher:
             return None
         return str(value) if value else None
 
-    def _reconnect(self) -> None:
-        """A new producer and the topics ensured again (the broker may have restarted)."""
+    def reconnect(self) -> None:
+        """A new producer and the topics ensured again (the broker may have restarted); raises
+        :class:`ConfigError` or :class:`KafkaError` when the broker is still unreachable."""
         fresh = self._make_producer(idempotent=self.idempotent)  # raises: the old one stays
         old, self._producer = self._producer, fresh
         with contextlib.suppress(Exception):
@@ -246,6 +250,12 @@ class Publisher:
         ``send_backoff_s``). The result lists what was acknowledged and what was not."""
         messages = [(self.topic, m) for m in poll.good] + [(self.dlq_topic, m) for m in poll.bad]
         result = PublishResult()
+        if self._producer is None:  # never connected yet: the first attempt connects
+            try:
+                self.reconnect()
+            except (ConfigError, KafkaError) as exc:
+                result.failures = [f"{t} key={m.key}: not connected: {exc}" for t, m in messages]
+                return result
         failed: list[tuple[tuple[str, Message], str]] = []
         for attempt in range(1, self.send_attempts + 1):
             if attempt > 1:
@@ -262,7 +272,7 @@ class Publisher:
                 )
                 self._sleep(delay)
                 try:
-                    self._reconnect()
+                    self.reconnect()
                 except (ConfigError, KafkaError) as exc:
                     failed = [(item, f"reconnect failed: {exc}") for item, _ in failed]
                     continue
@@ -301,4 +311,5 @@ class Publisher:
         return outcomes
 
     def close(self) -> None:
-        self._producer.close(timeout=self.delivery_timeout_s)
+        if self._producer is not None:
+            self._producer.close(timeout=self.delivery_timeout_s)

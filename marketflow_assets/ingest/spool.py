@@ -25,6 +25,16 @@ re-created after a broker restart, and at every reconcile; ``marketflow ingest -
 resends every spooled record. The Spark job keeps one row per (``id``, ``ts``), so a resend never
 duplicates a row. A torn last line (the process died while writing it) is ignored and cut off
 by the next write.
+
+Bounds (issue #27): the polls and ack markers together stay under ``max_bytes``
+(``MARKETFLOW_SPOOL_MAX_MB``). Crossing 80 % raises one alert; at the cap the *oldest* polls are
+dropped to make room for the new one, first those the topic as it is now acknowledged (the
+broker still holds them, only Spark has not written them yet), then the oldest never-acknowledged
+ones; every drop is logged as an ERROR and alerted once. The newest data is what the pipeline is
+for, and refusing new polls would stop collection for a downstream fault. Before every write,
+``shutil.disk_usage`` must show ``min_free_bytes`` free after it, else :class:`SpoolFull` is
+raised and nothing is written (the caller holds the poll and does not send it). The dead-letter
+file is kept whole and not counted against the cap.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -260,6 +272,47 @@ def _read_lines(path: Path) -> list[str]:
         return []
 
 
+def _read_bytes(path: Path, start: int = 0, end: int | None = None) -> bytes:
+    """Bytes ``[start, end)`` of ``path`` (b"" when it does not exist)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(start)
+            return fh.read() if end is None else fh.read(max(0, end - start))
+    except FileNotFoundError:
+        return b""
+
+
+def _lines_of(data: bytes) -> list[str]:
+    return data.decode("utf-8", errors="replace").splitlines(keepends=True)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+class SpoolFull(OSError):
+    """Too little free disk space for a spool write (nothing was written)."""
+
+
+class _NoAlert:
+    """Stand-in for an edge alert (``start(text)`` / ``end(text)``) when none is wired."""
+
+    def start(self, text: str) -> bool:
+        return False
+
+    def end(self, text: str) -> bool:
+        return False
+
+
+#: share of the cap at which the usage alert starts; it ends below USAGE_CLEAR
+USAGE_ALERT = 0.8
+USAGE_CLEAR = 0.7
+MB = 1024 * 1024
+
+
 class SpoolBusy(RuntimeError):
     """Another process holds the spool (a running ingest)."""
 
@@ -268,9 +321,33 @@ class Spool:
     """The spool of the polls sent to ``topic``, in ``directory`` (exclusively locked by the one
     ingest process that writes it)."""
 
-    def __init__(self, directory: str | Path, topic: str, *, lock: bool = True):
+    def __init__(
+        self,
+        directory: str | Path,
+        topic: str,
+        *,
+        lock: bool = True,
+        max_bytes: int | None = None,
+        min_free_bytes: int = 0,
+        usage_alert=None,
+        cap_alert=None,
+        disk_usage=None,
+    ):
         self.dir = Path(directory)
         self.topic = topic
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self.usage_alert = usage_alert or _NoAlert()  # 80 % of the cap (start/end)
+        self.cap_alert = cap_alert or _NoAlert()  # the cap reached: polls dropped (start/end)
+        self._disk_usage = disk_usage  # None: shutil.disk_usage, looked up at each write
+        #: the topic incarnation whose acknowledgements count when choosing polls to drop
+        self.topic_id: str | None = None
+        # The poll loop appends while the sender thread acks and prunes: file changes are made
+        # under this mutex, and a rewrite bumps the generation (a prune computed on an older
+        # generation is abandoned).
+        self._mutex = threading.RLock()
+        self._generation = 0
+        self.dropped_polls = 0
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock_fh = None
         if lock:
@@ -297,20 +374,128 @@ class Spool:
         return self.dir / DEAD_LETTERS_FILE
 
     # ----------------------------------------------------------------------------------------
-    def append_poll(self, ts: str, good: list[Message], bad: list[Message]) -> None:
-        """Write one poll (and its dead letters) to disk and fsync it; call BEFORE sending."""
-        if good:
-            _append_durably(self.polls_path, poll_line(ts, [m.value for m in good]))
-        if bad:
-            text = "".join(
-                json.dumps(m.value, separators=(",", ":"), allow_nan=False) + "\n" for m in bad
+    def used_bytes(self) -> int:
+        """Bytes counted against the cap: the polls file and the ack markers."""
+        return _size(self.polls_path) + _size(self.acks_path)
+
+    def _check_disk(self, nbytes: int) -> None:
+        """Raise :class:`SpoolFull` when writing ``nbytes`` would leave less than
+        ``min_free_bytes`` free on the spool's file system."""
+        free = (self._disk_usage or shutil.disk_usage)(self.dir).free
+        if free - nbytes < self.min_free_bytes:
+            raise SpoolFull(
+                f"{free / MB:.0f} MB free on the file system of {self.dir}, a write of "
+                f"{nbytes / MB:.1f} MB must leave {self.min_free_bytes / MB:.0f} MB "
+                "(MARKETFLOW_SPOOL_MIN_FREE_MB)"
             )
-            _append_durably(self.dead_letters_path, text)
+
+    def _append(self, path: Path, text: str) -> None:
+        self._check_disk(len(text.encode("utf-8")))
+        _append_durably(path, text)
+
+    def append_poll(self, ts: str, good: list[Message], bad: list[Message]) -> None:
+        """Write one poll (and its dead letters) to disk and fsync it; call BEFORE sending.
+
+        Raises :class:`SpoolFull` (nothing written) when the disk lacks the room; makes room
+        under the cap by dropping the oldest polls (logged, alerted once)."""
+        line = poll_line(ts, [m.value for m in good]) if good else ""
+        letters = "".join(
+            json.dumps(m.value, separators=(",", ":"), allow_nan=False) + "\n" for m in bad
+        )
+        with self._mutex:
+            self._check_disk(len(line.encode("utf-8")) + len(letters.encode("utf-8")))
+            if line:
+                self._make_room(len(line.encode("utf-8")), ts)
+                self._append(self.polls_path, line)
+            if letters:
+                self._append(self.dead_letters_path, letters)
+            self._note_usage()
 
     def ack(self, ts: str, acked: list[Message], topic_id: str | None) -> None:
         """Record that topic ``topic_id`` acknowledged ``acked`` (good messages of poll ``ts``)."""
         if acked:
-            _append_durably(self.acks_path, ack_line(ts, [m.key for m in acked], topic_id))
+            with self._mutex:
+                self._append(self.acks_path, ack_line(ts, [m.key for m in acked], topic_id))
+
+    def _note_usage(self) -> None:
+        """One alert when the spool passes 80 % of its cap; its end once below 70 %."""
+        if not self.max_bytes:
+            return
+        used = self.used_bytes()
+        share = used / self.max_bytes
+        text = (
+            f"Marketflow ingest spool {self.dir} at {share:.0%} of its cap "
+            f"({used / MB:.1f} of {self.max_bytes / MB:.0f} MB, MARKETFLOW_SPOOL_MAX_MB)"
+        )
+        if share >= USAGE_ALERT:
+            if self.usage_alert.start(
+                text + ": records wait for the raw_prices table (is the Spark job writing?); "
+                "at the cap the oldest polls are dropped"
+            ):
+                log.warning("spool: %s", text)
+        elif share < USAGE_CLEAR:
+            if self.usage_alert.end(text):
+                log.info("spool: %s", text)
+            if self.cap_alert.end(text + "; no poll is dropped any more"):
+                log.info("spool: below its cap again; %d poll(s) were dropped", self.dropped_polls)
+
+    def _make_room(self, nbytes: int, ts: str) -> None:
+        """Drop the oldest polls until ``nbytes`` more fit under the cap: the polls the topic as
+        it is now acknowledged first, then the others (logged as an ERROR, alerted once)."""
+        if not self.max_bytes:
+            return
+        excess = self.used_bytes() + nbytes - self.max_bytes
+        if excess <= 0:
+            return
+        heads = self._heads()
+        acked: dict[int, int] = {}
+        for coin_ts, _, tid in self.acks():
+            if tid == self.topic_id:
+                us = ts_micros(coin_ts)
+                acked[us] = acked.get(us, 0) + 1
+        done = {
+            k for k, (_, t, n) in enumerate(heads) if t and n and acked.get(ts_micros(t), 0) >= n
+        }
+        order = sorted(done) + [k for k in range(len(heads)) if k not in done]
+        drop: set[int] = set()
+        freed = 0
+        for k in order:
+            if freed >= excess:
+                break
+            drop.add(k)
+            freed += len(heads[k][0].encode("utf-8"))
+        if not drop:
+            return
+        gone = [heads[k] for k in sorted(drop)]
+        n_acked = len(drop & done)
+        records = sum(n or 0 for _, _, n in gone)
+        stamps = sorted((t for _, t, _ in gone if t), key=ts_micros)
+        _rewrite(self.polls_path, (line for k, (line, _, _) in enumerate(heads) if k not in drop))
+        dropped_us = {ts_micros(t) for t in stamps}
+        groups: dict[tuple[str, str | None], list[str]] = {}
+        for t, coin_id, tid in self.acks():
+            if ts_micros(t) not in dropped_us:
+                groups.setdefault((t, tid), []).append(coin_id)
+        _rewrite(self.acks_path, (ack_line(t, ids, tid) for (t, tid), ids in groups.items()))
+        self._generation += 1
+        self.dropped_polls += len(gone)
+        detail = (
+            f"dropped the {len(gone)} oldest poll(s) ({records} records, ts "
+            f"{stamps[0] if stamps else '?'} .. {stamps[-1] if stamps else '?'}; {n_acked} of "
+            f"them acknowledged by the broker, {len(gone) - n_acked} never acknowledged and "
+            "lost) to keep the newest"
+        )
+        log.error(
+            "spool %s reached its cap of %.0f MB (MARKETFLOW_SPOOL_MAX_MB) with poll %s: %s",
+            self.dir,
+            self.max_bytes / MB,
+            ts,
+            detail,
+        )
+        self.cap_alert.start(
+            f"Marketflow ingest spool {self.dir} is full ({self.max_bytes / MB:.0f} MB, "
+            f"MARKETFLOW_SPOOL_MAX_MB): {detail}; further drops are logged, not alerted"
+        )
 
     def polls(self) -> list[SpooledPoll]:
         return parse_polls(_read_lines(self.polls_path))
@@ -322,11 +507,12 @@ class Spool:
         return list(_json_lines(_read_lines(self.dead_letters_path)))
 
     # ----------------------------------------------------------------------------------------
-    def _heads(self) -> list[tuple[str, str | None, int | None]]:
-        """Complete lines of the polls file with their ``ts`` and record count, read from the
-        line's head without parsing its coins (None when the head is not ours)."""
+    def _heads(self, end: int | None = None) -> list[tuple[str, str | None, int | None]]:
+        """Complete lines of the polls file (its first ``end`` bytes) with their ``ts`` and
+        record count, read from the line's head without parsing its coins (None when the head
+        is not ours)."""
         out = []
-        for line in _read_lines(self.polls_path):
+        for line in _lines_of(_read_bytes(self.polls_path, 0, end)):
             if line.endswith("\n") and line.strip():
                 ts, n = line_head(line)
                 out.append((line, ts, n))
@@ -339,7 +525,9 @@ class Spool:
         rewritten only when a record goes, so a spool that grows while the Spark job is down
         costs a scan of line heads per reconcile. ``dry_run`` counts without rewriting.
         """
-        heads = self._heads()
+        with self._mutex:  # appends are whole lines under the mutex: a line boundary
+            generation, end = self._generation, _size(self.polls_path)
+        heads = self._heads(end)
         stamps = [ts_micros(ts) for _, ts, _ in heads if ts is not None]
         if not heads:
             return 0, 0
@@ -360,13 +548,21 @@ class Spool:
             kept += count_records(left)
             lines.extend(poll_line(p.ts, p.values) for p in left)
         if removed and not dry_run:
-            # Appends happen in this process only (the lock), between reconciles: no race.
-            _rewrite(self.polls_path, lines)
-            groups: dict[tuple[str, str | None], list[str]] = {}
-            for ts, coin_id, topic_id in self.acks():
-                if record_key(coin_id, ts) not in written:
-                    groups.setdefault((ts, topic_id), []).append(coin_id)
-            _rewrite(self.acks_path, (ack_line(t, ids, tid) for (t, tid), ids in groups.items()))
+            with self._mutex:
+                if generation != self._generation:  # polls were dropped meanwhile: next time
+                    return 0, kept + removed
+                # the polls appended since the read are kept as they are
+                tail = _lines_of(_read_bytes(self.polls_path, end))
+                _rewrite(self.polls_path, [*lines, *tail])
+                groups: dict[tuple[str, str | None], list[str]] = {}
+                for ts, coin_id, topic_id in self.acks():
+                    if record_key(coin_id, ts) not in written:
+                        groups.setdefault((ts, topic_id), []).append(coin_id)
+                _rewrite(
+                    self.acks_path, (ack_line(t, ids, tid) for (t, tid), ids in groups.items())
+                )
+                self._generation += 1
+                self._note_usage()
         return removed, kept
 
     def unacked(self, topic_id: str | None) -> list[SpooledPoll]:

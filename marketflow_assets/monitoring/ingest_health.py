@@ -5,14 +5,21 @@ ingest loop, so it alerts through the same
 :func:`~marketflow_assets.defs.monitoring.alerts.emit_alert`
 as the Dagster alert sensor. State machine, one message per state change:
 
-* a poll whose messages the broker did not acknowledge -> ``FAILURE`` at once (broker down);
+* ``broker=True`` -> ``FAILURE`` at once (ingest itself reports the broker through the
+  ``ingest:broker`` :class:`EdgeAlert` instead: its polls go on into the spool);
 * ``source_failures_to_alert`` (2) failed fetches in a row -> ``FAILURE`` (one 429 is no news);
 * the first ok poll after an alerted failure -> ``RESOLVED``;
 * a change within ``cooldown`` seconds of the previous alert is held until a later poll.
+
+:class:`EdgeAlert` is the two-edge alert of one condition (issue #27): the broker away from
+ingest's point of view (``ingest:broker``), the spool past 80 % of its cap (``ingest:spool``),
+the spool at its cap (``ingest:spool_cap``), the spool's disk full (``ingest:spool_disk``). One
+message when the condition starts, one when it ends, nothing in between.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -61,11 +68,45 @@ class PollAlerts:
         return text
 
 
-def emit_to_alert_path(webhook_url: str | None) -> Callable[[str, str, str], object]:
-    """``emit`` for :class:`PollAlerts` through the one alert function of the project."""
+class EdgeAlert:
+    """One alert when a condition starts (``FAILURE: ...``), one when it ends
+    (``RESOLVED: ...``); thread-safe, so the poll loop and the sender can share one."""
+
+    def __init__(self, emit: Callable[[str, str, str], object]):
+        self.emit = emit  # emit(previous, state, text)
+        self.active = False
+        self._lock = threading.Lock()
+
+    def _change(self, active: bool, text: str) -> bool:
+        with self._lock:
+            if self.active == active:
+                return False
+            self.active = active
+        previous, state = (OK, FAILED) if active else (FAILED, OK)
+        self.emit(previous, state, f"{state_word(state)}: {text}")
+        return True
+
+    def start(self, text: str) -> bool:
+        """The condition began: alert (once); returns whether an alert was sent."""
+        return self._change(True, text)
+
+    def end(self, text: str) -> bool:
+        """The condition is over: alert (once, and only after a start)."""
+        return self._change(False, text)
+
+
+def state_word(state: str) -> str:
+    return "FAILURE" if state == FAILED else "RESOLVED"
+
+
+def emit_to_alert_path(
+    webhook_url: str | None, key: str = KEY
+) -> Callable[[str, str, str], object]:
+    """``emit`` for :class:`PollAlerts` and :class:`EdgeAlert` through the one alert function
+    of the project, under the alert ``key``."""
     from marketflow_assets.defs.monitoring.alerts import Alert, emit_alert
 
     def emit(previous: str, state: str, text: str) -> bool:
-        return emit_alert(Alert(KEY, previous, state, text), webhook_url)
+        return emit_alert(Alert(key, previous, state, text), webhook_url)
 
     return emit
