@@ -230,6 +230,7 @@ class EmbeddedPostgres:
             ) from exc
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         logging.getLogger("pgserver").setLevel(logging.WARNING)
+        forget_dead_users(self.pgdata)
         try:
             try:
                 self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
@@ -248,6 +249,37 @@ class EmbeddedPostgres:
         wait_for_postgres(self.url, self.timeout)
         return self.url
 
+    def alive(self) -> bool:
+        """True while the server process this handle started or adopted runs."""
+        import psutil
+
+        info = getattr(self.server, "_postmaster_info", None)
+        process = getattr(info, "process", None)
+        if process is None:
+            return False
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def restart(self) -> str:
+        """Start the server again on the same data directory after it died (a ``kill -9``):
+        PostgreSQL recovers from its WAL, and the URL (the socket directory of ``pgdata``)
+        stays the same, so clients reconnect to it unchanged. Raises ServiceError."""
+        import atexit
+
+        import pgserver
+
+        old, self.server = self.server, None
+        if old is not None:
+            atexit.unregister(old._cleanup)  # that handle's server is gone
+            pgserver.PostgresServer._instances.pop(old.pgdata, None)
+        previous = self.url
+        url = self.start()
+        if previous and url != previous:
+            logger.warning("embedded PostgreSQL came back at %s (was %s)", url, previous)
+        return url
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.cleanup()
@@ -258,6 +290,46 @@ class EmbeddedPostgres:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def forget_dead_users(pgdata: Path) -> None:
+    """Drop the processes that no longer run from pgserver's list of the server's users
+    (``.handle_pids.json``). pgserver stops the server when its last user exits; a user killed
+    with ``kill -9`` never removes itself, so without this the next ``up`` that adopts the server
+    would leave it running when it stops."""
+    import json
+
+    import pgserver
+    import psutil
+
+    path = Path(pgdata) / ".handle_pids.json"
+    with pgserver.PostgresServer._lock:
+        try:
+            pids = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        if alive != pids:
+            logger.info(
+                "embedded PostgreSQL: forgetting users that no longer run: %s",
+                sorted(set(pids) - set(alive)),
+            )
+            path.write_text(json.dumps(alive))
+
+
+def kafka_reachable(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when the first broker of ``bootstrap`` accepts a TCP connection (a cheap probe)."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    socket.create_connection((host or LOOPBACK, int(port)), timeout=timeout).close()
+    return True
+
+
+def postgres_reachable(url: str, timeout: int = 3) -> bool:
+    """True when PostgreSQL at ``url`` accepts a connection (a cheap probe)."""
+    import psycopg2
+
+    psycopg2.connect(url, connect_timeout=timeout).close()
+    return True
 
 
 _EMBEDDED: dict[Path, EmbeddedPostgres] = {}
