@@ -270,11 +270,13 @@ class EmbeddedPostgres:
 
         import pgserver
 
-        old, self.server = self.server, None
+        self.server = None
+        # the handle of the dead server, or of a failed attempt, must not stop the new one
+        old = pgserver.PostgresServer._instances.pop(self.pgdata.resolve(), None)
         if old is not None:
-            atexit.unregister(old._cleanup)  # that handle's server is gone
-            pgserver.PostgresServer._instances.pop(old.pgdata, None)
+            atexit.unregister(old._cleanup)
         previous = self.url
+        _drop_stale_lock_files(self.pgdata)
         url = self.start()
         if previous and url != previous:
             logger.warning("embedded PostgreSQL came back at %s (was %s)", url, previous)
@@ -292,6 +294,20 @@ class EmbeddedPostgres:
         self.stop()
 
 
+def _drop_stale_lock_files(pgdata: Path) -> None:
+    """Remove ``postmaster.pid`` and the socket's lock file when the process they name is gone
+    or a zombie (killed, not yet reaped by init): pgserver would take the zombie for a running
+    server, and PostgreSQL refuses to start while a lock names a process that still exists."""
+
+    for path in (Path(pgdata) / "postmaster.pid", *Path(pgdata).glob(".s.PGSQL.*.lock")):
+        try:
+            pid = int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if not _runs(pid):
+            path.unlink(missing_ok=True)
+
+
 def forget_dead_users(pgdata: Path) -> None:
     """Drop the processes that no longer run from pgserver's list of the server's users
     (``.handle_pids.json``). pgserver stops the server when its last user exits; a user killed
@@ -300,7 +316,6 @@ def forget_dead_users(pgdata: Path) -> None:
     import json
 
     import pgserver
-    import psutil
 
     path = Path(pgdata) / ".handle_pids.json"
     with pgserver.PostgresServer._lock:
@@ -308,13 +323,23 @@ def forget_dead_users(pgdata: Path) -> None:
             pids = json.loads(path.read_text())
         except (OSError, ValueError):
             return
-        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        alive = [pid for pid in pids if _runs(pid)]
         if alive != pids:
             logger.info(
                 "embedded PostgreSQL: forgetting users that no longer run: %s",
                 sorted(set(pids) - set(alive)),
             )
             path.write_text(json.dumps(alive))
+
+
+def _runs(pid: int) -> bool:
+    """True when process ``pid`` exists and is not a zombie."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def kafka_reachable(bootstrap: str, timeout: float = 2.0) -> bool:
