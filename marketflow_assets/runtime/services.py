@@ -229,7 +229,9 @@ class EmbeddedPostgres:
                 "pgserver is not installed; run `make install` or set MARKETFLOW_POSTGRES_URL"
             ) from exc
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        pg_log = logging.getLogger("pgserver")
+        if pg_log.level == logging.NOTSET:
+            pg_log.setLevel(logging.WARNING)
         forget_dead_users(self.pgdata)
         try:
             try:
@@ -277,6 +279,8 @@ class EmbeddedPostgres:
             atexit.unregister(old._cleanup)
         previous = self.url
         _drop_stale_lock_files(self.pgdata)
+        # a failed attempt is one line of the caller, not pgserver's dump of the server log
+        logging.getLogger("pgserver").setLevel(logging.CRITICAL)
         url = self.start()
         if previous and url != previous:
             logger.warning("embedded PostgreSQL came back at %s (was %s)", url, previous)
