@@ -500,7 +500,7 @@ class EmbeddedWatch:
             return
         try:
             self.restart()
-        except ServiceError as exc:
+        except Exception as exc:  # noqa: BLE001 - ServiceError or worse: heal, never halt
             self.attempts += 1
             delay = self.supervisor.policy.delay(self.attempts)
             self.next_try = now + delay
