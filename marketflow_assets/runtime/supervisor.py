@@ -306,7 +306,7 @@ class Supervisor:
         child.restart_at = self.clock() + delay
         if child.waits == 1:  # once per outage; the service's own lines say the rest
             logger.warning(
-                "%s %s after %.0f s while %s is unavailable: waiting for it (not a crash)",
+                "%s %s after %.0f s; %s went away meanwhile: waiting for it (not a crash)",
                 child.name,
                 what,
                 uptime,

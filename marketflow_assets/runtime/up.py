@@ -451,10 +451,11 @@ def _watch(
 def emit_alert(key: str, previous: str, state: str, text: str) -> bool:
     """An alert of ``up`` (a service outage, a crash loop) through the project's one alert
     path: a log line, and the webhook when ``MARKETFLOW_ALERT_WEBHOOK_URL`` is set."""
-    from marketflow_assets.defs.monitoring.alerts import Alert, emit_alert
+    from marketflow_assets.defs.monitoring.alerts import PASSED, Alert, emit_alert
     from marketflow_assets.settings import load_monitoring_settings
 
     webhook = load_monitoring_settings().alert_webhook_url
+    state = PASSED if state == "up" else state  # a recovery: logged at INFO, like the checks'
     try:
         return emit_alert(Alert(key, previous, state, text), webhook)
     except Exception as exc:  # noqa: BLE001 - an alert must never stop the supervisor
