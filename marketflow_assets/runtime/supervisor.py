@@ -20,7 +20,8 @@ back is one log line and one alert each way, the second with how long it was awa
 A child that would need more than ``max_restarts`` restarts within ``window_s`` seconds while
 its services are up is crash-looping: it alone is stopped (the others keep running) with one log
 line and one alert, and ``up`` reports it when it stops. An ``essential`` child (ingest: the
-collection) is never stopped: it is restarted every ``max_backoff_s`` seconds instead.
+collection) is never stopped: it is restarted every ``max_backoff_s`` seconds instead, and it is
+restarted with backoff even while a service it needs is down (ingest spools meanwhile).
 """
 
 from __future__ import annotations
@@ -387,15 +388,17 @@ class Supervisor:
                 if waiting is not None and child.restart_at is not None:
                     if self.dependencies.is_up(waiting):
                         child.restart_at = min(child.restart_at, now)  # it is back: go now
-                    elif now >= child.restart_at:  # still down: look again, later
+                    elif now >= child.restart_at and not child.essential:  # look again, later
                         if not self.dependencies.probe(waiting):
                             child.restart_at = now + self.policy.delay(child.waits)
                             continue
                 if child.restart_at is not None and now >= child.restart_at:
                     child.restart_at = None
-                    if waiting is not None:
+                    if waiting is not None and self.dependencies.is_up(waiting):
                         logger.info("%s: %s is available: starting it again", child.name, waiting)
                         child.waiting_for = None
+                    elif waiting is not None:  # essential: it collects (spools) meanwhile
+                        logger.info("%s: starting it again (%s still down)", child.name, waiting)
                     else:
                         logger.info("%s: restarting (restart %d)", child.name, len(child.restarts))
                     start_child(child, self.env, self.cwd)

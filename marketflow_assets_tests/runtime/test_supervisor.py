@@ -206,3 +206,23 @@ def test_finished_replay_is_not_restarted_and_stop_is_in_reverse_order(tmp_path,
     stopped = [line for line in caplog.text.splitlines() if ": stopped" in line]
     assert [line.split()[-2].rstrip(":") for line in stopped] == ["b", "a"]
     assert not any(psutil.pid_exists(p) for p in pids)
+
+
+def test_an_essential_child_is_restarted_even_while_its_dependency_is_down(tmp_path, caplog):
+    """Ingest keeps collecting (into its spool) while the broker is away: restarted with backoff,
+    never counted as crashing."""
+    service = _Service()
+    service.down()
+    deps = Dependencies({"kafka": service.probe}, lambda *a: None, every_s=0.2)
+    argv = [PY, "-c", "raise SystemExit(3)"]
+    ingest = Child("ingest", argv, tmp_path / "i.log", needs=("kafka",), essential=True)
+    policy = RestartPolicy(max_restarts=0, window_s=60, backoff_s=0.1, max_backoff_s=0.2)
+    supervisor = Supervisor([], dict(os.environ), policy, dependencies=deps)
+    caplog.set_level(logging.INFO, logger="marketflow.up")
+    supervisor.start(ingest)
+    try:
+        _run_until(supervisor, lambda: caplog.text.count("ingest: started") >= 4)
+        assert not ingest.restarts and not ingest.looping  # not one crash counted
+        assert "ingest: starting it again (kafka still down)" in caplog.text
+    finally:
+        supervisor.stop_all()
