@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 
 from marketflow_assets.settings import ConfigError, Settings, load_live_settings
 
@@ -34,20 +35,76 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("marketflow live needs a running broker: set MARKETFLOW_KAFKA_BOOTSTRAP")
     url = PostgresResource(url=settings.postgres_url).resolved_url()
     stop = threading.Event()
-    consumer = LiveConsumer(
-        settings.kafka_bootstrap,
-        settings.kafka_topic,
-        url,
-        poll_timeout_s=timeout,
-        max_batch_records=live.max_batch_records,
-    )
+
+    def consumer() -> LiveConsumer:
+        return LiveConsumer(
+            settings.kafka_bootstrap,
+            settings.kafka_topic,
+            url,
+            poll_timeout_s=timeout,
+            max_batch_records=live.max_batch_records,
+        )
+
     logger.info("live: %s -> price_indicators, market_movers", settings.kafka_topic)
-    try:
-        with _stop_on_signals(stop):
-            consumer.run(stop)
-    finally:
-        consumer.close()
+    with _stop_on_signals(stop):
+        run_waiting(consumer, stop)
     return 0
+
+
+def _unavailable(exc: BaseException) -> str | None:
+    """Which service a connection error is about ("PostgreSQL", "Kafka"), else None."""
+    import psycopg2
+    from kafka import errors
+
+    if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+        return "PostgreSQL"
+    names = ("NoBrokersAvailable", "KafkaConnectionError", "MetadataEmptyBrokerList")
+    if isinstance(exc, tuple(getattr(errors, n) for n in names if hasattr(errors, n))):
+        return "Kafka"
+    return None
+
+
+def run_waiting(
+    make_consumer, stop: threading.Event, backoff_s: float = 1.0, max_backoff_s: float = 30.0
+) -> None:
+    """Run a consumer from ``make_consumer()`` until ``stop``; when PostgreSQL or the broker is
+    unavailable (a connection error), wait with exponential backoff, saying so once, and start a
+    new consumer when it is back: state and offsets are read again from what was committed, as
+    after a restart. Any other error ends the process (the supervisor restarts it)."""
+    waiting: tuple[str, float] | None = None  # (service, since when)
+    delay = backoff_s
+    while not stop.is_set():
+        consumer = None
+        try:
+            consumer = make_consumer()
+            if waiting is not None:
+                logger.info(
+                    "live: %s is back after %.0f s; resuming from the committed offsets",
+                    waiting[0],
+                    time.monotonic() - waiting[1],
+                )
+                waiting, delay = None, backoff_s
+            consumer.run(stop)
+        except Exception as exc:
+            service = _unavailable(exc)
+            if service is None:
+                raise
+            if waiting is None:
+                waiting = (service, time.monotonic())
+                reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+                logger.warning(
+                    "live: %s unavailable (%s); waiting for it (retrying with backoff up to "
+                    "%.0f s)",
+                    service,
+                    reason,
+                    max_backoff_s,
+                )
+            stop.wait(delay)
+            delay = min(max_backoff_s, delay * 2)
+        finally:
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    consumer.close()
 
 
 @contextlib.contextmanager

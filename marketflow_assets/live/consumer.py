@@ -4,8 +4,10 @@ Partitions are assigned manually (``KafkaConsumer.assign``: no consumer group, n
 a Tansu group join takes ~20 s) and positioned at the offsets stored in ``live_offsets`` (the
 beginning of a partition never seen). Every batch - the records one poll returns plus what is
 already fetched, at most ``max_batch_records`` - becomes one transaction. The in-memory state
-only moves on after that transaction committed; any error ends the process (exit 1), and the
-supervisor's restart resumes from what was committed.
+only moves on after that transaction committed. A lost PostgreSQL or broker connection ends
+this consumer; ``marketflow live`` waits for the service with backoff and starts a new one, which
+resumes from what was committed (:func:`~marketflow_assets.live.command.run_waiting`). Any other
+error ends the process (exit 1), and the supervisor's restart resumes the same way.
 """
 
 from __future__ import annotations

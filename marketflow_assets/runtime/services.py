@@ -229,7 +229,10 @@ class EmbeddedPostgres:
                 "pgserver is not installed; run `make install` or set MARKETFLOW_POSTGRES_URL"
             ) from exc
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        pg_log = logging.getLogger("pgserver")
+        if pg_log.level == logging.NOTSET:
+            pg_log.setLevel(logging.WARNING)
+        forget_dead_users(self.pgdata)
         try:
             try:
                 self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
@@ -248,6 +251,41 @@ class EmbeddedPostgres:
         wait_for_postgres(self.url, self.timeout)
         return self.url
 
+    def alive(self) -> bool:
+        """True while the server process this handle started or adopted runs."""
+        import psutil
+
+        info = getattr(self.server, "_postmaster_info", None)
+        process = getattr(info, "process", None)
+        if process is None:
+            return False
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def restart(self) -> str:
+        """Start the server again on the same data directory after it died (a ``kill -9``):
+        PostgreSQL recovers from its WAL, and the URL (the socket directory of ``pgdata``)
+        stays the same, so clients reconnect to it unchanged. Raises ServiceError."""
+        import atexit
+
+        import pgserver
+
+        self.server = None
+        # the handle of the dead server, or of a failed attempt, must not stop the new one
+        old = pgserver.PostgresServer._instances.pop(self.pgdata.resolve(), None)
+        if old is not None:
+            atexit.unregister(old._cleanup)
+        previous = self.url
+        _drop_stale_lock_files(self.pgdata)
+        # a failed attempt is one line of the caller, not pgserver's dump of the server log
+        logging.getLogger("pgserver").setLevel(logging.CRITICAL)
+        url = self.start()
+        if previous and url != previous:
+            logger.warning("embedded PostgreSQL came back at %s (was %s)", url, previous)
+        return url
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.cleanup()
@@ -258,6 +296,69 @@ class EmbeddedPostgres:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _drop_stale_lock_files(pgdata: Path) -> None:
+    """Remove ``postmaster.pid`` and the socket's lock file when the process they name is gone
+    or a zombie (killed, not yet reaped by init): pgserver would take the zombie for a running
+    server, and PostgreSQL refuses to start while a lock names a process that still exists."""
+
+    for path in (Path(pgdata) / "postmaster.pid", *Path(pgdata).glob(".s.PGSQL.*.lock")):
+        try:
+            pid = int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if not _runs(pid):
+            path.unlink(missing_ok=True)
+
+
+def forget_dead_users(pgdata: Path) -> None:
+    """Drop the processes that no longer run from pgserver's list of the server's users
+    (``.handle_pids.json``). pgserver stops the server when its last user exits; a user killed
+    with ``kill -9`` never removes itself, so without this the next ``up`` that adopts the server
+    would leave it running when it stops."""
+    import json
+
+    import pgserver
+
+    path = Path(pgdata) / ".handle_pids.json"
+    with pgserver.PostgresServer._lock:
+        try:
+            pids = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if _runs(pid)]
+        if alive != pids:
+            logger.info(
+                "embedded PostgreSQL: forgetting users that no longer run: %s",
+                sorted(set(pids) - set(alive)),
+            )
+            path.write_text(json.dumps(alive))
+
+
+def _runs(pid: int) -> bool:
+    """True when process ``pid`` exists and is not a zombie."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kafka_reachable(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when the first broker of ``bootstrap`` accepts a TCP connection (a cheap probe)."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    socket.create_connection((host or LOOPBACK, int(port)), timeout=timeout).close()
+    return True
+
+
+def postgres_reachable(url: str, timeout: int = 3) -> bool:
+    """True when PostgreSQL at ``url`` accepts a connection (a cheap probe)."""
+    import psycopg2
+
+    psycopg2.connect(url, connect_timeout=timeout).close()
+    return True
 
 
 _EMBEDDED: dict[Path, EmbeddedPostgres] = {}

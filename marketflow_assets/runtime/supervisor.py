@@ -8,11 +8,20 @@ replacement.
 
 :class:`Supervisor` watches the children: one that exits is restarted after an exponential
 backoff (``backoff_s · 2^(n−1)``, at most ``max_backoff_s``, n = its restarts within the window),
-with a log line and the last lines of its log. A child that would need more than
-``max_restarts`` restarts within ``window_s`` seconds is crash-looping: :meth:`Supervisor.poll`
-returns the reason and ``up`` stops everything with exit code 1. A child marked
-``finished_on_success`` (a replay that reached the end of its file) is not restarted when it
-exits 0.
+with a log line and the last lines of its log. A child marked ``finished_on_success`` (a replay
+that reached the end of its file) is not restarted when it exits 0.
+
+Waiting is not crashing. Each child names the services it ``needs`` (``kafka``, ``postgres``);
+:class:`Dependencies` probes them (every few seconds, and whenever a child exits). A child that
+exits while one of them is down, or was down since the child started, is *waiting*: restarted
+with backoff once the service is back, never counted as a crash. A service going away and coming
+back is one log line and one alert each way, the second with how long it was away.
+
+A child that would need more than ``max_restarts`` restarts within ``window_s`` seconds while
+its services are up is crash-looping: it alone is stopped (the others keep running) with one log
+line and one alert, and ``up`` reports it when it stops. An ``essential`` child (ingest: the
+collection) is never stopped: it is restarted every ``max_backoff_s`` seconds instead, and it is
+restarted with backoff even while a service it needs is down (ingest spools meanwhile).
 """
 
 from __future__ import annotations
@@ -50,6 +59,11 @@ class Child:
     restarts: list[float] = dataclasses.field(default_factory=list)  # monotonic restart times
     restart_at: float | None = None  # monotonic time of a pending restart
     finished: bool = False
+    needs: tuple[str, ...] = ()  # services it cannot work without: "kafka", "postgres"
+    essential: bool = False  # never stopped by the supervisor (ingest: the collection)
+    waiting_for: str | None = None  # a needed service that was down when it last exited
+    waits: int = 0  # exits while waiting for a service, since it last ran with them up
+    looping: bool = False  # an essential child past its crash-loop limit (alerted once)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +79,93 @@ class RestartPolicy:
     def delay(self, restarts: int) -> float:
         """Seconds before restart number ``restarts`` (1-based) of the current window."""
         return min(self.max_backoff_s, self.backoff_s * 2 ** max(0, restarts - 1))
+
+
+Alert = Callable[[str, str, str, str], object]  # (key, previous state, state, text)
+
+
+def log_alert(key: str, previous: str, state: str, text: str) -> bool:
+    """The alert sink when none is handed in: a log line."""
+    logger.warning("ALERT %s", text)
+    return True
+
+
+class Dependencies:
+    """Whether the services children need are up: ``probes`` maps a name (``kafka``,
+    ``postgres``) to a cheap check (True = up; an exception = down). Looks every ``every_s``
+    seconds (:meth:`refresh`), or at once (:meth:`probe`); a watcher that knows better (``up``
+    restarting an embedded service) sets the state with :meth:`mark`. Each change of state is
+    one log line and one ``alert``; the way back says how long the service was away."""
+
+    def __init__(
+        self,
+        probes: dict[str, Callable[[], bool]],
+        alert: Alert = log_alert,
+        every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.probes = probes
+        self.alert = alert
+        self.every_s = every_s
+        self.clock = clock
+        self.down_since: dict[str, float] = {}  # services down now: since when
+        self.back_at: dict[str, float] = {}  # when each came back last
+        self.next_refresh = 0.0
+
+    def is_up(self, name: str) -> bool:
+        return name not in self.down_since
+
+    def down_during(self, name: str, since: float) -> bool:
+        """True when ``name`` is down now or was down at some time after ``since``."""
+        return name in self.down_since or self.back_at.get(name, float("-inf")) > since
+
+    def probe(self, name: str) -> bool:
+        """Look at ``name`` now (an unknown name is up); records and returns its state."""
+        check = self.probes.get(name)
+        if check is None:
+            return True
+        try:
+            up, why = bool(check()), ""
+        except Exception as exc:  # noqa: BLE001 - any failure of the check means down
+            up, why = False, " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        self.mark(name, up, why)
+        return up
+
+    def refresh(self, force: bool = False) -> None:
+        """Probe every service when due (every ``every_s`` s)."""
+        now = self.clock()
+        if not force and now < self.next_refresh:
+            return
+        self.next_refresh = now + self.every_s
+        for name in self.probes:
+            self.probe(name)
+
+    def mark(self, name: str, up: bool, why: str = "") -> None:
+        """Record the state of ``name``; one log line and one alert when it changed."""
+        now = self.clock()
+        if not up and name not in self.down_since:
+            self.down_since[name] = now
+            text = (
+                f"FAILURE: Marketflow dependency {name} is unavailable"
+                + (f" ({why})" if why else "")
+                + "; the components that need it wait for it"
+            )
+            logger.warning(
+                "%s: unavailable%s; components that need it wait for it",
+                name,
+                f" ({why})" if why else "",
+            )
+            self.alert(f"dependency:{name}", "up", "down", text)
+        elif up and name in self.down_since:
+            away = now - self.down_since.pop(name)
+            self.back_at[name] = now
+            logger.info("%s: available again after %.0f s", name, away)
+            self.alert(
+                f"dependency:{name}",
+                "down",
+                "up",
+                f"RESOLVED: Marketflow dependency {name} is back after {away:.0f} s",
+            )
 
 
 def start_child(child: Child, env: dict[str, str], cwd: Path | None = None) -> None:
@@ -142,12 +243,17 @@ class Supervisor:
         policy: RestartPolicy | None = None,
         cwd: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
+        dependencies: Dependencies | None = None,
+        alert: Alert | None = None,
     ):
         self.children = children
         self.env = env
         self.policy = policy or RestartPolicy()
         self.cwd = cwd
         self.clock = clock
+        self.dependencies = dependencies or Dependencies({}, clock=clock)
+        self.alert = alert or self.dependencies.alert
+        self.given_up: dict[str, str] = {}  # child name -> why it was stopped (a crash loop)
 
     def start(self, child: Child) -> None:
         if child not in self.children:
@@ -183,20 +289,118 @@ class Supervisor:
         restarts.append(now)
         return None
 
-    def poll(self) -> str | None:
-        """Reap children that exited and schedule or perform their restarts.
+    def _missing(self, child: Child) -> list[str]:
+        """The services ``child`` needs that are down now or went down since it started."""
+        deps = self.dependencies
+        return [
+            name
+            for name in child.needs
+            if not deps.probe(name) or deps.down_during(name, child.started_at)
+        ]
 
-        Returns None while all is well, else the one-line reason to stop the whole stack.
-        """
+    def _wait(self, child: Child, missing: list[str], what: str, uptime: float) -> None:
+        """``child`` exited for want of a service: restart it with backoff once it is back."""
+        if uptime > self.policy.max_backoff_s:  # it ran a while: a new outage
+            child.waits = 0
+        child.waits += 1
+        delay = self.policy.delay(child.waits)
+        child.restart_at = self.clock() + delay
+        if child.waits == 1:  # once per outage; the service's own lines say the rest
+            logger.warning(
+                "%s %s after %.0f s; %s went away meanwhile: waiting for it (not a crash)",
+                child.name,
+                what,
+                uptime,
+                " and ".join(missing),
+            )
+        child.waiting_for = missing[0]
+
+    def _crashed(self, child: Child, what: str, uptime: float) -> None:
+        """``child`` exited while its services were up: restart it, or stop it when it is
+        crash-looping (an essential one is restarted every ``max_backoff_s`` instead)."""
+        now = self.clock()
+        child.waiting_for, child.waits = None, 0
+        reason = self.crash_loop(child.name, child.restarts, what, child.log_path)
+        if reason is not None and child.essential:
+            if child.restarts:
+                child.restarts.pop(0)  # keep counting within the window
+            child.restarts.append(now)
+            child.restart_at = now + self.policy.max_backoff_s
+            if not child.looping:
+                child.looping = True
+                logger.error(
+                    "%s; it is never stopped: restarting it every %.0f s. Last lines of its "
+                    "log:\n%s",
+                    reason,
+                    self.policy.max_backoff_s,
+                    tail(child.log_path),
+                )
+                self.alert(
+                    f"component:{child.name}",
+                    "running",
+                    "crash-looping",
+                    f"FAILURE: Marketflow {reason}; restarted every "
+                    f"{self.policy.max_backoff_s:.0f} s",
+                )
+            return
+        if reason is not None:
+            child.finished = True
+            self.given_up[child.name] = reason
+            logger.error(
+                "%s: stopped (the other components keep running). Last lines of its log:\n%s",
+                reason,
+                tail(child.log_path),
+            )
+            self.alert(
+                f"component:{child.name}",
+                "running",
+                "stopped",
+                f"FAILURE: Marketflow {reason}; it is stopped, the other components keep running",
+            )
+            return
+        child.looping = False
+        delay = self.policy.delay(len(child.restarts))
+        child.restart_at = now + delay
+        logger.warning(
+            "%s %s after %.0f s; restart %d of at most %d within %.0f s, in %.3g s. "
+            "Last lines of %s:\n%s",
+            child.name,
+            what,
+            uptime,
+            len(child.restarts),
+            self.policy.max_restarts,
+            self.policy.window_s,
+            delay,
+            child.log_path,
+            tail(child.log_path, 8),
+        )
+
+    def poll(self) -> None:
+        """Reap children that exited and schedule or perform their restarts; a child waiting
+        for a service starts again as soon as the service is back."""
+        self.dependencies.refresh()
         now = self.clock()
         for child in self.children:
             if child.finished:
                 continue
             if child.proc is None:
+                waiting = child.waiting_for
+                if waiting is not None and child.restart_at is not None:
+                    if self.dependencies.is_up(waiting):
+                        child.restart_at = min(child.restart_at, now)  # it is back: go now
+                    elif now >= child.restart_at and not child.essential:  # look again, later
+                        if not self.dependencies.probe(waiting):
+                            child.restart_at = now + self.policy.delay(child.waits)
+                            continue
                 if child.restart_at is not None and now >= child.restart_at:
                     child.restart_at = None
-                    restart = len(child.restarts)
-                    logger.info("%s: restarting (restart %d)", child.name, restart)
+                    if waiting is not None and self.dependencies.is_up(waiting):
+                        logger.info("%s: %s is available: starting it again", child.name, waiting)
+                        child.waiting_for = None
+                    elif waiting is not None:  # essential: it collects (spools) meanwhile
+                        logger.info("%s: starting it again (%s still down)", child.name, waiting)
+                    else:
+                        logger.info("%s: restarting (restart %d)", child.name, len(child.restarts))
                     start_child(child, self.env, self.cwd)
                 continue
             code = child.proc.poll()
@@ -209,26 +413,8 @@ class Supervisor:
                 logger.info("%s: finished (exit code 0 after %.0f s)", child.name, uptime)
                 child.finished = True
                 continue
-            window = self.policy.window_s
-            reason = self.crash_loop(
-                child.name, child.restarts, describe_exit(code), child.log_path
-            )
-            if reason is not None:
-                logger.error("%s. Last lines of its log:\n%s", reason, tail(child.log_path))
-                return reason
-            delay = self.policy.delay(len(child.restarts))
-            child.restart_at = now + delay
-            logger.warning(
-                "%s %s after %.0f s; restart %d of at most %d within %.0f s, in %.3g s. "
-                "Last lines of %s:\n%s",
-                child.name,
-                describe_exit(code),
-                uptime,
-                len(child.restarts),
-                self.policy.max_restarts,
-                window,
-                delay,
-                child.log_path,
-                tail(child.log_path, 8),
-            )
-        return None
+            missing = self._missing(child)
+            if missing:
+                self._wait(child, missing, describe_exit(code), uptime)
+            else:
+                self._crashed(child, describe_exit(code), uptime)

@@ -4,11 +4,14 @@ Order of start-up: PostgreSQL and Kafka (embedded unless configured), the tables
 the child processes — the ingest loop, the Spark streaming job, a Spark Connect server for the
 Dagster runs and ``dagster dev`` on 127.0.0.1:3000. Each child runs in its own process group with
 its output in ``$MARKETFLOW_DATA_DIR/logs/<name>.log``; one line is printed per component when it
-is ready. A child that exits is restarted with exponential backoff; a crash loop (more than
-``--max-restarts`` restarts within ``--restart-window`` seconds) stops everything with exit code 1
-(see :mod:`marketflow_assets.runtime.supervisor`). On SIGINT (Ctrl-C), SIGTERM or SIGHUP (a closed
-terminal) the children are stopped in reverse order (whole process groups, so Dagster's run
-workers and Spark's JVM go too), then the broker and PostgreSQL.
+is ready. A child that exits is restarted with exponential backoff; one that exits while a service
+it needs (Kafka, PostgreSQL) is down waits for it instead; a crash loop (more than
+``--max-restarts`` restarts within ``--restart-window`` seconds while its services are up) stops
+that child only, and ingest never (see :mod:`marketflow_assets.runtime.supervisor`). An embedded
+broker or PostgreSQL that dies is started again on the same port / data directory. Each service
+outage and each crash loop is alerted (``MARKETFLOW_ALERT_WEBHOOK_URL``). On SIGINT (Ctrl-C),
+SIGTERM or SIGHUP (a closed terminal) the children are stopped in reverse order (whole process
+groups, so Dagster's run workers and Spark's JVM go too), then the broker and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from pathlib import Path
 from marketflow_assets.runtime import supervisor as _supervisor
 from marketflow_assets.runtime.services import (
     EmbeddedKafka,
+    EmbeddedPostgres,
     ServiceError,
     free_port,
+    kafka_reachable,
+    postgres_reachable,
     running_services,
 )
 from marketflow_assets.runtime.spark_connect import (
@@ -37,6 +43,7 @@ from marketflow_assets.runtime.spark_connect import (
 )
 from marketflow_assets.runtime.supervisor import (  # noqa: F401 - Child & co. are used via `up.` too
     Child,
+    Dependencies,
     RestartPolicy,
     Supervisor,
     describe_exit,
@@ -106,8 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-restarts",
         type=int,
         default=5,
-        help="a child restarted more often than this within --restart-window is crash-looping: "
-        "everything stops with exit code 1",
+        help="a child restarted more often than this within --restart-window while Kafka and "
+        "PostgreSQL are up is crash-looping: it is stopped and alerted (ingest is restarted "
+        "every minute instead); `up` exits 1 when stopped",
     )
     parser.add_argument(
         "--restart-window",
@@ -192,10 +200,23 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
     ]
     children = [
         # a replay that reached the end of its file is done; other sources run until stopped
-        Child("ingest", ingest, logs / "ingest.log", finished_on_success=source == "replay"),
-        Child("spark", spark, logs / "spark_streaming.log"),
-        Child("dagster", dagster, logs / "dagster.log", stop_signal=signal.SIGINT),
-        Child("follow", follow, logs / "follow.log"),
+        Child(
+            "ingest",
+            ingest,
+            logs / "ingest.log",
+            finished_on_success=source == "replay",
+            needs=("kafka",),
+            essential=True,  # the collection: never stopped but by the user
+        ),
+        Child("spark", spark, logs / "spark_streaming.log", needs=("kafka",)),
+        Child(
+            "dagster",
+            dagster,
+            logs / "dagster.log",
+            stop_signal=signal.SIGINT,
+            needs=("postgres",),
+        ),
+        Child("follow", follow, logs / "follow.log", needs=("postgres",)),
     ]
     if load_live_settings().enabled:  # MARKETFLOW_LIVE=0 turns the live path off
         children.append(live_child(settings))
@@ -206,13 +227,15 @@ def dashboard_child(args, settings: Settings) -> Child:
     """``marketflow dashboard`` on 127.0.0.1:--dashboard-port, reading the same PostgreSQL."""
     argv = [sys.executable, "-m", "marketflow_assets.cli", "dashboard"]
     argv += ["--port", str(args.dashboard_port)]
-    return Child("dashboard", argv, settings.data_dir / "logs" / "dashboard.log")
+    return Child(
+        "dashboard", argv, settings.data_dir / "logs" / "dashboard.log", needs=("postgres",)
+    )
 
 
 def live_child(settings: Settings) -> Child:
     """``marketflow live``: Kafka -> price_indicators / market_movers in seconds."""
     argv = [sys.executable, "-m", "marketflow_assets.cli", "live"]
-    return Child("live", argv, settings.data_dir / "logs" / "live.log")
+    return Child("live", argv, settings.data_dir / "logs" / "live.log", needs=("kafka", "postgres"))
 
 
 def spark_connect_child(settings: Settings, args) -> tuple[Child, str]:
@@ -343,7 +366,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         embedded: dict = {}
         with running_services(settings, log=logger.info, embedded=embedded) as resolved:
-            code = _supervise(args, resolved, stop_requested, embedded.get("kafka"), hurry)
+            code = _supervise(
+                args,
+                resolved,
+                stop_requested,
+                embedded.get("kafka"),
+                hurry,
+                embedded.get("postgres"),
+            )
         report_spool(resolved)
         return code
     finally:
@@ -358,6 +388,7 @@ def _supervise(
     stop_requested: threading.Event,
     broker: EmbeddedKafka | None,
     hurry: threading.Event | None = None,
+    postgres: EmbeddedPostgres | None = None,
 ) -> int:
     """Start the children, announce readiness, restart the ones that exit, stop them all in
     reverse order on exit."""
@@ -371,7 +402,7 @@ def _supervise(
     children = build_children(args, settings, source)
     children.append(dashboard_child(args, settings))
     policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window)
-    supervisor = Supervisor([], env, policy, cwd=REPO_ROOT)
+    supervisor = Supervisor([], env, policy, cwd=REPO_ROOT, dependencies=dependencies(settings))
     connect: Child | None = None
     with contextlib.ExitStack() as stack:
         stack.callback(_stop_all, supervisor, settings, broker is not None, hurry)
@@ -383,7 +414,7 @@ def _supervise(
                 supervisor.start(connect)  # its JVM starts alongside dagster dev
             supervisor.start(child)
         connect_url = env.get(SPARK_REMOTE_ENV) if connect else None
-        return _watch(supervisor, settings, args, stop_requested, connect_url, broker)
+        return _watch(supervisor, settings, args, stop_requested, connect_url, broker, postgres)
 
 
 def _watch(
@@ -393,26 +424,125 @@ def _watch(
     stop_requested,
     connect: str | None,
     broker: EmbeddedKafka | None = None,
+    postgres: EmbeddedPostgres | None = None,
 ) -> int:
-    """Announce readiness and supervise; 0 when a stop is requested, 1 on a crash loop."""
+    """Announce readiness and supervise until a stop is requested; then 0, or 1 when a child
+    had been stopped for crash-looping."""
     from marketflow_assets.monitoring.location_health import LocationWatch
 
     probes = ReadinessProbes(settings, args)
     locations = LocationWatch(f"http://{args.host}:{args.port}")  # code-location load errors
-    broker_restarts: list[float] = []
+    watches = embedded_watches(supervisor, settings, broker, postgres)
     logger.info("marketflow is starting; Ctrl-C stops everything")
     while not stop_requested.wait(1.0):
-        reason = _watch_broker(broker, supervisor, broker_restarts, settings) if broker else None
-        reason = reason or supervisor.poll()
-        if reason is not None:
-            logger.error("stopping everything: %s", reason)
-            return 1
+        for watch in watches:
+            watch.check()
+        supervisor.poll()
         probes.check()
         locations.check()  # every 30 s: one alert per load failure, one when it loads again
         if connect and wait_for_port("127.0.0.1", int(connect.rsplit(":", 1)[1]), 0.1):
             logger.info("spark-connect: ready at %s for Dagster runs", connect)
             connect = None
-    return 0
+    for reason in supervisor.given_up.values():
+        logger.error("stopped while crash-looping: %s", reason)
+    return 1 if supervisor.given_up else 0
+
+
+def emit_alert(key: str, previous: str, state: str, text: str) -> bool:
+    """An alert of ``up`` (a service outage, a crash loop) through the project's one alert
+    path: a log line, and the webhook when ``MARKETFLOW_ALERT_WEBHOOK_URL`` is set."""
+    from marketflow_assets.defs.monitoring.alerts import PASSED, Alert, emit_alert
+    from marketflow_assets.settings import load_monitoring_settings
+
+    webhook = load_monitoring_settings().alert_webhook_url
+    state = PASSED if state == "up" else state  # a recovery: logged at INFO, like the checks'
+    try:
+        return emit_alert(Alert(key, previous, state, text), webhook)
+    except Exception as exc:  # noqa: BLE001 - an alert must never stop the supervisor
+        logger.warning("could not send the alert %r: %s", text, exc)
+        return False
+
+
+def dependencies(settings: Settings, alert=emit_alert) -> Dependencies:
+    """Probes of the services the children need: a TCP connect to the broker, a connection to
+    PostgreSQL; each outage alerted through ``alert`` on both edges."""
+    probes = {}
+    if settings.kafka_bootstrap:
+        probes["kafka"] = lambda: kafka_reachable(settings.kafka_bootstrap)
+    if settings.postgres_url:
+        probes["postgres"] = lambda: postgres_reachable(settings.postgres_url)
+    return Dependencies(probes, alert)
+
+
+class EmbeddedWatch:
+    """Starts an embedded service (``name``) again when it died: ``alive`` says whether it
+    runs, ``restart`` starts it (raises ServiceError), ``after`` runs after a restart. Failed
+    attempts are retried with the supervisor's backoff; the outage is marked in the
+    supervisor's :class:`Dependencies` (one alert when it goes, one when it is back)."""
+
+    def __init__(self, name: str, supervisor: Supervisor, alive, restart, after=None):
+        self.name = name
+        self.supervisor = supervisor
+        self.alive = alive
+        self.restart = restart
+        self.after = after
+        self.attempts = 0
+        self.next_try: float | None = None  # set while the service is down
+
+    def check(self) -> None:
+        deps = self.supervisor.dependencies
+        now = time.monotonic()
+        if self.next_try is None:
+            if self.alive():
+                return
+            deps.mark(self.name, False, "the embedded server died")
+            self.attempts, self.next_try = 0, now
+        if now < self.next_try:
+            return
+        try:
+            self.restart()
+        except Exception as exc:  # noqa: BLE001 - ServiceError or worse: heal, never halt
+            self.attempts += 1
+            delay = self.supervisor.policy.delay(self.attempts)
+            self.next_try = now + delay
+            logger.warning("%s: restart failed (%s); trying again in %.3g s", self.name, exc, delay)
+            return
+        self.next_try = None
+        deps.mark(self.name, True)
+        if self.after is not None:
+            self.after()
+
+
+def embedded_watches(
+    supervisor: Supervisor,
+    settings: Settings,
+    broker: EmbeddedKafka | None,
+    postgres: EmbeddedPostgres | None,
+) -> list[EmbeddedWatch]:
+    """Watches of the embedded broker and PostgreSQL that ``up`` started."""
+    watches = []
+    if postgres is not None:
+
+        def restart_postgres() -> None:
+            logger.warning(
+                "postgres: the embedded PostgreSQL died; starting it again on %s",
+                postgres.pgdata,
+            )
+            postgres.restart()
+            logger.info("postgres: embedded PostgreSQL restarted (%s)", postgres.url)
+
+        watches.append(EmbeddedWatch("postgres", supervisor, postgres.alive, restart_postgres))
+    if broker is not None:
+        watches.append(
+            EmbeddedWatch(
+                "kafka",
+                supervisor,
+                lambda: broker.proc is not None and broker.proc.poll() is None,
+                lambda: _restart_broker(broker, settings),
+                lambda: _replay_spool_after_restart(supervisor, settings),
+            )
+        )
+    return watches
 
 
 def report_spool(settings: Settings) -> int:
@@ -466,14 +596,22 @@ def _watch_broker(
     """Restart the embedded broker on its port when it died, then ingest (which recreates the
     topics and resends its spool: the records not yet in raw Parquet). Without a spool, the
     messages the Spark job had not yet read are lost; the job itself notices the new topic and
-    continues with its messages. Returns a crash-loop reason, else None."""
+    continues with its messages. Returns why it could not be restarted, else None. (``up``
+    itself uses an :class:`EmbeddedWatch`, which retries with backoff.)"""
     if broker.proc is None or broker.proc.poll() is None:
         return None
-    what = describe_exit(broker.proc.returncode)
-    log_path = broker.log_dir / "tansu.log"
-    reason = supervisor.crash_loop("kafka", restarts, what, log_path)
-    if reason is not None:
-        return reason
+    restarts.append(time.monotonic())
+    try:
+        _restart_broker(broker, settings)
+    except ServiceError as exc:
+        return f"kafka: the embedded broker could not be restarted: {exc}"
+    _replay_spool_after_restart(supervisor, settings)
+    return None
+
+
+def _restart_broker(broker: EmbeddedKafka, settings: Settings | None) -> None:
+    """Start the embedded broker again on its port (raises ServiceError)."""
+    what = describe_exit(broker.proc.returncode) if broker.proc is not None else "is down"
     spooled = settings is not None and settings.spool_dir is not None
     logger.warning(
         "kafka: the embedded broker %s; restarting it on %s. Its topics were in memory only: %s",
@@ -484,13 +622,8 @@ def _watch_broker(
         else "messages not yet read by the Spark job are lost (MARKETFLOW_SPOOL_DIR is off)",
     )
     broker.proc = None
-    try:
-        broker.start()
-    except ServiceError as exc:
-        return f"kafka: the embedded broker could not be restarted: {exc}"
+    broker.start()
     logger.info("kafka: embedded broker restarted on %s", broker.bootstrap)
-    _replay_spool_after_restart(supervisor, settings)
-    return None
 
 
 DRAIN_TIMEOUT_S = 120.0

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg2
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from marketflow_assets.runtime.services import (
     EmbeddedKafka,
+    EmbeddedPostgres,
     ServiceError,
     free_port,
     wait_for_kafka,
@@ -66,3 +69,73 @@ def test_embedded_kafka_stops_its_process(tmp_path):
     assert proc.poll() is None
     broker.stop()
     assert proc.poll() is not None
+
+
+def _postmaster(pgdata):
+    import psutil
+
+    return psutil.Process(int((pgdata / "postmaster.pid").read_text().split()[0]))
+
+
+def _select_1(url: str) -> int:
+    conn = psycopg2.connect(url, connect_timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(180)
+def test_embedded_postgres_restarts_after_kill_9_on_the_same_url(tmp_path):
+    pg = EmbeddedPostgres(tmp_path / "pgdata")
+    url = pg.start()
+    try:
+        assert pg.alive()
+        _postmaster(pg.pgdata).kill()
+        deadline = time.monotonic() + 30
+        while pg.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pg.alive()
+        with pytest.raises(psycopg2.OperationalError):
+            _select_1(url)
+        deadline = time.monotonic() + 60
+        while True:  # the killed server's backends may hold its shared memory a moment
+            try:
+                assert pg.restart() == url  # clients' URLs stay valid
+                break
+            except ServiceError:
+                assert time.monotonic() < deadline
+                time.sleep(1)
+        assert pg.alive() and _select_1(url) == 1
+    finally:
+        pg.stop()
+    assert not pg.alive()
+
+
+@pytest.mark.timeout(180)
+def test_a_server_adopted_from_a_killed_user_is_stopped_by_the_last_live_one(tmp_path):
+    """`up` killed with -9 leaves its PostgreSQL running with its pid in pgserver's list of
+    users; the next `up` adopts the server and must stop it when it stops."""
+    import json
+    import subprocess
+
+    import pgserver
+
+    pg = EmbeddedPostgres(tmp_path / "pgdata")
+    pg.start()
+    postmaster = _postmaster(pg.pgdata)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    users = pg.pgdata / ".handle_pids.json"
+    users.write_text(json.dumps([dead.pid, *json.loads(users.read_text())]))
+    pg.stop()  # not the last user: the server keeps running, as after `kill -9 up`
+    assert postmaster.is_running()
+    pgserver.PostgresServer._instances.pop(pg.pgdata.resolve(), None)  # a new process
+    adopter = EmbeddedPostgres(tmp_path / "pgdata")  # the next `up`
+    adopter.start()
+    assert _postmaster(pg.pgdata).pid == postmaster.pid  # adopted, not a second server
+    adopter.stop()
+    postmaster.wait(30)  # stopped by its last live user
+    assert dead.pid not in json.loads(users.read_text())

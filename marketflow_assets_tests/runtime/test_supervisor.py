@@ -1,27 +1,32 @@
 """The supervisor behind `marketflow up`, on real processes: restart with backoff, whole process
-groups reaped, crash-loop detection, finished replays left alone, stop in reverse order."""
+groups reaped, a crash loop stops only that child (never an essential one), a child whose service
+is down waits for it (alerted once each way), finished replays left alone, stop in reverse
+order."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
+import socket
 import sys
 import time
 
 import psutil
 
-from marketflow_assets.runtime.supervisor import Child, RestartPolicy, Supervisor
+from marketflow_assets.runtime.services import free_port
+from marketflow_assets.runtime.supervisor import Child, Dependencies, RestartPolicy, Supervisor
 
 PY = sys.executable
 
 
-def _run_until(supervisor: Supervisor, predicate, timeout: float = 30.0):
+def _run_until(supervisor: Supervisor, predicate, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        reason = supervisor.poll()
-        if reason is not None or predicate():
-            return reason
+        supervisor.poll()
+        if predicate():
+            return
         time.sleep(0.05)
     raise AssertionError("timed out")
 
@@ -45,10 +50,7 @@ def test_killed_child_is_restarted_with_its_whole_group_reaped(tmp_path, caplog)
         (grandchild,) = first.children()
         caplog.set_level(logging.INFO, logger="marketflow.up")
         os.kill(first.pid, signal.SIGKILL)
-        reason = _run_until(
-            supervisor, lambda: child.proc is not None and child.proc.pid != first.pid
-        )
-        assert reason is None
+        _run_until(supervisor, lambda: child.proc is not None and child.proc.pid != first.pid)
         grandchild.wait(5)  # the orphaned grandchild went with its group
         assert "worker was killed by SIGKILL" in caplog.text
         assert "restart 1 of at most 5" in caplog.text
@@ -57,21 +59,134 @@ def test_killed_child_is_restarted_with_its_whole_group_reaped(tmp_path, caplog)
     assert child.proc is None
 
 
-def test_crash_loop_is_reported_after_max_restarts(tmp_path, caplog):
-    child = Child("flaky", [PY, "-c", "print('boom'); raise SystemExit(3)"], tmp_path / "f.log")
+def test_crash_loop_stops_only_that_child_and_alerts(tmp_path, caplog):
+    alerts = []
+    flaky = Child("flaky", [PY, "-c", "print('boom'); raise SystemExit(3)"], tmp_path / "f.log")
+    other = Child("other", [PY, "-c", "import time; time.sleep(300)"], tmp_path / "o.log")
     policy = RestartPolicy(max_restarts=2, window_s=60, backoff_s=0.3)
-    supervisor = Supervisor([], dict(os.environ), policy)
+    supervisor = Supervisor([], dict(os.environ), policy, alert=lambda *a: alerts.append(a))
+    caplog.set_level(logging.INFO, logger="marketflow.up")
+    supervisor.start(other)
+    supervisor.start(flaky)
+    started = time.monotonic()
+    try:
+        _run_until(supervisor, lambda: flaky.finished)
+        elapsed = time.monotonic() - started
+        reason = supervisor.given_up["flaky"]
+        assert reason.startswith("flaky is crash-looping")
+        assert "exited with code 3 after 2 restart(s) within 60 s" in reason
+        assert elapsed >= 0.3 + 0.6  # backoff 0.3 s, then 0.6 s
+        assert caplog.text.count("flaky: started") == 3
+        assert "boom" in caplog.text  # the last lines of its log are shown
+        assert [(key, state) for key, _, state, _ in alerts] == [("component:flaky", "stopped")]
+        assert "the other components keep running" in alerts[0][3]
+        time.sleep(0.5)
+        supervisor.poll()
+        assert flaky.proc is None and caplog.text.count("flaky: started") == 3  # stays stopped
+        assert other.proc.poll() is None  # the others run on
+    finally:
+        supervisor.stop_all()
+
+
+def test_an_essential_child_is_never_stopped_for_a_crash_loop(tmp_path, caplog):
+    """Ingest (the collection) crash-looping: one alert, then restarts every max_backoff_s."""
+    alerts = []
+    argv = [PY, "-c", "raise SystemExit(3)"]
+    ingest = Child("ingest", argv, tmp_path / "i.log", essential=True)
+    policy = RestartPolicy(max_restarts=1, window_s=60, backoff_s=0.1, max_backoff_s=0.3)
+    supervisor = Supervisor([], dict(os.environ), policy, alert=lambda *a: alerts.append(a))
+    caplog.set_level(logging.INFO, logger="marketflow.up")
+    supervisor.start(ingest)
+    try:
+        _run_until(supervisor, lambda: caplog.text.count("ingest: started") >= 5)
+        assert not ingest.finished and not supervisor.given_up
+        assert [(key, state) for key, _, state, _ in alerts] == [
+            ("component:ingest", "crash-looping")
+        ]
+        assert "it is never stopped: restarting it every 0 s" in caplog.text
+    finally:
+        supervisor.stop_all()
+
+
+class _Service:
+    """A real TCP service that can go away and come back on the same port."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.sock = None
+        self.up()
+
+    def up(self):
+        self.sock = socket.create_server(("127.0.0.1", self.port))
+
+    def down(self):
+        self.sock.close()
+        self.sock = None
+
+    def probe(self) -> bool:
+        socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        return True
+
+
+def test_a_child_whose_dependency_is_down_waits_and_resumes(tmp_path, caplog):
+    """The child exits because its service is gone: not a crash (even with --max-restarts 0),
+    one alert when the service goes, one when it is back with the outage's length; the child
+    starts again by itself."""
+    service = _Service()
+    # the child checks its service every 0.1 s and exits 3 when it is gone (like `live` did)
+    script = (
+        "import socket, sys, time\n"
+        "while True:\n"
+        f"    socket.create_connection(('127.0.0.1', {service.port}), timeout=1).close()\n"
+        "    time.sleep(0.1)\n"
+    )
+    alerts = []
+    deps = Dependencies({"db": service.probe}, lambda *a: alerts.append(a), every_s=0.2)
+    child = Child("reader", [PY, "-c", script], tmp_path / "r.log", needs=("db",))
+    policy = RestartPolicy(max_restarts=0, window_s=60, backoff_s=0.2, max_backoff_s=0.4)
+    supervisor = Supervisor([], dict(os.environ), policy, dependencies=deps)
     caplog.set_level(logging.INFO, logger="marketflow.up")
     supervisor.start(child)
-    started = time.monotonic()
-    reason = _run_until(supervisor, lambda: False)
-    elapsed = time.monotonic() - started
-    assert reason is not None and reason.startswith("flaky is crash-looping")
-    assert "exited with code 3 after 2 restart(s) within 60 s" in reason
-    assert elapsed >= 0.3 + 0.6  # backoff 0.3 s, then 0.6 s
-    assert caplog.text.count("flaky: started") == 3
-    assert "boom" in caplog.text  # the last lines of its log are shown
-    supervisor.stop_all()
+    try:
+        first = child.proc.pid
+        time.sleep(0.5)
+        service.down()
+        _run_until(supervisor, lambda: child.proc is None and child.waiting_for == "db")
+        time.sleep(1.5)  # several backoff periods: it is not started while its service is gone
+        supervisor.poll()
+        assert child.proc is None and caplog.text.count("reader: started") == 1
+        service.up()
+        _run_until(supervisor, lambda: child.proc is not None and child.proc.pid != first)
+        time.sleep(0.5)
+        supervisor.poll()
+        assert child.proc.poll() is None and not child.finished and not supervisor.given_up
+        assert caplog.text.count("waiting for it (not a crash)") == 1
+        assert "reader: db is available: starting it again" in caplog.text
+        assert [(key, prev, state) for key, prev, state, _ in alerts] == [
+            ("dependency:db", "up", "down"),
+            ("dependency:db", "down", "up"),
+        ]
+        assert alerts[0][3].startswith("FAILURE: Marketflow dependency db is unavailable")
+        assert re.fullmatch(r"RESOLVED: Marketflow dependency db is back after \d+ s", alerts[1][3])
+    finally:
+        supervisor.stop_all()
+        if service.sock is not None:
+            service.down()
+
+
+def test_a_real_crash_while_the_dependency_is_up_still_counts(tmp_path):
+    service = _Service()
+    deps = Dependencies({"db": service.probe}, lambda *a: None, every_s=0.2)
+    child = Child("broken", [PY, "-c", "raise SystemExit(3)"], tmp_path / "b.log", needs=("db",))
+    policy = RestartPolicy(max_restarts=1, window_s=60, backoff_s=0.1)
+    supervisor = Supervisor([], dict(os.environ), policy, dependencies=deps)
+    supervisor.start(child)
+    try:
+        _run_until(supervisor, lambda: child.finished)
+        assert "broken is crash-looping" in supervisor.given_up["broken"]
+    finally:
+        supervisor.stop_all()
+        service.down()
 
 
 def test_finished_replay_is_not_restarted_and_stop_is_in_reverse_order(tmp_path, caplog):
@@ -82,11 +197,32 @@ def test_finished_replay_is_not_restarted_and_stop_is_in_reverse_order(tmp_path,
     for child in (done, a, b):
         supervisor.start(child)
     caplog.set_level(logging.INFO, logger="marketflow.up")
-    assert _run_until(supervisor, lambda: done.finished) is None
+    _run_until(supervisor, lambda: done.finished)
     time.sleep(0.3)
-    assert supervisor.poll() is None and done.proc is None  # not restarted
+    supervisor.poll()
+    assert done.proc is None  # not restarted
     pids = [a.proc.pid, b.proc.pid]
     supervisor.stop_all()
     stopped = [line for line in caplog.text.splitlines() if ": stopped" in line]
     assert [line.split()[-2].rstrip(":") for line in stopped] == ["b", "a"]
     assert not any(psutil.pid_exists(p) for p in pids)
+
+
+def test_an_essential_child_is_restarted_even_while_its_dependency_is_down(tmp_path, caplog):
+    """Ingest keeps collecting (into its spool) while the broker is away: restarted with backoff,
+    never counted as crashing."""
+    service = _Service()
+    service.down()
+    deps = Dependencies({"kafka": service.probe}, lambda *a: None, every_s=0.2)
+    argv = [PY, "-c", "raise SystemExit(3)"]
+    ingest = Child("ingest", argv, tmp_path / "i.log", needs=("kafka",), essential=True)
+    policy = RestartPolicy(max_restarts=0, window_s=60, backoff_s=0.1, max_backoff_s=0.2)
+    supervisor = Supervisor([], dict(os.environ), policy, dependencies=deps)
+    caplog.set_level(logging.INFO, logger="marketflow.up")
+    supervisor.start(ingest)
+    try:
+        _run_until(supervisor, lambda: caplog.text.count("ingest: started") >= 4)
+        assert not ingest.restarts and not ingest.looping  # not one crash counted
+        assert "ingest: starting it again (kafka still down)" in caplog.text
+    finally:
+        supervisor.stop_all()

@@ -1,7 +1,7 @@
 """`marketflow up` end to end: data flows into PostgreSQL, the UI serves the asset graph, a closed
 terminal (SIGHUP, handled like Ctrl-C and SIGTERM) leaves no process behind, killed children are
-restarted without losing or duplicating a recorded poll, a crash loop stops everything with exit 1,
-and a bad configuration is a one-line exit 2."""
+restarted without losing or duplicating a recorded poll, a crash loop stops only that child (exit
+1 when `up` is stopped), and a bad configuration is a one-line exit 2."""
 
 from __future__ import annotations
 
@@ -253,12 +253,13 @@ def _tail(path: Path) -> str:
 
 
 @pytest.mark.timeout(900)
-def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp_path):
+def test_up_restarts_killed_children_loses_nothing_and_stops_only_a_crash_loop(tmp_path):
     """kill -9 of the Spark job and `dagster dev`, then of ingest: `up` restarts them, the UI
     serves again and every poll recorded by `--record` (acknowledged by the broker) is in the raw
     Parquet exactly once; kill -9 of the embedded broker: `up` restarts it and ingest, and the
-    polls published to the new broker reach the Parquet exactly once; two more kills of ingest
-    exceed --max-restarts 2: `up` stops everything and exits 1 with the reason."""
+    polls published to the new broker reach the Parquet exactly once; two more kills of the Spark
+    job exceed --max-restarts 2: `up` stops that job only (ingest runs on) and, when stopped,
+    exits 1 with the reason."""
     data_dir = tmp_path / "data"
     record = tmp_path / "record.jsonl"
     log_path = tmp_path / "up.log"
@@ -340,13 +341,27 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_on_a_crash_loop(tmp
         assert max(rows.values()) == 1, [k for k, n in rows.items() if n > 1][:5]
 
         ingest = _child(up, " ingest ")
+        spark = _child(up, "kafka_streaming.py")
+        spark.kill()  # restart 2 of at most 2
+        _child(up, "kafka_streaming.py", not_pid=spark.pid).kill()  # one more: a crash loop
+        _wait_for(
+            lambda: "spark is crash-looping" in log_path.read_text(),
+            120,
+            "the crash loop of the Spark job",
+            proc,
+            log_path,
+        )
+        time.sleep(3)
+        assert not [c for c in up.children() if "kafka_streaming.py" in " ".join(c.cmdline())]
+        assert _child(up, " ingest ").pid == ingest.pid  # only the looping child is stopped
         stack = _stack_processes(up, data_dir)
-        ingest.kill()  # restart 2 of at most 2
-        _child(up, " ingest ", not_pid=ingest.pid).kill()  # one more: a crash loop
-        assert proc.wait(120) == 1, _tail(log_path)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 1, _tail(log_path)  # the exit code reports the crash loop
     finally:
         _stop(proc)
-    assert "stopping everything: ingest is crash-looping" in log_path.read_text()
+    text = log_path.read_text()
+    assert "the other components keep running" in text
+    assert "stopped while crash-looping: spark is crash-looping" in text
     time.sleep(1)
     alive = _still_running(stack)
-    assert not alive, f"processes left after the crash-loop stop: {alive}"
+    assert not alive, f"processes left after the stop: {alive}"

@@ -1,0 +1,54 @@
+"""`marketflow live` waits for PostgreSQL with backoff instead of exiting (issue 27): a real
+connection error (nothing listens on the port) is waited out, said once, and the consumer starts
+again by itself; any other error still ends the process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import psycopg2
+import pytest
+
+from marketflow_assets.live.command import run_waiting
+from marketflow_assets.runtime.services import free_port
+
+
+class _Consumer:
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+        self.closed = False
+
+    def run(self, stop: threading.Event) -> None:
+        stop.set()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_live_waits_for_postgres_and_resumes(caplog):
+    url = f"postgresql://mf@127.0.0.1:{free_port()}/mf"
+    stop = threading.Event()
+    attempts: list[float] = []
+    made: list[_Consumer] = []
+
+    def make() -> _Consumer:
+        attempts.append(1)
+        if len(attempts) <= 3:
+            psycopg2.connect(url, connect_timeout=2)  # refused: PostgreSQL is away
+        made.append(_Consumer(stop))
+        return made[-1]
+
+    caplog.set_level(logging.INFO, logger="marketflow.live")
+    run_waiting(make, stop, backoff_s=0.05, max_backoff_s=0.1)
+    assert len(attempts) == 4 and made[0].closed
+    assert caplog.text.count("live: PostgreSQL unavailable") == 1  # said once
+    assert "live: PostgreSQL is back after" in caplog.text
+
+
+def test_other_errors_still_end_the_process():
+    def make():
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        run_waiting(make, threading.Event(), backoff_s=0.01)
