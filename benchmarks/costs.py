@@ -59,6 +59,17 @@ first checkpoint of the run).
   database, after an untimed warm-up that materializes the previous and the newest hour;
   median of ``REFRESHES`` interleaved runs. The databases hold only what the warm-up wrote:
   growth of the indicator tables is what ``incremental_7d / incremental_1h`` measures.
+* ``read``: reading ONE hour as the refresh does (the window files of a pinned snapshot,
+  ``compute.raw_window_files``, then ``compute.read_raw_window_local``: ``[hour - 300 s, hour +
+  1 h)``, ``ind.RAW_INPUT_COLUMNS``) before and after that hour's compaction, on each table. A
+  fresh copy of each gets the 120 polls of the open hour (one ``append_batch`` each: 120
+  per-poll files beside the date partition's compacted file), its snapshot is pinned
+  (``before``), ``compaction.compact(before=END + 1 h)`` rewrites the date partition into one
+  file (32 k-row row groups in commit order) and the new snapshot is pinned (``after``). The
+  pinned ``before`` version stays readable (its files are tombstoned, not vacuumed, within the
+  retention), so the four reads are interleaved: median of ``READS`` rounds after an untimed
+  one. Both reads must return the same rows (compaction changes no row); printed with the files
+  and row groups they read (row groups kept by the ``ts`` statistics / in the files read).
 * ``commit``: ``append_batch`` of one ``COMMIT_COINS``-coin poll with an application
   transaction and the (id, ts) dedup, ``COMMITS`` times on a fresh table and on the 30-day
   table (interleaved; the first commit of each is untimed): ``raw_commit_p50_ms`` /
@@ -82,6 +93,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks import data, project
+from benchmarks.loadavg import LoadSampler
 from benchmarks.report import print_table, ratio_line
 
 logger = logging.getLogger(__name__)
@@ -96,6 +108,7 @@ REPLAY_HOURS = 12
 TICKS = 25
 REFRESHES = 7
 COMMITS = 40
+READS = 7
 COMMIT_COINS = 250
 APP_ID = "raw_prices_stream:bench"
 VERSION = 3
@@ -371,6 +384,79 @@ def commit_cost(state: dict[str, dict], scratch: Path) -> dict[str, list[float]]
     return times
 
 
+def _row_groups(files, start, end) -> tuple[int, int]:
+    """(row groups whose ``ts`` statistics overlap ``[start, end)``, row groups) of ``files``."""
+    import pyarrow.parquet as pq
+
+    lo, hi = pd.Timestamp(start), pd.Timestamp(end)
+    kept = total = 0
+    for raw_file in files:
+        meta = pq.ParquetFile(raw_file.path).metadata
+        column = meta.schema.names.index("ts")
+        for i in range(meta.num_row_groups):
+            total += 1
+            stats = meta.row_group(i).column(column).statistics
+            if stats is None or not stats.has_min_max:
+                kept += 1
+                continue
+            smin, smax = (pd.Timestamp(v) for v in (stats.min, stats.max))
+            smin = smin.tz_localize("UTC") if smin.tzinfo is None else smin
+            smax = smax.tz_localize("UTC") if smax.tzinfo is None else smax
+            kept += int(smin < hi and smax >= lo)
+    return kept, total
+
+
+def read_cost(raws: dict[str, Path], scratch: Path) -> dict[tuple[str, str], dict]:
+    """One-hour read before / after the hour's compaction, per table (see the module
+    docstring): ``{(table, "before" | "after"): {"times", "rows", "files", "row_groups", ...}}``."""
+    from marketflow_assets import compaction
+    from marketflow_assets.defs.indicators.compute import (
+        _lookback,
+        raw_window_files,
+        read_raw_window_local,
+    )
+    from marketflow_assets.raw_dataset import append_batch, snapshot
+
+    start = END.to_pydatetime()
+    end = (END + pd.Timedelta(hours=1)).to_pydatetime()
+    history = data.History(coins=COINS, hours=1, end=(END + pd.Timedelta(hours=1)).isoformat())
+    hour = _with_date(data.generate_hour(history, 0))
+    polls = hour.num_rows // COINS
+    snaps: dict[tuple[str, str], object] = {}
+    reports = {}
+    for label, raw in raws.items():
+        copy = _fresh_copy(raw, scratch, f"read_{label}")
+        batch = _next_batch(copy)
+        for k in range(polls):
+            append_batch(copy, hour.slice(k * COINS, COINS), app_id=APP_ID, batch_id=batch + k)
+        snaps[(label, "before")] = snapshot(copy)
+        reports[label] = compaction.compact(copy, before=end, log=logger.debug)
+        snaps[(label, "after")] = snapshot(copy)
+        assert reports[label].partitions_optimized == 1, reports[label].summary()
+    out = {key: {"times": []} for key in snaps}
+    for k in range(READS + 1):  # round 0: warm-up, untimed
+        for key, snap in snaps.items():
+            started = time.perf_counter()
+            files = raw_window_files(snap, start, end)
+            df = read_raw_window_local(files, start, end)
+            elapsed = time.perf_counter() - started
+            s = out[key]
+            if k:
+                s["times"].append(1000 * elapsed)
+                assert len(df) == s["rows"] and len(files) == s["files"], (key, k)
+            else:
+                s["rows"], s["files"] = len(df), len(files)
+                s["row_groups"] = _row_groups(files, _lookback(start), end)
+                s["version"] = snap.version
+                s["hour_rows"] = int(((df["ts"] >= start) & (df["ts"] < end)).sum())
+    for label in raws:
+        before, after = out[(label, "before")], out[(label, "after")]
+        assert before["rows"] == after["rows"], (label, before["rows"], after["rows"])
+        assert before["hour_rows"] == after["hour_rows"] == hour.num_rows, label
+        after["compaction"] = reports[label].summary()
+    return out
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -407,6 +493,8 @@ def run(mode: str = "quick") -> None:
         obs = observe(raws, scratch)
         commits = commit_cost(obs, scratch)
         ref = refresh(raws, scratch)
+        with LoadSampler() as read_load:
+            reads = read_cost(raws, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     med = {label: statistics.median(s["times"]) for label, s in obs.items()}
@@ -452,12 +540,64 @@ def run(mode: str = "quick") -> None:
             f"raw_commit_p50_ms[{label}] = {_pct(values, 0.5):.1f}  "
             f"raw_commit_p95_ms[{label}] = {_pct(values, 0.95):.1f}"
         )
+    rdmed = {key: statistics.median(s["times"]) for key, s in reads.items()}
+    print_table(
+        f"one-hour read (the refresh's: window files of a pinned snapshot + read_rows_local, "
+        f"[hour - 300 s, hour + 1 h)) of the open hour's {COINS}-coin polls before / after its "
+        f"compaction, {READS} interleaved rounds ({read_load.describe()})",
+        [
+            "history",
+            "compaction",
+            "table version",
+            "files read",
+            "row groups kept / in files",
+            "rows",
+            "read ms (median)",
+            "reads ms",
+        ],
+        [
+            [
+                label,
+                phase,
+                str(s["version"]),
+                str(s["files"]),
+                "{} / {}".format(*s["row_groups"]),
+                str(s["rows"]),
+                f"{rdmed[(label, phase)]:.1f}",
+                " ".join(f"{t:.1f}" for t in s["times"]),
+            ]
+            for (label, phase), s in reads.items()
+        ],
+    )
+    for label in raws:
+        print(f"compaction of the open hour [{label}]: {reads[(label, 'after')]['compaction']}")
+        print(
+            f"read_1h_rows[{label}] before = {reads[(label, 'before')]['rows']}  "
+            f"after = {reads[(label, 'after')]['rows']}"
+        )
     print(f"costs benchmark took {time.perf_counter() - started:.0f} s")
     ratio_line("observe_30d / observe_1h", med["30d"] / med["1h"], "<= 1.5")
     ratio_line("refresh_30d / refresh_1h", rmed["30d"] / rmed["1h"], "<= 1.2")
     ratio_line(
         "raw_commit_p50 30d / fresh",
         _pct(commits["30d"], 0.5) / _pct(commits["fresh"], 0.5),
+    )
+    for label in raws:
+        ratio_line(
+            f"read_1h_after / read_1h_before compaction [{label}]",
+            rdmed[(label, "after")] / rdmed[(label, "before")],
+            suffix=read_load.describe(),
+        )
+    ratio_line(
+        "read_30d / read_1h after compaction",
+        rdmed[("30d", "after")] / rdmed[("1h", "after")],
+        "≤ 1.6 (one date file, at most 24 h: bounded after a day)",
+        suffix=read_load.describe(),
+    )
+    ratio_line(
+        "read_30d / read_1h before compaction",
+        rdmed[("30d", "before")] / rdmed[("1h", "before")],
+        suffix=read_load.describe(),
     )
     if mode == "full":
         from benchmarks import soak
