@@ -6,17 +6,26 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install run test test-engines lint format bench bench-full clean
+.PHONY: install lock run test test-fast test-engines lint format bench bench-full clean
 
 install: $(STAMP)
 
-# Re-installs only when pyproject.toml changes (or the venv is missing).
-$(STAMP): pyproject.toml
+# Re-installs only when pyproject.toml or the lock changes (or the venv is missing): every
+# package at the version pinned in requirements.lock, then the project itself without resolving.
+$(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (pyspark 4); set PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
+
+# Re-resolve requirements.lock from pyproject.toml (keeps the pinned versions that still fit;
+# `make lock UPGRADE=1` moves every package to its newest allowed version).
+lock:
+	@test -x $(BIN)/uv || $(MAKE) install
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --universal --python-version 3.11 \
+		$(if $(UPGRADE),--upgrade) --quiet -o requirements.lock
 
 run: install
 	$(BIN)/marketflow up $(ARGS)
@@ -32,6 +41,11 @@ format: install
 test: lint
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The contributors' lane: everything that needs no Spark, no running stack and no engine beyond the
+# embedded broker and PostgreSQL (marker `slow`, set in marketflow_assets_tests/conftest.py).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Only the real-engine tests (also part of `make test`): Spark standalone cluster, password-protected
 # PostgreSQL over TCP, confluent-kafka as a second client. Select/deselect with -m engines.

@@ -210,3 +210,29 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"{SHARED_DIR} is absent (recorded CoinGecko responses live there)")
     return SHARED_DIR
+
+
+# ------------------------------------------------------------------------------------------------
+# Lanes: `make test` runs everything; `make test-fast` leaves out what carries the `slow` marker.
+# ------------------------------------------------------------------------------------------------
+
+#: Markers whose tests need an engine beyond the embedded Kafka/PostgreSQL or a whole stack.
+SLOW_MARKERS = ("engines", "fault", "outage", "spark_cluster", "postgres_tcp", "stack", "browser")
+#: Fixtures that start Spark (a JVM) for the test.
+SLOW_FIXTURES = ("spark",)
+
+
+def lane_of(item) -> str:
+    """``slow`` when the test needs Spark, a running stack (`marketflow up`, the Spark job, the
+    dashboard or Dagster as processes) or an engine beyond the embedded ones; else ``fast``."""
+    if any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+        return "slow"
+    if any(name in getattr(item, "fixturenames", ()) for name in SLOW_FIXTURES):
+        return "slow"
+    return "fast"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if lane_of(item) == "slow":
+            item.add_marker(pytest.mark.slow)

@@ -2,10 +2,10 @@
 the broker (Tansu), the Spark streaming job, the live follower, a Dagster run worker (when one
 runs at that moment), the live consumer (`marketflow live`) and `up` itself (then its leftover
 children, as an operator would), restart `up` on the same data dir, stop publishing and let the
-data settle. Every poll recorded by `--record` (acknowledged by the broker) must be in the raw
-Parquet and in `price_indicators` exactly once: the three sets of (coin id, ts) are equal,
+data settle. Every poll recorded by `--record` (written once the poll is in the spool) must be in
+the raw table and in `price_indicators` exactly once: the three sets of (coin id, ts) are equal,
 nothing lost, nothing duplicated; and every `price_indicators` row equals a full recompute of
-the raw Parquet.
+the raw table.
 
 Prints ``fault test: published=N raw=N indicators=N lost=0 duplicated=0`` (the README quotes it)
 and, when something is lost, which kill lost it (a lost poll is charged to the first kill after
@@ -14,180 +14,30 @@ its ts)."""
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import re
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
 
-from marketflow_assets.runtime.services import free_port
-from marketflow_assets_tests.helpers import raw_key_counts
+from marketflow_assets_tests.stack import Stack, settle
+from marketflow_assets_tests.stack import alive as _alive
+from marketflow_assets_tests.stack import indicator_rows as _indicator_rows
+from marketflow_assets_tests.stack import kill as _kill
+from marketflow_assets_tests.stack import newest as _newest
+from marketflow_assets_tests.stack import raw_rows as _raw_rows
+from marketflow_assets_tests.stack import recompute_differences as _recompute_differences
+from marketflow_assets_tests.stack import recorded as _recorded
+from marketflow_assets_tests.stack import stop_embedded_postgres as _stop_embedded_postgres
+from marketflow_assets_tests.stack import stop_ingest_between_polls as _stop_ingest_between_polls
 
-MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
-PG_URL_RE = re.compile(r"embedded PostgreSQL ready .*\((postgresql://[^)]+)\)")
 COINS, INTERVAL_S = 4, 2
 RUN_WORKER_MARKERS = ("execute_run", "execute_step", "run worker", "api execute")
 
 pytestmark = pytest.mark.fault
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MARKETFLOW_", "COINGECKO_", "DAGSTER_"))
-    }
-    env.update(
-        MARKETFLOW_DATA_DIR=str(data_dir),
-        DAGSTER_HOME=str(data_dir / "dagster_home"),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-class Stack:
-    """One `marketflow up` (restartable on the same data dir), its log and its processes."""
-
-    def __init__(self, tmp: Path):
-        self.tmp = tmp
-        self.data_dir = tmp / "data"
-        self.record = tmp / "record.jsonl"
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log_path: Path | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        self.log_path = self.tmp / f"up{self.starts}.log"
-        argv = [MARKETFLOW, "up", "--source", "simulate", "--coins", str(COINS)]
-        argv += ["--interval", str(INTERVAL_S), "--spark-master", "local[1]"]
-        argv += ["--port", str(self.port), "--dashboard-port", str(free_port())]
-        argv += ["--record", str(self.record), "--max-restarts", "10", "--restart-window", "3600"]
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                argv, env=_env(self.data_dir), stdout=log, stderr=subprocess.STDOUT
-            )
-
-    @property
-    def up(self) -> psutil.Process:
-        return psutil.Process(self.proc.pid)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def tail(self) -> str:
-        return self.log()[-4000:]
-
-    def wait_for(self, predicate, timeout: float, what: str) -> float:
-        """Seconds until ``predicate()``; fails when `up` exits or after ``timeout``."""
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            assert self.proc.poll() is None, f"up exited waiting for {what}\n{self.tail()}"
-            with contextlib.suppress(Exception):
-                if predicate():
-                    return time.monotonic() - started
-            time.sleep(1)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{self.tail()}")
-
-    def child(self, marker: str, not_pid: int | None = None, timeout: float = 90):
-        """The direct child of `up` whose command line contains ``marker``."""
-
-        def find():
-            for child in self.up.children():
-                with contextlib.suppress(psutil.Error):
-                    if marker in " ".join(child.cmdline()) and child.pid != not_pid:
-                        return child
-            return None
-
-        found = []
-        self.wait_for(lambda: found.append(find()) or found[-1], timeout, f"child {marker!r}")
-        return found[-1]
-
-    def postgres_url(self) -> str:
-        found = PG_URL_RE.search(self.log())
-        assert found, "no embedded PostgreSQL URL in the log of up"
-        return found.group(1)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(180)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-
-
-def _recorded(path: Path) -> list[tuple[str, pd.Timestamp]]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        poll = json.loads(line)
-        rows += [(coin["id"], pd.Timestamp(poll["ts"])) for coin in poll["coins"]]
-    return rows
-
-
-def _raw_rows(raw_dir: Path) -> Counter:
-    return raw_key_counts(raw_dir)
-
-
-def _indicator_rows(url: str, source: str | None = None) -> Counter:
-    """(coin_id, ts) of price_indicators (only the rows written by ``source`` when given)."""
-    import psycopg2
-
-    conn = psycopg2.connect(url, connect_timeout=5)
-    try:
-        with conn.cursor() as cur:
-            if source is None:
-                cur.execute("SELECT coin_id, ts FROM price_indicators")
-            else:
-                cur.execute("SELECT coin_id, ts FROM price_indicators WHERE source = %s", (source,))
-            rows = cur.fetchall()
-    finally:
-        conn.close()
-    return Counter((coin, pd.Timestamp(ts).tz_convert("UTC")) for coin, ts in rows)
-
-
-def _recompute_differences(raw_dir: Path, url: str) -> tuple[int, pd.DataFrame]:
-    """price_indicators against a full recompute of the raw Parquet (the pure functions the
-    Dagster assets run): (rows compared, the rows that differ)."""
-    import pyarrow.dataset as ds
-
-    from marketflow_assets import indicators as ind
-    from marketflow_assets_tests.helpers import read_table
-
-    dataset = ds.dataset(raw_dir, format="parquet", partitioning="hive")
-    raw = dataset.to_table(columns=["id", "symbol", "ts", "current_price"]).to_pandas()
-    raw["ts"] = pd.to_datetime(raw["ts"], utc=True)
-    expected = ind.compute_indicators(raw)
-    diffs = ind.compare_indicator_rows(read_table(url, "price_indicators"), expected, tol=1e-9)
-    return diffs.attrs["compared"], diffs
-
-
-def _newest(rows) -> pd.Timestamp | None:
-    return max((ts for _, ts in rows), default=None)
-
-
-def _kill(proc: psutil.Process) -> str:
-    name = " ".join(proc.cmdline())[:100]
-    proc.kill()
-    with contextlib.suppress(psutil.Error):
-        proc.wait(10)
-    return name
 
 
 def _run_worker(up: psutil.Process) -> psutil.Process | None:
@@ -196,15 +46,6 @@ def _run_worker(up: psutil.Process) -> psutil.Process | None:
             if any(m in " ".join(p.cmdline()) for m in RUN_WORKER_MARKERS):
                 return p
     return None
-
-
-def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
-    alive = []
-    for p in processes:
-        with contextlib.suppress(psutil.Error):
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                alive.append(p)
-    return alive
 
 
 def _read_indicators(stack: Stack) -> Counter:
@@ -218,31 +59,9 @@ def _read_indicators(stack: Stack) -> Counter:
         return _indicator_rows(url)
 
 
-def _stop_embedded_postgres(data_dir: Path) -> None:
-    """Stop a PostgreSQL of ``data_dir`` still running (SIGTERM to the postmaster: smart
-    shutdown). The first `up` owned it; after its kill -9 the second `up` only reused it."""
-    for p in psutil.process_iter(["name", "cmdline", "ppid"]):
-        with contextlib.suppress(psutil.Error):
-            cmdline = " ".join(p.info["cmdline"] or [])
-            if p.info["name"] == "postgres" and f"-D {data_dir}" in cmdline:
-                if p.parent() is None or p.parent().name() != "postgres":  # the postmaster
-                    p.terminate()
-                    p.wait(30)
-
-
-def _stop_ingest_between_polls(stack: Stack) -> psutil.Process:
-    """SIGSTOP ingest right after it recorded a poll (its next poll is an interval away), so no
-    poll is ever published without being recorded. Returns the stopped process."""
-    ingest = stack.child(" ingest ")
-    size = stack.record.stat().st_size
-    stack.wait_for(lambda: stack.record.stat().st_size > size, 60, "a new recorded poll")
-    ingest.send_signal(signal.SIGSTOP)
-    return ingest
-
-
 @pytest.mark.timeout(1800)  # ~5 min on an idle 2-core machine; far more under load
 def test_kill_9_of_every_component_loses_and_duplicates_nothing(tmp_path):
-    stack = Stack(tmp_path)
+    stack = Stack(tmp_path, coins=COINS, interval_s=INTERVAL_S)
     raw_dir = stack.data_dir / "raw_prices"
     kills: list[tuple[str, datetime]] = []  # (what, when): losses are charged to the next kill
     notes: list[str] = []
@@ -350,17 +169,7 @@ def test_kill_9_of_every_component_loses_and_duplicates_nothing(tmp_path):
             stopped_ingest = _stop_ingest_between_polls(stack)
             note("ingest stopped (SIGSTOP) right after a recorded poll")
             url = stack.postgres_url()
-            polls = _recorded(stack.record)
-            previous, stable, settle_started = None, 0, time.monotonic()
-            while time.monotonic() - settle_started < 180:
-                current = (frozenset(_raw_rows(raw_dir).items()), frozenset(_indicator_rows(url)))
-                stable = stable + 1 if current == previous else 0
-                previous = current
-                raw_keys = {k for k, _ in current[0]}
-                if stable >= 5 or (stable >= 2 and raw_keys == current[1] == set(polls)):
-                    break
-                time.sleep(2)
-            note(f"settled after {time.monotonic() - settle_started:.0f} s")
+            note(f"settled after {settle(stack, url):.0f} s")
             compared, differences = _recompute_differences(raw_dir, url)
             note(f"price_indicators vs a full recompute: {compared} rows compared")
             assert differences.empty, (

@@ -90,8 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--record",
         type=Path,
-        help="append every poll to this replay file once the broker has acknowledged it "
-        "(the records it acknowledged, as received from the source)",
+        help="append every poll to this replay file (its records as received from the source) "
+        "once it is safe: fsynced to the spool (it then reaches raw Parquet whatever happens "
+        "to the broker), or, with MARKETFLOW_SPOOL_DIR=off, acknowledged by the broker",
     )
     parser.add_argument(
         "--resume-file",
@@ -575,16 +576,18 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
             if poll.records is None:  # a failed poll, in its turn: only its progress
                 delivery.save_progress(poll.line, True)
                 return
-            # Recorded only once acknowledged, and never twice (a restarted replay may
-            # publish the last poll of the previous run again: it was recorded then).
-            if recorder is not None and result.acked and poll.ts != recorder.last_ts:
-                recorder.append(poll.ts, [m.raw for m in result.acked])
+            # Without a spool, recorded only once acknowledged (with one, when spooled: see
+            # `spooled` below), and never twice (a restarted replay may publish the last poll
+            # of the previous run again: it was recorded then).
+            if spool is None and recorder is not None and result.acked:
+                if poll.ts != recorder.last_ts:
+                    recorder.append(poll.ts, [m.raw for m in result.acked])
             delivery.save_progress(poll.line, result.ok and (pending.spooled or spool is None))
             totals["good"] += result.good_acked
             totals["bad"] += result.bad_acked
             totals["unacked"] += len(result.failures)
+            waits = bool(result.failures) and "waits in the spool" in result.failures[0]
             if result.failures:
-                waits = "waits in the spool" in result.failures[0]  # said once by the sender
                 (log.info if waits else log.error)(
                     "poll %s: %d message(s) not acknowledged%s: %s",
                     poll.ts,
@@ -598,6 +601,7 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                 len(result.failures),
                 time.monotonic() - pending.taken,
                 time.time(),
+                spooled=bool(result.failures) and waits and pending.spooled,
             )
             log.info(
                 "poll %s: %d + %d acknowledged%s (%.2f s after it was taken)",
@@ -607,6 +611,15 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                 f", {len(result.failures)} NOT acknowledged" if result.failures else "",
                 time.monotonic() - pending.taken,
             )
+
+        def spooled(pending: Pending) -> None:
+            """A poll is on disk in the spool: from here on it reaches raw Parquet, so
+            ``--record`` writes it now (the poll loop), whatever the broker does."""
+            v, poll = pending.validated, pending.poll
+            if recorder is None or spool is None or not pending.spooled or poll is None:
+                return
+            if poll.records is not None and v.good and poll.ts != recorder.last_ts:
+                recorder.append(poll.ts, [m.raw for m in v.good])  # not the dead letters
 
         sender = Sender(
             delivery,
@@ -661,6 +674,7 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
                     )
                 # spooled (fsynced) here, sent by the sender thread: polling never waits on Kafka
                 for ready in delivery.spool_poll(Pending(validated, poll)):
+                    spooled(ready)
                     sender.submit(ready)
                 if poll.error:
                     poll_alerts.poll(False, f"the source failed part of the poll: {poll.error}")

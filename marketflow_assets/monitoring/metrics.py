@@ -61,7 +61,9 @@ class IngestMetrics:
         r = self.registry
         self.polls = Counter(
             "marketflow_ingest_polls",
-            "Polls by outcome: ok, or failed (no data from the source or not all acknowledged).",
+            "Polls by outcome: ok; spooled (taken while the broker was away: they wait in the "
+            "spool and are sent when it is back); failed (no data from the source, or not all "
+            "acknowledged).",
             ["outcome"],
             registry=r,
         )
@@ -87,7 +89,7 @@ class IngestMetrics:
             "Unix time of the last poll whose every message was acknowledged.",
             registry=r,
         )
-        for outcome in ("ok", "failed"):
+        for outcome in ("ok", "spooled", "failed"):
             self.polls.labels(outcome)  # export zeros from the start
         for result in ("published", "dead_lettered"):
             self.records.labels(result)
@@ -96,13 +98,22 @@ class IngestMetrics:
         self.polls.labels("failed").inc()
 
     def poll_published(
-        self, published: int, dead_lettered: int, failures: int, seconds: float, now: float
+        self,
+        published: int,
+        dead_lettered: int,
+        failures: int,
+        seconds: float,
+        now: float,
+        spooled: bool = False,
     ) -> None:
+        """One poll handed over: ``spooled`` when its records wait in the spool for the broker
+        (not a failure: they are sent when it is back)."""
         self.records.labels("published").inc(published)
         self.records.labels("dead_lettered").inc(dead_lettered)
-        self.send_failures.inc(failures)
+        if not spooled:
+            self.send_failures.inc(failures)
         self.poll_seconds.observe(seconds)
-        self.polls.labels("failed" if failures else "ok").inc()
+        self.polls.labels(("spooled" if spooled else "failed") if failures else "ok").inc()
         if not failures:
             self.last_success.set(now)
 

@@ -107,7 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--record",
         type=Path,
-        help="append every poll acknowledged by the broker to this replay file (JSON Lines)",
+        help="append every poll to this replay file (JSON Lines) once it is in the spool "
+        "(or, without a spool, acknowledged by the broker)",
     )
     parser.add_argument(
         "--max-restarts",
@@ -268,7 +269,14 @@ class ReadinessProbes:
     def _kafka_has_messages(self) -> bool:
         from kafka import KafkaConsumer
 
-        consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
+        from spark_streaming.kafka_source import no_auto_create
+
+        # never names the topic in a metadata request: Tansu would create it (4 partitions)
+        consumer = no_auto_create(
+            KafkaConsumer(
+                bootstrap_servers=self.settings.kafka_bootstrap, allow_auto_create_topics=False
+            )
+        )
         try:
             parts = consumer.partitions_for_topic(self.settings.kafka_topic) or set()
             from kafka import TopicPartition
@@ -569,11 +577,11 @@ def spool_replay_child(settings: Settings) -> Child:
 
 
 def _replay_spool_after_restart(supervisor: Supervisor, settings: Settings | None) -> None:
-    """After a broker restart: the ingest child resends its spool when it starts again; a
-    finished one (a replay at its end) gets a one-off ``--replay-spool`` instead."""
+    """After a broker restart: a running ingest child notices the lost topic itself (its sender
+    reconnects, recreates the topics and resends the spool; its polls never stop), so it is left
+    alone; a finished one (a replay at its end) gets a one-off ``--replay-spool`` instead."""
     ingest = next((c for c in supervisor.children if c.name == "ingest"), None)
     if ingest is None or not ingest.finished:
-        supervisor.restart_now("ingest", "the broker restarted: new producer, topics recreated")
         return
     if settings is None or settings.spool_dir is None:
         return
@@ -593,8 +601,8 @@ def _watch_broker(
     restarts: list[float],
     settings: Settings | None = None,
 ):
-    """Restart the embedded broker on its port when it died, then ingest (which recreates the
-    topics and resends its spool: the records not yet in raw Parquet). Without a spool, the
+    """Restart the embedded broker on its port when it died; ingest, never restarted, recreates
+    the topics and resends its spool (the records not yet in raw Parquet). Without a spool, the
     messages the Spark job had not yet read are lost; the job itself notices the new topic and
     continues with its messages. Returns why it could not be restarted, else None. (``up``
     itself uses an :class:`EmbeddedWatch`, which retries with backoff.)"""

@@ -186,6 +186,22 @@ class PasswordPostgres:
         finally:
             conn.close()
 
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected), keeping its data; connections
+        are refused until :meth:`resume`."""
+        res = self._run("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+        if res.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed: {res.stderr.strip()}")
+
+    def resume(self) -> None:
+        """Start the halted server again on the same port."""
+        res = self._run(
+            "pg_ctl", "-D", str(self.pgdata), "-l", str(self.log_path), "-o", f"-p {self.port}",
+            "-w", "-t", str(int(self.timeout)), "start",
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {res.stderr.strip()}")
+
     def stop(self) -> None:
         if self.root is None:
             return
