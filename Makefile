@@ -33,14 +33,17 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Two workers (pytest-xdist): most tests wait on a broker, a JVM or a stack, so two halves of
+# the suite overlap on 2 cores; the longest tests start first (conftest.py).
 test: lint
 	$(BIN)/dagster definitions validate -w workspace.yaml
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist load $(PYTEST_ARGS)
 
 # The contributors' lane: everything that needs no Spark, no running stack and no engine beyond the
 # embedded broker and PostgreSQL (marker `slow`, set in marketflow_assets_tests/conftest.py).

@@ -17,13 +17,13 @@ BENCH_PARTITION_START = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 def get_bench_spark():
-    """The project's SparkSession (``marketflow_assets.runtime.spark.get_spark``: project conf,
+    """The project's SparkSession (``marketflow_assets.spark_session.get_spark``: project conf,
     local).
 
     The Dagster ``PySparkResource`` of the assets is built from the same ``spark_conf()``, so a
     materialization in this process reuses this session (``getOrCreate``).
     """
-    from marketflow_assets.runtime.spark import get_spark
+    from marketflow_assets.spark_session import get_spark
 
     return get_spark(app_name="marketflow-bench")
 

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "follow",
         "refresh price_indicators in process as soon as raw files appear",
         follow.add_arguments,
-        follow.run,
+        _with_definitions(follow.run),
     )
     add(
         "live",
@@ -152,6 +152,18 @@ def _wants_version(argv: Sequence[str]) -> bool:
         if not arg.startswith("-"):
             return False
     return False
+
+
+def _with_definitions(run):
+    """Hand the code location's Definitions to a command that runs its jobs (loaded here, at
+    the top: nothing under ``defs/`` imports ``definitions.py``)."""
+
+    def wrapped(args, settings):
+        from marketflow_assets.definitions import defs
+
+        return run(args, settings, defs=defs)
+
+    return wrapped
 
 
 def _refresh_with_services(run):

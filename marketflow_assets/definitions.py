@@ -25,12 +25,12 @@ from datetime import timedelta
 import dagster as dg
 
 from marketflow_assets.defs import forecasts, indicators, maintenance, monitoring, raw_prices
-from marketflow_assets.resources import (
-    KafkaTopicResource,
-    PostgresResource,
-    RawDataResource,
-    SparkResource,
+from marketflow_assets.resources import (  # noqa: F401 - without_secrets_in_config re-exported
+    build_resources,
+    without_secrets_in_config,
 )
+from marketflow_assets.resources import postgres as _postgres_resource
+from marketflow_assets.runtime.services import embedded_postgres_url
 from marketflow_assets.schema import (
     FORECAST_EVALUATION_ASSET,
     FORECAST_MODEL_ASSET,
@@ -95,36 +95,6 @@ def freshness_policy(settings: CheckSettings | None = None) -> dg.FreshnessPolic
     )
 
 
-def build_resources(postgres_url: str | None = None, data_dir: str | None = None) -> dict:
-    """The resources; unset values are resolved from the settings when first used."""
-    return {
-        "postgres": PostgresResource(url=postgres_url),
-        "raw_data": RawDataResource(data_dir=data_dir),
-        "pyspark": SparkResource(),
-        "kafka": KafkaTopicResource(),
-    }
-
-
-def without_secrets_in_config(resources: dict) -> dict:
-    """``resources`` with a ``postgres`` resource that carries a literal URL wrapped so that
-    Dagster stores no config for it.
-
-    A Pythonic resource's field values become the defaults of the job's config schema, which
-    Dagster keeps in the job snapshot in run storage (``runs.db``, zlib-compressed): a literal
-    ``postgresql://user:password@...`` would land there. Wrapped as a hardcoded resource it is
-    used as is, with no config schema (the code location's resource has ``url=None`` and reads
-    ``MARKETFLOW_POSTGRES_URL`` when used, so nothing secret is stored either)."""
-    postgres = resources.get("postgres")
-    if isinstance(postgres, PostgresResource) and postgres.url:
-        return {
-            **resources,
-            "postgres": dg.ResourceDefinition.hardcoded_resource(
-                postgres, description="PostgreSQL (URL kept out of run storage)"
-            ),
-        }
-    return resources
-
-
 def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
     return dg.map_asset_specs(
         lambda spec: (
@@ -137,6 +107,10 @@ def with_freshness(assets: list, policy: dg.FreshnessPolicy) -> list:
         assets,
     )
 
+
+# Without MARKETFLOW_POSTGRES_URL the PostgreSQL resource uses the embedded server, which the
+# runtime starts (or finds running) - handed over here, the one place that wires the layers.
+_postgres_resource.EMBEDDED_SERVER = embedded_postgres_url
 
 defs = dg.Definitions(
     assets=with_freshness(ALL_ASSETS, freshness_policy()),

@@ -177,7 +177,7 @@ def new_topic(kafka_bootstrap):
 @pytest.fixture(scope="session")
 def spark():
     """One local[2] SparkSession for the whole test session."""
-    from marketflow_assets.runtime.spark import get_spark
+    from marketflow_assets.spark_session import get_spark
 
     session = get_spark("local[2]", app_name="marketflow-tests")
     yield session
@@ -232,7 +232,20 @@ def lane_of(item) -> str:
     return "fast"
 
 
+#: Run first (``make test`` runs two xdist workers, which take tests in collection order): the
+#: longest tests, so that they overlap instead of finishing the run alone.
+FIRST = ("outage", "fault", "stack", "engines")
+
+
+def _start_rank(item) -> int:
+    for rank, name in enumerate(FIRST):
+        if item.get_closest_marker(name):
+            return rank
+    return len(FIRST)
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if lane_of(item) == "slow":
             item.add_marker(pytest.mark.slow)
+    items.sort(key=_start_rank)  # stable: the file order within each rank

@@ -253,11 +253,11 @@ def stop_ingest_between_polls(stack: Stack) -> psutil.Process:
     return ingest
 
 
-def settle(stack: Stack, url: str, limit: float = 300) -> float:
+def settle(stack: Stack, url: str, limit: float = 480) -> float:
     """Wait until the raw table and price_indicators hold every recorded poll and stopped
-    changing, or (something is missing) did not change for a minute; returns the seconds waited.
-    A Spark job restarted after an outage can take a minute before its first batch, so a short
-    quiet spell alone proves nothing."""
+    changing, or (something is missing) did not change for two minutes; returns the seconds
+    waited. A Spark job restarted after an outage can take a minute or two on a loaded machine
+    before its first batch, so a short quiet spell alone proves nothing."""
     polls = set(recorded(stack.record))
     previous, stable, started = None, 0, time.monotonic()
     while time.monotonic() - started < limit:
@@ -267,7 +267,7 @@ def settle(stack: Stack, url: str, limit: float = 300) -> float:
             previous = current
             raw_keys = {k for k, _ in current[0]}
             complete = polls <= raw_keys and polls <= set(current[1])
-            if (complete and stable >= 2) or stable >= 30:
+            if (complete and stable >= 2) or stable >= 60:
                 break
         time.sleep(2)
     return time.monotonic() - started

@@ -71,18 +71,21 @@ class Timeline:
 
 
 def _flows_after(stack: Stack, moment: datetime, what: str, note, source=None) -> None:
-    """Wait until price_indicators (rows of ``source`` when given) has a poll after ``moment``."""
+    """Wait until price_indicators (rows of ``source`` when given; ``"raw"``: the raw table) has
+    a poll after ``moment``."""
     cut = pd.Timestamp(moment)
 
     def newer() -> bool:
-        latest = newest(indicator_rows(stack.postgres_url(), source))
+        if source == "raw":
+            latest = newest(raw_rows(stack.raw_dir))
+        else:
+            latest = newest(indicator_rows(stack.postgres_url(), source))
         return latest is not None and latest > cut
 
-    took = stack.wait_for(newer, 400, f"price_indicators rows after {what}")
-    note(
-        f"price_indicators{f' ({source} rows)' if source else ''} has polls after {what} "
-        f"({took:.0f} s)"
-    )
+    where = "raw_prices" if source == "raw" else "price_indicators"
+    took = stack.wait_for(newer, 480, f"{where} rows after {what}")
+    label = f" ({source} rows)" if source not in (None, "raw") else ""
+    note(f"{where}{label} has polls after {what} ({took:.0f} s)")
 
 
 def _hold(stack: Stack, seconds: float, ingest: psutil.Process) -> None:
@@ -276,7 +279,9 @@ def test_external_postgres_and_broker_each_away_lose_nothing(tmp_path, external_
         finally:
             broker.start()
         note("broker started again (empty)")
-        _flows_after(stack, stopped_at + pd.Timedelta(seconds=OUTAGE_S), "the broker outage", note)
+        back = stopped_at + pd.Timedelta(seconds=OUTAGE_S)
+        _flows_after(stack, back, "the broker outage", note)
+        _flows_after(stack, back, "the broker outage", note, "raw")  # the Spark job resumed
         assert _partitions(bootstrap) == partitions, "the topic came back with other partitions"
         stack.wait_for(lambda: len(_alerts(stack.log(), "kafka")[1]) == 1, 60, "the alert")
         assert _alerts(stack.log(), "kafka")[0] == 1, stack.tail()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.browser
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES = REPO_ROOT / "docs" / "images"
 SCRIPT = REPO_ROOT / "docs" / "make_screenshots.py"

@@ -439,7 +439,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     _check_broker(bootstrap, topic)
     monitor = StreamMonitor(bootstrap, topic, checkpoint, metrics_port, args.trigger_seconds)
 
-    from marketflow_assets.runtime.spark import get_spark
+    from marketflow_assets.spark_session import get_spark
     from spark_streaming.kafka_source import FORMAT_NAME, KafkaDataSource
 
     spark = get_spark(_resolve_master(args.master), app_name="marketflow-kafka-streaming")

@@ -55,7 +55,7 @@ def data_age(newest: datetime, now: datetime, warn_after: float, error_after: fl
 
 def freshness_thresholds() -> tuple[float, float]:
     """(warn, error) seconds of the freshness checks, from the same settings they use."""
-    from marketflow_assets.defs.common.outcome import load_check_settings
+    from marketflow_assets.settings import load_check_settings
 
     settings = load_check_settings()
     return settings.freshness_warn_seconds, settings.freshness_error_seconds

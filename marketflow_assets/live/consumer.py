@@ -100,9 +100,9 @@ class LiveConsumer:
         # Tansu ignores allow_auto_topic_creation: a metadata request naming a missing topic
         # creates it (4 partitions) -- after a broker restart, before ingest creates it with
         # the configured count. Asking for all topics' metadata never creates one.
-        cluster = getattr(consumer, "_cluster", None)
-        if cluster is not None and hasattr(cluster, "need_all_topic_metadata"):
-            cluster.need_all_topic_metadata = True
+        from marketflow_assets.kafka_client import no_auto_create
+
+        no_auto_create(consumer)
         return consumer
 
     def _unseen_before(self, stored: dict[int, int], timeout_s: float = 3.0) -> list[int]:

@@ -15,7 +15,7 @@ from datetime import datetime
 import pandas as pd
 
 from marketflow_assets import indicators as ind
-from marketflow_assets.resources.postgres import ALL_COINS_STATE_SQL, _csv_payload
+from marketflow_assets.resources.postgres import ALL_COINS_STATE_SQL, csv_payload
 from marketflow_assets.schema import (
     LIVE_OFFSETS_TABLE,
     MOVER_INPUT_COLUMNS,
@@ -112,7 +112,7 @@ class LiveStore:
                 cols = ", ".join((*INDICATOR_COLS, SOURCE_COLUMN))
                 cur.copy_expert(
                     f"COPY _live_indicators ({cols}) FROM STDIN WITH (FORMAT csv)",
-                    _csv_payload(frame),
+                    csv_payload(frame),
                 )
                 cur.execute(
                     f"INSERT INTO price_indicators ({cols}) SELECT {cols} FROM _live_indicators "
@@ -160,7 +160,7 @@ class LiveStore:
         frame = movers.loc[:, list(MOVER_COLS)].assign(**{SOURCE_COLUMN: SOURCE_LIVE})
         mcols = ", ".join((*MOVER_COLS, SOURCE_COLUMN))
         cur.copy_expert(
-            f"COPY _live_movers ({mcols}) FROM STDIN WITH (FORMAT csv)", _csv_payload(frame)
+            f"COPY _live_movers ({mcols}) FROM STDIN WITH (FORMAT csv)", csv_payload(frame)
         )
         cur.execute(
             f"INSERT INTO market_movers ({mcols}) SELECT {mcols} FROM _live_movers "

@@ -2,7 +2,7 @@
 
 A dead broker or an unreachable CoinGecko is seen first (and, when Dagster is down, only) by the
 ingest loop, so it alerts through the same
-:func:`~marketflow_assets.defs.monitoring.alerts.emit_alert`
+:func:`~marketflow_assets.monitoring.alerts.emit_alert`
 as the Dagster alert sensor. State machine, one message per state change:
 
 * ``broker=True`` -> ``FAILURE`` at once (ingest itself reports the broker through the
@@ -104,7 +104,7 @@ def emit_to_alert_path(
 ) -> Callable[[str, str, str], object]:
     """``emit`` for :class:`PollAlerts` and :class:`EdgeAlert` through the one alert function
     of the project, under the alert ``key``."""
-    from marketflow_assets.defs.monitoring.alerts import Alert, emit_alert
+    from marketflow_assets.monitoring.alerts import Alert, emit_alert
 
     def emit(previous: str, state: str, text: str) -> bool:
         return emit_alert(Alert(key, previous, state, text), webhook_url)

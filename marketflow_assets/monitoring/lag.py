@@ -200,7 +200,7 @@ def measure_lag(checkpoint: Path, probe, now: float | None = None) -> LagReport:
 def make_probe(bootstrap: str, topic: str, client_id: str = "marketflow-monitoring"):
     """A :class:`KafkaOffsetProbe` with short timeouts (a monitor must not hang on a dead
     broker)."""
-    from spark_streaming.kafka_source import KafkaOffsetProbe
+    from marketflow_assets.kafka_client import KafkaOffsetProbe
 
     return KafkaOffsetProbe(
         bootstrap,

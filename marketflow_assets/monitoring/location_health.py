@@ -3,7 +3,7 @@
 A code location that fails to load runs none of its sensors, so ``marketflow_alert_sensor``
 cannot report it. :class:`LocationWatch` asks the Dagster webserver instead (its public GraphQL
 API, ``workspaceOrError``) and alerts once when a location starts failing to load, and once when
-it loads again, through :func:`marketflow_assets.defs.monitoring.alerts.emit_alert`. Call
+it loads again, through :func:`marketflow_assets.monitoring.alerts.emit_alert`. Call
 :meth:`LocationWatch.check` periodically from a process outside the code location (the
 ``marketflow up`` supervisor).
 """
@@ -95,7 +95,7 @@ class LocationWatch:
 
 
 def _emit_to_alert_path(key: str, previous: str, state: str, text: str) -> bool:
-    from marketflow_assets.defs.monitoring.alerts import Alert, emit_alert
+    from marketflow_assets.monitoring.alerts import Alert, emit_alert
     from marketflow_assets.settings import load_monitoring_settings
 
     webhook = load_monitoring_settings().alert_webhook_url

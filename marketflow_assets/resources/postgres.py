@@ -18,6 +18,7 @@ import io
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -66,7 +67,14 @@ def _utc(value: datetime | pd.Timestamp) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def _csv_payload(frame: pd.DataFrame) -> io.BytesIO:
+#: Starts (or finds) the embedded PostgreSQL with its data in a directory and returns its URL,
+#: for a resource without a configured URL. Resources start no process themselves: the
+#: composition root (``definitions.py``) hands over
+#: :func:`marketflow_assets.runtime.services.embedded_postgres_url`.
+EMBEDDED_SERVER: Callable[[Path], str] | None = None
+
+
+def csv_payload(frame: pd.DataFrame) -> io.BytesIO:
     """``frame`` as a headerless CSV ``COPY`` payload, written by Arrow's C++ CSV writer.
 
     About 10x faster than ``DataFrame.to_csv`` for an hour of indicators. Doubles are written in
@@ -108,9 +116,12 @@ class PostgresResource(dg.ConfigurableResource):
         settings = load_settings()
         if settings.postgres_url:
             return settings.postgres_url
-        from marketflow_assets.runtime.services import embedded_postgres_url
-
-        return embedded_postgres_url(settings.postgres_dir)
+        if EMBEDDED_SERVER is None:
+            raise dg.DagsterInvariantViolationError(
+                "MARKETFLOW_POSTGRES_URL is not set and no embedded PostgreSQL was handed to the "
+                "resources (definitions.py does that); set MARKETFLOW_POSTGRES_URL"
+            )
+        return EMBEDDED_SERVER(settings.postgres_dir)
 
     def display_url(self) -> str:
         """Where connections go, safe to log (password redacted; nothing is started)."""
@@ -197,7 +208,7 @@ class PostgresResource(dg.ConfigurableResource):
                     f"{table}: rows with {ts_column} outside [{start}, {end}) "
                     f"({times.min()} .. {times.max()})"
                 )
-        buf = _csv_payload(frame.loc[:, list(columns)])
+        buf = csv_payload(frame.loc[:, list(columns)])
         col_list = ", ".join(columns)
         period = (_utc(start).to_pydatetime(), _utc(end).to_pydatetime())
         with self.get_connection() as conn, conn.cursor() as cur:

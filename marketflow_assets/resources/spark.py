@@ -20,9 +20,9 @@ LOCAL_MAX_ROWS = 500_000
 def default_spark_config() -> dict[str, str]:
     """Spark settings from the environment, read when a session is needed: a Spark Connect
     client when ``MARKETFLOW_SPARK_REMOTE`` is set, else
-    :func:`marketflow_assets.runtime.spark.spark_conf`
+    :func:`marketflow_assets.spark_session.spark_conf`
     (master ``MARKETFLOW_SPARK_MASTER``, default ``local[*]``)."""
-    from marketflow_assets.runtime.spark import spark_conf
+    from marketflow_assets.spark_session import spark_conf
 
     settings = load_settings()
     if settings.spark_remote:

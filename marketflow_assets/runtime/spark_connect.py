@@ -25,8 +25,8 @@ from marketflow_assets.runtime.services import (
     free_port,
     stop_process,
 )
-from marketflow_assets.runtime.spark import spark_conf
 from marketflow_assets.settings import ENV_SPARK_REMOTE, child_environment
+from marketflow_assets.spark_session import spark_conf
 
 logger = logging.getLogger(__name__)
 

@@ -269,7 +269,7 @@ class ReadinessProbes:
     def _kafka_has_messages(self) -> bool:
         from kafka import KafkaConsumer
 
-        from spark_streaming.kafka_source import no_auto_create
+        from marketflow_assets.kafka_client import no_auto_create
 
         # never names the topic in a metadata request: Tansu would create it (4 partitions)
         consumer = no_auto_create(
@@ -459,7 +459,7 @@ def _watch(
 def emit_alert(key: str, previous: str, state: str, text: str) -> bool:
     """An alert of ``up`` (a service outage, a crash loop) through the project's one alert
     path: a log line, and the webhook when ``MARKETFLOW_ALERT_WEBHOOK_URL`` is set."""
-    from marketflow_assets.defs.monitoring.alerts import PASSED, Alert, emit_alert
+    from marketflow_assets.monitoring.alerts import PASSED, Alert, emit_alert
     from marketflow_assets.settings import load_monitoring_settings
 
     webhook = load_monitoring_settings().alert_webhook_url
@@ -659,7 +659,7 @@ def _stop_all(
 
 def unread_messages(settings: Settings, probe) -> int:
     """Messages in the topic beyond the Spark job's last committed batch."""
-    from spark_streaming.kafka_streaming import batch_end_offsets
+    from marketflow_assets.monitoring.lag import batch_end_offsets
 
     checkpoint = settings.checkpoint_dir / "raw_prices" / settings.kafka_topic
     batches = [int(f.name) for f in (checkpoint / "commits").glob("*") if f.name.isdigit()]
@@ -678,7 +678,7 @@ def drain_spark(
 ) -> None:
     """Wait (at most ``timeout`` s, or until ``hurry`` is set) until the Spark job has committed
     every message of the topic."""
-    from spark_streaming.kafka_source import KafkaOffsetProbe
+    from marketflow_assets.kafka_client import KafkaOffsetProbe
 
     probe = KafkaOffsetProbe(settings.kafka_bootstrap, settings.kafka_topic, "marketflow-up-drain")
     try:

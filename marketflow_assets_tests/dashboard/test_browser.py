@@ -24,6 +24,7 @@ from marketflow_assets_tests.helpers import write_raw_parquet
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [
+    pytest.mark.browser,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium)"),
     pytest.mark.timeout(300),
 ]

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from marketflow_assets.monitoring.ingest_health import PollAlerts
 from marketflow_assets.runtime.services import EmbeddedKafka, free_port
 from marketflow_assets_tests.monitoring.monitoring_helpers import (
@@ -18,6 +20,8 @@ from marketflow_assets_tests.monitoring.monitoring_helpers import (
     scrape,
     wait_for,
 )
+
+pytestmark = pytest.mark.stack
 
 COINS_GOOD = 4
 

@@ -19,6 +19,8 @@ from marketflow_assets_tests.helpers import (
     write_raw_parquet,
 )
 
+pytestmark = pytest.mark.stack
+
 CLI = "import sys; from marketflow_assets.cli import main; sys.exit(main(sys.argv[1:]))"
 
 pytest.importorskip("grpc_status", reason="pyspark[connect] client extras are not installed")

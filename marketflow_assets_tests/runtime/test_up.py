@@ -24,6 +24,8 @@ import pytest
 from marketflow_assets.runtime.services import free_port
 from marketflow_assets_tests.helpers import raw_key_counts
 
+pytestmark = pytest.mark.stack
+
 MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
 
 

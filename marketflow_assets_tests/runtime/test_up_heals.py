@@ -19,6 +19,8 @@ import pytest
 
 from marketflow_assets.runtime.services import free_port
 
+pytestmark = pytest.mark.stack
+
 MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
 
 

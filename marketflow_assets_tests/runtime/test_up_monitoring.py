@@ -25,6 +25,8 @@ from marketflow_assets_tests.monitoring.monitoring_helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.stack
+
 MARKETFLOW = str(Path(sys.executable).with_name("marketflow"))
 COINS = 10
 

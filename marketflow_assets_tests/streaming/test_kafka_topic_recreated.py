@@ -28,9 +28,12 @@ from marketflow_assets_tests.live.live_helpers import (
 from marketflow_assets_tests.streaming.test_spark_kafka_source import produce, read_all, reader
 from spark_streaming.kafka_source import RESET, TOPIC_ID, KafkaRange, read_range
 
-pytestmark = pytest.mark.skipif(
-    bool(lent_test_services()[1]), reason="restarts an embedded broker of its own"
-)
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.skipif(
+        bool(lent_test_services()[1]), reason="restarts an embedded broker of its own"
+    ),
+]
 
 
 def create(bootstrap: str, topic: str, partitions: int) -> None:

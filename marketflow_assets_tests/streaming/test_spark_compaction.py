@@ -24,7 +24,10 @@ from marketflow_assets_tests.streaming.streaming_helpers import (
     run_job,
 )
 
-pytestmark = pytest.mark.timeout(900)  # ~90 s on an idle machine; minutes on a loaded one
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.timeout(900),
+]  # ~90 s on an idle machine; minutes on a loaded one
 
 START = dt.datetime(2026, 3, 1, 22, 50, tzinfo=dt.UTC)  # polls cross hours and midnight
 COINS = 3

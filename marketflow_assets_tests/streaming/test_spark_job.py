@@ -22,7 +22,7 @@ from marketflow_assets_tests.streaming.streaming_helpers import (
     run_job,
 )
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(420)]
 
 
 def assert_exact(data_dir, produced) -> None:

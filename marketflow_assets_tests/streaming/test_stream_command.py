@@ -16,7 +16,7 @@ from marketflow_assets_tests.streaming.streaming_helpers import (
     read_raw,
 )
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(420)]
 
 
 def marketflow_stream(env, *args, cwd, timeout=240) -> subprocess.CompletedProcess:

@@ -47,6 +47,29 @@ def fetch_one(conn, sql: str, params: dict[str, Any]) -> Any:
         return cur.fetchone()[0]
 
 
+def recomputed_since(instance, asset_key, run_id: str) -> tuple[bool, datetime | None]:
+    """What ``run_id`` recomputed of ``asset_key``: ``(known, since)``.
+
+    ``known`` is False when the newest materialization of the asset is not this run's (checks
+    then look at the whole partition); otherwise ``since`` is the first recomputed instant, None
+    when the run found nothing new (its checks then have no new rows to look at).
+    """
+    import dagster as dg
+
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key), limit=1
+    ).records
+    if not records or records[0].run_id != run_id:
+        return False, None
+    metadata = records[0].asset_materialization.metadata
+    if "incremental_plan" not in metadata:
+        return False, None
+    value = metadata.get("recomputed_from")
+    if value is None:
+        return True, None
+    return True, datetime.fromtimestamp(float(value.value), tz=UTC)
+
+
 def _recomputed_part(context, table: str, window):
     """In a partition run, only the rows this run recomputed (incremental refresh: a live run
     of the newest hour checks the new poll, not the whole hour again)."""
@@ -55,8 +78,6 @@ def _recomputed_part(context, table: str, window):
     from dataclasses import replace
 
     import dagster as dg
-
-    from marketflow_assets.defs.indicators.incremental import recomputed_since
 
     try:
         known, since = recomputed_since(context.instance, dg.AssetKey(table), context.run.run_id)

@@ -50,12 +50,12 @@ ASSET_NAMES = ("forecast_evaluation", "forecast_model", "price_forecasts")
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import dagster as dg
 
-    from marketflow_assets.definitions import build_resources, without_secrets_in_config
     from marketflow_assets.defs.forecasts import assets as forecasts
     from marketflow_assets.defs.forecasts import checks as forecast_checks
     from marketflow_assets.defs.indicators.assets import price_indicators
     from marketflow_assets.defs.raw_prices.assets import raw_prices
     from marketflow_assets.forecasting import report
+    from marketflow_assets.resources import build_resources, without_secrets_in_config
 
     if not settings.postgres_url:
         raise ConfigError("MARKETFLOW_POSTGRES_URL is not set (forecast needs PostgreSQL)")

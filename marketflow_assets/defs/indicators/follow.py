@@ -140,10 +140,17 @@ def _instance():
         return dg.DagsterInstance.ephemeral()
 
 
-def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | None = None) -> int:
+def run(
+    args: argparse.Namespace,
+    settings: Settings,
+    stop: threading.Event | None = None,
+    *,
+    defs,  # dagster.Definitions
+) -> int:
+    """``marketflow follow`` with the code location's ``defs`` (handed over by the command
+    line: nothing under ``defs/`` imports ``definitions.py``)."""
     if args.poll <= 0:
         raise ConfigError(f"--poll must be positive, got {args.poll:g}")
-    from marketflow_assets.definitions import defs
     from marketflow_assets.defs.indicators.jobs import refresh_indicators_job
 
     stop = stop or threading.Event()

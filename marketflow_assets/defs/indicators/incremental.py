@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from marketflow_assets.defs.indicators.compute import raw_window_files
@@ -209,26 +209,3 @@ def refresh_movers_window(
 
         reason = "full" if frm == start else f"from {frm.isoformat()}"
         return Step(frm, end, reason), compute(frm, end, after_write)
-
-
-def recomputed_since(instance, asset_key, run_id: str) -> tuple[bool, datetime | None]:
-    """What ``run_id`` recomputed of ``asset_key``: ``(known, since)``.
-
-    ``known`` is False when the newest materialization of the asset is not this run's (checks
-    then look at the whole partition); otherwise ``since`` is the first recomputed instant, None
-    when the run found nothing new (its checks then have no new rows to look at).
-    """
-    import dagster as dg
-
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset_key), limit=1
-    ).records
-    if not records or records[0].run_id != run_id:
-        return False, None
-    metadata = records[0].asset_materialization.metadata
-    if "incremental_plan" not in metadata:
-        return False, None
-    value = metadata.get("recomputed_from")
-    if value is None:
-        return True, None
-    return True, datetime.fromtimestamp(float(value.value), tz=UTC)

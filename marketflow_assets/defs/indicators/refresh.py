@@ -74,7 +74,6 @@ def _failure_message(result) -> str:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import dagster as dg
 
-    from marketflow_assets.definitions import build_resources, without_secrets_in_config
     from marketflow_assets.defs.common.partitions import (
         PARTITION_FMT,
         default_partition_start,
@@ -84,6 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from marketflow_assets.defs.indicators.jobs import partition_range_tags
     from marketflow_assets.defs.indicators.movers import build_market_movers
     from marketflow_assets.defs.raw_prices.assets import raw_prices
+    from marketflow_assets.resources import build_resources, without_secrets_in_config
 
     if not settings.postgres_url:
         raise ConfigError("MARKETFLOW_POSTGRES_URL is not set (refresh needs PostgreSQL)")

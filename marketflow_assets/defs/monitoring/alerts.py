@@ -35,14 +35,19 @@ Every alert leaves through :func:`emit_alert` (log line + webhook), the one plac
 import json
 import logging
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
 import dagster as dg
-import requests
 
 from marketflow_assets.defs.monitoring.history import database_url, record_alerts
+from marketflow_assets.monitoring.alerts import (  # noqa: F401 - re-exported: the sensor's API
+    PASSED,
+    RUN_OK,
+    Alert,
+    emit_alert,
+    post_webhook,
+    webhook_host,
+)
 from marketflow_assets.settings import (
     MonitoringSettings,
     load_check_settings,
@@ -54,16 +59,11 @@ log = logging.getLogger(__name__)
 SENSOR_INTERVAL_SECONDS = 15
 #: On its first tick the sensor looks at runs that finished this long ago at most.
 FIRST_TICK_LOOKBACK = timedelta(minutes=15)
-WEBHOOK_ATTEMPTS = 3
-WEBHOOK_BACKOFF_SECONDS = 0.5
-WEBHOOK_TIMEOUT_SECONDS = 5.0
 MAX_ALERTS_PER_TICK = 10
 #: When this code location was loaded (``marketflow up`` starts it): the start-up grace origin.
 LOADED_AT = time.time()
 
-PASSED = "passed"
 EXECUTION_FAILED = "EXECUTION_FAILED"
-RUN_OK = "SUCCESS"
 RUN_FAILED = "FAILURE"
 _FINISHED_RUN = (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE)
 _CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"
@@ -71,67 +71,6 @@ _CHECK_FAILED_ERROR = "DagsterAssetCheckFailedError"
 # no public name for their enum, so they are compared by value.
 _SUCCEEDED = "SUCCEEDED"
 _FAILED = "FAILED"
-
-
-@dataclass(frozen=True)
-class Alert:
-    key: str  # "raw_prices:freshness_check" or "job:<name>"
-    previous: str
-    state: str
-    text: str
-
-    @property
-    def is_failure(self) -> bool:
-        return self.state not in (PASSED, RUN_OK)
-
-
-# ------------------------------------------------------------------------------------------
-# Webhook
-# ------------------------------------------------------------------------------------------
-def webhook_host(url: str) -> str:
-    """The part of a webhook URL that is safe to log."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-
-
-def post_webhook(
-    url: str,
-    text: str,
-    attempts: int = WEBHOOK_ATTEMPTS,
-    backoff: float = WEBHOOK_BACKOFF_SECONDS,
-    timeout: float = WEBHOOK_TIMEOUT_SECONDS,
-) -> bool:
-    """POST ``{"text": text}``; retry on connection errors, 429 and 5xx. True on a 2xx."""
-    for attempt in range(1, attempts + 1):
-        try:
-            response = requests.post(url, json={"text": text}, timeout=timeout)
-            if response.status_code < 300:
-                return True
-            retriable = response.status_code == 429 or response.status_code >= 500
-            reason = f"HTTP {response.status_code}"
-        except requests.RequestException as exc:
-            retriable, reason = True, type(exc).__name__
-        log.warning(
-            "alert webhook %s attempt %d/%d failed: %s",
-            webhook_host(url),
-            attempt,
-            attempts,
-            reason,
-        )
-        if not retriable or attempt == attempts:
-            break
-        time.sleep(backoff * 2 ** (attempt - 1))
-    log.error("alert webhook %s gave up; the alert is only in this log", webhook_host(url))
-    return False
-
-
-def emit_alert(alert: Alert, webhook_url: str | None) -> bool:
-    """The one place an alert leaves Marketflow: a log line (WARNING for failures, INFO for
-    recoveries), then the webhook when configured. True when delivered (or nothing to post)."""
-    (log.warning if alert.is_failure else log.info)("ALERT %s", alert.text)
-    if webhook_url:
-        return post_webhook(webhook_url, alert.text)
-    return True
 
 
 # ------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from marketflow_assets.defs.indicators import checks as price_indicator_checks
 from marketflow_assets.defs.monitoring import alerts
 from marketflow_assets.defs.monitoring.checks import FRESHNESS_CHECKS
 from marketflow_assets.defs.monitoring.sensors import evaluate_monitoring_checks
+from marketflow_assets.monitoring import alerts as sending
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 
@@ -75,7 +76,7 @@ def test_one_post_per_check_state_change(
     monkeypatch.setenv("MARKETFLOW_FRESHNESS_WARN_SECONDS", "0.001")
     monkeypatch.setenv("MARKETFLOW_FRESHNESS_ERROR_SECONDS", "0.002")
     monitor()
-    with caplog.at_level(logging.WARNING, logger="marketflow_assets.defs.monitoring.alerts"):
+    with caplog.at_level(logging.WARNING, logger="marketflow_assets.monitoring.alerts"):
         posts = harness.tick()
     assert len(posts) == 3
     assert all(p.startswith("ERROR: Marketflow check ") for p in posts)
@@ -165,7 +166,7 @@ def test_webhook_retries_then_succeeds(httpserver):
         Response("busy", status=503)
     )
     httpserver.expect_ordered_request("/hook", method="POST").respond_with_data("ok")
-    assert alerts.post_webhook(httpserver.url_for("/hook"), "hello", backoff=0.01)
+    assert sending.post_webhook(httpserver.url_for("/hook"), "hello", backoff=0.01)
     assert [json.loads(r.get_data()) for r, _ in httpserver.log] == [{"text": "hello"}] * 2
 
 
@@ -173,8 +174,8 @@ def test_webhook_gives_up_after_three_attempts(httpserver):
     httpserver.expect_request("/hook", method="POST").respond_with_response(
         Response("down", status=500)
     )
-    assert not alerts.post_webhook(httpserver.url_for("/hook"), "hello", backoff=0.01)
-    assert len(httpserver.log) == alerts.WEBHOOK_ATTEMPTS
+    assert not sending.post_webhook(httpserver.url_for("/hook"), "hello", backoff=0.01)
+    assert len(httpserver.log) == sending.WEBHOOK_ATTEMPTS
 
 
 def test_no_webhook_configured_only_logs(sensor_defs, caplog, monkeypatch):
@@ -185,7 +186,7 @@ def test_no_webhook_configured_only_logs(sensor_defs, caplog, monkeypatch):
         dg.AssetCheckEvaluation(asset_key=key.asset_key, check_name=key.name, passed=False)
     )
     context = dg.build_sensor_context(instance=instance, definitions=sensor_defs)
-    with caplog.at_level(logging.WARNING, logger="marketflow_assets.defs.monitoring.alerts"):
+    with caplog.at_level(logging.WARNING, logger="marketflow_assets.monitoring.alerts"):
         result = alerts.marketflow_alert_sensor(context)
     assert "ERROR: Marketflow check raw_prices:unique_id_ts failed" in caplog.text
     assert json.loads(result.cursor)["checks"] == {"raw_prices:unique_id_ts": "ERROR"}

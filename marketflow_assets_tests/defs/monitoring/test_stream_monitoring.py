@@ -31,6 +31,8 @@ from marketflow_assets_tests.monitoring.monitoring_helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.stack
+
 REPO_ROOT = Path(__file__).resolve().parents[3]
 JOB = REPO_ROOT / "spark_streaming" / "kafka_streaming.py"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from marketflow_assets.runtime.spark import is_loopback_master, spark_conf
+from marketflow_assets.spark_session import is_loopback_master, spark_conf
 
 
 @pytest.mark.parametrize(
