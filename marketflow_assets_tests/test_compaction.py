@@ -267,7 +267,13 @@ def test_kill_9_of_a_writer_in_the_middle_of_its_commits_loses_and_doubles_nothi
             text=True,
         )
         if kills < 6:
-            time.sleep(rng.uniform(1.0, 3.0))
+            # after a few commits of this run (however fast the machine), at a random moment
+            # within the next commit: never a time-based guess that a fast run can outpace
+            wait_for = rng.randint(2, 15)
+            for seen, _line in enumerate(proc.stdout, start=1):
+                if seen >= wait_for:
+                    break
+            time.sleep(rng.uniform(0.0, 0.05))
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait(timeout=240)
