@@ -9,8 +9,9 @@ older than the one the sensors watch - or table rows without raw data behind the
 Plain functions only (no Dagster): :func:`raw_rows_per_hour` (per day, from one pinned version
 of the ``raw_prices`` table), :func:`indicator_rows_per_hour` (one ``GROUP BY`` over the
 primary key) and :func:`differing_hours`. The ``price_indicators_reconciled`` check
-(``checks/reconciliation.py``) compares every hour; the ``reconciliation_sensor``
-(``sensors/reconciliation.py``) compares the days whose raw files changed and requests the runs.
+(``defs/indicators/reconciliation_checks.py``) compares every hour; the
+``reconciliation_sensor`` (``defs/indicators/reconciliation_sensor.py``) compares the days whose
+raw files changed and requests the runs.
 """
 
 from __future__ import annotations

@@ -243,7 +243,7 @@ def create_table_sql(table: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} (\n  {body},\n  PRIMARY KEY ({', '.join(key)})\n)"
 
 
-# Bookkeeping of the incremental refresh (``assets/incremental.py``), one row per hourly
+# Bookkeeping of the incremental refresh (``defs/indicators/incremental.py``), one row per hourly
 # partition: the raw files already folded into ``price_indicators`` (names relative to
 # ``raw_prices/``; NULL = recompute the whole hour next time), the table's newest ``ts`` in the
 # hour after that write (a mismatch means the table changed behind the refresh's back), and

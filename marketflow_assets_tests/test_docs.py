@@ -214,3 +214,85 @@ def test_license_is_apache_2():
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
     assert "Licensed under the Apache License 2.0" in README.read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------
+# docs/ARCHITECTURE.md "Code layout" names exactly the modules of the tree
+# ------------------------------------------------------------------------------------------------
+PACKAGES = ("marketflow_assets", "spark_streaming")
+
+
+def layout_modules(text: str) -> set[str]:
+    """Module paths (``marketflow_assets/ingest/spool.py``) named in the code-layout block: a
+    line ``<indent><dir>/  a.py  b.py  comment`` opens ``dir`` under the directory of the last
+    line with less indentation; a line of only ``*.py`` names continues the one above."""
+    block = text.split("## Code layout", 1)[1].split("```", 2)[1]
+    named: set[str] = set()
+    stack: list[tuple[int, str]] = []  # (indent, directory path)
+    current = ""
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        words = line.split()
+        if words[0].endswith("/"):
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            parent = stack[-1][1] if stack else ""
+            current = f"{parent}{words[0]}"
+            stack.append((indent, current))
+            words = words[1:]
+        else:  # files: of the innermost directory opened with less indentation
+            while stack and stack[-1][0] >= indent:
+                stack.pop()
+            current = stack[-1][1] if stack else ""
+        for word in words:
+            if not word.endswith(".py"):
+                break  # the comment starts
+            named.add(f"{current}{word}")
+    return {m for m in named if m.startswith(PACKAGES)}
+
+
+def tree_modules() -> set[str]:
+    return {
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if not path.name.startswith("__") and "__pycache__" not in path.parts
+    }
+
+
+def test_architecture_code_layout_names_every_module_and_no_other():
+    named = layout_modules((ROOT / "docs" / "ARCHITECTURE.md").read_text())
+    tree = tree_modules()
+    assert len(tree) > 80
+    assert not named - tree, f"docs/ARCHITECTURE.md names modules that do not exist: {named - tree}"
+    assert not tree - named, f"docs/ARCHITECTURE.md misses modules: {tree - named}"
+
+
+def test_layout_parser_reads_nesting_and_continuations():
+    text = "\n".join(
+        [
+            "## Code layout",
+            "```",
+            "marketflow_assets/",
+            "  a.py  b.py   words here",
+            "  x/  c.py",
+            "    y/  d.py",
+            "        e.py",
+            "  z/  f.py",
+            "  h.py",
+            "spark_streaming/  g.py",
+            "```",
+        ]
+    )
+    assert layout_modules(text) == {
+        "marketflow_assets/a.py",
+        "marketflow_assets/b.py",
+        "marketflow_assets/x/c.py",
+        "marketflow_assets/x/y/d.py",
+        "marketflow_assets/x/y/e.py",
+        "marketflow_assets/z/f.py",
+        "marketflow_assets/h.py",
+        "spark_streaming/g.py",
+    }

@@ -2,8 +2,9 @@
 
 * :func:`data_age` classifies the age of the newest data with the freshness checks' own
   thresholds (``MARKETFLOW_FRESHNESS_WARN_SECONDS`` / ``..._ERROR_SECONDS``, read by
-  ``checks.common.load_check_settings``): ``OK`` when age <= warn, ``WARN`` when
-  warn < age <= error, ``ERROR`` above error — exactly :func:`checks.freshness.freshness_outcome`.
+  :func:`marketflow_assets.settings.load_check_settings`): ``OK`` when age <= warn, ``WARN``
+  when warn < age <= error, ``ERROR`` above error — exactly
+  :func:`marketflow_assets.defs.monitoring.checks.freshness_outcome`.
 * :func:`market_tiles` counts coins, advancers (change_5min > 0), decliners (< 0) and unchanged.
 * :func:`movers_table` formats a direction's movers: change_5min as a percentage with two
   decimals, and the rank change since the previous snapshot = previous rank − rank (positive =

@@ -8,7 +8,7 @@
   whose target time has passed (:mod:`marketflow_assets.forecasting.live`) and launches
   ``forecast_training_job`` once per stored model when its live error degraded.
 
-Hourly retraining is ``schedules/forecasts.py``.
+Hourly retraining is ``defs/forecasts/schedules.py``.
 """
 
 import dagster as dg

@@ -14,7 +14,7 @@ the oldest differing hour to the newest partition, tagged ``marketflow/trigger=r
 The range runs to the newest partition because a late row changes the EMA (and the 5-minute
 changes) of every later row of its coin: the run's first hour is refreshed incrementally from the
 late row on, its write invalidates the later hours' ledger rows, and the later hours are then
-recomputed in full in the same run (``assets/incremental.py``) - so the table equals a full
+recomputed in full in the same run (``defs/indicators/incremental.py``) - so the table equals a full
 recompute. Differing hours covered by a refresh run still in flight are left to that run (checked
 again next time); the range may overlap an in-flight live run of the newest hour, which the
 refresh lock serialises. An hour still differing with the same counts after ``MAX_ATTEMPTS``

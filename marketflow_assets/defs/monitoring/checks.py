@@ -11,7 +11,7 @@ old partition is not fresh data).
 * age >  ``MARKETFLOW_FRESHNESS_ERROR_SECONDS`` (default 300 s) or no data at all: fail, ERROR.
 
 The checks are ordinary executable asset checks (runnable from the UI or a job); the
-``monitoring_checks_sensor`` (``sensors/freshness.py``) evaluates the same functions every
+``monitoring_checks_sensor`` (``defs/monitoring/sensors.py``) evaluates the same functions every
 minute and records the results, so a stalled stage turns red without anyone clicking.
 """
 
