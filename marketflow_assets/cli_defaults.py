@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -33,6 +34,38 @@ SOURCE_HELP = (
     "price source: live CoinGecko, a replay file, the seeded simulator, or auto = live "
     "CoinGecko when its API answers at start-up, else the simulator"
 )
+
+
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """``--source``, ``--coins``, ``--interval``, ``--replay-file``, ``--speed``: the one
+    definition ``marketflow up`` and ``marketflow ingest`` share (``up`` hands them to its
+    ingest child as given)."""
+    parser.add_argument("--source", choices=SOURCES, default=DEFAULT_SOURCE, help=SOURCE_HELP)
+    parser.add_argument(
+        "--coins", type=int, default=DEFAULT_COINS, help="top-N coins by market cap per poll"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=DEFAULT_INTERVAL, help="seconds between poll starts"
+    )
+    parser.add_argument(
+        "--replay-file", type=Path, help="replay file (JSON Lines) for --source replay"
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=DEFAULT_SPEED,
+        help="replay speed: multiplies real time between recorded polls; 0 = no waiting",
+    )
+
+
+def check_replay_file(args: argparse.Namespace) -> None:
+    """``--source replay`` needs an existing ``--replay-file`` (one usage error otherwise)."""
+    from marketflow_assets.settings import ConfigError
+
+    if args.source == "replay" and not args.replay_file:
+        raise ConfigError("--source replay needs --replay-file PATH")
+    if args.source == "replay" and not Path(args.replay_file).is_file():
+        raise ConfigError(f"--replay-file {args.replay_file}: no such file")
 
 
 class HelpFormatter(argparse.HelpFormatter):

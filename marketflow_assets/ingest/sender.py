@@ -69,7 +69,7 @@ class _NoAlert:
 
 
 class Sender:
-    """Sends the spooled polls of ``delivery`` (a :class:`~.command.Delivery`) in a thread."""
+    """Sends the spooled polls of ``delivery`` (a :class:`~.delivery.Delivery`) in a thread."""
 
     def __init__(
         self,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import signal
 import threading
 import time
 
+from marketflow_assets.runtime.signals import stop_after_work_in_hand
 from marketflow_assets.settings import ConfigError, Settings, load_live_settings
 
 logger = logging.getLogger("marketflow.live")
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
 
     logger.info("live: %s -> price_indicators, market_movers", settings.kafka_topic)
-    with _stop_on_signals(stop):
+    with stop_after_work_in_hand(stop, work="the batch in hand", log=logger):
         run_waiting(consumer, stop)
     return 0
 
@@ -105,19 +105,3 @@ def run_waiting(
             if consumer is not None:
                 with contextlib.suppress(Exception):
                     consumer.close()
-
-
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event):
-    """SIGINT/SIGTERM: finish the batch in hand, then stop."""
-
-    def handler(signum, _frame) -> None:
-        logger.info("live: received %s; stopping", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

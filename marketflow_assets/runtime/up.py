@@ -61,40 +61,15 @@ logger = logging.getLogger("marketflow.up")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPARK_JOB = REPO_ROOT / "spark_streaming" / "kafka_streaming.py"
-SOURCES = ("auto", "coingecko", "replay", "simulate")
 #: Micro-batch trigger of the streaming job under ``up``: a new poll waits at most this long
 #: before its micro-batch starts (docs/PERFORMANCE.md, "Where the seconds go").
 STREAMING_TRIGGER_SECONDS = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from marketflow_assets import cli_defaults as defaults
+    from marketflow_assets import cli_defaults
 
-    parser.add_argument(
-        "--source",
-        choices=defaults.SOURCES,
-        default=defaults.DEFAULT_SOURCE,
-        help=defaults.SOURCE_HELP,
-    )
-    parser.add_argument(
-        "--coins",
-        type=int,
-        default=defaults.DEFAULT_COINS,
-        help="top-N coins by market cap per poll",
-    )
-    parser.add_argument(
-        "--interval",
-        type=float,
-        default=defaults.DEFAULT_INTERVAL,
-        help="seconds between poll starts",
-    )
-    parser.add_argument("--replay-file", help="replay file (JSON Lines) for --source replay")
-    parser.add_argument(
-        "--speed",
-        type=float,
-        default=defaults.DEFAULT_SPEED,
-        help="replay speed: multiplies real time between recorded polls; 0 = no waiting",
-    )
+    cli_defaults.add_source_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="host of the Dagster UI")
     parser.add_argument("--port", type=int, default=3000, help="port of the Dagster UI")
     parser.add_argument("--dashboard-port", type=int, default=8501, help="analyst dashboard port")
@@ -128,11 +103,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_source(args: argparse.Namespace, settings: Settings) -> str:
     """``auto`` → ``coingecko`` when the API answers, else ``simulate``; says which in one line."""
-    if args.source == "replay" and not args.replay_file:
-        raise ConfigError("--source replay needs --replay-file PATH")
-    if args.source == "replay" and not Path(args.replay_file).is_file():
-        raise ConfigError(f"--replay-file {args.replay_file}: no such file")
+    from marketflow_assets.cli_defaults import check_replay_file
     from marketflow_assets.cli_defaults import resolve_source as resolve
+
+    check_replay_file(args)
 
     return resolve(args.source, settings, logger)
 

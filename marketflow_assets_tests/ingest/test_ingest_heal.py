@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import pytest
 
 from marketflow_assets.ingest import command
+from marketflow_assets.ingest import delivery as delivery_engine
 from marketflow_assets.ingest.publish import Publisher
 from marketflow_assets.ingest.sources import simulate_polls
 from marketflow_assets.ingest.spool import MB, Spool
@@ -123,7 +124,9 @@ def test_a_poll_is_never_sent_without_its_spool_copy(
     with WebhookReceiver() as hook:
         spool = Spool(tmp_path / "spool", topic, min_free_bytes=256 * MB)
         disk_alert = _alerts(hook, "ingest:spool_disk")
-        delivery = command.Delivery(publisher, spool, tmp_path / "raw", disk_alert=disk_alert)
+        delivery = delivery_engine.Delivery(
+            publisher, spool, tmp_path / "raw", disk_alert=disk_alert
+        )
         try:
             with caplog.at_level(logging.ERROR):
                 for ts, recs in polls[:2]:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import pytest
 
 from marketflow_assets.ingest import command
+from marketflow_assets.ingest import delivery as delivery_engine
 from marketflow_assets.ingest import spool as spool_mod
 from marketflow_assets.ingest.publish import Publisher
 from marketflow_assets.ingest.sources import simulate_polls
@@ -170,7 +171,7 @@ def test_each_poll_is_fsynced_to_the_spool_before_it_is_sent(spool_settings, mon
     )
     publisher.ensure_topics()
     spool = Spool(settings.spool_dir, settings.kafka_topic)
-    delivery = command.Delivery(publisher, spool, settings.raw_dir)
+    delivery = delivery_engine.Delivery(publisher, spool, settings.raw_dir)
     try:
         for ts, records in polls:
             bad = dict(records[0], id="broken", current_price=-1)
@@ -358,7 +359,7 @@ def test_a_restart_on_the_same_topic_resends_only_what_it_never_acknowledged(
     publisher = Publisher(settings.kafka_bootstrap, settings.kafka_topic, settings.dlq_topic)
     publisher.ensure_topics()
     try:
-        delivery = command.Delivery(publisher, spool, settings.raw_dir)
+        delivery = delivery_engine.Delivery(publisher, spool, settings.raw_dir)
         result, _ = delivery.deliver(validate_poll(polls[0][1], polls[0][0]))
         assert result.ok
         # poll 2 reached the spool but the process died before sending it
@@ -466,7 +467,7 @@ def test_a_running_ingest_resends_its_spool_when_the_broker_lost_the_topic(
     )
     try:
         publisher.ensure_topics()
-        delivery = command.Delivery(publisher, spool, tmp_path / "raw_prices")
+        delivery = delivery_engine.Delivery(publisher, spool, tmp_path / "raw_prices")
         first_topic_id = delivery.topic_id
         assert first_topic_id is not None  # Tansu reports topic ids
         assert delivery.deliver(validate_poll(polls[0][1], polls[0][0]))[0].ok
