@@ -190,8 +190,8 @@ def ensure_table(label: str, hours: int) -> Path:
 
     from marketflow_assets import compaction
     from marketflow_assets.raw_dataset import (
-        _commit_properties,
         append_batch,
+        commit_properties,
         open_table,
         snapshot,
         table_configuration,
@@ -248,7 +248,7 @@ def ensure_table(label: str, hours: int) -> Path:
         dry_run=False,
         enforce_retention_duration=False,
         full=True,
-        commit_properties=_commit_properties("vacuum"),
+        commit_properties=commit_properties("vacuum"),
     )
     # back to the real properties, and one real compaction (checkpoint + log cleanup)
     table.update_incremental()
@@ -411,7 +411,7 @@ def read_cost(raws: dict[str, Path], scratch: Path) -> dict[tuple[str, str], dic
     docstring): ``{(table, "before" | "after"): {"times", "rows", "files", "row_groups", ...}}``."""
     from marketflow_assets import compaction
     from marketflow_assets.defs.indicators.compute import (
-        _lookback,
+        lookback,
         raw_window_files,
         read_raw_window_local,
     )
@@ -446,7 +446,7 @@ def read_cost(raws: dict[str, Path], scratch: Path) -> dict[tuple[str, str], dic
                 assert len(df) == s["rows"] and len(files) == s["files"], (key, k)
             else:
                 s["rows"], s["files"] = len(df), len(files)
-                s["row_groups"] = _row_groups(files, _lookback(start), end)
+                s["row_groups"] = _row_groups(files, lookback(start), end)
                 s["version"] = snap.version
                 s["hour_rows"] = int(((df["ts"] >= start) & (df["ts"] < end)).sum())
     for label in raws:
@@ -463,7 +463,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def refresh(raws: dict[str, Path], scratch: Path) -> dict[str, list[float]]:
-    from benchmarks.incremental import _database
+    from benchmarks.incremental import database
     from marketflow_assets.runtime.services import EmbeddedPostgres
 
     start = (END - pd.Timedelta(hours=1)).to_pydatetime()
@@ -473,7 +473,7 @@ def refresh(raws: dict[str, Path], scratch: Path) -> dict[str, list[float]]:
     pg_dir = tempfile.mkdtemp(prefix="pg-", dir=scratch)
     try:
         with EmbeddedPostgres(pg_dir + "/pgdata") as server_url:
-            urls = {label: _database(server_url, f"costs_{label}") for label in raws}
+            urls = {label: database(server_url, f"costs_{label}") for label in raws}
             for label, raw in raws.items():  # warm-up, untimed
                 project.materialize_partition(raw.parent, urls[label], previous)
                 project.materialize_partition(raw.parent, urls[label], key)

@@ -251,7 +251,7 @@ def register_files(raw: Path, paths: list[Path], operation: str = "append") -> i
     from marketflow_assets.settings import load_raw_retention_hours
 
     actions = [add_action(raw, p) for p in paths]
-    props = rd._commit_properties(operation, {"files": len(actions)})
+    props = rd.commit_properties(operation, {"files": len(actions)})
     if rd.is_table(raw):
         table = DeltaTable(str(raw))
         table.create_write_transaction(

@@ -97,7 +97,7 @@ def _vacuum(url: str) -> None:
     logger.info("vacuum after the seed's load: %.1f s (untimed)", time.perf_counter() - started)
 
 
-def _database(server_url: str, name: str) -> str:
+def database(server_url: str, name: str) -> str:
     """Create database ``name`` on the server of ``server_url``; return its URL."""
     from urllib.parse import urlsplit, urlunsplit
 
@@ -180,7 +180,7 @@ def run(mode: str = "quick") -> list[SizeResult]:
     try:
         with EmbeddedPostgres(pg_dir + "/pgdata") as server_url:
             spark = project.get_bench_spark()
-            urls = {label: _database(server_url, f"bench_{label}") for label in histories}
+            urls = {label: database(server_url, f"bench_{label}") for label in histories}
             seeds, seed_rows = {}, {}
             for label, history in histories.items():
                 if label not in SEEDED[mode]:

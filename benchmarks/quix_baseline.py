@@ -137,7 +137,7 @@ class Upserter:
             cur.execute(create_table_sql())
 
     def write(self, rows: pd.DataFrame) -> None:
-        from marketflow_assets.resources.postgres import _csv_payload
+        from marketflow_assets.resources.postgres import csv_payload
 
         cols = ", ".join(self.columns)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self.columns[2:])
@@ -147,7 +147,7 @@ class Upserter:
             )
             cur.copy_expert(
                 f"COPY _quix_batch ({cols}) FROM STDIN WITH (FORMAT csv)",
-                _csv_payload(rows.loc[:, list(self.columns)]),
+                csv_payload(rows.loc[:, list(self.columns)]),
             )
             cur.execute(
                 f"INSERT INTO {TABLE} ({cols}) SELECT {cols} FROM _quix_batch "

@@ -76,7 +76,7 @@ def _bulk_load(url: str, indicators: pd.DataFrame, movers: pd.DataFrame) -> None
     """Load both tables as a bulk load does (keys and indexes built after the COPY)."""
     import psycopg2
 
-    from marketflow_assets.resources.postgres import PostgresResource, _csv_payload
+    from marketflow_assets.resources.postgres import PostgresResource, csv_payload
     from marketflow_assets.schema import TABLES, column_names, create_all_sql
 
     PostgresResource(url=url).ensure_tables()
@@ -91,7 +91,7 @@ def _bulk_load(url: str, indicators: pd.DataFrame, movers: pd.DataFrame) -> None
                 cols = column_names(table)
                 cur.copy_expert(
                     f"COPY {table} ({', '.join(cols)}) FROM STDIN WITH (FORMAT csv)",
-                    _csv_payload(frame.loc[:, list(cols)]),
+                    csv_payload(frame.loc[:, list(cols)]),
                 )
                 cur.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({', '.join(TABLES[table][1])})")
             for statement in create_all_sql():
@@ -172,7 +172,7 @@ def _count(url: str, start, end) -> int:
 
 
 def run(mode: str = "quick") -> dict[str, list[float]]:
-    from benchmarks.incremental import _database
+    from benchmarks.incremental import database
     from marketflow_assets import indicators as ind
     from marketflow_assets.defs.indicators.compute import read_raw_window_local
     from marketflow_assets.raw_dataset import list_raw_files
@@ -224,7 +224,7 @@ def run(mode: str = "quick") -> dict[str, list[float]]:
                 t0 = time.perf_counter()
                 cut = cuts[label]
                 if previous is None:
-                    urls[label] = _database(server_url, f"scale_{label}")
+                    urls[label] = database(server_url, f"scale_{label}")
                     part = indicators["ts"] <= cut
                     mover_part = movers["snapshot_ts"] <= cut
                 else:  # the earlier moment's database plus the rows since

@@ -30,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from marketflow_assets.raw_dataset import (
-    _commit_properties,
+    commit_properties,
     file_lock,
     open_table,
     snapshot_of,
@@ -109,7 +109,7 @@ def compact(
                 target_size=TARGET_FILE_BYTES,
                 max_concurrent_tasks=1,
                 writer_properties=writer_properties(),
-                commit_properties=_commit_properties("compact", {"date": day.isoformat()}),
+                commit_properties=commit_properties("compact", {"date": day.isoformat()}),
             )
             removed, added = int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
             if removed:
@@ -127,7 +127,7 @@ def compact(
             dry_run=False,
             enforce_retention_duration=False,
             full=True,  # also files no version references (a job killed before its commit)
-            commit_properties=_commit_properties("vacuum"),
+            commit_properties=commit_properties("vacuum"),
         )
         report.vacuumed = len(vacuumed)
         table.update_incremental()

@@ -286,7 +286,7 @@ def convert_legacy(raw_dir: Path, log: Callable[[str], None] = logger.warning) -
                 name="raw_prices",
                 configuration=table_configuration(load_raw_retention_hours()),
                 writer_properties=writer_properties(),
-                commit_properties=_commit_properties(
+                commit_properties=commit_properties(
                     "convert", {"legacy_files": len(plan["visible"])}
                 ),
             )
@@ -306,7 +306,7 @@ def convert_legacy(raw_dir: Path, log: Callable[[str], None] = logger.warning) -
         return rows
 
 
-def _commit_properties(operation: str, extra: dict | None = None, app=None):
+def commit_properties(operation: str, extra: dict | None = None, app=None):
     from deltalake import CommitProperties, Transaction
 
     meta = {OPERATION_KEY: operation}
@@ -759,7 +759,7 @@ def append_batch(
         mode="append",
         partition_by=[RAW_PARTITION_COLUMN],
         writer_properties=writer_properties(),
-        commit_properties=_commit_properties(
+        commit_properties=commit_properties(
             operation, extra, app=None if app_id is None else (app_id, batch_id)
         ),
     )
@@ -798,7 +798,7 @@ def append_rejects(rejects_dir: Path, rows, app_id: str, batch_id: int) -> bool:
         rows,
         mode="append",
         name="raw_prices_rejects",
-        commit_properties=_commit_properties("stream", {"batch_id": batch_id}, (app_id, batch_id)),
+        commit_properties=commit_properties("stream", {"batch_id": batch_id}, (app_id, batch_id)),
     )
     return True
 

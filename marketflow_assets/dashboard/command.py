@@ -83,7 +83,7 @@ def _check_port(port: int) -> None:
             ) from None
 
 
-def _database(settings: Settings):
+def database(settings: Settings):
     """The configured PostgreSQL as is (the page reports an outage and retries), else the
     embedded one under the data dir, started here."""
     if settings.postgres_url:
@@ -94,7 +94,7 @@ def _database(settings: Settings):
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     _check_port(args.port)
-    with _database(settings) as resolved:
+    with database(settings) as resolved:
         env = child_environment(
             {
                 "MARKETFLOW_POSTGRES_URL": resolved.postgres_url or "",

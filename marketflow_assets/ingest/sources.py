@@ -111,7 +111,7 @@ class ReplayRecorder:
             return None
         with self.path.open("r+b") as fh:
             size = fh.seek(0, 2)
-            cut = _last_newline(fh, size) + 1  # end of the last complete line (0: none)
+            cut = last_newline(fh, size) + 1  # end of the last complete line (0: none)
             if cut < size:
                 log.warning(
                     "record file %s: cutting a torn last line (%d bytes)", self.path, size - cut
@@ -119,7 +119,7 @@ class ReplayRecorder:
                 fh.truncate(cut)
             if cut == 0:
                 return None
-            start = _last_newline(fh, cut - 1) + 1
+            start = last_newline(fh, cut - 1) + 1
             fh.seek(start)
             text = fh.read(cut - start)
         try:
@@ -137,7 +137,7 @@ class ReplayRecorder:
         self._fh.close()
 
 
-def _last_newline(fh, end: int, chunk: int = 1 << 16) -> int:
+def last_newline(fh, end: int, chunk: int = 1 << 16) -> int:
     """Position of the last ``\\n`` before byte ``end`` of binary file ``fh``, else -1."""
     pos = end
     while pos > 0:

@@ -243,9 +243,9 @@ def _append_durably(path: Path, text: str) -> None:
         if size:
             fh.seek(size - 1)
             if fh.read(1) != b"\n":  # torn last line: cut back to the last complete one
-                from marketflow_assets.ingest.sources import _last_newline
+                from marketflow_assets.ingest.sources import last_newline
 
-                fh.truncate(_last_newline(fh, size) + 1)
+                fh.truncate(last_newline(fh, size) + 1)
                 fh.seek(0, os.SEEK_END)
         fh.write(text.encode("utf-8"))
         fh.flush()

@@ -58,7 +58,14 @@ def _unavailable(exc: BaseException) -> str | None:
 
     if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
         return "PostgreSQL"
-    names = ("NoBrokersAvailable", "KafkaConnectionError", "MetadataEmptyBrokerList")
+    # KafkaTimeoutError: "Unable to bootstrap" (the broker is down) and metadata that does not
+    # come: both mean the broker is not there to serve us
+    names = (
+        "NoBrokersAvailable",
+        "KafkaConnectionError",
+        "MetadataEmptyBrokerList",
+        "KafkaTimeoutError",
+    )
     if isinstance(exc, tuple(getattr(errors, n) for n in names if hasattr(errors, n))):
         return "Kafka"
     return None

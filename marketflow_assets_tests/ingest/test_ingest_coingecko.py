@@ -400,9 +400,12 @@ def test_15000_coins_are_paged_in_60_pages_spaced_within_the_pro_rate_limit(
     assert {int(req.args["per_page"]) for req, _ in httpserver.log} == {250}
     # never faster than the plan's 500 calls/min (0.12 s apart), so 60 pages take >= 7 s,
     # well inside a 30 s poll
-    # (arrival times at the server jitter by a few ms under load: check spans of 10 requests)
+    # Arrival times at the server jitter under load (one handler late by 60 ms was seen on 2
+    # busy cores): check spans of 10 requests with 0.2 s of slack - an unspaced client sends 10
+    # requests in a few ms, far below 1.0 s - and the whole run's span without slack.
     spans = [b - a for a, b in zip(hits, hits[10:], strict=False)]
-    assert min(spans) >= 10 * 0.12 - 0.05
+    assert min(spans) >= 10 * 0.12 - 0.2
+    assert hits[-1] - hits[0] >= 59 * 0.12 - 0.1
     assert 59 * 0.12 - 0.1 <= elapsed < 30
     assert max(sum(1 for t in hits if s <= t < s + 60) for s in hits) <= 500
 

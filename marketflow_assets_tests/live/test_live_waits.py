@@ -52,3 +52,25 @@ def test_other_errors_still_end_the_process():
 
     with pytest.raises(ValueError, match="a bug"):
         run_waiting(make, threading.Event(), backoff_s=0.01)
+
+
+def test_live_waits_for_a_broker_it_cannot_bootstrap_from(caplog):
+    """A real kafka-python consumer at a port nothing listens on: "Unable to bootstrap"
+    (KafkaTimeoutError) is waited out like any broker outage."""
+    from kafka import KafkaConsumer
+
+    bootstrap = f"127.0.0.1:{free_port()}"
+    stop = threading.Event()
+    attempts: list[int] = []
+
+    def make() -> _Consumer:
+        attempts.append(1)
+        if len(attempts) <= 2:
+            KafkaConsumer(bootstrap_servers=bootstrap, bootstrap_timeout_ms=300)
+        return _Consumer(stop)
+
+    caplog.set_level(logging.INFO, logger="marketflow.live")
+    run_waiting(make, stop, backoff_s=0.05, max_backoff_s=0.1)
+    assert len(attempts) == 3
+    assert caplog.text.count("live: Kafka unavailable") == 1
+    assert "live: Kafka is back after" in caplog.text

@@ -89,9 +89,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise_on_error=False,
     )
     if not result.success:
-        from marketflow_assets.defs.indicators.refresh import _failure_message
+        from marketflow_assets.defs.indicators.refresh import failure_message
 
-        print(f"forecast: FAILED: {_failure_message(result)}", file=sys.stderr)
+        print(f"forecast: FAILED: {failure_message(result)}", file=sys.stderr)
         return 1
     table = forecasts.latest_evaluation(postgres, args.horizon)
     print(report.text(table))

@@ -37,14 +37,14 @@ INDICATOR_DDL = _ddl(INDICATOR_COLUMNS)
 MOVER_DDL = _ddl(MOVER_COLUMNS)
 
 
-def _lookback(start: datetime) -> datetime:
+def lookback(start: datetime) -> datetime:
     return ind.lookback_start(pd.Timestamp(start)).to_pydatetime()
 
 
 def raw_window_files(raw_dir: Path, start: datetime, end: datetime) -> list[RawFile]:
     """Raw files that may hold rows with ``ts`` in ``[start - 300 s, end)`` (the window plus the
     indicators' lookback): only the ``date=`` directories and streaming files overlapping it."""
-    return list_raw_files(raw_dir, _lookback(start), end)
+    return list_raw_files(raw_dir, lookback(start), end)
 
 
 def session(spark):
@@ -55,7 +55,7 @@ def session(spark):
 
 def read_raw_window_local(files: list[RawFile], start: datetime, end: datetime) -> pd.DataFrame:
     """The rows :func:`read_raw_window` selects, read in this process with pyarrow."""
-    return read_rows_local(files, _lookback(start), end, ind.RAW_INPUT_COLUMNS)
+    return read_rows_local(files, lookback(start), end, ind.RAW_INPUT_COLUMNS)
 
 
 def read_raw_window(
@@ -66,7 +66,7 @@ def read_raw_window(
     Reads ``files`` (default :func:`raw_window_files`).
     """
     files = raw_window_files(raw_dir, start, end) if files is None else files
-    return read_rows_spark(spark, files, _lookback(start), end, ind.RAW_INPUT_COLUMNS)
+    return read_rows_spark(spark, files, lookback(start), end, ind.RAW_INPUT_COLUMNS)
 
 
 def _plain_state(state: pd.DataFrame | None) -> dict[str, dict[str, Any]]:

@@ -41,7 +41,7 @@ from marketflow_assets.defs.indicators.jobs import (
     partition_range_tags,
     refresh_indicators_job,
 )
-from marketflow_assets.defs.indicators.sensors import LIVE_TRIGGER_TAG, _stale_live_run
+from marketflow_assets.defs.indicators.sensors import LIVE_TRIGGER_TAG, stale_live_run
 from marketflow_assets.raw_dataset import raw_days, snapshot
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
@@ -61,7 +61,7 @@ def in_flight_hours(instance) -> tuple[list[tuple[datetime, datetime]], str | No
     follower's stale runs excepted, as for ``indicators_follow_raw_prices``), and one run id."""
     spans, run_id = [], None
     for record in in_flight_runs(instance, refresh_indicators_job.name, limit=50):
-        if _stale_live_run(record):
+        if stale_live_run(record):
             continue
         tags = record.dagster_run.tags
         if RANGE_START_TAG in tags and RANGE_END_TAG in tags:

@@ -61,7 +61,7 @@ def plan(raw_dir, start: datetime | None, end: datetime | None) -> tuple[datetim
     return (first, last) if first < last else None
 
 
-def _failure_message(result) -> str:
+def failure_message(result) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
             error = event.step_failure_data.error
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             )
             label = chunk[0] if single else f"{chunk[0]} .. {chunk[-1]}"
             if not result.success:
-                print(f"refresh: FAILED at {label}: {_failure_message(result)}", file=sys.stderr)
+                print(f"refresh: FAILED at {label}: {failure_message(result)}", file=sys.stderr)
                 return 1
             rows = _metadata_value(result, "price_indicators", "rows")
             coins = _metadata_value(result, "price_indicators", "coins")

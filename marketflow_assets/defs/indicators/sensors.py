@@ -71,7 +71,7 @@ def _age_s(record) -> float:
     return (datetime.now(UTC) - record.update_timestamp.astimezone(UTC)).total_seconds()
 
 
-def _stale_live_run(record) -> bool:
+def stale_live_run(record) -> bool:
     """A live run not updated for a while: its follower was killed mid-run."""
     return record.dagster_run.tags.get(LIVE_TRIGGER_TAG) == "live" and _age_s(record) > 300
 
@@ -112,7 +112,7 @@ def indicators_follow_raw_prices(
     in_flight = [
         record
         for record in in_flight_runs(context.instance, refresh_indicators_job.name, limit=5)
-        if not _stale_live_run(record)
+        if not stale_live_run(record)
     ]
     if in_flight:
         return dg.SkipReason(
