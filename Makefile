@@ -39,16 +39,16 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Two workers (pytest-xdist): most tests wait on a broker, a JVM or a stack, so two halves of
+# Three workers (pytest-xdist): most tests wait on a broker, a JVM or a stack, so the thirds of
 # the suite overlap on 2 cores; the longest tests start first (conftest.py).
 test: lint
 	$(BIN)/dagster definitions validate -w workspace.yaml
-	$(BIN)/python -m pytest -n 2 --dist load $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 3 --dist load $(PYTEST_ARGS)
 
 # The contributors' lane: everything that needs no Spark, no running stack and no engine beyond the
 # embedded broker and PostgreSQL (marker `slow`, set in marketflow_assets_tests/conftest.py).
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 3 -m "not slow" $(PYTEST_ARGS)
 
 # Only the real-engine tests (also part of `make test`): Spark standalone cluster, password-protected
 # PostgreSQL over TCP, confluent-kafka as a second client. Select/deselect with -m engines.

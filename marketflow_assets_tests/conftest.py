@@ -232,7 +232,7 @@ def lane_of(item) -> str:
     return "fast"
 
 
-#: Run first (``make test`` runs two xdist workers, which take tests in collection order): the
+#: Run first (``make test`` runs three xdist workers, which take tests in collection order): the
 #: longest tests, so that they overlap instead of finishing the run alone.
 FIRST = ("outage", "fault", "stack", "engines")
 

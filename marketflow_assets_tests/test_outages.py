@@ -149,62 +149,6 @@ def _alerts(text: str, dependency: str) -> tuple[int, list[str]]:
     return away, back
 
 
-@pytest.mark.timeout(1800)
-def test_embedded_postgres_killed_and_live_path_stopped_lose_nothing(tmp_path):
-    note = Timeline()
-    stack = Stack(tmp_path, coins=COINS, interval_s=INTERVAL_S, max_restarts=2)
-    stack.start()
-    try:
-        stack.wait_for(lambda: "ready: indicators" in stack.log(), 600, "price_indicators rows")
-        _flows_after(stack, datetime.now(UTC), "the start", note, source="live")
-        ingest = stack.child(" ingest ")
-        url = stack.postgres_url()
-
-        # 1. kill -9 of the embedded PostgreSQL: up starts it again, same directory and URL
-        postmaster_pid = int(
-            (stack.data_dir / "postgres" / "postmaster.pid").read_text().split()[0]
-        )
-        killed_at = datetime.now(UTC)
-        note(f"kill -9 embedded PostgreSQL: {kill(psutil.Process(postmaster_pid))}")
-        stack.wait_for(
-            lambda: "postgres: embedded PostgreSQL restarted" in stack.log(), 90, "the restart"
-        )
-        assert stack.postgres_url() == url
-        _flows_after(stack, killed_at, "the PostgreSQL kill", note)
-        _flows_after(stack, killed_at, "the PostgreSQL kill", note, source="live")
-        away, back = _alerts(stack.log(), "postgres")
-        assert (away, len(back)) == (1, 1), stack.tail()
-        live_log = (stack.data_dir / "logs" / "live.log").read_text(errors="replace")
-        assert "live: PostgreSQL is back after" in live_log, live_log[-3000:]  # it waited in place
-
-        # 2. the live path stopped (SIGSTOP) for two minutes: its consumer falls behind, the
-        # Dagster refreshes go on; SIGCONT and it catches up from its committed offsets
-        live = stack.child("cli live")
-        stopped_at = datetime.now(UTC)
-        live.send_signal(signal.SIGSTOP)
-        note(f"SIGSTOP live (pid {live.pid}) for {LIVE_STOP_S:.0f} s")
-        try:
-            _hold(stack, LIVE_STOP_S, ingest)
-        finally:
-            live.send_signal(signal.SIGCONT)
-        note("SIGCONT live")
-        _flows_after(
-            stack,
-            stopped_at + pd.Timedelta(seconds=LIVE_STOP_S),
-            "the live stop",
-            note,
-            source="live",
-        )
-        assert stack.child(" ingest ").pid == ingest.pid, "ingest was restarted"
-        _finish(stack, note, stack.postgres_url)
-        assert not postgres_processes(stack.data_dir), "the embedded PostgreSQL outlived up"
-    finally:
-        stack.stop()
-        for p in postgres_processes(stack.data_dir):
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-
-
 def _partitions(bootstrap: str, topic: str = "crypto_prices") -> int:
     """Partitions of ``topic``, asked without naming it (naming it makes Tansu create it)."""
     from kafka import KafkaAdminClient
@@ -296,3 +240,59 @@ def test_external_postgres_and_broker_each_away_lose_nothing(tmp_path, external_
     finally:
         stack.stop()
         broker.stop()
+
+
+@pytest.mark.timeout(1800)
+def test_embedded_postgres_killed_and_live_path_stopped_lose_nothing(tmp_path):
+    note = Timeline()
+    stack = Stack(tmp_path, coins=COINS, interval_s=INTERVAL_S, max_restarts=2)
+    stack.start()
+    try:
+        stack.wait_for(lambda: "ready: indicators" in stack.log(), 600, "price_indicators rows")
+        _flows_after(stack, datetime.now(UTC), "the start", note, source="live")
+        ingest = stack.child(" ingest ")
+        url = stack.postgres_url()
+
+        # 1. kill -9 of the embedded PostgreSQL: up starts it again, same directory and URL
+        postmaster_pid = int(
+            (stack.data_dir / "postgres" / "postmaster.pid").read_text().split()[0]
+        )
+        killed_at = datetime.now(UTC)
+        note(f"kill -9 embedded PostgreSQL: {kill(psutil.Process(postmaster_pid))}")
+        stack.wait_for(
+            lambda: "postgres: embedded PostgreSQL restarted" in stack.log(), 90, "the restart"
+        )
+        assert stack.postgres_url() == url
+        _flows_after(stack, killed_at, "the PostgreSQL kill", note)
+        _flows_after(stack, killed_at, "the PostgreSQL kill", note, source="live")
+        away, back = _alerts(stack.log(), "postgres")
+        assert (away, len(back)) == (1, 1), stack.tail()
+        live_log = (stack.data_dir / "logs" / "live.log").read_text(errors="replace")
+        assert "live: PostgreSQL is back after" in live_log, live_log[-3000:]  # it waited in place
+
+        # 2. the live path stopped (SIGSTOP) for two minutes: its consumer falls behind, the
+        # Dagster refreshes go on; SIGCONT and it catches up from its committed offsets
+        live = stack.child("cli live")
+        stopped_at = datetime.now(UTC)
+        live.send_signal(signal.SIGSTOP)
+        note(f"SIGSTOP live (pid {live.pid}) for {LIVE_STOP_S:.0f} s")
+        try:
+            _hold(stack, LIVE_STOP_S, ingest)
+        finally:
+            live.send_signal(signal.SIGCONT)
+        note("SIGCONT live")
+        _flows_after(
+            stack,
+            stopped_at + pd.Timedelta(seconds=LIVE_STOP_S),
+            "the live stop",
+            note,
+            source="live",
+        )
+        assert stack.child(" ingest ").pid == ingest.pid, "ingest was restarted"
+        _finish(stack, note, stack.postgres_url)
+        assert not postgres_processes(stack.data_dir), "the embedded PostgreSQL outlived up"
+    finally:
+        stack.stop()
+        for p in postgres_processes(stack.data_dir):
+            with contextlib.suppress(psutil.Error):
+                p.kill()

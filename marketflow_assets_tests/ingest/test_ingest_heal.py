@@ -154,6 +154,7 @@ def test_a_poll_is_never_sent_without_its_spool_copy(
 # --------------------------------------------------------------------------------------------
 # The broker away for a while: polling goes on at every interval, everything is sent on return
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow  # over 10 s: left out of `make test-fast`
 def test_polling_goes_on_while_the_broker_is_away_and_the_spool_is_sent_on_return(
     tmp_path, ingest_args, monkeypatch, caplog
 ):

@@ -103,6 +103,7 @@ def test_once_exits_1_when_the_poll_fails(httpserver, settings, ingest_args, cap
     assert "failed and was skipped" in caplog.text
 
 
+@pytest.mark.slow  # over 10 s: left out of `make test-fast`
 def test_failed_poll_is_skipped_and_the_loop_goes_on(
     httpserver, recorded_page, settings, ingest_args, topic_reader, caplog
 ):
@@ -333,6 +334,7 @@ def test_sigterm_stops_an_endless_run_cleanly(kafka_bootstrap, new_topic, topic_
     assert "stopping after the current poll" in stderr
 
 
+@pytest.mark.slow  # over 10 s: left out of `make test-fast`
 def test_a_cached_answer_is_published_again_with_the_new_ts(
     httpserver, recorded_page, settings, ingest_args, topic_reader, caplog
 ):

@@ -533,6 +533,7 @@ def test_up_replays_the_spool_of_a_finished_replay_after_a_broker_restart(
             stop_child(child)  # the broker goes with the fixture
 
 
+@pytest.mark.slow  # over 10 s: left out of `make test-fast`
 def test_a_failed_send_is_retried_with_exponential_backoff_then_counted_lost(
     tmp_path, private_broker
 ):

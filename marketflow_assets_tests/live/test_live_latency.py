@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pandas as pd
 import psycopg2
+import pytest
 
 from marketflow_assets_tests.live.live_helpers import (
     producer,
@@ -63,6 +64,7 @@ def p95(values: list[float]) -> float:
     return float(np.percentile(values, 95))
 
 
+@pytest.mark.slow  # over 10 s: left out of `make test-fast`
 def test_latency_250_coins_per_poll(kafka_bootstrap, new_topic, pg_clean):
     topic = new_topic("live_lat", partitions=3)
     with running_consumer(kafka_bootstrap, topic, pg_clean):
@@ -75,6 +77,7 @@ def test_latency_250_coins_per_poll(kafka_bootstrap, new_topic, pg_clean):
     assert p95(latencies) <= 3.0
 
 
+@pytest.mark.slow  # over 10 s: left out of `make test-fast`
 def test_latency_15000_coin_poll(kafka_bootstrap, new_topic, pg_clean):
     topic = new_topic("live_lat", partitions=3)
     with running_consumer(kafka_bootstrap, topic, pg_clean) as consumer:
