@@ -232,8 +232,11 @@ def lane_of(item) -> str:
     return "fast"
 
 
-#: Run first (``make test`` runs three xdist workers, which take tests in collection order): the
-#: longest tests, so that they overlap instead of finishing the run alone.
+#: The longest tests (by marker, longest kinds first). ``make test`` runs three xdist workers with
+#: ``--dist worksteal``, which hands each worker one contiguous block of the collection and lets
+#: an idle worker steal from the end of a busy one's block: so the long tests are dealt out
+#: round-robin, one block per worker, each block starting with its long tests, and they overlap
+#: instead of finishing the run alone.
 FIRST = ("outage", "fault", "stack", "engines")
 
 
@@ -249,3 +252,6 @@ def pytest_collection_modifyitems(config, items) -> None:
         if lane_of(item) == "slow":
             item.add_marker(pytest.mark.slow)
     items.sort(key=_start_rank)  # stable: the file order within each rank
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # the same order in every worker (xdist checks the collections are equal)
+        items[:] = [item for k in range(workers) for item in items[k::workers]]
