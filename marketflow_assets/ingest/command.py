@@ -41,6 +41,7 @@ from marketflow_assets.ingest.sources import (
     ReplayRecorder,
     ReplaySource,
     SimulateSource,
+    resolve_source,
 )
 from marketflow_assets.ingest.validate import ValidatedPoll, validate_poll
 from marketflow_assets.runtime.signals import stop_after_work_in_hand
@@ -242,7 +243,7 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
     if getattr(args, "replay_spool", False):
         return replay_spool(args, settings)
     _check_args(args, settings)
-    args.source = cli_defaults.resolve_source(args.source, settings, log)
+    args.source = resolve_source(args.source, settings, log)
     stop = stop or threading.Event()
     recorder = ReplayRecorder(args.record) if args.record else None
     progress = None

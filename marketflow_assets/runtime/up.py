@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_source(args: argparse.Namespace, settings: Settings) -> str:
     """``auto`` → ``coingecko`` when the API answers, else ``simulate``; says which in one line."""
     from marketflow_assets.cli_defaults import check_replay_file
-    from marketflow_assets.cli_defaults import resolve_source as resolve
+    from marketflow_assets.ingest.sources import resolve_source as resolve
 
     check_replay_file(args)
 
