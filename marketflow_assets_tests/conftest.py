@@ -232,11 +232,11 @@ def lane_of(item) -> str:
     return "fast"
 
 
-#: The longest tests (by marker, longest kinds first). ``make test`` runs three xdist workers with
-#: ``--dist worksteal``, which hands each worker one contiguous block of the collection and lets
-#: an idle worker steal from the end of a busy one's block: so the long tests are dealt out
-#: round-robin, one block per worker, each block starting with its long tests, and they overlap
-#: instead of finishing the run alone.
+#: The longest tests (by marker, longest kinds first). ``make test`` runs three xdist workers
+#: (``--dist load``), whose scheduler first hands each worker one run of consecutive tests (a
+#: quarter of its share), then the rest a few at a time to whichever is free. The long tests are
+#: dealt to the first runs of all workers but one, which starts on the short tests (three long
+#: stacks at once overload 2 cores): the long ones overlap, none is left to finish alone.
 FIRST = ("outage", "fault", "stack", "engines")
 
 
@@ -254,4 +254,14 @@ def pytest_collection_modifyitems(config, items) -> None:
     items.sort(key=_start_rank)  # stable: the file order within each rank
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:  # the same order in every worker (xdist checks the collections are equal)
-        items[:] = [item for k in range(workers) for item in items[k::workers]]
+        long = [item for item in items if _start_rank(item) < len(FIRST)]
+        short = [item for item in items if _start_rank(item) == len(FIRST)]
+        streams = max(1, workers - 1)
+        first_run = max(2, len(items) // workers // 4)  # xdist's LoadScheduling first chunk
+        order = []
+        for k in range(workers):
+            part = long[k::streams] if k < streams else []
+            fill = max(0, first_run - len(part))
+            order += part + short[:fill]
+            short = short[fill:]
+        items[:] = order + short
