@@ -233,6 +233,7 @@ class EmbeddedPostgres:
         if pg_log.level == logging.NOTSET:
             pg_log.setLevel(logging.WARNING)
         forget_dead_users(self.pgdata)
+        _drop_stale_lock_files(self.pgdata)
         try:
             try:
                 self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
@@ -299,17 +300,36 @@ class EmbeddedPostgres:
 
 
 def _drop_stale_lock_files(pgdata: Path) -> None:
-    """Remove ``postmaster.pid`` and the socket's lock file when the process they name is gone
-    or a zombie (killed, not yet reaped by init): pgserver would take the zombie for a running
-    server, and PostgreSQL refuses to start while a lock names a process that still exists."""
+    """Remove ``postmaster.pid`` and the socket's lock file unless the process they name is a
+    running PostgreSQL server of ``pgdata``. After a ``kill -9`` the pid may be a zombie, or
+    (pids wrap at ``pid_max``) reused by an unrelated process, even another PostgreSQL:
+    pgserver takes any live pid for the server, would adopt it and, on stopping, signal it
+    (``pg_ctl stop``), and PostgreSQL refuses to start while a lock names a live process."""
 
     for path in (Path(pgdata) / "postmaster.pid", *Path(pgdata).glob(".s.PGSQL.*.lock")):
         try:
             pid = int(path.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue
-        if not _runs(pid):
+        if not _serves(pid, Path(pgdata)):
+            logger.info("embedded PostgreSQL: removing stale %s (pid %s)", path.name, pid)
             path.unlink(missing_ok=True)
+
+
+def _serves(pid: int, pgdata: Path) -> bool:
+    """True when ``pid`` is a running (not zombie) ``postgres`` whose working directory is
+    ``pgdata`` (the postmaster changes into its data directory)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return (
+            process.status() != psutil.STATUS_ZOMBIE
+            and process.name() == "postgres"
+            and Path(process.cwd()).resolve() == pgdata.resolve()
+        )
+    except psutil.Error:
+        return False
 
 
 def forget_dead_users(pgdata: Path) -> None:

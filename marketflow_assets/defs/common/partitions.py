@@ -6,11 +6,11 @@ end_offset=-1)``) because the EMA carries state. Why hourly: ``docs/DECISIONS.md
 The first partition is ``MARKETFLOW_PARTITION_START`` (ISO date or date-time, UTC) when set.
 Else it is persisted in ``$MARKETFLOW_DATA_DIR/partition_start`` so that every process (the
 webserver, the daemon, each run worker, ``marketflow follow``) sees the same partitions whenever
-it loads the definitions: the first process to load writes the hour of the oldest raw row (the
-start of today, UTC, when there is no data yet); a later one moves it only *earlier*, when older
-raw data appeared (a replay of old recordings). So a process that loaded earlier never asks for a
-partition that a process loading later lacks. ``marketflow refresh`` extends the range itself when
-asked for data before it.
+it loads the definitions: the first process to load once the data dir exists writes the hour of
+the oldest raw row (the start of today, UTC, when there is no data yet); a later one moves it only
+*earlier*, when older raw data appeared (a replay of old recordings). So a process that loaded
+earlier never asks for a partition that a process loading later lacks.
+``marketflow refresh`` extends the range itself when asked for data before it.
 """
 
 from __future__ import annotations
@@ -51,13 +51,15 @@ def default_partition_start(settings: Settings | None = None, now: datetime | No
 def persisted_start(data_dir: Path, candidate: datetime) -> datetime:
     """The first partition stored in ``data_dir/partition_start``, moved to ``candidate`` when
     that is earlier (or nothing was stored); read-compare-write under a file lock, so two
-    processes loading at once agree. A data dir that cannot be written gives ``candidate``."""
+    processes loading at once agree. A data dir that does not exist (nothing has run here yet:
+    it is not created just to load the definitions) or cannot be written gives ``candidate``."""
     import fcntl
     import os
 
     path = data_dir / PARTITION_START_FILE
+    if not data_dir.is_dir():  # nothing runs here yet (`dagster definitions validate`)
+        return candidate
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
         with open(data_dir / f".{PARTITION_START_FILE}.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:

@@ -20,6 +20,7 @@ TODAY = datetime(2026, 12, 5, tzinfo=UTC)
 
 
 def _settings(data_dir, start=None):
+    data_dir.mkdir(parents=True, exist_ok=True)  # `up` or the first component made it
     return dataclasses.replace(load_settings({}), data_dir=data_dir, partition_start=start)
 
 
@@ -70,3 +71,10 @@ def test_processes_loading_at_once_agree(tmp_path):
         t.join()
     final = default_partition_start(settings, now=NOW + timedelta(days=30))
     assert final == min(seen) == TODAY  # the earliest candidate won; nobody lost it later
+
+
+def test_a_missing_data_dir_is_not_created_to_load_the_definitions(tmp_path):
+    data = tmp_path / "data"
+    settings = dataclasses.replace(load_settings({}), data_dir=data, partition_start=None)
+    assert default_partition_start(settings, now=NOW) == TODAY
+    assert not data.exists()
