@@ -91,7 +91,12 @@ def market_now() -> None:
     try:
         snapshot = read("latest_snapshot", url)
         if snapshot is None:
-            st.info(f"No market data yet: table market_movers has no rows. {NO_DATA_HINT}")
+            polls = read("recent_poll_times", url)
+            if polls:  # prices are coming in; the movers need five minutes of them
+                st.info(view.movers_warm_up(polls, datetime.now(UTC)))
+                promoted_model()
+            else:
+                st.info(f"No market data yet: table market_movers has no rows. {NO_DATA_HINT}")
             return
         previous = read("previous_snapshot", url, snapshot)
         movers = read("movers", url, snapshot, previous)
@@ -155,7 +160,7 @@ def promoted_model() -> None:
         explain(exc, "forecasts")
         return
     if evaluation.empty:
-        st.caption("No forecasts yet: forecast_evaluation has no rows.")
+        st.caption(view.forecast_warm_up(read("recent_poll_times", postgres_url())))
         return
     table = pd.DataFrame(
         {

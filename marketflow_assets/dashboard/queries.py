@@ -81,6 +81,12 @@ SQL: dict[str, str] = {
         SELECT coin_id, symbol, price, change_5min, volatility_5min
         FROM price_indicators WHERE ts = %(snapshot)s ORDER BY coin_id""",
     "newest_indicator_ts": "SELECT max(ts) FROM price_indicators",
+    # the poll times of the coin of the newest row over a window (the warm-up states): one
+    # index range scan whatever the number of coins
+    "recent_poll_times": """
+        WITH newest AS (SELECT coin_id, ts FROM price_indicators ORDER BY ts DESC LIMIT 1)
+        SELECT p.ts FROM price_indicators p, newest n
+        WHERE p.coin_id = n.coin_id AND p.ts >= n.ts - %(window)s ORDER BY p.ts""",
     # which path wrote the newest row (live consumer or Dagster recompute), and its ts
     "latest_row_source": "SELECT source, ts FROM price_indicators ORDER BY ts DESC LIMIT 1",
     "coins": distinct_values_cte("stored", "price_indicators", "coin_id")
@@ -152,7 +158,8 @@ SQL: dict[str, str] = {
 #: The queries of each page, with example parameters: what the benchmark times.
 PAGE_QUERIES = {
     "market": ("latest_snapshot", "previous_snapshot", "movers", "snapshot_coins",
-               "newest_indicator_ts", "latest_row_source", "promoted_forecast"),
+               "newest_indicator_ts", "latest_row_source", "promoted_forecast",
+               "recent_poll_times"),
     "coin": ("coins", "candles", "latest_rows", "coin_forecasts"),
     "pipeline": ("latest_check_results", "recent_failed_checks", "alerts", "rows_per_poll"),
 }  # fmt: skip
@@ -327,6 +334,16 @@ def newest_indicator_ts(db: Database) -> pd.Timestamp | None:
     return _utc(db.scalar("newest_indicator_ts"))
 
 
+#: How far back the warm-up states look (the forecasts' first training needs well under that).
+WARM_UP_WINDOW = timedelta(hours=3)
+
+
+def recent_poll_times(db: Database, window: timedelta = WARM_UP_WINDOW) -> list[pd.Timestamp]:
+    """Poll times of the last ``window`` (those of the coin of the newest row), oldest first."""
+    frame = db.query("recent_poll_times", window=window)
+    return [_utc(v) for v in frame["ts"]] if len(frame) else []
+
+
 def latest_row_source(db: Database) -> tuple[str, pd.Timestamp] | None:
     """``(source, ts)`` of the newest ``price_indicators`` row ('live' | 'dagster'), or None."""
     frame = db.query("latest_row_source")
@@ -413,6 +430,7 @@ def example_params(db: Database) -> Mapping[str, dict[str, Any]]:
         "movers": {"snapshot": snapshot, "previous": previous},
         "snapshot_coins": {"snapshot": snapshot},
         "newest_indicator_ts": {},
+        "recent_poll_times": {"window": WARM_UP_WINDOW},
         "latest_row_source": {},
         "coins": {},
         "candles": coin_range,

@@ -9,6 +9,9 @@
 * :func:`movers_table` formats a direction's movers: change_5min as a percentage with two
   decimals, and the rank change since the previous snapshot = previous rank − rank (positive =
   climbed; "new" when the coin had no change_5min then).
+* :func:`movers_warm_up` and :func:`forecast_warm_up` say what the page waits for in the first
+  minutes, from the poll times so far: the movers need prices five minutes apart, the forecasts
+  a first model (:mod:`marketflow_assets.forecasting.warmup`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import pandas as pd
+
+from marketflow_assets.forecasting.warmup import warm_up
+
+MOVERS_WINDOW_S = 300  # change_5min compares prices five minutes apart
+FORECAST_HORIZON_S = 300  # the served forecasts' horizon
 
 
 @dataclass(frozen=True)
@@ -203,3 +211,31 @@ def dead_letter_counts(checks: pd.DataFrame) -> pd.DataFrame:
                      "evaluated at": row.evaluated_at}
                 )  # fmt: skip
     return pd.DataFrame(rows, columns=["check", "measure", "value", "evaluated at"])
+
+
+def movers_warm_up(poll_times: list, now: datetime) -> str:
+    """What Market now shows before the first movers: the polls so far and when the first
+    5-minute changes are due (five minutes after the first poll)."""
+    if not poll_times:
+        return "Waiting for the first poll."
+    first, newest = pd.Timestamp(min(poll_times)), pd.Timestamp(max(poll_times))
+    due = first + pd.Timedelta(seconds=MOVERS_WINDOW_S)
+    left = (due - pd.Timestamp(now)).total_seconds()
+    when = f"in about {human_duration(left)}" if left > 0 else "with the next refresh"
+    polls = len(poll_times)
+    return (
+        f"Warming up: the movers compare prices five minutes apart; {polls} "
+        f"poll{'s' if polls != 1 else ''} so far over {human_duration((newest - first).seconds)}, "
+        f"the first movers {when} ({due:%H:%M:%S} UTC)."
+    )
+
+
+def forecast_warm_up(poll_times: list) -> str:
+    """What the forecast panels show before the first model: how far the history is from it."""
+    state = warm_up(poll_times, FORECAST_HORIZON_S)
+    if state.ready:
+        return "Enough history: the first forecast model is being trained."
+    return (
+        f"Forecasts {state.message()}. No forecast is served before a model was trained on "
+        "enough history."
+    )

@@ -117,7 +117,7 @@ def test_market_page_matches_sql(seeded, monkeypatch):
     assert not at.warning and not at.exception
     badge = next(m for m in texts(at.markdown) if m.startswith("**Latest snapshot**"))
     assert snapshot.isoformat() in badge and "(OK)" in badge
-    assert any("No forecasts yet" in c for c in texts(at.caption))
+    assert any(c.startswith("Forecasts warming up: ") for c in texts(at.caption))
 
 
 def test_stale_data_shows_the_banner(seeded, monkeypatch):
@@ -260,3 +260,23 @@ def test_forecast_panels(seeded, monkeypatch):
         assert int(outcomes["inside_80"].sum()) == truth
     finally:
         drop_forecast_tables(url)
+
+
+def test_the_first_minutes_are_a_warm_up_not_an_empty_page(empty_db, monkeypatch):
+    """Issue 28: prices are in, the movers need five minutes of them; the page says so, and the
+    forecast panel says how far the first model is."""
+    from marketflow_assets.resources.postgres import PostgresResource
+
+    PostgresResource(url=empty_db).ensure_tables()
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    for i in range(3):  # three polls, 30 s apart, the newest now
+        sql(
+            empty_db,
+            "INSERT INTO price_indicators (coin_id, symbol, ts, price, source) "
+            "VALUES ('bitcoin', 'btc', %s, 100, 'live')",
+            ((now - pd.Timedelta(seconds=30 * (2 - i))).to_pydatetime(),),
+        )
+    at = run_app(monkeypatch, empty_db)
+    info = texts(at.info)[0]
+    assert info.startswith("Warming up: the movers compare prices five minutes apart; 3 polls")
+    assert any(c.startswith("Forecasts warming up: 0 of 60") for c in texts(at.caption))

@@ -56,3 +56,15 @@ def test_tiles_and_movers_table():
     assert table["symbol"].to_list() == ["AA", "BB"]
     assert table["price"].to_list() == ["1,234.50", "0.000123456"]
     assert table["rank change"].to_list() == ["new", "="]
+
+
+def test_warm_up_texts_say_what_the_page_waits_for():
+    t0 = pd.Timestamp("2026-12-05 10:00:00", tz="UTC")
+    polls = [t0 + pd.Timedelta(seconds=30 * i) for i in range(4)]  # 1.5 minutes of polls
+    text = view.movers_warm_up(polls, t0 + pd.Timedelta(seconds=100))
+    assert text.startswith("Warming up: the movers compare prices five minutes apart; 4 polls")
+    assert "the first movers in about 3 min (10:05:00 UTC)" in text
+    assert view.movers_warm_up([], t0) == "Waiting for the first poll."
+    forecast = view.forecast_warm_up(polls)
+    assert forecast.startswith("Forecasts warming up: 0 of 60 forecast origins, about ")
+    assert "No forecast is served before a model was trained" in forecast

@@ -30,6 +30,7 @@ import pandas as pd
 from marketflow_assets.forecasting import backtest as bt
 from marketflow_assets.forecasting import report, serve
 from marketflow_assets.forecasting.features import LOOKBACK_SECONDS
+from marketflow_assets.forecasting.warmup import WarmUp, warm_up
 from marketflow_assets.raw_dataset import list_raw_files
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
@@ -81,6 +82,26 @@ def newest_indicator_ts(postgres: PostgresResource) -> pd.Timestamp | None:
         cur.execute("SELECT max(ts) FROM price_indicators")
         (value,) = cur.fetchone()
     return None if value is None else pd.Timestamp(value).tz_convert("UTC")
+
+
+#: How far back the warm-up looks (the first training needs well under an hour at 30-s polls).
+WARM_UP_WINDOW = "3 hours"
+
+
+def forecast_warm_up(postgres: PostgresResource, horizon_s: int) -> WarmUp:
+    """The warm-up state of ``price_indicators`` (:mod:`marketflow_assets.forecasting.warmup`),
+    from the snapshot times of the coin of the newest row (one index range scan, whatever the
+    number of coins)."""
+    postgres.ensure_tables()
+    with postgres.get_connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            "WITH newest AS (SELECT coin_id, ts FROM price_indicators ORDER BY ts DESC LIMIT 1) "
+            "SELECT p.ts FROM price_indicators p, newest n "
+            "WHERE p.coin_id = n.coin_id AND p.ts >= n.ts - %s::interval ORDER BY p.ts",
+            (WARM_UP_WINDOW,),
+        )
+        times = [row[0] for row in cur.fetchall()]
+    return warm_up(times, horizon_s)
 
 
 def read_last_updated(raw_dir: Path, start: datetime, end: datetime) -> pd.DataFrame:
@@ -273,6 +294,12 @@ def forecast_evaluation(
     """
     cfg = config.backtest()
     newest = _newest_or_fail(postgres)
+    warm = forecast_warm_up(postgres, config.horizon_s)
+    if not warm.ready:  # a model fitted on nothing: zero-width intervals, nan scores
+        raise dg.Failure(
+            f"not enough history to train a forecast model yet ({warm.message()}); the "
+            "forecasts_follow_indicators sensor trains it as soon as there is"
+        )
     start = newest - pd.Timedelta(hours=config.history_hours)
     t0 = time.perf_counter()
     panel = read_panel(postgres, raw_data.raw_dir, start, newest)
@@ -368,6 +395,11 @@ def forecast_model(
         seed=config.seed,
     )
     fit_s = time.perf_counter() - t0
+    if not artifact.q_lower < artifact.q_upper:  # an interval is never zero-width
+        raise dg.Failure(
+            f"the promoted {artifact.model} has no interval (q_lower {artifact.q_lower}, q_upper "
+            f"{artifact.q_upper}): its backtest scored no forecast; not stored"
+        )
     path = artifact_path(raw_data.root, config.horizon_s)
     save_artifact(artifact, path)
     context.log.info(f"forecast model {artifact.model} ({artifact.train_rows} rows) -> {path}")
