@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
 from marketflow_assets.settings import (
@@ -85,4 +86,27 @@ def get_spark(master: str | None = None, app_name: str = "marketflow"):
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark_log_level)
+    if settings.spark_log_level.upper() in ("WARN", "ERROR", "FATAL", "OFF"):
+        quiet_noisy_loggers(spark)
     return spark
+
+
+#: Driver loggers whose WARN lines are not problems here. ``ProcessingTimeExecutor`` warns
+#: "Current batch is falling behind" whenever a micro-batch outlasts its trigger interval: on 2
+#: cores nearly every batch at start-up, while the job keeps up (real lag is the stream lag check's
+#: business, ``defs/monitoring/stream_checks.py``).
+NOISY_LOGGERS = (
+    "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor",  # Spark 4.1+
+    "org.apache.spark.sql.execution.streaming.ProcessingTimeExecutor",
+)
+
+
+def quiet_noisy_loggers(spark) -> None:
+    """Raise :data:`NOISY_LOGGERS` to ERROR in the driver's log4j2 (best effort)."""
+    try:
+        jvm = spark.sparkContext._jvm
+        configurator = jvm.org.apache.logging.log4j.core.config.Configurator
+        for name in NOISY_LOGGERS:
+            configurator.setLevel(name, jvm.org.apache.logging.log4j.Level.ERROR)
+    except Exception as exc:  # noqa: BLE001 - cosmetic: never fail a session over log levels
+        logging.getLogger(__name__).debug("could not quiet Spark loggers: %s", exc)

@@ -31,6 +31,7 @@ for _name in (ENV_POSTGRES_URL, "MARKETFLOW_KAFKA_BOOTSTRAP"):
 
 import dataclasses  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import uuid  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -124,8 +125,12 @@ def postgres_url(tmp_path_factory) -> str:
         finally:
             _drop_public_tables(external)
         return
-    with EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata") as url:
-        yield url
+    # Not under pytest's temp root: any pytest session started meanwhile without --basetemp
+    # (a developer's, beside this one) chmods /tmp/pytest-of-<user> to 0700, and the server
+    # (run as the `pgserver` user when the tests run as root) loses its data directory.
+    with tempfile.TemporaryDirectory(prefix="marketflow-test-pg-") as root:
+        with EmbeddedPostgres(Path(root) / "pgdata") as url:
+            yield url
 
 
 def _drop_public_tables(url: str) -> None:

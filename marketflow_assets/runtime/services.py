@@ -212,6 +212,18 @@ def wait_for_postgres(url: str, timeout: float = 10.0) -> None:
     raise ServiceError(f"MARKETFLOW_POSTGRES_URL unreachable ({redact_url(url)}): {reason}")
 
 
+def import_pgserver():
+    """``pgserver``, imported without platformdirs' warning that ``XDG_RUNTIME_DIR`` is unset
+    (on servers and in containers it usually is): pgserver only falls back to that directory
+    for a socket when the data directory's path is too long for one."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
+    return pgserver
+
+
 class EmbeddedPostgres:
     """PostgreSQL 16 from ``pgserver`` with its data in ``pgdata`` (Unix socket, no TCP)."""
 
@@ -223,7 +235,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         try:
-            import pgserver
+            pgserver = import_pgserver()
         except ImportError as exc:
             raise ServiceError(
                 "pgserver is not installed; run `make install` or set MARKETFLOW_POSTGRES_URL"
@@ -271,7 +283,7 @@ class EmbeddedPostgres:
         stays the same, so clients reconnect to it unchanged. Raises ServiceError."""
         import atexit
 
-        import pgserver
+        pgserver = import_pgserver()
 
         self.server = None
         # the handle of the dead server, or of a failed attempt, must not stop the new one
@@ -339,7 +351,7 @@ def forget_dead_users(pgdata: Path) -> None:
     would leave it running when it stops."""
     import json
 
-    import pgserver
+    pgserver = import_pgserver()
 
     path = Path(pgdata) / ".handle_pids.json"
     with pgserver.PostgresServer._lock:

@@ -165,3 +165,17 @@ def test_a_stale_pid_file_naming_another_server_is_neither_adopted_nor_stopped(t
     finally:
         mine.stop()
         other.stop()
+
+
+def test_pgserver_imports_without_the_xdg_runtime_dir_warning():
+    """Issue 28: a healthy start prints only its own lines (no platformdirs warning)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    code = "from marketflow_assets.runtime.services import import_pgserver; import_pgserver()"
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "XDG_RUNTIME_DIR" not in proc.stderr, proc.stderr[-2000:]

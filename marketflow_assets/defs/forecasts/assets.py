@@ -27,6 +27,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from marketflow_assets.defs.common.launch import tag_launcher
 from marketflow_assets.forecasting import backtest as bt
 from marketflow_assets.forecasting import report, serve
 from marketflow_assets.forecasting.features import LOOKBACK_SECONDS
@@ -292,6 +293,7 @@ def forecast_evaluation(
     `promoted` marks the model that serves `price_forecasts`: a learned model only if MASE < 1
     and a Diebold-Mariano test against naive gives p < 0.05, else naive.
     """
+    tag_launcher(context)
     cfg = config.backtest()
     newest = _newest_or_fail(postgres)
     warm = forecast_warm_up(postgres, config.horizon_s)
@@ -376,6 +378,7 @@ def forecast_model(
     fit for the naive forecast) with the interval quantiles of its backtest, and stores it for
     `price_forecasts`.
     """
+    tag_launcher(context)
     evaluation = latest_evaluation(postgres, config.horizon_s)
     if evaluation.empty:
         raise dg.Failure(f"no forecast_evaluation for horizon {config.horizon_s}s yet")
@@ -437,6 +440,7 @@ def price_forecasts(
     Served by the stored `forecast_model` (the promoted model, or naive). Cheap: reads only the
     last hour of indicators, so it runs after every indicator refresh.
     """
+    tag_launcher(context)
     path = artifact_path(raw_data.root, config.horizon_s)
     artifact = load_artifact(path)
     if artifact is None:

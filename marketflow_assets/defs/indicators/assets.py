@@ -20,6 +20,7 @@ import dagster as dg
 import pandas as pd
 
 from marketflow_assets import indicators as ind
+from marketflow_assets.defs.common.launch import UI, tag_launcher
 from marketflow_assets.defs.common.partitions import HOURLY, backfill_policy, self_dependency
 from marketflow_assets.defs.common.policies import (
     TRANSIENT_IO_RETRY,
@@ -180,9 +181,10 @@ def refresh_indicators_incremental(
     start: datetime,
     end: datetime,
     local_max_rows: int = LOCAL_MAX_ROWS,
+    forced: str | None = None,
 ) -> IndicatorRefresh:
     """Bring ``price_indicators`` up to date for the hourly partitions in ``[start, end)``,
-    recomputing only what new raw files affect
+    recomputing only what new raw files affect, or everything with ``forced`` (why)
     (:mod:`marketflow_assets.defs.indicators.incremental`)."""
     t0 = time.perf_counter()
     raw_dir = snapshot(raw_dir)  # every hour of the window plans and reads ONE table version
@@ -192,7 +194,7 @@ def refresh_indicators_incremental(
             spark, raw_dir, postgres, frm, stop, local_max_rows, after_write=after_write
         )
 
-    steps = incremental.refresh_indicators_window(postgres, raw_dir, start, end, compute)
+    steps = incremental.refresh_indicators_window(postgres, raw_dir, start, end, compute, forced)
     done = [result for _, result in steps if result is not None]
     rows = (
         pd.concat([r.rows for r in done], ignore_index=True)
@@ -335,7 +337,12 @@ def _build_price_indicators(
         row recomputes what it affects. Writes are idempotent.
         """
         window = context.partition_time_window
-        context.log.info(f"refreshing price_indicators for [{window.start}, {window.end})")
+        # launched by hand (the UI's "Materialize"): recompute, whatever the ledger says
+        by_hand = tag_launcher(context) == UI
+        context.log.info(
+            f"refreshing price_indicators for [{window.start}, {window.end})"
+            + (" (launched by hand: recomputing)" if by_hand else "")
+        )
         with retry_transient_io_only():
             result = refresh_indicators_incremental(
                 pyspark.get_session,
@@ -344,6 +351,7 @@ def _build_price_indicators(
                 window.start,
                 window.end,
                 local_max_rows=pyspark.max_local_rows,
+                forced="launched by hand" if by_hand else None,
             )
             # an estimate: an exact count(*) would scan the whole table on every live refresh
             table_rows = postgres.estimated_row_count("price_indicators")
