@@ -44,7 +44,7 @@ format: install
 # (conftest.py), then each takes the next tests as it frees up.
 test: lint
 	$(BIN)/dagster definitions validate -w workspace.yaml
-	$(BIN)/python -m pytest -n 3 --dist load $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 3 --dist load --durations=25 $(PYTEST_ARGS)
 
 # The contributors' lane: everything that needs no Spark, no running stack and no engine beyond the
 # embedded broker and PostgreSQL (marker `slow`, set in marketflow_assets_tests/conftest.py).

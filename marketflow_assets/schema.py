@@ -198,6 +198,19 @@ ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 ALERT_KEY = ("alerted_at", "alert_key")
 
+# Failed runs, recorded by the alert sensor as it sees them (every failure, not only the first
+# of a streak): the Pipeline page lists those of the last 24 hours with a link to the run.
+# ``launched_by`` = the run's ``marketflow/launched_by`` (``defs/common/launch.py``).
+RUN_FAILURE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "text NOT NULL"),
+    ("failed_at", "timestamptz NOT NULL"),
+    ("job_name", "text NOT NULL"),
+    ("launched_by", "text"),
+    ("partition", "text"),
+    ("error", "text"),
+)
+RUN_FAILURE_KEY = ("run_id",)
+
 TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "price_indicators": (INDICATOR_COLUMNS, INDICATOR_KEY),
     "market_movers": (MOVER_COLUMNS, MOVER_KEY),
@@ -205,6 +218,7 @@ TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "forecast_evaluation": (EVALUATION_COLUMNS, EVALUATION_KEY),
     "check_results": (CHECK_RESULT_COLUMNS, CHECK_RESULT_KEY),
     "alert_history": (ALERT_COLUMNS, ALERT_KEY),
+    "run_failures": (RUN_FAILURE_COLUMNS, RUN_FAILURE_KEY),
 }
 
 
@@ -303,6 +317,7 @@ def create_all_sql() -> list[str]:
         "(coin_id, ts) INCLUDE (price, sma_5min, ema_3min, volatility_5min, change_1min, "
         "change_5min)",
         "CREATE INDEX IF NOT EXISTS check_results_evaluated_at_idx ON check_results (evaluated_at)",
+        "CREATE INDEX IF NOT EXISTS run_failures_failed_at_idx ON run_failures (failed_at)",
         f"CREATE TABLE IF NOT EXISTS {REFRESH_LEDGER_TABLE} (\n  {body},\n"
         f"  PRIMARY KEY ({', '.join(REFRESH_LEDGER_KEY)})\n)",
         # tables created before the live path existed get the provenance column (rows: dagster)

@@ -203,6 +203,8 @@ class Settings:
     #: First hourly partition (explicit); None: the first hour of raw data, else today.
     partition_start: datetime | None = None
     dagster_home: str | None = None
+    #: Where the Dagster UI serves (the dashboard links failed runs to it).
+    dagster_ui_url: str = "http://127.0.0.1:3000"
     log_level: str = "INFO"
     bench_dir: Path = Path(DEFAULT_DATA_DIR) / "bench"
     #: ``MARKETFLOW_SPOOL_DIR`` as given: None = ``data_dir/spool``, "off" = no spool.
@@ -284,6 +286,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             None if start is None else floor_hour(parse_utc(start, ENV_PARTITION_START))
         ),
         dagster_home=get("DAGSTER_HOME"),
+        dagster_ui_url=(get("MARKETFLOW_DAGSTER_UI_URL") or "http://127.0.0.1:3000").rstrip("/"),
         log_level=get("MARKETFLOW_LOG_LEVEL") or "INFO",
         bench_dir=Path(get("MARKETFLOW_BENCH_DIR") or Path(DEFAULT_DATA_DIR) / "bench").absolute(),
         spool=get(ENV_SPOOL_DIR),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from marketflow_assets.settings import (
@@ -13,6 +13,8 @@ from marketflow_assets.settings import (
 )
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: The drivers' log4j2 configuration (WARN and up; known non-problems at ERROR).
+LOG4J2 = Path(__file__).with_name("spark_log4j2.properties").as_uri()
 
 
 def ensure_pyspark_python() -> None:
@@ -48,7 +50,7 @@ def spark_conf(master: str | None = None, settings: Settings | None = None) -> d
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": f"-Duser.timezone=UTC -Dlog4j2.configurationFile={LOG4J2}",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         # Long-running drivers (the streaming job: several jobs per micro-batch, forever) keep
         # the status of finished jobs/stages/SQL executions up to these caps (default 1000 each),
@@ -86,27 +88,5 @@ def get_spark(master: str | None = None, app_name: str = "marketflow"):
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark_log_level)
-    if settings.spark_log_level.upper() in ("WARN", "ERROR", "FATAL", "OFF"):
-        quiet_noisy_loggers(spark)
     return spark
 
-
-#: Driver loggers whose WARN lines are not problems here. ``ProcessingTimeExecutor`` warns
-#: "Current batch is falling behind" whenever a micro-batch outlasts its trigger interval: on 2
-#: cores nearly every batch at start-up, while the job keeps up (real lag is the stream lag check's
-#: business, ``defs/monitoring/stream_checks.py``).
-NOISY_LOGGERS = (
-    "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor",  # Spark 4.1+
-    "org.apache.spark.sql.execution.streaming.ProcessingTimeExecutor",
-)
-
-
-def quiet_noisy_loggers(spark) -> None:
-    """Raise :data:`NOISY_LOGGERS` to ERROR in the driver's log4j2 (best effort)."""
-    try:
-        jvm = spark.sparkContext._jvm
-        configurator = jvm.org.apache.logging.log4j.core.config.Configurator
-        for name in NOISY_LOGGERS:
-            configurator.setLevel(name, jvm.org.apache.logging.log4j.Level.ERROR)
-    except Exception as exc:  # noqa: BLE001 - cosmetic: never fail a session over log levels
-        logging.getLogger(__name__).debug("could not quiet Spark loggers: %s", exc)

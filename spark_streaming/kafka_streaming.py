@@ -443,6 +443,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from spark_streaming.kafka_source import FORMAT_NAME, KafkaDataSource
 
     spark = get_spark(_resolve_master(args.master), app_name="marketflow-kafka-streaming")
+    # adaptive execution does not apply to streaming queries (Spark warns and disables it)
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
     use_jvm = args.source == "kafka" or (args.source == "auto" and jvm_kafka_available(spark))
     if args.source == "kafka" and not jvm_kafka_available(spark):
         raise ConfigError(

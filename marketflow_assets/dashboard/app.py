@@ -297,6 +297,7 @@ def pipeline_page() -> None:
         polls = read("rows_per_poll", url, newest - q.ROWS_PER_POLL_WINDOW)
         st.subheader("Rows per poll (price_indicators, last 2 hours of data)")
         st.plotly_chart(charts.rows_per_poll(polls), width="stretch")
+    failed_runs_panel(url)
     since = (newest or pd.Timestamp.now(tz="UTC")) - timedelta(days=7)
     for title, name, args in (
         ("Recent failed check results", "recent_failed_checks", (since,)),
@@ -311,6 +312,26 @@ def pipeline_page() -> None:
             st.caption("Nothing recorded yet.")
         else:
             st.dataframe(frame, hide_index=True)
+
+
+def failed_runs_panel(url: str) -> None:
+    """Failed runs of the last 24 hours, each linked to the Dagster UI."""
+    from marketflow_assets.settings import load_settings
+
+    st.subheader("Failed runs (last 24 hours)")
+    try:
+        runs = read("failed_runs", url, pd.Timestamp.now(tz="UTC") - timedelta(hours=24))
+    except q.DashboardError:
+        runs = pd.DataFrame()
+    if runs.empty:
+        st.caption("No failed run in the last 24 hours.")
+        return
+    table = view.failed_runs_table(runs, load_settings().dagster_ui_url)
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={"run": st.column_config.LinkColumn("run", display_text="open in Dagster")},
+    )
 
 
 # ------------------------------------------------------------------------------------------

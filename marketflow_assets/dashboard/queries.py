@@ -140,6 +140,10 @@ SQL: dict[str, str] = {
         SELECT evaluated_at, asset_key, check_name, severity, description
         FROM check_results WHERE NOT passed AND evaluated_at > %(since)s
         ORDER BY evaluated_at DESC LIMIT %(limit)s""",
+    "failed_runs": """
+        SELECT failed_at, job_name, launched_by, partition, error, run_id
+        FROM run_failures WHERE failed_at > %(since)s
+        ORDER BY failed_at DESC LIMIT %(limit)s""",
     "alerts": """
         SELECT alerted_at, alert_key, previous_state, state, message
         FROM alert_history ORDER BY alerted_at DESC LIMIT %(limit)s""",
@@ -161,7 +165,8 @@ PAGE_QUERIES = {
                "newest_indicator_ts", "latest_row_source", "promoted_forecast",
                "recent_poll_times"),
     "coin": ("coins", "candles", "latest_rows", "coin_forecasts"),
-    "pipeline": ("latest_check_results", "recent_failed_checks", "alerts", "rows_per_poll"),
+    "pipeline": ("latest_check_results", "recent_failed_checks", "failed_runs", "alerts",
+                 "rows_per_poll"),
 }  # fmt: skip
 
 
@@ -387,6 +392,11 @@ def rows_per_poll(db: Database, since: datetime) -> pd.DataFrame:
     return frame
 
 
+def failed_runs(db: Database, since: datetime, limit: int = HISTORY_LIMIT) -> pd.DataFrame:
+    """Failed runs recorded by the alert sensor since ``since``, newest first."""
+    return _times(db.query("failed_runs", since=since, limit=limit), "failed_at")
+
+
 def latest_check_results(db: Database) -> pd.DataFrame:
     frame = _times(db.query("latest_check_results"), "evaluated_at")
     frame["metadata"] = [json.loads(m) if m else {} for m in frame["metadata"]]
@@ -438,6 +448,7 @@ def example_params(db: Database) -> Mapping[str, dict[str, Any]]:
         "rows_per_poll": {"start": since},
         "latest_check_results": {},
         "recent_failed_checks": {"since": since, "limit": HISTORY_LIMIT},
+        "failed_runs": {"since": since, "limit": HISTORY_LIMIT},
         "alerts": {"limit": HISTORY_LIMIT},
         "coin_forecasts": coin_range,
         "promoted_forecast": {},

@@ -194,6 +194,26 @@ def check_table(checks: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def first_line(text, limit: int = 200) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
+def failed_runs_table(runs: pd.DataFrame, dagster_ui_url: str) -> pd.DataFrame:
+    """Failed runs for the Pipeline page: when, what, who launched it, the first line of the
+    error, and a link to the run in the Dagster UI."""
+    return pd.DataFrame(
+        {
+            "failed at": runs["failed_at"],
+            "job": runs["job_name"],
+            "launched by": runs["launched_by"].fillna("?"),
+            "partition": runs["partition"].fillna(""),
+            "error": [first_line(e) for e in runs["error"]],
+            "run": [f"{dagster_ui_url.rstrip('/')}/runs/{r}" for r in runs["run_id"]],
+        }
+    )
+
+
 _COUNT_WORDS = ("dlq", "dead", "reject")
 
 

@@ -63,10 +63,10 @@ def warm_up(
 ) -> WarmUp:
     """The warm-up state of a history whose snapshots were taken at ``snapshot_times``."""
     needed = needed_origins(min_test_origins, test_fraction)
-    times = np.sort(pd.to_datetime(pd.Series(snapshot_times), utc=True).unique())
-    if len(times) < 2:
+    ts = pd.to_datetime(pd.Series(snapshot_times, dtype=object), utc=True)
+    t_us = np.unique(ts.dt.tz_localize(None).to_numpy(dtype="datetime64[us]").astype(np.int64))
+    if len(t_us) < 2:
         return WarmUp(0, needed, None)
-    t_us = times.astype("datetime64[us]").astype(np.int64)
     h_us = int(horizon_s * 1e6)
     first_ok = t_us[0] + int(min(horizon_s, RV_WINDOW_SECONDS) * 1e6)
     last_ok = t_us[-1] - (h_us - h_us // 5)

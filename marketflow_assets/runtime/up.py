@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -202,9 +203,12 @@ def dashboard_child(args, settings: Settings) -> Child:
     """``marketflow dashboard`` on 127.0.0.1:--dashboard-port, reading the same PostgreSQL."""
     argv = [sys.executable, "-m", "marketflow_assets.cli", "dashboard"]
     argv += ["--port", str(args.dashboard_port)]
-    return Child(
+    child = Child(
         "dashboard", argv, settings.data_dir / "logs" / "dashboard.log", needs=("postgres",)
     )
+    if not os.environ.get("MARKETFLOW_DAGSTER_UI_URL"):  # its links to runs: this UI
+        child.env["MARKETFLOW_DAGSTER_UI_URL"] = f"http://127.0.0.1:{args.port}"
+    return child
 
 
 def live_child(settings: Settings) -> Child:

@@ -4,7 +4,7 @@ on each page equal SQL ground truth; empty and unreachable databases give plain 
 from __future__ import annotations
 
 import gc
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +15,11 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import marketflow_assets.dashboard
-from marketflow_assets.defs.monitoring.history import record_alerts, record_check_evaluations
+from marketflow_assets.defs.monitoring.history import (
+    record_alerts,
+    record_check_evaluations,
+    record_run_failures,
+)
 from marketflow_assets.runtime.services import free_port
 from marketflow_assets_tests.dashboard.dashboard_data import (
     SOLO,
@@ -216,8 +220,13 @@ def test_pipeline_page_shows_recorded_checks_and_alerts(seeded, monkeypatch):
         key="raw_prices:freshness_check", previous="passed", state="WARN", text="WARN: late"
     )
     assert record_alerts(url, [alert], at_time) == 1
+    failed_at = datetime.now(UTC) - timedelta(hours=1)
+    run = ("0f1e2d3c-run", failed_at, "refresh_indicators_job", "schedule", "2026-03-01-11:00",
+           "raw_prices unreadable: Permission denied\n  File ...")  # fmt: skip
+    old_run = ("old-run", failed_at - timedelta(days=2), "x_job", "ui", None, "old")
+    assert record_run_failures(url, [run, old_run]) == 2
 
-    at = run_app(monkeypatch, url, page="Pipeline")
+    at = run_app(monkeypatch, url, page="Pipeline", MARKETFLOW_DAGSTER_UI_URL="http://ui:3001/")
     checks = at.dataframe[0].value
     assert checks["check"].to_list() == ["freshness_check", "rejects_recorded"]
     assert checks["status"].to_list() == ["failed (WARN)", "passed"]
@@ -228,6 +237,11 @@ def test_pipeline_page_shows_recorded_checks_and_alerts(seeded, monkeypatch):
     assert any("message" in f and f["message"].to_list() == [alert.text] for f in frames)
     polls = sql(url, "SELECT count(DISTINCT ts) FROM price_indicators")[0][0]
     assert polls > 0 and len(at.get("plotly_chart")) == 1
+    runs = next(f for f in frames if "launched by" in f)  # the last 24 hours only
+    assert runs["job"].to_list() == ["refresh_indicators_job"]
+    assert runs["error"].to_list() == ["raw_prices unreadable: Permission denied"]
+    assert runs["run"].to_list() == ["http://ui:3001/runs/0f1e2d3c-run"]
+    assert runs["launched by"].to_list() == ["schedule"]
 
 
 def test_forecast_panels(seeded, monkeypatch):
