@@ -89,4 +89,3 @@ def get_spark(master: str | None = None, app_name: str = "marketflow"):
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(settings.spark_log_level)
     return spark
-
