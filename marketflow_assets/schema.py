@@ -198,6 +198,24 @@ ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 ALERT_KEY = ("alerted_at", "alert_key")
 
+# The newest market data of each coin: CoinGecko's own fields of its newest record, for the
+# dashboard's market table (rank, name, market cap, 24 h volume / high / low / change). Written by
+# the live path with each batch and by each ``price_indicators`` refresh (``market.py``).
+COIN_MARKET_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("coin_id", "text NOT NULL"),
+    ("symbol", "text"),
+    ("name", "text"),
+    ("market_cap_rank", "bigint"),
+    ("price", "double precision"),
+    ("market_cap", "double precision"),
+    ("total_volume", "double precision"),
+    ("high_24h", "double precision"),
+    ("low_24h", "double precision"),
+    ("change_24h", "double precision"),
+    ("ts", "timestamptz NOT NULL"),
+)
+COIN_MARKET_KEY = ("coin_id",)
+
 # Failed runs, recorded by the alert sensor as it sees them (every failure, not only the first
 # of a streak): the Pipeline page lists those of the last 24 hours with a link to the run.
 # ``launched_by`` = the run's ``marketflow/launched_by`` (``defs/common/launch.py``).
@@ -219,6 +237,7 @@ TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "check_results": (CHECK_RESULT_COLUMNS, CHECK_RESULT_KEY),
     "alert_history": (ALERT_COLUMNS, ALERT_KEY),
     "run_failures": (RUN_FAILURE_COLUMNS, RUN_FAILURE_KEY),
+    "coin_market": (COIN_MARKET_COLUMNS, COIN_MARKET_KEY),
 }
 
 

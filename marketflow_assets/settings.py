@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 DEFAULT_TOPIC = "crypto_prices"
 DLQ_SUFFIX = "_dlq"
 DEFAULT_DATA_DIR = "data"
+DEFAULT_DAGSTER_UI_URL = "http://127.0.0.1:3000"
 
 COINGECKO_PLANS = {
     # plan: (base URL, header carrying the key)
@@ -204,7 +205,7 @@ class Settings:
     partition_start: datetime | None = None
     dagster_home: str | None = None
     #: Where the Dagster UI serves (the dashboard links failed runs to it).
-    dagster_ui_url: str = "http://127.0.0.1:3000"
+    dagster_ui_url: str = DEFAULT_DAGSTER_UI_URL
     log_level: str = "INFO"
     bench_dir: Path = Path(DEFAULT_DATA_DIR) / "bench"
     #: ``MARKETFLOW_SPOOL_DIR`` as given: None = ``data_dir/spool``, "off" = no spool.
@@ -286,7 +287,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             None if start is None else floor_hour(parse_utc(start, ENV_PARTITION_START))
         ),
         dagster_home=get("DAGSTER_HOME"),
-        dagster_ui_url=(get("MARKETFLOW_DAGSTER_UI_URL") or "http://127.0.0.1:3000").rstrip("/"),
+        dagster_ui_url=(get("MARKETFLOW_DAGSTER_UI_URL") or DEFAULT_DAGSTER_UI_URL).rstrip("/"),
         log_level=get("MARKETFLOW_LOG_LEVEL") or "INFO",
         bench_dir=Path(get("MARKETFLOW_BENCH_DIR") or Path(DEFAULT_DATA_DIR) / "bench").absolute(),
         spool=get(ENV_SPOOL_DIR),

@@ -399,7 +399,7 @@ def _check_broker(bootstrap: str, topic: str) -> None:
     finally:
         probe.close()
     if not parts:
-        logger.warning("topic %s does not exist yet; waiting for it to appear", topic)
+        logger.info("topic %s does not exist yet; waiting for it to appear", topic)  # start-up
 
 
 def _resolve_master(requested: str | None) -> str | None:

@@ -94,6 +94,7 @@ def market_now() -> None:
             polls = read("recent_poll_times", url)
             if polls:  # prices are coming in; the movers need five minutes of them
                 st.info(view.movers_warm_up(polls, datetime.now(UTC)))
+                market_table_panel(url)
                 promoted_model()
             else:
                 st.info(f"No market data yet: table market_movers has no rows. {NO_DATA_HINT}")
@@ -141,10 +142,52 @@ def market_now() -> None:
         st.subheader("Top 5 losers (5 min)")
         st.table(losers.set_index("rank"))
 
+    market_table_panel(url)
     with_change = coins.dropna(subset=["change_5min"])
     if len(with_change):
         st.plotly_chart(charts.change_treemap(with_change), width="stretch")
     promoted_model()
+
+
+#: Coins of the market table with a sparkline (the first by rank; the others show none).
+SPARKLINE_COINS = 100
+
+
+def market_table_panel(url: str) -> None:
+    """Every coin of the newest snapshot, CoinGecko style: rank, name, price, 1 min / 5 min /
+    1 h / 24 h change, market cap, 24 h volume, high and low, the last hour as a sparkline;
+    sortable (column headers) and searchable."""
+    st.subheader("Market")
+    newest = read("newest_indicator_ts", url)
+    if newest is None:
+        return
+    table = read("market_table", url, newest)
+    top = tuple(table["coin_id"].head(SPARKLINE_COINS))
+    rows = view.market_rows(table, read("sparklines", url, top, newest))
+    search = st.text_input("Search coins", key="market_search", placeholder="name, symbol or id")
+    shown = view.search_market(rows, search)
+    st.caption(
+        f"{len(shown)} of {len(rows)} coins at {newest.isoformat()} · click a column header to "
+        "sort · 1 h change needs an hour of history"
+    )
+    pct = "%+.2f%%"
+    st.dataframe(
+        shown,
+        hide_index=True,
+        column_config={
+            "#": st.column_config.NumberColumn("#", format="%d", width="small"),
+            "price": st.column_config.NumberColumn("price (USD)", format="plain"),
+            "1m %": st.column_config.NumberColumn("1m", format=pct),
+            "5m %": st.column_config.NumberColumn("5m", format=pct),
+            "1h %": st.column_config.NumberColumn("1h", format=pct),
+            "24h %": st.column_config.NumberColumn("24h", format=pct),
+            "market cap": st.column_config.NumberColumn("market cap (USD)", format="localized"),
+            "24h volume": st.column_config.NumberColumn("24h volume (USD)", format="localized"),
+            "24h high": st.column_config.NumberColumn("24h high", format="plain"),
+            "24h low": st.column_config.NumberColumn("24h low", format="plain"),
+            "last hour": st.column_config.LineChartColumn("last hour", width="medium"),
+        },
+    )
 
 
 def promoted_model() -> None:
@@ -191,8 +234,10 @@ def coin_page() -> None:
     if coin_list.empty:
         st.info(f"No coins yet: table price_indicators has no rows. {NO_DATA_HINT}")
         return
+    # rank order (the largest coin first, and opened first), as CoinGecko lists them
     labels = {
-        row.coin_id: f"{row.coin_id} ({str(row.symbol or '').upper()})"
+        row.coin_id: f"{row.name or row.coin_id} ({str(row.symbol or '').upper()})"
+        + (f" · #{row.market_cap_rank}" if pd.notna(row.market_cap_rank) else "")
         for row in coin_list.itertuples()
     }
     pick, span = st.columns([2, 3])

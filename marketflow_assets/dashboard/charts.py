@@ -9,17 +9,26 @@ from plotly.subplots import make_subplots
 
 
 def change_treemap(coins: pd.DataFrame) -> go.Figure:
-    """Every coin of the snapshot as an equal-sized tile coloured by its 5-minute change (red
-    down, green up, colour scale clipped at the 95th percentile of |change|)."""
+    """Every coin of the snapshot as a tile sized by its market cap (equal tiles where it is not
+    known) and coloured by its 5-minute change (red down, green up, colour scale clipped at the
+    95th percentile of |change|)."""
     labels = [str(s or c).upper() for s, c in zip(coins["symbol"], coins["coin_id"], strict=True)]
     change = coins["change_5min"].astype(float)
+    caps = (
+        coins["market_cap"].astype(float)
+        if "market_cap" in coins
+        else pd.Series(float("nan"), index=coins.index)
+    )
+    known = caps[caps > 0]
+    # a coin without a market cap gets the smallest known one (a tile, not a gap)
+    sizes = caps.where(caps > 0, known.min() if len(known) else 1.0)
     bound = float(change.abs().quantile(0.95)) or 1.0
     fig = go.Figure(
         go.Treemap(
             ids=coins["coin_id"],
             labels=labels,
             parents=[""] * len(coins),
-            values=[1] * len(coins),
+            values=sizes.to_list(),
             text=[f"{v:+.2f}%" for v in change],
             customdata=list(zip(coins["coin_id"], coins["price"], strict=True)),
             texttemplate="%{label}<br>%{text}",
@@ -36,7 +45,7 @@ def change_treemap(coins: pd.DataFrame) -> go.Figure:
         )
     )
     fig.update_layout(
-        title="5-minute change across coins (%)",
+        title="5-minute change across coins (%), tiles sized by market cap",
         margin={"t": 40, "l": 0, "r": 0, "b": 0},
         height=420,
     )

@@ -22,6 +22,11 @@ check results (recent)    check_results_evaluated_at_idx
 alerts                    alert_history primary key (alerted_at, alert_key)
 forecasts                 price_forecasts primary key (coin_id, origin_ts, horizon_s)
 forecast evaluation       forecast_evaluation, newest evaluated_at
+market table              price_indicators_ts_idx (ts = snapshot); coin_market primary key;
+                          price_indicators primary key, one backward probe per coin (1 h ago)
+sparklines                price_indicators_coin_series_idx (index-only, a few coins)
+recent poll times         price_indicators_ts_idx (newest row), primary key range of its coin
+failed runs               run_failures_failed_at_idx
 ========================  =====================================================================
 
 Missing tables raise :class:`NoData` (the page says so); connection problems raise
@@ -78,9 +83,30 @@ SQL: dict[str, str] = {
         WHERE m.snapshot_ts = %(snapshot)s
         ORDER BY m.direction, m.rank""",
     "snapshot_coins": """
-        SELECT coin_id, symbol, price, change_5min, volatility_5min
-        FROM price_indicators WHERE ts = %(snapshot)s ORDER BY coin_id""",
+        SELECT p.coin_id, p.symbol, p.price, p.change_5min, p.volatility_5min, m.market_cap
+        FROM price_indicators p LEFT JOIN coin_market m ON m.coin_id = p.coin_id
+        WHERE p.ts = %(snapshot)s ORDER BY p.coin_id""",
     "newest_indicator_ts": "SELECT max(ts) FROM price_indicators",
+    # The market table: every coin of a snapshot with its CoinGecko market data (coin_market)
+    # and its price an hour earlier (the newest at or before; one index lookup per coin).
+    "market_table": """
+        SELECT p.coin_id, p.symbol, m.name, m.market_cap_rank, p.price, p.change_1min,
+               p.change_5min, h.price AS price_1h_ago, m.change_24h, m.market_cap,
+               m.total_volume, m.high_24h, m.low_24h, p.volatility_5min
+        FROM price_indicators p
+        LEFT JOIN coin_market m ON m.coin_id = p.coin_id
+        LEFT JOIN LATERAL (
+            SELECT q.price FROM price_indicators q
+            WHERE q.coin_id = p.coin_id AND q.ts <= %(hour_ago)s
+            ORDER BY q.ts DESC LIMIT 1
+        ) h ON true
+        WHERE p.ts = %(snapshot)s
+        ORDER BY m.market_cap_rank NULLS LAST, p.coin_id""",
+    # The last hour of prices of a few coins (the market table's sparklines).
+    "sparklines": """
+        SELECT coin_id, ts, price FROM price_indicators
+        WHERE coin_id = ANY(%(coins)s) AND ts > %(start)s AND ts <= %(end)s
+        ORDER BY coin_id, ts""",
     # the poll times of the coin of the newest row over a window (the warm-up states): one
     # index range scan whatever the number of coins
     "recent_poll_times": """
@@ -91,13 +117,14 @@ SQL: dict[str, str] = {
     "latest_row_source": "SELECT source, ts FROM price_indicators ORDER BY ts DESC LIMIT 1",
     "coins": distinct_values_cte("stored", "price_indicators", "coin_id")
     + """
-        SELECT s.coin_id, l.symbol, l.ts AS newest_ts
-        FROM stored s, LATERAL (
+        SELECT s.coin_id, l.symbol, l.ts AS newest_ts, m.name, m.market_cap_rank
+        FROM stored s CROSS JOIN LATERAL (
             SELECT p.symbol, p.ts FROM price_indicators p
             WHERE p.coin_id = s.coin_id ORDER BY p.ts DESC LIMIT 1
         ) l
+        LEFT JOIN coin_market m ON m.coin_id = s.coin_id
         WHERE s.coin_id IS NOT NULL
-        ORDER BY s.coin_id""",
+        ORDER BY m.market_cap_rank NULLS LAST, s.coin_id""",
     # 1-minute OHLC candles from the 30 s prices, with each minute's last indicator values:
     # per minute the first and last ts (hash aggregate), then their rows (hash joins); minute
     # as epoch seconds (read as CSV by ``Database.query_csv``).
@@ -163,7 +190,7 @@ SQL: dict[str, str] = {
 PAGE_QUERIES = {
     "market": ("latest_snapshot", "previous_snapshot", "movers", "snapshot_coins",
                "newest_indicator_ts", "latest_row_source", "promoted_forecast",
-               "recent_poll_times"),
+               "recent_poll_times", "market_table", "sparklines"),
     "coin": ("coins", "candles", "latest_rows", "coin_forecasts"),
     "pipeline": ("latest_check_results", "recent_failed_checks", "failed_runs", "alerts",
                  "rows_per_poll"),
@@ -331,12 +358,37 @@ def movers(db: Database, snapshot: datetime, previous: datetime | None) -> pd.Da
 
 def snapshot_coins(db: Database, snapshot: datetime) -> pd.DataFrame:
     return _floats(
-        db.query("snapshot_coins", snapshot=snapshot), "price", "change_5min", "volatility_5min"
+        db.query("snapshot_coins", snapshot=snapshot),
+        "price",
+        "change_5min",
+        "volatility_5min",
+        "market_cap",
     )
 
 
 def newest_indicator_ts(db: Database) -> pd.Timestamp | None:
     return _utc(db.scalar("newest_indicator_ts"))
+
+
+def market_table(db: Database, snapshot: datetime) -> pd.DataFrame:
+    """Every coin of ``snapshot``, rank order (see :data:`SQL`)."""
+    frame = db.query(
+        "market_table", snapshot=snapshot, hour_ago=pd.Timestamp(snapshot) - timedelta(hours=1)
+    )
+    frame = _floats(
+        frame,
+        "price", "change_1min", "change_5min", "price_1h_ago", "change_24h", "market_cap",
+        "total_volume", "high_24h", "low_24h", "volatility_5min",
+    )  # fmt: skip
+    frame["market_cap_rank"] = frame["market_cap_rank"].astype("Int64")
+    return frame
+
+
+def sparklines(db: Database, coins: list[str], end: datetime) -> pd.DataFrame:
+    """``coin_id``, ``ts``, ``price`` of ``coins`` over the hour before ``end``."""
+    start = pd.Timestamp(end) - timedelta(hours=1)
+    frame = db.query("sparklines", coins=list(coins), start=start, end=end)
+    return _floats(_times(frame, "ts"), "price")
 
 
 #: How far back the warm-up states look (the forecasts' first training needs well under that).
@@ -434,6 +486,7 @@ def example_params(db: Database) -> Mapping[str, dict[str, Any]]:
     newest = newest_indicator_ts(db)
     since = newest - ROWS_PER_POLL_WINDOW if newest is not None else None
     coin_range = {"coin": coin, "start": start, "end": end}
+    hour_ago = newest - timedelta(hours=1) if newest is not None else None
     return {
         "latest_snapshot": {},
         "previous_snapshot": {"snapshot": snapshot},
@@ -441,6 +494,8 @@ def example_params(db: Database) -> Mapping[str, dict[str, Any]]:
         "snapshot_coins": {"snapshot": snapshot},
         "newest_indicator_ts": {},
         "recent_poll_times": {"window": WARM_UP_WINDOW},
+        "market_table": {"snapshot": newest, "hour_ago": hour_ago},
+        "sparklines": {"coins": [coin], "start": hour_ago, "end": newest},
         "latest_row_source": {},
         "coins": {},
         "candles": coin_range,

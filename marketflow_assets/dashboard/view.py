@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 
 from marketflow_assets.forecasting.warmup import warm_up
@@ -115,14 +116,6 @@ def rank_change(rank: int, previous_rank) -> str:
     if delta < 0:
         return f"▼ {-delta}"
     return "="
-
-
-def price_text(value: float) -> str:
-    if value is None or pd.isna(value):
-        return "—"
-    if abs(value) >= 1:
-        return f"{value:,.2f}"
-    return f"{value:.6g}"
 
 
 def movers_table(movers: pd.DataFrame, direction: str) -> pd.DataFrame:
@@ -259,3 +252,82 @@ def forecast_warm_up(poll_times: list) -> str:
         f"Forecasts {state.message()}. No forecast is served before a model was trained on "
         "enough history."
     )
+
+
+def round_sig(value, digits: int = 6):
+    """``value`` rounded to ``digits`` significant digits (None/NaN stay as they are)."""
+    if value is None or not np.isfinite(value) or value == 0:
+        return value
+    return round(float(value), digits - 1 - int(np.floor(np.log10(abs(value)))))
+
+
+def price_text(value) -> str:
+    """A price written by its magnitude, never with SI prefixes: ``102,700.50``, ``1.2345``,
+    ``0.00009130`` (four significant digits below 1)."""
+    if value is None or not np.isfinite(value):
+        return "—"
+    value = float(value)
+    if abs(value) >= 1000:
+        return f"{value:,.2f}"
+    if abs(value) >= 1:
+        return f"{value:,.4f}"
+    if value == 0:
+        return "0"
+    decimals = 3 - int(np.floor(np.log10(abs(value))))
+    return f"{value:.{decimals}f}"
+
+
+MARKET_COLUMNS = (
+    "#", "coin", "symbol", "price", "1m %", "5m %", "1h %", "24h %", "market cap",
+    "24h volume", "24h high", "24h low", "last hour",
+)  # fmt: skip
+
+
+def market_rows(table: pd.DataFrame, sparks: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The market table as the page shows it (rank order; numbers stay numbers so that the
+    columns sort): 1 h change = ``100 (price / price an hour earlier - 1)``; prices rounded to 6
+    significant digits; ``last hour``: each coin's prices of the last hour (sparkline), when
+    ``sparks`` has them."""
+    series = {}
+    if sparks is not None and len(sparks):
+        for coin, rows in sparks.groupby("coin_id", sort=False):
+            prices = rows["price"].to_numpy(np.float64)
+            step = max(1, len(prices) // 60)  # at most ~60 points per sparkline
+            series[coin] = [float(p) for p in prices[::step]]
+    price = table["price"].astype("float64")
+    hour = 100.0 * (price / table["price_1h_ago"].astype("float64") - 1.0)
+    names = table["name"].where(table["name"].notna(), table["coin_id"])
+    out = pd.DataFrame(
+        {
+            "#": table["market_cap_rank"],
+            "coin": names,
+            "symbol": table["symbol"].fillna("").str.upper(),
+            "price": [round_sig(p) for p in price],
+            "1m %": table["change_1min"],
+            "5m %": table["change_5min"],
+            "1h %": hour,
+            "24h %": table["change_24h"],
+            "market cap": table["market_cap"].round(0),
+            "24h volume": table["total_volume"].round(0),
+            "24h high": [round_sig(p) for p in table["high_24h"]],
+            "24h low": [round_sig(p) for p in table["low_24h"]],
+            "last hour": [series.get(c) for c in table["coin_id"]],
+        }
+    )
+    out.index = table["coin_id"].to_numpy()
+    return out
+
+
+def search_market(rows: pd.DataFrame, text: str) -> pd.DataFrame:
+    """Rows whose coin id, name or symbol contains ``text`` (case-insensitive); all when empty."""
+    text = (text or "").strip().lower()
+    if not text:
+        return rows
+    hay = (
+        pd.Series(rows.index, index=rows.index).astype(str).str.lower()
+        + " "
+        + rows["coin"].astype(str).str.lower()
+        + " "
+        + rows["symbol"].astype(str).str.lower()
+    )
+    return rows[hay.str.contains(text, regex=False)]

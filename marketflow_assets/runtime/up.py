@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import signal
 import sys
 import threading
@@ -52,6 +51,7 @@ from marketflow_assets.runtime.supervisor import (  # noqa: F401 - Child & co. a
     tail,
 )
 from marketflow_assets.settings import (
+    DEFAULT_DAGSTER_UI_URL,
     ConfigError,
     Settings,
     child_environment,
@@ -206,7 +206,7 @@ def dashboard_child(args, settings: Settings) -> Child:
     child = Child(
         "dashboard", argv, settings.data_dir / "logs" / "dashboard.log", needs=("postgres",)
     )
-    if not os.environ.get("MARKETFLOW_DAGSTER_UI_URL"):  # its links to runs: this UI
+    if settings.dagster_ui_url == DEFAULT_DAGSTER_UI_URL:  # its links to runs: this UI
         child.env["MARKETFLOW_DAGSTER_UI_URL"] = f"http://127.0.0.1:{args.port}"
     return child
 

@@ -4,11 +4,13 @@ on each page equal SQL ground truth; empty and unreachable databases give plain 
 from __future__ import annotations
 
 import gc
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
@@ -294,3 +296,34 @@ def test_the_first_minutes_are_a_warm_up_not_an_empty_page(empty_db, monkeypatch
     info = texts(at.info)[0]
     assert info.startswith("Warming up: the movers compare prices five minutes apart; 3 polls")
     assert any(c.startswith("Forecasts warming up: 0 of 60") for c in texts(at.caption))
+
+
+def test_the_market_table_is_coingeckos(seeded, monkeypatch):
+    """Issue 28: rank, name, price, 1 min / 5 min / 1 h / 24 h change, market cap, volume,
+    24 h high/low and a sparkline; searchable; the heat map sized by market cap; the coin
+    picker in rank order, opening on the largest coin."""
+    url, raw, indicators, _movers = seeded
+    at = run_app(monkeypatch, url)
+    market = next(d.value for d in at.dataframe if "24h volume" in d.value)
+    newest = raw[raw["ts"] == raw["ts"].max()].sort_values("market_cap", ascending=False)
+    assert market["coin"].to_list() == newest["name"].to_list()  # rank order
+    assert market["#"].to_list() == list(range(1, len(newest) + 1))
+    np.testing.assert_allclose(market["market cap"], newest["market_cap"].round(0))
+    assert market["24h %"].to_list() == newest["price_change_percentage_24h"].to_list()
+    now = indicators[indicators["ts"] == indicators["ts"].max()].set_index("coin_id")
+    np.testing.assert_allclose(
+        market["5m %"], now.loc[newest["id"], "change_5min"], rtol=1e-12, equal_nan=True
+    )
+    assert market["1h %"].isna().all()  # 20 minutes of history: no hour-old price yet
+    assert all(len(s) > 10 for s in market["last hour"])  # sparklines of the seeded 20 minutes
+
+    at.text_input(key="market_search").set_value("c03").run()
+    market = next(d.value for d in at.dataframe if "24h volume" in d.value)
+    assert market["symbol"].to_list() == ["C03"]
+
+    treemap = next(c for c in at.get("plotly_chart") if '"type":"treemap"' in c.proto.spec)
+    sizes = json.loads(treemap.proto.spec)["data"][0]["values"]
+    assert max(sizes) == pytest.approx(newest["market_cap"].max())
+
+    at = run_app(monkeypatch, url, page="Coin")
+    assert at.selectbox(key="coin").value == newest["id"].iloc[0]  # the largest coin first

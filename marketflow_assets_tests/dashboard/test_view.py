@@ -54,7 +54,7 @@ def test_tiles_and_movers_table():
     table = view.movers_table(movers, "gainer")
     assert table["coin id"].to_list() == ["a", "b"]
     assert table["symbol"].to_list() == ["AA", "BB"]
-    assert table["price"].to_list() == ["1,234.50", "0.000123456"]
+    assert table["price"].to_list() == ["1,234.50", "0.0001235"]  # by magnitude, no 1.2e-04
     assert table["rank change"].to_list() == ["new", "="]
 
 

@@ -12,7 +12,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ from marketflow_assets.defs.indicators.compute import (
     spark_to_pandas,
 )
 from marketflow_assets.defs.raw_prices.assets import RAW_PRICES_KEY
-from marketflow_assets.raw_dataset import raw_row_count, retry_vanished, snapshot
+from marketflow_assets.market import RAW_SOURCE_COLUMNS, write_coin_market
+from marketflow_assets.raw_dataset import raw_row_count, read_window, retry_vanished, snapshot
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.resources.spark import LOCAL_MAX_ROWS, SparkResource
@@ -289,6 +290,18 @@ def live_comparison_metadata(result: IndicatorRefresh) -> dict[str, Any]:
     return meta
 
 
+def refresh_coin_market(postgres: PostgresResource, raw_dir: Path, result) -> int:
+    """Move ``coin_market`` on to the newest snapshot the refresh computed (its coins' raw
+    market fields, :mod:`marketflow_assets.market`); rows only ever move forward in time."""
+    if result.rows is None or result.rows.empty:
+        return 0
+    newest = pd.Timestamp(result.rows["ts"].max()).to_pydatetime()
+    raw = read_window(raw_dir, newest, newest + timedelta(microseconds=1), RAW_SOURCE_COLUMNS)
+    raw = raw[raw["ts"] == pd.Timestamp(newest)]
+    with postgres.get_connection() as conn, conn.cursor() as cur:  # tables: ensured by the refresh
+        return write_coin_market(cur, raw)
+
+
 def build_price_indicators(
     partitions_def: dg.TimeWindowPartitionsDefinition = HOURLY,
 ) -> dg.AssetsDefinition:
@@ -353,12 +366,14 @@ def _build_price_indicators(
                 local_max_rows=pyspark.max_local_rows,
                 forced="launched by hand" if by_hand else None,
             )
+            market_rows = refresh_coin_market(postgres, raw_data.raw_dir, result)
             # an estimate: an exact count(*) would scan the whole table on every live refresh
             table_rows = postgres.estimated_row_count("price_indicators")
         return dg.MaterializeResult(
             metadata={
                 **indicator_metadata(result),
                 **live_row_count_metadata(result, table_rows),
+                "coin_market_rows": dg.MetadataValue.int(market_rows),
             }
         )
 

@@ -306,6 +306,11 @@ def test_a_run_launched_by_hand_recomputes_and_every_run_says_who_launched_it(
     pd.testing.assert_frame_equal(sorted_table(pg_clean, "price_indicators"), stored)
     tags = {r.run_id: r.tags for r in instance.get_runs()}
     assert tags[by_hand.run_id][LAUNCHED_BY_TAG] == "ui"
+    # the market table's data moved on to the newest snapshot of the partition
+    market = read_table(pg_clean, "coin_market").set_index("coin_id")
+    newest = stored[stored["ts"] == stored[stored["ts"] < pd.Timestamp(key_end(key))]["ts"].max()]
+    assert sorted(market.index) == sorted(newest["coin_id"])
+    assert meta["coin_market_rows"].value == len(newest)
     assert tags[again.run_id][LAUNCHED_BY_TAG] == "automation"
 
 
@@ -323,3 +328,7 @@ def test_a_run_launched_by_hand_recomputes_and_every_run_says_who_launched_it(
 )
 def test_launcher_of_each_kind_of_run(tags, expected):
     assert launcher(tags) == expected
+
+
+def key_end(key: str) -> datetime:
+    return datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC) + timedelta(hours=1)
