@@ -263,9 +263,18 @@ def coin_panels(coin: str, range_label: str) -> None:
         explain(exc, "price data")
         return
     observations = int(candles["observations"].sum()) if len(candles) else 0
+    interval_col, layers_col = st.columns([1, 3])
+    interval = interval_col.radio(
+        "Candles", list(view.CANDLE_INTERVALS), horizontal=True, key="candle_interval"
+    )
+    layers = layers_col.pills(
+        "Show", charts.LAYERS, selection_mode="multi", default=list(charts.LAYERS), key="layers"
+    )
+    shown = view.resample_candles(view.continuous_candles(candles), view.CANDLE_INTERVALS[interval])
     st.caption(
         f"{coin}: {observations} observations from {start.isoformat()} to {end.isoformat()} "
-        f"({len(candles)} one-minute candles)"
+        f"({len(shown)} candles of {interval}); latest price "
+        f"{view.price_text(candles['close'].iloc[-1]) if len(candles) else '—'}"
     )
     forecasts = coin_forecasts(url, coin, start, end)
     if observations < 2:
@@ -274,8 +283,9 @@ def coin_panels(coin: str, range_label: str) -> None:
             "The latest row is below."
         )
     else:
-        st.plotly_chart(charts.coin_chart(candles, coin, forecasts), width="stretch")
-        st.plotly_chart(charts.indicator_panels(candles), width="stretch")
+        last = (rows["ts"].iloc[0], float(rows["price"].iloc[0])) if len(rows) else None
+        figure = charts.coin_view(shown, coin, forecasts, layers or (), last_price=last)
+        st.plotly_chart(figure, width="stretch")
     if forecasts is not None and len(forecasts):
         st.subheader("Forecasts against what then happened")
         st.dataframe(view.forecast_outcomes(forecasts, candles), hide_index=True)

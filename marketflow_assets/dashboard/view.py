@@ -331,3 +331,65 @@ def search_market(rows: pd.DataFrame, text: str) -> pd.DataFrame:
         + rows["symbol"].astype(str).str.lower()
     )
     return rows[hay.str.contains(text, regex=False)]
+
+
+#: Candle intervals the coin view offers (minutes).
+CANDLE_INTERVALS = {"1 min": 1, "5 min": 5, "15 min": 15, "1 hour": 60}
+
+
+def continuous_candles(candles: pd.DataFrame) -> pd.DataFrame:
+    """Candles whose open is the previous candle's close (as charting tools draw them): with
+    two 30-s polls per minute a candle's own first price leaves no room for wicks; high and low
+    are widened to hold the open. The first candle keeps its own open."""
+    out = candles.copy()
+    if len(out) < 2:
+        return out
+    previous_close = out["close"].shift(1)
+    out["open"] = previous_close.where(previous_close.notna(), out["open"])
+    out["high"] = np.maximum(out["high"], out["open"])
+    out["low"] = np.minimum(out["low"], out["open"])
+    return out
+
+
+def resample_candles(candles: pd.DataFrame, minutes: int) -> pd.DataFrame:
+    """One-minute candles folded into ``minutes``-minute ones: open of the first, high/low of
+    all, close and the indicator values of the last, observations summed."""
+    if minutes <= 1 or candles.empty:
+        return candles
+    key = candles["minute"].dt.floor(f"{minutes}min")
+    last = ["close", "sma_5min", "ema_3min", "volatility_5min", "change_1min", "change_5min"]
+    grouped = candles.groupby(key, sort=True)
+    out = pd.DataFrame(
+        {
+            "open": grouped["open"].first(),
+            "high": grouped["high"].max(),
+            "low": grouped["low"].min(),
+            **{c: grouped[c].last() for c in last},
+            "observations": grouped["observations"].sum(),
+        }
+    )
+    return out.rename_axis("minute").reset_index()
+
+
+def price_tickformat(prices) -> str:
+    """A d3 format for a price axis, by magnitude (no SI prefixes such as ``9.13μ`` or
+    ``102.7k``): thousands separators at and above 1000, 2 decimals above 1, else enough
+    decimals for 4 significant digits of the smallest price."""
+    values = np.asarray([p for p in prices if p is not None and np.isfinite(p) and p > 0], float)
+    if not len(values):
+        return ",.2f"
+    if values.min() >= 1000:
+        return ",.0f"
+    if values.min() >= 1:
+        return ",.2f"
+    return f",.{3 - int(np.floor(np.log10(values.min())))}f"
+
+
+def forecasts_ahead(forecasts: pd.DataFrame | None, last_ts) -> pd.DataFrame | None:
+    """The forecasts of the newest origin, and only those ahead of the last price (never drawn
+    over history)."""
+    if forecasts is None or forecasts.empty:
+        return None
+    newest = forecasts[forecasts["origin_ts"] == forecasts["origin_ts"].max()]
+    ahead = newest[newest["target_ts"] > pd.Timestamp(last_ts)]
+    return ahead if len(ahead) else None

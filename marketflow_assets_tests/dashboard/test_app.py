@@ -191,7 +191,23 @@ def test_coin_page_matches_sql(seeded, monkeypatch):
         (min(count, 50),),
     )
     assert rows["price"].to_list() == [p for _, p in truth]
-    assert len(at.get("plotly_chart")) == 2  # candles + indicator panels
+    (chart,) = at.get("plotly_chart")  # one figure: price, volatility and change panes
+    spec = json.loads(chart.proto.spec)
+    layout, kinds = spec["layout"], [t["type"] for t in spec["data"]]
+    assert kinds.count("candlestick") == 1 and "bar" in kinds
+    # one time axis: the panes above follow the bottom one
+    assert layout["xaxis"]["matches"] == layout["xaxis2"]["matches"] == "x3"
+    assert layout["hovermode"] == "x unified" and layout["xaxis"]["showspikes"]  # crosshair
+    assert "μ" not in json.dumps(layout) and layout["yaxis"]["tickformat"].startswith(",.")
+    minutes = len(spec["data"][0]["x"])
+    at.radio(key="candle_interval").set_value("5 min").run()
+    (chart,) = at.get("plotly_chart")
+    assert len(json.loads(chart.proto.spec)["data"][0]["x"]) < minutes  # 5-minute candles
+    at.button_group(key="layers").set_value(["SMA 5m"]).run()
+    (chart,) = at.get("plotly_chart")
+    spec = json.loads(chart.proto.spec)
+    assert [t.get("name") for t in spec["data"]] == ["price", "SMA 5m"]  # no panes, no EMA
+    assert "yaxis2" not in spec["layout"]
 
     at.selectbox(key="coin").set_value(SOLO).run()
     assert any(m.startswith(f"Only 1 observation of {SOLO}") for m in texts(at.info))
@@ -261,6 +277,15 @@ def test_forecast_panels(seeded, monkeypatch):
         at.sidebar.radio(key="page").set_value("Coin").run()
         at.selectbox(key="coin").set_value(coin).run()
         assert "Forecasts against what then happened" in texts(at.subheader)
+        (chart,) = at.get("plotly_chart")
+        traces = json.loads(chart.proto.spec)["data"]
+        candles = next(t for t in traces if t["type"] == "candlestick")
+        cone = [t for t in traces if t.get("name", "").startswith(("forecast", "80%"))]
+        # the newest origin's forecasts only, drawn from the last price onwards: never over history
+        assert len(cone) == 2
+        assert min(pd.to_datetime(cone[1]["x"][1:], utc=True)) > max(
+            pd.to_datetime(candles["x"], utc=True)
+        )
         outcomes = at.dataframe[0].value
         assert len(outcomes) == 5 and outcomes["model"].eq("naive").all()
         truth = sql(
