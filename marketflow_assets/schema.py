@@ -216,6 +216,17 @@ COIN_MARKET_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 COIN_MARKET_KEY = ("coin_id",)
 
+# Price alerts sent by the live path, one row per crossing (``marketflow_assets/price_alerts.py``).
+PRICE_ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("alerted_at", "timestamptz NOT NULL"),
+    ("rule", "text NOT NULL"),
+    ("coin_id", "text NOT NULL"),
+    ("ts", "timestamptz NOT NULL"),
+    ("value", "double precision"),
+    ("message", "text NOT NULL"),
+)
+PRICE_ALERT_KEY = ("rule", "coin_id", "ts")
+
 # Failed runs, recorded by the alert sensor as it sees them (every failure, not only the first
 # of a streak): the Pipeline page lists those of the last 24 hours with a link to the run.
 # ``launched_by`` = the run's ``marketflow/launched_by`` (``defs/common/launch.py``).
@@ -238,6 +249,7 @@ TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "alert_history": (ALERT_COLUMNS, ALERT_KEY),
     "run_failures": (RUN_FAILURE_COLUMNS, RUN_FAILURE_KEY),
     "coin_market": (COIN_MARKET_COLUMNS, COIN_MARKET_KEY),
+    "price_alert_events": (PRICE_ALERT_COLUMNS, PRICE_ALERT_KEY),
 }
 
 
@@ -337,6 +349,8 @@ def create_all_sql() -> list[str]:
         "change_5min)",
         "CREATE INDEX IF NOT EXISTS check_results_evaluated_at_idx ON check_results (evaluated_at)",
         "CREATE INDEX IF NOT EXISTS run_failures_failed_at_idx ON run_failures (failed_at)",
+        "CREATE INDEX IF NOT EXISTS price_alert_events_alerted_at_idx "
+        "ON price_alert_events (alerted_at)",
         f"CREATE TABLE IF NOT EXISTS {REFRESH_LEDGER_TABLE} (\n  {body},\n"
         f"  PRIMARY KEY ({', '.join(REFRESH_LEDGER_KEY)})\n)",
         # tables created before the live path existed get the provenance column (rows: dagster)

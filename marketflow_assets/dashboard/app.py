@@ -142,11 +142,24 @@ def market_now() -> None:
         st.subheader("Top 5 losers (5 min)")
         st.table(losers.set_index("rank"))
 
+    price_alerts_panel(url)
     market_table_panel(url)
     with_change = coins.dropna(subset=["change_5min"])
     if len(with_change):
         st.plotly_chart(charts.change_treemap(with_change), width="stretch")
     promoted_model()
+
+
+def price_alerts_panel(url: str) -> None:
+    """The newest price alerts (rules in MARKETFLOW_PRICE_ALERTS_FILE, sent by the live path)."""
+    try:
+        alerts = read("price_alerts", url)
+    except q.DashboardError:
+        return
+    if alerts.empty:
+        return
+    st.subheader("Price alerts")
+    st.dataframe(alerts, hide_index=True)
 
 
 #: Coins of the market table with a sparkline (the first by rank; the others show none).

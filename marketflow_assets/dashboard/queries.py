@@ -27,6 +27,7 @@ market table              price_indicators_ts_idx (ts = snapshot); coin_market p
 sparklines                price_indicators_coin_series_idx (index-only, a few coins)
 recent poll times         price_indicators_ts_idx (newest row), primary key range of its coin
 failed runs               run_failures_failed_at_idx
+price alerts              price_alert_events_alerted_at_idx (newest first, LIMIT)
 ========================  =====================================================================
 
 Missing tables raise :class:`NoData` (the page says so); connection problems raise
@@ -171,6 +172,9 @@ SQL: dict[str, str] = {
         SELECT failed_at, job_name, launched_by, partition, error, run_id
         FROM run_failures WHERE failed_at > %(since)s
         ORDER BY failed_at DESC LIMIT %(limit)s""",
+    "price_alerts": """
+        SELECT alerted_at, coin_id, rule, value, ts
+        FROM price_alert_events ORDER BY alerted_at DESC, ts DESC LIMIT %(limit)s""",
     "alerts": """
         SELECT alerted_at, alert_key, previous_state, state, message
         FROM alert_history ORDER BY alerted_at DESC LIMIT %(limit)s""",
@@ -190,7 +194,7 @@ SQL: dict[str, str] = {
 PAGE_QUERIES = {
     "market": ("latest_snapshot", "previous_snapshot", "movers", "snapshot_coins",
                "newest_indicator_ts", "latest_row_source", "promoted_forecast",
-               "recent_poll_times", "market_table", "sparklines"),
+               "recent_poll_times", "market_table", "sparklines", "price_alerts"),
     "coin": ("coins", "candles", "latest_rows", "coin_forecasts"),
     "pipeline": ("latest_check_results", "recent_failed_checks", "failed_runs", "alerts",
                  "rows_per_poll"),
@@ -444,6 +448,11 @@ def rows_per_poll(db: Database, since: datetime) -> pd.DataFrame:
     return frame
 
 
+def price_alerts(db: Database, limit: int = 20) -> pd.DataFrame:
+    """The newest price alerts the live path sent."""
+    return _floats(_times(db.query("price_alerts", limit=limit), "alerted_at", "ts"), "value")
+
+
 def failed_runs(db: Database, since: datetime, limit: int = HISTORY_LIMIT) -> pd.DataFrame:
     """Failed runs recorded by the alert sensor since ``since``, newest first."""
     return _times(db.query("failed_runs", since=since, limit=limit), "failed_at")
@@ -505,6 +514,7 @@ def example_params(db: Database) -> Mapping[str, dict[str, Any]]:
         "recent_failed_checks": {"since": since, "limit": HISTORY_LIMIT},
         "failed_runs": {"since": since, "limit": HISTORY_LIMIT},
         "alerts": {"limit": HISTORY_LIMIT},
+        "price_alerts": {"limit": 20},
         "coin_forecasts": coin_range,
         "promoted_forecast": {},
     }

@@ -17,11 +17,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from marketflow_assets import contract
 from marketflow_assets import indicators as ind
+from marketflow_assets.live.alerting import LiveAlerts
 from marketflow_assets.live.store import LiveStore
 from marketflow_assets.market import RAW_SOURCE_COLUMNS
 
@@ -69,6 +71,9 @@ class LiveConsumer:
     max_batch_records: int = 100_000
     client_id: str = "marketflow-live"
     stats: list[BatchStats] = field(default_factory=list)
+    #: Price alert rules (``marketflow_assets/price_alerts.py``); None: none.
+    alerts_file: Path | None = None
+    webhook_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.store = LiveStore(self.postgres_url)
@@ -79,6 +84,8 @@ class LiveConsumer:
             len(self.state.last),
             time.perf_counter() - started,
         )
+        self.alerting = LiveAlerts(self.alerts_file, self.webhook_url)
+        self.alerting.prime(self.store.conn)
         self.consumer = self._consumer()
         self.assigned: set[int] = set()
         self._assigned_topic_id: str | None = None
@@ -283,6 +290,7 @@ class LiveConsumer:
             )
         inserted, movers = self.store.write_batch(self.topic, rows, next_offsets, market=frame)
         self.state = state  # committed: the state moves on
+        self.alerting.after_batch(self.store.conn, rows)
         stats = BatchStats(
             len(records), inserted, len(skipped), invalid, movers, time.perf_counter() - started
         )

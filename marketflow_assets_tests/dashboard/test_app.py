@@ -352,3 +352,20 @@ def test_the_market_table_is_coingeckos(seeded, monkeypatch):
 
     at = run_app(monkeypatch, url, page="Coin")
     assert at.selectbox(key="coin").value == newest["id"].iloc[0]  # the largest coin first
+
+
+def test_price_alerts_are_on_the_market_page(seeded, monkeypatch):
+    url = seeded[0]
+    now = datetime.now(UTC)
+    sql(
+        url,
+        "INSERT INTO price_alert_events (alerted_at, rule, coin_id, ts, value, message) "
+        "VALUES (%s, 'coin-03 change_5min < -2', 'coin-03', %s, -2.5, 'PRICE ALERT coin-03')",
+        (now, now - timedelta(seconds=2)),
+    )
+    at = run_app(monkeypatch, url)
+    assert "Price alerts" in texts(at.subheader)
+    alerts = next(d.value for d in at.dataframe if "rule" in d.value)
+    assert alerts[["coin_id", "rule", "value"]].values.tolist() == [
+        ["coin-03", "coin-03 change_5min < -2", -2.5]
+    ]
