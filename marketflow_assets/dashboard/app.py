@@ -162,6 +162,13 @@ def price_alerts_panel(url: str) -> None:
     st.dataframe(alerts, hide_index=True)
 
 
+#: Column widths of the market table (pixels; fixed, so the layout is the same for everyone).
+MARKET_WIDTHS = {
+    "#": 45, "coin": 130, "symbol": 70, "price": 110, "1m %": 70, "5m %": 70, "1h %": 70,
+    "24h %": 70, "market cap": 150, "24h volume": 140, "24h high": 100, "24h low": 100,
+    "last hour": 130,
+}  # fmt: skip
+
 #: Coins of the market table with a sparkline (the first by rank; the others show none).
 SPARKLINE_COINS = 100
 
@@ -184,21 +191,36 @@ def market_table_panel(url: str) -> None:
         "sort · 1 h change needs an hour of history"
     )
     pct = "%+.2f%%"
+    # prices shown by magnitude (0.000009130, 102,700.50) while the cells keep their numbers,
+    # which is what a click on a column header sorts by
+    prices = ["price", "24h high", "24h low"]
+    styled = shown.style.format(view.price_text, subset=prices)
     st.dataframe(
-        shown,
+        styled,
         hide_index=True,
         column_config={
-            "#": st.column_config.NumberColumn("#", format="%d", width="small"),
-            "price": st.column_config.NumberColumn("price (USD)", format="plain"),
-            "1m %": st.column_config.NumberColumn("1m", format=pct),
-            "5m %": st.column_config.NumberColumn("5m", format=pct),
-            "1h %": st.column_config.NumberColumn("1h", format=pct),
-            "24h %": st.column_config.NumberColumn("24h", format=pct),
-            "market cap": st.column_config.NumberColumn("market cap (USD)", format="localized"),
-            "24h volume": st.column_config.NumberColumn("24h volume (USD)", format="localized"),
-            "24h high": st.column_config.NumberColumn("24h high", format="plain"),
-            "24h low": st.column_config.NumberColumn("24h low", format="plain"),
-            "last hour": st.column_config.LineChartColumn("last hour", width="medium"),
+            name: column(label, width=MARKET_WIDTHS[name])
+            for name, (column, label) in {
+                "#": (functools.partial(st.column_config.NumberColumn, format="%d"), "#"),
+                "coin": (st.column_config.TextColumn, "coin"),
+                "symbol": (st.column_config.TextColumn, "symbol"),
+                "price": (st.column_config.NumberColumn, "price (USD)"),
+                "1m %": (functools.partial(st.column_config.NumberColumn, format=pct), "1m"),
+                "5m %": (functools.partial(st.column_config.NumberColumn, format=pct), "5m"),
+                "1h %": (functools.partial(st.column_config.NumberColumn, format=pct), "1h"),
+                "24h %": (functools.partial(st.column_config.NumberColumn, format=pct), "24h"),
+                "market cap": (
+                    functools.partial(st.column_config.NumberColumn, format="localized"),
+                    "market cap (USD)",
+                ),
+                "24h volume": (
+                    functools.partial(st.column_config.NumberColumn, format="localized"),
+                    "24h volume (USD)",
+                ),
+                "24h high": (st.column_config.NumberColumn, "24h high"),
+                "24h low": (st.column_config.NumberColumn, "24h low"),
+                "last hour": (st.column_config.LineChartColumn, "last hour"),
+            }.items()
         },
     )
 
