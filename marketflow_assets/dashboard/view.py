@@ -178,8 +178,10 @@ def check_table(checks: pd.DataFrame) -> pd.DataFrame:
             "asset": checks["asset_key"],
             "check": checks["check_name"],
             "status": [
-                "passed" if p else f"failed ({s})"
-                for p, s in zip(checks["passed"], checks["severity"], strict=True)
+                "skipped" if p and (m or {}).get("skipped") else "passed" if p else f"failed ({s})"
+                for p, s, m in zip(
+                    checks["passed"], checks["severity"], checks["metadata"], strict=True
+                )
             ],
             "evaluated at": checks["evaluated_at"],
             "description": checks["description"],

@@ -141,3 +141,16 @@ def test_market_rows_compute_the_hour_change_and_search():
     assert rows["last hour"].to_list() == [[1.0, 2.0, 3.0], None]
     assert view.search_market(rows, "DOGE").index.to_list() == ["dogecoin"]
     assert len(view.search_market(rows, " ")) == 2
+
+
+def test_a_check_that_checked_nothing_is_shown_as_skipped():
+    checks = pd.DataFrame(
+        {
+            "asset_key": ["price_indicators"] * 3, "check_name": ["a", "b", "c"],
+            "passed": [True, True, False], "severity": ["PASSED", "PASSED", "WARN"],
+            "evaluated_at": [pd.Timestamp("2026-12-05", tz="UTC")] * 3,
+            "description": ["", "Skipped: no rows", ""],
+            "metadata": [{}, {"rows": 0, "skipped": True}, {}],
+        }
+    )  # fmt: skip
+    assert view.check_table(checks)["status"].to_list() == ["passed", "skipped", "failed (WARN)"]
