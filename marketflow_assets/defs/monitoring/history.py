@@ -142,9 +142,10 @@ def latest_check_rows(records: Iterable[Any]) -> list[tuple]:
     each stamped with the time of its own evaluation event (re-recording is a no-op)."""
     rows = []
     for record in records:
-        evaluation = getattr(record, "evaluation", None)
-        if evaluation is None or record.event is None:  # planned or running: nothing to show
+        # planned, running, or planned but never evaluated (its run failed first): no result
+        if record.status.value not in ("SUCCEEDED", "FAILED") or record.event is None:
             continue
+        evaluation = record.evaluation
         at = datetime.fromtimestamp(record.event.timestamp, UTC)
         rows += check_result_rows([evaluation], at)
     return rows
