@@ -105,16 +105,29 @@ def _browser(pw):
     )
 
 
-def _grid_column(page, name: str) -> list[str]:
-    """The cells of column ``name`` of the page's first data grid (its accessible table)."""
-    grid = page.locator('[role="grid"]').first
-    headers = grid.locator('[role="columnheader"]').all_inner_texts()
-    index = next(i for i, h in enumerate(headers) if h.strip(" ↑↓") == name)
-    rows = grid.locator('[role="row"]')
-    return [
-        rows.nth(r).locator('[role="gridcell"]').nth(index).inner_text()
-        for r in range(1, rows.count())
-    ]
+def _grid_column(page, name: str, timeout_s: float = 60.0) -> list[str]:
+    """The cells of column ``name`` of the page's data grid that has such a column (read from
+    the grid's accessible table). Waits for that grid: while Streamlit reruns a page, the
+    previous page's grids can still be in the document."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        grids = page.locator('[role="grid"]')
+        for g in range(grids.count()):
+            grid = grids.nth(g)
+            headers = [
+                h.strip(" ↑↓") for h in grid.locator('[role="columnheader"]').all_inner_texts()
+            ]
+            if name in headers:
+                index = headers.index(name)
+                rows = grid.locator('[role="row"]')
+                return [
+                    rows.nth(r).locator('[role="gridcell"]').nth(index).inner_text()
+                    for r in range(1, rows.count())
+                ]
+        assert time.monotonic() < deadline, f"no data grid with a column {name!r}"
+        page.wait_for_timeout(250)
 
 
 def test_market_table_sorts_and_the_coin_view_stacks_panes_in_a_browser(seeded, tmp_path):
