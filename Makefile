@@ -39,11 +39,12 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Three workers (pytest-xdist): most tests wait on a broker, a JVM or a stack, so the thirds of
-# the suite overlap on 2 cores; the longest tests start first (conftest.py).
+# Three workers (pytest-xdist): most tests wait on a broker, a JVM or a stack, so they overlap on
+# 2 cores; two workers start with half of the longest tests each, the third with short ones
+# (conftest.py), then each takes the next tests as it frees up.
 test: lint
 	$(BIN)/dagster definitions validate -w workspace.yaml
-	$(BIN)/python -m pytest -n 3 --dist load $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 3 --dist load --durations=25 $(PYTEST_ARGS)
 
 # The contributors' lane: everything that needs no Spark, no running stack and no engine beyond the
 # embedded broker and PostgreSQL (marker `slow`, set in marketflow_assets_tests/conftest.py).

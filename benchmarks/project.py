@@ -67,6 +67,7 @@ def materialize_partition(
     import dagster as dg
 
     from marketflow_assets.definitions import build_resources
+    from marketflow_assets.defs.common.launch import AUTOMATION, LAUNCHED_BY_TAG
     from marketflow_assets.defs.common.partitions import hourly_partitions
     from marketflow_assets.defs.indicators.assets import build_price_indicators
     from marketflow_assets.defs.indicators.movers import build_market_movers
@@ -87,6 +88,7 @@ def materialize_partition(
         resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        tags={LAUNCHED_BY_TAG: AUTOMATION},  # as the sensors launch it: incremental
         raise_on_error=True,
     )
     elapsed = time.perf_counter() - started

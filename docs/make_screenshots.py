@@ -1,6 +1,7 @@
 """Screenshots of a real, running Marketflow for the docs: ``docs/images/dashboard.png`` (the
-analyst dashboard's landing page with the top-5 gainers and losers) and
-``docs/images/asset_graph.png`` (the Dagster UI's global asset lineage graph).
+analyst dashboard's landing page with the top-5 gainers and losers), ``market.png`` (its market
+table), ``coin.png`` (the coin view) and ``docs/images/asset_graph.png`` (the Dagster UI's
+global asset lineage graph).
 
     .venv/bin/python docs/make_screenshots.py [--coins 10] [--interval 5] [--out docs/images]
 
@@ -115,6 +116,12 @@ def screenshot(
         return path
     finally:
         page.close()
+
+
+def show_coin_view(page) -> None:
+    """The Coin page of the largest coin, its chart drawn."""
+    page.get_by_text("Coin", exact=True).first.click()
+    page.get_by_text("volatility 5 min (std of price)").first.wait_for(timeout=60_000)
 
 
 def show_whole_asset_graph(page, zoom_steps: int = 2) -> None:
@@ -309,6 +316,26 @@ def main(argv: list[str] | None = None) -> int:
                     settle_s=4.0,
                 )
                 progress(f"wrote {dashboard}")
+                market = screenshot(
+                    chromium,
+                    f"http://127.0.0.1:{dashboard_port}/",
+                    args.out / "market.png",
+                    wait_for_text=("Search coins",),
+                    prepare=lambda page: page.get_by_text(
+                        "Search coins"
+                    ).first.scroll_into_view_if_needed(),
+                    settle_s=4.0,
+                )
+                progress(f"wrote {market}")
+                coin = screenshot(
+                    chromium,
+                    f"http://127.0.0.1:{dashboard_port}/",
+                    args.out / "coin.png",
+                    wait_for_text=("Top gainer:",),
+                    prepare=show_coin_view,
+                    settle_s=4.0,
+                )
+                progress(f"wrote {coin}")
                 graph = screenshot(
                     chromium,
                     f"http://127.0.0.1:{ui_port}{ASSET_GRAPH_PATH}",

@@ -185,9 +185,12 @@ def configure_logging(debug: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("kafka", "py4j", "urllib3", "pgserver"):
+    # alembic: the Dagster instance storage migrations, seven INFO lines at every start
+    for noisy in ("kafka", "py4j", "urllib3", "pgserver", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("kafka.coordinator.consumer").setLevel(logging.ERROR)
+    # "Task ... ran for 0.123s (>0.100s threshold)": the client's own event-loop timing
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,12 +12,11 @@ with ``(default: X)`` (:class:`HelpFormatter` adds it; a help text that already 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from marketflow_assets.settings import Settings
+    pass
 
 #: Price sources of ``up`` and ``ingest``; ``auto`` = live CoinGecko when its API answers at
 #: start-up, else the seeded simulator (one log line says which).
@@ -85,22 +84,3 @@ class HelpFormatter(argparse.HelpFormatter):
         ):
             return text
         return f"{text} (default: %(default)s)"
-
-
-def resolve_source(source: str, settings: Settings, log: logging.Logger) -> str:
-    """``auto`` -> ``coingecko`` when the CoinGecko API answers, else ``simulate``; says which.
-
-    Any other source is returned as is. ``up`` and ``ingest`` both resolve through here.
-    """
-    if source != "auto":
-        return source
-    from marketflow_assets.ingest.coingecko import coingecko_reachable
-
-    if coingecko_reachable(settings):
-        log.info("source: live CoinGecko at %s", settings.coingecko_api_url)
-        return "coingecko"
-    log.info(
-        "source: simulator (CoinGecko at %s is not reachable from here)",
-        settings.coingecko_api_url,
-    )
-    return "simulate"

@@ -198,6 +198,48 @@ ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 ALERT_KEY = ("alerted_at", "alert_key")
 
+# The newest market data of each coin: CoinGecko's own fields of its newest record, for the
+# dashboard's market table (rank, name, market cap, 24 h volume / high / low / change). Written by
+# the live path with each batch and by each ``price_indicators`` refresh (``market.py``).
+COIN_MARKET_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("coin_id", "text NOT NULL"),
+    ("symbol", "text"),
+    ("name", "text"),
+    ("market_cap_rank", "bigint"),
+    ("price", "double precision"),
+    ("market_cap", "double precision"),
+    ("total_volume", "double precision"),
+    ("high_24h", "double precision"),
+    ("low_24h", "double precision"),
+    ("change_24h", "double precision"),
+    ("ts", "timestamptz NOT NULL"),
+)
+COIN_MARKET_KEY = ("coin_id",)
+
+# Price alerts sent by the live path, one row per crossing (``marketflow_assets/price_alerts.py``).
+PRICE_ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("alerted_at", "timestamptz NOT NULL"),
+    ("rule", "text NOT NULL"),
+    ("coin_id", "text NOT NULL"),
+    ("ts", "timestamptz NOT NULL"),
+    ("value", "double precision"),
+    ("message", "text NOT NULL"),
+)
+PRICE_ALERT_KEY = ("rule", "coin_id", "ts")
+
+# Failed runs, recorded by the alert sensor as it sees them (every failure, not only the first
+# of a streak): the Pipeline page lists those of the last 24 hours with a link to the run.
+# ``launched_by`` = the run's ``marketflow/launched_by`` (``defs/common/launch.py``).
+RUN_FAILURE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "text NOT NULL"),
+    ("failed_at", "timestamptz NOT NULL"),
+    ("job_name", "text NOT NULL"),
+    ("launched_by", "text"),
+    ("partition", "text"),
+    ("error", "text"),
+)
+RUN_FAILURE_KEY = ("run_id",)
+
 TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "price_indicators": (INDICATOR_COLUMNS, INDICATOR_KEY),
     "market_movers": (MOVER_COLUMNS, MOVER_KEY),
@@ -205,6 +247,9 @@ TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "forecast_evaluation": (EVALUATION_COLUMNS, EVALUATION_KEY),
     "check_results": (CHECK_RESULT_COLUMNS, CHECK_RESULT_KEY),
     "alert_history": (ALERT_COLUMNS, ALERT_KEY),
+    "run_failures": (RUN_FAILURE_COLUMNS, RUN_FAILURE_KEY),
+    "coin_market": (COIN_MARKET_COLUMNS, COIN_MARKET_KEY),
+    "price_alert_events": (PRICE_ALERT_COLUMNS, PRICE_ALERT_KEY),
 }
 
 
@@ -303,6 +348,9 @@ def create_all_sql() -> list[str]:
         "(coin_id, ts) INCLUDE (price, sma_5min, ema_3min, volatility_5min, change_1min, "
         "change_5min)",
         "CREATE INDEX IF NOT EXISTS check_results_evaluated_at_idx ON check_results (evaluated_at)",
+        "CREATE INDEX IF NOT EXISTS run_failures_failed_at_idx ON run_failures (failed_at)",
+        "CREATE INDEX IF NOT EXISTS price_alert_events_alerted_at_idx "
+        "ON price_alert_events (alerted_at)",
         f"CREATE TABLE IF NOT EXISTS {REFRESH_LEDGER_TABLE} (\n  {body},\n"
         f"  PRIMARY KEY ({', '.join(REFRESH_LEDGER_KEY)})\n)",
         # tables created before the live path existed get the provenance column (rows: dagster)

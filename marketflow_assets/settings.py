@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 DEFAULT_TOPIC = "crypto_prices"
 DLQ_SUFFIX = "_dlq"
 DEFAULT_DATA_DIR = "data"
+DEFAULT_DAGSTER_UI_URL = "http://127.0.0.1:3000"
 
 COINGECKO_PLANS = {
     # plan: (base URL, header carrying the key)
@@ -203,6 +204,10 @@ class Settings:
     #: First hourly partition (explicit); None: the first hour of raw data, else today.
     partition_start: datetime | None = None
     dagster_home: str | None = None
+    #: Where the Dagster UI serves (the dashboard links failed runs to it).
+    dagster_ui_url: str = DEFAULT_DAGSTER_UI_URL
+    #: Price alert rules of the live path (``marketflow_assets/price_alerts.py``).
+    price_alerts_file: Path | None = None
     log_level: str = "INFO"
     bench_dir: Path = Path(DEFAULT_DATA_DIR) / "bench"
     #: ``MARKETFLOW_SPOOL_DIR`` as given: None = ``data_dir/spool``, "off" = no spool.
@@ -284,6 +289,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             None if start is None else floor_hour(parse_utc(start, ENV_PARTITION_START))
         ),
         dagster_home=get("DAGSTER_HOME"),
+        dagster_ui_url=(get("MARKETFLOW_DAGSTER_UI_URL") or DEFAULT_DAGSTER_UI_URL).rstrip("/"),
+        price_alerts_file=Path(
+            get("MARKETFLOW_PRICE_ALERTS_FILE")
+            or Path(get(ENV_DATA_DIR) or DEFAULT_DATA_DIR) / "price_alerts.txt"
+        )
+        .expanduser()
+        .absolute(),
         log_level=get("MARKETFLOW_LOG_LEVEL") or "INFO",
         bench_dir=Path(get("MARKETFLOW_BENCH_DIR") or Path(DEFAULT_DATA_DIR) / "bench").absolute(),
         spool=get(ENV_SPOOL_DIR),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from marketflow_assets.settings import (
@@ -12,6 +13,8 @@ from marketflow_assets.settings import (
 )
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: The drivers' log4j2 configuration (WARN and up; known non-problems at ERROR).
+LOG4J2 = Path(__file__).with_name("spark_log4j2.properties").as_uri()
 
 
 def ensure_pyspark_python() -> None:
@@ -47,7 +50,7 @@ def spark_conf(master: str | None = None, settings: Settings | None = None) -> d
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
-        "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+        "spark.driver.extraJavaOptions": f"-Duser.timezone=UTC -Dlog4j2.configurationFile={LOG4J2}",
         "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
         # Long-running drivers (the streaming job: several jobs per micro-batch, forever) keep
         # the status of finished jobs/stages/SQL executions up to these caps (default 1000 each),

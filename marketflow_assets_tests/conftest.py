@@ -31,6 +31,7 @@ for _name in (ENV_POSTGRES_URL, "MARKETFLOW_KAFKA_BOOTSTRAP"):
 
 import dataclasses  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import uuid  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -124,8 +125,12 @@ def postgres_url(tmp_path_factory) -> str:
         finally:
             _drop_public_tables(external)
         return
-    with EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pgdata") as url:
-        yield url
+    # Not under pytest's temp root: any pytest session started meanwhile without --basetemp
+    # (a developer's, beside this one) chmods /tmp/pytest-of-<user> to 0700, and the server
+    # (run as the `pgserver` user when the tests run as root) loses its data directory.
+    with tempfile.TemporaryDirectory(prefix="marketflow-test-pg-") as root:
+        with EmbeddedPostgres(Path(root) / "pgdata") as url:
+            yield url
 
 
 def _drop_public_tables(url: str) -> None:
@@ -232,8 +237,11 @@ def lane_of(item) -> str:
     return "fast"
 
 
-#: Run first (``make test`` runs three xdist workers, which take tests in collection order): the
-#: longest tests, so that they overlap instead of finishing the run alone.
+#: The longest tests (by marker, longest kinds first). ``make test`` runs three xdist workers
+#: (``--dist load``), whose scheduler first hands each worker one run of consecutive tests (a
+#: quarter of its share), then the rest a few at a time to whichever is free. The long tests are
+#: dealt to the first runs of all workers but one, which starts on the short tests (three long
+#: stacks at once overload 2 cores): the long ones overlap, none is left to finish alone.
 FIRST = ("outage", "fault", "stack", "engines")
 
 
@@ -249,3 +257,16 @@ def pytest_collection_modifyitems(config, items) -> None:
         if lane_of(item) == "slow":
             item.add_marker(pytest.mark.slow)
     items.sort(key=_start_rank)  # stable: the file order within each rank
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # the same order in every worker (xdist checks the collections are equal)
+        long = [item for item in items if _start_rank(item) < len(FIRST)]
+        short = [item for item in items if _start_rank(item) == len(FIRST)]
+        streams = max(1, workers - 1)
+        first_run = max(2, len(items) // workers // 4)  # xdist's LoadScheduling first chunk
+        order = []
+        for k in range(workers):
+            part = long[k::streams] if k < streams else []
+            fill = max(0, first_run - len(part))
+            order += part + short[:fill]
+            short = short[fill:]
+        items[:] = order + short

@@ -204,8 +204,14 @@ def newest(rows) -> pd.Timestamp | None:
 
 
 def kill(proc: psutil.Process) -> str:
-    name = " ".join(proc.cmdline())[:100]
-    proc.kill()
+    """kill -9 ``proc`` and wait for it; its command line, or a note that it had already died
+    (a process found running a moment ago may be gone or a zombie by now)."""
+    try:
+        name = " ".join(proc.cmdline())[:100]
+    except psutil.Error as exc:  # exited between the lookup and the kill
+        return f"pid {proc.pid} (already gone: {type(exc).__name__})"
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc.kill()
     with contextlib.suppress(psutil.Error):
         proc.wait(10)
     return name
@@ -238,7 +244,8 @@ def stop_embedded_postgres(data_dir: Path) -> None:
         with contextlib.suppress(psutil.Error):
             cmdline = " ".join(p.info["cmdline"] or [])
             if p.info["name"] == "postgres" and f"-D {data_dir}" in cmdline:
-                if p.parent() is None or p.parent().name() != "postgres":  # the postmaster
+                parent = p.parent()
+                if parent is None or parent.name() != "postgres":  # the postmaster
                     p.terminate()
                     p.wait(30)
 

@@ -95,6 +95,11 @@ def _run_inner_session(tmp_path: Path, foreign_url: str, extra_env: dict[str, st
             "marketflow_assets_tests.conftest",
             "--rootdir",
             str(cwd),
+            # its own temp root: a session in pytest's default root chmods /tmp/pytest-of-<user>
+            # to 0700, which locks the embedded PostgreSQL servers of this session (they run as
+            # the `pgserver` user when tests run as root) out of their data directories
+            "--basetemp",
+            str(cwd / "inner-tmp"),
             "test_inner.py",
         ],
         cwd=cwd,

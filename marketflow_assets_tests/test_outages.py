@@ -99,6 +99,19 @@ def _hold(stack: Stack, seconds: float, ingest: psutil.Process) -> None:
         time.sleep(2)
 
 
+def _outage(stack: Stack, ingest, what: str, stop, start, note) -> datetime:
+    """``stop()`` a service, hold the outage for ``OUTAGE_S`` (`up` and ingest alive throughout),
+    ``start()`` it again; returns the moment it was back."""
+    stop()
+    note(f"{what} stopped for {OUTAGE_S:.0f} s")
+    try:
+        _hold(stack, OUTAGE_S, ingest)
+    finally:
+        start()
+    note(f"{what} started again")
+    return datetime.now(UTC)
+
+
 def _finish(stack: Stack, note, url_for_read) -> None:
     """Pause ingest between polls, let the data settle, stop `up`; then the common checks."""
     stopped = stop_ingest_between_polls(stack)
@@ -193,37 +206,14 @@ def test_external_postgres_and_broker_each_away_lose_nothing(tmp_path, external_
         partitions = _partitions(bootstrap)
 
         # 1. PostgreSQL stopped (pg_ctl stop -m fast): connections refused for OUTAGE_S
-        stopped_at = datetime.now(UTC)
-        pg.halt()
-        note(f"PostgreSQL stopped for {OUTAGE_S:.0f} s")
-        try:
-            _hold(stack, OUTAGE_S, ingest)
-        finally:
-            pg.resume()
-        note("PostgreSQL started again")
-        _flows_after(
-            stack, stopped_at + pd.Timedelta(seconds=OUTAGE_S), "the PostgreSQL outage", note
-        )
-        _flows_after(
-            stack,
-            stopped_at + pd.Timedelta(seconds=OUTAGE_S),
-            "the PostgreSQL outage",
-            note,
-            source="live",
-        )
+        back = _outage(stack, ingest, "PostgreSQL", pg.halt, pg.resume, note)
+        _flows_after(stack, back, "the PostgreSQL outage", note)
+        _flows_after(stack, back, "the PostgreSQL outage", note, source="live")
         stack.wait_for(lambda: len(_alerts(stack.log(), "postgres")[1]) == 1, 60, "the alert")
         assert _alerts(stack.log(), "postgres")[0] == 1, stack.tail()
 
         # 2. the broker stopped for OUTAGE_S; memory only, it comes back empty on the same port
-        stopped_at = datetime.now(UTC)
-        broker.stop()
-        note(f"broker stopped for {OUTAGE_S:.0f} s")
-        try:
-            _hold(stack, OUTAGE_S, ingest)
-        finally:
-            broker.start()
-        note("broker started again (empty)")
-        back = stopped_at + pd.Timedelta(seconds=OUTAGE_S)
+        back = _outage(stack, ingest, "the broker", broker.stop, broker.start, note)
         _flows_after(stack, back, "the broker outage", note)
         _flows_after(stack, back, "the broker outage", note, "raw")  # the Spark job resumed
         assert _partitions(bootstrap) == partitions, "the topic came back with other partitions"

@@ -33,7 +33,7 @@ def _script():
     return module
 
 
-@pytest.mark.parametrize("name", ["dashboard.png", "asset_graph.png"])
+@pytest.mark.parametrize("name", ["dashboard.png", "market.png", "coin.png", "asset_graph.png"])
 def test_committed_screenshots_are_sane_pngs(name):
     path = IMAGES / name
     assert path.is_file(), f"{path} missing: run docs/make_screenshots.py"

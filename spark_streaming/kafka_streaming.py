@@ -399,7 +399,7 @@ def _check_broker(bootstrap: str, topic: str) -> None:
     finally:
         probe.close()
     if not parts:
-        logger.warning("topic %s does not exist yet; waiting for it to appear", topic)
+        logger.info("topic %s does not exist yet; waiting for it to appear", topic)  # start-up
 
 
 def _resolve_master(requested: str | None) -> str | None:
@@ -443,6 +443,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from spark_streaming.kafka_source import FORMAT_NAME, KafkaDataSource
 
     spark = get_spark(_resolve_master(args.master), app_name="marketflow-kafka-streaming")
+    # adaptive execution does not apply to streaming queries (Spark warns and disables it)
+    spark.conf.set("spark.sql.adaptive.enabled", "false")
     use_jvm = args.source == "kafka" or (args.source == "auto" and jvm_kafka_available(spark))
     if args.source == "kafka" and not jvm_kafka_available(spark):
         raise ConfigError(

@@ -91,7 +91,13 @@ def market_now() -> None:
     try:
         snapshot = read("latest_snapshot", url)
         if snapshot is None:
-            st.info(f"No market data yet: table market_movers has no rows. {NO_DATA_HINT}")
+            polls = read("recent_poll_times", url)
+            if polls:  # prices are coming in; the movers need five minutes of them
+                st.info(view.movers_warm_up(polls, datetime.now(UTC)))
+                market_table_panel(url)
+                promoted_model()
+            else:
+                st.info(f"No market data yet: table market_movers has no rows. {NO_DATA_HINT}")
             return
         previous = read("previous_snapshot", url, snapshot)
         movers = read("movers", url, snapshot, previous)
@@ -136,10 +142,87 @@ def market_now() -> None:
         st.subheader("Top 5 losers (5 min)")
         st.table(losers.set_index("rank"))
 
+    price_alerts_panel(url)
+    market_table_panel(url)
     with_change = coins.dropna(subset=["change_5min"])
     if len(with_change):
         st.plotly_chart(charts.change_treemap(with_change), width="stretch")
     promoted_model()
+
+
+def price_alerts_panel(url: str) -> None:
+    """The newest price alerts (rules in MARKETFLOW_PRICE_ALERTS_FILE, sent by the live path)."""
+    try:
+        alerts = read("price_alerts", url)
+    except q.DashboardError:
+        return
+    if alerts.empty:
+        return
+    st.subheader("Price alerts")
+    st.dataframe(alerts, hide_index=True)
+
+
+#: Column widths of the market table (pixels; fixed, so the layout is the same for everyone).
+MARKET_WIDTHS = {
+    "#": 45, "coin": 130, "symbol": 70, "price": 110, "1m %": 70, "5m %": 70, "1h %": 70,
+    "24h %": 70, "market cap": 150, "24h volume": 140, "24h high": 100, "24h low": 100,
+    "last hour": 130,
+}  # fmt: skip
+
+#: Coins of the market table with a sparkline (the first by rank; the others show none).
+SPARKLINE_COINS = 100
+
+
+def market_table_panel(url: str) -> None:
+    """Every coin of the newest snapshot, CoinGecko style: rank, name, price, 1 min / 5 min /
+    1 h / 24 h change, market cap, 24 h volume, high and low, the last hour as a sparkline;
+    sortable (column headers) and searchable."""
+    st.subheader("Market")
+    newest = read("newest_indicator_ts", url)
+    if newest is None:
+        return
+    table = read("market_table", url, newest)
+    top = tuple(table["coin_id"].head(SPARKLINE_COINS))
+    rows = view.market_rows(table, read("sparklines", url, top, newest))
+    search = st.text_input("Search coins", key="market_search", placeholder="name, symbol or id")
+    shown = view.search_market(rows, search)
+    st.caption(
+        f"{len(shown)} of {len(rows)} coins at {newest.isoformat()} · click a column header to "
+        "sort · 1 h change needs an hour of history"
+    )
+    pct = "%+.2f%%"
+    # prices shown by magnitude (0.000009130, 102,700.50) while the cells keep their numbers,
+    # which is what a click on a column header sorts by
+    prices = ["price", "24h high", "24h low"]
+    styled = shown.style.format(view.price_text, subset=prices)
+    st.dataframe(
+        styled,
+        hide_index=True,
+        column_config={
+            name: column(label, width=MARKET_WIDTHS[name])
+            for name, (column, label) in {
+                "#": (functools.partial(st.column_config.NumberColumn, format="%d"), "#"),
+                "coin": (st.column_config.TextColumn, "coin"),
+                "symbol": (st.column_config.TextColumn, "symbol"),
+                "price": (st.column_config.NumberColumn, "price (USD)"),
+                "1m %": (functools.partial(st.column_config.NumberColumn, format=pct), "1m"),
+                "5m %": (functools.partial(st.column_config.NumberColumn, format=pct), "5m"),
+                "1h %": (functools.partial(st.column_config.NumberColumn, format=pct), "1h"),
+                "24h %": (functools.partial(st.column_config.NumberColumn, format=pct), "24h"),
+                "market cap": (
+                    functools.partial(st.column_config.NumberColumn, format="localized"),
+                    "market cap (USD)",
+                ),
+                "24h volume": (
+                    functools.partial(st.column_config.NumberColumn, format="localized"),
+                    "24h volume (USD)",
+                ),
+                "24h high": (st.column_config.NumberColumn, "24h high"),
+                "24h low": (st.column_config.NumberColumn, "24h low"),
+                "last hour": (st.column_config.LineChartColumn, "last hour"),
+            }.items()
+        },
+    )
 
 
 def promoted_model() -> None:
@@ -155,7 +238,7 @@ def promoted_model() -> None:
         explain(exc, "forecasts")
         return
     if evaluation.empty:
-        st.caption("No forecasts yet: forecast_evaluation has no rows.")
+        st.caption(view.forecast_warm_up(read("recent_poll_times", postgres_url())))
         return
     table = pd.DataFrame(
         {
@@ -186,8 +269,10 @@ def coin_page() -> None:
     if coin_list.empty:
         st.info(f"No coins yet: table price_indicators has no rows. {NO_DATA_HINT}")
         return
+    # rank order (the largest coin first, and opened first), as CoinGecko lists them
     labels = {
-        row.coin_id: f"{row.coin_id} ({str(row.symbol or '').upper()})"
+        row.coin_id: f"{row.name or row.coin_id} ({str(row.symbol or '').upper()})"
+        + (f" · #{row.market_cap_rank}" if pd.notna(row.market_cap_rank) else "")
         for row in coin_list.itertuples()
     }
     pick, span = st.columns([2, 3])
@@ -213,9 +298,18 @@ def coin_panels(coin: str, range_label: str) -> None:
         explain(exc, "price data")
         return
     observations = int(candles["observations"].sum()) if len(candles) else 0
+    interval_col, layers_col = st.columns([1, 3])
+    interval = interval_col.radio(
+        "Candles", list(view.CANDLE_INTERVALS), horizontal=True, key="candle_interval"
+    )
+    layers = layers_col.pills(
+        "Show", charts.LAYERS, selection_mode="multi", default=list(charts.LAYERS), key="layers"
+    )
+    shown = view.resample_candles(view.continuous_candles(candles), view.CANDLE_INTERVALS[interval])
     st.caption(
         f"{coin}: {observations} observations from {start.isoformat()} to {end.isoformat()} "
-        f"({len(candles)} one-minute candles)"
+        f"({len(shown)} candles of {interval}); latest price "
+        f"{view.price_text(candles['close'].iloc[-1]) if len(candles) else '—'}"
     )
     forecasts = coin_forecasts(url, coin, start, end)
     if observations < 2:
@@ -224,8 +318,9 @@ def coin_panels(coin: str, range_label: str) -> None:
             "The latest row is below."
         )
     else:
-        st.plotly_chart(charts.coin_chart(candles, coin, forecasts), width="stretch")
-        st.plotly_chart(charts.indicator_panels(candles), width="stretch")
+        last = (rows["ts"].iloc[0], float(rows["price"].iloc[0])) if len(rows) else None
+        figure = charts.coin_view(shown, coin, forecasts, layers or (), last_price=last)
+        st.plotly_chart(figure, width="stretch")
     if forecasts is not None and len(forecasts):
         st.subheader("Forecasts against what then happened")
         st.dataframe(view.forecast_outcomes(forecasts, candles), hide_index=True)
@@ -292,6 +387,7 @@ def pipeline_page() -> None:
         polls = read("rows_per_poll", url, newest - q.ROWS_PER_POLL_WINDOW)
         st.subheader("Rows per poll (price_indicators, last 2 hours of data)")
         st.plotly_chart(charts.rows_per_poll(polls), width="stretch")
+    failed_runs_panel(url)
     since = (newest or pd.Timestamp.now(tz="UTC")) - timedelta(days=7)
     for title, name, args in (
         ("Recent failed check results", "recent_failed_checks", (since,)),
@@ -306,6 +402,26 @@ def pipeline_page() -> None:
             st.caption("Nothing recorded yet.")
         else:
             st.dataframe(frame, hide_index=True)
+
+
+def failed_runs_panel(url: str) -> None:
+    """Failed runs of the last 24 hours, each linked to the Dagster UI."""
+    from marketflow_assets.settings import load_settings
+
+    st.subheader("Failed runs (last 24 hours)")
+    try:
+        runs = read("failed_runs", url, pd.Timestamp.now(tz="UTC") - timedelta(hours=24))
+    except q.DashboardError:
+        runs = pd.DataFrame()
+    if runs.empty:
+        st.caption("No failed run in the last 24 hours.")
+        return
+    table = view.failed_runs_table(runs, load_settings().dagster_ui_url)
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={"run": st.column_config.LinkColumn("run", display_text="open in Dagster")},
+    )
 
 
 # ------------------------------------------------------------------------------------------

@@ -7,19 +7,30 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from marketflow_assets.dashboard import view
+
 
 def change_treemap(coins: pd.DataFrame) -> go.Figure:
-    """Every coin of the snapshot as an equal-sized tile coloured by its 5-minute change (red
-    down, green up, colour scale clipped at the 95th percentile of |change|)."""
+    """Every coin of the snapshot as a tile sized by its market cap (equal tiles where it is not
+    known) and coloured by its 5-minute change (red down, green up, colour scale clipped at the
+    95th percentile of |change|)."""
     labels = [str(s or c).upper() for s, c in zip(coins["symbol"], coins["coin_id"], strict=True)]
     change = coins["change_5min"].astype(float)
+    caps = (
+        coins["market_cap"].astype(float)
+        if "market_cap" in coins
+        else pd.Series(float("nan"), index=coins.index)
+    )
+    known = caps[caps > 0]
+    # a coin without a market cap gets the smallest known one (a tile, not a gap)
+    sizes = caps.where(caps > 0, known.min() if len(known) else 1.0)
     bound = float(change.abs().quantile(0.95)) or 1.0
     fig = go.Figure(
         go.Treemap(
             ids=coins["coin_id"],
             labels=labels,
             parents=[""] * len(coins),
-            values=[1] * len(coins),
+            values=sizes.to_list(),
             text=[f"{v:+.2f}%" for v in change],
             customdata=list(zip(coins["coin_id"], coins["price"], strict=True)),
             texttemplate="%{label}<br>%{text}",
@@ -36,17 +47,45 @@ def change_treemap(coins: pd.DataFrame) -> go.Figure:
         )
     )
     fig.update_layout(
-        title="5-minute change across coins (%)",
+        title="5-minute change across coins (%), tiles sized by market cap",
         margin={"t": 40, "l": 0, "r": 0, "b": 0},
         height=420,
     )
     return fig
 
 
-def coin_chart(candles: pd.DataFrame, coin: str, forecasts: pd.DataFrame | None) -> go.Figure:
-    """One-minute candles with SMA 5m / EMA 3m overlays, and the forecasts with their 80 %
-    interval at their target times when there are any."""
-    fig = go.Figure()
+#: The coin view's optional overlays and panes.
+LAYERS = ("SMA 5m", "EMA 3m", "volatility", "change", "forecast")
+
+
+def coin_view(
+    candles: pd.DataFrame,
+    coin: str,
+    forecasts: pd.DataFrame | None,
+    layers=LAYERS,
+    last_price: tuple | None = None,
+) -> go.Figure:
+    """The coin view, as charting tools stack it: OHLC candles (with wicks) and the chosen
+    overlays (SMA 5m, EMA 3m, the forecast of the newest origin with its 80 % interval shaded,
+    ahead of the last price only), then a volatility pane and a change pane, all on one shared
+    time axis with a crosshair; price axis and hover by magnitude (no SI prefixes).
+    ``last_price``: ``(ts, price)`` the forecast cone starts from."""
+    panes = [p for p in ("volatility", "change") if p in layers]
+    heights = [0.6] + [0.4 / len(panes)] * len(panes) if panes else [1.0]
+    titles = [f"{coin}: price (USD)"] + [
+        {"volatility": "volatility 5 min (std of price)", "change": "change (%)"}[p] for p in panes
+    ]
+    fig = make_subplots(
+        rows=1 + len(panes),
+        cols=1,
+        shared_xaxes=True,
+        row_heights=heights,
+        vertical_spacing=0.04,
+        subplot_titles=titles,
+    )
+    tick = view.price_tickformat(
+        pd.concat([candles["low"], candles["high"]]) if len(candles) else []
+    )
     fig.add_trace(
         go.Candlestick(
             x=candles["minute"],
@@ -54,62 +93,88 @@ def coin_chart(candles: pd.DataFrame, coin: str, forecasts: pd.DataFrame | None)
             high=candles["high"],
             low=candles["low"],
             close=candles["close"],
-            name="price (1 min)",
-        )
+            name="price",
+        ),
+        1,
+        1,
     )
-    fig.add_trace(
-        go.Scatter(
-            x=candles["minute"], y=candles["sma_5min"], name="SMA 5m", line={"color": "#1f77b4"}
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=candles["minute"], y=candles["ema_3min"], name="EMA 3m", line={"color": "#ff7f0e"}
-        )
-    )
-    if forecasts is not None and len(forecasts):
-        f = forecasts.sort_values("target_ts")
+    for name, column, color in (
+        ("SMA 5m", "sma_5min", "#1f77b4"),
+        ("EMA 3m", "ema_3min", "#ff7f0e"),
+    ):
+        if name in layers:
+            fig.add_trace(
+                go.Scatter(
+                    x=candles["minute"],
+                    y=candles[column],
+                    name=name,
+                    line={"color": color, "width": 1.5},
+                    hovertemplate=f"%{{y:{tick}}}",
+                ),
+                1,
+                1,
+            )
+    ahead = view.forecasts_ahead(forecasts, candles["minute"].max()) if len(candles) else None
+    if "forecast" in layers and ahead is not None:
+        f = ahead.sort_values("target_ts")
+        x0, p0 = last_price if last_price else (f["origin_ts"].iloc[0], None)
+        xs = [x0, *f["target_ts"]]
+        lower = [p0 if p0 is not None else f["lower_80"].iloc[0], *f["lower_80"]]
+        upper = [p0 if p0 is not None else f["upper_80"].iloc[0], *f["upper_80"]]
         fig.add_trace(
             go.Scatter(
-                x=pd.concat([f["target_ts"], f["target_ts"][::-1]]),
-                y=pd.concat([f["upper_80"], f["lower_80"][::-1]]),
+                x=xs + xs[::-1],
+                y=upper + lower[::-1],
                 fill="toself",
-                fillcolor="rgba(99,110,250,0.15)",
+                fillcolor="rgba(99,110,250,0.18)",
                 line={"width": 0},
                 name="80% interval",
                 hoverinfo="skip",
-            )
+            ),
+            1,
+            1,
         )
+        predicted = [p0 if p0 is not None else f["predicted_price"].iloc[0], *f["predicted_price"]]
         fig.add_trace(
             go.Scatter(
-                x=f["target_ts"],
-                y=f["predicted_price"],
+                x=xs,
+                y=predicted,
                 mode="lines+markers",
                 name="forecast (" + ", ".join(sorted(f["model"].unique())) + ")",
-                line={"dash": "dot"},
-            )
+                line={"dash": "dot", "color": "#636efa"},
+                hovertemplate=f"%{{y:{tick}}}",
+            ),
+            1,
+            1,
         )
+    row = 2
+    if "volatility" in panes:
+        fig.add_trace(
+            go.Scatter(x=candles["minute"], y=candles["volatility_5min"], name="volatility 5m"),
+            row,
+            1,
+        )
+        fig.update_yaxes(tickformat=tick, row=row, col=1)
+        row += 1
+    if "change" in panes:
+        fig.add_trace(
+            go.Bar(x=candles["minute"], y=candles["change_1min"], name="change 1m"), row, 1
+        )
+        fig.add_trace(
+            go.Scatter(x=candles["minute"], y=candles["change_5min"], name="change 5m"), row, 1
+        )
+        fig.update_yaxes(ticksuffix="%", tickformat=".2f", row=row, col=1)
+    fig.update_yaxes(tickformat=tick, row=1, col=1)
+    # the crosshair: a vertical line across every pane, and the price where the cursor is
+    fig.update_xaxes(showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1)
+    fig.update_yaxes(showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1)
     fig.update_layout(
-        title=f"{coin}: price", xaxis_rangeslider_visible=False, height=460, margin={"t": 40}
+        hovermode="x unified",
+        xaxis_rangeslider_visible=False,
+        height=420 + 170 * len(panes),
+        margin={"t": 40},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"},
     )
-    return fig
-
-
-def indicator_panels(candles: pd.DataFrame) -> go.Figure:
-    """5-min volatility, and 1-/5-min % change, one panel each (values at each minute's end)."""
-    fig = make_subplots(
-        rows=2,
-        cols=1,
-        shared_xaxes=True,
-        subplot_titles=("volatility 5 min (sample std of price)", "change (%)"),
-        vertical_spacing=0.12,
-    )
-    fig.add_trace(
-        go.Scatter(x=candles["minute"], y=candles["volatility_5min"], name="volatility 5m"), 1, 1
-    )
-    fig.add_trace(go.Bar(x=candles["minute"], y=candles["change_1min"], name="change 1m"), 2, 1)
-    fig.add_trace(go.Scatter(x=candles["minute"], y=candles["change_5min"], name="change 5m"), 2, 1)
-    fig.update_layout(height=420, margin={"t": 40})
     return fig
 
 

@@ -22,6 +22,12 @@ check results (recent)    check_results_evaluated_at_idx
 alerts                    alert_history primary key (alerted_at, alert_key)
 forecasts                 price_forecasts primary key (coin_id, origin_ts, horizon_s)
 forecast evaluation       forecast_evaluation, newest evaluated_at
+market table              price_indicators_ts_idx (ts = snapshot); coin_market primary key;
+                          price_indicators primary key, one backward probe per coin (1 h ago)
+sparklines                price_indicators_coin_series_idx (index-only, a few coins)
+recent poll times         price_indicators_ts_idx (newest row), primary key range of its coin
+failed runs               run_failures_failed_at_idx
+price alerts              price_alert_events_alerted_at_idx (newest first, LIMIT)
 ========================  =====================================================================
 
 Missing tables raise :class:`NoData` (the page says so); connection problems raise
@@ -78,20 +84,48 @@ SQL: dict[str, str] = {
         WHERE m.snapshot_ts = %(snapshot)s
         ORDER BY m.direction, m.rank""",
     "snapshot_coins": """
-        SELECT coin_id, symbol, price, change_5min, volatility_5min
-        FROM price_indicators WHERE ts = %(snapshot)s ORDER BY coin_id""",
+        SELECT p.coin_id, p.symbol, p.price, p.change_5min, p.volatility_5min, m.market_cap
+        FROM price_indicators p LEFT JOIN coin_market m ON m.coin_id = p.coin_id
+        WHERE p.ts = %(snapshot)s ORDER BY p.coin_id""",
     "newest_indicator_ts": "SELECT max(ts) FROM price_indicators",
+    # The market table: every coin of a snapshot with its CoinGecko market data (coin_market)
+    # and its price an hour earlier (the newest at or before; one index lookup per coin).
+    "market_table": """
+        SELECT p.coin_id, p.symbol, m.name, m.market_cap_rank, p.price, p.change_1min,
+               p.change_5min, h.price AS price_1h_ago, m.change_24h, m.market_cap,
+               m.total_volume, m.high_24h, m.low_24h, p.volatility_5min
+        FROM price_indicators p
+        LEFT JOIN coin_market m ON m.coin_id = p.coin_id
+        LEFT JOIN LATERAL (
+            SELECT q.price FROM price_indicators q
+            WHERE q.coin_id = p.coin_id AND q.ts <= %(hour_ago)s
+            ORDER BY q.ts DESC LIMIT 1
+        ) h ON true
+        WHERE p.ts = %(snapshot)s
+        ORDER BY m.market_cap_rank NULLS LAST, p.coin_id""",
+    # The last hour of prices of a few coins (the market table's sparklines).
+    "sparklines": """
+        SELECT coin_id, ts, price FROM price_indicators
+        WHERE coin_id = ANY(%(coins)s) AND ts > %(start)s AND ts <= %(end)s
+        ORDER BY coin_id, ts""",
+    # the poll times of the coin of the newest row over a window (the warm-up states): one
+    # index range scan whatever the number of coins
+    "recent_poll_times": """
+        WITH newest AS (SELECT coin_id, ts FROM price_indicators ORDER BY ts DESC LIMIT 1)
+        SELECT p.ts FROM price_indicators p, newest n
+        WHERE p.coin_id = n.coin_id AND p.ts >= n.ts - %(window)s ORDER BY p.ts""",
     # which path wrote the newest row (live consumer or Dagster recompute), and its ts
     "latest_row_source": "SELECT source, ts FROM price_indicators ORDER BY ts DESC LIMIT 1",
     "coins": distinct_values_cte("stored", "price_indicators", "coin_id")
     + """
-        SELECT s.coin_id, l.symbol, l.ts AS newest_ts
-        FROM stored s, LATERAL (
+        SELECT s.coin_id, l.symbol, l.ts AS newest_ts, m.name, m.market_cap_rank
+        FROM stored s CROSS JOIN LATERAL (
             SELECT p.symbol, p.ts FROM price_indicators p
             WHERE p.coin_id = s.coin_id ORDER BY p.ts DESC LIMIT 1
         ) l
+        LEFT JOIN coin_market m ON m.coin_id = s.coin_id
         WHERE s.coin_id IS NOT NULL
-        ORDER BY s.coin_id""",
+        ORDER BY m.market_cap_rank NULLS LAST, s.coin_id""",
     # 1-minute OHLC candles from the 30 s prices, with each minute's last indicator values:
     # per minute the first and last ts (hash aggregate), then their rows (hash joins); minute
     # as epoch seconds (read as CSV by ``Database.query_csv``).
@@ -134,6 +168,13 @@ SQL: dict[str, str] = {
         SELECT evaluated_at, asset_key, check_name, severity, description
         FROM check_results WHERE NOT passed AND evaluated_at > %(since)s
         ORDER BY evaluated_at DESC LIMIT %(limit)s""",
+    "failed_runs": """
+        SELECT failed_at, job_name, launched_by, partition, error, run_id
+        FROM run_failures WHERE failed_at > %(since)s
+        ORDER BY failed_at DESC LIMIT %(limit)s""",
+    "price_alerts": """
+        SELECT alerted_at, coin_id, rule, value, ts
+        FROM price_alert_events ORDER BY alerted_at DESC, ts DESC LIMIT %(limit)s""",
     "alerts": """
         SELECT alerted_at, alert_key, previous_state, state, message
         FROM alert_history ORDER BY alerted_at DESC LIMIT %(limit)s""",
@@ -152,9 +193,11 @@ SQL: dict[str, str] = {
 #: The queries of each page, with example parameters: what the benchmark times.
 PAGE_QUERIES = {
     "market": ("latest_snapshot", "previous_snapshot", "movers", "snapshot_coins",
-               "newest_indicator_ts", "latest_row_source", "promoted_forecast"),
+               "newest_indicator_ts", "latest_row_source", "promoted_forecast",
+               "recent_poll_times", "market_table", "sparklines", "price_alerts"),
     "coin": ("coins", "candles", "latest_rows", "coin_forecasts"),
-    "pipeline": ("latest_check_results", "recent_failed_checks", "alerts", "rows_per_poll"),
+    "pipeline": ("latest_check_results", "recent_failed_checks", "failed_runs", "alerts",
+                 "rows_per_poll"),
 }  # fmt: skip
 
 
@@ -319,12 +362,47 @@ def movers(db: Database, snapshot: datetime, previous: datetime | None) -> pd.Da
 
 def snapshot_coins(db: Database, snapshot: datetime) -> pd.DataFrame:
     return _floats(
-        db.query("snapshot_coins", snapshot=snapshot), "price", "change_5min", "volatility_5min"
+        db.query("snapshot_coins", snapshot=snapshot),
+        "price",
+        "change_5min",
+        "volatility_5min",
+        "market_cap",
     )
 
 
 def newest_indicator_ts(db: Database) -> pd.Timestamp | None:
     return _utc(db.scalar("newest_indicator_ts"))
+
+
+def market_table(db: Database, snapshot: datetime) -> pd.DataFrame:
+    """Every coin of ``snapshot``, rank order (see :data:`SQL`)."""
+    frame = db.query(
+        "market_table", snapshot=snapshot, hour_ago=pd.Timestamp(snapshot) - timedelta(hours=1)
+    )
+    frame = _floats(
+        frame,
+        "price", "change_1min", "change_5min", "price_1h_ago", "change_24h", "market_cap",
+        "total_volume", "high_24h", "low_24h", "volatility_5min",
+    )  # fmt: skip
+    frame["market_cap_rank"] = frame["market_cap_rank"].astype("Int64")
+    return frame
+
+
+def sparklines(db: Database, coins: list[str], end: datetime) -> pd.DataFrame:
+    """``coin_id``, ``ts``, ``price`` of ``coins`` over the hour before ``end``."""
+    start = pd.Timestamp(end) - timedelta(hours=1)
+    frame = db.query("sparklines", coins=list(coins), start=start, end=end)
+    return _floats(_times(frame, "ts"), "price")
+
+
+#: How far back the warm-up states look (the forecasts' first training needs well under that).
+WARM_UP_WINDOW = timedelta(hours=3)
+
+
+def recent_poll_times(db: Database, window: timedelta = WARM_UP_WINDOW) -> list[pd.Timestamp]:
+    """Poll times of the last ``window`` (those of the coin of the newest row), oldest first."""
+    frame = db.query("recent_poll_times", window=window)
+    return [_utc(v) for v in frame["ts"]] if len(frame) else []
 
 
 def latest_row_source(db: Database) -> tuple[str, pd.Timestamp] | None:
@@ -370,6 +448,16 @@ def rows_per_poll(db: Database, since: datetime) -> pd.DataFrame:
     return frame
 
 
+def price_alerts(db: Database, limit: int = 20) -> pd.DataFrame:
+    """The newest price alerts the live path sent."""
+    return _floats(_times(db.query("price_alerts", limit=limit), "alerted_at", "ts"), "value")
+
+
+def failed_runs(db: Database, since: datetime, limit: int = HISTORY_LIMIT) -> pd.DataFrame:
+    """Failed runs recorded by the alert sensor since ``since``, newest first."""
+    return _times(db.query("failed_runs", since=since, limit=limit), "failed_at")
+
+
 def latest_check_results(db: Database) -> pd.DataFrame:
     frame = _times(db.query("latest_check_results"), "evaluated_at")
     frame["metadata"] = [json.loads(m) if m else {} for m in frame["metadata"]]
@@ -407,12 +495,16 @@ def example_params(db: Database) -> Mapping[str, dict[str, Any]]:
     newest = newest_indicator_ts(db)
     since = newest - ROWS_PER_POLL_WINDOW if newest is not None else None
     coin_range = {"coin": coin, "start": start, "end": end}
+    hour_ago = newest - timedelta(hours=1) if newest is not None else None
     return {
         "latest_snapshot": {},
         "previous_snapshot": {"snapshot": snapshot},
         "movers": {"snapshot": snapshot, "previous": previous},
         "snapshot_coins": {"snapshot": snapshot},
         "newest_indicator_ts": {},
+        "recent_poll_times": {"window": WARM_UP_WINDOW},
+        "market_table": {"snapshot": newest, "hour_ago": hour_ago},
+        "sparklines": {"coins": [coin], "start": hour_ago, "end": newest},
         "latest_row_source": {},
         "coins": {},
         "candles": coin_range,
@@ -420,7 +512,9 @@ def example_params(db: Database) -> Mapping[str, dict[str, Any]]:
         "rows_per_poll": {"start": since},
         "latest_check_results": {},
         "recent_failed_checks": {"since": since, "limit": HISTORY_LIMIT},
+        "failed_runs": {"since": since, "limit": HISTORY_LIMIT},
         "alerts": {"limit": HISTORY_LIMIT},
+        "price_alerts": {"limit": 20},
         "coin_forecasts": coin_range,
         "promoted_forecast": {},
     }

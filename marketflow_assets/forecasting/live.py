@@ -8,7 +8,9 @@ realized prices inside ``[lower_80, upper_80]``.
 
 :func:`degraded` says whether to retrain: with at least ``min_n`` scored forecasts from
 ``min_origins`` origins, a learned model whose live MASE reached 1 (it no longer beats naive),
-or any model whose live MAE exceeds ``ratio`` x its backtest MAE (the market changed).
+any model whose live MAE exceeds ``ratio`` x its backtest MAE (the market changed), or whose 80 %
+interval held fewer than ``min_coverage`` of the realized prices (its interval is too narrow for
+the market now).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pandas as pd
 MIN_N = 100
 MIN_ORIGINS = 20
 MAE_RATIO = 1.5
+MIN_COVERAGE = 0.6  # of the nominal 80 %: below it the interval no longer means what it says
 
 
 def live_error(scored: pd.DataFrame) -> dict[str, float]:
@@ -51,6 +54,7 @@ def degraded(
     min_n: int = MIN_N,
     min_origins: int = MIN_ORIGINS,
     ratio: float = MAE_RATIO,
+    min_coverage: float = MIN_COVERAGE,
 ) -> str | None:
     """Why the served model should be retrained now, or None."""
     if live["n"] < min_n or live["origins"] < min_origins:
@@ -60,6 +64,12 @@ def degraded(
     if backtest_mae and backtest_mae > 0 and live["mae"] > ratio * backtest_mae:
         return (
             f"live MAE {live['mae']:.4f}% > {ratio} x backtest MAE {backtest_mae:.4f}% "
+            f"over {live['n']} forecasts"
+        )
+    coverage = live.get("coverage_80", np.nan)
+    if np.isfinite(coverage) and coverage < min_coverage:
+        return (
+            f"live coverage of the 80 % interval {coverage:.2f} < {min_coverage} "
             f"over {live['n']} forecasts"
         )
     return None

@@ -298,7 +298,7 @@ class CoinGeckoClient:
                     self.base_url + path, params=params, timeout=(timeout, timeout)
                 )
             except requests.RequestException as exc:
-                log.info("CoinGecko not reachable at %s: %s", self.base_url, self._describe(exc))
+                log.debug("CoinGecko not reachable at %s: %s", self.base_url, self._describe(exc))
                 return False
             if resp.status_code in (200, 429):  # 429: there, just busy
                 return True

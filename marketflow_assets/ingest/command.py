@@ -8,7 +8,8 @@ by SIGINT/SIGTERM exits 0 after finishing the poll in hand.
 Durability (:mod:`marketflow_assets.ingest.spool`): each poll is fsynced to the spool before it
 is sent and stays there until its records are in raw Parquet; the spool is resent when ingest
 starts, when the broker lost the topic, when the broker is back after an outage, and by
-``--replay-spool``. The poll loop only polls, validates and spools; a sender thread
+``--replay-spool``. The poll loop only polls, validates and spools
+(:mod:`marketflow_assets.ingest.collector`); a sender thread
 (:mod:`marketflow_assets.ingest.sender`) sends, so no broker trouble delays a poll. Failed sends
 are retried (``MARKETFLOW_SEND_ATTEMPTS``, ``MARKETFLOW_SEND_BACKOFF_SECONDS``);
 ``--resume-file`` moves on only past polls whose every record the broker acknowledged.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-import time
 from pathlib import Path
 
 from kafka.errors import KafkaError
@@ -32,17 +32,18 @@ from marketflow_assets.ingest.coingecko import (
     pages_for,
     quota_warnings,
 )
+from marketflow_assets.ingest.collector import Collector
 from marketflow_assets.ingest.delivery import Delivery, open_spool
 from marketflow_assets.ingest.progress import ReplayProgress
-from marketflow_assets.ingest.publish import Publisher, PublishResult
-from marketflow_assets.ingest.sender import Pending, Sender, unsent
+from marketflow_assets.ingest.publish import Publisher
+from marketflow_assets.ingest.sender import Sender
 from marketflow_assets.ingest.sources import (
     LiveSource,
     ReplayRecorder,
     ReplaySource,
     SimulateSource,
+    resolve_source,
 )
-from marketflow_assets.ingest.validate import ValidatedPoll, validate_poll
 from marketflow_assets.runtime.signals import stop_after_work_in_hand
 from marketflow_assets.settings import ConfigError, Settings
 
@@ -235,6 +236,22 @@ def replay_spool(args: argparse.Namespace, settings: Settings) -> int:
         spool.close()
 
 
+def _connect(
+    args: argparse.Namespace, settings: Settings, spool, finite: bool
+) -> tuple[Publisher, str | None]:
+    """The publisher, and why the broker is away (None when it answered). A one-off run, or one
+    without a spool, fails fast on an unreachable broker; an endless one collects anyway: its
+    polls wait in the spool for the broker."""
+    try:
+        publisher = _make_publisher(args, settings)
+        publisher.ensure_topics()
+        return publisher, None
+    except (ConfigError, KafkaError) as exc:
+        if finite or spool is None:
+            raise
+        return _make_publisher(args, settings, connect=False), str(exc)
+
+
 def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | None = None) -> int:
     """Run ``marketflow ingest``; returns the exit code (raises ConfigError for bad config)."""
     if logging.getLogger("kafka").level == logging.NOTSET:
@@ -242,31 +259,19 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
     if getattr(args, "replay_spool", False):
         return replay_spool(args, settings)
     _check_args(args, settings)
-    args.source = cli_defaults.resolve_source(args.source, settings, log)
+    args.source = resolve_source(args.source, settings, log)
     stop = stop or threading.Event()
     recorder = ReplayRecorder(args.record) if args.record else None
     progress = None
     if getattr(args, "resume_file", None) and args.source == "replay":
         progress = ReplayProgress(args.resume_file, args.replay_file)
-    publisher = None
-    spool = None
-    sender = None
+    publisher = spool = sender = None
     metrics, poll_alerts, edges = _monitoring(args)
-    totals = {"polls": 0, "failed_polls": 0, "partial": 0, "good": 0, "bad": 0, "unacked": 0}
     try:
         source = _make_source(args, settings, progress)
         spool = open_spool(settings, edges)
         finite = args.once or args.source == "replay" or args.max_polls is not None
-        away = None
-        try:
-            publisher = _make_publisher(args, settings)
-            publisher.ensure_topics()
-        except (ConfigError, KafkaError) as exc:
-            if finite or spool is None:
-                raise  # a one-off run (or one without a spool) fails fast: check the config
-            # an endless ingest collects anyway: the polls wait in the spool for the broker
-            away = str(exc)
-            publisher = _make_publisher(args, settings, connect=False)
+        publisher, away = _connect(args, settings, spool, finite)
         delivery = Delivery(
             publisher,
             spool,
@@ -275,61 +280,10 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
             progress=progress,
             disk_alert=edges["spool_disk"],
         )
-
-        def on_sent(pending: Pending, result: PublishResult) -> None:
-            """Bookkeeping of one poll once the broker answered (the sender thread)."""
-            poll = pending.poll
-            if poll.records is None:  # a failed poll, in its turn: only its progress
-                delivery.save_progress(poll.line, True)
-                return
-            # Without a spool, recorded only once acknowledged (with one, when spooled: see
-            # `spooled` below), and never twice (a restarted replay may publish the last poll
-            # of the previous run again: it was recorded then).
-            if spool is None and recorder is not None and result.acked:
-                if poll.ts != recorder.last_ts:
-                    recorder.append(poll.ts, [m.raw for m in result.acked])
-            delivery.save_progress(poll.line, result.ok and (pending.spooled or spool is None))
-            totals["good"] += result.good_acked
-            totals["bad"] += result.bad_acked
-            totals["unacked"] += len(result.failures)
-            waits = bool(result.failures) and "waits in the spool" in result.failures[0]
-            if result.failures:
-                (log.info if waits else log.error)(
-                    "poll %s: %d message(s) not acknowledged%s: %s",
-                    poll.ts,
-                    len(result.failures),
-                    " (kept in the spool)" if pending.spooled and spool is not None else "",
-                    result.failures[0],
-                )
-            metrics.poll_published(
-                result.good_acked,
-                result.bad_acked,
-                len(result.failures),
-                time.monotonic() - pending.taken,
-                time.time(),
-                spooled=bool(result.failures) and waits and pending.spooled,
-            )
-            log.info(
-                "poll %s: %d + %d acknowledged%s (%.2f s after it was taken)",
-                poll.ts,
-                result.good_acked,
-                result.bad_acked,
-                f", {len(result.failures)} NOT acknowledged" if result.failures else "",
-                time.monotonic() - pending.taken,
-            )
-
-        def spooled(pending: Pending) -> None:
-            """A poll is on disk in the spool: from here on it reaches raw Parquet, so
-            ``--record`` writes it now (the poll loop), whatever the broker does."""
-            v, poll = pending.validated, pending.poll
-            if recorder is None or spool is None or not pending.spooled or poll is None:
-                return
-            if poll.records is not None and v.good and poll.ts != recorder.last_ts:
-                recorder.append(poll.ts, [m.raw for m in v.good])  # not the dead letters
-
+        collector = Collector(delivery, spool, recorder, metrics, poll_alerts)
         sender = Sender(
             delivery,
-            on_sent,
+            collector.on_sent,
             backlog=delivery.backlog() if away is None else ([], ""),
             away=away,
             broker_alert=edges["broker"],
@@ -343,86 +297,18 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
             settings.dlq_topic,
             settings.kafka_bootstrap,
         )
-        last_updates: dict[str | None, str] = {}  # coin id -> last_updated of the previous poll
         with stop_after_work_in_hand(
             stop, work="the current poll", log=log, second_sigint_interrupts=True
         ):
             for poll in source.polls(stop, max_polls=args.max_polls):
-                totals["polls"] += 1
-                if poll.records is None:
-                    totals["failed_polls"] += 1
-                    log.error(
-                        "poll %s failed and was skipped: %s", poll.ts or poll.label, poll.error
-                    )
-                    metrics.poll_failed()
-                    poll_alerts.poll(False, f"the source failed: {poll.error}")
-                    # a broken line stays broken: its progress is saved in turn, after the
-                    # polls before it are sent
-                    for ready in delivery.spool_poll(Pending(ValidatedPoll(poll.ts), poll)):
-                        sender.submit(ready)
-                    continue
-                if poll.error:  # a live poll whose later page failed: the pages that came
-                    totals["partial"] += 1
-                    log.error(
-                        "poll %s: publishing the %d record(s) that came; %s",
-                        poll.ts,
-                        len(poll.records),
-                        poll.error,
-                    )
-                validated = validate_poll(poll.records, poll.ts)
-                for message in validated.bad:
-                    log.warning(
-                        "poll %s: rejected %s: %s (%s)",
-                        poll.ts,
-                        message.key or "record without id",
-                        message.value["reason"],
-                        message.value["detail"],
-                    )
-                # spooled (fsynced) here, sent by the sender thread: polling never waits on Kafka
-                for ready in delivery.spool_poll(Pending(validated, poll)):
-                    spooled(ready)
-                    sender.submit(ready)
-                if poll.error:
-                    poll_alerts.poll(False, f"the source failed part of the poll: {poll.error}")
-                else:
-                    poll_alerts.poll(True)
-                updates = {m.key: m.value["last_updated"] for m in validated.good}
-                unchanged = sum(1 for k, v in updates.items() if last_updates.get(k) == v)
-                last_updates = updates
-                log.info(
-                    "poll %s: %d good, %d bad%s; %d poll(s) queued for Kafka",
-                    poll.ts,
-                    len(validated.good),
-                    len(validated.bad),
-                    f"; {unchanged} coin(s) unchanged since the previous poll" if unchanged else "",
-                    sender.queued(),
-                )
-                if updates and unchanged == len(updates):
-                    log.info(
-                        "poll %s: same data as the previous poll (a cached CoinGecko answer); "
-                        "published again with the new ts",
-                        poll.ts,
-                    )
+                collector.take(poll, sender)
         sender.close()  # sends what is queued; a topic lost meanwhile is resent before exiting
-        for pending in delivery.held:
-            result = unsent(pending, "never spooled (disk full): lost")
-            totals["unacked"] += len(result.failures)
-            log.error("poll %s: never spooled nor sent (disk full); lost", pending.validated.ts)
-        log.info(
-            "ingest finished: %d poll(s), %d failed, %d incomplete; %d messages and %d dead "
-            "letters acknowledged, %d not acknowledged",
-            totals["polls"],
-            totals["failed_polls"],
-            totals["partial"],
-            totals["good"],
-            totals["bad"],
-            totals["unacked"],
-        )
+        totals = collector.finish()
         if not finite:
             return 0
-        if totals["polls"] == 0 and not stop.is_set():
+        if totals.polls == 0 and not stop.is_set():
             log.warning("ingest: the source produced no polls (empty replay file?)")
-        return 1 if (totals["failed_polls"] or totals["partial"] or totals["unacked"]) else 0
+        return 0 if totals.complete() else 1
     finally:
         if sender is not None:
             # after an error or a second Ctrl-C: no long wait (what is unsent stays spooled)

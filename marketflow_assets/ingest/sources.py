@@ -29,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from marketflow_assets.ingest.coingecko import CoinGeckoClient, CoinGeckoError
+from marketflow_assets.ingest.coingecko import CoinGeckoClient, CoinGeckoError, coingecko_reachable
 from marketflow_assets.ingest.validate import format_ts, parse_time
+from marketflow_assets.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -491,3 +492,21 @@ class SimulateSource:
             if self.recorder is not None:
                 self.recorder.append(ts, records)
             yield Poll(ts=ts, records=records, label="simulate")
+
+
+def resolve_source(source: str, settings: Settings, log: logging.Logger) -> str:
+    """``auto`` -> ``coingecko`` when the CoinGecko API answers, else ``simulate``; says which.
+
+    Any other source is returned as is. ``up`` and ``ingest`` both resolve through here
+    (``cli_defaults`` holds only option definitions and imports no component).
+    """
+    if source != "auto":
+        return source
+    if coingecko_reachable(settings):
+        log.info("source: live CoinGecko at %s", settings.coingecko_api_url)
+        return "coingecko"
+    log.info(
+        "source: simulator (CoinGecko at %s is not reachable from here)",
+        settings.coingecko_api_url,
+    )
+    return "simulate"

@@ -9,7 +9,12 @@ import threading
 import time
 
 from marketflow_assets.runtime.signals import stop_after_work_in_hand
-from marketflow_assets.settings import ConfigError, Settings, load_live_settings
+from marketflow_assets.settings import (
+    ConfigError,
+    Settings,
+    load_live_settings,
+    load_monitoring_settings,
+)
 
 logger = logging.getLogger("marketflow.live")
 
@@ -43,6 +48,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             url,
             poll_timeout_s=timeout,
             max_batch_records=live.max_batch_records,
+            alerts_file=settings.price_alerts_file,
+            webhook_url=load_monitoring_settings().alert_webhook_url,
         )
 
     logger.info("live: %s -> price_indicators, market_movers", settings.kafka_topic)

@@ -17,12 +17,15 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
 from marketflow_assets import contract
 from marketflow_assets import indicators as ind
+from marketflow_assets.live.alerting import LiveAlerts
 from marketflow_assets.live.store import LiveStore
+from marketflow_assets.market import RAW_SOURCE_COLUMNS
 
 logger = logging.getLogger("marketflow.live")
 
@@ -30,20 +33,22 @@ logger = logging.getLogger("marketflow.live")
 PARTITION_REFRESH_SECONDS = 30.0
 
 
-#: The raw columns the indicators read (``advance_indicators``' batch).
+#: The raw columns the indicators read (``advance_indicators``' batch) ...
 _COLUMNS = ["id", "symbol", "ts", "current_price"]
+#: ... and those of the coins' market data (``coin_market``), read too.
+_READ = list(dict.fromkeys([*_COLUMNS, *RAW_SOURCE_COLUMNS]))
 
 
 def parse_records(values: list) -> tuple[pd.DataFrame, list[str | None]]:
     """Kafka message values -> the valid ones' ``id``, ``symbol``, ``ts``, ``current_price``
-    (in order) and each value's reason code (None = valid): the record contract
-    (:func:`marketflow_assets.contract.parse_values`), so a live row exists only for a message
-    the Spark job writes to the raw dataset."""
+    (in order, then the market columns of ``coin_market``) and each value's reason code (None =
+    valid): the record contract (:func:`marketflow_assets.contract.parse_values`), so a live row
+    exists only for a message the Spark job writes to the raw dataset."""
     import pyarrow as pa
 
     table, reasons = contract.parse_values(values)
     valid = pa.array([reason is None for reason in reasons], type=pa.bool_())
-    frame = table.select(_COLUMNS).filter(valid).to_pandas(coerce_temporal_nanoseconds=True)
+    frame = table.select(_READ).filter(valid).to_pandas(coerce_temporal_nanoseconds=True)
     return frame, reasons
 
 
@@ -66,6 +71,9 @@ class LiveConsumer:
     max_batch_records: int = 100_000
     client_id: str = "marketflow-live"
     stats: list[BatchStats] = field(default_factory=list)
+    #: Price alert rules (``marketflow_assets/price_alerts.py``); None: none.
+    alerts_file: Path | None = None
+    webhook_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.store = LiveStore(self.postgres_url)
@@ -76,6 +84,8 @@ class LiveConsumer:
             len(self.state.last),
             time.perf_counter() - started,
         )
+        self.alerting = LiveAlerts(self.alerts_file, self.webhook_url)
+        self.alerting.prime(self.store.conn)
         self.consumer = self._consumer()
         self.assigned: set[int] = set()
         self._assigned_topic_id: str | None = None
@@ -270,7 +280,7 @@ class LiveConsumer:
         invalid = len(reasons) - len(frame)
         if invalid:
             logger.debug("live: invalid record(s) by reason: %s", Counter(filter(None, reasons)))
-        rows, state, skipped = ind.advance_indicators(self.state, frame)
+        rows, state, skipped = ind.advance_indicators(self.state, frame.loc[:, _COLUMNS])
         if len(skipped):
             logger.debug(
                 "live: %d record(s) not newer than their coin's last row (late or duplicate; "
@@ -278,8 +288,9 @@ class LiveConsumer:
                 len(skipped),
                 skipped.head(5)[["id", "ts"]].to_dict("records"),
             )
-        inserted, movers = self.store.write_batch(self.topic, rows, next_offsets)
+        inserted, movers = self.store.write_batch(self.topic, rows, next_offsets, market=frame)
         self.state = state  # committed: the state moves on
+        self.alerting.after_batch(self.store.conn, rows)
         stats = BatchStats(
             len(records), inserted, len(skipped), invalid, movers, time.perf_counter() - started
         )

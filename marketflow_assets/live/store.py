@@ -15,6 +15,7 @@ from datetime import datetime
 import pandas as pd
 
 from marketflow_assets import indicators as ind
+from marketflow_assets.market import write_coin_market
 from marketflow_assets.resources.postgres import ALL_COINS_STATE_SQL, csv_payload
 from marketflow_assets.schema import (
     LIVE_OFFSETS_TABLE,
@@ -97,11 +98,16 @@ class LiveStore:
 
     # ------------------------------------------------------------------------------------
     def write_batch(
-        self, topic: str, rows: pd.DataFrame, next_offsets: Mapping[int, int]
+        self,
+        topic: str,
+        rows: pd.DataFrame,
+        next_offsets: Mapping[int, int],
+        market: pd.DataFrame | None = None,
     ) -> tuple[int, int]:
         """One transaction: insert ``rows`` (source 'live'; an existing row - Dagster's - wins),
         recompute ``market_movers`` for every snapshot ``ts`` of ``rows`` from the table's rows
-        at that ``ts`` (snapshots Dagster already wrote movers for are left to Dagster), store
+        at that ``ts`` (snapshots Dagster already wrote movers for are left to Dagster), move
+        ``coin_market`` on to the newest records of ``market`` (raw records), store
         ``next_offsets``. Returns (indicator rows inserted, mover rows written)."""
         inserted = movers_written = 0
         with self.conn, self.conn.cursor() as cur:
@@ -121,6 +127,8 @@ class LiveStore:
                 inserted = cur.rowcount
                 snapshots = [t.to_pydatetime() for t in pd.unique(rows["ts"])]
                 movers_written = self._write_movers(cur, snapshots)
+            if market is not None and len(market):
+                write_coin_market(cur, market)
             if next_offsets:
                 cur.executemany(
                     f"INSERT INTO {LIVE_OFFSETS_TABLE} AS o (topic, partition, next_offset) "

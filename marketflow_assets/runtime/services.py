@@ -212,6 +212,18 @@ def wait_for_postgres(url: str, timeout: float = 10.0) -> None:
     raise ServiceError(f"MARKETFLOW_POSTGRES_URL unreachable ({redact_url(url)}): {reason}")
 
 
+def import_pgserver():
+    """``pgserver``, imported without platformdirs' warning that ``XDG_RUNTIME_DIR`` is unset
+    (on servers and in containers it usually is): pgserver only falls back to that directory
+    for a socket when the data directory's path is too long for one."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
+    return pgserver
+
+
 class EmbeddedPostgres:
     """PostgreSQL 16 from ``pgserver`` with its data in ``pgdata`` (Unix socket, no TCP)."""
 
@@ -223,7 +235,7 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         try:
-            import pgserver
+            pgserver = import_pgserver()
         except ImportError as exc:
             raise ServiceError(
                 "pgserver is not installed; run `make install` or set MARKETFLOW_POSTGRES_URL"
@@ -233,6 +245,7 @@ class EmbeddedPostgres:
         if pg_log.level == logging.NOTSET:
             pg_log.setLevel(logging.WARNING)
         forget_dead_users(self.pgdata)
+        _drop_stale_lock_files(self.pgdata)
         try:
             try:
                 self.server = pgserver.get_server(self.pgdata, cleanup_mode="stop")
@@ -270,7 +283,7 @@ class EmbeddedPostgres:
         stays the same, so clients reconnect to it unchanged. Raises ServiceError."""
         import atexit
 
-        import pgserver
+        pgserver = import_pgserver()
 
         self.server = None
         # the handle of the dead server, or of a failed attempt, must not stop the new one
@@ -299,17 +312,36 @@ class EmbeddedPostgres:
 
 
 def _drop_stale_lock_files(pgdata: Path) -> None:
-    """Remove ``postmaster.pid`` and the socket's lock file when the process they name is gone
-    or a zombie (killed, not yet reaped by init): pgserver would take the zombie for a running
-    server, and PostgreSQL refuses to start while a lock names a process that still exists."""
+    """Remove ``postmaster.pid`` and the socket's lock file unless the process they name is a
+    running PostgreSQL server of ``pgdata``. After a ``kill -9`` the pid may be a zombie, or
+    (pids wrap at ``pid_max``) reused by an unrelated process, even another PostgreSQL:
+    pgserver takes any live pid for the server, would adopt it and, on stopping, signal it
+    (``pg_ctl stop``), and PostgreSQL refuses to start while a lock names a live process."""
 
     for path in (Path(pgdata) / "postmaster.pid", *Path(pgdata).glob(".s.PGSQL.*.lock")):
         try:
             pid = int(path.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue
-        if not _runs(pid):
+        if not _serves(pid, Path(pgdata)):
+            logger.info("embedded PostgreSQL: removing stale %s (pid %s)", path.name, pid)
             path.unlink(missing_ok=True)
+
+
+def _serves(pid: int, pgdata: Path) -> bool:
+    """True when ``pid`` is a running (not zombie) ``postgres`` whose working directory is
+    ``pgdata`` (the postmaster changes into its data directory)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return (
+            process.status() != psutil.STATUS_ZOMBIE
+            and process.name() == "postgres"
+            and Path(process.cwd()).resolve() == pgdata.resolve()
+        )
+    except psutil.Error:
+        return False
 
 
 def forget_dead_users(pgdata: Path) -> None:
@@ -319,7 +351,7 @@ def forget_dead_users(pgdata: Path) -> None:
     would leave it running when it stops."""
     import json
 
-    import pgserver
+    pgserver = import_pgserver()
 
     path = Path(pgdata) / ".handle_pids.json"
     with pgserver.PostgresServer._lock:

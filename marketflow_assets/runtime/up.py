@@ -51,6 +51,7 @@ from marketflow_assets.runtime.supervisor import (  # noqa: F401 - Child & co. a
     tail,
 )
 from marketflow_assets.settings import (
+    DEFAULT_DAGSTER_UI_URL,
     ConfigError,
     Settings,
     child_environment,
@@ -104,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_source(args: argparse.Namespace, settings: Settings) -> str:
     """``auto`` → ``coingecko`` when the API answers, else ``simulate``; says which in one line."""
     from marketflow_assets.cli_defaults import check_replay_file
-    from marketflow_assets.cli_defaults import resolve_source as resolve
+    from marketflow_assets.ingest.sources import resolve_source as resolve
 
     check_replay_file(args)
 
@@ -202,9 +203,12 @@ def dashboard_child(args, settings: Settings) -> Child:
     """``marketflow dashboard`` on 127.0.0.1:--dashboard-port, reading the same PostgreSQL."""
     argv = [sys.executable, "-m", "marketflow_assets.cli", "dashboard"]
     argv += ["--port", str(args.dashboard_port)]
-    return Child(
+    child = Child(
         "dashboard", argv, settings.data_dir / "logs" / "dashboard.log", needs=("postgres",)
     )
+    if settings.dagster_ui_url == DEFAULT_DAGSTER_UI_URL:  # its links to runs: this UI
+        child.env["MARKETFLOW_DAGSTER_UI_URL"] = f"http://127.0.0.1:{args.port}"
+    return child
 
 
 def live_child(settings: Settings) -> Child:

@@ -12,6 +12,7 @@ import pandas as pd
 import psycopg2
 
 from marketflow_assets.indicators import compute_indicators, compute_movers
+from marketflow_assets.market import write_coin_market
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.schema import TABLES
 
@@ -33,6 +34,17 @@ def synthetic_raw(end: pd.Timestamp, coins: int = 12, polls: int = 40, seed: int
     rows.append((SOLO, "solo", times[polls // 2], 3.25))
     frame = pd.DataFrame(rows, columns=["id", "symbol", "ts", "current_price"])
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    # CoinGecko's market fields: a supply per coin gives the market cap, its rank at each poll
+    supply = {c: 10.0 ** (6 + 0.37 * i % 5) for i, c in enumerate(sorted(frame["id"].unique()))}
+    frame["name"] = [f"Coin {c[-2:].upper()}" for c in frame["id"]]
+    frame["market_cap"] = frame["current_price"] * frame["id"].map(supply)
+    frame["market_cap_rank"] = (
+        frame.groupby("ts")["market_cap"].rank(ascending=False, method="first").astype("int64")
+    )
+    frame["total_volume"] = frame["market_cap"] * 0.05
+    frame["high_24h"] = frame["current_price"] * 1.04
+    frame["low_24h"] = frame["current_price"] * 0.97
+    frame["price_change_percentage_24h"] = (frame["market_cap_rank"] - 6) * 0.75
     return frame
 
 
@@ -46,6 +58,9 @@ def seed_market(url: str, raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame
     end = raw["ts"].max().floor("h") + pd.Timedelta(hours=1)
     postgres.replace_period("price_indicators", indicators, start, end)
     postgres.replace_period("market_movers", movers, start, end, ts_column="snapshot_ts")
+    if "market_cap" in raw:
+        with postgres.get_connection() as conn, conn.cursor() as cur:
+            write_coin_market(cur, raw)
     return indicators, movers
 
 

@@ -4,18 +4,24 @@ on each page equal SQL ground truth; empty and unreachable databases give plain 
 from __future__ import annotations
 
 import gc
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import marketflow_assets.dashboard
-from marketflow_assets.defs.monitoring.history import record_alerts, record_check_evaluations
+from marketflow_assets.defs.monitoring.history import (
+    record_alerts,
+    record_check_evaluations,
+    record_run_failures,
+)
 from marketflow_assets.runtime.services import free_port
 from marketflow_assets_tests.dashboard.dashboard_data import (
     SOLO,
@@ -117,7 +123,7 @@ def test_market_page_matches_sql(seeded, monkeypatch):
     assert not at.warning and not at.exception
     badge = next(m for m in texts(at.markdown) if m.startswith("**Latest snapshot**"))
     assert snapshot.isoformat() in badge and "(OK)" in badge
-    assert any("No forecasts yet" in c for c in texts(at.caption))
+    assert any(c.startswith("Forecasts warming up: ") for c in texts(at.caption))
 
 
 def test_stale_data_shows_the_banner(seeded, monkeypatch):
@@ -185,7 +191,23 @@ def test_coin_page_matches_sql(seeded, monkeypatch):
         (min(count, 50),),
     )
     assert rows["price"].to_list() == [p for _, p in truth]
-    assert len(at.get("plotly_chart")) == 2  # candles + indicator panels
+    (chart,) = at.get("plotly_chart")  # one figure: price, volatility and change panes
+    spec = json.loads(chart.proto.spec)
+    layout, kinds = spec["layout"], [t["type"] for t in spec["data"]]
+    assert kinds.count("candlestick") == 1 and "bar" in kinds
+    # one time axis: the panes above follow the bottom one
+    assert layout["xaxis"]["matches"] == layout["xaxis2"]["matches"] == "x3"
+    assert layout["hovermode"] == "x unified" and layout["xaxis"]["showspikes"]  # crosshair
+    assert "μ" not in json.dumps(layout) and layout["yaxis"]["tickformat"].startswith(",.")
+    minutes = len(spec["data"][0]["x"])
+    at.radio(key="candle_interval").set_value("5 min").run()
+    (chart,) = at.get("plotly_chart")
+    assert len(json.loads(chart.proto.spec)["data"][0]["x"]) < minutes  # 5-minute candles
+    at.button_group(key="layers").set_value(["SMA 5m"]).run()
+    (chart,) = at.get("plotly_chart")
+    spec = json.loads(chart.proto.spec)
+    assert [t.get("name") for t in spec["data"]] == ["price", "SMA 5m"]  # no panes, no EMA
+    assert "yaxis2" not in spec["layout"]
 
     at.selectbox(key="coin").set_value(SOLO).run()
     assert any(m.startswith(f"Only 1 observation of {SOLO}") for m in texts(at.info))
@@ -216,8 +238,13 @@ def test_pipeline_page_shows_recorded_checks_and_alerts(seeded, monkeypatch):
         key="raw_prices:freshness_check", previous="passed", state="WARN", text="WARN: late"
     )
     assert record_alerts(url, [alert], at_time) == 1
+    failed_at = datetime.now(UTC) - timedelta(hours=1)
+    run = ("0f1e2d3c-run", failed_at, "refresh_indicators_job", "schedule", "2026-03-01-11:00",
+           "raw_prices unreadable: Permission denied\n  File ...")  # fmt: skip
+    old_run = ("old-run", failed_at - timedelta(days=2), "x_job", "ui", None, "old")
+    assert record_run_failures(url, [run, old_run]) == 2
 
-    at = run_app(monkeypatch, url, page="Pipeline")
+    at = run_app(monkeypatch, url, page="Pipeline", MARKETFLOW_DAGSTER_UI_URL="http://ui:3001/")
     checks = at.dataframe[0].value
     assert checks["check"].to_list() == ["freshness_check", "rejects_recorded"]
     assert checks["status"].to_list() == ["failed (WARN)", "passed"]
@@ -228,6 +255,11 @@ def test_pipeline_page_shows_recorded_checks_and_alerts(seeded, monkeypatch):
     assert any("message" in f and f["message"].to_list() == [alert.text] for f in frames)
     polls = sql(url, "SELECT count(DISTINCT ts) FROM price_indicators")[0][0]
     assert polls > 0 and len(at.get("plotly_chart")) == 1
+    runs = next(f for f in frames if "launched by" in f)  # the last 24 hours only
+    assert runs["job"].to_list() == ["refresh_indicators_job"]
+    assert runs["error"].to_list() == ["raw_prices unreadable: Permission denied"]
+    assert runs["run"].to_list() == ["http://ui:3001/runs/0f1e2d3c-run"]
+    assert runs["launched by"].to_list() == ["schedule"]
 
 
 def test_forecast_panels(seeded, monkeypatch):
@@ -245,6 +277,15 @@ def test_forecast_panels(seeded, monkeypatch):
         at.sidebar.radio(key="page").set_value("Coin").run()
         at.selectbox(key="coin").set_value(coin).run()
         assert "Forecasts against what then happened" in texts(at.subheader)
+        (chart,) = at.get("plotly_chart")
+        traces = json.loads(chart.proto.spec)["data"]
+        candles = next(t for t in traces if t["type"] == "candlestick")
+        cone = [t for t in traces if t.get("name", "").startswith(("forecast", "80%"))]
+        # the newest origin's forecasts only, drawn from the last price onwards: never over history
+        assert len(cone) == 2
+        assert min(pd.to_datetime(cone[1]["x"][1:], utc=True)) > max(
+            pd.to_datetime(candles["x"], utc=True)
+        )
         outcomes = at.dataframe[0].value
         assert len(outcomes) == 5 and outcomes["model"].eq("naive").all()
         truth = sql(
@@ -260,3 +301,71 @@ def test_forecast_panels(seeded, monkeypatch):
         assert int(outcomes["inside_80"].sum()) == truth
     finally:
         drop_forecast_tables(url)
+
+
+def test_the_first_minutes_are_a_warm_up_not_an_empty_page(empty_db, monkeypatch):
+    """Issue 28: prices are in, the movers need five minutes of them; the page says so, and the
+    forecast panel says how far the first model is."""
+    from marketflow_assets.resources.postgres import PostgresResource
+
+    PostgresResource(url=empty_db).ensure_tables()
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    for i in range(3):  # three polls, 30 s apart, the newest now
+        sql(
+            empty_db,
+            "INSERT INTO price_indicators (coin_id, symbol, ts, price, source) "
+            "VALUES ('bitcoin', 'btc', %s, 100, 'live')",
+            ((now - pd.Timedelta(seconds=30 * (2 - i))).to_pydatetime(),),
+        )
+    at = run_app(monkeypatch, empty_db)
+    info = texts(at.info)[0]
+    assert info.startswith("Warming up: the movers compare prices five minutes apart; 3 polls")
+    assert any(c.startswith("Forecasts warming up: 0 of 60") for c in texts(at.caption))
+
+
+def test_the_market_table_is_coingeckos(seeded, monkeypatch):
+    """Issue 28: rank, name, price, 1 min / 5 min / 1 h / 24 h change, market cap, volume,
+    24 h high/low and a sparkline; searchable; the heat map sized by market cap; the coin
+    picker in rank order, opening on the largest coin."""
+    url, raw, indicators, _movers = seeded
+    at = run_app(monkeypatch, url)
+    market = next(d.value for d in at.dataframe if "24h volume" in d.value)
+    newest = raw[raw["ts"] == raw["ts"].max()].sort_values("market_cap", ascending=False)
+    assert market["coin"].to_list() == newest["name"].to_list()  # rank order
+    assert market["#"].to_list() == list(range(1, len(newest) + 1))
+    np.testing.assert_allclose(market["market cap"], newest["market_cap"].round(0))
+    assert market["24h %"].to_list() == newest["price_change_percentage_24h"].to_list()
+    now = indicators[indicators["ts"] == indicators["ts"].max()].set_index("coin_id")
+    np.testing.assert_allclose(
+        market["5m %"], now.loc[newest["id"], "change_5min"], rtol=1e-12, equal_nan=True
+    )
+    assert market["1h %"].isna().all()  # 20 minutes of history: no hour-old price yet
+    assert all(len(s) > 10 for s in market["last hour"])  # sparklines of the seeded 20 minutes
+
+    at.text_input(key="market_search").set_value("c03").run()
+    market = next(d.value for d in at.dataframe if "24h volume" in d.value)
+    assert market["symbol"].to_list() == ["C03"]
+
+    treemap = next(c for c in at.get("plotly_chart") if '"type":"treemap"' in c.proto.spec)
+    sizes = json.loads(treemap.proto.spec)["data"][0]["values"]
+    assert max(sizes) == pytest.approx(newest["market_cap"].max())
+
+    at = run_app(monkeypatch, url, page="Coin")
+    assert at.selectbox(key="coin").value == newest["id"].iloc[0]  # the largest coin first
+
+
+def test_price_alerts_are_on_the_market_page(seeded, monkeypatch):
+    url = seeded[0]
+    now = datetime.now(UTC)
+    sql(
+        url,
+        "INSERT INTO price_alert_events (alerted_at, rule, coin_id, ts, value, message) "
+        "VALUES (%s, 'coin-03 change_5min < -2', 'coin-03', %s, -2.5, 'PRICE ALERT coin-03')",
+        (now, now - timedelta(seconds=2)),
+    )
+    at = run_app(monkeypatch, url)
+    assert "Price alerts" in texts(at.subheader)
+    alerts = next(d.value for d in at.dataframe if "rule" in d.value)
+    assert alerts[["coin_id", "rule", "value"]].values.tolist() == [
+        ["coin-03", "coin-03 change_5min < -2", -2.5]
+    ]

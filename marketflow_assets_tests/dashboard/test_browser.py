@@ -97,3 +97,120 @@ def test_unreachable_database_in_a_browser(tmp_path):
     finally:
         assert dashboard.stop() == 0
     assert "Traceback" not in text and "s3cret" not in text
+
+
+def _browser(pw):
+    return pw.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+    )
+
+
+def _grid_column(page, name: str, timeout_s: float = 60.0) -> list[str]:
+    """The cells of column ``name`` of the page's data grid that has such a column (read from
+    the grid's accessible table). Waits for that grid: while Streamlit reruns a page, the
+    previous page's grids can still be in the document."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        grids = page.locator('[role="grid"]')
+        for g in range(grids.count()):
+            grid = grids.nth(g)
+            headers = [
+                h.strip(" ↑↓") for h in grid.locator('[role="columnheader"]').all_inner_texts()
+            ]
+            if name in headers:
+                index = headers.index(name)
+                rows = grid.locator('[role="row"]')
+                return [
+                    rows.nth(r).locator('[role="gridcell"]').nth(index).inner_text()
+                    for r in range(1, rows.count())
+                ]
+        assert time.monotonic() < deadline, f"no data grid with a column {name!r}"
+        page.wait_for_timeout(250)
+
+
+def test_market_table_sorts_and_the_coin_view_stacks_panes_in_a_browser(seeded, tmp_path):
+    """Issue 28: the market table sorts on a click of its header; the coin view's panes share
+    one time axis; prices carry no SI prefixes."""
+    from marketflow_assets.dashboard.app import MARKET_WIDTHS
+
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    url, raw = seeded[0], seeded[1]
+    coins = raw["id"].nunique()
+    dashboard = Dashboard(tmp_path / "data", tmp_path / "dashboard.log", postgres_url=url)
+    try:
+        dashboard.wait_ready()
+        with playwright_api.sync_playwright() as pw:
+            browser = _browser(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(dashboard.url)
+            page.get_by_text("Search coins").first.wait_for(timeout=90_000)
+            page.locator('[role="grid"]').first.wait_for(state="attached")
+            assert _grid_column(page, "#")[:3] == ["1", "2", "3"]  # rank order
+            # a click on the "market cap" header (drawn on a canvas: fixed column widths)
+            box = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
+            order = list(MARKET_WIDTHS)
+            x = box["x"] + sum(MARKET_WIDTHS[c] for c in order[: order.index("market cap")])
+            page.mouse.click(x + MARKET_WIDTHS["market cap"] / 2, box["y"] + 17)
+            page.wait_for_timeout(1000)
+            ascending = _grid_column(page, "#")
+            assert ascending[0] == str(len(ascending)), ascending  # the smallest cap first
+            page.mouse.click(x + MARKET_WIDTHS["market cap"] / 2, box["y"] + 17)
+            page.wait_for_timeout(1000)
+            assert _grid_column(page, "#")[0] == "1"
+            assert len(ascending) <= coins
+
+            page.get_by_text("Coin", exact=True).first.click()
+            page.get_by_text("volatility 5 min (std of price)").first.wait_for(timeout=60_000)
+            svg = page.locator(".js-plotly-plot").first
+            assert svg.locator(".cartesianlayer .subplot").count() == 3  # price + two panes
+            assert "change (%)" in " ".join(svg.locator("text").all_text_contents())
+            ticks = " ".join(svg.locator(".ytick text").all_text_contents())
+            assert ticks and not any(p in ticks for p in ("μ", "m", "k", "n"))
+            browser.close()
+    finally:
+        assert dashboard.stop() == 0
+
+
+def test_warm_up_and_health_pages_in_a_browser(empty_db, tmp_path):
+    """Issue 28: the first minutes say what they wait for; the health page lists failed runs
+    with a link to the run in the Dagster UI."""
+    from datetime import UTC, datetime, timedelta
+
+    import psycopg2
+
+    from marketflow_assets.defs.monitoring.history import record_run_failures
+    from marketflow_assets.resources.postgres import PostgresResource
+
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    PostgresResource(url=empty_db).ensure_tables()
+    now = datetime.now(UTC).replace(microsecond=0)
+    with psycopg2.connect(empty_db) as conn, conn.cursor() as cur:
+        for i in range(3):
+            cur.execute(
+                "INSERT INTO price_indicators (coin_id, symbol, ts, price, source) "
+                "VALUES ('bitcoin', 'btc', %s, 100, 'live')",
+                (now - timedelta(seconds=30 * (2 - i)),),
+            )
+    conn.close()
+    failure = ("run-1234", now, "refresh_indicators_job", "schedule", None, "Permission denied")
+    assert record_run_failures(empty_db, [failure]) == 1
+    dashboard = Dashboard(tmp_path / "data", tmp_path / "dashboard.log", postgres_url=empty_db)
+    try:
+        dashboard.wait_ready()
+        with playwright_api.sync_playwright() as pw:
+            browser = _browser(pw)
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(dashboard.url)
+            page.get_by_text("Warming up: the movers compare prices").first.wait_for(timeout=90_000)
+            page.get_by_text("Forecasts warming up").first.wait_for(timeout=60_000)
+            text = page.inner_text("body")
+            assert "3 polls so far" in text and "Forecasts warming up: 0 of 60" in text
+            page.get_by_text("Pipeline", exact=True).first.click()
+            page.get_by_text("Failed runs (last 24 hours)").first.wait_for(timeout=60_000)
+            assert _grid_column(page, "job")[0] == "refresh_indicators_job"
+            assert "Traceback" not in page.inner_text("body")
+            browser.close()
+    finally:
+        assert dashboard.stop() == 0

@@ -78,7 +78,9 @@ def test_coins_lists_every_coin_with_its_newest_row(seeded, db):
     indicators = seeded[2]
     got = q.coins(db)
     newest = indicators.groupby("coin_id")["ts"].max()
-    assert got["coin_id"].to_list() == sorted(newest.index)
+    raw = seeded[1]
+    rank = raw.sort_values("ts").groupby("id")["market_cap_rank"].last()  # coin_market's rank
+    assert got["coin_id"].to_list() == sorted(newest.index, key=lambda c: (rank[c], c))
     assert got.set_index("coin_id")["newest_ts"].to_dict() == newest.to_dict()
     solo = q.candles(db, SOLO, newest[SOLO] - q.RANGES["7 days"], newest[SOLO])
     assert int(solo["observations"].sum()) == 1

@@ -68,6 +68,18 @@ def test_stream_of_polls_equals_full_recompute(kafka_bootstrap, new_topic, pg_cl
         assert sent == len(rows)
         wait_for(lambda: consumed_all(pg_clean, topic, sent), what="every record consumed")
     assert_equal_to_full_recompute(pg_clean, rows)
+    assert_coin_market_is_each_coins_newest(pg_clean, rows)
+
+
+def assert_coin_market_is_each_coins_newest(url: str, rows: list[tuple]) -> None:
+    """``coin_market`` (the dashboard's market table) holds each coin's newest record."""
+    raw = pd.DataFrame(rows, columns=["id", "symbol", "ts", "current_price"])
+    raw["ts"] = pd.to_datetime(raw["ts"], utc=True)
+    newest = raw.sort_values("ts").groupby("id").last()
+    market = read_table(url, "coin_market").set_index("coin_id").sort_index()
+    assert list(market.index) == sorted(newest.index)
+    assert (pd.to_datetime(market["ts"], utc=True) == newest["ts"]).all()
+    assert (market["price"] == newest["current_price"]).all()
 
 
 def test_duplicates_are_no_ops_and_late_rows_are_left_to_dagster(
@@ -93,9 +105,11 @@ def test_duplicates_are_no_ops_and_late_rows_are_left_to_dagster(
             before.sort_values(["coin_id", "ts"]).reset_index(drop=True),
             after.sort_values(["coin_id", "ts"]).reset_index(drop=True),
         )
+        assert_coin_market_is_each_coins_newest(pg_clean, head)  # not moved by dup nor late
         n += publish(kafka_bootstrap, topic, tail)
         wait_for(lambda: consumed_all(pg_clean, topic, n), what="second half")
     assert_equal_to_full_recompute(pg_clean, rows)
+    assert_coin_market_is_each_coins_newest(pg_clean, rows)
 
 
 def test_restart_rebuilds_state_from_the_table(kafka_bootstrap, new_topic, pg_clean):

@@ -139,3 +139,43 @@ def test_a_server_adopted_from_a_killed_user_is_stopped_by_the_last_live_one(tmp
     adopter.stop()
     postmaster.wait(30)  # stopped by its last live user
     assert dead.pid not in json.loads(users.read_text())
+
+
+@pytest.mark.timeout(180)
+def test_a_stale_pid_file_naming_another_server_is_neither_adopted_nor_stopped(tmp_path):
+    """Pids wrap (``pid_max`` is 32768 here): after a ``kill -9`` the pid in ``postmaster.pid``
+    can name another live process, even another PostgreSQL. pgserver would adopt it and, when
+    stopping, signal it; the embedded server must start its own and leave the other alone."""
+    other = EmbeddedPostgres(tmp_path / "other")
+    other_url = other.start()
+    mine = EmbeddedPostgres(tmp_path / "mine")
+    try:
+        mine.start()
+        mine.stop()
+        stranger = _postmaster(other.pgdata)
+        lines = (other.pgdata / "postmaster.pid").read_text().splitlines()
+        lines[1] = str(mine.pgdata)  # the stale file names the stranger's pid
+        (mine.pgdata / "postmaster.pid").write_text("\n".join(lines) + "\n")
+        url = mine.start()
+        assert _postmaster(mine.pgdata).pid != stranger.pid
+        assert _select_1(url) == 1
+        mine.stop()
+        time.sleep(1)
+        assert stranger.is_running() and _select_1(other_url) == 1
+    finally:
+        mine.stop()
+        other.stop()
+
+
+def test_pgserver_imports_without_the_xdg_runtime_dir_warning():
+    """Issue 28: a healthy start prints only its own lines (no platformdirs warning)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    code = "from marketflow_assets.runtime.services import import_pgserver; import_pgserver()"
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "XDG_RUNTIME_DIR" not in proc.stderr, proc.stderr[-2000:]

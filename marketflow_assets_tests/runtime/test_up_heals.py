@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from marketflow_assets.runtime.services import free_port
+from marketflow_assets_tests.stack import postgres_processes
 
 pytestmark = pytest.mark.stack
 
@@ -70,17 +71,6 @@ def _child(up: psutil.Process, marker: str) -> psutil.Process:
             if marker in " ".join(child.cmdline()):
                 return child
     raise AssertionError(f"no child {marker!r} of marketflow up")
-
-
-def _postgres_processes(data_dir: Path) -> list[psutil.Process]:
-    """The running (not zombie) PostgreSQL processes of ``data_dir``."""
-    found = []
-    for p in psutil.process_iter(["name", "cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if p.info["name"] == "postgres" and str(data_dir) in " ".join(p.info["cmdline"] or []):
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    found.append(p)
-    return found
 
 
 def _runs(process: psutil.Process) -> bool:
@@ -142,7 +132,7 @@ def test_kill_9_of_up_leaves_only_postgres_which_the_next_up_adopts_and_stops():
                 second,
                 second_log,
             )
-            servers = [p.pid for p in _postgres_processes(data_dir)]
+            servers = [p.pid for p in postgres_processes(data_dir)]
             assert servers == [postmaster.pid], servers  # adopted, not a second server
             second.send_signal(signal.SIGTERM)
             assert second.wait(120) == 0, _tail(second_log)
@@ -156,7 +146,7 @@ def test_kill_9_of_up_leaves_only_postgres_which_the_next_up_adopts_and_stops():
                     if p.poll() is None:
                         p.kill()
             time.sleep(1)
-            left = _postgres_processes(data_dir)
+            left = postgres_processes(data_dir)
             for p in left:
                 with contextlib.suppress(psutil.Error):
                     p.kill()

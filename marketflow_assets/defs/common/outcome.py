@@ -124,8 +124,14 @@ class Outcome:
 
 
 def no_data(what: str) -> Outcome:
-    """Quality checks pass vacuously on an empty window (freshness reports missing data)."""
-    return Outcome(True, f"No {what} in the checked window; nothing to validate.", {"rows": 0})
+    """A quality check on an empty window checks nothing: it says it was skipped (Dagster has
+    no skipped result: it passes, with ``skipped`` in its metadata, which the dashboard shows as
+    "skipped"); freshness reports missing data."""
+    return Outcome(
+        True,
+        f"Skipped: no {what} in the checked window, so nothing was checked.",
+        {"rows": 0, "skipped": True},
+    )
 
 
 def sample_table(rows: list[dict[str, Any]]) -> dg.MetadataValue:

@@ -3,16 +3,20 @@
 Partitions depend on their predecessor (``TimeWindowPartitionMapping(start_offset=-1,
 end_offset=-1)``) because the EMA carries state. Why hourly: ``docs/DECISIONS.md``.
 
-The first partition is, in this order: ``MARKETFLOW_PARTITION_START`` (ISO date or date-time,
-UTC) when set; else the hour of the oldest row in the raw dataset (``$MARKETFLOW_DATA_DIR/
-raw_prices``, read when the definitions load: only the oldest ``date=`` directory is looked at);
-else the start of today (UTC), when there is no data yet. ``marketflow refresh`` extends the range
-itself when asked for data before it.
+The first partition is ``MARKETFLOW_PARTITION_START`` (ISO date or date-time, UTC) when set.
+Else it is persisted in ``$MARKETFLOW_DATA_DIR/partition_start`` so that every process (the
+webserver, the daemon, each run worker, ``marketflow follow``) sees the same partitions whenever
+it loads the definitions: the first process to load once the data dir exists writes the hour of
+the oldest raw row (the start of today, UTC, when there is no data yet); a later one moves it only
+*earlier*, when older raw data appeared (a replay of old recordings). So a process that loaded
+earlier never asks for a partition that a process loading later lacks.
+``marketflow refresh`` extends the range itself when asked for data before it.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 
@@ -21,6 +25,8 @@ from marketflow_assets.settings import floor_hour as floor_hour  # the one floor
 from marketflow_assets.settings import parse_utc as parse_utc  # re-exported (older imports)
 
 PARTITION_FMT = "%Y-%m-%d-%H:%M"
+#: Where the first partition is kept (under ``$MARKETFLOW_DATA_DIR``).
+PARTITION_START_FILE = "partition_start"
 #: Partitions per run in backfills (one day); each run continues from the previous one's state.
 PARTITIONS_PER_BACKFILL_RUN = 24
 
@@ -35,9 +41,39 @@ def default_partition_start(settings: Settings | None = None, now: datetime | No
         return settings.partition_start
     oldest = oldest_raw_ts(settings.raw_dir)
     if oldest is not None:
-        return floor_hour(oldest)
-    now = now or datetime.now(UTC)
-    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        candidate = floor_hour(oldest)
+    else:
+        now = now or datetime.now(UTC)
+        candidate = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return persisted_start(Path(settings.data_dir), candidate)
+
+
+def persisted_start(data_dir: Path, candidate: datetime) -> datetime:
+    """The first partition stored in ``data_dir/partition_start``, moved to ``candidate`` when
+    that is earlier (or nothing was stored); read-compare-write under a file lock, so two
+    processes loading at once agree. A data dir that does not exist (nothing has run here yet:
+    it is not created just to load the definitions) or cannot be written gives ``candidate``."""
+    import fcntl
+    import os
+
+    path = data_dir / PARTITION_START_FILE
+    if not data_dir.is_dir():  # nothing runs here yet (`dagster definitions validate`)
+        return candidate
+    try:
+        with open(data_dir / f".{PARTITION_START_FILE}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                stored = parse_utc(path.read_text().strip())
+            except (OSError, ValueError):
+                stored = None
+            if stored is not None and stored <= candidate:
+                return stored
+            tmp = path.with_name(f".{PARTITION_START_FILE}.tmp")
+            tmp.write_text(candidate.strftime("%Y-%m-%dT%H:%M:%SZ") + "\n")
+            os.replace(tmp, path)
+            return candidate
+    except OSError:
+        return candidate
 
 
 def hourly_partitions(

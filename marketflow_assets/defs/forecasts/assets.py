@@ -27,9 +27,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from marketflow_assets.defs.common.launch import tag_launcher
 from marketflow_assets.forecasting import backtest as bt
 from marketflow_assets.forecasting import report, serve
 from marketflow_assets.forecasting.features import LOOKBACK_SECONDS
+from marketflow_assets.forecasting.warmup import WarmUp, warm_up
 from marketflow_assets.raw_dataset import list_raw_files
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
@@ -81,6 +83,26 @@ def newest_indicator_ts(postgres: PostgresResource) -> pd.Timestamp | None:
         cur.execute("SELECT max(ts) FROM price_indicators")
         (value,) = cur.fetchone()
     return None if value is None else pd.Timestamp(value).tz_convert("UTC")
+
+
+#: How far back the warm-up looks (the first training needs well under an hour at 30-s polls).
+WARM_UP_WINDOW = "3 hours"
+
+
+def forecast_warm_up(postgres: PostgresResource, horizon_s: int) -> WarmUp:
+    """The warm-up state of ``price_indicators`` (:mod:`marketflow_assets.forecasting.warmup`),
+    from the snapshot times of the coin of the newest row (one index range scan, whatever the
+    number of coins)."""
+    postgres.ensure_tables()
+    with postgres.get_connection() as conn, conn.cursor() as cur:
+        cur.execute(
+            "WITH newest AS (SELECT coin_id, ts FROM price_indicators ORDER BY ts DESC LIMIT 1) "
+            "SELECT p.ts FROM price_indicators p, newest n "
+            "WHERE p.coin_id = n.coin_id AND p.ts >= n.ts - %s::interval ORDER BY p.ts",
+            (WARM_UP_WINDOW,),
+        )
+        times = [row[0] for row in cur.fetchall()]
+    return warm_up(times, horizon_s)
 
 
 def read_last_updated(raw_dir: Path, start: datetime, end: datetime) -> pd.DataFrame:
@@ -271,8 +293,15 @@ def forecast_evaluation(
     `promoted` marks the model that serves `price_forecasts`: a learned model only if MASE < 1
     and a Diebold-Mariano test against naive gives p < 0.05, else naive.
     """
+    tag_launcher(context)
     cfg = config.backtest()
     newest = _newest_or_fail(postgres)
+    warm = forecast_warm_up(postgres, config.horizon_s)
+    if not warm.ready:  # a model fitted on nothing: zero-width intervals, nan scores
+        raise dg.Failure(
+            f"not enough history to train a forecast model yet ({warm.message()}); the "
+            "forecasts_follow_indicators sensor trains it as soon as there is"
+        )
     start = newest - pd.Timedelta(hours=config.history_hours)
     t0 = time.perf_counter()
     panel = read_panel(postgres, raw_data.raw_dir, start, newest)
@@ -349,6 +378,7 @@ def forecast_model(
     fit for the naive forecast) with the interval quantiles of its backtest, and stores it for
     `price_forecasts`.
     """
+    tag_launcher(context)
     evaluation = latest_evaluation(postgres, config.horizon_s)
     if evaluation.empty:
         raise dg.Failure(f"no forecast_evaluation for horizon {config.horizon_s}s yet")
@@ -368,6 +398,11 @@ def forecast_model(
         seed=config.seed,
     )
     fit_s = time.perf_counter() - t0
+    if not artifact.q_lower < artifact.q_upper:  # an interval is never zero-width
+        raise dg.Failure(
+            f"the promoted {artifact.model} has no interval (q_lower {artifact.q_lower}, q_upper "
+            f"{artifact.q_upper}): its backtest scored no forecast; not stored"
+        )
     path = artifact_path(raw_data.root, config.horizon_s)
     save_artifact(artifact, path)
     context.log.info(f"forecast model {artifact.model} ({artifact.train_rows} rows) -> {path}")
@@ -405,6 +440,7 @@ def price_forecasts(
     Served by the stored `forecast_model` (the promoted model, or naive). Cheap: reads only the
     last hour of indicators, so it runs after every indicator refresh.
     """
+    tag_launcher(context)
     path = artifact_path(raw_data.root, config.horizon_s)
     artifact = load_artifact(path)
     if artifact is None:

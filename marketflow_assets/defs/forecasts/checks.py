@@ -104,7 +104,9 @@ def intervals_outcome(conn) -> Outcome:
         )
         rows, bad, origin = cur.fetchone()
     if not rows:
-        return Outcome(True, "no forecasts yet; nothing to validate", {"rows": 0})
+        return Outcome(
+            True, "Skipped: no forecasts yet, so nothing was checked.", {"rows": 0, "skipped": True}
+        )
     return Outcome(
         bad == 0,
         f"{bad} of {rows} forecasts at {origin.isoformat()} have an interval not holding the "

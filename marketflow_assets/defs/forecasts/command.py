@@ -50,6 +50,7 @@ ASSET_NAMES = ("forecast_evaluation", "forecast_model", "price_forecasts")
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import dagster as dg
 
+    from marketflow_assets.defs.common.launch import CLI, LAUNCHED_BY_TAG
     from marketflow_assets.defs.forecasts import assets as forecasts
     from marketflow_assets.defs.forecasts import checks as forecast_checks
     from marketflow_assets.defs.indicators.assets import price_indicators
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         resources=resources,
         instance=instance,
         run_config=config,
+        tags={LAUNCHED_BY_TAG: CLI},
         raise_on_error=False,
     )
     if not result.success:

@@ -2,8 +2,10 @@
 
 * ``forecasts_follow_indicators`` (every 10 s): when ``price_indicators`` has new
   materializations since its cursor, launches ``price_forecasts_job`` (cheap: the stored model
-  forecasts the newest snapshot), or ``forecast_training_job`` when no model is stored yet. It
-  waits while a forecast run is in flight (the next run then covers the newest snapshot).
+  forecasts the newest snapshot), or ``forecast_training_job`` when no model is stored yet and
+  the history is long enough for a first training (before that it says "warming up: n of m
+  forecast origins", :mod:`marketflow_assets.forecasting.warmup`). It waits while a forecast run
+  is in flight (the next run then covers the newest snapshot).
 * ``forecast_retrain_on_degradation`` (every 5 min): scores the forecasts the stored model served
   whose target time has passed (:mod:`marketflow_assets.forecasting.live`) and launches
   ``forecast_training_job`` once per stored model when its live error degraded.
@@ -18,6 +20,7 @@ from marketflow_assets.defs.common.runs import in_flight_runs
 from marketflow_assets.defs.forecasts.assets import (
     PRICE_INDICATORS_KEY,
     artifact_path,
+    forecast_warm_up,
     latest_evaluation,
     load_artifact,
     served_outcomes,
@@ -48,7 +51,7 @@ def forecast_run_in_flight(instance: dg.DagsterInstance) -> str | None:
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def forecasts_follow_indicators(
-    context: dg.SensorEvaluationContext, raw_data: RawDataResource
+    context: dg.SensorEvaluationContext, postgres: PostgresResource, raw_data: RawDataResource
 ) -> dg.SensorResult | dg.SkipReason:
     records = materializations_since_cursor(context, PRICE_INDICATORS_KEY)
     if not records:
@@ -61,8 +64,13 @@ def forecasts_follow_indicators(
     if artifact_path(raw_data.root, DEFAULT_HORIZON_S).is_file():
         request = dg.RunRequest(run_key=f"forecast-{storage_id}", job_name=price_forecasts_job.name)
     else:
+        warm = forecast_warm_up(postgres, DEFAULT_HORIZON_S)
+        if not warm.ready:  # no model, no forecast: nothing is served before it can be trained
+            return dg.SensorResult(skip_reason=warm.message(), cursor=cursor)
         request = dg.RunRequest(
-            run_key=f"first-training-{storage_id}", job_name=forecast_training_job.name
+            run_key=f"first-training-{storage_id}",
+            job_name=forecast_training_job.name,
+            tags={"marketflow/retrain_reason": f"first training: {warm.message()}"[:200]},
         )
     return dg.SensorResult(run_requests=[request], cursor=cursor)
 

@@ -12,7 +12,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import dagster as dg
 import pandas as pd
 
 from marketflow_assets import indicators as ind
+from marketflow_assets.defs.common.launch import UI, tag_launcher
 from marketflow_assets.defs.common.partitions import HOURLY, backfill_policy, self_dependency
 from marketflow_assets.defs.common.policies import (
     TRANSIENT_IO_RETRY,
@@ -37,7 +38,8 @@ from marketflow_assets.defs.indicators.compute import (
     spark_to_pandas,
 )
 from marketflow_assets.defs.raw_prices.assets import RAW_PRICES_KEY
-from marketflow_assets.raw_dataset import raw_row_count, retry_vanished, snapshot
+from marketflow_assets.market import RAW_SOURCE_COLUMNS, write_coin_market
+from marketflow_assets.raw_dataset import raw_row_count, read_window, retry_vanished, snapshot
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
 from marketflow_assets.resources.spark import LOCAL_MAX_ROWS, SparkResource
@@ -180,9 +182,10 @@ def refresh_indicators_incremental(
     start: datetime,
     end: datetime,
     local_max_rows: int = LOCAL_MAX_ROWS,
+    forced: str | None = None,
 ) -> IndicatorRefresh:
     """Bring ``price_indicators`` up to date for the hourly partitions in ``[start, end)``,
-    recomputing only what new raw files affect
+    recomputing only what new raw files affect, or everything with ``forced`` (why)
     (:mod:`marketflow_assets.defs.indicators.incremental`)."""
     t0 = time.perf_counter()
     raw_dir = snapshot(raw_dir)  # every hour of the window plans and reads ONE table version
@@ -192,7 +195,7 @@ def refresh_indicators_incremental(
             spark, raw_dir, postgres, frm, stop, local_max_rows, after_write=after_write
         )
 
-    steps = incremental.refresh_indicators_window(postgres, raw_dir, start, end, compute)
+    steps = incremental.refresh_indicators_window(postgres, raw_dir, start, end, compute, forced)
     done = [result for _, result in steps if result is not None]
     rows = (
         pd.concat([r.rows for r in done], ignore_index=True)
@@ -287,6 +290,18 @@ def live_comparison_metadata(result: IndicatorRefresh) -> dict[str, Any]:
     return meta
 
 
+def refresh_coin_market(postgres: PostgresResource, raw_dir: Path, result) -> int:
+    """Move ``coin_market`` on to the newest snapshot the refresh computed (its coins' raw
+    market fields, :mod:`marketflow_assets.market`); rows only ever move forward in time."""
+    if result.rows is None or result.rows.empty:
+        return 0
+    newest = pd.Timestamp(result.rows["ts"].max()).to_pydatetime()
+    raw = read_window(raw_dir, newest, newest + timedelta(microseconds=1), RAW_SOURCE_COLUMNS)
+    raw = raw[raw["ts"] == pd.Timestamp(newest)]
+    with postgres.get_connection() as conn, conn.cursor() as cur:  # tables: ensured by the refresh
+        return write_coin_market(cur, raw)
+
+
 def build_price_indicators(
     partitions_def: dg.TimeWindowPartitionsDefinition = HOURLY,
 ) -> dg.AssetsDefinition:
@@ -335,7 +350,12 @@ def _build_price_indicators(
         row recomputes what it affects. Writes are idempotent.
         """
         window = context.partition_time_window
-        context.log.info(f"refreshing price_indicators for [{window.start}, {window.end})")
+        # launched by hand (the UI's "Materialize"): recompute, whatever the ledger says
+        by_hand = tag_launcher(context) == UI
+        context.log.info(
+            f"refreshing price_indicators for [{window.start}, {window.end})"
+            + (" (launched by hand: recomputing)" if by_hand else "")
+        )
         with retry_transient_io_only():
             result = refresh_indicators_incremental(
                 pyspark.get_session,
@@ -344,13 +364,16 @@ def _build_price_indicators(
                 window.start,
                 window.end,
                 local_max_rows=pyspark.max_local_rows,
+                forced="launched by hand" if by_hand else None,
             )
+            market_rows = refresh_coin_market(postgres, raw_data.raw_dir, result)
             # an estimate: an exact count(*) would scan the whole table on every live refresh
             table_rows = postgres.estimated_row_count("price_indicators")
         return dg.MaterializeResult(
             metadata={
                 **indicator_metadata(result),
                 **live_row_count_metadata(result, table_rows),
+                "coin_market_rows": dg.MetadataValue.int(market_rows),
             }
         )
 

@@ -64,6 +64,7 @@ class Follower:
 
     def step(self) -> dict | None:
         """One look; when there are new files, one refresh run. Returns the run's summary."""
+        from marketflow_assets.defs.common.launch import FOLLOW, LAUNCHED_BY_TAG
         from marketflow_assets.defs.indicators.jobs import partition_range_tags
         from marketflow_assets.defs.indicators.sensors import LIVE_TRIGGER_TAG, partition_range
 
@@ -79,14 +80,20 @@ class Follower:
         keys = partition_range(oldest, newest, self.job.partitions_def)
         if keys is None:
             return None
-        tags = {LIVE_TRIGGER_TAG: "live"}
+        tags = {LIVE_TRIGGER_TAG: "live", LAUNCHED_BY_TAG: FOLLOW}
         kwargs: dict = {"partition_key": keys[0]} if keys[0] == keys[1] else {}
         if keys[0] != keys[1]:
             tags.update(partition_range_tags(*keys))
         started = time.time()
         try:
             result = self.job.execute_in_process(
-                instance=self.instance, tags=tags, raise_on_error=False, **kwargs
+                instance=self.instance,
+                tags=tags,
+                # the run's events are in Dagster; this log keeps one line per run, not each
+                # step's DEBUG events (2,345 lines in 22 minutes)
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                raise_on_error=False,
+                **kwargs,
             )
             ok = result.success
             run_id = result.run_id

@@ -136,8 +136,10 @@ def refresh_indicators_window(
     start: datetime,
     end: datetime,
     compute: Callable[[datetime, datetime, Callable], object],
+    forced: str | None = None,
 ) -> list[tuple[Step, object]]:
-    """Bring ``price_indicators`` up to date for the hourly partitions in ``[start, end)``.
+    """Bring ``price_indicators`` up to date for the hourly partitions in ``[start, end)``;
+    with ``forced`` (why: a run launched by hand), recompute the whole window regardless.
 
     Hours are planned in time order. An incremental hour calls ``compute(from, hour_end,
     after_write)``; the first hour that needs a full recompute is computed together with every
@@ -155,7 +157,11 @@ def refresh_indicators_window(
             with postgres.get_connection() as conn, conn.cursor() as cur:
                 row = ledger_sql.read(cur, hour)
                 stored = ledger_sql.newest_ts(cur, "price_indicators", "ts", hour, hour_end)
-            plan = plan_indicators(raw_dir, hour, files, row, stored)
+            plan = (
+                Plan(hour, f"full: {forced}")
+                if forced
+                else plan_indicators(raw_dir, hour, files, row, stored)
+            )
             if plan.recompute_from is None:
                 steps.append((Step(hour, hour, plan.reason), None))
                 continue
@@ -184,9 +190,11 @@ def refresh_movers_window(
     start: datetime,
     end: datetime,
     compute: Callable[[datetime, datetime, Callable], object],
+    forced: str | None = None,
 ) -> tuple[Step, object]:
     """Bring ``market_movers`` up to date for the hourly partitions in ``[start, end)``: one
-    ``compute(from, end, after_write)`` from the oldest pending point (nothing when none)."""
+    ``compute(from, end, after_write)`` from the oldest pending point (nothing when none); with
+    ``forced`` (why), from ``start`` regardless."""
     postgres.ensure_tables()
     with ledger_sql.refresh_lock(postgres.resolved_url()):
         points = []
@@ -196,7 +204,7 @@ def refresh_movers_window(
                 stored = ledger_sql.newest_ts(
                     cur, "market_movers", "snapshot_ts", hour, hour + HOUR
                 )
-                point = plan_movers(hour, row, stored)
+                point = hour if forced else plan_movers(hour, row, stored)
                 if point is not None:
                     points.append(point)
         if not points:
@@ -207,5 +215,5 @@ def refresh_movers_window(
             for hour in hours(start, end):
                 ledger_sql.record_movers(cur, hour, hour + HOUR)
 
-        reason = "full" if frm == start else f"from {frm.isoformat()}"
+        reason = f"full: {forced}" if forced else "full" if frm == start else f"from {frm}"
         return Step(frm, end, reason), compute(frm, end, after_write)

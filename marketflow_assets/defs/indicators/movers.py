@@ -11,6 +11,7 @@ import dagster as dg
 import pandas as pd
 
 from marketflow_assets import indicators as ind
+from marketflow_assets.defs.common.launch import UI, tag_launcher
 from marketflow_assets.defs.common.partitions import HOURLY, backfill_policy
 from marketflow_assets.defs.common.policies import (
     TRANSIENT_IO_RETRY,
@@ -93,16 +94,17 @@ def refresh_movers_incremental(
     start: datetime,
     end: datetime,
     local_max_rows: int = LOCAL_MAX_ROWS,
+    forced: str | None = None,
 ) -> MoversRefresh:
     """``market_movers`` of the hourly partitions in ``[start, end)``, recomputed only for the
-    snapshots whose indicators changed since the last refresh
+    snapshots whose indicators changed since the last refresh, or all with ``forced``
     (:func:`marketflow_assets.defs.indicators.incremental.refresh_movers_window`)."""
     t0 = time.perf_counter()
 
     def compute(frm: datetime, stop: datetime, after_write) -> MoversRefresh:
         return refresh_movers(spark, postgres, frm, stop, local_max_rows, after_write=after_write)
 
-    step, result = incremental.refresh_movers_window(postgres, start, end, compute)
+    step, result = incremental.refresh_movers_window(postgres, start, end, compute, forced)
     if result is None:
         empty = ind.compute_movers(
             pd.DataFrame(columns=["ts", "coin_id", "symbol", "change_5min", "price"])
@@ -203,6 +205,7 @@ def _build_market_movers(partitions_def: dg.TimeWindowPartitionsDefinition) -> d
         since the last refresh; written idempotently to table `market_movers`.
         """
         window = context.partition_time_window
+        by_hand = tag_launcher(context) == UI  # the UI's "Materialize" recomputes
         with retry_transient_io_only():
             result = refresh_movers_incremental(
                 pyspark.get_session,
@@ -210,6 +213,7 @@ def _build_market_movers(partitions_def: dg.TimeWindowPartitionsDefinition) -> d
                 window.start,
                 window.end,
                 local_max_rows=pyspark.max_local_rows,
+                forced="launched by hand" if by_hand else None,
             )
             table_rows = postgres.estimated_row_count("market_movers")
         return dg.MaterializeResult(

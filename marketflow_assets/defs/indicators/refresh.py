@@ -74,6 +74,7 @@ def failure_message(result) -> str:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import dagster as dg
 
+    from marketflow_assets.defs.common.launch import CLI, LAUNCHED_BY_TAG
     from marketflow_assets.defs.common.partitions import (
         PARTITION_FMT,
         default_partition_start,
@@ -141,7 +142,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 assets,
                 selection=["price_indicators", "market_movers"],
                 partition_key=chunk[0] if single else None,
-                tags=None if single else partition_range_tags(chunk[0], chunk[-1]),
+                tags={
+                    LAUNCHED_BY_TAG: CLI,
+                    **({} if single else partition_range_tags(chunk[0], chunk[-1])),
+                },
                 resources=resources,
                 instance=instance,
                 run_config=quiet,

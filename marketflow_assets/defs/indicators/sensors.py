@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from marketflow_assets.defs.common.cursors import materializations_since_cursor, storage_id_cursor
+from marketflow_assets.defs.common.launch import LIVE_TRIGGER_TAG
 from marketflow_assets.defs.common.partitions import HOURLY, floor_hour
 from marketflow_assets.defs.common.runs import in_flight_runs
 from marketflow_assets.defs.indicators.jobs import (
@@ -34,8 +35,6 @@ from marketflow_assets.defs.raw_prices.assets import RAW_PRICES_KEY
 
 #: Longest range one automatic run covers; older late data is left to backfills / the schedule.
 MAX_AUTOMATIC_PARTITIONS = 48
-#: Tag of the runs executed by the live follower (``marketflow follow``, the fast path).
-LIVE_TRIGGER_TAG = "marketflow/trigger"
 #: The follower handles new raw files whose rows lie within this many hours of now ...
 LIVE_HORIZON_HOURS = 2
 #: ... and counts as alive while its latest run is at most this old; meanwhile this sensor

@@ -39,7 +39,13 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from marketflow_assets.defs.monitoring.history import database_url, record_alerts
+from marketflow_assets.defs.common.launch import launcher
+from marketflow_assets.defs.monitoring.history import (
+    database_url,
+    record_alerts,
+    record_latest_checks,
+    record_run_failures,
+)
 from marketflow_assets.monitoring.alerts import (  # noqa: F401 - re-exported: the sensor's API
     PASSED,
     RUN_OK,
@@ -201,9 +207,14 @@ def _aware(dt: datetime) -> datetime:
 
 
 def run_alerts(
-    instance: dg.DagsterInstance, updated_after: datetime, known: dict[str, str]
+    instance: dg.DagsterInstance,
+    updated_after: datetime,
+    known: dict[str, str],
+    failures: list[tuple] | None = None,
 ) -> tuple[list[Alert], datetime]:
-    """Alerts for jobs whose last finished run changed state; returns the new high-water mark."""
+    """Alerts for jobs whose last finished run changed state; returns the new high-water mark.
+    Every failed run seen is appended to ``failures`` as ``(run_id, failed_at, job_name,
+    launched_by, partition, error)`` (the ``run_failures`` rows)."""
     records = instance.get_run_records(
         filters=dg.RunsFilter(statuses=list(_FINISHED_RUN), updated_after=updated_after),
         order_by="update_timestamp",
@@ -224,6 +235,17 @@ def run_alerts(
                 alerts.append(Alert(key, previous, RUN_OK, text))
             continue
         only_checks, message = _failure(instance, run.run_id)
+        if failures is not None:
+            failures.append(
+                (
+                    run.run_id,
+                    _aware(record.update_timestamp),
+                    run.job_name,
+                    launcher(run.tags),
+                    run.tags.get("dagster/partition"),
+                    message,
+                )
+            )
         if only_checks or previous == RUN_FAILED:
             continue  # the check alert covers it / already alerted for this failure streak
         known[key] = RUN_FAILED
@@ -292,10 +314,12 @@ def evaluate_alerts(
     min_severity: str = "WARN",
     pacing: MonitoringSettings | None = None,
     started_at: float = LOADED_AT,
+    failures: list[tuple] | None = None,
 ) -> tuple[list[Alert], str]:
     """Find state changes since ``cursor``, send one alert each; return (alerts, new cursor).
 
-    ``pacing`` gives the cooldown and the start-up grace (none when omitted)."""
+    ``pacing`` gives the cooldown and the start-up grace (none when omitted); the failed runs
+    seen are appended to ``failures`` (:func:`run_alerts`)."""
     state = load_cursor(cursor)
     now = now or datetime.now(UTC)
     cooldown = pacing.alert_cooldown_seconds if pacing else 0.0
@@ -315,7 +339,7 @@ def evaluate_alerts(
         cooldown=cooldown,
         grace_until=grace_until,
     )
-    more, newest = run_alerts(instance, after, state["runs"])
+    more, newest = run_alerts(instance, after, state["runs"], failures)
     alerts += more
     alerts += tick_alerts(instance, state["ticks"])
     state["runs_after"] = newest.timestamp()
@@ -323,6 +347,29 @@ def evaluate_alerts(
     for alert in alerts:
         emit_alert(alert, webhook_url)
     return alerts, json.dumps(state, sort_keys=True)
+
+
+def record_health(
+    instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey], failures: list[tuple]
+) -> None:
+    """The Pipeline page's truth: the latest evaluation of every check and the failed runs. The
+    checks ``monitoring_checks_sensor`` evaluates are recorded by it, stamped with its tick."""
+    from marketflow_assets.defs.monitoring.checks import FRESHNESS_CHECK_KEYS
+    from marketflow_assets.defs.raw_prices import checks as raw_checks
+
+    raw_keys = (dg.AssetCheckKey(raw_checks.ASSET, name) for name in raw_checks.OUTCOMES)
+    recorded = {*FRESHNESS_CHECK_KEYS, *raw_keys}
+    records = [
+        instance.get_latest_asset_check_evaluation_record(key)
+        for key in check_keys
+        if key not in recorded
+    ]
+    records = [r for r in records if r is not None]
+    if not records and not failures:
+        return
+    url = database_url()
+    record_latest_checks(url, records)
+    record_run_failures(url, failures)
 
 
 def record_alert_history(alerts: list[Alert]) -> int:
@@ -344,6 +391,7 @@ def record_alert_history(alerts: list[Alert]) -> int:
 def marketflow_alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     check_keys = list(context.repository_def.asset_graph.asset_check_keys)
     settings = load_check_settings()
+    failures: list[tuple] = []
     alerts, cursor = evaluate_alerts(
         context.instance,
         check_keys,
@@ -351,10 +399,12 @@ def marketflow_alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
         settings.alert_webhook_url,
         min_severity=settings.alert_min_severity,
         pacing=load_monitoring_settings(),
+        failures=failures,
     )
     for alert in alerts:
         (context.log.warning if alert.is_failure else context.log.info)(alert.text)
     record_alert_history(alerts)
+    record_health(context.instance, check_keys, failures)
     if not alerts:
         return dg.SensorResult(
             cursor=cursor, skip_reason=dg.SkipReason("no check or job changed state")

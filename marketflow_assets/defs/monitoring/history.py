@@ -7,7 +7,11 @@ Marketflow tables, so the sensors also write what they see into ``check_results`
 * :func:`record_check_evaluations` — called by ``monitoring_checks_sensor`` with the evaluations
   it reports every minute (freshness of the three assets, raw data quality);
 * :func:`record_alerts` — called by ``marketflow_alert_sensor`` with the alerts it sends (one per
-  state change of any check or job, including the checks that run inside partition runs).
+  state change of any check or job, including the checks that run inside partition runs);
+* :func:`record_latest_checks` — the same sensor, every tick: the latest evaluation of *every*
+  asset check of the code location (WARN ones and those that run inside runs too), so the
+  Pipeline page lists them all;
+* :func:`record_run_failures` — the same sensor: every failed run it sees (``run_failures``).
 
 Recording is best effort: a database that is down must not break monitoring or alerting, so
 failures are logged (URL redacted) and swallowed. Re-recording the same evaluation time is a
@@ -31,6 +35,11 @@ INSERT INTO check_results
     (check_key, evaluated_at, asset_key, check_name, passed, severity, description, metadata)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)
 ON CONFLICT (check_key, evaluated_at) DO NOTHING
+"""
+INSERT_RUN_FAILURE = """
+INSERT INTO run_failures (run_id, failed_at, job_name, launched_by, partition, error)
+VALUES (%s, %s, %s, %s, %s, %s)
+ON CONFLICT (run_id) DO NOTHING
 """
 INSERT_ALERT = """
 INSERT INTO alert_history (alerted_at, alert_key, previous_state, state, message)
@@ -126,3 +135,27 @@ def record_alerts(
     at = alerted_at or datetime.now(UTC)
     rows = [(at, a.key, a.previous, a.state, a.text) for a in alerts]
     return _insert(postgres_url, "alert_history", INSERT_ALERT, rows)
+
+
+def latest_check_rows(records: Iterable[Any]) -> list[tuple]:
+    """Rows of ``check_results`` for Dagster's latest check execution records: the finished ones,
+    each stamped with the time of its own evaluation event (re-recording is a no-op)."""
+    rows = []
+    for record in records:
+        # planned, running, or planned but never evaluated (its run failed first): no result
+        if record.status.value not in ("SUCCEEDED", "FAILED") or record.event is None:
+            continue
+        evaluation = record.evaluation
+        at = datetime.fromtimestamp(record.event.timestamp, UTC)
+        rows += check_result_rows([evaluation], at)
+    return rows
+
+
+def record_latest_checks(postgres_url: str | None, records: Iterable[Any]) -> int:
+    """Insert the latest evaluation of each check (see :func:`latest_check_rows`)."""
+    return _insert(postgres_url, "check_results", INSERT_CHECK_RESULT, latest_check_rows(records))
+
+
+def record_run_failures(postgres_url: str | None, failures: Iterable[tuple]) -> int:
+    """Insert failed runs ``(run_id, failed_at, job_name, launched_by, partition, error)``."""
+    return _insert(postgres_url, "run_failures", INSERT_RUN_FAILURE, list(failures))

@@ -13,6 +13,7 @@ import logging
 import dagster as dg
 
 from marketflow_assets.defs.common.outcome import Outcome, load_check_settings, utc_now
+from marketflow_assets.defs.monitoring.alerts import LOADED_AT
 from marketflow_assets.defs.monitoring.checks import CHECK_NAME, SOURCES, asset_freshness
 from marketflow_assets.defs.monitoring.history import database_url, record_check_evaluations
 from marketflow_assets.defs.raw_prices import checks as raw_checks
@@ -35,7 +36,12 @@ def evaluate_monitoring_checks(
     for asset in SOURCES:
         try:
             outcome = asset_freshness(
-                asset, now, postgres=postgres, raw_dir=raw_data.raw_dir, settings=settings
+                asset,
+                now,
+                postgres=postgres,
+                raw_dir=raw_data.raw_dir,
+                settings=settings,
+                loaded_at=LOADED_AT,  # the daemon's code location: loaded when the stack started
             )
         except Exception as exc:  # noqa: BLE001 - unreachable store = failed check
             outcome = _unreachable(asset, postgres, exc)

@@ -24,29 +24,51 @@ from marketflow_assets_tests.forecasting import synthetic
 pytestmark = pytest.mark.usefixtures("no_pacing")
 
 
-def follow(instance, data_dir, cursor=None):
+def follow(instance, data_dir, postgres, cursor=None):
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"raw_data": RawDataResource(data_dir=str(data_dir))},
+        resources={"postgres": postgres, "raw_data": RawDataResource(data_dir=str(data_dir))},
     )
     return forecasts_follow_indicators(context)
 
 
-def test_forecasts_follow_new_indicators(data_dir):
+def _indicators(postgres, minutes: float) -> None:
+    """``minutes`` of 30-s polls of 3 coins in ``price_indicators`` (replacing what was there)."""
+    raw = synthetic.raw_rows("random_walk", coins=3, hours=minutes / 60, seed=2)
+    rows = synthetic.panel(raw).drop(columns=["last_updated"])
+    start = rows["ts"].min() - pd.Timedelta(days=1)
+    postgres.replace_period(
+        "price_indicators", rows, start, rows["ts"].max() + pd.Timedelta(1, "s")
+    )
+
+
+def test_forecasts_follow_new_indicators_after_the_warm_up(pg_clean, data_dir):
+    postgres = build_resources(pg_clean, str(data_dir))["postgres"]
+    postgres.ensure_tables()
     instance = dg.DagsterInstance.ephemeral()
-    assert isinstance(follow(instance, data_dir), dg.SkipReason)
+    assert isinstance(follow(instance, data_dir, postgres), dg.SkipReason)
+    # ten minutes of prices: no model can be trained on that; nothing is launched
+    _indicators(postgres, 10)
     instance.report_runless_asset_event(dg.AssetMaterialization("price_indicators"))
-    first = follow(instance, data_dir)
+    warming = follow(instance, data_dir, postgres)
+    assert not warming.run_requests
+    message = warming.skip_reason.skip_message
+    assert message.startswith("warming up: ") and " of 60 forecast origins, about " in message
+    # forty minutes: the first training
+    _indicators(postgres, 40)
+    instance.report_runless_asset_event(dg.AssetMaterialization("price_indicators"))
+    first = follow(instance, data_dir, postgres, warming.cursor)
     (request,) = first.run_requests
     assert request.job_name == "forecast_training_job"  # no model stored yet: train first
-    assert isinstance(follow(instance, data_dir, first.cursor), dg.SkipReason)
+    assert request.tags["marketflow/retrain_reason"].startswith("first training: enough history")
+    assert isinstance(follow(instance, data_dir, postgres, first.cursor), dg.SkipReason)
 
     path = artifact_path(str(data_dir), 300)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"model")
     instance.report_runless_asset_event(dg.AssetMaterialization("price_indicators"))
-    second = follow(instance, data_dir, first.cursor)
+    second = follow(instance, data_dir, postgres, first.cursor)
     (request,) = second.run_requests
     assert request.job_name == "price_forecasts_job"  # cheap path: predict only
     assert request.run_key != first.run_requests[0].run_key
@@ -73,6 +95,8 @@ def test_live_error_by_hand():
     assert "MAE" in live.degraded(many, backtest_mae=0.4, learned=False)
     assert "MASE" in live.degraded({**many, "mase": 1.1}, backtest_mae=0.6, learned=True)
     assert live.degraded(out, backtest_mae=0.01, learned=True) is None  # too few forecasts
+    narrow = {**many, "coverage_80": 0.4}  # the interval held 40 % instead of 80 %
+    assert "coverage" in live.degraded(narrow, backtest_mae=0.6, learned=True)
 
 
 def test_degradation_sensor_retrains_once_per_model(pg_clean, data_dir):
@@ -148,7 +172,7 @@ def test_new_snapshot_gets_forecasts_through_sensor_and_job(pg_clean, data_dir, 
 
     postgres.replace_period("price_indicators", new, newest, newest + pd.Timedelta(seconds=1))
     instance.report_runless_asset_event(dg.AssetMaterialization("price_indicators"))
-    result = follow(instance, data_dir)
+    result = follow(instance, data_dir, postgres)
     (request,) = result.run_requests
     assert request.job_name == "price_forecasts_job"
     job = defs.resolve_job_def(request.job_name)
@@ -176,10 +200,13 @@ def test_hourly_retraining_waits_for_data(pg_clean, data_dir):
             return forecast_retrain_schedule(context)
 
     assert isinstance(tick(), dg.SkipReason)  # no indicators yet
-    rows = synthetic.panel(synthetic.raw_rows("random_walk", coins=2, hours=0.1, seed=1))
-    rows = rows.drop(columns=["last_updated"])
-    postgres.replace_period(
-        "price_indicators", rows, rows["ts"].min(), rows["ts"].max() + pd.Timedelta(seconds=1)
-    )
+    for hours, trains in ((0.1, False), (0.7, True)):  # 6 minutes warm up; 42 are enough
+        rows = synthetic.panel(synthetic.raw_rows("random_walk", coins=2, hours=hours, seed=1))
+        rows = rows.drop(columns=["last_updated"])
+        postgres.replace_period(
+            "price_indicators", rows, rows["ts"].min(), rows["ts"].max() + pd.Timedelta(seconds=1)
+        )
+        if not trains:
+            assert tick().skip_message.startswith("warming up: ")
     request = tick()
     assert isinstance(request, dg.RunRequest) and request.run_key.startswith("retrain-")

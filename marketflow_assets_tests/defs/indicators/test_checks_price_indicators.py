@@ -119,6 +119,9 @@ def test_missing_table_is_no_data_not_an_error(resources):
     context = dg.build_asset_check_context(resources=resources)
     result = pi.sma_within_window_range(context)
     assert result.passed and result.metadata["rows"].value == 0
+    # an empty window is reported as skipped, not as a pass of something that was checked
+    assert result.metadata["skipped"].value is True
+    assert result.description.startswith("Skipped: no indicator rows in the checked window")
 
 
 def test_sma_of_a_table_holding_part_of_the_history_is_judged_with_raw_prices(

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from marketflow_assets.defs.common.launch import AUTOMATION, LAUNCHED_BY_TAG, launcher
 from marketflow_assets.defs.indicators.assets import price_indicators
 from marketflow_assets.defs.indicators.jobs import partition_range_tags
 from marketflow_assets.defs.indicators.movers import market_movers
@@ -31,8 +32,11 @@ ASSETS = [raw_prices, price_indicators, market_movers]
 SELECTION = ["price_indicators", "market_movers"]
 
 
-def materialize(resources, instance, key=None, key_range=None):
-    tags = partition_range_tags(*key_range) if key_range else None
+def materialize(resources, instance, key=None, key_range=None, launched_by=AUTOMATION):
+    """A run as the sensors launch it (``launched_by=None``: by hand, as from the UI)."""
+    tags = partition_range_tags(*key_range) if key_range else {}
+    if launched_by:
+        tags[LAUNCHED_BY_TAG] = launched_by
     result = dg.materialize(
         ASSETS,
         selection=SELECTION,
@@ -275,3 +279,56 @@ def test_live_refresh_appends_each_poll_and_late_rows_recompute_what_they_affect
     result = materialize(asset_resources, dg.DagsterInstance.ephemeral(), key=keys[-1])
     meta = result.asset_materializations_for_node("price_indicators")[0].metadata
     assert meta["rows_changed"].value == 0 and "unchanged" in meta["incremental_plan"].value
+
+
+def test_a_run_launched_by_hand_recomputes_and_every_run_says_who_launched_it(
+    asset_resources, raw_dir, pg_clean
+):
+    """Issue 28: "Materialize" in the Dagster UI recomputes the partition (it used to write 0
+    rows: "unchanged: no new raw file"), and every run carries marketflow/launched_by."""
+    rows = irregular_rows(seed=4, coins=4, polls=20)
+    write_raw_parquet(raw_dir, rows)
+    key = partition_keys(price_indicators, min(r[2] for r in rows), max(r[2] for r in rows))[0]
+    instance = dg.DagsterInstance.ephemeral()
+    materialize(asset_resources, instance, key=key)
+    again = materialize(asset_resources, instance, key=key)
+
+    def plan(result, node="price_indicators"):
+        return result.asset_materializations_for_node(node)[0].metadata["incremental_plan"].value
+
+    assert "unchanged" in plan(again)
+    stored = sorted_table(pg_clean, "price_indicators")
+    by_hand = materialize(asset_resources, instance, key=key, launched_by=None)
+    assert "full: launched by hand" in plan(by_hand)
+    assert "full: launched by hand" in plan(by_hand, "market_movers")
+    meta = by_hand.asset_materializations_for_node("price_indicators")[0].metadata
+    assert meta["rows_changed"].value == 0  # recomputed: the same rows
+    pd.testing.assert_frame_equal(sorted_table(pg_clean, "price_indicators"), stored)
+    tags = {r.run_id: r.tags for r in instance.get_runs()}
+    assert tags[by_hand.run_id][LAUNCHED_BY_TAG] == "ui"
+    # the market table's data moved on to the newest snapshot of the partition
+    market = read_table(pg_clean, "coin_market").set_index("coin_id")
+    newest = stored[stored["ts"] == stored[stored["ts"] < pd.Timestamp(key_end(key))]["ts"].max()]
+    assert sorted(market.index) == sorted(newest["coin_id"])
+    assert meta["coin_market_rows"].value == len(newest)
+    assert tags[again.run_id][LAUNCHED_BY_TAG] == "automation"
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        ({"marketflow/trigger": "live"}, "follow"),
+        ({"dagster/schedule_name": "recent_indicators_schedule"}, "schedule"),
+        ({"dagster/sensor_name": "reconciliation_sensor"}, "reconciliation"),
+        ({"dagster/sensor_name": "indicators_follow_raw_prices"}, "automation"),
+        ({"dagster/backfill": "abc", "dagster/sensor_name": "x"}, "backfill"),
+        ({"marketflow/launched_by": "cli"}, "cli"),
+        ({}, "ui"),
+    ],
+)
+def test_launcher_of_each_kind_of_run(tags, expected):
+    assert launcher(tags) == expected
+
+
+def key_end(key: str) -> datetime:
+    return datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC) + timedelta(hours=1)

@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 import dagster as dg
+import psycopg2
 import pytest
 
 from marketflow_assets.defs.common.outcome import CheckSettings, load_check_settings
@@ -112,3 +113,40 @@ def test_no_data_is_an_error(pg_clean):
     result = check(context)
     assert not result.passed and result.severity == ERROR
     assert "No data" in result.description
+
+
+def test_no_data_yet_is_a_warm_up_while_the_upstream_only_just_started(pg_clean, data_dir, now):
+    """Issue 28: the first minutes are a warm-up, not ERROR results that stay for 7 days."""
+    settings = CheckSettings(freshness_warn_seconds=120, freshness_error_seconds=300)
+    postgres = PostgresResource(url=pg_clean)
+    raw = make_raw(now, polls=6)  # 2.5 minutes of prices: too few for 5-minute movers
+    write_raw(data_dir, raw)
+    indicators, _ = load_good_tables(pg_clean, raw)
+    with psycopg2.connect(pg_clean) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM market_movers")
+    conn.close()
+
+    def outcome(asset, at, loaded_at=None):
+        return freshness.asset_freshness(
+            asset, at, postgres, data_dir / "raw_prices", settings, loaded_at=loaded_at
+        )
+
+    movers = outcome(freshness.MOVERS, now)
+    assert movers.passed and movers.metadata["warming_up"] is True
+    assert movers.description.startswith("Warming up: the movers compare prices five minutes")
+    # ten minutes later still no movers: a real problem
+    later = outcome(freshness.MOVERS, now + timedelta(minutes=10))
+    assert not later.passed and later.severity == ERROR and "No data yet" in later.description
+    # ... unless the code location loaded only just now (the start-up grace)
+    loaded = (now + timedelta(minutes=9)).timestamp()
+    assert outcome(freshness.MOVERS, now + timedelta(minutes=10), loaded).passed
+
+    with psycopg2.connect(pg_clean) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM price_indicators")
+    conn.close()
+    first_raw = indicators["ts"].min()
+    young = outcome(freshness.INDICATORS, first_raw + timedelta(seconds=60))
+    assert young.passed and "first refresh follows the first raw rows" in young.description
+    old = outcome(freshness.INDICATORS, first_raw + timedelta(seconds=301))
+    assert not old.passed and old.severity == ERROR
+    assert not outcome(freshness.RAW, now + timedelta(hours=1)).passed  # raw has rows: stale

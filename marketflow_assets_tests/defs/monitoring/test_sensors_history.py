@@ -78,3 +78,45 @@ def test_recording_to_an_unreachable_database_is_logged_not_raised(caplog):
     assert record_check_evaluations(url, [evaluation]) == 0
     assert record_alerts(url, []) == 0
     assert "could not record check_results" in caplog.text and "s3cret" not in caplog.text
+
+
+def test_the_alert_sensor_records_every_check_and_every_failed_run(pg_clean, monkeypatch):
+    """Issue 28: the Pipeline page lists the checks that run inside runs (WARN ones too) and
+    the failed runs, not only the checks the monitoring sensor evaluates."""
+    monkeypatch.setenv("MARKETFLOW_POSTGRES_URL", pg_clean)
+
+    @dg.asset(name="forecast_evaluation")
+    def evaluation():
+        return 1
+
+    @dg.asset_check(asset=evaluation, name="interval_calibration")
+    def calibration():
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN, description="coverage 0.55"
+        )
+
+    @dg.asset(name="price_indicators")
+    def broken():
+        raise RuntimeError("raw_prices unreadable\nsecond line")
+
+    defs = dg.Definitions(
+        assets=[evaluation, broken],
+        asset_checks=[calibration],
+        sensors=[alerts.marketflow_alert_sensor],
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([evaluation, calibration], instance=instance).success
+    failed = dg.materialize([broken], instance=instance, raise_on_error=False)
+    assert not failed.success
+
+    context = dg.build_sensor_context(instance=instance, definitions=defs)
+    alerts.marketflow_alert_sensor(context)
+    checks = _rows(pg_clean, "SELECT check_key, passed, severity, description FROM check_results")
+    assert ("forecast_evaluation:interval_calibration", False, "WARN", "coverage 0.55") in checks
+    runs = _rows(pg_clean, "SELECT run_id, job_name, launched_by, error FROM run_failures")
+    assert [(r[0], r[2]) for r in runs] == [(failed.run_id, "ui")]
+    assert "raw_prices unreadable" in runs[0][3]
+    # the next tick records nothing twice
+    alerts.marketflow_alert_sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+    assert _rows(pg_clean, "SELECT count(*) FROM run_failures")[0][0] == 1
+    assert _rows(pg_clean, "SELECT count(*) FROM check_results")[0][0] == 1

@@ -1,0 +1,69 @@
+"""The newest market data of each coin (table ``coin_market``, columns in :mod:`.schema`).
+
+:func:`coin_market_rows` turns raw records (the ``raw_prices`` columns: CoinGecko's fields plus
+``ts``) into one row per coin: its newest record by ``ts``, with ``current_price`` as ``price``
+and ``price_change_percentage_24h`` as ``change_24h`` (the first record of an ``(id, ts)`` counts,
+as in the raw table). :data:`UPSERT_SQL` writes them so that a row only ever moves forward in
+time: a late, duplicate or replayed record never overwrites what is there.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from marketflow_assets.schema import column_names
+
+COLUMNS = column_names("coin_market")
+#: The raw columns a row is made of.
+RAW_SOURCE_COLUMNS = (
+    "id",
+    "symbol",
+    "name",
+    "market_cap_rank",
+    "current_price",
+    "market_cap",
+    "total_volume",
+    "high_24h",
+    "low_24h",
+    "price_change_percentage_24h",
+    "ts",
+)
+_RENAME = {"id": "coin_id", "current_price": "price", "price_change_percentage_24h": "change_24h"}
+
+UPSERT_SQL = (
+    f"INSERT INTO coin_market ({', '.join(COLUMNS)}) SELECT {', '.join(COLUMNS)} FROM _market "
+    "ON CONFLICT (coin_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "coin_id")
+    + " WHERE EXCLUDED.ts > coin_market.ts"
+)
+STAGE_SQL = "CREATE TEMP TABLE IF NOT EXISTS _market (LIKE coin_market) ON COMMIT DELETE ROWS"
+
+
+def coin_market_rows(raw: pd.DataFrame) -> pd.DataFrame:
+    """One row per coin of ``raw`` (its newest record), in :data:`COLUMNS` order."""
+    if raw.empty:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
+    frame = raw.loc[raw["id"].notna(), list(RAW_SOURCE_COLUMNS)].copy()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    # the first record of an (id, ts) counts, as in the raw table; then each coin's newest
+    frame = frame.drop_duplicates(["id", "ts"], keep="first")
+    newest = frame.sort_values(["id", "ts"], kind="stable").drop_duplicates("id", keep="last")
+    out = newest.rename(columns=_RENAME)
+    out["market_cap_rank"] = out["market_cap_rank"].astype("Int64")
+    return out.loc[:, list(COLUMNS)].reset_index(drop=True)
+
+
+def write_coin_market(cur, raw: pd.DataFrame) -> int:
+    """Upsert the coins of ``raw`` into ``coin_market`` on ``cur`` (in the caller's
+    transaction); returns the rows offered."""
+    from marketflow_assets.resources.postgres import csv_payload
+
+    rows = coin_market_rows(raw)
+    if rows.empty:
+        return 0
+    cur.execute(STAGE_SQL)
+    cur.copy_expert(
+        f"COPY _market ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)", csv_payload(rows)
+    )
+    cur.execute(UPSERT_SQL)
+    return len(rows)
