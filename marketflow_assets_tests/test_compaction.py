@@ -173,6 +173,7 @@ def test_a_crash_between_the_commit_and_the_deletes_leaks_nothing_to_table_reade
     assert plain_parquet_rows(raw) == len(rows) and all_rows(raw) == rows
 
 
+@pytest.mark.slow  # over 10 s: left out of `make test-fast`
 def test_threaded_appends_compactions_and_reads_never_see_a_wrong_count(tmp_path):
     """500 reads, each of one pinned version, while a writer commits polls (some late, some
     replayed) and compactions (OPTIMIZE + VACUUM + checkpoint) run back to back."""
@@ -250,6 +251,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # over 10 s: left out of `make test-fast`
 def test_kill_9_of_a_writer_in_the_middle_of_its_commits_loses_and_doubles_nothing(tmp_path):
     """A writer committing micro-batches is killed -9 at random moments, then restarted from a
     batch id at or before its last commit (as Spark replays from its checkpoint)."""

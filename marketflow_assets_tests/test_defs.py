@@ -180,6 +180,7 @@ def test_asset_and_check_modules_import_no_sensor_or_schedule():
     assert offenders == []
 
 
+@pytest.mark.slow  # over 10 s: left out of `make test-fast`
 def test_plain_dagster_in_an_empty_folder_without_configuration(tmp_path):
     """No MARKETFLOW_* variable, an empty folder with raw data under ./data/raw_prices: the
     definitions' partitions start at the data's first hour, and a plain `dagster asset

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from marketflow_assets.monitoring.location_health import LocationWatch, location_errors
 from marketflow_assets.runtime.services import free_port
 from marketflow_assets_tests.monitoring.monitoring_helpers import wait_for
@@ -16,6 +18,7 @@ WEBSERVER = str(Path(sys.executable).with_name("dagster-webserver"))
 GOOD = "import dagster as dg\n\ndefs = dg.Definitions()\n"
 
 
+@pytest.mark.slow  # over 10 s: left out of `make test-fast`
 def test_location_load_error_alerts_then_resolves(tmp_path):
     code = tmp_path / "location_defs.py"
     code.write_text("import dagster as dg\n\nraise RuntimeError('bad deploy: missing module')\n")

@@ -60,5 +60,5 @@ def tag_launcher(context: dg.OpExecutionContext | dg.AssetExecutionContext) -> s
     tags = context.run.tags
     who = launcher(tags)
     if tags.get(LAUNCHED_BY_TAG) != who:
-        context.instance.add_run_tags(context.run_id, {LAUNCHED_BY_TAG: who})
+        context.instance.add_run_tags(context.run.run_id, {LAUNCHED_BY_TAG: who})
     return who

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from marketflow_assets.defs.monitoring import alerts
 from marketflow_assets_tests.monitoring.monitoring_helpers import wait_for
@@ -17,6 +18,7 @@ from marketflow_assets_tests.monitoring.monitoring_helpers import wait_for
 DAEMON = str(Path(sys.executable).with_name("dagster-daemon"))
 
 
+@pytest.mark.slow  # over 10 s: left out of `make test-fast`
 def test_a_failing_sensor_tick_alerts_once_then_resolves(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
