@@ -118,6 +118,16 @@ def _no_data(record) -> bool:
     return any(bool(getattr(metadata.get(f), "value", metadata.get(f))) for f in STARTUP_FLAGS)
 
 
+def latest_check_records(instance: dg.DagsterInstance, check_keys) -> dict:
+    """The latest execution record of each check that has one."""
+    records = {}
+    for key in check_keys:
+        record = instance.get_latest_asset_check_evaluation_record(key)
+        if record is not None:
+            records[key] = record
+    return records
+
+
 def check_alerts(
     instance: dg.DagsterInstance,
     check_keys: list[dg.AssetCheckKey],
@@ -128,20 +138,19 @@ def check_alerts(
     last_alert: dict[str, float] | None = None,
     cooldown: float = 0.0,
     grace_until: float = 0.0,
+    records: dict | None = None,
 ) -> list[Alert]:
     """Alerts for checks whose state differs from ``known`` (updated in place). With
     ``min_severity="ERROR"`` a check in WARN counts as passed (no alert either way).
 
     A change within ``cooldown`` seconds of the check's previous alert (``last_alert``, updated
     in place) is held, as is a "no data yet" failure before ``grace_until``; held changes are
-    alerted by a later tick if they persist."""
+    alerted by a later tick if they persist. ``records``: the checks' latest execution records
+    when the caller has them (:func:`latest_check_records`)."""
     now = time.time() if now is None else now
     last_alert = {} if last_alert is None else last_alert
-    records = {}
-    for key in check_keys:
-        record = instance.get_latest_asset_check_evaluation_record(key)
-        if record is not None:
-            records[key] = record
+    if records is None:
+        records = latest_check_records(instance, check_keys)
     alerts = []
     for key in sorted(records, key=lambda k: k.to_user_string()):
         state, detail = check_state(instance, records[key])
@@ -315,6 +324,7 @@ def evaluate_alerts(
     pacing: MonitoringSettings | None = None,
     started_at: float = LOADED_AT,
     failures: list[tuple] | None = None,
+    records: dict | None = None,
 ) -> tuple[list[Alert], str]:
     """Find state changes since ``cursor``, send one alert each; return (alerts, new cursor).
 
@@ -338,6 +348,7 @@ def evaluate_alerts(
         last_alert=state["last_alert"],
         cooldown=cooldown,
         grace_until=grace_until,
+        records=records,
     )
     more, newest = run_alerts(instance, after, state["runs"], failures)
     alerts += more
@@ -349,9 +360,7 @@ def evaluate_alerts(
     return alerts, json.dumps(state, sort_keys=True)
 
 
-def record_health(
-    instance: dg.DagsterInstance, check_keys: list[dg.AssetCheckKey], failures: list[tuple]
-) -> None:
+def record_health(records: dict, failures: list[tuple]) -> None:
     """The Pipeline page's truth: the latest evaluation of every check and the failed runs. The
     checks ``monitoring_checks_sensor`` evaluates are recorded by it, stamped with its tick."""
     from marketflow_assets.defs.monitoring.checks import FRESHNESS_CHECK_KEYS
@@ -359,16 +368,11 @@ def record_health(
 
     raw_keys = (dg.AssetCheckKey(raw_checks.ASSET, name) for name in raw_checks.OUTCOMES)
     recorded = {*FRESHNESS_CHECK_KEYS, *raw_keys}
-    records = [
-        instance.get_latest_asset_check_evaluation_record(key)
-        for key in check_keys
-        if key not in recorded
-    ]
-    records = [r for r in records if r is not None]
-    if not records and not failures:
+    others = [record for key, record in records.items() if key not in recorded]
+    if not others and not failures:
         return
     url = database_url()
-    record_latest_checks(url, records)
+    record_latest_checks(url, others)
     record_run_failures(url, failures)
 
 
@@ -392,6 +396,7 @@ def marketflow_alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     check_keys = list(context.repository_def.asset_graph.asset_check_keys)
     settings = load_check_settings()
     failures: list[tuple] = []
+    records = latest_check_records(context.instance, check_keys)  # once per tick, for both
     alerts, cursor = evaluate_alerts(
         context.instance,
         check_keys,
@@ -400,11 +405,12 @@ def marketflow_alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
         min_severity=settings.alert_min_severity,
         pacing=load_monitoring_settings(),
         failures=failures,
+        records=records,
     )
     for alert in alerts:
         (context.log.warning if alert.is_failure else context.log.info)(alert.text)
     record_alert_history(alerts)
-    record_health(context.instance, check_keys, failures)
+    record_health(records, failures)
     if not alerts:
         return dg.SensorResult(
             cursor=cursor, skip_reason=dg.SkipReason("no check or job changed state")
