@@ -22,10 +22,11 @@ def scratch_run(name: str) -> tuple[Path, Path]:
 
 def create_topics(settings) -> None:
     """The price topic and its dead-letter twin (3 partitions each), unless they exist."""
-    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    from marketflow_assets import kafka_client
+
+    admin = kafka_client.admin(settings.kafka_bootstrap, settings.kafka_security)
     with contextlib.suppress(Exception):
         admin.create_topics(
             [NewTopic(settings.kafka_topic, 3, 1), NewTopic(settings.dlq_topic, 3, 1)]

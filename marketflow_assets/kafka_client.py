@@ -8,13 +8,29 @@ brokers (the embedded Tansu broker) report a partition's end offset as "base off
 record batch + 1", i.e. they under-report by the rest of the last batch although those records
 are readable; :meth:`KafkaOffsetProbe.end_offsets` fetches from ``reported_end - 1`` and takes
 the position after the last record it actually received.
+
+**Security:** every client (producer, consumers, admin, the Spark source's reader, the lag
+probe, the Spark built-in connector) gets its protocol, SASL credentials and TLS files from one
+:class:`~marketflow_assets.settings.KafkaSecurity` through :func:`client_config` (kafka-python)
+or :func:`spark_connector_options` (the Java connector); :func:`preflight` tells a refused
+certificate or password (a configuration problem: one clear line) from a broker that is away.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from marketflow_assets.settings import (
+    ENV_KAFKA_CAFILE,
+    ENV_KAFKA_PASSWORD,
+    ConfigError,
+    KafkaSecurity,
+    parse_bootstrap,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,42 +54,292 @@ def no_auto_create(consumer):
     return consumer
 
 
-def group_less_consumer(bootstrap: str, client_id: str, **extra):
-    """A group-less kafka-python consumer (manual assignment only; nothing is ever committed;
-    never auto-creates a topic, see :func:`no_auto_create`)."""
+class KafkaAccessError(ConfigError):
+    """The broker refused this client's TLS certificate check or SASL credentials: waiting does
+    not help, the configuration must change (exit 2, one line)."""
+
+
+def ssl_context(security: KafkaSecurity) -> ssl.SSLContext:
+    """The TLS context of every Kafka client: the CA file (else the system CAs), the client
+    certificate for mutual TLS, host names verified unless switched off."""
+    ctx = ssl.create_default_context(
+        cafile=str(security.ssl_cafile) if security.ssl_cafile else None
+    )
+    ctx.check_hostname = security.ssl_check_hostname
+    if not security.ssl_check_hostname:
+        ctx.verify_mode = ssl.CERT_REQUIRED  # the chain is still verified
+    if security.ssl_certfile:
+        try:
+            ctx.load_cert_chain(str(security.ssl_certfile), str(security.ssl_keyfile))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(
+                f"cannot load the Kafka client certificate {security.ssl_certfile} with key "
+                f"{security.ssl_keyfile}: {exc}"
+            ) from None
+    return ctx
+
+
+def client_config(security: KafkaSecurity | None) -> dict:
+    """kafka-python keyword arguments for ``security`` (empty for plain PLAINTEXT)."""
+    if security is None or security.protocol == "PLAINTEXT":
+        return {}
+    config: dict = {"security_protocol": security.protocol}
+    if security.uses_tls:
+        config["ssl_context"] = ssl_context(security)
+    if security.uses_sasl:
+        config["sasl_mechanism"] = security.sasl_mechanism
+        config["sasl_plain_username"] = security.sasl_username
+        config["sasl_plain_password"] = security.sasl_password
+    return config
+
+
+def servers(bootstrap: str) -> list[str]:
+    """The bootstrap list as kafka-python wants it (checked: a ConfigError names a bad entry)."""
+    return parse_bootstrap(bootstrap)
+
+
+def producer(bootstrap: str, security: KafkaSecurity | None = None, **config):
+    """A kafka-python producer of ``bootstrap`` with ``security`` over ``config``."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(bootstrap_servers=servers(bootstrap), **client_config(security), **config)
+
+
+def admin(bootstrap: str, security: KafkaSecurity | None = None, **config):
+    """A kafka-python admin client of ``bootstrap`` with ``security`` over ``config``."""
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(
+        bootstrap_servers=servers(bootstrap), **client_config(security), **config
+    )
+
+
+def consumer(bootstrap: str, security: KafkaSecurity | None = None, **config):
+    """A kafka-python consumer of ``bootstrap`` that never auto-creates a topic."""
     from kafka import KafkaConsumer
 
+    config.setdefault("allow_auto_create_topics", False)
     return no_auto_create(
-        KafkaConsumer(
-            bootstrap_servers=bootstrap.split(","),
-            client_id=client_id,
-            group_id=None,
-            enable_auto_commit=False,
-            allow_auto_create_topics=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-            request_timeout_ms=30000,
-            **extra,
-        )
+        KafkaConsumer(bootstrap_servers=servers(bootstrap), **client_config(security), **config)
     )
+
+
+def group_less_consumer(
+    bootstrap: str, client_id: str, security: KafkaSecurity | None = None, **extra
+):
+    """A group-less kafka-python consumer (manual assignment only; nothing is ever committed;
+    never auto-creates a topic, see :func:`no_auto_create`)."""
+    config = {
+        "client_id": client_id,
+        "group_id": None,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": 100,
+        "request_timeout_ms": 30000,
+    }
+    return consumer(bootstrap, security, **{**config, **extra})
+
+
+def topic_id(client, topic: str) -> str | None:
+    """The broker's id of ``topic`` in a kafka-python producer's or consumer's cluster view
+    (call after fresh metadata); None when missing or not reported (an older broker)."""
+    cluster = getattr(client, "_metadata", None) or getattr(client, "_cluster", None)
+    try:
+        value = cluster.topic_id(topic)
+    except Exception:  # noqa: BLE001 - an older client or no metadata yet
+        return None
+    return str(value) if value else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Spark: the project's source takes these options; the built-in connector its Java equivalents
+# ------------------------------------------------------------------------------------------------
+#: Option names of the ``marketflow_kafka`` source carrying :class:`KafkaSecurity` (Spark
+#: redacts option values whose key contains "password" from plans and the UI).
+SOURCE_SECURITY_OPTIONS = {
+    "protocol": "kafka.security.protocol",
+    "sasl_mechanism": "kafka.sasl.mechanism",
+    "sasl_username": "kafka.sasl.username",
+    "sasl_password": "kafka.sasl.password",
+    "ssl_cafile": "kafka.ssl.cafile",
+    "ssl_certfile": "kafka.ssl.certfile",
+    "ssl_keyfile": "kafka.ssl.keyfile",
+    "ssl_check_hostname": "kafka.ssl.check.hostname",
+}
+
+
+def source_options(security: KafkaSecurity) -> dict[str, str]:
+    """``marketflow_kafka`` source options for ``security`` (only the set ones)."""
+    options = {}
+    for attr, key in SOURCE_SECURITY_OPTIONS.items():
+        value = getattr(security, attr)
+        if value is not None:
+            options[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return options
+
+
+def security_from_options(options: Mapping[str, str]) -> KafkaSecurity:
+    """The inverse of :func:`source_options` (missing options: PLAINTEXT defaults)."""
+    from pathlib import Path
+
+    values: dict = {}
+    for attr, key in SOURCE_SECURITY_OPTIONS.items():
+        raw = options.get(key)
+        if raw is None:
+            continue
+        if attr.startswith("ssl_") and attr.endswith("file"):
+            values[attr] = Path(raw)
+        elif attr == "ssl_check_hostname":
+            values[attr] = raw.lower() == "true"
+        else:
+            values[attr] = raw
+    return KafkaSecurity(**values)
+
+
+def spark_connector_options(security: KafkaSecurity) -> dict[str, str]:
+    """Options of Spark's built-in Kafka connector (``spark-sql-kafka``) for ``security``: the
+    Java client's names, PEM files read as PEM (Kafka >= 2.7), JAAS for SASL."""
+    if security.protocol == "PLAINTEXT":
+        return {}
+    options = {"kafka.security.protocol": security.protocol}
+    if security.uses_tls:
+        if security.ssl_cafile:
+            options["kafka.ssl.truststore.type"] = "PEM"
+            options["kafka.ssl.truststore.location"] = str(security.ssl_cafile)
+        if security.ssl_certfile:
+            options["kafka.ssl.keystore.type"] = "PEM"
+            options["kafka.ssl.keystore.certificate.chain"] = security.ssl_certfile.read_text()
+            options["kafka.ssl.keystore.key"] = security.ssl_keyfile.read_text()
+        if not security.ssl_check_hostname:
+            options["kafka.ssl.endpoint.identification.algorithm"] = ""
+    if security.uses_sasl:
+        module = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule"
+            if security.sasl_mechanism == "PLAIN"
+            else "org.apache.kafka.common.security.scram.ScramLoginModule"
+        )
+
+        def quoted(value: str) -> str:
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        options["kafka.sasl.mechanism"] = security.sasl_mechanism
+        options["kafka.sasl.jaas.config"] = (
+            f"{module} required username={quoted(security.sasl_username)} "
+            f"password={quoted(security.sasl_password)};"
+        )
+    return options
+
+
+# ------------------------------------------------------------------------------------------------
+# Pre-flight: a refused certificate or password is a configuration error, not an outage
+# ------------------------------------------------------------------------------------------------
+def host_port(server: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) -> ``(host, port)``."""
+    host, _, port = server.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def check_tls(server: str, security: KafkaSecurity, timeout_s: float = 10.0) -> None:
+    """One TLS handshake with ``server`` as the clients make it. A certificate that is not
+    trusted or names another host, or a refused client certificate, raises
+    :class:`KafkaAccessError`; an unreachable server raises ``OSError``."""
+    host, port = host_port(server)
+    ctx = ssl_context(security)
+    with socket.create_connection((host, port), timeout=timeout_s) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname=host) as tls:
+                # TLS 1.3 reports a refused client certificate only at the first read
+                tls.settimeout(min(timeout_s, 1.0))
+                try:
+                    tls.recv(1)
+                except TimeoutError:
+                    pass
+        except ssl.SSLCertVerificationError as exc:
+            reason = exc.verify_message or str(exc)
+            if "hostname" in reason.lower() or "ip address mismatch" in reason.lower():
+                hint = "connect by a name the certificate lists (MARKETFLOW_KAFKA_BOOTSTRAP)"
+            else:
+                hint = f"check {ENV_KAFKA_CAFILE}"
+            raise KafkaAccessError(
+                f"Kafka at {server}: the broker's TLS certificate was refused ({reason}); {hint}"
+            ) from None
+        except ssl.SSLError as exc:
+            reason = exc.reason or str(exc)
+            hint = (
+                "the broker wants a client certificate (MARKETFLOW_KAFKA_SSL_CERTFILE/KEYFILE)"
+                if "CERTIFICATE_REQUIRED" in str(reason).upper()
+                else "is this port a TLS listener?"
+            )
+            raise KafkaAccessError(
+                f"Kafka at {server}: TLS handshake failed ({reason}); {hint}"
+            ) from None
+
+
+def check_sasl(bootstrap: str, security: KafkaSecurity, timeout_s: float = 10.0) -> None:
+    """Authenticate once with the SASL credentials; refused ones raise :class:`KafkaAccessError`
+    (the password is never part of the message)."""
+    from kafka import errors
+
+    try:
+        client = admin(
+            bootstrap,
+            security,
+            client_id="marketflow-preflight",
+            request_timeout_ms=int(timeout_s * 1000),
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+        )
+    except (errors.SaslAuthenticationFailedError, errors.UnsupportedSaslMechanismError) as exc:
+        raise KafkaAccessError(
+            f"Kafka at {bootstrap} refused SASL {security.sasl_mechanism} login of user "
+            f"{security.sasl_username!r} ({type(exc).__name__}); check the user and "
+            f"{ENV_KAFKA_PASSWORD}"
+        ) from None
+    client.close()
+
+
+def preflight(bootstrap: str, security: KafkaSecurity | None, timeout_s: float = 10.0) -> None:
+    """Check, before anything starts, that the first reachable broker of ``bootstrap`` accepts
+    ``security``: raises :class:`KafkaAccessError` (a ConfigError) for a refused certificate or
+    password. Brokers that cannot be reached are left to the caller's wait (an outage)."""
+    if security is None or security.protocol == "PLAINTEXT":
+        return
+    for server in servers(bootstrap):
+        try:
+            if security.uses_tls:
+                check_tls(server, security, timeout_s)
+            else:
+                socket.create_connection(host_port(server), timeout=timeout_s).close()
+        except OSError:
+            continue  # away: the next one, or the caller's wait
+        if security.uses_sasl:
+            check_sasl(server, security, timeout_s)
+        return
 
 
 class KafkaOffsetProbe:
     """Driver-side view of a topic's partitions and their *true* beginning/end offsets."""
 
     def __init__(
-        self, bootstrap: str, topic: str, client_id: str = "marketflow-spark-offsets", **config
+        self,
+        bootstrap: str,
+        topic: str,
+        client_id: str = "marketflow-spark-offsets",
+        security: KafkaSecurity | None = None,
+        **config,
     ):
         self.bootstrap = bootstrap
         self.topic = topic
         self.client_id = client_id
+        self.security = security
         self.config = config  # extra kafka-python consumer settings
         self._consumer = None
 
     @property
     def consumer(self):
         if self._consumer is None:
-            self._consumer = group_less_consumer(self.bootstrap, self.client_id, **self.config)
+            self._consumer = group_less_consumer(
+                self.bootstrap, self.client_id, self.security, **self.config
+            )
         return self._consumer
 
     def close(self) -> None:
@@ -91,11 +357,7 @@ class KafkaOffsetProbe:
     def topic_id(self) -> str | None:
         """The broker's id of the topic (fresh metadata); None when missing or not reported."""
         self.consumer.topics()  # fresh metadata of all topics
-        try:
-            value = self.consumer._cluster.topic_id(self.topic)  # kafka-python's cluster view
-        except Exception:  # noqa: BLE001 - an older client
-            return None
-        return str(value) if value else None
+        return topic_id(self.consumer, self.topic)
 
     def existing(self, partitions) -> list[int]:
         """Those of ``partitions`` the topic has now (offsets may only be asked for these: a

@@ -107,6 +107,148 @@ class ConfigError(ValueError):
     """Bad configuration; the CLI turns it into a one-line message and exit code 2."""
 
 
+# ------------------------------------------------------------------------------------------------
+# Kafka connection security (docs/DEPLOY.md): one object every Kafka client is built from
+# ------------------------------------------------------------------------------------------------
+ENV_KAFKA_BOOTSTRAP = "MARKETFLOW_KAFKA_BOOTSTRAP"
+ENV_KAFKA_PROTOCOL = "MARKETFLOW_KAFKA_SECURITY_PROTOCOL"
+ENV_KAFKA_MECHANISM = "MARKETFLOW_KAFKA_SASL_MECHANISM"
+ENV_KAFKA_USERNAME = "MARKETFLOW_KAFKA_SASL_USERNAME"
+ENV_KAFKA_PASSWORD = "MARKETFLOW_KAFKA_SASL_PASSWORD"
+ENV_KAFKA_CAFILE = "MARKETFLOW_KAFKA_SSL_CAFILE"
+ENV_KAFKA_CERTFILE = "MARKETFLOW_KAFKA_SSL_CERTFILE"
+ENV_KAFKA_KEYFILE = "MARKETFLOW_KAFKA_SSL_KEYFILE"
+#: MARKETFLOW_KAFKA_SSL_CHECK_HOSTNAME: ``1`` (default) verifies that the broker's certificate
+#: names the host connected to; ``0`` only for a test broker whose certificate cannot match.
+ENV_KAFKA_CHECK_HOSTNAME = "MARKETFLOW_KAFKA_SSL_CHECK_HOSTNAME"
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How every Kafka client connects: the protocol, SASL credentials and TLS files.
+
+    The password is kept out of ``repr``; :meth:`describe` is the loggable form."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    def describe(self) -> str:
+        """One loggable line (never the password), e.g. ``SASL_SSL, SCRAM-SHA-512 as ingest``."""
+        parts = [self.protocol]
+        if self.uses_sasl:
+            parts.append(f"{self.sasl_mechanism} as {self.sasl_username}")
+        if self.uses_tls:
+            parts.append(f"CA {self.ssl_cafile}" if self.ssl_cafile else "system CAs")
+            if self.ssl_certfile:
+                parts.append("client certificate")
+            if not self.ssl_check_hostname:
+                parts.append("host names NOT verified")
+        return ", ".join(parts)
+
+
+def parse_bootstrap(value: str, name: str = ENV_KAFKA_BOOTSTRAP) -> list[str]:
+    """``host:port[,host:port...]`` -> the list of servers; a ConfigError names the bad entry.
+
+    IPv6 addresses go in brackets (``[::1]:9092``)."""
+    servers = [s.strip() for s in value.split(",")]
+    if not value.strip() or any(not s for s in servers):
+        raise ConfigError(f"{name}={value!r} must be host:port[,host:port...] (an empty entry)")
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
+        if bracketed:
+            host = host[1:-1]
+        valid_host = (
+            bool(host)
+            and not any(c in host for c in "/@ []")
+            and (":" not in host or bracketed)  # IPv6 only in brackets
+        )
+        if not sep or not valid_host:
+            raise ConfigError(f"{name}: {server!r} is not host:port")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{name}: {server!r} has no valid port (1-65535)")
+    return servers
+
+
+def load_kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
+    """Read and check the Kafka security settings (see the ``ENV_KAFKA_*`` names)."""
+
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        return value.strip() if value and value.strip() else None
+
+    protocol = (get(ENV_KAFKA_PROTOCOL) or "PLAINTEXT").upper()
+    if protocol not in KAFKA_PROTOCOLS:
+        raise ConfigError(
+            f"{ENV_KAFKA_PROTOCOL}={protocol!r} is not one of {', '.join(KAFKA_PROTOCOLS)}"
+        )
+    username, password = get(ENV_KAFKA_USERNAME), env.get(ENV_KAFKA_PASSWORD) or None
+    mechanism = get(ENV_KAFKA_MECHANISM)
+    if mechanism is not None:
+        mechanism = mechanism.upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise ConfigError(
+                f"{ENV_KAFKA_MECHANISM}={mechanism!r} is not one of {', '.join(SASL_MECHANISMS)}"
+            )
+    sasl = protocol.startswith("SASL_")
+    if sasl:
+        if not username or not password:
+            raise ConfigError(
+                f"{ENV_KAFKA_PROTOCOL}={protocol} needs {ENV_KAFKA_USERNAME} and "
+                f"{ENV_KAFKA_PASSWORD}"
+            )
+        mechanism = mechanism or "PLAIN"
+    elif username or password or mechanism:
+        raise ConfigError(
+            f"SASL settings are set but {ENV_KAFKA_PROTOCOL}={protocol} does not use SASL"
+            " (SASL_SSL or SASL_PLAINTEXT)"
+        )
+    files: dict[str, Path | None] = {}
+    for name in (ENV_KAFKA_CAFILE, ENV_KAFKA_CERTFILE, ENV_KAFKA_KEYFILE):
+        raw = get(name)
+        path = Path(raw).expanduser().absolute() if raw else None
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{name}={raw!r}: no such file")
+        files[name] = path
+    tls = protocol in ("SSL", "SASL_SSL")
+    if not tls and any(files.values()):
+        raise ConfigError(
+            f"TLS files are set but {ENV_KAFKA_PROTOCOL}={protocol} does not use TLS"
+            " (SSL or SASL_SSL)"
+        )
+    if bool(files[ENV_KAFKA_CERTFILE]) != bool(files[ENV_KAFKA_KEYFILE]):
+        raise ConfigError(f"mutual TLS needs both {ENV_KAFKA_CERTFILE} and {ENV_KAFKA_KEYFILE}")
+    check = (get(ENV_KAFKA_CHECK_HOSTNAME) or "1").lower()
+    if check not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigError(f"{ENV_KAFKA_CHECK_HOSTNAME}={check!r} must be 1 or 0")
+    return KafkaSecurity(
+        protocol=protocol,
+        sasl_mechanism=mechanism if sasl else None,
+        sasl_username=username if sasl else None,
+        sasl_password=password if sasl else None,
+        ssl_cafile=files[ENV_KAFKA_CAFILE],
+        ssl_certfile=files[ENV_KAFKA_CERTFILE],
+        ssl_keyfile=files[ENV_KAFKA_KEYFILE],
+        ssl_check_hostname=check in ("1", "true", "yes", "on"),
+    )
+
+
 def dotenv_path(env: Mapping[str, str] | None = None) -> Path | None:
     """The dotenv file to read (``MARKETFLOW_DOTENV``, default ``./.env``); None: read none."""
     env = os.environ if env is None else env
@@ -189,6 +331,8 @@ def floor_hour(ts: datetime) -> datetime:
 class Settings:
     kafka_bootstrap: str | None = None
     kafka_topic: str = DEFAULT_TOPIC
+    #: Protocol, SASL credentials and TLS files of every Kafka client (docs/DEPLOY.md).
+    kafka_security: KafkaSecurity = field(default_factory=lambda: KafkaSecurity())
     #: None: the embedded PostgreSQL under ``data_dir/postgres`` (started on first use).
     postgres_url: str | None = field(default=None, repr=False)
     data_dir: Path = Path(DEFAULT_DATA_DIR)
@@ -271,8 +415,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if postgres_url and urlsplit(postgres_url).scheme not in ("postgresql", "postgres"):
         raise ConfigError(f"{ENV_POSTGRES_URL} must look like postgresql://user:pass@host:port/db")
     start = get(ENV_PARTITION_START)
+    bootstrap = get(ENV_KAFKA_BOOTSTRAP)
+    if bootstrap is not None:
+        bootstrap = ",".join(parse_bootstrap(bootstrap))
     return Settings(
-        kafka_bootstrap=get("MARKETFLOW_KAFKA_BOOTSTRAP"),
+        kafka_bootstrap=bootstrap,
+        kafka_security=load_kafka_security(env),
         kafka_topic=get("MARKETFLOW_KAFKA_TOPIC") or DEFAULT_TOPIC,
         postgres_url=postgres_url,
         data_dir=Path(get(ENV_DATA_DIR) or DEFAULT_DATA_DIR).expanduser().absolute(),
@@ -376,6 +524,22 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def webhook_url(env: Mapping[str, str]) -> str | None:
+    """``MARKETFLOW_ALERT_WEBHOOK_URL`` checked: an ``http(s)://host...`` URL, or None when unset
+    (the message never shows the URL: it usually carries a token)."""
+    url = (env.get(ENV_ALERT_WEBHOOK) or "").strip() or None
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{ENV_ALERT_WEBHOOK} must be an http:// or https:// URL with a host")
+    return url
+
+
 def load_check_settings(env: Mapping[str, str] | None = None) -> CheckSettings:
     """Read the check settings from ``env`` (default ``os.environ``); raises ConfigError."""
     env = _environment(env)
@@ -385,9 +549,7 @@ def load_check_settings(env: Mapping[str, str] | None = None) -> CheckSettings:
         raise ConfigError(
             f"{ENV_FRESHNESS_ERROR}={error:g} must be >= {ENV_FRESHNESS_WARN}={warn:g}"
         )
-    url = (env.get(ENV_ALERT_WEBHOOK) or "").strip() or None
-    if url and not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{ENV_ALERT_WEBHOOK} must be an http(s):// URL")
+    url = webhook_url(env)
     severity = (env.get(ENV_ALERT_MIN_SEVERITY) or "WARN").strip().upper()
     if severity not in ("WARN", "ERROR"):
         raise ConfigError(f"{ENV_ALERT_MIN_SEVERITY} must be WARN or ERROR, not {severity!r}")
@@ -523,8 +685,7 @@ def load_monitoring_settings(env: dict[str, str] | None = None) -> MonitoringSet
         )
         if values[error_key] < values[warn_key]:
             raise ConfigError(f"the {kind} ERROR threshold must be >= its WARN threshold")
-    url = (env.get("MARKETFLOW_ALERT_WEBHOOK_URL") or "").strip() or None
-    return MonitoringSettings(**values, alert_webhook_url=url)
+    return MonitoringSettings(**values, alert_webhook_url=webhook_url(env))
 
 
 def load_pipeline_settings(env: dict[str, str] | None = None) -> Settings:

@@ -26,8 +26,8 @@ from marketflow_assets.settings import (
 
 # Before anything loads settings: the developer's servers are not the tests' servers.
 os.environ[ENV_DOTENV] = ""
-for _name in (ENV_POSTGRES_URL, "MARKETFLOW_KAFKA_BOOTSTRAP"):
-    os.environ.pop(_name, None)
+for _name in [n for n in os.environ if n.startswith("MARKETFLOW_KAFKA_")] + [ENV_POSTGRES_URL]:
+    os.environ.pop(_name, None)  # the broker address and its security settings, the database
 
 import dataclasses  # noqa: E402
 import sys  # noqa: E402

@@ -36,7 +36,11 @@ Options (``spark.readStream.format("marketflow_kafka").option(...)``):
 ``kafka.bootstrap.servers`` (required), ``subscribe`` (one topic, required),
 ``startingOffsets`` (``earliest`` | ``latest``, default ``earliest``),
 ``maxOffsetsPerTrigger`` (optional cap on records per micro-batch),
-``pollTimeoutMs`` (executor fetch timeout without progress before the task fails, default 60000).
+``pollTimeoutMs`` (executor fetch timeout without progress before the task fails, default 60000);
+security: ``kafka.security.protocol``, ``kafka.sasl.mechanism``, ``kafka.sasl.username``,
+``kafka.sasl.password``, ``kafka.ssl.cafile``, ``kafka.ssl.certfile``, ``kafka.ssl.keyfile``,
+``kafka.ssl.check.hostname`` (:func:`marketflow_assets.kafka_client.source_options` writes them
+from the settings; Spark redacts the password's value in plans and the UI).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import (
@@ -59,8 +63,10 @@ from marketflow_assets.kafka_client import (  # noqa: F401 - KafkaOffsetProbe re
     KafkaOffsetProbe,
     Offsets,
     no_auto_create,
+    security_from_options,
 )
 from marketflow_assets.kafka_client import group_less_consumer as _consumer
+from marketflow_assets.settings import KafkaSecurity
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +94,7 @@ class KafkaRange(InputPartition):
     start: int
     end: int
     poll_timeout_ms: int = 60000
+    security: KafkaSecurity | None = field(default=None, repr=False)
 
 
 # The planned offsets may no longer exist (broker restarted, topic recreated): a range without
@@ -113,7 +120,7 @@ def read_range(part: KafkaRange) -> Iterator[tuple]:
     if part.end <= part.start:
         return
     tp = TopicPartition(part.topic, part.partition)
-    c = _consumer(part.bootstrap, f"marketflow-spark-read-{part.partition}")
+    c = _consumer(part.bootstrap, f"marketflow-spark-read-{part.partition}", part.security)
     try:
         c.assign([tp])
         c.seek(tp, part.start)
@@ -177,6 +184,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         max_offsets = opts.get("maxoffsetspertrigger")
         self.max_offsets = int(max_offsets) if max_offsets else None
         self.poll_timeout_ms = int(opts.get("polltimeoutms") or 60000)
+        self.security = security_from_options(opts)
         self._probe: KafkaOffsetProbe | None = None
         self._target: Offsets | None = None  # Trigger.AvailableNow target
         self._latest: Offsets | None = None
@@ -185,7 +193,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     @property
     def probe(self) -> KafkaOffsetProbe:
         if self._probe is None:
-            self._probe = KafkaOffsetProbe(self.bootstrap, self.topic)
+            self._probe = KafkaOffsetProbe(self.bootstrap, self.topic, security=self.security)
         return self._probe
 
     def _wrap(
@@ -386,7 +394,11 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 )
                 s = earliest
             if e > s:
-                ranges.append(KafkaRange(self.bootstrap, self.topic, p, s, e, self.poll_timeout_ms))
+                ranges.append(
+                    KafkaRange(
+                        self.bootstrap, self.topic, p, s, e, self.poll_timeout_ms, self.security
+                    )
+                )
         return ranges
 
     def read(self, partition: InputPartition) -> Iterator[tuple]:

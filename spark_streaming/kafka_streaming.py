@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 from marketflow_assets import contract
+from marketflow_assets.kafka_client import source_options, spark_connector_options
 from marketflow_assets.monitoring.lag import batch_end_offsets
 from marketflow_assets.schema import (
     RAW_COLUMN_NAMES,
@@ -46,6 +47,7 @@ from marketflow_assets.schema import (
 )
 from marketflow_assets.settings import (
     ConfigError,
+    KafkaSecurity,
     Settings,
     launched_by_spark_submit,
     load_settings,
@@ -265,11 +267,11 @@ def jvm_kafka_available(spark) -> bool:
         return False
 
 
-def make_lag_probe(bootstrap: str, topic: str, checkpoint: Path):
+def make_lag_probe(bootstrap: str, topic: str, checkpoint: Path, security=None):
     """Return ``lag(batch_id)``: records in the topic beyond the batch's end offsets."""
     from spark_streaming.kafka_source import KafkaOffsetProbe
 
-    probe = KafkaOffsetProbe(bootstrap, topic, client_id="marketflow-spark-lag")
+    probe = KafkaOffsetProbe(bootstrap, topic, client_id="marketflow-spark-lag", security=security)
 
     def lag(batch_id: int) -> int | None:
         ends = batch_end_offsets(checkpoint, batch_id)
@@ -293,7 +295,15 @@ class StreamMonitor:
 
     LAG_EVERY_S = 5.0
 
-    def __init__(self, bootstrap, topic, checkpoint: Path, port: int | None, trigger_s: float):
+    def __init__(
+        self,
+        bootstrap,
+        topic,
+        checkpoint: Path,
+        port: int | None,
+        trigger_s: float,
+        security=None,
+    ):
         self.metrics = self.probe = None
         self.checkpoint = checkpoint
         self.next_lag = 0.0
@@ -310,7 +320,9 @@ class StreamMonitor:
             raise ConfigError(
                 f"--metrics-port {port}: cannot listen on 127.0.0.1 ({exc})"
             ) from None
-        self.probe = make_probe(bootstrap, topic, client_id="marketflow-spark-metrics")
+        self.probe = make_probe(
+            bootstrap, topic, client_id="marketflow-spark-metrics", security=security
+        )
         logger.info("streaming metrics on %s", metrics_url(bound))
 
     def batch_committed(self, batch: dict) -> None:
@@ -383,11 +395,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_broker(bootstrap: str, topic: str) -> None:
+def _check_broker(bootstrap: str, topic: str, security: KafkaSecurity) -> None:
+    from marketflow_assets.kafka_client import preflight
     from spark_streaming.kafka_source import KafkaOffsetProbe
 
+    preflight(bootstrap, security)  # a refused certificate or password: one line, exit 2
     probe = KafkaOffsetProbe(
-        bootstrap, topic, client_id="marketflow-spark-check", bootstrap_timeout_ms=10000
+        bootstrap,
+        topic,
+        client_id="marketflow-spark-check",
+        security=security,
+        bootstrap_timeout_ms=10000,
     )
     try:
         parts = probe.partitions()
@@ -436,8 +454,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"another kafka_streaming job is running on {checkpoint}; stop it first"
         ) from None
 
-    _check_broker(bootstrap, topic)
-    monitor = StreamMonitor(bootstrap, topic, checkpoint, metrics_port, args.trigger_seconds)
+    security = settings.kafka_security
+    _check_broker(bootstrap, topic, security)
+    monitor = StreamMonitor(
+        bootstrap, topic, checkpoint, metrics_port, args.trigger_seconds, security
+    )
 
     from marketflow_assets.spark_session import get_spark
     from spark_streaming.kafka_source import FORMAT_NAME, KafkaDataSource
@@ -453,11 +474,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     if use_jvm:
         reader = spark.readStream.format("kafka").option("failOnDataLoss", "false")
+        reader = reader.options(**spark_connector_options(security))
         if args.max_offsets_per_trigger:
             reader = reader.option("maxOffsetsPerTrigger", args.max_offsets_per_trigger)
     else:
         spark.dataSource.register(KafkaDataSource)
-        reader = spark.readStream.format(FORMAT_NAME)
+        reader = spark.readStream.format(FORMAT_NAME).options(**source_options(security))
         if args.max_offsets_per_trigger:
             reader = reader.option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
     stream = (
@@ -470,7 +492,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         settings.raw_dir,
         settings.rejects_dir,
         checkpoint,
-        lag_probe=make_lag_probe(bootstrap, topic, checkpoint),
+        lag_probe=make_lag_probe(bootstrap, topic, checkpoint, security),
         on_commit=monitor.batch_committed,
     )
     writer = (

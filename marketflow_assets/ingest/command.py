@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from marketflow_assets import cli_defaults
+from marketflow_assets import cli_defaults, kafka_client
 from marketflow_assets.ingest.coingecko import (
     PLAN_QUOTAS,
     CoinGeckoClient,
@@ -206,6 +206,7 @@ def _make_publisher(
         send_attempts=settings.send_attempts,
         send_backoff_s=settings.send_backoff_seconds,
         connect=connect,
+        security=settings.kafka_security,
     )
 
 
@@ -247,7 +248,7 @@ def _connect(
         publisher.ensure_topics()
         return publisher, None
     except (ConfigError, KafkaError) as exc:
-        if finite or spool is None:
+        if finite or spool is None or isinstance(exc, kafka_client.KafkaAccessError):
             raise
         return _make_publisher(args, settings, connect=False), str(exc)
 
@@ -259,6 +260,8 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
     if getattr(args, "replay_spool", False):
         return replay_spool(args, settings)
     _check_args(args, settings)
+    # a refused certificate or password is a configuration error: one line, before polling
+    kafka_client.preflight(settings.kafka_bootstrap, settings.kafka_security)
     args.source = resolve_source(args.source, settings, log)
     stop = stop or threading.Event()
     recorder = ReplayRecorder(args.record) if args.record else None
@@ -291,11 +294,12 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
         )
         sender.start()  # resends what an earlier run spooled, then sends each poll in order
         log.info(
-            "ingest: source=%s -> topic %s (dead letters: %s) on %s",
+            "ingest: source=%s -> topic %s (dead letters: %s) on %s (%s)",
             args.source,
             settings.kafka_topic,
             settings.dlq_topic,
             settings.kafka_bootstrap,
+            settings.kafka_security.describe(),
         )
         with stop_after_work_in_hand(
             stop, work="the current poll", log=log, second_sigint_interrupts=True

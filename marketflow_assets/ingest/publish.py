@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import (
     ClusterAuthorizationFailedError,
@@ -31,8 +31,9 @@ from kafka.errors import (
     UnsupportedVersionError,
 )
 
+from marketflow_assets import kafka_client
 from marketflow_assets.ingest.validate import Message, ValidatedPoll
-from marketflow_assets.settings import ConfigError
+from marketflow_assets.settings import ConfigError, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,12 @@ class Publisher:
         send_backoff_s: float = 0.5,
         sleep=time.sleep,
         connect: bool = True,
+        security: KafkaSecurity | None = None,
     ):
         if partitions < 1:
             raise ConfigError("--partitions must be at least 1")
         self.bootstrap = bootstrap
+        self.security = security
         self.topic = topic
         self.dlq_topic = dlq_topic
         self.partitions = partitions
@@ -94,7 +97,6 @@ class Publisher:
     def _make_producer(self, *, idempotent: bool) -> KafkaProducer:
         delivery_ms = int(self.delivery_timeout_s * 1000)
         config = {
-            "bootstrap_servers": self.bootstrap.split(","),
             "client_id": self.client_id,
             "acks": "all",
             "retries": 10,
@@ -108,7 +110,7 @@ class Publisher:
             "allow_auto_create_topics": False,
         }
         try:
-            producer = KafkaProducer(**config)
+            producer = kafka_client.producer(self.bootstrap, self.security, **config)
         except KafkaTimeoutError:
             raise ConfigError(
                 f"Kafka broker at {self.bootstrap} unreachable: start it or fix "
@@ -136,8 +138,9 @@ class Publisher:
     def ensure_topics(self) -> None:
         """Create the topic and the DLQ topic when missing (``partitions`` each)."""
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=self.bootstrap.split(","),
+            admin = kafka_client.admin(
+                self.bootstrap,
+                self.security,
                 client_id=self.client_id + "-admin",
                 request_timeout_ms=int(self.connect_timeout_s * 1000),
                 bootstrap_timeout_ms=int(self.connect_timeout_s * 1000),
@@ -229,11 +232,7 @@ class Publisher:
     def topic_id(self) -> str | None:
         """Kafka's id of the topic as the producer last saw it (a re-created topic has a new
         one); None when the broker does not report topic ids."""
-        try:
-            value = self._producer._metadata.topic_id(self.topic)  # kafka-python's cluster view
-        except Exception:  # noqa: BLE001 - an older client or no metadata yet
-            return None
-        return str(value) if value else None
+        return kafka_client.topic_id(self._producer, self.topic)
 
     def reconnect(self) -> None:
         """A new producer and the topics ensured again (the broker may have restarted); raises

@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 
+from marketflow_assets import kafka_client
 from marketflow_assets.runtime.signals import stop_after_work_in_hand
 from marketflow_assets.settings import (
     ConfigError,
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--poll-timeout must be positive, got {timeout:g}")
     if not settings.kafka_bootstrap:
         raise ConfigError("marketflow live needs a running broker: set MARKETFLOW_KAFKA_BOOTSTRAP")
+    # a refused certificate or password is a configuration error: one line, exit 2
+    kafka_client.preflight(settings.kafka_bootstrap, settings.kafka_security)
     url = PostgresResource(url=settings.postgres_url).resolved_url()
     stop = threading.Event()
 
@@ -50,6 +53,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             max_batch_records=live.max_batch_records,
             alerts_file=settings.price_alerts_file,
             webhook_url=load_monitoring_settings().alert_webhook_url,
+            security=settings.kafka_security,
         )
 
     logger.info("live: %s -> price_indicators, market_movers", settings.kafka_topic)

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from marketflow_assets import contract
+from marketflow_assets import contract, kafka_client
 from marketflow_assets import indicators as ind
 from marketflow_assets.live.alerting import LiveAlerts
 from marketflow_assets.live.store import LiveStore
 from marketflow_assets.market import RAW_SOURCE_COLUMNS
+from marketflow_assets.settings import KafkaSecurity
 
 logger = logging.getLogger("marketflow.live")
 
@@ -74,6 +75,8 @@ class LiveConsumer:
     #: Price alert rules (``marketflow_assets/price_alerts.py``); None: none.
     alerts_file: Path | None = None
     webhook_url: str | None = field(default=None, repr=False)
+    #: Protocol, SASL credentials and TLS files of the consumer (None: PLAINTEXT).
+    security: KafkaSecurity | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.store = LiveStore(self.postgres_url)
@@ -91,11 +94,13 @@ class LiveConsumer:
         self._assigned_topic_id: str | None = None
 
     def _consumer(self):
-        from kafka import KafkaConsumer
-
         wait_ms = max(10, int(self.poll_timeout_s * 1000))
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap.split(","),
+        # never auto-creates the topic: Tansu ignores allow_auto_topic_creation, and a metadata
+        # request naming a missing topic would create it (4 partitions) -- after a broker
+        # restart, before ingest creates it with the configured count (kafka_client)
+        return kafka_client.consumer(
+            self.bootstrap,
+            self.security,
             client_id=self.client_id,
             group_id=None,
             enable_auto_commit=False,
@@ -104,16 +109,8 @@ class LiveConsumer:
             fetch_max_wait_ms=wait_ms,
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
-            allow_auto_create_topics=False,
             metadata_max_age_ms=5000,  # a recreated topic (new topic id) is noticed quickly
         )
-        # Tansu ignores allow_auto_topic_creation: a metadata request naming a missing topic
-        # creates it (4 partitions) -- after a broker restart, before ingest creates it with
-        # the configured count. Asking for all topics' metadata never creates one.
-        from marketflow_assets.kafka_client import no_auto_create
-
-        no_auto_create(consumer)
-        return consumer
 
     def _unseen_before(self, stored: dict[int, int], timeout_s: float = 3.0) -> list[int]:
         """Partitions whose record just before the stored offset is newer than its coin's last
@@ -161,11 +158,7 @@ class LiveConsumer:
     def _topic_id(self) -> str | None:
         """The broker's id of the topic as last seen in metadata (a recreated topic has a new
         one); None when unknown or when the broker reports no topic ids."""
-        try:
-            value = self.consumer._cluster.topic_id(self.topic)  # kafka-python's cached view
-        except Exception:  # noqa: BLE001 - an older client
-            return None
-        return str(value) if value else None
+        return kafka_client.topic_id(self.consumer, self.topic)  # the cached cluster view
 
     def check_recreated(self) -> bool:
         """When the topic's id changed since the assignment (deleted and recreated: a broker

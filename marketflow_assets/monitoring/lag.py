@@ -197,14 +197,15 @@ def measure_lag(checkpoint: Path, probe, now: float | None = None) -> LagReport:
     return LagReport(records, seconds, committed, ends, oldest)
 
 
-def make_probe(bootstrap: str, topic: str, client_id: str = "marketflow-monitoring"):
+def make_probe(bootstrap: str, topic: str, client_id: str = "marketflow-monitoring", security=None):
     """A :class:`KafkaOffsetProbe` with short timeouts (a monitor must not hang on a dead
-    broker)."""
+    broker); ``security``: a :class:`~marketflow_assets.settings.KafkaSecurity`."""
     from marketflow_assets.kafka_client import KafkaOffsetProbe
 
     return KafkaOffsetProbe(
         bootstrap,
         topic,
         client_id=client_id,
+        security=security,
         bootstrap_timeout_ms=5000,
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from marketflow_assets.settings import DLQ_SUFFIX, load_pipeline_settings
+from marketflow_assets.settings import DLQ_SUFFIX, KafkaSecurity, load_pipeline_settings
 
 
 class KafkaTopicResource(dg.ConfigurableResource):
@@ -25,6 +25,12 @@ class KafkaTopicResource(dg.ConfigurableResource):
     def bootstrap_servers(self) -> str:
         """The configured servers, '' when none (the embedded broker is known only to `up`)."""
         return self.bootstrap or load_pipeline_settings().kafka_bootstrap or ""
+
+    @property
+    def security(self) -> KafkaSecurity:
+        """Protocol, SASL credentials and TLS files, read from the settings when used: never
+        resource config, so no secret reaches Dagster's run storage."""
+        return load_pipeline_settings().kafka_security
 
     @property
     def topic_name(self) -> str:

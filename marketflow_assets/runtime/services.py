@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import logging
 import signal
 import socket
@@ -27,7 +28,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from marketflow_assets.settings import Settings, child_environment, redact_url
+from marketflow_assets.settings import (
+    ConfigError,
+    KafkaSecurity,
+    Settings,
+    child_environment,
+    redact_url,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,19 +87,30 @@ def stop_process(proc: subprocess.Popen, name: str, timeout: float = 15.0) -> No
 # ------------------------------------------------------------------------------------------------
 # Kafka
 # ------------------------------------------------------------------------------------------------
-def wait_for_kafka(bootstrap: str, timeout: float = 30.0) -> None:
-    """Block until a Kafka broker at ``bootstrap`` answers a metadata request, else ServiceError."""
-    from kafka import KafkaAdminClient
+def wait_for_kafka(
+    bootstrap: str, timeout: float = 30.0, security: KafkaSecurity | None = None
+) -> None:
+    """Block until a Kafka broker at ``bootstrap`` answers a metadata request, else ServiceError.
+    A refused certificate or password raises :class:`~marketflow_assets.kafka_client.
+    KafkaAccessError` at once (a configuration error: waiting does not help)."""
     from kafka.errors import KafkaConfigurationError, KafkaError
 
+    from marketflow_assets import kafka_client
+
+    servers = kafka_client.servers(bootstrap)  # a malformed list: ConfigError before any wait
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
+    checked = False
     while time.monotonic() < deadline:
         try:
-            host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
-            socket.create_connection((host or LOOPBACK, int(port)), timeout=2).close()
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap,
+            host, port = kafka_client.host_port(servers[0])
+            socket.create_connection((host or LOOPBACK, port), timeout=2).close()
+            if not checked:
+                kafka_client.preflight(bootstrap, security, timeout_s=min(10.0, timeout))
+                checked = True
+            admin = kafka_client.admin(
+                bootstrap,
+                security,
                 request_timeout_ms=5000,
                 client_id="marketflow-healthcheck",
             )
@@ -104,6 +122,8 @@ def wait_for_kafka(bootstrap: str, timeout: float = 30.0) -> None:
         except KafkaConfigurationError:
             raise
         except (KafkaError, OSError, ValueError) as exc:
+            if isinstance(exc, ConfigError):  # KafkaAccessError, a bad bootstrap entry
+                raise
             last_error = exc
             time.sleep(0.3)
     raise ServiceError(
@@ -205,11 +225,50 @@ def wait_for_postgres(url: str, timeout: float = 10.0) -> None:
                 conn.close()
         except psycopg2.Error as exc:
             last_error = exc
+            refused = postgres_refusal(exc)
+            if refused:  # a password or certificate problem does not heal by waiting
+                raise ConfigError(
+                    f"MARKETFLOW_POSTGRES_URL ({redact_url(url)}): {refused}"
+                ) from None
         if time.monotonic() >= deadline:
             break
         time.sleep(0.5)
     reason = " ".join(str(last_error).split()) or type(last_error).__name__
     raise ServiceError(f"MARKETFLOW_POSTGRES_URL unreachable ({redact_url(url)}): {reason}")
+
+
+#: libpq messages of refusals that waiting does not cure -> what to check
+_PG_REFUSALS = (
+    ("pg_hba.conf rejects", "the server's pg_hba.conf rejects this connection (sslmode?)"),
+    (
+        "password authentication failed",
+        "the server refused the password; check the user and password",
+    ),
+    ("no password supplied", "the server wants a password; put it in the URL"),
+    ("certificate verify failed", "the server's TLS certificate is not trusted; check sslrootcert"),
+    (
+        "does not match host name",
+        "the server's TLS certificate names another host; connect by a name it lists",
+    ),
+    ("root certificate file", "the sslrootcert file is missing; check sslrootcert"),
+    ("server does not support ssl", "the server has no TLS; use sslmode=disable or turn ssl on"),
+    (
+        "no pg_hba.conf entry",
+        "the server does not accept this user, database or connection type (pg_hba.conf)",
+    ),
+    ("does not exist", "no such role or database"),
+)
+
+
+def postgres_refusal(exc: Exception) -> str | None:
+    """A one-line reason when ``exc`` is PostgreSQL refusing this client (password, TLS
+    certificate, host name, pg_hba) rather than being away; None for an outage."""
+    text = " ".join(str(exc).split())
+    for needle, reason in _PG_REFUSALS:
+        if needle in text.lower():
+            detail = text[:300]
+            return f"{reason} ({detail})"
+    return None
 
 
 def import_pgserver():
@@ -452,8 +511,15 @@ def running_services(
                 )
         if kafka:
             if settings.kafka_bootstrap:
-                _configured(wait_for_kafka, settings.kafka_bootstrap, 15)
-                log(f"kafka: using {settings.kafka_bootstrap}")
+                _configured(
+                    functools.partial(wait_for_kafka, security=settings.kafka_security),
+                    settings.kafka_bootstrap,
+                    15,
+                )
+                log(
+                    f"kafka: using {settings.kafka_bootstrap} "
+                    f"({settings.kafka_security.describe()})"
+                )
             else:
                 started = time.monotonic()
                 broker = EmbeddedKafka(settings.data_dir / "logs")

@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -245,15 +246,11 @@ class ReadinessProbes:
         self.announced: set[str] = set()
 
     def _kafka_has_messages(self) -> bool:
-        from kafka import KafkaConsumer
-
-        from marketflow_assets.kafka_client import no_auto_create
+        from marketflow_assets import kafka_client
 
         # never names the topic in a metadata request: Tansu would create it (4 partitions)
-        consumer = no_auto_create(
-            KafkaConsumer(
-                bootstrap_servers=self.settings.kafka_bootstrap, allow_auto_create_topics=False
-            )
+        consumer = kafka_client.consumer(
+            self.settings.kafka_bootstrap, self.settings.kafka_security
         )
         try:
             parts = consumer.partitions_for_topic(self.settings.kafka_topic) or set()
@@ -330,9 +327,48 @@ class ReadinessProbes:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def check_configuration(args: argparse.Namespace) -> None:
+    """Everything ``up`` will read later, checked before anything starts (a ConfigError names
+    the bad variable or option: one line, exit 2); warns about a UI open to the network."""
+    from marketflow_assets.settings import (
+        load_check_settings,
+        load_live_settings,
+        load_monitoring_settings,
+    )
+
     if args.max_restarts < 0 or args.restart_window <= 0:
         raise ConfigError("--max-restarts must be >= 0 and --restart-window > 0")
+    for port, option in ((args.port, "--port"), (args.dashboard_port, "--dashboard-port")):
+        if not 0 < port < 65536:
+            raise ConfigError(f"{option} {port} is not a TCP port")
+    load_check_settings()
+    load_monitoring_settings()
+    load_live_settings()
+    warn_if_exposed(args.host)
+
+
+def warn_if_exposed(host: str) -> None:
+    """``--host`` must be an address of this machine; any but loopback gets a warning: the
+    Dagster UI has no login of its own (anyone reaching the port can launch and wipe runs)."""
+    import ipaddress
+
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError):
+        raise ConfigError(f"--host {host!r} is not an address of this machine") from None
+    addresses = {info[4][0] for info in infos}
+    if all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses):
+        return
+    logger.warning(
+        "the Dagster UI will listen on %s, reachable from other machines, and has NO "
+        "authentication: put it behind the TLS + password proxy of docs/DEPLOY.md "
+        "(deploy/nginx/) or keep the default --host 127.0.0.1",
+        host,
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    check_configuration(args)
     args.spark_master = args.spark_master or settings.spark_master
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stop_requested = threading.Event()
@@ -658,7 +694,12 @@ def drain_spark(
     every message of the topic."""
     from marketflow_assets.kafka_client import KafkaOffsetProbe
 
-    probe = KafkaOffsetProbe(settings.kafka_bootstrap, settings.kafka_topic, "marketflow-up-drain")
+    probe = KafkaOffsetProbe(
+        settings.kafka_bootstrap,
+        settings.kafka_topic,
+        "marketflow-up-drain",
+        security=settings.kafka_security,
+    )
     try:
         deadline = time.monotonic() + timeout
         left = unread_messages(settings, probe)

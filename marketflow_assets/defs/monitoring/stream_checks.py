@@ -159,7 +159,7 @@ def measure_lag_outcome(
 ) -> Outcome:
     if not kafka.bootstrap_servers:
         return no_broker_outcome("Stream lag")
-    probe = lagmod.make_probe(kafka.bootstrap_servers, kafka.topic_name)
+    probe = lagmod.make_probe(kafka.bootstrap_servers, kafka.topic_name, security=kafka.security)
     try:
         report = lagmod.measure_lag(
             lagmod.stream_checkpoint(kafka.checkpoint_root, kafka.topic_name), probe, now
@@ -175,7 +175,7 @@ def topic_counts(kafka: KafkaTopicResource) -> tuple[int, int]:
     """(records held in the price topic, in the dead-letter topic)."""
     counts = []
     for topic in (kafka.topic_name, kafka.dlq_topic):
-        probe = lagmod.make_probe(kafka.bootstrap_servers, topic)
+        probe = lagmod.make_probe(kafka.bootstrap_servers, topic, security=kafka.security)
         try:
             counts.append(lagmod.topic_totals(probe))
         finally:

@@ -1,0 +1,243 @@
+"""Production connectivity against real servers on 127.0.0.1 (issue 29): Kafka through TLS
+(Tansu behind stunnel4, with and without mutual TLS) and PostgreSQL 15 with ``ssl=on``,
+scram passwords and ``sslmode=verify-full``.
+
+* the one Kafka client layer (ingest's publisher, the offset probe, consumers) works over TLS;
+* a refused certificate, a wrong host name, a missing or foreign client certificate, a wrong
+  PostgreSQL password: each fails within a minute with one clear line and exit code 2, and no
+  secret in the output;
+* end to end over verified TLS: ``marketflow up`` -> ingest -> Spark -> raw -> Dagster ->
+  PostgreSQL and the live path, the password nowhere in the log or Dagster's run storage.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from marketflow_assets import kafka_client
+from marketflow_assets.runtime.services import free_port, wait_for_kafka
+from marketflow_assets.settings import load_settings
+from marketflow_assets_tests.runtime.test_up import MARKETFLOW, _env, _stop, _tail
+from marketflow_assets_tests.tls_servers import TlsKafka, TlsPostgres, make_pki
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_kafka(pki, tmp_path_factory):
+    with TlsKafka(tmp_path_factory.mktemp("tls-kafka"), pki) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="module")
+def tls_postgres(pki):
+    with TlsPostgres(pki) as server:
+        yield server
+
+
+def _kafka_env(broker, cafile: Path, **extra: str) -> dict[str, str]:
+    return {
+        "MARKETFLOW_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "MARKETFLOW_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "MARKETFLOW_KAFKA_SSL_CAFILE": str(cafile),
+        **extra,
+    }
+
+
+def _security(env: dict[str, str]):
+    return load_settings({"MARKETFLOW_DOTENV": "", **env}).kafka_security
+
+
+def _fails_with_one_line(argv, env, tmp_path, must_contain: str, secret: str | None = None):
+    started = time.monotonic()
+    proc = subprocess.run(
+        [MARKETFLOW, *argv],
+        env=_env(tmp_path / "data", **env),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    took = time.monotonic() - started
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert took < 60, f"took {took:.0f} s"
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"marketflow {argv[0]}: ") and must_contain in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+    if secret:
+        assert secret not in proc.stderr + proc.stdout
+    return last
+
+
+def test_ingest_publishes_over_tls_and_the_probe_reads_it_back(tls_kafka, pki, tmp_path):
+    env = _kafka_env(tls_kafka, pki.ca, MARKETFLOW_KAFKA_TOPIC="tls_prices")
+    proc = subprocess.run(
+        [MARKETFLOW, "ingest", "--source", "simulate", "--coins", "7", "--once"],
+        env=_env(tmp_path / "data", MARKETFLOW_SPOOL_DIR="off", **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SSL, CA " in proc.stderr  # the log line says how it connected
+    security = _security(env)
+    probe = kafka_client.KafkaOffsetProbe(tls_kafka.bootstrap, "tls_prices", security=security)
+    try:
+        parts = probe.partitions()
+        ends = probe.end_offsets(parts)
+        begins = probe.beginning_offsets(parts)
+        assert sum(ends.values()) - sum(begins.values()) == 7
+        assert probe.topic_id()  # the one topic-id helper, over TLS
+    finally:
+        probe.close()
+
+
+def test_refused_kafka_certificates_fail_fast_with_one_line(tls_kafka, pki, tmp_path):
+    argv = ["ingest", "--source", "simulate", "--coins", "3", "--once"]
+    # a CA that did not sign the broker's certificate
+    _fails_with_one_line(
+        argv,
+        _kafka_env(tls_kafka, pki.other_ca),
+        tmp_path,
+        "TLS certificate was refused",
+    )
+    # a name the certificate does not list (it lists localhost, not 127.0.0.1)
+    last = _fails_with_one_line(
+        argv,
+        _kafka_env(tls_kafka, pki.ca, MARKETFLOW_KAFKA_BOOTSTRAP=f"127.0.0.1:{tls_kafka.tls_port}"),
+        tmp_path,
+        "mismatch",
+    )
+    assert "connect by a name the certificate lists" in last
+    # `up` checks the same before it starts anything of its own
+    _fails_with_one_line(
+        ["up", "--source", "simulate"],
+        _kafka_env(tls_kafka, pki.other_ca),
+        tmp_path,
+        "TLS certificate was refused",
+    )
+
+
+def test_mutual_tls_needs_a_client_certificate_the_broker_trusts(pki, tmp_path):
+    with TlsKafka(tmp_path / "mtls", pki, mutual=True) as broker:
+        good = _security(
+            _kafka_env(
+                broker,
+                pki.ca,
+                MARKETFLOW_KAFKA_SSL_CERTFILE=str(pki.client_cert),
+                MARKETFLOW_KAFKA_SSL_KEYFILE=str(pki.client_key),
+            )
+        )
+        wait_for_kafka(broker.bootstrap, 30, good)
+        producer = kafka_client.producer(broker.bootstrap, good, allow_auto_create_topics=True)
+        producer.send("mtls", b"hello").get(timeout=30)
+        producer.close()
+        without = _security(_kafka_env(broker, pki.ca))
+        with pytest.raises(kafka_client.KafkaAccessError, match="Kafka at localhost"):
+            kafka_client.preflight(broker.bootstrap, without, timeout_s=10)
+        rogue = _security(
+            _kafka_env(
+                broker,
+                pki.ca,
+                MARKETFLOW_KAFKA_SSL_CERTFILE=str(pki.rogue_client_cert),
+                MARKETFLOW_KAFKA_SSL_KEYFILE=str(pki.rogue_client_key),
+            )
+        )
+        with pytest.raises(kafka_client.KafkaAccessError):
+            kafka_client.preflight(broker.bootstrap, rogue, timeout_s=10)
+
+
+def test_postgres_refusals_fail_fast_with_one_line(tls_postgres, tmp_path):
+    pg = tls_postgres
+    cases = [
+        (pg.verified_url(password="wrong-Pw"), "refused the password"),
+        (pg.verified_url(sslrootcert=str(pg.pki.other_ca)), "certificate is not trusted"),
+        (pg.verified_url(host="127.0.0.1"), "names another host"),
+        (pg.url(sslmode="disable"), "rejects this connection"),
+    ]
+    for url, reason in cases:
+        _fails_with_one_line(
+            ["up", "--source", "simulate"],
+            {"MARKETFLOW_POSTGRES_URL": url},
+            tmp_path,
+            reason,
+            secret=pg.password,
+        )
+
+
+def _count(url: str, sql: str) -> int:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(600)
+def test_up_end_to_end_over_verified_tls(tls_kafka, tls_postgres, pki, tmp_path):
+    """ingest -> Kafka (TLS) -> Spark -> raw -> Dagster -> PostgreSQL (verify-full), and the
+    live path, with only environment variables changed."""
+    url = tls_postgres.verified_url()
+    env = _kafka_env(
+        tls_kafka, pki.ca, MARKETFLOW_KAFKA_TOPIC="tls_e2e", MARKETFLOW_POSTGRES_URL=url
+    )
+    log_path = tmp_path / "up.log"
+    argv = [
+        MARKETFLOW,
+        "up",
+        "--source",
+        "simulate",
+        "--interval",
+        "5",
+        "--coins",
+        "6",
+        "--port",
+        str(free_port()),
+        "--dashboard-port",
+        str(free_port()),
+        "--spark-master",
+        "local[1]",
+    ]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            argv, env=_env(tmp_path / "data", **env), stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 300
+        exact = live = 0
+        while time.monotonic() < deadline and not (exact and live):
+            assert proc.poll() is None, _tail(log_path)
+            time.sleep(3)
+            try:
+                exact = _count(url, "SELECT count(*) FROM price_indicators WHERE source='dagster'")
+                live = _count(url, "SELECT count(*) FROM price_indicators WHERE source='live'")
+            except psycopg2.Error:
+                continue
+        assert exact and live, f"exact={exact} live={live}\n" + _tail(log_path)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 0, _tail(log_path)
+    finally:
+        _stop(proc)
+    text = log_path.read_text()
+    assert "kafka: using localhost:" in text and "(SSL, CA " in text
+    assert tls_postgres.password not in text
+    # nothing Dagster stored (runs, events, resource config) holds the password
+    stored = _count(
+        url,
+        "SELECT (SELECT count(*) FROM runs WHERE run_body LIKE '%' || "
+        f"'{tls_postgres.password}' || '%') + (SELECT count(*) FROM event_logs WHERE event "
+        f"LIKE '%' || '{tls_postgres.password}' || '%')",
+    )
+    assert stored == 0
