@@ -418,9 +418,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     bootstrap = get(ENV_KAFKA_BOOTSTRAP)
     if bootstrap is not None:
         bootstrap = ",".join(parse_bootstrap(bootstrap))
+    kafka_security = load_kafka_security(env)
+    if bootstrap is None and kafka_security.protocol != "PLAINTEXT":
+        raise ConfigError(
+            f"{ENV_KAFKA_PROTOCOL}={kafka_security.protocol} needs {ENV_KAFKA_BOOTSTRAP} "
+            "(the embedded broker speaks PLAINTEXT only)"
+        )
     return Settings(
         kafka_bootstrap=bootstrap,
-        kafka_security=load_kafka_security(env),
+        kafka_security=kafka_security,
         kafka_topic=get("MARKETFLOW_KAFKA_TOPIC") or DEFAULT_TOPIC,
         postgres_url=postgres_url,
         data_dir=Path(get(ENV_DATA_DIR) or DEFAULT_DATA_DIR).expanduser().absolute(),

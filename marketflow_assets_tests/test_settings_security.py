@@ -112,8 +112,11 @@ def test_sasl_settings_make_one_security_object_without_the_password_in_text():
     assert jvm["kafka.sasl.mechanism"] == "SCRAM-SHA-512"
     assert "ScramLoginModule required" in jvm["kafka.sasl.jaas.config"]
     # PLAIN by default when a username is set
+    with pytest.raises(ConfigError, match="needs MARKETFLOW_KAFKA_BOOTSTRAP"):
+        load_settings(_env(MARKETFLOW_KAFKA_SECURITY_PROTOCOL="SSL"))  # the embedded broker
     plain = load_settings(
         _env(
+            MARKETFLOW_KAFKA_BOOTSTRAP="b:9092",
             MARKETFLOW_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
             MARKETFLOW_KAFKA_SASL_USERNAME="u",
             MARKETFLOW_KAFKA_SASL_PASSWORD="p",
@@ -129,3 +132,16 @@ def test_webhook_url_must_be_http_with_a_host(url):
         with pytest.raises(ConfigError, match="MARKETFLOW_ALERT_WEBHOOK_URL") as err:
             load(env)
         assert "hooks.example.com" not in str(err.value)  # such a URL usually carries a token
+
+
+def test_ui_host_must_be_local_and_an_open_one_is_warned_about(caplog):
+    from marketflow_assets.runtime.up import warn_if_exposed
+
+    with caplog.at_level("WARNING", logger="marketflow.up"):
+        warn_if_exposed("127.0.0.1")
+        warn_if_exposed("localhost")
+        assert not caplog.records
+        warn_if_exposed("0.0.0.0")
+    assert "NO authentication" in caplog.text and "docs/DEPLOY.md" in caplog.text
+    with pytest.raises(ConfigError, match="--host"):
+        warn_if_exposed("no-such-host.invalid")

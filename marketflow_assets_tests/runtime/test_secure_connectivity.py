@@ -17,13 +17,23 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import psycopg2
 import pytest
 
 from marketflow_assets import kafka_client
 from marketflow_assets.runtime.services import free_port, wait_for_kafka
 from marketflow_assets.settings import load_settings
-from marketflow_assets_tests.runtime.test_up import MARKETFLOW, _env, _stop, _tail
+from marketflow_assets_tests.helpers import raw_key_counts
+from marketflow_assets_tests.runtime.test_up import (
+    MARKETFLOW,
+    _env,
+    _graphql,
+    _recorded,
+    _still_running,
+    _stop,
+    _tail,
+)
 from marketflow_assets_tests.tls_servers import TlsKafka, TlsPostgres, make_pki
 
 pytestmark = pytest.mark.stack
@@ -186,13 +196,18 @@ def _count(url: str, sql: str) -> int:
 
 
 @pytest.mark.timeout(600)
-def test_up_end_to_end_over_verified_tls(tls_kafka, tls_postgres, pki, tmp_path):
-    """ingest -> Kafka (TLS) -> Spark -> raw -> Dagster -> PostgreSQL (verify-full), and the
-    live path, with only environment variables changed."""
+def test_up_end_to_end_over_verified_tls_and_stops_cleanly(tls_kafka, tls_postgres, pki, tmp_path):
+    """`marketflow up` with only environment variables pointing at a TLS broker and a
+    verify-full PostgreSQL: ingest -> Kafka -> Spark -> raw -> Dagster -> PostgreSQL and the
+    live path; the UI serves the asset graph; a closed terminal (SIGHUP, handled like Ctrl-C)
+    leaves no process behind, and every recorded poll is in raw exactly once. (The embedded
+    default stack is run end to end by test_up.py's restart test and the fault test.)"""
     url = tls_postgres.verified_url()
     env = _kafka_env(
         tls_kafka, pki.ca, MARKETFLOW_KAFKA_TOPIC="tls_e2e", MARKETFLOW_POSTGRES_URL=url
     )
+    data_dir = tmp_path / "data"
+    port, dashboard_port = free_port(), free_port()
     log_path = tmp_path / "up.log"
     argv = [
         MARKETFLOW,
@@ -204,18 +219,21 @@ def test_up_end_to_end_over_verified_tls(tls_kafka, tls_postgres, pki, tmp_path)
         "--coins",
         "6",
         "--port",
-        str(free_port()),
+        str(port),
         "--dashboard-port",
-        str(free_port()),
+        str(dashboard_port),
         "--spark-master",
         "local[1]",
+        "--record",
+        str(tmp_path / "record.jsonl"),
     ]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            argv, env=_env(tmp_path / "data", **env), stdout=log, stderr=subprocess.STDOUT
+            argv, env=_env(data_dir, **env), stdout=log, stderr=subprocess.STDOUT
         )
+    started = time.monotonic()
     try:
-        deadline = time.monotonic() + 300
+        deadline = started + 300
         exact = live = 0
         while time.monotonic() < deadline and not (exact and live):
             assert proc.poll() is None, _tail(log_path)
@@ -226,11 +244,34 @@ def test_up_end_to_end_over_verified_tls(tls_kafka, tls_postgres, pki, tmp_path)
             except psycopg2.Error:
                 continue
         assert exact and live, f"exact={exact} live={live}\n" + _tail(log_path)
-        proc.send_signal(signal.SIGINT)
+        print(f"exact rows {time.monotonic() - started:.0f} s after start")
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                answer = _graphql(port, "{ assetNodes { assetKey { path } } }")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, _tail(log_path)
+                time.sleep(3)
+        keys = {"/".join(n["assetKey"]["path"]) for n in answer["data"]["assetNodes"]}
+        assert {"raw_prices", "price_indicators", "market_movers"} <= keys
+        up = psutil.Process(proc.pid)
+        stack = [up, *up.children(recursive=True)]
+        proc.send_signal(signal.SIGHUP)
         assert proc.wait(120) == 0, _tail(log_path)
     finally:
         _stop(proc)
+    time.sleep(1)
+    alive = _still_running(stack)
+    assert not alive, f"processes left after SIGHUP: {alive}"
+    # ingest stopped first and the Spark job wrote what the broker still held
+    expected = _recorded(tmp_path / "record.jsonl")
+    rows = raw_key_counts(data_dir / "raw_prices")
+    assert set(expected) <= set(rows) and max(rows.values()) == 1
     text = log_path.read_text()
+    for component in ("ingest", "spark", "dagster"):
+        assert f"ready: {component}" in text
+    assert f"ready: dashboard — http://127.0.0.1:{dashboard_port}" in text
     assert "kafka: using localhost:" in text and "(SSL, CA " in text
     assert tls_postgres.password not in text
     # nothing Dagster stored (runs, events, resource config) holds the password
