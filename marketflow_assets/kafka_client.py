@@ -277,9 +277,30 @@ def check_tls(server: str, security: KafkaSecurity, timeout_s: float = 10.0) -> 
 
 def check_sasl(bootstrap: str, security: KafkaSecurity, timeout_s: float = 10.0) -> None:
     """Authenticate once with the SASL credentials; refused ones raise :class:`KafkaAccessError`
-    (the password is never part of the message)."""
+    (the password is never part of the message).
+
+    kafka-python 3.0 only *logs* a refused login while it bootstraps (it retries until
+    ``bootstrap_timeout_ms``, then raises ``KafkaTimeoutError``): the error it logs is caught
+    by a handler on ``kafka.net.manager`` for the length of the attempt."""
     from kafka import errors
 
+    refusals = (errors.SaslAuthenticationFailedError, errors.UnsupportedSaslMechanismError)
+
+    class _Refusals(logging.Handler):
+        refusal: Exception | None = None
+
+        def emit(self, record: logging.LogRecord) -> None:
+            args = record.args if isinstance(record.args, tuple) else ()
+            for arg in args:
+                if isinstance(arg, refusals) and self.refusal is None:
+                    self.refusal = arg
+
+    watcher = _Refusals()
+    manager_log = logging.getLogger("kafka.net.manager")
+    level = manager_log.level
+    manager_log.addHandler(watcher)
+    if not manager_log.isEnabledFor(logging.WARNING):
+        manager_log.setLevel(logging.WARNING)
     try:
         client = admin(
             bootstrap,
@@ -288,12 +309,18 @@ def check_sasl(bootstrap: str, security: KafkaSecurity, timeout_s: float = 10.0)
             request_timeout_ms=int(timeout_s * 1000),
             bootstrap_timeout_ms=int(timeout_s * 1000),
         )
-    except (errors.SaslAuthenticationFailedError, errors.UnsupportedSaslMechanismError) as exc:
+    except (*refusals, errors.KafkaTimeoutError) as exc:
+        refusal = exc if isinstance(exc, refusals) else watcher.refusal
+        if refusal is None:
+            raise  # a broker that is away: the caller's wait
         raise KafkaAccessError(
             f"Kafka at {bootstrap} refused SASL {security.sasl_mechanism} login of user "
-            f"{security.sasl_username!r} ({type(exc).__name__}); check the user and "
+            f"{security.sasl_username!r} ({type(refusal).__name__}); check the user and "
             f"{ENV_KAFKA_PASSWORD}"
         ) from None
+    finally:
+        manager_log.removeHandler(watcher)
+        manager_log.setLevel(level)
     client.close()
 
 

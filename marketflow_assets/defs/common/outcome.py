@@ -89,6 +89,11 @@ class Outcome:
     metadata: dict[str, Any] = field(default_factory=dict)
     severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
 
+    @property
+    def skipped(self) -> bool:
+        """True for :func:`no_data`: the window held nothing to check."""
+        return bool(self.metadata.get("skipped"))
+
     def to_result(
         self,
         window: Window | None = None,
@@ -123,10 +128,21 @@ class Outcome:
         )
 
 
+def report(context, outcome: Outcome, window: Window | None = None) -> dg.AssetCheckResult | None:
+    """The check result of ``outcome`` in a run, or None when it was skipped (:func:`no_data`):
+    a planned check without a result in a successful run is SKIPPED in Dagster, not passed."""
+    if outcome.skipped:
+        context.log.info(outcome.description)
+        return None
+    return outcome.to_result(window)
+
+
 def no_data(what: str) -> Outcome:
-    """A quality check on an empty window checks nothing: it says it was skipped (Dagster has
-    no skipped result: it passes, with ``skipped`` in its metadata, which the dashboard shows as
-    "skipped"); freshness reports missing data."""
+    """A quality check on an empty window checks nothing: it was skipped. In a run,
+    :func:`report` then yields no result, so Dagster records the check as SKIPPED (the UI's
+    "Skipped"; the reason is in the run's log); a sensor's evaluation passes with ``skipped``
+    in its metadata (run-less evaluations have no skipped state), which the dashboard shows as
+    "skipped". Freshness reports missing data instead."""
     return Outcome(
         True,
         f"Skipped: no {what} in the checked window, so nothing was checked.",

@@ -97,6 +97,7 @@ def run_table_check(context, postgres, table: str, ts_column: str, what: str, ou
         load_check_settings,
         no_data,
         partition_window,
+        report,
     )
 
     with postgres.get_connection() as conn:
@@ -104,5 +105,5 @@ def run_table_check(context, postgres, table: str, ts_column: str, what: str, ou
             newest_ts(conn, table, ts_column), load_check_settings().window_hours
         )
         if window is None:
-            return no_data(what).to_result()
-        return outcome_fn(conn, window).to_result(window)
+            return report(context, no_data(what))
+        return report(context, outcome_fn(conn, window), window)

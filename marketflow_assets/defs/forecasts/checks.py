@@ -14,7 +14,7 @@
 import dagster as dg
 import pandas as pd
 
-from marketflow_assets.defs.common.outcome import Outcome
+from marketflow_assets.defs.common.outcome import Outcome, report
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.schema import FORECAST_EVALUATION_ASSET, PRICE_FORECASTS_ASSET
 
@@ -153,10 +153,12 @@ def no_look_ahead(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult
     name="intervals_ordered",
     description="Every forecast of the newest origin has lower_80 <= predicted_price <= upper_80.",
 )
-def intervals_ordered(postgres: PostgresResource) -> dg.AssetCheckResult:
+def intervals_ordered(
+    context: dg.AssetCheckExecutionContext, postgres: PostgresResource
+) -> dg.AssetCheckResult | None:
     postgres.ensure_tables()
     with postgres.get_connection() as conn:
-        return intervals_outcome(conn).to_result()
+        return report(context, intervals_outcome(conn))
 
 
 FORECAST_CHECKS = [learned_model_promoted, interval_calibration, no_look_ahead, intervals_ordered]

@@ -161,7 +161,7 @@ def volatility_non_negative_outcome(conn, window: Window) -> Outcome:
     )
 
 
-def _run(context, postgres: PostgresResource, outcome_fn) -> dg.AssetCheckResult:
+def _run(context, postgres: PostgresResource, outcome_fn) -> dg.AssetCheckResult | None:
     return run_table_check(context, postgres, TABLE, "ts", "indicator rows", outcome_fn)
 
 
@@ -171,7 +171,7 @@ _META = {"table": TABLE, "window_env": "MARKETFLOW_CHECK_WINDOW_HOURS"}
 @dg.asset_check(asset=ASSET, blocking=True, metadata=_META)
 def prices_positive(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
-) -> dg.AssetCheckResult:
+) -> dg.AssetCheckResult | None:
     """No NULL, zero, negative or non-finite `price`. Blocking: stops `market_movers`."""
     return _run(context, postgres, prices_positive_outcome)
 
@@ -179,7 +179,7 @@ def prices_positive(
 @dg.asset_check(asset=ASSET, blocking=True, metadata=_META)
 def unique_coin_ts(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
-) -> dg.AssetCheckResult:
+) -> dg.AssetCheckResult | None:
     """(`coin_id`, `ts`) is unique. Blocking: duplicates would double-count movers."""
     return _run(context, postgres, unique_key_outcome)
 
@@ -187,7 +187,7 @@ def unique_coin_ts(
 @dg.asset_check(asset=ASSET, metadata=_META)
 def sma_within_window_range(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource, raw_data: RawDataResource
-) -> dg.AssetCheckResult:
+) -> dg.AssetCheckResult | None:
     """`sma_5min` lies between the min and max price of its 5-minute window (stored prices,
     and the raw observations where the table holds only part of the window)."""
 
@@ -202,7 +202,7 @@ def sma_within_window_range(
 @dg.asset_check(asset=ASSET, metadata=_META)
 def volatility_non_negative(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
-) -> dg.AssetCheckResult:
+) -> dg.AssetCheckResult | None:
     """`volatility_5min` is NULL or >= 0."""
     return _run(context, postgres, volatility_non_negative_outcome)
 

@@ -100,7 +100,7 @@ def sorted_by_change_outcome(conn, window: Window) -> Outcome:
     )
 
 
-def _run(context, postgres: PostgresResource, outcome_fn) -> dg.AssetCheckResult:
+def _run(context, postgres: PostgresResource, outcome_fn) -> dg.AssetCheckResult | None:
     return run_table_check(context, postgres, TABLE, "snapshot_ts", "mover rows", outcome_fn)
 
 
@@ -110,7 +110,7 @@ _META = {"table": TABLE, "window_env": "MARKETFLOW_CHECK_WINDOW_HOURS"}
 @dg.asset_check(asset=ASSET, metadata=_META)
 def at_most_five_per_direction(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
-) -> dg.AssetCheckResult:
+) -> dg.AssetCheckResult | None:
     """Each snapshot has at most 5 gainers and 5 losers, ranked 1..n, each coin once."""
     return _run(context, postgres, top_five_shape_outcome)
 
@@ -118,7 +118,7 @@ def at_most_five_per_direction(
 @dg.asset_check(asset=ASSET, metadata=_META)
 def movers_sorted(
     context: dg.AssetCheckExecutionContext, postgres: PostgresResource
-) -> dg.AssetCheckResult:
+) -> dg.AssetCheckResult | None:
     """Gainers are sorted by `change_5min` descending, losers ascending (rank 1 first)."""
     return _run(context, postgres, sorted_by_change_outcome)
 

@@ -35,7 +35,9 @@ Every alert leaves through :func:`emit_alert` (log line + webhook), the one plac
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -360,7 +362,22 @@ def evaluate_alerts(
     return alerts, json.dumps(state, sort_keys=True)
 
 
-def record_health(records: dict, failures: list[tuple]) -> None:
+def run_skipped_at(instance: dg.DagsterInstance) -> Callable[[Any], datetime | None]:
+    """``skipped_at`` of :func:`record_latest_checks`: the end of a planned check's run when
+    that run succeeded (the check yielded no result: SKIPPED), else None."""
+
+    def skipped_at(record) -> datetime | None:
+        run = instance.get_run_record_by_id(record.run_id) if record.run_id else None
+        if run is None or run.dagster_run.status != dg.DagsterRunStatus.SUCCESS:
+            return None
+        return datetime.fromtimestamp(run.end_time, UTC) if run.end_time else None
+
+    return skipped_at
+
+
+def record_health(
+    records: dict, failures: list[tuple], instance: dg.DagsterInstance | None = None
+) -> None:
     """The Pipeline page's truth: the latest evaluation of every check and the failed runs. The
     checks ``monitoring_checks_sensor`` evaluates are recorded by it, stamped with its tick."""
     from marketflow_assets.defs.monitoring.checks import FRESHNESS_CHECK_KEYS
@@ -372,7 +389,7 @@ def record_health(records: dict, failures: list[tuple]) -> None:
     if not others and not failures:
         return
     url = database_url()
-    record_latest_checks(url, others)
+    record_latest_checks(url, others, run_skipped_at(instance) if instance else None)
     record_run_failures(url, failures)
 
 
@@ -410,7 +427,7 @@ def marketflow_alert_sensor(context: dg.SensorEvaluationContext) -> dg.SensorRes
     for alert in alerts:
         (context.log.warning if alert.is_failure else context.log.info)(alert.text)
     record_alert_history(alerts)
-    record_health(records, failures)
+    record_health(records, failures, context.instance)
     if not alerts:
         return dg.SensorResult(
             cursor=cursor, skip_reason=dg.SkipReason("no check or job changed state")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -137,11 +137,29 @@ def record_alerts(
     return _insert(postgres_url, "alert_history", INSERT_ALERT, rows)
 
 
-def latest_check_rows(records: Iterable[Any]) -> list[tuple]:
+#: Description of a run-based check Dagster recorded as SKIPPED (no result in a successful run).
+SKIPPED_IN_RUN = "Skipped: nothing to check in the run's window (see the run's log)."
+
+
+def latest_check_rows(
+    records: Iterable[Any], skipped_at: Callable[[Any], datetime | None] | None = None
+) -> list[tuple]:
     """Rows of ``check_results`` for Dagster's latest check execution records: the finished ones,
-    each stamped with the time of its own evaluation event (re-recording is a no-op)."""
+    each stamped with the time of its own evaluation event (re-recording is a no-op).
+    ``skipped_at(record)``: for a planned record without a result, the end of its run when that
+    run succeeded (Dagster's SKIPPED), else None; such records get a "skipped" row."""
     rows = []
     for record in records:
+        if record.status.value == "PLANNED" and skipped_at:
+            at = skipped_at(record)
+            if at is not None:
+                asset = record.key.asset_key.to_user_string()
+                name = record.key.name
+                meta = json.dumps({"skipped": True, "run_id": record.run_id}, sort_keys=True)
+                rows.append(
+                    (f"{asset}:{name}", at, asset, name, True, "PASSED", SKIPPED_IN_RUN, meta)
+                )
+            continue
         # planned, running, or planned but never evaluated (its run failed first): no result
         if record.status.value not in ("SUCCEEDED", "FAILED") or record.event is None:
             continue
@@ -151,9 +169,14 @@ def latest_check_rows(records: Iterable[Any]) -> list[tuple]:
     return rows
 
 
-def record_latest_checks(postgres_url: str | None, records: Iterable[Any]) -> int:
+def record_latest_checks(
+    postgres_url: str | None,
+    records: Iterable[Any],
+    skipped_at: Callable[[Any], datetime | None] | None = None,
+) -> int:
     """Insert the latest evaluation of each check (see :func:`latest_check_rows`)."""
-    return _insert(postgres_url, "check_results", INSERT_CHECK_RESULT, latest_check_rows(records))
+    rows = latest_check_rows(records, skipped_at)
+    return _insert(postgres_url, "check_results", INSERT_CHECK_RESULT, rows)
 
 
 def record_run_failures(postgres_url: str | None, failures: Iterable[tuple]) -> int:

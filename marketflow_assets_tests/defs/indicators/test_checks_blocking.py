@@ -64,3 +64,54 @@ def test_bad_price_blocks_market_movers(spark, pg_clean, data_dir):
     assert not evaluation.passed and evaluation.metadata["bad_rows"].value == 1
     assert result.asset_materializations_for_node("price_indicators")
     assert not result.asset_materializations_for_node("market_movers")  # blocked
+
+
+def test_checks_of_an_empty_partition_are_skipped_not_passed(spark, pg_clean, data_dir):
+    """A partition without raw rows: the run succeeds, its quality checks yield no result, so
+    Dagster records them as SKIPPED (the UI's "Skipped"), and the Pipeline page's history
+    records them as skipped."""
+    import asyncio
+    import json
+
+    import psycopg2
+    from dagster._core.loader import LoadingContextForTest  # Dagster's own status resolution
+
+    from marketflow_assets.defs.monitoring.alerts import latest_check_records, run_skipped_at
+    from marketflow_assets.defs.monitoring.history import SKIPPED_IN_RUN, record_latest_checks
+
+    write_raw(data_dir, make_raw(END, polls=30, coins=12))  # data in 10:00, none in 08:00
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(
+        [*ASSETS, *ASSET_CHECKS],
+        selection=dg.AssetSelection.assets("price_indicators"),
+        partition_key="2026-03-02-08:00",
+        resources=build_resources(pg_clean, str(data_dir)),
+        instance=instance,
+    )
+    assert result.success
+    keys = [c.check_key for c in price_indicator_checks.CHECKS]
+    records = latest_check_records(instance, keys)
+    loading = LoadingContextForTest(instance)
+    statuses = {
+        key.name: asyncio.run(record.resolve_status(loading)).value
+        for key, record in records.items()
+    }
+    window_checks = {"prices_positive", "unique_coin_ts", "sma_within_window_range"}
+    window_checks.add("volatility_non_negative")
+    assert {n: s for n, s in statuses.items() if n in window_checks} == dict.fromkeys(
+        window_checks, "SKIPPED"
+    ), statuses
+    # the checks that are not about the partition's rows still report
+    assert {s for n, s in statuses.items() if n not in window_checks} == {"SUCCEEDED"}
+    skipped_at = run_skipped_at(instance)
+    assert record_latest_checks(pg_clean, records.values(), skipped_at) == len(keys)
+    with psycopg2.connect(pg_clean) as conn, conn.cursor() as cur:
+        cur.execute("SELECT check_name, passed, description, metadata FROM check_results")
+        rows = cur.fetchall()
+    conn.close()
+    assert {r[0] for r in rows} == {k.name for k in keys}
+    for name, passed, description, metadata in rows:
+        meta = metadata if isinstance(metadata, dict) else json.loads(metadata)
+        skipped = name in window_checks
+        assert passed and (description == SKIPPED_IN_RUN) == skipped
+        assert bool(meta.get("skipped")) == skipped
