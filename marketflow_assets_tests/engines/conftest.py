@@ -24,14 +24,7 @@ from pathlib import Path
 import pytest
 
 from marketflow_assets_tests.engines.pg_server import PasswordPostgres, find_pg_bindir
-
-REQUIRE_ENV = "MARKETFLOW_REQUIRE_ENGINES"
-
-
-def _unavailable(reason: str):
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason} ({REQUIRE_ENV}=1: these tests must run here)")
-    pytest.skip(reason)
+from marketflow_assets_tests.helpers import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +35,7 @@ def spark_cluster(tmp_path_factory):
     from marketflow_assets.runtime.spark_standalone import StandaloneCluster
 
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        _unavailable("Java is not installed (Spark needs Java 17)")
+        unavailable("Java is not installed (Spark needs Java 17)")
     cluster = StandaloneCluster(tmp_path_factory.mktemp("spark-standalone"), cores=2, memory="2g")
     cluster.start()
     assert len(cluster.pids()) >= 2  # master and worker JVMs, seen by the leak check below
@@ -59,7 +52,7 @@ def password_postgres():
     """A password-protected PostgreSQL over TCP on 127.0.0.1 (``.url``, ``.password``)."""
     bindir = find_pg_bindir()
     if bindir is None:
-        _unavailable(
+        unavailable(
             "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/*/bin "
             "(install Debian's postgresql-15, or set MARKETFLOW_TEST_PG_BINDIR)"
         )

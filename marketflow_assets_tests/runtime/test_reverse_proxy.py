@@ -31,6 +31,7 @@ import pytest
 
 from marketflow_assets.dashboard.command import streamlit_argv
 from marketflow_assets.runtime.services import die_with_parent, free_port, stop_process
+from marketflow_assets_tests.helpers import unavailable
 from marketflow_assets_tests.tls_servers import make_pki
 
 pytestmark = pytest.mark.stack
@@ -46,10 +47,6 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SITE = "marketflow.test"
 #: Start-up of dagster-webserver and Streamlit: 5-20 s, a minute on 2 cores under a full suite.
 BACKEND_TIMEOUT = 120.0
-
-needs_nginx = pytest.mark.skipif(
-    not NGINX.exists(), reason=f"{NGINX} is absent (Debian: apt-get install nginx-light)"
-)
 
 
 def _basic(user: str, password: str) -> str:
@@ -234,8 +231,9 @@ def _start(argv: list[str], log: Path, **kwargs) -> subprocess.Popen:
         )
 
 
-@needs_nginx
 def test_nginx_puts_both_uis_behind_tls_and_a_password(tmp_path):
+    if not NGINX.exists():
+        unavailable(f"{NGINX} is absent (Debian: apt-get install nginx-light)")
     tmp = tmp_path
     env = {
         k: v
