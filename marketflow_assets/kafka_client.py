@@ -70,11 +70,15 @@ def ssl_context(security: KafkaSecurity) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_REQUIRED  # the chain is still verified
     if security.ssl_certfile:
         try:
-            ctx.load_cert_chain(str(security.ssl_certfile), str(security.ssl_keyfile))
+            # an empty passphrase: OpenSSL must never prompt on a terminal for an encrypted key
+            ctx.load_cert_chain(
+                str(security.ssl_certfile), str(security.ssl_keyfile), password=lambda: b""
+            )
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(
                 f"cannot load the Kafka client certificate {security.ssl_certfile} with key "
-                f"{security.ssl_keyfile}: {exc}"
+                f"{security.ssl_keyfile} ({exc}); the key must be an unencrypted PEM key that "
+                "matches the certificate (decrypt one with `openssl pkey -in KEY -out KEY2`)"
             ) from None
     return ctx
 
@@ -263,7 +267,13 @@ def check_tls(server: str, security: KafkaSecurity, timeout_s: float = 10.0) -> 
             raise KafkaAccessError(
                 f"Kafka at {server}: the broker's TLS certificate was refused ({reason}); {hint}"
             ) from None
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
+            # closed without a word (a broker restarting, a proxy without a healthy backend):
+            # away, not refused
+            raise ConnectionResetError(f"{server} closed the TLS connection ({exc})") from None
         except ssl.SSLError as exc:
+            # the peer's alert (e.g. a refused client certificate) or a port that does not
+            # speak TLS: both definite
             reason = exc.reason or str(exc)
             hint = (
                 "the broker wants a client certificate (MARKETFLOW_KAFKA_SSL_CERTFILE/KEYFILE)"
@@ -324,12 +334,16 @@ def check_sasl(bootstrap: str, security: KafkaSecurity, timeout_s: float = 10.0)
     client.close()
 
 
-def preflight(bootstrap: str, security: KafkaSecurity | None, timeout_s: float = 10.0) -> None:
+def preflight(bootstrap: str, security: KafkaSecurity | None, timeout_s: float = 10.0) -> bool:
     """Check, before anything starts, that the first reachable broker of ``bootstrap`` accepts
     ``security``: raises :class:`KafkaAccessError` (a ConfigError) for a refused certificate or
-    password. Brokers that cannot be reached are left to the caller's wait (an outage)."""
+    password. Brokers that cannot be reached are left to the caller's wait (an outage). True
+    when a broker accepted ``security`` (or there is nothing to check), False when none
+    answered."""
     if security is None or security.protocol == "PLAINTEXT":
-        return
+        return True
+    from kafka import errors
+
     for server in servers(bootstrap):
         try:
             if security.uses_tls:
@@ -339,8 +353,12 @@ def preflight(bootstrap: str, security: KafkaSecurity | None, timeout_s: float =
         except OSError:
             continue  # away: the next one, or the caller's wait
         if security.uses_sasl:
-            check_sasl(server, security, timeout_s)
-        return
+            try:
+                check_sasl(server, security, timeout_s)
+            except errors.KafkaError:
+                return False  # no answer in time: away, left to the caller's wait
+        return True
+    return False
 
 
 class KafkaOffsetProbe:

@@ -166,6 +166,12 @@ def parse_bootstrap(value: str, name: str = ENV_KAFKA_BOOTSTRAP) -> list[str]:
     """``host:port[,host:port...]`` -> the list of servers; a ConfigError names the bad entry.
 
     IPv6 addresses go in brackets (``[::1]:9092``)."""
+    if "://" in value:
+        raise ConfigError(
+            f"{name}={value!r} must be host:port[,host:port...] without a scheme "
+            "(drop the PLAINTEXT:// / SASL_SSL:// prefix; the protocol is "
+            f"{ENV_KAFKA_PROTOCOL})"
+        )
     servers = [s.strip() for s in value.split(",")]
     if not value.strip() or any(not s for s in servers):
         raise ConfigError(f"{name}={value!r} must be host:port[,host:port...] (an empty entry)")
@@ -310,6 +316,21 @@ def redact_url(url: str | None) -> str:
             pairs.append(f"{pair.partition('=')[0]}=***" if key in SECRET_QUERY_KEYS else pair)
         query = "&".join(pairs)
     return head + mark + query + hash_ + fragment
+
+
+def redact_secret(text: str, url: str | None) -> str:
+    """``text`` (e.g. a driver's error message) with the password of ``url`` - as written and
+    percent-decoded - replaced by ``***``."""
+    if not text or not url:
+        return text
+    try:
+        raw = urlsplit(url).netloc.rpartition("@")[0].partition(":")[2]
+    except ValueError:
+        return text
+    for secret in {raw, unquote(raw)}:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 def parse_utc(value: str, name: str = "time") -> datetime:

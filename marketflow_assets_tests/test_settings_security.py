@@ -5,15 +5,26 @@ client is built from, with the password kept out of ``repr`` and log lines."""
 
 from __future__ import annotations
 
+import socket
+import threading
+
 import pytest
 
 from marketflow_assets import kafka_client
+from marketflow_assets.runtime.services import (
+    ServiceError,
+    free_port,
+    kafka_reachable,
+    postgres_refusal,
+    wait_for_kafka,
+)
 from marketflow_assets.settings import (
     ConfigError,
     load_check_settings,
     load_monitoring_settings,
     load_settings,
     parse_bootstrap,
+    redact_secret,
 )
 
 
@@ -125,13 +136,15 @@ def test_sasl_settings_make_one_security_object_without_the_password_in_text():
     assert plain.sasl_mechanism == "PLAIN" and not plain.uses_tls
 
 
-@pytest.mark.parametrize("url", ["ftp://hooks.example.com/x", "hooks.example.com/x", "https://"])
+@pytest.mark.parametrize(
+    "url", ["ftp://hooks.example.com/t0k3n", "hooks.example.com/t0k3n", "https:///t0k3n"]
+)
 def test_webhook_url_must_be_http_with_a_host(url):
     env = _env(MARKETFLOW_ALERT_WEBHOOK_URL=url)
     for load in (load_check_settings, load_monitoring_settings):
         with pytest.raises(ConfigError, match="MARKETFLOW_ALERT_WEBHOOK_URL") as err:
             load(env)
-        assert "hooks.example.com" not in str(err.value)  # such a URL usually carries a token
+        assert "t0k3n" not in str(err.value)  # such a URL usually carries a token
 
 
 def test_ui_host_must_be_local_and_an_open_one_is_warned_about(caplog):
@@ -145,3 +158,72 @@ def test_ui_host_must_be_local_and_an_open_one_is_warned_about(caplog):
     assert "NO authentication" in caplog.text and "docs/DEPLOY.md" in caplog.text
     with pytest.raises(ConfigError, match="--host"):
         warn_if_exposed("no-such-host.invalid")
+
+
+def test_a_scheme_in_the_bootstrap_list_gets_a_hint():
+    with pytest.raises(ConfigError, match="without a scheme"):
+        load_settings(_env(MARKETFLOW_KAFKA_BOOTSTRAP="SASL_SSL://b:9096"))
+
+
+@pytest.fixture
+def closing_listener():
+    """A TCP port that accepts and closes at once: a broker restarting, or a proxy without a
+    healthy backend. It is away, not refusing us."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    server.close()
+
+
+@pytest.mark.parametrize("protocol", ["SSL", "SASL_PLAINTEXT"])
+def test_a_broker_that_closes_connections_is_away_not_a_configuration_error(
+    closing_listener, protocol
+):
+    extra = (
+        {"MARKETFLOW_KAFKA_SASL_USERNAME": "u", "MARKETFLOW_KAFKA_SASL_PASSWORD": "p"}
+        if protocol.startswith("SASL")
+        else {}
+    )
+    security = load_settings(
+        _env(
+            MARKETFLOW_KAFKA_BOOTSTRAP=closing_listener,
+            MARKETFLOW_KAFKA_SECURITY_PROTOCOL=protocol,
+            **extra,
+        )
+    ).kafka_security
+    kafka_client.preflight(closing_listener, security, timeout_s=2)  # returns: the caller waits
+    with pytest.raises(ServiceError, match="did not answer"):  # up: waited for, then exit 2
+        wait_for_kafka(closing_listener, 4, security)
+
+
+def test_reachability_tries_every_bootstrap_server(closing_listener):
+    dead = f"127.0.0.1:{free_port()}"
+    assert kafka_reachable(f"{dead},{closing_listener}")
+    with pytest.raises(OSError):
+        kafka_reachable(dead)
+
+
+def test_postgres_errors_never_show_the_password():
+    import psycopg2
+
+    url = "postgresql://mf:s3cr%zzet@127.0.0.1:1/mf"  # an invalid percent-escape: libpq refuses
+    with pytest.raises(psycopg2.Error) as err:
+        psycopg2.connect(url)
+    reason = postgres_refusal(err.value, url)
+    assert reason and reason.startswith("libpq cannot use this URL")
+    assert "s3cr" not in reason
+    assert redact_secret("password s3cr%zzet and s3cr%zzet", url) == "password *** and ***"

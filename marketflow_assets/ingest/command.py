@@ -219,6 +219,7 @@ def replay_spool(args: argparse.Namespace, settings: Settings) -> int:
         )
     if settings.spool_dir is None:
         raise ConfigError("MARKETFLOW_SPOOL_DIR is off: there is no spool to replay")
+    kafka_client.preflight(settings.kafka_bootstrap, settings.kafka_security)
     spool = open_spool(settings)
     publisher = None
     try:

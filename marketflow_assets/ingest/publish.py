@@ -236,7 +236,10 @@ class Publisher:
 
     def reconnect(self) -> None:
         """A new producer and the topics ensured again (the broker may have restarted); raises
-        :class:`ConfigError` or :class:`KafkaError` when the broker is still unreachable."""
+        :class:`ConfigError` or :class:`KafkaError` when the broker is still unreachable, and
+        :class:`~marketflow_assets.kafka_client.KafkaAccessError` when it refuses this client's
+        certificate or password (e.g. rotated while ingest ran)."""
+        kafka_client.preflight(self.bootstrap, self.security, timeout_s=self.connect_timeout_s)
         fresh = self._make_producer(idempotent=self.idempotent)  # raises: the old one stays
         old, self._producer = self._producer, fresh
         with contextlib.suppress(Exception):

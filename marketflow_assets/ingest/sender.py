@@ -29,6 +29,7 @@ from typing import Any
 
 from marketflow_assets.ingest.publish import PublishResult
 from marketflow_assets.ingest.validate import ValidatedPoll
+from marketflow_assets.kafka_client import KafkaAccessError
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class Sender:
         self.broker_alert = broker_alert or _NoAlert()
         self.backlog = backlog  # (spooled polls of earlier runs to resend first, why)
         self.retry_s = retry_s
+        self._refused: str | None = None  # the last refusal logged (KafkaAccessError)
         self.max_queued = max(1, max_queued)
         self.clock = clock
         self.away_since: float | None = None  # clock() when the broker went away
@@ -226,9 +228,15 @@ class Sender:
         """Reconnect and resend what waits in the spool; True when the broker is back."""
         try:
             self.delivery.publisher.reconnect()
+        except KafkaAccessError as exc:  # a configuration problem: said once, polls still spooled
+            if str(exc) != self._refused:
+                self._refused = str(exc)
+                log.error("%s; polls wait in the spool until the configuration is fixed", exc)
+            return False
         except Exception as exc:  # noqa: BLE001 - ConfigError / KafkaError: still away
             log.info("Kafka at %s still away: %s", self.bootstrap, exc)
             return False
+        self._refused = None
         with self._cond:
             in_memory = {p.validated.ts for p in self._queue}
         try:

@@ -39,12 +39,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--poll-timeout must be positive, got {timeout:g}")
     if not settings.kafka_bootstrap:
         raise ConfigError("marketflow live needs a running broker: set MARKETFLOW_KAFKA_BOOTSTRAP")
-    # a refused certificate or password is a configuration error: one line, exit 2
-    kafka_client.preflight(settings.kafka_bootstrap, settings.kafka_security)
     url = PostgresResource(url=settings.postgres_url).resolved_url()
     stop = threading.Event()
 
     def consumer() -> LiveConsumer:
+        # a refused certificate or password is a configuration error: one line, exit 2 (also
+        # after an outage: not a wait)
+        kafka_client.preflight(settings.kafka_bootstrap, settings.kafka_security)
         return LiveConsumer(
             settings.kafka_bootstrap,
             settings.kafka_topic,

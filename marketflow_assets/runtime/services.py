@@ -33,6 +33,7 @@ from marketflow_assets.settings import (
     KafkaSecurity,
     Settings,
     child_environment,
+    redact_secret,
     redact_url,
 )
 
@@ -103,15 +104,16 @@ def wait_for_kafka(
     checked = False
     while time.monotonic() < deadline:
         try:
-            host, port = kafka_client.host_port(servers[0])
-            socket.create_connection((host or LOOPBACK, port), timeout=2).close()
-            if not checked:
-                kafka_client.preflight(bootstrap, security, timeout_s=min(10.0, timeout))
-                checked = True
+            _connect_any(servers, timeout=2)
+            if not checked:  # until a broker answered the TLS / SASL pre-flight
+                left = max(1.0, deadline - time.monotonic())
+                checked = kafka_client.preflight(bootstrap, security, timeout_s=min(10.0, left))
+            left_ms = int(max(1.0, min(5.0, deadline - time.monotonic())) * 1000)
             admin = kafka_client.admin(
                 bootstrap,
                 security,
                 request_timeout_ms=5000,
+                bootstrap_timeout_ms=left_ms,  # the wait's own deadline, not kafka-python's 30 s
                 client_id="marketflow-healthcheck",
             )
             try:
@@ -225,7 +227,7 @@ def wait_for_postgres(url: str, timeout: float = 10.0) -> None:
                 conn.close()
         except psycopg2.Error as exc:
             last_error = exc
-            refused = postgres_refusal(exc)
+            refused = postgres_refusal(exc, url)
             if refused:  # a password or certificate problem does not heal by waiting
                 raise ConfigError(
                     f"MARKETFLOW_POSTGRES_URL ({redact_url(url)}): {refused}"
@@ -233,7 +235,7 @@ def wait_for_postgres(url: str, timeout: float = 10.0) -> None:
         if time.monotonic() >= deadline:
             break
         time.sleep(0.5)
-    reason = " ".join(str(last_error).split()) or type(last_error).__name__
+    reason = redact_secret(" ".join(str(last_error).split()), url) or type(last_error).__name__
     raise ServiceError(f"MARKETFLOW_POSTGRES_URL unreachable ({redact_url(url)}): {reason}")
 
 
@@ -260,14 +262,18 @@ _PG_REFUSALS = (
 )
 
 
-def postgres_refusal(exc: Exception) -> str | None:
+def postgres_refusal(exc: Exception, url: str | None = None) -> str | None:
     """A one-line reason when ``exc`` is PostgreSQL refusing this client (password, TLS
-    certificate, host name, pg_hba) rather than being away; None for an outage."""
-    text = " ".join(str(exc).split())
+    certificate, host name, pg_hba) or a URL libpq cannot use, rather than the server being
+    away; None for an outage. The password of ``url`` never appears in it."""
+    import psycopg2
+
+    text = redact_secret(" ".join(str(exc).split()), url)
+    if isinstance(exc, psycopg2.ProgrammingError):  # "invalid dsn", "invalid sslmode value"
+        return f"libpq cannot use this URL ({text[:300]})"
     for needle, reason in _PG_REFUSALS:
         if needle in text.lower():
-            detail = text[:300]
-            return f"{reason} ({detail})"
+            return f"{reason} ({text[:300]})"
     return None
 
 
@@ -437,10 +443,26 @@ def _runs(pid: int) -> bool:
         return False
 
 
+def _connect_any(servers: list[str], timeout: float) -> None:
+    """Open and close a TCP connection to the first of ``servers`` that accepts one; the last
+    ``OSError`` when none does."""
+    from marketflow_assets.kafka_client import host_port
+
+    error: OSError | None = None
+    for server in servers:
+        try:
+            socket.create_connection(host_port(server), timeout=timeout).close()
+            return
+        except OSError as exc:
+            error = exc
+    raise error or OSError("no Kafka server given")
+
+
 def kafka_reachable(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True when the first broker of ``bootstrap`` accepts a TCP connection (a cheap probe)."""
-    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
-    socket.create_connection((host or LOOPBACK, int(port)), timeout=timeout).close()
+    """True when a broker of ``bootstrap`` accepts a TCP connection (a cheap probe)."""
+    from marketflow_assets.kafka_client import servers
+
+    _connect_any(servers(bootstrap), timeout)
     return True
 
 

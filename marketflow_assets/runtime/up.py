@@ -124,12 +124,21 @@ def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
             "MARKETFLOW_KAFKA_TOPIC": settings.kafka_topic,
             "MARKETFLOW_POSTGRES_URL": settings.postgres_url or "",
             "MARKETFLOW_DATA_DIR": str(settings.data_dir),
+            "MARKETFLOW_PRICE_ALERTS_FILE": str(settings.price_alerts_file or ""),
             "MARKETFLOW_SPARK_MASTER": args.spark_master,
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             "PYTHONUNBUFFERED": "1",
         }
     )
+    security = settings.kafka_security
+    for name, path in (
+        ("MARKETFLOW_KAFKA_SSL_CAFILE", security.ssl_cafile),
+        ("MARKETFLOW_KAFKA_SSL_CERTFILE", security.ssl_certfile),
+        ("MARKETFLOW_KAFKA_SSL_KEYFILE", security.ssl_keyfile),
+    ):
+        if path is not None:  # absolute: children may run in another directory
+            env[name] = str(path)
     env.update(prepare_dagster_home(settings.data_dir / "dagster_home"))
     return env
 
@@ -192,6 +201,9 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
             logs / "dagster.log",
             stop_signal=signal.SIGINT,
             needs=("postgres",),
+            # in its DAGSTER_HOME: `dagster dev` warns about the repository's SQLite dagster.yaml
+            # when started beside it (every path it is given is absolute)
+            cwd=settings.data_dir / "dagster_home",
         ),
         Child("follow", follow, logs / "follow.log", needs=("postgres",)),
     ]

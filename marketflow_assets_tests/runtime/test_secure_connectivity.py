@@ -272,6 +272,10 @@ def test_up_end_to_end_over_verified_tls_and_stops_cleanly(tls_kafka, tls_postgr
     for component in ("ingest", "spark", "dagster"):
         assert f"ready: {component}" in text
     assert f"ready: dashboard — http://127.0.0.1:{dashboard_port}" in text
+    # `dagster dev` runs in its DAGSTER_HOME: no warning about the repository's dagster.yaml
+    assert "Found a dagster instance configuration" not in (
+        data_dir / "logs" / "dagster.log"
+    ).read_text(errors="replace")
     assert "kafka: using localhost:" in text and "(SSL, CA " in text
     assert tls_postgres.password not in text
     # nothing Dagster stored (runs, events, resource config) holds the password

@@ -100,9 +100,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     promoted = table[table["promoted"]]
     if len(promoted):
         print(f"promoted: {promoted['model'].iloc[0]} - {promoted['reason'].iloc[0]}")
+    evaluated = set()
     for check in result.get_asset_check_evaluations():
         state = "passed" if check.passed else f"FAILED ({check.severity.value})"
+        evaluated.add(check.asset_check_key)
         print(f"check {check.asset_key.to_user_string()}.{check.check_name}: {state}")
+    planned = {c.check_key for c in forecast_checks.FORECAST_CHECKS}
+    for key in sorted(planned - evaluated, key=lambda k: k.to_user_string()):
+        print(f"check {key.asset_key.to_user_string()}.{key.name}: skipped (nothing to check)")
     rows = _metadata(result, "price_forecasts", "coins")
     print(
         f"forecast: {rows} forecasts at {newest.isoformat()} written to price_forecasts "
