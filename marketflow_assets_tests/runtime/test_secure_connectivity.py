@@ -286,3 +286,18 @@ def test_up_end_to_end_over_verified_tls_and_stops_cleanly(tls_kafka, tls_postgr
         f"LIKE '%' || '{tls_postgres.password}' || '%')",
     )
     assert stored == 0
+
+
+def test_the_lag_check_says_refused_not_unreachable(tls_kafka, pki, tmp_path, monkeypatch):
+    """A broker that refuses the certificate is a configuration problem on the Dagster side
+    too: the stream-lag check's description says so instead of "unreachable"."""
+    from marketflow_assets.defs.monitoring.stream_checks import measure_lag_outcome
+    from marketflow_assets.resources.kafka import KafkaTopicResource
+    from marketflow_assets.settings import load_monitoring_settings
+
+    for name, value in _kafka_env(tls_kafka, pki.other_ca).items():
+        monkeypatch.setenv(name, value)
+    kafka = KafkaTopicResource(data_dir=str(tmp_path))
+    outcome = measure_lag_outcome(kafka, load_monitoring_settings(), time.time())
+    assert not outcome.passed
+    assert "TLS certificate was refused" in outcome.description, outcome.description

@@ -165,10 +165,24 @@ def measure_lag_outcome(
             lagmod.stream_checkpoint(kafka.checkpoint_root, kafka.topic_name), probe, now
         )
     except Exception as exc:  # noqa: BLE001 - an unreachable broker is a failed check
-        return unreachable_outcome(kafka.bootstrap_servers, exc)
+        return refused_outcome(kafka) or unreachable_outcome(kafka.bootstrap_servers, exc)
     finally:
         probe.close()
     return lag_outcome(report, settings, now)
+
+
+def refused_outcome(kafka: KafkaTopicResource) -> Outcome | None:
+    """When the broker answers but refuses this client's certificate or password, a failed
+    check that says so (a configuration problem, not an outage); else None."""
+    from marketflow_assets.kafka_client import KafkaAccessError, preflight
+
+    try:
+        preflight(kafka.bootstrap_servers, kafka.security, timeout_s=5)
+    except KafkaAccessError as exc:
+        return Outcome(False, f"Stream lag unknown: {exc}", {"lag_seconds": -1.0})
+    except Exception:  # noqa: BLE001 - anything else: the outage message
+        return None
+    return None
 
 
 def topic_counts(kafka: KafkaTopicResource) -> tuple[int, int]:
