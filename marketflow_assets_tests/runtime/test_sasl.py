@@ -20,6 +20,7 @@ import pytest
 
 from marketflow_assets import kafka_client
 from marketflow_assets.settings import load_settings
+from marketflow_assets_tests.runtime.test_secure_connectivity import _fails_with_one_line
 from marketflow_assets_tests.runtime.test_up import MARKETFLOW, _env
 from marketflow_assets_tests.sasl_proxy import SaslKafka, ensure_sasl_apis
 
@@ -192,18 +193,6 @@ def test_ingest_over_scram_and_a_wrong_password_exits_2(sasl_kafka, tmp_path):
         probe.close()
 
     wrong = _sasl_env(sasl_kafka, "SCRAM-SHA-512", WRONG, MARKETFLOW_KAFKA_TOPIC=topic)
-    started = time.monotonic()
-    proc = subprocess.run(
-        argv,
-        env=_env(tmp_path / "data", MARKETFLOW_SPOOL_DIR="off", **wrong),
-        capture_output=True,
-        text=True,
-        timeout=90,
+    _fails_with_one_line(
+        argv[1:], {"MARKETFLOW_SPOOL_DIR": "off", **wrong}, tmp_path, "SASL", WRONG
     )
-    took = time.monotonic() - started
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert took < 60, f"took {took:.0f} s"
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("marketflow ingest: ") and "SASL" in last, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    assert WRONG not in proc.stderr + proc.stdout
