@@ -155,7 +155,7 @@ def test_kill_9_of_every_component_loses_and_duplicates_nothing(tmp_path):
                 p
                 for p in psutil.process_iter(["name", "cmdline"])
                 if p.info["name"] == "postgres"
-                and str(stack.data_dir) in " ".join(p.info["cmdline"])
+                and str(stack.data_dir) in " ".join(p.info["cmdline"] or [])
             ]
             note(f"embedded PostgreSQL still running after kill -9 of up: {bool(postgres)}")
 

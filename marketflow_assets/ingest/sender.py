@@ -90,6 +90,7 @@ class Sender:
         self.backlog = backlog  # (spooled polls of earlier runs to resend first, why)
         self.retry_s = retry_s
         self._refused: str | None = None  # the last refusal logged (KafkaAccessError)
+        self._resending = False  # the broker is back and the spool is being resent
         self.max_queued = max(1, max_queued)
         self.clock = clock
         self.away_since: float | None = None  # clock() when the broker went away
@@ -117,7 +118,11 @@ class Sender:
         with self._cond:
             if self.away_since is not None:
                 self.waited_polls += 1
-                if len(self._queue) >= self.max_queued and self._queue[0].spooled:
+                # not while the broker is back and the spool is being resent: that resend has
+                # already left out the queued polls, so a poll shed now would wait for the next
+                # reconciliation (a minute) instead of being sent in a moment
+                full = len(self._queue) >= self.max_queued and not self._resending
+                if full and self._queue[0].spooled:
                     shed = self._queue.popleft()  # it waits in the spool alone
             self._queue.append(pending)
             self._cond.notify_all()
@@ -239,16 +244,18 @@ class Sender:
         self._refused = None
         with self._cond:
             in_memory = {p.validated.ts for p in self._queue}
+            self._resending = True  # the queued polls are sent next: none is shed meanwhile
         try:
             acked, failed = self.delivery.resend_unacked(
                 "waited in the spool while the broker was away", exclude=in_memory
             )
         except Exception as exc:  # noqa: BLE001
             log.warning("spool: resend after reconnecting failed: %s", exc)
-            return False
-        if failed and not acked:
-            return False
+            failed, acked = 1, 0
         with self._cond:
+            self._resending = False  # with away_since cleared below: no gap for a shed
+            if failed and not acked:
+                return False
             since, waited = self.away_since, self.waited_polls
             self.away_since = None
             self.waited_polls = 0

@@ -291,3 +291,54 @@ def test_spool_bound_settings_defaults_and_errors():
         load_settings({"MARKETFLOW_SPOOL_MAX_MB": "0"})
     with pytest.raises(ConfigError, match="MARKETFLOW_SPOOL_MIN_FREE_MB"):
         load_settings({"MARKETFLOW_SPOOL_MIN_FREE_MB": "-1"})
+
+
+def test_no_poll_is_shed_while_the_spool_is_resent_on_the_brokers_return(tmp_path):
+    """The broker is back and the sender resends the spool, leaving out the polls queued in
+    memory (sent next). Polls taken during that resend must not push a queued poll out to the
+    spool: the resend has already passed it by, so it would wait for the next reconciliation
+    (a minute) - the race that once left a poll out of raw when ingest stopped in between."""
+    from marketflow_assets.ingest.sender import Pending, Sender
+
+    broker = EmbeddedKafka(tmp_path / "kafka")
+    broker.start()
+    polls = [
+        validate_poll(r, ts)
+        for ts, r in simulate_polls(3, seed=5, start=START, interval_s=30, count=8)
+    ]
+    spool = Spool(tmp_path / "spool", "prices", lock=False)
+    publisher = Publisher(broker.bootstrap, "prices", "prices_dlq", partitions=1, connect=False)
+    delivery = delivery_engine.Delivery(publisher, spool, tmp_path / "raw")
+    results: dict[str, list[str]] = {}
+    sender = Sender(
+        delivery,
+        lambda item, result: results.setdefault(item.validated.ts, result.failures),
+        away="not connected yet",  # as if the broker had been away: the first probe resends
+        retry_s=0.2,
+        max_queued=2,
+    )
+
+    def submit(v) -> None:
+        spool.append_poll(v.ts, v.good, v.bad)
+        sender.submit(Pending(v))
+
+    real_resend = delivery.resend_unacked
+
+    def resend_while_polls_arrive(why, exclude=frozenset()):
+        for v in polls[2:6]:  # four polls taken while the spool is resent: the queue overflows
+            submit(v)
+        return real_resend(why, exclude)
+
+    delivery.resend_unacked = resend_while_polls_arrive
+    try:
+        for v in polls[:2]:  # queued while away
+            submit(v)
+        sender.start()
+        wait_for(lambda: len(results) >= 6, 60, what="six polls sent")
+        sender.close(30)
+    finally:
+        spool.close()
+        publisher.close()
+        broker.stop()
+    shed = {ts: f for ts, f in results.items() if f}
+    assert not shed, shed  # every poll was sent in turn, none left to the next reconciliation
