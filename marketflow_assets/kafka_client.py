@@ -37,8 +37,14 @@ logger = logging.getLogger(__name__)
 Offsets = dict[int, int]  # partition -> next offset to read
 
 
-def no_auto_create(consumer):
-    """Make ``consumer`` never cause a topic to be auto-created, and return it.
+def _cluster(client):
+    """kafka-python's cluster view of a producer (``_metadata``) or a consumer (``_cluster``)."""
+    return getattr(client, "_metadata", None) or getattr(client, "_cluster", None)
+
+
+def no_auto_create(client):
+    """Make ``client`` (a consumer or producer) never cause a topic to be auto-created, and
+    return it.
 
     kafka-python sends ``allow_auto_topic_creation=False`` (``allow_auto_create_topics``), but
     the Tansu broker ignores that flag: any metadata request *naming* a missing topic creates it
@@ -46,12 +52,13 @@ def no_auto_create(consumer):
     of an assigned partition all send one. A source asking about the topic right after a broker
     restart therefore created it before the producer did (with the wrong partition count).
     Requesting metadata for *all* topics instead never creates one; a missing topic then just
-    has no partitions (offset look-ups time out, fetches return nothing).
+    has no partitions (offset look-ups time out, fetches return nothing; a producer's send
+    waits until the topic is created).
     """
-    cluster = getattr(consumer, "_cluster", None)
+    cluster = _cluster(client)
     if cluster is not None and hasattr(cluster, "need_all_topic_metadata"):
         cluster.need_all_topic_metadata = True
-    return consumer
+    return client
 
 
 class KafkaAccessError(ConfigError):
@@ -103,10 +110,14 @@ def servers(bootstrap: str) -> list[str]:
 
 
 def producer(bootstrap: str, security: KafkaSecurity | None = None, **config):
-    """A kafka-python producer of ``bootstrap`` with ``security`` over ``config``."""
+    """A kafka-python producer of ``bootstrap`` with ``security`` over ``config``; with
+    ``allow_auto_create_topics=False`` it never auto-creates a topic (:func:`no_auto_create`)."""
     from kafka import KafkaProducer
 
-    return KafkaProducer(bootstrap_servers=servers(bootstrap), **client_config(security), **config)
+    client = KafkaProducer(
+        bootstrap_servers=servers(bootstrap), **client_config(security), **config
+    )
+    return client if config.get("allow_auto_create_topics", True) else no_auto_create(client)
 
 
 def admin(bootstrap: str, security: KafkaSecurity | None = None, **config):
@@ -147,9 +158,8 @@ def group_less_consumer(
 def topic_id(client, topic: str) -> str | None:
     """The broker's id of ``topic`` in a kafka-python producer's or consumer's cluster view
     (call after fresh metadata); None when missing or not reported (an older broker)."""
-    cluster = getattr(client, "_metadata", None) or getattr(client, "_cluster", None)
     try:
-        value = cluster.topic_id(topic)
+        value = _cluster(client).topic_id(topic)
     except Exception:  # noqa: BLE001 - an older client or no metadata yet
         return None
     return str(value) if value else None

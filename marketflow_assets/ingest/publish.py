@@ -107,7 +107,7 @@ class Publisher:
             "max_block_ms": int(self.connect_timeout_s * 1000),
             "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
             "enable_idempotence": idempotent,
-            "allow_auto_create_topics": False,
+            "allow_auto_create_topics": False,  # and never by naming it: kafka_client.producer
         }
         try:
             producer = kafka_client.producer(self.bootstrap, self.security, **config)
@@ -122,12 +122,6 @@ class Publisher:
             log.warning("broker cannot do idempotent produce (%s); using acks=all without it", exc)
             self.idempotent = False
             return self._make_producer(idempotent=False)
-        # Tansu ignores allow_auto_topic_creation: metadata naming a missing topic creates it
-        # (4 partitions), e.g. right after a broker restart, before ensure_topics() creates it
-        # with the configured count. Metadata of all topics never creates one.
-        metadata = getattr(producer, "_metadata", None)
-        if metadata is not None and hasattr(metadata, "need_all_topic_metadata"):
-            metadata.need_all_topic_metadata = True
         log.info(
             "Kafka producer connected to %s (acks=all, idempotence %s)",
             self.bootstrap,
