@@ -1,10 +1,12 @@
-"""The newest market data of each coin (table ``coin_market``, columns in :mod:`.schema`).
+"""The newest market data of each coin (table ``coin_market``, columns in :mod:`.schema`) and
+each poll's 24 h volume and market cap (table ``coin_market_history``).
 
 :func:`coin_market_rows` turns raw records (the ``raw_prices`` columns: CoinGecko's fields plus
 ``ts``) into one row per coin: its newest record by ``ts``, with ``current_price`` as ``price``
 and ``price_change_percentage_24h`` as ``change_24h`` (the first record of an ``(id, ts)`` counts,
 as in the raw table). :data:`UPSERT_SQL` writes them so that a row only ever moves forward in
-time: a late, duplicate or replayed record never overwrites what is there.
+time: a late, duplicate or replayed record never overwrites what is there;
+:data:`HISTORY_INSERT_SQL` keeps the first row of each ``(coin_id, ts)``.
 """
 
 from __future__ import annotations
@@ -38,24 +40,67 @@ UPSERT_SQL = (
 )
 STAGE_SQL = "CREATE TEMP TABLE IF NOT EXISTS _market (LIKE coin_market) ON COMMIT DELETE ROWS"
 
+HISTORY_COLUMNS = column_names("coin_market_history")
+HISTORY_STAGE_SQL = (
+    "CREATE TEMP TABLE IF NOT EXISTS _market_history (LIKE coin_market_history) "
+    "ON COMMIT DELETE ROWS"
+)
+HISTORY_INSERT_SQL = (
+    f"INSERT INTO coin_market_history ({', '.join(HISTORY_COLUMNS)}) "
+    f"SELECT {', '.join(HISTORY_COLUMNS)} FROM _market_history "
+    "ON CONFLICT (coin_id, ts) DO NOTHING"
+)
+
+
+def _first_records(raw: pd.DataFrame) -> pd.DataFrame:
+    """``raw``'s records with a coin id, ``ts`` as UTC times, the first of each ``(id, ts)``
+    (as in the raw table)."""
+    frame = raw.loc[raw["id"].notna(), list(RAW_SOURCE_COLUMNS)].copy()
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame.drop_duplicates(["id", "ts"], keep="first")
+
 
 def coin_market_rows(raw: pd.DataFrame) -> pd.DataFrame:
     """One row per coin of ``raw`` (its newest record), in :data:`COLUMNS` order."""
     if raw.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
-    frame = raw.loc[raw["id"].notna(), list(RAW_SOURCE_COLUMNS)].copy()
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    # the first record of an (id, ts) counts, as in the raw table; then each coin's newest
-    frame = frame.drop_duplicates(["id", "ts"], keep="first")
+    frame = _first_records(raw)  # then each coin's newest
     newest = frame.sort_values(["id", "ts"], kind="stable").drop_duplicates("id", keep="last")
     out = newest.rename(columns=_RENAME)
     out["market_cap_rank"] = out["market_cap_rank"].astype("Int64")
     return out.loc[:, list(COLUMNS)].reset_index(drop=True)
 
 
-def write_coin_market(cur, raw: pd.DataFrame) -> int:
-    """Upsert the coins of ``raw`` into ``coin_market`` on ``cur`` (in the caller's
-    transaction); returns the rows offered."""
+def market_history_rows(raw: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``(coin, ts)`` of ``raw`` in :data:`HISTORY_COLUMNS` order."""
+    if raw.empty:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in HISTORY_COLUMNS})
+    out = _first_records(raw).rename(columns=_RENAME)
+    return out.loc[:, list(HISTORY_COLUMNS)].sort_values(["coin_id", "ts"]).reset_index(drop=True)
+
+
+def write_market_history(cur, raw: pd.DataFrame) -> int:
+    """Add each record's volume and market cap of ``raw`` to ``coin_market_history`` on ``cur``
+    (in the caller's transaction; a stored ``(coin_id, ts)`` is kept); returns the rows
+    offered."""
+    from marketflow_assets.resources.postgres import csv_payload
+
+    rows = market_history_rows(raw)
+    if rows.empty:
+        return 0
+    cur.execute(HISTORY_STAGE_SQL)
+    cur.copy_expert(
+        f"COPY _market_history ({', '.join(HISTORY_COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
+        csv_payload(rows),
+    )
+    cur.execute(HISTORY_INSERT_SQL)
+    return len(rows)
+
+
+def write_coin_market(cur, raw: pd.DataFrame, history: bool = True) -> int:
+    """Upsert the coins of ``raw`` into ``coin_market`` (and, with ``history``, add its records
+    to ``coin_market_history``) on ``cur``, in the caller's transaction; returns the
+    ``coin_market`` rows offered."""
     from marketflow_assets.resources.postgres import csv_payload
 
     rows = coin_market_rows(raw)
@@ -66,4 +111,6 @@ def write_coin_market(cur, raw: pd.DataFrame) -> int:
         f"COPY _market ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)", csv_payload(rows)
     )
     cur.execute(UPSERT_SQL)
+    if history:
+        write_market_history(cur, raw)
     return len(rows)

@@ -216,6 +216,17 @@ COIN_MARKET_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 COIN_MARKET_KEY = ("coin_id",)
 
+# Each poll's market size of each coin: CoinGecko's 24 h volume and market cap at ``ts``, for the
+# coin view's volume pane (CoinGecko reports a rolling 24 h volume, not the volume traded between
+# two polls). Written beside ``coin_market`` by the same writers (``market.py``).
+COIN_MARKET_HISTORY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("coin_id", "text NOT NULL"),
+    ("ts", "timestamptz NOT NULL"),
+    ("total_volume", "double precision"),
+    ("market_cap", "double precision"),
+)
+COIN_MARKET_HISTORY_KEY = ("coin_id", "ts")
+
 # Price alerts sent by the live path, one row per crossing (``marketflow_assets/price_alerts.py``).
 PRICE_ALERT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("alerted_at", "timestamptz NOT NULL"),
@@ -249,6 +260,7 @@ TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
     "alert_history": (ALERT_COLUMNS, ALERT_KEY),
     "run_failures": (RUN_FAILURE_COLUMNS, RUN_FAILURE_KEY),
     "coin_market": (COIN_MARKET_COLUMNS, COIN_MARKET_KEY),
+    "coin_market_history": (COIN_MARKET_HISTORY_COLUMNS, COIN_MARKET_HISTORY_KEY),
     "price_alert_events": (PRICE_ALERT_COLUMNS, PRICE_ALERT_KEY),
 }
 

@@ -55,7 +55,13 @@ def change_treemap(coins: pd.DataFrame) -> go.Figure:
 
 
 #: The coin view's optional overlays and panes.
-LAYERS = ("SMA 5m", "EMA 3m", "volatility", "change", "forecast")
+LAYERS = ("SMA 5m", "EMA 3m", "volatility", "change", "volume", "forecast")
+#: The panes under the price pane, in order, with their titles.
+PANES = {
+    "volatility": "volatility 5 min (std of price)",
+    "change": "change (%)",
+    "volume": "24 h volume (USD, as CoinGecko reports it at each close)",
+}
 
 
 def coin_view(
@@ -67,14 +73,14 @@ def coin_view(
 ) -> go.Figure:
     """The coin view, as charting tools stack it: OHLC candles (with wicks) and the chosen
     overlays (SMA 5m, EMA 3m, the forecast of the newest origin with its 80 % interval shaded,
-    ahead of the last price only), then a volatility pane and a change pane, all on one shared
-    time axis with a crosshair; price axis and hover by magnitude (no SI prefixes).
+    ahead of the last price only), then a volatility, a change and a volume pane, all on one
+    shared time axis with a crosshair; price axis and hover by magnitude (no SI prefixes). The
+    volume pane shows the rolling 24 h volume CoinGecko reported at each candle's close (its
+    API has no volume per interval).
     ``last_price``: ``(ts, price)`` the forecast cone starts from."""
-    panes = [p for p in ("volatility", "change") if p in layers]
+    panes = [p for p in PANES if p in layers]
     heights = [0.6] + [0.4 / len(panes)] * len(panes) if panes else [1.0]
-    titles = [f"{coin}: price (USD)"] + [
-        {"volatility": "volatility 5 min (std of price)", "change": "change (%)"}[p] for p in panes
-    ]
+    titles = [f"{coin}: price (USD)"] + [PANES[p] for p in panes]
     fig = make_subplots(
         rows=1 + len(panes),
         cols=1,
@@ -164,6 +170,21 @@ def coin_view(
             go.Scatter(x=candles["minute"], y=candles["change_5min"], name="change 5m"), row, 1
         )
         fig.update_yaxes(ticksuffix="%", tickformat=".2f", row=row, col=1)
+        row += 1
+    if "volume" in panes:
+        volume = candles["total_volume"] if "total_volume" in candles else [None] * len(candles)
+        fig.add_trace(
+            go.Bar(
+                x=candles["minute"],
+                y=volume,
+                name="24h volume",
+                marker={"color": "rgba(128,128,128,0.6)"},
+                hovertemplate="%{y:$,.0f}",
+            ),
+            row,
+            1,
+        )
+        fig.update_yaxes(tickprefix="$", tickformat=",.0f", row=row, col=1)
     fig.update_yaxes(tickformat=tick, row=1, col=1)
     # the crosshair: a vertical line across every pane, and the price where the cursor is
     fig.update_xaxes(showspikes=True, spikemode="across", spikesnap="cursor", spikethickness=1)

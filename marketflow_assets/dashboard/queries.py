@@ -14,7 +14,8 @@ snapshot coins            price_indicators_ts_idx (ts = snapshot)
 newest indicator ts       price_indicators_ts_idx (max)
 coins                     price_indicators primary key (coin_id, ts): loose index scan + one
                           backward probe per coin
-coin candles              price_indicators_coin_series_idx (index-only range scan)
+coin candles              price_indicators_coin_series_idx (index-only range scan);
+                          coin_market_history primary key (the 24 h volume at each close)
 coin latest rows          price_indicators primary key range, backwards, LIMIT
 rows per poll             price_indicators_ts_idx range (index-only)
 check results (latest)    check_results primary key (check_key, evaluated_at): loose scan
@@ -127,8 +128,9 @@ SQL: dict[str, str] = {
         WHERE s.coin_id IS NOT NULL
         ORDER BY m.market_cap_rank NULLS LAST, s.coin_id""",
     # 1-minute OHLC candles from the 30 s prices, with each minute's last indicator values:
-    # per minute the first and last ts (hash aggregate), then their rows (hash joins); minute
-    # as epoch seconds (read as CSV by ``Database.query_csv``).
+    # per minute the first and last ts (hash aggregate), then their rows (hash joins) and the
+    # 24 h volume CoinGecko reported at the close; minute as epoch seconds (read as CSV by
+    # ``Database.query_csv``).
     "candles": """
         WITH s AS (
             SELECT date_trunc('minute', ts) AS minute, ts, price, sma_5min, ema_3min,
@@ -142,8 +144,9 @@ SQL: dict[str, str] = {
         )
         SELECT extract(epoch FROM b.minute)::float8 AS minute, o.price AS open, b.high, b.low,
                c.price AS close, c.sma_5min, c.ema_3min, c.volatility_5min, c.change_1min,
-               c.change_5min, b.observations
+               c.change_5min, b.observations, h.total_volume
         FROM b JOIN s o ON o.ts = b.first_ts JOIN s c ON c.ts = b.last_ts
+        LEFT JOIN coin_market_history h ON h.coin_id = %(coin)s AND h.ts = b.last_ts
         ORDER BY b.minute""",
     "latest_rows": """
         SELECT coin_id, symbol, ts, price, change_1min, change_5min, sma_5min, ema_3min,
@@ -432,6 +435,7 @@ def candles(db: Database, coin: str, start: datetime, end: datetime) -> pd.DataF
         "volatility_5min",
         "change_1min",
         "change_5min",
+        "total_volume",
     )
 
 

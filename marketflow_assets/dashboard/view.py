@@ -355,11 +355,12 @@ def continuous_candles(candles: pd.DataFrame) -> pd.DataFrame:
 
 def resample_candles(candles: pd.DataFrame, minutes: int) -> pd.DataFrame:
     """One-minute candles folded into ``minutes``-minute ones: open of the first, high/low of
-    all, close and the indicator values of the last, observations summed."""
+    all, close, the indicator values and the 24 h volume of the last, observations summed."""
     if minutes <= 1 or candles.empty:
         return candles
     key = candles["minute"].dt.floor(f"{minutes}min")
     last = ["close", "sma_5min", "ema_3min", "volatility_5min", "change_1min", "change_5min"]
+    last += [c for c in ("total_volume",) if c in candles]
     grouped = candles.groupby(key, sort=True)
     out = pd.DataFrame(
         {

@@ -3,6 +3,7 @@ on each page equal SQL ground truth; empty and unreachable databases give plain 
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 from datetime import UTC, datetime, timedelta
@@ -191,12 +192,22 @@ def test_coin_page_matches_sql(seeded, monkeypatch):
         (min(count, 50),),
     )
     assert rows["price"].to_list() == [p for _, p in truth]
-    (chart,) = at.get("plotly_chart")  # one figure: price, volatility and change panes
+    (chart,) = at.get("plotly_chart")  # one figure: price, volatility, change, volume panes
     spec = json.loads(chart.proto.spec)
     layout, kinds = spec["layout"], [t["type"] for t in spec["data"]]
     assert kinds.count("candlestick") == 1 and "bar" in kinds
     # one time axis: the panes above follow the bottom one
-    assert layout["xaxis"]["matches"] == layout["xaxis2"]["matches"] == "x3"
+    assert layout["xaxis"]["matches"] == layout["xaxis3"]["matches"] == "x4"
+    (volume,) = [t for t in spec["data"] if t.get("name") == "24h volume"]
+    assert volume["yaxis"] == "y4" and len(volume["x"]) == len(spec["data"][0]["x"])
+    stored = sql(
+        url,
+        "SELECT total_volume FROM coin_market_history WHERE coin_id = 'coin-03' "
+        "ORDER BY ts DESC LIMIT 1",
+    )
+    ys = volume["y"]  # plotly sends numeric arrays as typed arrays
+    ys = np.frombuffer(base64.b64decode(ys["bdata"]), ys["dtype"]) if "bdata" in ys else ys
+    assert ys[-1] == stored[0][0]  # the newest candle's close
     assert layout["hovermode"] == "x unified" and layout["xaxis"]["showspikes"]  # crosshair
     assert "μ" not in json.dumps(layout) and layout["yaxis"]["tickformat"].startswith(",.")
     minutes = len(spec["data"][0]["x"])

@@ -164,8 +164,9 @@ def test_market_table_sorts_and_the_coin_view_stacks_panes_in_a_browser(seeded, 
             page.get_by_text("Coin", exact=True).first.click()
             page.get_by_text("volatility 5 min (std of price)").first.wait_for(timeout=60_000)
             svg = page.locator(".js-plotly-plot").first
-            assert svg.locator(".cartesianlayer .subplot").count() == 3  # price + two panes
-            assert "change (%)" in " ".join(svg.locator("text").all_text_contents())
+            assert svg.locator(".cartesianlayer .subplot").count() == 4  # price + three panes
+            texts = " ".join(svg.locator("text").all_text_contents())
+            assert "change (%)" in texts and "24 h volume" in texts
             ticks = " ".join(svg.locator(".ytick text").all_text_contents())
             assert ticks and not any(p in ticks for p in ("μ", "m", "k", "n"))
             browser.close()

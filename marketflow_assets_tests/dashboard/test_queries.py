@@ -49,7 +49,7 @@ def test_latest_snapshot_movers_and_tiles(seeded, db):
 
 
 def test_candles_are_one_minute_ohlc_of_the_30s_prices(seeded, db):
-    _url, _raw, indicators, _movers = seeded
+    _url, raw, indicators, _movers = seeded
     coin = "coin-05"
     rows = indicators[indicators["coin_id"] == coin].sort_values("ts")
     end = rows["ts"].max()
@@ -70,6 +70,11 @@ def test_candles_are_one_minute_ohlc_of_the_30s_prices(seeded, db):
     for col in ("open", "high", "low", "close", "sma_5min"):
         assert got[col].to_list() == want[col].to_list(), col
     assert got["observations"].to_list() == want["observations"].to_list()
+    # the volume pane: CoinGecko's 24 h volume as recorded at each minute's close
+    close_ts = window.groupby(minute)["ts"].max()
+    volume = raw[raw["id"] == coin].set_index("ts")["total_volume"]
+    assert got["total_volume"].to_list() == volume.loc[close_ts.to_list()].to_list()
+    assert got["total_volume"].notna().all()
     latest = q.latest_rows(db, coin, start, end, limit=5)
     assert latest["ts"].to_list() == window["ts"].iloc[::-1].head(5).to_list()
 

@@ -80,6 +80,9 @@ def assert_coin_market_is_each_coins_newest(url: str, rows: list[tuple]) -> None
     assert list(market.index) == sorted(newest.index)
     assert (pd.to_datetime(market["ts"], utc=True) == newest["ts"]).all()
     assert (market["price"] == newest["current_price"]).all()
+    history = read_table(url, "coin_market_history")  # every (coin, poll) of the records
+    stored = set(zip(history["coin_id"], pd.to_datetime(history["ts"], utc=True), strict=True))
+    assert set(zip(raw["id"], raw["ts"], strict=True)) <= stored
 
 
 def test_duplicates_are_no_ops_and_late_rows_are_left_to_dagster(

@@ -38,7 +38,11 @@ from marketflow_assets.defs.indicators.compute import (
     spark_to_pandas,
 )
 from marketflow_assets.defs.raw_prices.assets import RAW_PRICES_KEY
-from marketflow_assets.market import RAW_SOURCE_COLUMNS, write_coin_market
+from marketflow_assets.market import (
+    RAW_SOURCE_COLUMNS,
+    write_coin_market,
+    write_market_history,
+)
 from marketflow_assets.raw_dataset import raw_row_count, read_window, retry_vanished, snapshot
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.resources.raw_data import RawDataResource
@@ -292,14 +296,16 @@ def live_comparison_metadata(result: IndicatorRefresh) -> dict[str, Any]:
 
 def refresh_coin_market(postgres: PostgresResource, raw_dir: Path, result) -> int:
     """Move ``coin_market`` on to the newest snapshot the refresh computed (its coins' raw
-    market fields, :mod:`marketflow_assets.market`); rows only ever move forward in time."""
+    market fields, :mod:`marketflow_assets.market`; rows only ever move forward in time) and add
+    the volume and market cap of every poll it computed to ``coin_market_history``."""
     if result.rows is None or result.rows.empty:
         return 0
+    oldest = pd.Timestamp(result.rows["ts"].min()).to_pydatetime()
     newest = pd.Timestamp(result.rows["ts"].max()).to_pydatetime()
-    raw = read_window(raw_dir, newest, newest + timedelta(microseconds=1), RAW_SOURCE_COLUMNS)
-    raw = raw[raw["ts"] == pd.Timestamp(newest)]
+    raw = read_window(raw_dir, oldest, newest + timedelta(microseconds=1), RAW_SOURCE_COLUMNS)
     with postgres.get_connection() as conn, conn.cursor() as cur:  # tables: ensured by the refresh
-        return write_coin_market(cur, raw)
+        write_market_history(cur, raw)
+        return write_coin_market(cur, raw[raw["ts"] == pd.Timestamp(newest)], history=False)
 
 
 def build_price_indicators(

@@ -311,6 +311,12 @@ def test_a_run_launched_by_hand_recomputes_and_every_run_says_who_launched_it(
     newest = stored[stored["ts"] == stored[stored["ts"] < pd.Timestamp(key_end(key))]["ts"].max()]
     assert sorted(market.index) == sorted(newest["coin_id"])
     assert meta["coin_market_rows"].value == len(newest)
+
+    # ... and every poll of the partition is in the volume history
+    def keys(frame):
+        return sorted(zip(frame["coin_id"], pd.to_datetime(frame["ts"], utc=True), strict=True))
+
+    assert keys(read_table(pg_clean, "coin_market_history")) == keys(stored)
     assert tags[again.run_id][LAUNCHED_BY_TAG] == "automation"
 
 
