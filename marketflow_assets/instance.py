@@ -60,3 +60,28 @@ def prepare_dagster_home(home: Path, postgres: bool = True) -> dict[str, str]:
     source = POSTGRES_INSTANCE_YAML if postgres else SQLITE_INSTANCE_YAML
     shutil.copyfile(source, home / "dagster.yaml")
     return {"DAGSTER_HOME": str(home)}
+
+
+def seed_daemon_cursors(postgres_url: str) -> dict[str, str]:
+    """Give Dagster's run-retry daemon (the event-log consumer) its starting point before its
+    first start, where it would put it itself: after the newest event, so older runs are never
+    retried. The daemon logs "No cursor for event type ..., ignoring older events" as a WARNING
+    whenever it has to choose that itself, i.e. on every fresh instance. Cursors already stored
+    are kept. Returns the cursors set (none when all were there)."""
+    from dagster._daemon.auto_run_reexecution.event_log_consumer import (
+        DAGSTER_EVENT_TYPES,
+        _create_cursor_key,
+    )
+
+    storage = DagsterPostgresStorage(postgres_url=dagster_storage_url(postgres_url))
+    try:
+        keys = {_create_cursor_key(event_type) for event_type in DAGSTER_EVENT_TYPES}
+        missing = keys - set(storage.run_storage.get_cursor_values(keys))
+        if not missing:
+            return {}
+        newest = str(storage.event_log_storage.get_maximum_record_id() or 0)
+        cursors = dict.fromkeys(sorted(missing), newest)
+        storage.run_storage.set_cursor_values(cursors)
+        return cursors
+    finally:
+        storage.event_log_storage.dispose()

@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,15 @@ class Child:
     waiting_for: str | None = None  # a needed service that was down when it last exited
     waits: int = 0  # exits while waiting for a service, since it last ran with them up
     looping: bool = False  # an essential child past its crash-loop limit (alerted once)
+    # output lines (exact, without the line end) left out of the log: what a child's tools print
+    # on every start and that says nothing to a user (see JVM_NOISE)
+    quiet_lines: tuple[bytes, ...] = ()
+
+
+#: What every JVM Spark starts prints first: Spark's launcher always adds the incubating Vector
+#: API module (``--add-modules=jdk.incubator.vector``; only MLlib's BLAS uses it, with a fallback)
+#: and Java warns about incubator modules on stderr, with no option to turn that off.
+JVM_NOISE = (b"WARNING: Using incubator modules: jdk.incubator.vector",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,13 +192,31 @@ def start_child(child: Child, env: dict[str, str], cwd: Path | None = None) -> N
             cwd=child.cwd or cwd,
             env=full_env,
             stdin=subprocess.DEVNULL,
-            stdout=log_file,
+            stdout=subprocess.PIPE if child.quiet_lines else log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # signals of the terminal reach `up` only
             preexec_fn=die_with_parent,
         )
+    if child.quiet_lines:
+        threading.Thread(
+            target=_copy_output,
+            args=(child.proc.stdout, child.log_path, child.quiet_lines),
+            name=f"{child.name}-output",
+            daemon=True,
+        ).start()
     child.started_at = time.monotonic()
     logger.info("%s: started (pid %s, log %s)", child.name, child.proc.pid, child.log_path)
+
+
+def _copy_output(pipe, log_path: Path, quiet: tuple[bytes, ...]) -> None:
+    """Append what a child writes to ``pipe`` to ``log_path`` line by line, leaving out the
+    ``quiet`` lines, until every process holding the pipe (the child and what it started, such
+    as a JVM) has closed it."""
+    with pipe, open(log_path, "ab") as log:
+        for line in pipe:
+            if line.rstrip(b"\r\n") not in quiet:
+                log.write(line)
+                log.flush()
 
 
 def _kill_group(pgid: int) -> None:

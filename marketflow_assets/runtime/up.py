@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -43,6 +44,7 @@ from marketflow_assets.runtime.spark_connect import (
     wait_for_port,
 )
 from marketflow_assets.runtime.supervisor import (  # noqa: F401 - Child & co. are used via `up.` too
+    JVM_NOISE,
     Child,
     Dependencies,
     RestartPolicy,
@@ -153,6 +155,19 @@ def replay_progress_path(settings: Settings) -> Path:
     return settings.data_dir / "ingest" / "replay_progress.json"
 
 
+#: ``dagster dev`` warns on every start that ``dg dev`` supersedes it (``dg`` needs a
+#: ``dg``-scaffolded project; ``dagster dev`` is what this one runs).
+DAGSTER_DEV_SUPERSEDED = "ignore:Function `dev_command` is superseded"
+
+
+def quiet_dagster_dev_warnings(env: dict[str, str] | None = None) -> str:
+    """``PYTHONWARNINGS`` for the ``dagster dev`` child: the user's filters plus one that drops
+    the "superseded" warning (by its message: naming the category would import dagster in every
+    Python process the child starts)."""
+    own = (os.environ if env is None else env).get("PYTHONWARNINGS", "")
+    return ",".join(f for f in (own, DAGSTER_DEV_SUPERSEDED) if f)
+
+
 def build_children(args, settings: Settings, source: str) -> list[Child]:
     logs = settings.data_dir / "logs"
     ingest = [sys.executable, "-m", "marketflow_assets.cli", "ingest", "--source", source]
@@ -194,13 +209,16 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
             needs=("kafka",),
             essential=True,  # the collection: never stopped but by the user
         ),
-        Child("spark", spark, logs / "spark_streaming.log", needs=("kafka",)),
+        Child(
+            "spark", spark, logs / "spark_streaming.log", needs=("kafka",), quiet_lines=JVM_NOISE
+        ),
         Child(
             "dagster",
             dagster,
             logs / "dagster.log",
             stop_signal=signal.SIGINT,
             needs=("postgres",),
+            env={"PYTHONWARNINGS": quiet_dagster_dev_warnings()},
             # in its DAGSTER_HOME: `dagster dev` warns about the repository's SQLite dagster.yaml
             # when started beside it (every path it is given is absolute)
             cwd=settings.data_dir / "dagster_home",
@@ -245,7 +263,9 @@ def spark_connect_child(settings: Settings, args) -> tuple[Child, str]:
         SPARK_REMOTE_ENV: None,
     }
     argv = connect_server_command(port, args.spark_master)
-    child = Child("spark-connect", argv, logs / "spark-connect.log", env=env, cwd=logs)
+    child = Child(
+        "spark-connect", argv, logs / "spark-connect.log", env=env, cwd=logs, quiet_lines=JVM_NOISE
+    )
     return child, f"sc://127.0.0.1:{port}"
 
 
@@ -426,9 +446,11 @@ def _supervise(
 ) -> int:
     """Start the children, announce readiness, restart the ones that exit, stop them all in
     reverse order on exit."""
+    from marketflow_assets.instance import seed_daemon_cursors
     from marketflow_assets.resources.postgres import PostgresResource
 
     PostgresResource(url=settings.postgres_url).ensure_tables()
+    seed_daemon_cursors(settings.postgres_url)  # the run-retry daemon's first start: no warning
     source = resolve_source(args, settings)
     if source == "replay":  # a new `up` replays the file from its start
         replay_progress_path(settings).unlink(missing_ok=True)

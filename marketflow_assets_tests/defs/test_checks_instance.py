@@ -15,6 +15,7 @@ from marketflow_assets.instance import (
     SQLITE_INSTANCE_YAML,
     dagster_storage_url,
     prepare_dagster_home,
+    seed_daemon_cursors,
 )
 from marketflow_assets_tests.defs.checks_data import STUB_ASSETS, load_good_tables, make_raw
 
@@ -75,6 +76,48 @@ def test_postgres_instance_records_runs(
         )
         assert cur.fetchone()[0] == len(price_indicator_checks.CHECKS)
     conn.close()
+
+
+def test_the_run_retry_daemon_starts_quietly_after_the_newest_event(
+    tmp_path, dagster_db, monkeypatch, caplog
+):
+    """Issue 28 (quiet logs): the run-retry daemon's first start on a fresh instance warned "No
+    cursor for event type ..., ignoring older events"; `up` now gives it the cursor it would
+    choose itself (after the newest event) before it starts. Stored cursors are kept."""
+    import logging
+
+    from dagster._daemon.auto_run_reexecution.event_log_consumer import (
+        DAGSTER_EVENT_TYPES,
+        _create_cursor_key,
+        _fetch_persisted_cursors,
+    )
+
+    env = prepare_dagster_home(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+    monkeypatch.setenv("MARKETFLOW_POSTGRES_URL", dagster_db)
+
+    @dg.asset
+    def one():
+        return 1
+
+    daemon_log = logging.getLogger("test.event_log_consumer")
+    with dg.DagsterInstance.get() as instance:
+        assert dg.materialize([one], instance=instance).success  # events before the daemon
+        with caplog.at_level(logging.WARNING, logger=daemon_log.name):
+            _fetch_persisted_cursors(instance, DAGSTER_EVENT_TYPES, daemon_log)
+        assert "No cursor for event type" in caplog.text  # what a fresh instance said
+        caplog.clear()
+        newest = instance.event_log_storage.get_maximum_record_id()
+        seeded = seed_daemon_cursors(dagster_db)
+        assert len(seeded) == len(DAGSTER_EVENT_TYPES) and set(seeded.values()) == {str(newest)}
+        with caplog.at_level(logging.WARNING, logger=daemon_log.name):
+            cursors = _fetch_persisted_cursors(instance, DAGSTER_EVENT_TYPES, daemon_log)
+        assert caplog.text == ""
+        assert set(cursors.values()) == {newest}  # older runs are not retried
+        first = DAGSTER_EVENT_TYPES[0]
+        instance.daemon_cursor_storage.set_cursor_values({_create_cursor_key(first): "1"})
+        assert seed_daemon_cursors(dagster_db) == {}  # stored cursors are kept
+        assert _fetch_persisted_cursors(instance, DAGSTER_EVENT_TYPES, daemon_log)[first] == 1
 
 
 def test_postgres_config_needs_its_env_var(tmp_path, monkeypatch):

@@ -272,10 +272,16 @@ def test_up_end_to_end_over_verified_tls_and_stops_cleanly(tls_kafka, tls_postgr
     for component in ("ingest", "spark", "dagster"):
         assert f"ready: {component}" in text
     assert f"ready: dashboard — http://127.0.0.1:{dashboard_port}" in text
-    # `dagster dev` runs in its DAGSTER_HOME: no warning about the repository's dagster.yaml
-    assert "Found a dagster instance configuration" not in (
-        data_dir / "logs" / "dagster.log"
-    ).read_text(errors="replace")
+    # quiet logs: `dagster dev` runs in its DAGSTER_HOME (no warning about the repository's
+    # dagster.yaml), says nothing about `dg dev`, its run-retry daemon found its cursor; no JVM
+    # line about incubator modules
+    dagster_log = (data_dir / "logs" / "dagster.log").read_text(errors="replace")
+    for noise in ("Found a dagster instance configuration", "is superseded", "No cursor for"):
+        assert noise not in dagster_log, noise
+    assert "'EventLogConsumerDaemon'" in dagster_log  # the daemon was configured
+    for jvm_log in ("spark_streaming.log", "spark-connect.log"):
+        text_of_jvm = (data_dir / "logs" / jvm_log).read_text(errors="replace")
+        assert "Using incubator modules" not in text_of_jvm, jvm_log
     assert "kafka: using localhost:" in text and "(SSL, CA " in text
     assert tls_postgres.password not in text
     # nothing Dagster stored (runs, events, resource config) holds the password

@@ -226,3 +226,28 @@ def test_an_essential_child_is_restarted_even_while_its_dependency_is_down(tmp_p
         assert "ingest: starting it again (kafka still down)" in caplog.text
     finally:
         supervisor.stop_all()
+
+
+def test_quiet_lines_are_left_out_of_a_childs_log_even_from_its_grandchild(tmp_path):
+    """Issue 28 (quiet logs): the JVM's "Using incubator modules" line (printed by every JVM
+    Spark starts, a grandchild of the supervised process) stays out of the log; every other line
+    of child and grandchild arrives, in order."""
+    from marketflow_assets.runtime.supervisor import JVM_NOISE
+
+    noise = JVM_NOISE[0].decode()
+    grandchild = f"import sys; print({noise!r}, file=sys.stderr); print('late')"
+    script = (
+        "import subprocess, sys; "
+        f"print({noise!r}, file=sys.stderr, flush=True); print('first', flush=True); "
+        "print('WARNING: a real one', flush=True); "
+        f"subprocess.run([sys.executable, '-c', {grandchild!r}])"
+    )
+    log = tmp_path / "job.log"
+    child = Child("job", [PY, "-c", script], log, quiet_lines=JVM_NOISE, finished_on_success=True)
+    supervisor = Supervisor([], dict(os.environ), RestartPolicy(backoff_s=0.2))
+    supervisor.start(child)
+    try:
+        _run_until(supervisor, lambda: "late" in log.read_text(), timeout=20)
+    finally:
+        supervisor.stop_all()
+    assert log.read_text().splitlines() == ["first", "WARNING: a real one", "late"]
