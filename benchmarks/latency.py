@@ -323,7 +323,11 @@ def _poll_phase(
     phase.stats = {name: _stats(values) for name, values in phase.samples.items()}
 
 
-_INGEST_LINE = re.compile(r"poll (\S+): (\d+) good.*\(([\d.]+) s\)$")
+#: ingest's line per poll (``collector.py``): "poll <ts>: <good> + <dead letters> acknowledged
+#: ... (<s> s after it was taken)" -- fetch/simulate, validate, spool and publish until acked
+_INGEST_LINE = re.compile(
+    r"poll (\S+): (\d+) \+ \d+ acknowledged.*\(([\d.]+) s after it was taken\)$"
+)
 _FOLLOW_LINE = re.compile(r"in ([\d.]+) s \(file seen ([\d.]+) s after its newest ts\)")
 
 

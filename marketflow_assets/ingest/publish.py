@@ -1,11 +1,16 @@
-"""Kafka publishing of validated polls (kafka-python), with delivery checked per message.
+"""Kafka publishing of validated polls, with delivery checked per message.
 
-* Producer: key = coin id, ``acks=all``, bounded retries inside a delivery timeout, and
-  idempotence (the embedded Tansu broker supports ``InitProducerId``; a broker that does not gets
-  a plain producer and one log line saying so).
-* Topics: the price topic and its dead-letter twin are created when missing, with the
-  configured partition count; an existing topic is used as it is.
-* Delivery: every send's future is resolved after ``flush``; a failed send is retried
+* Producer: confluent-kafka (librdkafka; :func:`~marketflow_assets.kafka_client.fast_producer`):
+  key = coin id, ``acks=all``, retries inside a delivery timeout, and idempotence (the embedded
+  Tansu broker supports ``InitProducerId``; a broker that refuses it gets a plain producer and
+  one log line saying so). A 15,000-coin poll leaves in a few hundredths of a second (kafka-python
+  took 1-2 s of Python per poll: ``docs/PERFORMANCE.md``).
+* Topics and metadata: a kafka-python admin client, off the hot path. The price topic and its
+  dead-letter twin are created when missing, with the configured partition count; an existing
+  topic is used as it is. Before every poll the topics are looked up in metadata of *all*
+  topics (which never creates one): a producer naming a missing topic would make a broker that
+  ignores ``allow.auto.create.topics=false`` (Tansu) create it with its default partition count.
+* Delivery: every message's delivery report is awaited (``flush``); a failed send is retried
   (``send_attempts`` attempts in all, ``send_backoff_s`` doubling between them, a new producer
   and the topics ensured again before each retry), then counted and reported, never ignored.
 * Topic reset: an acknowledged offset below one acknowledged earlier on the same partition (or
@@ -16,20 +21,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
 
-from kafka import KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import (
-    ClusterAuthorizationFailedError,
-    KafkaConfigurationError,
-    KafkaError,
-    KafkaTimeoutError,
-    TopicAlreadyExistsError,
-    UnsupportedVersionError,
-)
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from marketflow_assets import kafka_client
 from marketflow_assets.ingest.validate import Message, ValidatedPoll
@@ -37,7 +35,15 @@ from marketflow_assets.settings import ConfigError, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
-_IDEMPOTENCE_ERRORS = (UnsupportedVersionError, ClusterAuthorizationFailedError)
+
+class IdempotenceRefused(KafkaError):
+    """The broker refused idempotent produce (librdkafka's fatal error): a plain producer
+    takes over."""
+
+
+_IDEMPOTENCE_ERRORS = (IdempotenceRefused,)
+#: How many messages are handed to librdkafka between two serves of its delivery reports.
+_POLL_EVERY = 2000
 
 
 @dataclass
@@ -90,49 +96,24 @@ class Publisher:
         self.topic_reset = False  # set when the broker lost the topic; ingest clears it
         self._high_offsets: dict[tuple[str, int], int] = {}
         self._topics_seen = False
-        # connect=False: no producer until :meth:`reconnect` (ingest started with the broker away)
+        self._topic_id: str | None = None
+        self._fatal: str | None = None  # librdkafka's fatal error (idempotence refused)
+        # connect=False: no clients until :meth:`reconnect` (ingest started with the broker away)
+        self._admin = self._make_admin() if connect else None
         self._producer = self._make_producer(idempotent=True) if connect else None
 
     # ----------------------------------------------------------------------------------------
-    def _make_producer(self, *, idempotent: bool) -> KafkaProducer:
-        delivery_ms = int(self.delivery_timeout_s * 1000)
-        config = {
-            "client_id": self.client_id,
-            "acks": "all",
-            "retries": 10,
-            "retry_backoff_ms": 200,
-            "linger_ms": 5,
-            "request_timeout_ms": min(10_000, delivery_ms - 10),
-            "delivery_timeout_ms": delivery_ms,
-            "max_block_ms": int(self.connect_timeout_s * 1000),
-            "bootstrap_timeout_ms": int(self.connect_timeout_s * 1000),
-            "enable_idempotence": idempotent,
-            "allow_auto_create_topics": False,  # and never by naming it: kafka_client.producer
-        }
-        try:
-            producer = kafka_client.producer(self.bootstrap, self.security, **config)
-        except KafkaTimeoutError:
-            raise ConfigError(
-                f"Kafka broker at {self.bootstrap} unreachable: start it or fix "
-                "MARKETFLOW_KAFKA_BOOTSTRAP"
-            ) from None
-        except KafkaConfigurationError as exc:
-            if not idempotent:
-                raise
-            log.warning("broker cannot do idempotent produce (%s); using acks=all without it", exc)
-            self.idempotent = False
-            return self._make_producer(idempotent=False)
-        log.info(
-            "Kafka producer connected to %s (acks=all, idempotence %s)",
-            self.bootstrap,
-            "on" if idempotent else "off",
+    def _unreachable(self) -> ConfigError:
+        return ConfigError(
+            f"Kafka broker at {self.bootstrap} unreachable: start it or fix "
+            "MARKETFLOW_KAFKA_BOOTSTRAP"
         )
-        return producer
 
-    def ensure_topics(self) -> None:
-        """Create the topic and the DLQ topic when missing (``partitions`` each)."""
+    def _make_admin(self):
+        """The kafka-python admin client for topics and metadata; a broker that does not
+        answer within the connect timeout is a :class:`ConfigError`."""
         try:
-            admin = kafka_client.admin(
+            return kafka_client.admin(
                 self.bootstrap,
                 self.security,
                 client_id=self.client_id + "-admin",
@@ -140,18 +121,61 @@ class Publisher:
                 bootstrap_timeout_ms=int(self.connect_timeout_s * 1000),
             )
         except KafkaTimeoutError:
-            raise ConfigError(
-                f"Kafka broker at {self.bootstrap} unreachable: start it or fix "
-                "MARKETFLOW_KAFKA_BOOTSTRAP"
-            ) from None
+            raise self._unreachable() from None
+
+    def _make_producer(self, *, idempotent: bool):
+        delivery_ms = int(self.delivery_timeout_s * 1000)
+        producer = kafka_client.fast_producer(
+            self.bootstrap,
+            self.security,
+            log_name=__name__ + ".librdkafka",
+            **{
+                "client.id": self.client_id,
+                "acks": "all",
+                "enable.idempotence": idempotent,
+                "linger.ms": 5,
+                "retry.backoff.ms": 200,
+                "message.timeout.ms": delivery_ms,
+                "request.timeout.ms": max(1, min(10_000, delivery_ms - 10)),
+                "socket.connection.setup.timeout.ms": max(1000, int(self.connect_timeout_s * 1000)),
+                # honoured by brokers that honour it; Tansu does not (see _check_topics)
+                "allow.auto.create.topics": False,
+                "error_cb": self._on_error,
+            },
+        )
+        log.info(
+            "Kafka producer for %s (librdkafka; acks=all, idempotence %s)",
+            self.bootstrap,
+            "on" if idempotent else "off",
+        )
+        return producer
+
+    def _on_error(self, error) -> None:
+        """librdkafka's client-level errors: a fatal one (idempotence refused) ends the
+        producer; the others (a broker away) surface as failed deliveries."""
+        if error.fatal():
+            self._fatal = error.str()
+        else:
+            log.debug("librdkafka: %s", error.str())
+
+    def _describe(self) -> dict[str, dict]:
+        """Fresh metadata of every topic, by name (asks for *all* topics: never creates one)."""
+        return {t["name"]: t for t in self._admin.describe_topics(None) if not t["error_code"]}
+
+    def _note_topics(self, topics: dict[str, dict]) -> None:
+        found = topics.get(self.topic, {}).get("topic_id")
+        self._topic_id = str(found) if found and set(str(found)) - set("0-") else None
+
+    def ensure_topics(self) -> None:
+        """Create the topic and the DLQ topic when missing (``partitions`` each)."""
         try:
-            existing = set(admin.list_topics())
+            existing = self._describe()
             for name in (self.topic, self.dlq_topic):
                 if name in existing:
                     log.info("Kafka topic %s exists", name)
                     continue
                 try:
-                    admin.create_topics([NewTopic(name, self.partitions, 1)])
+                    self._admin.create_topics([NewTopic(name, self.partitions, 1)])
                     log.info("created Kafka topic %s with %d partition(s)", name, self.partitions)
                     if self._topics_seen and name == self.topic:
                         log.warning("Kafka topic %s had to be created again", name)
@@ -159,56 +183,80 @@ class Publisher:
                         self._high_offsets = {}  # offsets start again at 0: no second reset
                 except TopicAlreadyExistsError:
                     log.info("Kafka topic %s exists", name)
-        finally:
-            admin.close()
-        # wait until the producer sees both topics (metadata), so the first send cannot stall
-        deadline = time.monotonic() + self.connect_timeout_s
-        for name in (self.topic, self.dlq_topic):
-            while not self._producer.partitions_for(name):
+            # wait until the metadata has both topics with their partitions
+            deadline = time.monotonic() + self.connect_timeout_s
+            while True:
+                existing = self._describe()
+                if all(existing.get(n, {}).get("partitions") for n in (self.topic, self.dlq_topic)):
+                    break
                 if time.monotonic() > deadline:
-                    raise KafkaError(f"topic {name} has no partitions after creation")
+                    raise KafkaError(f"topic {self.topic} has no partitions after creation")
                 time.sleep(0.1)
+        except KafkaTimeoutError:
+            raise self._unreachable() from None
+        self._note_topics(existing)
         self._topics_seen = True
+
+    def _check_topics(self) -> None:
+        """Before a poll: both topics exist (created again when the broker lost them, before
+        the producer could name a missing one) and the topic id is fresh."""
+        topics = self._describe()
+        if self.topic in topics and self.dlq_topic in topics:
+            self._note_topics(topics)
+        else:
+            self.ensure_topics()
 
     # ----------------------------------------------------------------------------------------
     def _send_all(self, messages: list[tuple[str, Message]]) -> list[str | None]:
         """Send and wait; returns per message None (acknowledged) or an error text."""
-        futures = []
-        outcomes: list[str | None] = []
-        for topic, message in messages:
-            try:
-                futures.append(
-                    self._producer.send(topic, key=message.key_bytes(), value=message.value_bytes())
-                )
-            except (KafkaError, ValueError, TypeError) as exc:
-                futures.append(exc)
-        deadline = time.monotonic() + self.delivery_timeout_s
-        try:
-            self._producer.flush(timeout=self.delivery_timeout_s)
-        except KafkaError as exc:
-            log.warning("flush did not complete: %s", exc)
-        for future in futures:
-            if isinstance(future, Exception):
-                outcomes.append(f"{type(future).__name__}: {future}")
-                continue
-            try:
-                # one shared deadline: a dead broker costs one delivery timeout, not one per message
-                metadata = future.get(timeout=max(0.05, deadline - time.monotonic()))
-                self._note_offset(metadata)
-                outcomes.append(None)
-            except _IDEMPOTENCE_ERRORS:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure of a send is reported
-                outcomes.append(f"{type(exc).__name__}: {exc}")
-        return outcomes
+        pending = object()
+        outcomes: list = [pending] * len(messages)
+        producer = self._producer
 
-    def _note_offset(self, metadata) -> None:
+        def delivered(i: int, error, message) -> None:
+            if error is None:
+                outcomes[i] = None
+                self._note_offset(message.topic(), message.partition(), message.offset())
+            else:
+                outcomes[i] = f"KafkaError: {error.str()}"
+
+        for i, (topic, message) in enumerate(messages):
+            while True:
+                try:
+                    producer.produce(
+                        topic,
+                        value=message.value_bytes(),
+                        key=message.key_bytes(),
+                        on_delivery=functools.partial(delivered, i),
+                    )
+                    break
+                except BufferError:  # librdkafka's queue is full: serve reports, then again
+                    producer.poll(0.05)
+                except Exception as exc:  # noqa: BLE001 - any failure of a send is reported
+                    outcomes[i] = f"{type(exc).__name__}: {exc}"
+                    break
+            if i % _POLL_EVERY == _POLL_EVERY - 1:
+                producer.poll(0)
+        # one shared deadline: a dead broker costs one delivery timeout, not one per message
+        left = producer.flush(self.delivery_timeout_s + 1.0)
+        if left:  # not answered in time: taken back (their reports say so)
+            producer.purge()
+            producer.flush(0)
+        if self._fatal is not None:
+            fatal, self._fatal = self._fatal, None
+            raise IdempotenceRefused(fatal)
+        return [
+            "KafkaTimeoutError: no delivery report within the delivery timeout"
+            if outcome is pending
+            else outcome
+            for outcome in outcomes
+        ]
+
+    def _note_offset(self, topic: str, partition: int, offset: int) -> None:
         """Track the highest acknowledged offset per partition; a lower one = a reset topic."""
-        topic = getattr(metadata, "topic", None)
-        offset = getattr(metadata, "offset", None)
         if topic != self.topic or not isinstance(offset, int) or offset < 0:
             return
-        key = (topic, metadata.partition)
+        key = (topic, partition)
         high = self._high_offsets.get(key)
         if high is not None and offset < high:
             log.warning(
@@ -216,7 +264,7 @@ class Publisher:
                 "topic (restarted?)",
                 offset,
                 topic,
-                metadata.partition,
+                partition,
                 high,
             )
             self.topic_reset = True
@@ -224,21 +272,41 @@ class Publisher:
         self._high_offsets[key] = max(offset, self._high_offsets.get(key, -1))
 
     def topic_id(self) -> str | None:
-        """Kafka's id of the topic as the producer last saw it (a re-created topic has a new
-        one); None when the broker does not report topic ids."""
-        return kafka_client.topic_id(self._producer, self.topic)
+        """Kafka's id of the topic (a re-created topic has a new one), from fresh metadata when
+        the broker answers, else as last seen; None when the broker does not report ids."""
+        if self._admin is not None:
+            with contextlib.suppress(Exception):  # away: the last one seen
+                self._note_topics(self._describe())
+        return self._topic_id
 
     def reconnect(self) -> None:
-        """A new producer and the topics ensured again (the broker may have restarted); raises
-        :class:`ConfigError` or :class:`KafkaError` when the broker is still unreachable, and
+        """New clients and the topics ensured again (the broker may have restarted) *before* a
+        new producer exists; raises :class:`ConfigError` or :class:`KafkaError` when the broker
+        is still unreachable (the old clients stay), and
         :class:`~marketflow_assets.kafka_client.KafkaAccessError` when it refuses this client's
         certificate or password (e.g. rotated while ingest ran)."""
         kafka_client.preflight(self.bootstrap, self.security, timeout_s=self.connect_timeout_s)
-        fresh = self._make_producer(idempotent=self.idempotent)  # raises: the old one stays
-        old, self._producer = self._producer, fresh
-        with contextlib.suppress(Exception):
-            old.close(timeout=0)
-        self.ensure_topics()
+        admin = self._make_admin()  # raises: the old clients stay
+        old_admin, self._admin = self._admin, admin
+        try:
+            self.ensure_topics()
+        except BaseException:
+            self._admin = old_admin
+            with contextlib.suppress(Exception):
+                admin.close()
+            raise
+        if old_admin is not None:
+            with contextlib.suppress(Exception):
+                old_admin.close()
+        self._drop_producer()
+        self._producer = self._make_producer(idempotent=self.idempotent)
+
+    def _drop_producer(self) -> None:
+        old, self._producer = self._producer, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                old.purge()
+                old.flush(0)
 
     def publish(self, poll: ValidatedPoll) -> PublishResult:
         """Send every good message to the topic and every dead letter to the DLQ; the sends
@@ -246,21 +314,39 @@ class Publisher:
         ``send_backoff_s``). The result lists what was acknowledged and what was not."""
         messages = [(self.topic, m) for m in poll.good] + [(self.dlq_topic, m) for m in poll.bad]
         result = PublishResult()
-        if self._producer is None:  # never connected yet: the first attempt connects
-            try:
+        try:
+            if self._producer is None:  # never connected yet: the first attempt connects
                 self.reconnect()
-            except (ConfigError, KafkaError) as exc:
+            else:
+                self._check_topics()
+        except (ConfigError, KafkaError) as exc:
+            if self._producer is None:
                 result.failures = [f"{t} key={m.key}: not connected: {exc}" for t, m in messages]
                 return result
+            # connected before: this was the first attempt; the next ones reconnect
+            return self._retry(messages, result, f"{type(exc).__name__}: {exc}", poll.ts)
+        return self._retry(messages, result, None, poll.ts)
+
+    def _retry(
+        self,
+        messages: list[tuple[str, Message]],
+        result: PublishResult,
+        why: str | None,
+        ts: str,
+    ) -> PublishResult:
+        """Send ``messages`` in up to ``send_attempts`` attempts (``why``: the first attempt
+        already failed for that reason: it counts as one)."""
         failed: list[tuple[tuple[str, Message], str]] = []
-        for attempt in range(1, self.send_attempts + 1):
+        if why is not None:
+            failed = [(item, why) for item in messages]
+        for attempt in range(2 if why else 1, self.send_attempts + 1):
             if attempt > 1:
                 delay = self.send_backoff_s * 2 ** (attempt - 2)
                 log.warning(
                     "%d message(s) of poll %s not acknowledged (%s); retrying in %.2g s "
                     "(attempt %d/%d)",
                     len(messages),
-                    poll.ts,
+                    ts,
                     failed[0][1],
                     delay,
                     attempt,
@@ -300,12 +386,18 @@ class Publisher:
             log.warning(
                 "broker refused idempotent produce (%s); continuing with acks=all without it", exc
             )
-            self._producer.close(timeout=5)
+            self._drop_producer()
             self.idempotent = False
             self._producer = self._make_producer(idempotent=False)
             outcomes = self._send_all(messages)
         return outcomes
 
     def close(self) -> None:
+        """Wait for what is in flight (at most a delivery timeout), then close the clients."""
         if self._producer is not None:
-            self._producer.close(timeout=self.delivery_timeout_s)
+            self._producer.flush(self.delivery_timeout_s)
+            self._drop_producer()
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                self._admin.close()
+            self._admin = None

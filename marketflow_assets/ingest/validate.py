@@ -55,12 +55,18 @@ class Message:
     key: str | None
     value: dict[str, Any]
     raw: Any = field(default=None, compare=False, repr=False)  # the record as received
+    _encoded: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def key_bytes(self) -> bytes | None:
         return None if self.key is None else self.key.encode("utf-8")
 
     def value_bytes(self) -> bytes:
-        return json.dumps(self.value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        """The value as compact JSON, encoded once (the spool line and every send of the
+        message reuse it; ``value`` is not changed after validation)."""
+        if self._encoded is None:
+            encoded = json.dumps(self.value, separators=(",", ":"), allow_nan=False)
+            object.__setattr__(self, "_encoded", encoded.encode("utf-8"))
+        return self._encoded
 
 
 @dataclass
