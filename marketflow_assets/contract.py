@@ -7,9 +7,10 @@ job (``spark_streaming.kafka_streaming.parse_messages``; a rejected message goes
 rejected message is counted and skipped). So a message becomes a raw row, a live row and a
 published message under the same rule, and is rejected by all three with the same reason code.
 
-The message value is a JSON object (decoded with Python's :func:`json.loads`, whose ``NaN`` /
-``Infinity`` literals and overflowing numbers such as ``1e999`` come out as non-finite floats and
-are then refused below). It is valid when
+The message value is a JSON object (decoded as Python's :func:`json.loads` decodes it, whose
+``NaN`` / ``Infinity`` literals and overflowing numbers such as ``1e999`` come out as non-finite
+floats and are then refused below; :func:`loads` tries orjson first, ~2x faster, and leaves every
+value orjson refuses to :func:`json.loads`, so the outcome is the same). It is valid when
 
 * ``id`` is a string that is not blank;
 * ``ts`` is an ISO-8601 time string (``Z`` or an offset; without one it means UTC) within the
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -223,12 +225,42 @@ def check_message(message: Any) -> RawRow | Invalid:
     )
 
 
+#: 19 digits in a row: a number orjson might read differently (it turns integers beyond 64 bits
+#: into floats where json.loads keeps them exact); such values go to json.loads.
+_LONG_DIGITS = re.compile(rb"\d{19}")
+_LONG_DIGITS_TEXT = re.compile(r"\d{19}")
+
+
+def loads(value: bytes | str) -> Any:
+    """:func:`json.loads` of ``value``, through orjson when that gives the same object: a value
+    orjson refuses (``NaN`` literals, non-UTF-8 encodings, invalid JSON) or might read otherwise
+    (19 digits in a row: integers beyond 64 bits) is decoded, or refused, by :func:`json.loads`
+    itself."""
+    long_digits = _LONG_DIGITS_TEXT if isinstance(value, str) else _LONG_DIGITS
+    if long_digits.search(value) is None:
+        try:
+            return _orjson_loads(value)
+        except ValueError:  # orjson.JSONDecodeError is one
+            pass
+    return json.loads(value)
+
+
+def _no_orjson(value: bytes | str) -> Any:
+    raise ValueError("orjson is not installed")
+
+
+try:
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - a dependency of confluent-kafka
+    _orjson_loads = _no_orjson
+
+
 def parse_value(value: bytes | str | None) -> RawRow | Invalid:
     """The raw row of one Kafka message value (UTF-8 JSON bytes or text), or why it is invalid."""
     if value is None or not value.strip():
         return Invalid(EMPTY_VALUE, "empty value")
     try:
-        message = json.loads(value)
+        message = loads(value)
     except (ValueError, RecursionError) as exc:
         return Invalid(INVALID_JSON, f"not JSON: {_short(str(exc), 80)}")
     return check_message(message)

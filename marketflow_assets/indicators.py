@@ -682,11 +682,10 @@ def advance_indicators(
         {
             "id": coins[fresh],
             "symbol": batch["symbol"].to_numpy(dtype=object)[fresh],
-            "ts": ts.to_numpy()[fresh],
+            "ts": ts.array[fresh],  # stays a UTC datetime array (to_numpy: Timestamp objects)
             "current_price": batch["current_price"].to_numpy(dtype=np.float64)[fresh],
         }
     )
-    new["ts"] = pd.to_datetime(new["ts"], utc=True)
     touched = pd.unique(new["id"])
     old = state.obs.loc[state.obs["coin_id"].isin(touched)]
     raw = pd.concat(

@@ -104,3 +104,38 @@ def test_batch_form_is_fast_enough_for_a_15000_coin_poll():
     assert reasons == [None] * 15_000 and table.num_rows == 15_000
     assert pa.compute.sum(table["current_price"]).as_py() == pytest.approx(15_000 * 7_500.5)
     assert elapsed < 2.0, f"{elapsed:.2f} s for 15,000 values"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"id": "a", "current_price": 1.5, "n": [1, 2.0, -0.0, 1e-320]}',
+        b'{"price": NaN}',
+        b'{"price": Infinity, "x": -Infinity}',
+        b'{"price": 1e999}',
+        b'{"big": 1180591620717411303424}',
+        b'{"big": -9999999999999999999, "u64": 18446744073709551615}',
+        b'{"big": 1' + b"0" * 400 + b"}",
+        '{"big": 1180591620717411303424}',
+        b'{"a": 1, "a": 2}',
+        b'{"s": "\\ud800"}',
+        '{"name": "caf\u00e9 \u20bf"}'.encode(),
+        b"\xef\xbb\xbf" + b'{"bom": 1}',
+        '{"utf16": 1}'.encode("utf-16"),
+        b"[" * 2000 + b"]" * 2000,
+        b'{"broken": ',
+        b"\xff\xfe\xfa",
+        '{"text": "as str"}',
+    ],
+)
+def test_loads_decodes_exactly_as_json_loads(value):
+    """The faster decoding (orjson first) gives json.loads' object, or fails where it fails."""
+    try:
+        expected = json.loads(value)
+    except (ValueError, RecursionError) as exc:
+        with pytest.raises(type(exc)):
+            c.loads(value)
+        return
+    got = c.loads(value)
+    assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
+    assert repr(got) == repr(expected)
