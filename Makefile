@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: install system-packages lock run test test-fast test-engines lint format bench bench-full clean
+.PHONY: install system-packages lock run test test-fast test-engines lint format bench bench-full bench-pathway clean
 
 install: $(STAMP)
 
@@ -26,6 +26,19 @@ lock:
 	@test -x $(BIN)/uv || $(MAKE) install
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --universal --python-version 3.11 \
 		$(if $(UPGRADE),--upgrade) --quiet -o requirements.lock
+	$(BIN)/uv pip compile benchmarks/pathway-requirements.in --python-version 3.11 \
+		$(if $(UPGRADE),--upgrade) --quiet -o benchmarks/pathway-requirements.lock
+
+# The Pathway baseline of the latency benchmark runs in a virtualenv of its own (Pathway is
+# BSL-licensed, a baseline only, and needs pyarrow < 26): created by `make bench` when missing.
+PATHWAY_VENV := .venv-pathway
+PATHWAY_STAMP := $(PATHWAY_VENV)/.installed
+$(PATHWAY_STAMP): benchmarks/pathway-requirements.lock | $(STAMP)
+	$(BIN)/uv venv --quiet --allow-existing --python $(BIN)/python $(PATHWAY_VENV)
+	$(BIN)/uv pip install --quiet --python $(PATHWAY_VENV)/bin/python \
+		-r benchmarks/pathway-requirements.lock
+	@touch $@
+bench-pathway: $(PATHWAY_STAMP)
 
 run: install
 	$(BIN)/marketflow up $(ARGS)
@@ -57,7 +70,7 @@ system-packages:
 		else echo "missing$$missing (apt-get install$$missing): the TLS and proxy tests will skip"; fi; \
 	fi
 
-test: lint system-packages
+test: lint system-packages $(PATHWAY_STAMP)
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/python -m pytest -n 3 --dist load --durations=25 $(PYTEST_ARGS)
 
@@ -71,12 +84,12 @@ test-fast: install
 test-engines: install
 	$(BIN)/python -m pytest -m engines $(PYTEST_ARGS)
 
-bench: install
+bench: install $(PATHWAY_STAMP)
 	$(BIN)/python -m benchmarks --quick
 
-bench-full: install
+bench-full: install $(PATHWAY_STAMP)
 	$(BIN)/python -m benchmarks --full
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .ruff_cache spark-warehouse metastore_db derby.log
+	rm -rf $(VENV) $(PATHWAY_VENV) data .pytest_cache .ruff_cache spark-warehouse metastore_db derby.log
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

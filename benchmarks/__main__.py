@@ -27,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        default="engine,incremental,scale,latency,dashboard,costs",
+        default="engine,incremental,scale,latency,dashboard,costs,memory",
         help=(
             "comma-separated subset of: engine, incremental, scale, latency, dashboard, costs,"
-            " forecast (opt-in)"
+            " memory, forecast (opt-in)"
         ),
     )
     parser.add_argument(
@@ -96,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmarks import costs
 
             costs.run(args.mode)
+        elif name == "memory":
+            from benchmarks import memory
+
+            memory.run(args.mode)
         else:
             parser.error(f"unknown benchmark {name!r}")
     print(f"benchmarks ({args.mode}) finished in {time.perf_counter() - started:.0f} s")

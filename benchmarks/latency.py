@@ -26,18 +26,23 @@ coins at 30 s (10 minutes), then 10 polls of 15,000 coins at 30 s. Quick mode co
 test, not an easier one; no warm-up poll, so the first poll meets the streaming job's first
 non-empty micro-batch), then 4 polls of 15,000 coins every 15 s (twice the 30 s cadence's load).
 
-Targets (issue 21): p95 <= 3 s at 250 coins, <= 10 s at 15,000 coins. Beside each latency line,
+Targets (issue 30; issue 21's were 3 s and 10 s): p95 <= 0.3 s at 250 coins, <= 1.0 s at
+15,000 coins, below both baselines. Beside each latency line,
 the machine's 1-minute load average during the phase (``os.getloadavg`` sampled every second from
 the first poll to the end of the drain, :mod:`benchmarks.loadavg`): mean and max.
 
-Baseline, side by side on the same run (``--no-baseline`` to skip): a plain Python stream
-processor, Quix Streams (:mod:`benchmarks.quix_baseline`), consuming the same topic on the same
-broker with a consumer group of its own and computing the same five indicators with the same
-functions (``marketflow_assets/indicators.py``) into ``quix_price_indicators`` on the same
-PostgreSQL; watched like ``price_indicators`` (all coins of a poll's ``ts`` visible). Printed as
-``quix latency_p95_seconds``, ``quix coins_15000 latency_p95_seconds`` and the ratios
-``marketflow / quix``. Both pipelines share the machine during the phases, so each one's figure
-includes the other's load (the baseline's is small: one Python process).
+Baselines, side by side on the same run (``--no-baseline`` to skip): two stream processors
+consuming the same topic on the same broker, each with a consumer group of its own, computing the
+same five indicators into a table of their own on the same PostgreSQL, watched like
+``price_indicators`` (all coins of a poll's ``ts`` visible): Quix Streams
+(:mod:`benchmarks.quix_baseline`, the project's indicator functions, ``quix_price_indicators``)
+and Pathway (:mod:`benchmarks.pathway_baseline`, Rust engine, one stateful reducer per coin, 20 ms
+commits, ``pathway_price_indicators``; run by the interpreter of its own virtualenv,
+``.venv-pathway``, which ``make bench`` creates). Printed as ``quix latency_p95_seconds``,
+``pathway latency_p95_seconds``, ``quix coins_15000 latency_p95_seconds``, ``pathway
+coins_15000 latency_p95_seconds`` and the ratios ``marketflow / quix`` and ``marketflow /
+pathway`` (target < 1). All pipelines share the machine during the phases, so each one's figure
+includes the others' load.
 
 ``path`` (``python -m benchmarks --latency-path ...``): ``up`` (default, as above), ``daemon``
 (no follower: observation sensor -> automation sensor -> run launcher, the path before issue 17)
@@ -85,8 +90,12 @@ PATHS = {
     "inprocess": "in-process refresh loop (dg.materialize) instead of dagster dev",
 }
 DRAIN_TIMEOUT_S = 240.0
-#: targets of issue 21 (poll ts -> row visible in price_indicators, p95)
-TARGETS = {COINS: 3.0, MARKET["quick"]["coins"]: 10.0}
+#: The baseline processors (same topic, same PostgreSQL, same indicators): their tables, names.
+BASELINE_TABLES = {"quix": "quix_price_indicators", "pathway": "pathway_price_indicators"}
+BASELINE_NAMES = {"quix": "Quix Streams 3.28", "pathway": "Pathway 0.33 (own virtualenv)"}
+#: targets of issue 30 (poll ts -> row visible in price_indicators, p95; issue 21's were 3 s and
+#: 10 s), and below both baselines at both scales
+TARGETS = {COINS: 0.3, MARKET["quick"]["coins"]: 1.0}
 
 
 class Watcher:
@@ -249,7 +258,8 @@ class Phase:
     polls: int
     interval: float
     watcher: Watcher | None = None
-    quix: Watcher | None = None  # the baseline's table, when the baseline runs
+    #: the baselines' tables (name -> watcher), for the baselines that run
+    baselines: dict[str, Watcher] = field(default_factory=dict)
     load: LoadSampler | None = None  # 1-min load average from the first poll to the drain's end
     total_rows: int = 0
     stats: dict = field(default_factory=dict)
@@ -263,10 +273,10 @@ class Phase:
 
 
 def _poll_phase(
-    phase: Phase, up, ingest_template, env, resolved, children, baseline: bool = False
+    phase: Phase, up, ingest_template, env, resolved, children, baselines: dict[str, str]
 ) -> None:
     """Publish ``phase.polls`` polls of ``phase.coins`` coins; wait until they are visible (in
-    ``price_indicators`` and, with ``baseline``, in the Quix Streams processor's table)."""
+    ``price_indicators`` and in the table of each baseline: ``baselines`` = name -> table)."""
     import psycopg2
 
     since = datetime.now(UTC)
@@ -274,12 +284,11 @@ def _poll_phase(
     phase.watcher = Watcher(resolved.raw_dir, resolved.postgres_url, phase.coins, since)
     phase.watcher.start()
     watchers = [phase.watcher]
-    if baseline:
-        from benchmarks.quix_baseline import TABLE
-
-        phase.quix = Watcher(None, resolved.postgres_url, phase.coins, since, table=TABLE)
-        phase.quix.start()
-        watchers.append(phase.quix)
+    for name, table in baselines.items():
+        watcher = Watcher(None, resolved.postgres_url, phase.coins, since, table=table)
+        watcher.start()
+        phase.baselines[name] = watcher
+        watchers.append(watcher)
     argv = list(ingest_template.argv)
     argv[argv.index("--coins") + 1] = str(phase.coins)
     argv[argv.index("--interval") + 1] = str(phase.interval)
@@ -316,9 +325,9 @@ def _poll_phase(
         if b is not None:
             total.append(b - t0)
     phase.samples = {"Kafka->Parquet": k2p, "Parquet->Postgres": p2pg, "total": total}
-    if phase.quix is not None:
-        phase.samples["quix total"] = [
-            seen - ts.timestamp() for ts, seen in phase.quix.pg_seen.items()
+    for name, watcher in phase.baselines.items():
+        phase.samples[f"{name} total"] = [
+            seen - ts.timestamp() for ts, seen in watcher.pg_seen.items()
         ]
     phase.stats = {name: _stats(values) for name, values in phase.samples.items()}
 
@@ -388,6 +397,39 @@ def quix_child(up, resolved, work: Path):
     return up.Child("quix", argv, work / "logs" / "quix.log")
 
 
+def pathway_child(up, resolved, work: Path, python: str):
+    """The Pathway baseline (:mod:`benchmarks.pathway_baseline`) as a child process on the same
+    broker, topic and PostgreSQL, with a consumer group of its own, run by ``python`` (the
+    interpreter of its own virtualenv)."""
+    from benchmarks.pathway_baseline import REPO_ROOT
+
+    argv = [python, "-m", "benchmarks.pathway_baseline"]
+    argv += ["--bootstrap", resolved.kafka_bootstrap, "--topic", resolved.kafka_topic]
+    argv += ["--postgres-url", resolved.postgres_url]
+    env = {"PYTHONPATH": str(REPO_ROOT), "PYSPARK_PYTHON": None}
+    return up.Child("pathway", argv, work / "logs" / "pathway.log", env=env)
+
+
+def available_baselines() -> dict[str, str | None]:
+    """The baselines that can run here: name -> interpreter (None: this one)."""
+    found: dict[str, str | None] = {}
+    try:  # the Quix baseline's one extra dependency (bench extra)
+        from benchmarks.quix_baseline import import_quixstreams
+
+        import_quixstreams()
+        found["quix"] = None
+    except ImportError:
+        print("latency: quixstreams not installed (pip install -e '.[bench]'): no Quix baseline")
+    from benchmarks.pathway_baseline import pathway_python
+
+    python = pathway_python()
+    if python is None:
+        print("latency: no Pathway virtualenv (make bench-pathway): no Pathway baseline")
+    else:
+        found["pathway"] = python
+    return found
+
+
 def run(
     mode: str = "quick", path: str = "up", market: bool = True, baseline: bool = True
 ) -> dict[str, tuple[float, float, float]]:
@@ -397,14 +439,7 @@ def run(
     from marketflow_assets.settings import Settings
 
     polls, interval = MODES[mode]["polls"], MODES[mode]["interval"]
-    if baseline:
-        try:  # the baseline's one extra dependency (bench extra)
-            from benchmarks.quix_baseline import import_quixstreams
-
-            import_quixstreams()
-        except ImportError:
-            print("latency: quixstreams not installed (pip install -e '.[bench]'): no baseline")
-            baseline = False
+    found = available_baselines() if baseline else {}
     phases = [Phase(COINS, polls, interval)]
     if market:
         phases.append(Phase(**MARKET[mode]))
@@ -430,7 +465,11 @@ def run(
             else ""
         )
         + f"; Parquet->Postgres via {PATHS[path]}"
-        + ("; baseline: a Quix Streams processor on the same topic" if baseline else "")
+        + (
+            f"; baselines on the same topic: {', '.join(BASELINE_NAMES[n] for n in found)}"
+            if found
+            else ""
+        )
     )
     children: list[up.Child] = []
     loop: RefreshLoop | None = None
@@ -452,8 +491,12 @@ def run(
                 "up": [c for name, c in built.items() if name != "ingest"],
                 "daemon": [spark, dagster],
             }.get(path, [spark])
-            quix = quix_child(up, resolved, work) if baseline else None
-            for child in [*started, *([quix] if quix else [])]:
+            extra = []
+            if "quix" in found:
+                extra.append(quix_child(up, resolved, work))
+            if "pathway" in found:
+                extra.append(pathway_child(up, resolved, work, found["pathway"]))
+            for child in [*started, *extra]:
                 up.start_child(child, env)
                 children.append(child)
             probes = up.ReadinessProbes(resolved, args)
@@ -500,16 +543,17 @@ def run(
                     "the warm-up poll in price_indicators",
                     children,
                 )
-            if quix is not None:  # its consumer group has the topic's partitions
+            for child in extra:  # its consumer group has the topic's partitions
                 wait_for(
-                    lambda: "ready: consuming" in quix.log_path.read_text(errors="replace"),
+                    lambda c=child: "ready: consuming" in c.log_path.read_text(errors="replace"),
                     180,
-                    "the Quix Streams baseline's consumer group",
+                    f"the {child.name} baseline's consumer group",
                     children,
                 )
             setup_s = time.monotonic() - started_at
             for phase in phases:
-                _poll_phase(phase, up, ingest, env, resolved, children, baseline=quix is not None)
+                tables = {c.name: BASELINE_TABLES[c.name] for c in extra}
+                _poll_phase(phase, up, ingest, env, resolved, children, tables)
                 with contextlib.suppress(Exception):
                     breakdowns[phase.coins] = breakdown(work / "logs", phase)
             if loop is not None:
@@ -523,6 +567,7 @@ def run(
             loop.stop()
         clean_up(children, work, scratch)
 
+    totals = [f"{name} total" for name in BASELINE_TABLES]
     for phase in phases:
         label = f"{phase.polls} polls x {phase.coins:,} coins every {phase.interval:g} s"
         print_table(
@@ -532,7 +577,7 @@ def run(
             ["stage", "polls", "p50", "p95", "max"],
             [
                 [name, str(len(phase.samples[name])), *(f"{x:.1f}" for x in phase.stats[name])]
-                for name in ("Kafka->Parquet", "Parquet->Postgres", "total", "quix total")
+                for name in ("Kafka->Parquet", "Parquet->Postgres", "total", *totals)
                 if name in phase.samples
             ],
         )
@@ -542,7 +587,7 @@ def run(
                 ["step", "s"],
                 breakdowns[phase.coins],
             )
-        for watcher in (phase.watcher, phase.quix):
+        for watcher in (phase.watcher, *phase.baselines.values()):
             missing = phase.polls - len(watcher.pg_seen) if watcher is not None else 0
             if missing:
                 print(
@@ -564,10 +609,10 @@ def run(
         target = TARGETS.get(phase.coins)
         load = phase.load.describe()
         ratio_line(f"{prefix}latency_p95_seconds", value, f"<= {target:g}", load)
-        if phase.quix is not None:
-            quix_value = phase.p95(phase.quix, phase.samples["quix total"])
-            ratio_line(f"quix {prefix}latency_p95_seconds", quix_value, None, load)
-            ratio_line(f"{prefix}latency_p95 marketflow / quix", value / quix_value)
+        for name, watcher in phase.baselines.items():
+            other = phase.p95(watcher, phase.samples[f"{name} total"])
+            ratio_line(f"{name} {prefix}latency_p95_seconds", other, None, load)
+            ratio_line(f"{prefix}latency_p95 marketflow / {name}", value / other, "< 1")
     return base.stats
 
 
