@@ -65,7 +65,11 @@ def describe(proc) -> str:
         (" follow", "follower"),
         ("streamlit", "dashboard"),
         ("dagster-webserver", "dagster webserver"),
+        ("dagster_webserver", "dagster webserver"),
         ("dagster-daemon", "dagster daemon"),
+        ("daemon run", "dagster daemon"),
+        ("execute_run", "dagster run worker"),
+        ("execute_step", "dagster run worker"),
         ("code-server", "dagster code server"),
         ("api grpc", "dagster code server"),
         ("dagster dev", "dagster dev"),
@@ -76,7 +80,7 @@ def describe(proc) -> str:
             return label
     if "postgres" in name:
         return "PostgreSQL"
-    return name
+    return " ".join([name, *cmd[1:3]])[:60]
 
 
 def measure(root_pid: int) -> list[tuple[str, int, float, float]]:
@@ -89,6 +93,8 @@ def measure(root_pid: int) -> list[tuple[str, int, float, float]]:
         try:
             info = proc.memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if not info.rss:  # exiting (a zombie)
             continue
         pss = getattr(info, "pss", info.rss)
         rows.append((describe(proc), proc.pid, info.rss / 2**20, pss / 2**20))
