@@ -96,6 +96,17 @@ BASELINE_NAMES = {"quix": "Quix Streams 3.28", "pathway": "Pathway 0.33 (own vir
 #: targets of issue 30 (poll ts -> row visible in price_indicators, p95; issue 21's were 3 s and
 #: 10 s), and below both baselines at both scales
 TARGETS = {COINS: 0.3, MARKET["quick"]["coins"]: 1.0}
+#: Full mode: the scale curve's middle steps between 250 and 15,000 coins (issue 30).
+SCALE_STEPS = {
+    "quick": [],
+    "full": [
+        {"coins": 1_000, "polls": 5, "interval": 30.0},
+        {"coins": 5_000, "polls": 5, "interval": 30.0},
+    ],
+}
+SCALE_PNG = Path(__file__).resolve().parents[1] / "docs" / "images" / "perf" / "scale_curve.png"
+#: poll ts -> the row Dagster recomputed from raw (``source = 'dagster'``), p95 (issue 30)
+EXACT_TARGETS = {COINS: 3.0, MARKET["quick"]["coins"]: 8.0}
 
 
 class Watcher:
@@ -109,8 +120,10 @@ class Watcher:
         coins: int,
         since: datetime,
         table: str = "price_indicators",
+        where: str = "TRUE",
     ):
         self.raw_dir = raw_dir
+        self.where = where  # a fixed SQL condition on the rows counted (e.g. their source)
         self.postgres_url = postgres_url
         self.coins = coins
         self.since = since
@@ -169,7 +182,8 @@ class Watcher:
                 now = time.time()
                 with conn.cursor() as cur:
                     cur.execute(
-                        f"SELECT ts, count(*) FROM {self.table} WHERE ts >= %s GROUP BY ts",
+                        f"SELECT ts, count(*) FROM {self.table} WHERE ts >= %s AND "
+                        f"({self.where}) GROUP BY ts",
                         (self.since,),
                     )
                     for ts, count in cur.fetchall():
@@ -258,6 +272,8 @@ class Phase:
     polls: int
     interval: float
     watcher: Watcher | None = None
+    #: rows recomputed by Dagster from raw (``source = 'dagster'``): the exact path
+    exact: Watcher | None = None
     #: the baselines' tables (name -> watcher), for the baselines that run
     baselines: dict[str, Watcher] = field(default_factory=dict)
     load: LoadSampler | None = None  # 1-min load average from the first poll to the drain's end
@@ -283,7 +299,11 @@ def _poll_phase(
     phase.load = LoadSampler().start()
     phase.watcher = Watcher(resolved.raw_dir, resolved.postgres_url, phase.coins, since)
     phase.watcher.start()
-    watchers = [phase.watcher]
+    phase.exact = Watcher(
+        None, resolved.postgres_url, phase.coins, since, where="source = 'dagster'"
+    )
+    phase.exact.start()
+    watchers = [phase.watcher, phase.exact]
     for name, table in baselines.items():
         watcher = Watcher(None, resolved.postgres_url, phase.coins, since, table=table)
         watcher.start()
@@ -324,7 +344,12 @@ def _poll_phase(
             p2pg.append(max(0.0, b - a))
         if b is not None:
             total.append(b - t0)
-    phase.samples = {"Kafka->Parquet": k2p, "Parquet->Postgres": p2pg, "total": total}
+    phase.samples = {
+        "Kafka->Parquet": k2p,
+        "Parquet->Postgres": p2pg,
+        "total": total,
+        "exact total": [seen - ts.timestamp() for ts, seen in phase.exact.pg_seen.items()],
+    }
     for name, watcher in phase.baselines.items():
         phase.samples[f"{name} total"] = [
             seen - ts.timestamp() for ts, seen in watcher.pg_seen.items()
@@ -442,6 +467,7 @@ def run(
     found = available_baselines() if baseline else {}
     phases = [Phase(COINS, polls, interval)]
     if market:
+        phases += [Phase(**step) for step in SCALE_STEPS[mode]]
         phases.append(Phase(**MARKET[mode]))
     scratch, work = scratch_run("latency")
     settings = Settings(data_dir=work)
@@ -577,7 +603,7 @@ def run(
             ["stage", "polls", "p50", "p95", "max"],
             [
                 [name, str(len(phase.samples[name])), *(f"{x:.1f}" for x in phase.stats[name])]
-                for name in ("Kafka->Parquet", "Parquet->Postgres", "total", *totals)
+                for name in ("Kafka->Parquet", "Parquet->Postgres", "total", "exact total", *totals)
                 if name in phase.samples
             ],
         )
@@ -606,14 +632,93 @@ def run(
     for phase in phases:
         prefix = "" if phase is base else f"coins_{phase.coins} "
         value = phase.p95(phase.watcher, phase.samples["total"])
-        target = TARGETS.get(phase.coins)
+        target, exact_target = TARGETS.get(phase.coins), EXACT_TARGETS.get(phase.coins)
         load = phase.load.describe()
-        ratio_line(f"{prefix}latency_p95_seconds", value, f"<= {target:g}", load)
+        ratio_line(f"{prefix}latency_p95_seconds", value, target and f"<= {target:g}", load)
+        exact = phase.p95(phase.exact, phase.samples["exact total"])
+        ratio_line(
+            f"exact {prefix}latency_p95_seconds",
+            exact,
+            exact_target and f"<= {exact_target:g}",
+            load,
+        )
         for name, watcher in phase.baselines.items():
             other = phase.p95(watcher, phase.samples[f"{name} total"])
             ratio_line(f"{name} {prefix}latency_p95_seconds", other, None, load)
             ratio_line(f"{prefix}latency_p95 marketflow / {name}", value / other, "< 1")
+    if len(phases) > 2:
+        scale_curve(phases)
     return base.stats
+
+
+def scale_curve(phases: list[Phase], png: Path = SCALE_PNG) -> None:
+    """The p95 of every path against the number of coins: a table, and a PNG of the curve
+    (plotly, drawn by headless Chromium through Playwright; skipped when either is missing)."""
+    names = ["total", "exact total", *(f"{n} total" for n in BASELINE_TABLES)]
+    labels = {"total": "marketflow live", "exact total": "marketflow exact (Dagster)"}
+    curves: dict[str, list[float | None]] = {name: [] for name in names}
+    for phase in phases:
+        watchers = {"total": phase.watcher, "exact total": phase.exact}
+        watchers.update({f"{n} total": w for n, w in phase.baselines.items()})
+        for name in names:
+            samples = phase.samples.get(name)
+            curves[name].append(None if samples is None else phase.p95(watchers[name], samples))
+    print_table(
+        "scale curve: poll ts -> row, p95 (s), by coins per poll",
+        ["coins", *(labels.get(n, n.removesuffix(" total")) for n in names)],
+        [
+            [f"{phase.coins:,}", *(_fmt(curves[n][i]) for n in names)]
+            for i, phase in enumerate(phases)
+        ],
+    )
+    try:
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        coins = [phase.coins for phase in phases]
+        for name in names:
+            if any(y is not None and np.isfinite(y) for y in curves[name]):
+                label = labels.get(name, name.removesuffix(" total"))
+                fig.add_trace(go.Scatter(x=coins, y=curves[name], mode="lines+markers", name=label))
+        fig.update_layout(
+            title="poll ts -> row visible in PostgreSQL, p95, by market size (2 cores)",
+            xaxis={"title": "coins per poll", "type": "log"},
+            yaxis={"title": "seconds (p95)", "type": "log"},
+            width=900,
+            height=520,
+        )
+        save_png(fig, png)
+        print(f"scale curve: {png}")
+    except Exception as exc:  # noqa: BLE001 - the table above is the result; the PNG a view
+        print(f"scale curve: no PNG ({type(exc).__name__}: {exc})")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def save_png(fig, path: Path) -> None:
+    """``fig`` as a PNG: its HTML page rendered by the system Chromium (no kaleido here)."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        raise RuntimeError("chromium not found on PATH (apt-get install -y chromium)")
+    html = fig.to_html(include_plotlyjs=True, full_html=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=executable, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            page = chromium.new_page(viewport={"width": 940, "height": 560})
+            page.set_content(html)
+            page.wait_for_selector(".main-svg")
+            page.screenshot(path=str(path), full_page=False)
+        finally:
+            chromium.close()
 
 
 if __name__ == "__main__":  # pragma: no cover - manual runs

@@ -13,7 +13,6 @@ the three largest processes named.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -27,21 +26,6 @@ COINS = 250
 SETTLE = {"quick": 60.0, "full": 600.0}
 TARGET_MB = 2048
 READY = ("ingest", "spark", "dagster", "indicators", "dashboard")
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MARKETFLOW_", "COINGECKO_", "DAGSTER_"))
-    }
-    env.update(
-        MARKETFLOW_DATA_DIR=str(data_dir),
-        DAGSTER_HOME=str(data_dir / "dagster_home"),
-        PYTHONUNBUFFERED="1",
-        PYSPARK_PYTHON=sys.executable,
-    )
-    return env
 
 
 def describe(proc) -> str:
@@ -115,6 +99,7 @@ def _wait_ready(up: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
 
 def run(mode: str = "quick") -> dict[str, float]:
     from marketflow_assets.runtime.services import free_port
+    from marketflow_assets.settings import fresh_stack_environment
 
     settle = SETTLE[mode]
     marketflow = str(Path(sys.executable).with_name("marketflow"))
@@ -129,7 +114,8 @@ def run(mode: str = "quick") -> dict[str, float]:
         command = [marketflow, "up", "--source", "simulate", "--coins", str(COINS)]
         command += ["--port", str(free_port()), "--dashboard-port", str(free_port())]
         with open(log_path, "w") as log:
-            up = subprocess.Popen(command, env=_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
+            env = fresh_stack_environment(data_dir, PYSPARK_PYTHON=sys.executable)
+            up = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             started = time.monotonic()
             _wait_ready(up, log_path, 300)

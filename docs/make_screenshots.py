@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -204,18 +203,9 @@ def movers_rows(log_path: Path) -> int:
 
 
 def _stack_env(data_dir: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MARKETFLOW_", "COINGECKO_", "DAGSTER_"))
-    }
-    env.update(
-        MARKETFLOW_DATA_DIR=str(data_dir),
-        DAGSTER_HOME=str(data_dir / "dagster_home"),
-        PYTHONUNBUFFERED="1",
-        PYSPARK_PYTHON=sys.executable,
-    )
-    return env
+    from marketflow_assets.settings import fresh_stack_environment
+
+    return fresh_stack_environment(data_dir, PYSPARK_PYTHON=sys.executable)
 
 
 def _wait(predicate, timeout_s: float, what: str, up: subprocess.Popen, log_path: Path) -> None:

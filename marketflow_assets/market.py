@@ -30,6 +30,8 @@ RAW_SOURCE_COLUMNS = (
     "price_change_percentage_24h",
     "ts",
 )
+#: The raw columns a history row is made of.
+HISTORY_SOURCE_COLUMNS = ("id", "ts", "total_volume", "market_cap")
 _RENAME = {"id": "coin_id", "current_price": "price", "price_change_percentage_24h": "change_24h"}
 
 UPSERT_SQL = (
@@ -52,10 +54,10 @@ HISTORY_INSERT_SQL = (
 )
 
 
-def _first_records(raw: pd.DataFrame) -> pd.DataFrame:
+def _first_records(raw: pd.DataFrame, columns=RAW_SOURCE_COLUMNS) -> pd.DataFrame:
     """``raw``'s records with a coin id, ``ts`` as UTC times, the first of each ``(id, ts)``
     (as in the raw table)."""
-    frame = raw.loc[raw["id"].notna(), list(RAW_SOURCE_COLUMNS)].copy()
+    frame = raw.loc[raw["id"].notna(), list(columns)].copy()
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     return frame.drop_duplicates(["id", "ts"], keep="first")
 
@@ -75,7 +77,7 @@ def market_history_rows(raw: pd.DataFrame) -> pd.DataFrame:
     """One row per ``(coin, ts)`` of ``raw`` in :data:`HISTORY_COLUMNS` order."""
     if raw.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in HISTORY_COLUMNS})
-    out = _first_records(raw).rename(columns=_RENAME)
+    out = _first_records(raw, HISTORY_SOURCE_COLUMNS).rename(columns=_RENAME)
     return out.loc[:, list(HISTORY_COLUMNS)].sort_values(["coin_id", "ts"]).reset_index(drop=True)
 
 

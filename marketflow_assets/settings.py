@@ -638,6 +638,25 @@ def child_environment(
     return env
 
 
+def fresh_stack_environment(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``marketflow up`` that a test, a benchmark or a docs script starts on
+    a data directory of its own: this process's environment without any Marketflow, CoinGecko or
+    Dagster setting (so none of the caller's services, keys or data leak in), the data directory
+    and its Dagster home, unbuffered output, then ``extra``."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MARKETFLOW_", "COINGECKO_", "DAGSTER_"))
+    }
+    env.update(
+        MARKETFLOW_DATA_DIR=str(data_dir),
+        DAGSTER_HOME=str(Path(data_dir) / "dagster_home"),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
 def lent_test_services(env: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
     """``(MARKETFLOW_TEST_POSTGRES_URL, MARKETFLOW_TEST_KAFKA_BOOTSTRAP)`` of the real environment
     (never the dotenv file): the servers a developer lends the test suite; None each when unset."""

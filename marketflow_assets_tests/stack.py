@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
@@ -33,18 +32,9 @@ PG_URL_RE = re.compile(r"embedded PostgreSQL ready .*\((postgresql://[^)]+)\)")
 def stack_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """This process's environment without any Marketflow/CoinGecko/Dagster setting, plus
     ``extra`` (e.g. ``MARKETFLOW_POSTGRES_URL`` for an external server)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MARKETFLOW_", "COINGECKO_", "DAGSTER_"))
-    }
-    env.update(
-        MARKETFLOW_DATA_DIR=str(data_dir),
-        DAGSTER_HOME=str(data_dir / "dagster_home"),
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(extra)
-    return env
+    from marketflow_assets.settings import fresh_stack_environment
+
+    return fresh_stack_environment(data_dir, **extra)
 
 
 class Stack:

@@ -147,8 +147,8 @@ class Delivery:
     def _ack(self, ts: str, result: PublishResult) -> None:
         if self.spool is None or not result.acked:
             return
-        try:
-            self.spool.ack(ts, result.acked, self.publisher.topic_id())
+        try:  # the topic id noted before the send: a topic re-created since does not get them
+            self.spool.ack(ts, result.acked, result.topic_id)
         except OSError as exc:  # the marker only spares a resend
             log.warning("poll %s: could not write the ack marker (%s)", ts, exc)
 

@@ -41,6 +41,15 @@ class IdempotenceRefused(KafkaError):
     takes over."""
 
 
+#: librdkafka's fatal errors that mean "this broker cannot do idempotent produce"; any other
+#: fatal error ends that producer only (a new idempotent one takes over).
+_IDEMPOTENCE_REFUSALS = {
+    "_UNSUPPORTED_FEATURE",
+    "UNSUPPORTED_VERSION",
+    "CLUSTER_AUTHORIZATION_FAILED",
+}
+
+
 _IDEMPOTENCE_ERRORS = (IdempotenceRefused,)
 #: How many messages are handed to librdkafka between two serves of its delivery reports.
 _POLL_EVERY = 2000
@@ -54,6 +63,9 @@ class PublishResult:
     bad_acked: int = 0
     failures: list[str] = field(default_factory=list)
     acked: list[Message] = field(default_factory=list)  # good messages the broker acknowledged
+    #: the topic id the messages were sent to (noted before sending: a topic re-created during
+    #: the send does not take these acks over); None when the broker reports no ids
+    topic_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -97,7 +109,8 @@ class Publisher:
         self._high_offsets: dict[tuple[str, int], int] = {}
         self._topics_seen = False
         self._topic_id: str | None = None
-        self._fatal: str | None = None  # librdkafka's fatal error (idempotence refused)
+        self._fatal: tuple[str, str] | None = None  # librdkafka's fatal error (name, text)
+        self._partitions_seen: int | None = None  # the price topic's count when first seen
         # connect=False: no clients until :meth:`reconnect` (ingest started with the broker away)
         self._admin = self._make_admin() if connect else None
         self._producer = self._make_producer(idempotent=True) if connect else None
@@ -138,8 +151,10 @@ class Publisher:
                 "message.timeout.ms": delivery_ms,
                 "request.timeout.ms": max(1, min(10_000, delivery_ms - 10)),
                 "socket.connection.setup.timeout.ms": max(1000, int(self.connect_timeout_s * 1000)),
-                # honoured by brokers that honour it; Tansu does not (see _check_topics)
+                # honoured by brokers that honour it; Tansu does not (see _check_topics): its
+                # periodic refresh then asks for all topics, naming none
                 "allow.auto.create.topics": False,
+                "topic.metadata.refresh.sparse": False,
                 "error_cb": self._on_error,
             },
         )
@@ -154,17 +169,34 @@ class Publisher:
         """librdkafka's client-level errors: a fatal one (idempotence refused) ends the
         producer; the others (a broker away) surface as failed deliveries."""
         if error.fatal():
-            self._fatal = error.str()
+            self._fatal = (error.name(), error.str())
         else:
             log.debug("librdkafka: %s", error.str())
 
     def _describe(self) -> dict[str, dict]:
         """Fresh metadata of every topic, by name (asks for *all* topics: never creates one)."""
-        return {t["name"]: t for t in self._admin.describe_topics(None) if not t["error_code"]}
+        return {t["name"]: t for t in self._admin.describe_topics(None)}
 
     def _note_topics(self, topics: dict[str, dict]) -> None:
         found = topics.get(self.topic, {}).get("topic_id")
         self._topic_id = str(found) if found and set(str(found)) - set("0-") else None
+        count = len(topics.get(self.topic, {}).get("partitions") or ())
+        if not count:
+            return
+        if self._partitions_seen is None:
+            self._partitions_seen = count
+        elif count != self._partitions_seen:
+            log.warning(
+                "Kafka topic %s now has %d partition(s), not %d: the broker re-created it by "
+                "itself (a client named it after the broker lost it); its spool is resent, but "
+                "delete the topic and restart ingest to get %d partition(s) back",
+                self.topic,
+                count,
+                self._partitions_seen,
+                self._partitions_seen,
+            )
+            self._partitions_seen = count
+            self.topic_reset = True
 
     def ensure_topics(self) -> None:
         """Create the topic and the DLQ topic when missing (``partitions`` each)."""
@@ -243,8 +275,14 @@ class Publisher:
             producer.purge()
             producer.flush(0)
         if self._fatal is not None:
-            fatal, self._fatal = self._fatal, None
-            raise IdempotenceRefused(fatal)
+            (name, text), self._fatal = self._fatal, None
+            if self.idempotent and name in _IDEMPOTENCE_REFUSALS:
+                raise IdempotenceRefused(text)
+            # any other fatal error ends this producer: what it did not deliver is retried on a
+            # new one (what it did deliver stays acknowledged)
+            log.warning("Kafka producer failed (%s); starting a new one", text)
+            self._drop_producer()
+            self._producer = self._make_producer(idempotent=self.idempotent)
         return [
             "KafkaTimeoutError: no delivery report within the delivery timeout"
             if outcome is pending
@@ -325,6 +363,7 @@ class Publisher:
                 return result
             # connected before: this was the first attempt; the next ones reconnect
             return self._retry(messages, result, f"{type(exc).__name__}: {exc}", poll.ts)
+        result.topic_id = self._topic_id
         return self._retry(messages, result, None, poll.ts)
 
     def _retry(
@@ -358,6 +397,10 @@ class Publisher:
                 except (ConfigError, KafkaError) as exc:
                     failed = [(item, f"reconnect failed: {exc}") for item, _ in failed]
                     continue
+                if not result.acked:  # else keep the id the first acks came from: acks of
+                    # a topic lost meanwhile must not pass for the new one's (later acks are
+                    # then resent once more, and deduplicated by the Spark job)
+                    result.topic_id = self._topic_id
             failed = []
             for item, outcome in zip(messages, self._send_once(messages), strict=True):
                 topic, message = item

@@ -68,6 +68,7 @@ class Child:
     # output lines (exact, without the line end) left out of the log: what a child's tools print
     # on every start and that says nothing to a user (see JVM_NOISE)
     quiet_lines: tuple[bytes, ...] = ()
+    output_pump: threading.Thread | None = None  # copies its output to the log (quiet_lines)
 
 
 #: What every JVM Spark starts prints first: Spark's launcher always adds the incubating Vector
@@ -198,12 +199,13 @@ def start_child(child: Child, env: dict[str, str], cwd: Path | None = None) -> N
             preexec_fn=die_with_parent,
         )
     if child.quiet_lines:
-        threading.Thread(
+        child.output_pump = threading.Thread(
             target=_copy_output,
             args=(child.proc.stdout, child.log_path, child.quiet_lines),
             name=f"{child.name}-output",
             daemon=True,
-        ).start()
+        )
+        child.output_pump.start()
     child.started_at = time.monotonic()
     logger.info("%s: started (pid %s, log %s)", child.name, child.proc.pid, child.log_path)
 
@@ -215,8 +217,18 @@ def _copy_output(pipe, log_path: Path, quiet: tuple[bytes, ...]) -> None:
     with pipe, open(log_path, "ab") as log:
         for line in pipe:
             if line.rstrip(b"\r\n") not in quiet:
-                log.write(line)
-                log.flush()
+                try:
+                    log.write(line)
+                    log.flush()
+                except OSError:  # disk full: the line is lost, the child is not blocked
+                    pass
+
+
+def drain_output(child: Child, timeout: float = 2.0) -> None:
+    """Wait (at most ``timeout``) until the output of a child that exited is in its log, so
+    its last lines can be read from there."""
+    if child.output_pump is not None:
+        child.output_pump.join(timeout)
 
 
 def _kill_group(pgid: int) -> None:
@@ -242,6 +254,7 @@ def stop_child(child: Child, timeout: float = 20.0) -> None:
     _kill_group(pgid)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5)
+    drain_output(child)
     child.proc = None
     logger.info("%s: stopped", child.name)
 
@@ -436,6 +449,7 @@ class Supervisor:
                 continue
             uptime = now - child.started_at
             _kill_group(child.proc.pid)  # its JVM / workers must not outlive it
+            drain_output(child)  # its last lines are in its log before they are quoted
             child.proc = None
             if code == 0 and child.finished_on_success:
                 logger.info("%s: finished (exit code 0 after %.0f s)", child.name, uptime)

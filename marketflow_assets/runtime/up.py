@@ -450,7 +450,10 @@ def _supervise(
     from marketflow_assets.resources.postgres import PostgresResource
 
     PostgresResource(url=settings.postgres_url).ensure_tables()
-    seed_daemon_cursors(settings.postgres_url)  # the run-retry daemon's first start: no warning
+    try:  # the run-retry daemon's first start then logs no warning
+        seed_daemon_cursors(settings.postgres_url)
+    except Exception as exc:  # noqa: BLE001 - only spares a warning: never stops `up`
+        logger.debug("could not seed the run-retry daemon's cursors: %s", exc)
     source = resolve_source(args, settings)
     if source == "replay":  # a new `up` replays the file from its start
         replay_progress_path(settings).unlink(missing_ok=True)

@@ -572,3 +572,40 @@ def test_a_failed_send_is_retried_with_exponential_backoff_then_counted_lost(
         assert result.ok and result.good_acked == 2 and len(delays) >= 1
     finally:
         publisher.close()
+
+
+def test_a_topic_the_broker_recreated_with_other_partitions_is_said_and_resent(
+    tmp_path, private_broker, caplog
+):
+    """librdkafka names its topics in metadata requests; a broker that ignores
+    allow.auto.create.topics (Tansu) may then re-create a lost topic with its own partition
+    count before ingest does. Ingest says so, sends on, and flags the topic as reset (the spool
+    is resent); acks carry the topic id noted before the send."""
+    from kafka.admin import NewTopic
+
+    from marketflow_assets import kafka_client
+
+    broker = private_broker()
+    polls = list(simulate_polls(3, seed=9, start=START, interval_s=30, count=2))
+    publisher = Publisher(
+        broker.bootstrap, "prices", "prices_dlq", partitions=3, connect_timeout_s=2,
+        send_attempts=4, send_backoff_s=0.2,
+    )  # fmt: skip
+    try:
+        publisher.ensure_topics()
+        first = publisher.publish(validate_poll(polls[0][1], polls[0][0]))
+        assert first.ok and first.topic_id == publisher.topic_id() is not None
+        broker.proc.kill()
+        broker.proc.wait()
+        broker = private_broker()  # empty: as Tansu's own auto-creation would, 4 partitions
+        admin = kafka_client.admin(broker.bootstrap)
+        admin.create_topics([NewTopic("prices", 4, 1), NewTopic("prices_dlq", 3, 1)])
+        admin.close()
+        with caplog.at_level(logging.WARNING, logger="marketflow_assets.ingest.publish"):
+            second = publisher.publish(validate_poll(polls[1][1], polls[1][0]))
+        assert second.ok and second.good_acked == 3
+        assert "now has 4 partition(s), not 3" in caplog.text
+        assert publisher.topic_reset
+        assert second.topic_id not in (None, first.topic_id)  # the new topic's acks
+    finally:
+        publisher.close()

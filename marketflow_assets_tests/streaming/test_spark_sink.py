@@ -112,3 +112,51 @@ def test_sink_is_exactly_once_across_batches_reruns_and_crashes(spark, tmp_path)
         retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True
     )
     assert not orphan.exists() and len(read_raw(tmp_path)) == 12
+
+
+def test_split_batch_keeps_the_lowest_topic_partition_offset_of_each_id_ts():
+    """The driver-side split of a collected micro-batch (pure, no Spark): usable rows, one per
+    (id, ts) - the lowest (topic, partition, offset), whatever the order they arrived in -
+    and the rejects with their reject columns."""
+    import pyarrow as pa
+
+    from marketflow_assets.schema import RAW_PARTITION_COLUMN, raw_arrow_schema
+    from spark_streaming.kafka_streaming import split_batch
+
+    t0, t1 = T0, T0 + dt.timedelta(seconds=30)
+    # (id, ts, topic, partition, offset, price, reason)
+    rows = [
+        ("b", t0, "prices", 2, 1, 5.0, None),
+        ("a", t1, "prices", 1, 7, 4.0, None),
+        ("b", t0, "prices", 0, 9, 6.0, None),  # lowest partition: wins over partition 2
+        ("a", t1, "prices", 1, 3, 3.0, None),  # lowest offset in the same partition: wins
+        ("a", t0, "prices", 2, 4, 2.0, None),
+        (None, None, "prices", 0, 10, None, "invalid_json"),
+        ("b", t0, "older", 5, 0, 1.0, None),  # an earlier topic name sorts first: wins
+    ]
+    raw = raw_arrow_schema()
+    columns = {name: [None] * len(rows) for name in RAW_COLUMN_NAMES}
+    columns["id"] = [r[0] for r in rows]
+    columns["ts"] = [r[1] for r in rows]
+    columns["current_price"] = [r[5] for r in rows]
+    parsed = pa.table(
+        {
+            "topic": [r[2] for r in rows],
+            "partition": pa.array([r[3] for r in rows], pa.int32()),
+            "offset": pa.array([r[4] for r in rows], pa.int64()),
+            "key": [None] * len(rows),
+            "value": [None if r[6] is None else "{" for r in rows],
+            **{n: pa.array(columns[n], raw.field(n).type) for n in RAW_COLUMN_NAMES},
+            RAW_PARTITION_COLUMN: pa.array([r[1] and r[1].date() for r in rows], pa.date32()),
+            "reason": [r[6] for r in rows],
+            "rejected_at": pa.array([T0] * len(rows), pa.timestamp("us", tz="UTC")),
+        }
+    )
+    good, rejects = split_batch(parsed)
+    assert good.column_names == [*RAW_COLUMN_NAMES, RAW_PARTITION_COLUMN]
+    got = {(r["id"], r["ts"]): r["current_price"] for r in good.to_pylist()}
+    assert got == {("a", t0): 2.0, ("a", t1): 3.0, ("b", t0): 1.0}
+    assert rejects.column_names == [name for name, _ in REJECT_COLUMNS]
+    assert rejects.to_pylist()[0]["reason"] == "invalid_json" and rejects.num_rows == 1
+    empty_good, empty_rejects = split_batch(parsed.slice(0, 0))
+    assert empty_good.num_rows == 0 and empty_rejects.num_rows == 0

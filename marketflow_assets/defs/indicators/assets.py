@@ -39,6 +39,7 @@ from marketflow_assets.defs.indicators.compute import (
 )
 from marketflow_assets.defs.raw_prices.assets import RAW_PRICES_KEY
 from marketflow_assets.market import (
+    HISTORY_SOURCE_COLUMNS,
     RAW_SOURCE_COLUMNS,
     write_coin_market,
     write_market_history,
@@ -302,10 +303,14 @@ def refresh_coin_market(postgres: PostgresResource, raw_dir: Path, result) -> in
         return 0
     oldest = pd.Timestamp(result.rows["ts"].min()).to_pydatetime()
     newest = pd.Timestamp(result.rows["ts"].max()).to_pydatetime()
-    raw = read_window(raw_dir, oldest, newest + timedelta(microseconds=1), RAW_SOURCE_COLUMNS)
-    with postgres.get_connection() as conn, conn.cursor() as cur:  # tables: ensured by the refresh
-        write_market_history(cur, raw)
-        return write_coin_market(cur, raw[raw["ts"] == pd.Timestamp(newest)], history=False)
+    end = newest + timedelta(microseconds=1)
+    latest = read_window(raw_dir, newest, end, RAW_SOURCE_COLUMNS)
+    polls = read_window(raw_dir, oldest, end, HISTORY_SOURCE_COLUMNS)
+    # tables: ensured by the refresh; coin_market first, then its history, as the live path does
+    with postgres.get_connection() as conn, conn.cursor() as cur:
+        rows = write_coin_market(cur, latest[latest["ts"] == pd.Timestamp(newest)], history=False)
+        write_market_history(cur, polls)
+        return rows
 
 
 def build_price_indicators(
