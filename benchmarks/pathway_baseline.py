@@ -40,7 +40,6 @@ import bisect
 import io
 import logging
 import math
-import os
 import subprocess
 import sys
 import threading
@@ -67,16 +66,15 @@ State = tuple
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-#: The interpreter of the Pathway virtualenv (``make bench-pathway``); override with
-#: ``MARKETFLOW_BENCH_PATHWAY_PYTHON``.
-PATHWAY_PYTHON_ENV = "MARKETFLOW_BENCH_PATHWAY_PYTHON"
+#: The interpreter of the Pathway virtualenv (``make bench-pathway``).
+PATHWAY_PYTHON = REPO_ROOT / ".venv-pathway" / "bin" / "python"
 
 
 def pathway_python() -> str | None:
     """The interpreter that can run this baseline (its virtualenv's, where pathway is
     installed), or None when there is none (``make bench-pathway`` creates it)."""
-    python = os.environ.get(PATHWAY_PYTHON_ENV) or str(REPO_ROOT / ".venv-pathway/bin/python")
-    if not Path(python).is_file():
+    python = str(PATHWAY_PYTHON)
+    if not PATHWAY_PYTHON.is_file():
         return None
     check = subprocess.run(
         [python, "-c", "import pathway"], capture_output=True, timeout=120, check=False

@@ -62,20 +62,30 @@ def prepare_dagster_home(home: Path, postgres: bool = True) -> dict[str, str]:
     return {"DAGSTER_HOME": str(home)}
 
 
+#: The event types Dagster's run-retry daemon (its event-log consumer) keeps a cursor for, and
+#: the key of each cursor in the instance's daemon cursor storage (as dagster 1.13 names them in
+#: ``dagster._daemon.auto_run_reexecution.event_log_consumer``; a test checks they still agree).
+RUN_RETRY_CURSOR_EVENTS = ("RUN_FAILURE", "RUN_SUCCESS")
+
+
+def run_retry_cursor_keys() -> set[str]:
+    from dagster import DagsterEventType
+
+    return {
+        f"EVENT_LOG_CONSUMER_CURSOR-{DagsterEventType[name].value}"
+        for name in RUN_RETRY_CURSOR_EVENTS
+    }
+
+
 def seed_daemon_cursors(postgres_url: str) -> dict[str, str]:
     """Give Dagster's run-retry daemon (the event-log consumer) its starting point before its
     first start, where it would put it itself: after the newest event, so older runs are never
     retried. The daemon logs "No cursor for event type ..., ignoring older events" as a WARNING
     whenever it has to choose that itself, i.e. on every fresh instance. Cursors already stored
     are kept. Returns the cursors set (none when all were there)."""
-    from dagster._daemon.auto_run_reexecution.event_log_consumer import (
-        DAGSTER_EVENT_TYPES,
-        _create_cursor_key,
-    )
-
     storage = DagsterPostgresStorage(postgres_url=dagster_storage_url(postgres_url))
     try:
-        keys = {_create_cursor_key(event_type) for event_type in DAGSTER_EVENT_TYPES}
+        keys = run_retry_cursor_keys()
         missing = keys - set(storage.run_storage.get_cursor_values(keys))
         if not missing:
             return {}

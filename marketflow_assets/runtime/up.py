@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
@@ -160,12 +159,13 @@ def replay_progress_path(settings: Settings) -> Path:
 DAGSTER_DEV_SUPERSEDED = "ignore:Function `dev_command` is superseded"
 
 
-def quiet_dagster_dev_warnings(env: dict[str, str] | None = None) -> str:
+def quiet_dagster_dev_warnings() -> str:
     """``PYTHONWARNINGS`` for the ``dagster dev`` child: the user's filters plus one that drops
     the "superseded" warning (by its message: naming the category would import dagster in every
     Python process the child starts)."""
-    own = (os.environ if env is None else env).get("PYTHONWARNINGS", "")
-    return ",".join(f for f in (own, DAGSTER_DEV_SUPERSEDED) if f)
+    from marketflow_assets.settings import python_warnings_with
+
+    return python_warnings_with(DAGSTER_DEV_SUPERSEDED)
 
 
 def build_children(args, settings: Settings, source: str) -> list[Child]:

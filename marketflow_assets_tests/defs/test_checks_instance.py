@@ -92,6 +92,10 @@ def test_the_run_retry_daemon_starts_quietly_after_the_newest_event(
         _fetch_persisted_cursors,
     )
 
+    from marketflow_assets.instance import run_retry_cursor_keys
+
+    # our names of the daemon's cursors are Dagster's
+    assert run_retry_cursor_keys() == {_create_cursor_key(t) for t in DAGSTER_EVENT_TYPES}
     env = prepare_dagster_home(tmp_path / "dagster_home")
     monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
     monkeypatch.setenv("MARKETFLOW_POSTGRES_URL", dagster_db)
