@@ -154,25 +154,46 @@ class _LibrdkafkaLog:
     that matters themselves (a send not acknowledged, a broker away), so "connection refused"
     while a broker restarts is not repeated at every reconnect attempt."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, on_line=None):
         self._logger = logging.getLogger(name)
+        self._on_line = on_line
 
     def log(self, level, msg, *args, **kwargs) -> None:
         self._logger.debug(msg, *args)
+        if self._on_line is not None:
+            self._on_line(msg % args if args else msg)
 
 
 def fast_producer(
-    bootstrap: str, security: KafkaSecurity | None = None, *, log_name: str = __name__, **config
+    bootstrap: str,
+    security: KafkaSecurity | None = None,
+    *,
+    log_name: str = __name__,
+    on_log=None,
+    **config,
 ):
     """A confluent-kafka producer (librdkafka: batching, compression and acknowledgements in C;
     a 15,000-record poll is sent in a few hundredths of a second where kafka-python takes
     seconds) of ``bootstrap`` with ``security`` over ``config`` (librdkafka property names).
-    Its log goes to ``log_name`` at DEBUG (:class:`_LibrdkafkaLog`)."""
+    Its log goes to ``log_name`` at DEBUG (:class:`_LibrdkafkaLog`), each line also to
+    ``on_log`` (served by the producer's ``poll``)."""
     from confluent_kafka import Producer
 
     return Producer(
-        {**librdkafka_config(bootstrap, security), **config}, logger=_LibrdkafkaLog(log_name)
+        {**librdkafka_config(bootstrap, security), **config},
+        logger=_LibrdkafkaLog(log_name, on_log),
     )
+
+
+def wait_idempotent_ready(producer, ready, timeout_s: float) -> bool:
+    """Serve ``producer`` until ``ready`` (a ``threading.Event`` its log watcher sets when the
+    idempotent producer has its producer id) or ``timeout_s``; True when ready. librdkafka asks
+    for the id only after its first broker connection and on a 500 ms timer (0.5-1 s against
+    Tansu); messages produced before count that wait against their delivery timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not ready.is_set() and time.monotonic() < deadline:
+        producer.poll(0.02)
+    return ready.is_set()
 
 
 def admin(bootstrap: str, security: KafkaSecurity | None = None, **config):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -138,11 +139,20 @@ class Publisher:
 
     def _make_producer(self, *, idempotent: bool):
         delivery_ms = int(self.delivery_timeout_s * 1000)
+        ready = threading.Event()  # the idempotent producer has its producer id
+
+        def watch(line: str) -> None:
+            if "-> Assigned" in line:
+                ready.set()
+
         producer = kafka_client.fast_producer(
             self.bootstrap,
             self.security,
             log_name=__name__ + ".librdkafka",
+            on_log=watch,
             **{
+                # its state changes (a few lines) tell when the producer id is there
+                **({"debug": "eos"} if idempotent else {}),
                 "client.id": self.client_id,
                 "acks": "all",
                 "enable.idempotence": idempotent,
@@ -158,6 +168,13 @@ class Publisher:
                 "error_cb": self._on_error,
             },
         )
+        #: whether the producer had its producer id before its first message (idempotence off:
+        #: nothing to wait for)
+        self.producer_ready = not idempotent or kafka_client.wait_idempotent_ready(
+            producer, ready, self.connect_timeout_s
+        )
+        if not self.producer_ready:
+            log.info("Kafka producer: no producer id yet after %g s", self.connect_timeout_s)
         log.info(
             "Kafka producer for %s (librdkafka; acks=all, idempotence %s)",
             self.bootstrap,

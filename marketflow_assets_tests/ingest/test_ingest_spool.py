@@ -609,3 +609,25 @@ def test_a_topic_the_broker_recreated_with_other_partitions_is_said_and_resent(
         assert second.topic_id not in (None, first.topic_id)  # the new topic's acks
     finally:
         publisher.close()
+
+
+def test_a_new_producer_has_its_producer_id_before_the_first_poll_is_sent(private_broker):
+    """librdkafka asks for an idempotent producer's id only after its first connection and on a
+    500 ms timer (0.5-1 s against Tansu); a message produced meanwhile spends that wait out of
+    its delivery timeout (a first poll timed out in CI). The publisher waits for the id when it
+    makes a producer, so even a 0.3 s delivery timeout holds for the very first poll."""
+    broker = private_broker()
+    polls = list(simulate_polls(3, seed=2, start=START, interval_s=30, count=1))
+    publisher = Publisher(
+        broker.bootstrap, "prices", "prices_dlq", delivery_timeout_s=0.3, connect_timeout_s=5
+    )
+    try:
+        assert publisher.producer_ready  # the id came before any message was produced
+        publisher.ensure_topics()
+        result = publisher.publish(validate_poll(polls[0][1], polls[0][0]))
+        assert result.ok and result.good_acked == 3
+        publisher.reconnect()  # a new producer (as after a broker outage): the same
+        assert publisher.producer_ready
+        assert publisher.publish(validate_poll(polls[0][1], polls[0][0])).ok
+    finally:
+        publisher.close()
