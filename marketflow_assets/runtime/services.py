@@ -20,6 +20,7 @@ import ctypes
 import dataclasses
 import functools
 import logging
+import random
 import signal
 import socket
 import subprocess
@@ -54,8 +55,32 @@ class ServiceError(RuntimeError):
         self.configured = configured
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux), else its default."""
+    try:
+        low, high = (int(x) for x in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free on ``host`` right now."""
+    """A TCP port that is free on ``host`` right now, outside the kernel's ephemeral range when
+    one is free there: the server that listens on it starts later (a JVM: seconds), and a port
+    of the ephemeral range can meanwhile become the local port of any outgoing connection (a
+    Spark Connect server once failed to bind its port, taken that way, at every restart)."""
+    low, high = _ephemeral_ports()
+    outside = [*range(20000, low), *range(high + 1, 65536)]
+    for port in random.SystemRandom().sample(outside, min(64, len(outside))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

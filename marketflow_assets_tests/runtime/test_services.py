@@ -179,3 +179,18 @@ def test_pgserver_imports_without_the_xdg_runtime_dir_warning():
         [sys.executable, "-W", "error", "-c", code], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0 and "XDG_RUNTIME_DIR" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_free_ports_are_outside_the_ephemeral_range_and_bindable():
+    """A port chosen for a server that starts later (a JVM) is outside the range the kernel
+    hands to outgoing connections, so none of them can take it meanwhile."""
+    import socket as socket_mod
+
+    from marketflow_assets.runtime.services import _ephemeral_ports, free_port
+
+    low, high = _ephemeral_ports()
+    ports = {free_port() for _ in range(30)}
+    assert all(not low <= p <= high for p in ports), sorted(ports)
+    assert len(ports) > 20  # spread out, not one port again and again
+    with socket_mod.socket() as sock:
+        sock.bind(("127.0.0.1", ports.pop()))
