@@ -14,7 +14,9 @@ From the outside, this process watches
 * the ``raw_prices`` Delta table (every 0.2 s): when a poll's ``ts`` first appears in a
   committed file
   -> Kafka->Parquet latency (ingest + broker + streaming trigger + micro-batch);
-* ``price_indicators`` (every 0.5 s): when all coins of a poll's ``ts`` are visible
+* ``price_indicators`` (scanned every 0.5 s): when all coins of a poll's ``ts`` are visible,
+  i.e. when the last of them committed (``pg_xact_commit_timestamp``: the benchmark turns on
+  ``track_commit_timestamp`` in its embedded PostgreSQL, so the scan interval adds nothing)
   -> Parquet->Postgres latency (follower notices the file + run: refresh, checks, events);
 
 and reports p50 / p95 / max per stage and in total, plus a breakdown from the components' own
@@ -121,6 +123,7 @@ class Watcher:
         since: datetime,
         table: str = "price_indicators",
         where: str = "TRUE",
+        commit_times: bool = False,
     ):
         self.raw_dir = raw_dir
         self.where = where  # a fixed SQL condition on the rows counted (e.g. their source)
@@ -128,6 +131,8 @@ class Watcher:
         self.coins = coins
         self.since = since
         self.table = table
+        #: whether the server records commit times (:func:`enable_commit_timestamps`)
+        self.commit_times = commit_times
         self.parquet_seen: dict[datetime, float] = {}
         self.pg_seen: dict[datetime, float] = {}
         self._files: set[Path] = set()
@@ -181,14 +186,21 @@ class Watcher:
                     conn.autocommit = True
                 now = time.time()
                 with conn.cursor() as cur:
+                    # when the last of a poll's rows committed (track_commit_timestamp): the
+                    # moment the poll became visible, not the moment this scan saw it (up to
+                    # one scan interval later); the scan time where the server keeps none
+                    committed = (
+                        "max(pg_xact_commit_timestamp(xmin))" if self.commit_times else "NULL"
+                    )
                     cur.execute(
-                        f"SELECT ts, count(*) FROM {self.table} WHERE ts >= %s AND "
-                        f"({self.where}) GROUP BY ts",
+                        f"SELECT ts, count(*), {committed} FROM {self.table} WHERE ts >= %s "
+                        f"AND ({self.where}) GROUP BY ts",
                         (self.since,),
                     )
-                    for ts, count in cur.fetchall():
-                        if count >= self.coins:
-                            self.pg_seen.setdefault(ts, now)
+                    for ts, count, commit in cur.fetchall():
+                        if count >= self.coins and ts not in self.pg_seen:
+                            seen = now if commit is None else min(now, commit.timestamp())
+                            self.pg_seen[ts] = seen
             except Exception as exc:  # noqa: BLE001 - table not there yet / transient
                 logger.debug("postgres watch: %s", exc)
                 if conn is not None:
@@ -197,6 +209,37 @@ class Watcher:
                 conn = None
         if conn is not None:
             conn.close()
+
+
+def enable_commit_timestamps(pgdata: Path) -> None:
+    """Have the embedded PostgreSQL of ``pgdata`` record each transaction's commit time
+    (``track_commit_timestamp``, read at server start: set here before the benchmark starts it),
+    so a watcher reads when a poll's rows became visible instead of when its scan saw them."""
+    import psycopg2
+
+    from marketflow_assets.runtime.services import EmbeddedPostgres
+
+    with EmbeddedPostgres(pgdata) as url:
+        conn = psycopg2.connect(url)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("ALTER SYSTEM SET track_commit_timestamp = on")
+        finally:
+            conn.close()
+
+
+def commit_timestamps_on(url: str) -> bool:
+    """Whether the server at ``url`` records commit times (see :func:`enable_commit_timestamps`)."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW track_commit_timestamp")
+            return cur.fetchone()[0] == "on"
+    finally:
+        conn.close()
 
 
 class RefreshLoop:
@@ -289,7 +332,14 @@ class Phase:
 
 
 def _poll_phase(
-    phase: Phase, up, ingest_template, env, resolved, children, baselines: dict[str, str]
+    phase: Phase,
+    up,
+    ingest_template,
+    env,
+    resolved,
+    children,
+    baselines: dict[str, str],
+    commit_times: bool = False,
 ) -> None:
     """Publish ``phase.polls`` polls of ``phase.coins`` coins; wait until they are visible (in
     ``price_indicators`` and in the table of each baseline: ``baselines`` = name -> table)."""
@@ -297,15 +347,14 @@ def _poll_phase(
 
     since = datetime.now(UTC)
     phase.load = LoadSampler().start()
-    phase.watcher = Watcher(resolved.raw_dir, resolved.postgres_url, phase.coins, since)
+    url, timed = resolved.postgres_url, {"commit_times": commit_times}
+    phase.watcher = Watcher(resolved.raw_dir, url, phase.coins, since, **timed)
     phase.watcher.start()
-    phase.exact = Watcher(
-        None, resolved.postgres_url, phase.coins, since, where="source = 'dagster'"
-    )
+    phase.exact = Watcher(None, url, phase.coins, since, where="source = 'dagster'", **timed)
     phase.exact.start()
     watchers = [phase.watcher, phase.exact]
     for name, table in baselines.items():
-        watcher = Watcher(None, resolved.postgres_url, phase.coins, since, table=table)
+        watcher = Watcher(None, url, phase.coins, since, table=table, **timed)
         watcher.start()
         phase.baselines[name] = watcher
         watchers.append(watcher)
@@ -502,7 +551,15 @@ def run(
     breakdowns: dict[int, list[list[str]]] = {}
     started_at = time.monotonic()
     try:
+        if not settings.postgres_url:
+            enable_commit_timestamps(settings.data_dir / "postgres")
         with running_services(settings, log=logger.info) as resolved:
+            commit_times = commit_timestamps_on(resolved.postgres_url)
+            if not commit_times:
+                print(
+                    "latency: the server keeps no commit times (track_commit_timestamp = off): "
+                    "a poll counts as visible when a 0.5 s scan first sees it"
+                )
             PostgresResource(url=resolved.postgres_url).ensure_tables()
             create_topics(resolved)
             env = up.child_env(resolved, args)
@@ -579,7 +636,7 @@ def run(
             setup_s = time.monotonic() - started_at
             for phase in phases:
                 tables = {c.name: BASELINE_TABLES[c.name] for c in extra}
-                _poll_phase(phase, up, ingest, env, resolved, children, tables)
+                _poll_phase(phase, up, ingest, env, resolved, children, tables, commit_times)
                 with contextlib.suppress(Exception):
                     breakdowns[phase.coins] = breakdown(work / "logs", phase)
             if loop is not None:
