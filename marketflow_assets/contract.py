@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -225,24 +224,39 @@ def check_message(message: Any) -> RawRow | Invalid:
     )
 
 
-#: 19 digits in a row: a number orjson might read differently (it turns integers beyond 64 bits
-#: into floats where json.loads keeps them exact); such values go to json.loads.
-_LONG_DIGITS = re.compile(rb"\d{19}")
-_LONG_DIGITS_TEXT = re.compile(r"\d{19}")
+#: orjson reads an integer literal beyond the 64-bit range as a float (json.loads keeps it an
+#: exact int); any such float has at least this magnitude.
+_BEYOND_64_BITS = float(2**63)
+
+
+def _holds_big_float(obj: Any) -> bool:
+    """Whether a float of magnitude >= 2**63 is anywhere in the decoded ``obj`` (iterative: no
+    recursion limit on deep nesting)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is float and not -_BEYOND_64_BITS < item < _BEYOND_64_BITS:
+            return True
+    return False
 
 
 def loads(value: bytes | str) -> Any:
     """:func:`json.loads` of ``value``, through orjson when that gives the same object: a value
-    orjson refuses (``NaN`` literals, non-UTF-8 encodings, invalid JSON) or might read otherwise
-    (19 digits in a row: integers beyond 64 bits) is decoded, or refused, by :func:`json.loads`
-    itself."""
-    long_digits = _LONG_DIGITS_TEXT if isinstance(value, str) else _LONG_DIGITS
-    if long_digits.search(value) is None:
-        try:
-            return _orjson_loads(value)
-        except ValueError:  # orjson.JSONDecodeError is one
-            pass
-    return json.loads(value)
+    orjson refuses (``NaN`` literals, non-UTF-8 encodings, invalid JSON) or may have read
+    otherwise (a float of magnitude >= 2**63 in its result: an integer beyond 64 bits, which
+    json.loads keeps exact) is decoded, or refused, by :func:`json.loads` itself."""
+    try:
+        decoded = _orjson_loads(value)
+    except ValueError:  # orjson.JSONDecodeError is one
+        return json.loads(value)
+    if _holds_big_float(decoded):
+        return json.loads(value)
+    return decoded
 
 
 def _no_orjson(value: bytes | str) -> Any:
