@@ -3,16 +3,22 @@
 Partitions are assigned manually (``KafkaConsumer.assign``: no consumer group, no group join -
 a Tansu group join takes ~20 s) and positioned at the offsets stored in ``live_offsets`` (the
 beginning of a partition never seen). Every batch - the records one poll returns plus what is
-already fetched, at most ``max_batch_records`` - becomes one transaction. The in-memory state
-only moves on after that transaction committed. A lost PostgreSQL or broker connection ends
-this consumer; ``marketflow live`` waits for the service with backoff and starts a new one, which
-resumes from what was committed (:func:`~marketflow_assets.live.command.run_waiting`). Any other
-error ends the process (exit 1), and the supervisor's restart resumes the same way.
+already fetched, at most ``max_batch_records`` - becomes one transaction, written by a writer
+thread (:class:`_Writer`) in the order the batches were computed, while the next batch is
+fetched and computed (PostgreSQL works on another core meanwhile). The next batch is computed
+from the state the previous one leads to, before that one committed; if a write fails, the
+batches computed after it are dropped and the consumer ends, so what resumes - a new consumer -
+starts from what was committed (state and offsets are read from the tables). A lost PostgreSQL
+or broker connection ends this consumer; ``marketflow live`` waits for the service with backoff
+and starts a new one, which resumes from what was committed
+(:func:`~marketflow_assets.live.command.run_waiting`). Any other error ends the process (exit
+1), and the supervisor's restart resumes the same way.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import Counter
@@ -63,6 +69,54 @@ class BatchStats:
     seconds: float = 0.0
 
 
+class _Writer:
+    """The live consumer's PostgreSQL writes on a thread of their own, one batch at a time in
+    submission order; at most one computed batch waits while another is written. After a failed
+    write nothing more is written, and the error is raised in the consumer's thread
+    (:meth:`check`)."""
+
+    def __init__(self, write):
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="live-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self.error is None:
+                    self._write(*item)
+            except BaseException as exc:  # noqa: BLE001 - raised in the consumer's thread
+                self.error = exc
+            finally:
+                self._queue.task_done()
+
+    def check(self) -> None:
+        """Raise the error of a failed write, if any (then nothing more was written)."""
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, *item) -> None:
+        """Queue one batch's write (waits while another batch is already waiting)."""
+        self.check()
+        self._queue.put(item)
+
+    def flush(self) -> None:
+        """Wait until every submitted batch is written (or a write failed); then :meth:`check`."""
+        self._queue.join()
+        self.check()
+
+    def close(self) -> None:
+        """Finish the submitted writes and end the thread (errors are not raised here)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 @dataclass
 class LiveConsumer:
     bootstrap: str
@@ -90,6 +144,7 @@ class LiveConsumer:
         self.alerting = LiveAlerts(self.alerts_file, self.webhook_url)
         self.alerting.prime(self.store.conn)
         self.consumer = self._consumer()
+        self.writer = _Writer(self._write)
         self.assigned: set[int] = set()
         self._assigned_topic_id: str | None = None
 
@@ -203,6 +258,7 @@ class LiveConsumer:
                 self.topic,
                 gone,
             )
+        self.writer.flush()  # the connection is the writer's until its batches committed
         stored = {} if fresh else self.store.load_offsets(self.topic)
         unseen = self._unseen_before(
             {p: o for p, o in stored.items() if p in partitions - self.assigned}
@@ -261,8 +317,9 @@ class LiveConsumer:
             polled = self.consumer.poll(timeout_ms=0, max_records=room)
         return records
 
-    def process(self, records: list) -> BatchStats:
-        """Compute and write one batch (one transaction); then move the state on."""
+    def process(self, records: list) -> None:
+        """Compute one batch and hand it to the writer (one transaction); the state moves on
+        (the next batch continues from it; see the module docstring)."""
         started = time.perf_counter()
         next_offsets: dict[int, int] = {}
         for record in records:
@@ -281,11 +338,16 @@ class LiveConsumer:
                 len(skipped),
                 skipped.head(5)[["id", "ts"]].to_dict("records"),
             )
+        self.writer.submit(rows, next_offsets, frame, len(records), len(skipped), invalid, started)
+        self.state = state
+
+    def _write(self, rows, next_offsets, frame, records, skipped, invalid, started) -> None:
+        """The writer thread's part of one batch: its transaction, then its price alerts and
+        its log line."""
         inserted, movers = self.store.write_batch(self.topic, rows, next_offsets, market=frame)
-        self.state = state  # committed: the state moves on
         self.alerting.after_batch(self.store.conn, rows)
         stats = BatchStats(
-            len(records), inserted, len(skipped), invalid, movers, time.perf_counter() - started
+            records, inserted, skipped, invalid, movers, time.perf_counter() - started
         )
         self.stats.append(stats)
         del self.stats[:-1000]  # the last batches only (tests and benchmarks read them)
@@ -298,11 +360,17 @@ class LiveConsumer:
             stats.invalid,
             stats.seconds,
         )
-        return stats
 
     def run(self, stop: threading.Event) -> None:
+        """Consume until ``stop``; the batches in hand are written before it returns (after an
+        error, :meth:`close` still writes what was submitted before it)."""
+        self._run(stop)
+        self.writer.flush()
+
+    def _run(self, stop: threading.Event) -> None:
         last_check = 0.0
         while not stop.is_set():
+            self.writer.check()
             now = time.monotonic()
             if not self.assigned or now - last_check > PARTITION_REFRESH_SECONDS:
                 last_check = now
@@ -320,6 +388,7 @@ class LiveConsumer:
 
     def close(self) -> None:
         try:
+            self.writer.close()
             self.consumer.close()
         finally:
             self.store.close()

@@ -8,10 +8,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 
 import pandas as pd
+import pytest
 
 from marketflow_assets import indicators as ind
 from marketflow_assets_tests.helpers import (
@@ -69,6 +71,62 @@ def test_stream_of_polls_equals_full_recompute(kafka_bootstrap, new_topic, pg_cl
         wait_for(lambda: consumed_all(pg_clean, topic, sent), what="every record consumed")
     assert_equal_to_full_recompute(pg_clean, rows)
     assert_coin_market_is_each_coins_newest(pg_clean, rows)
+
+
+def test_a_failed_write_drops_the_batches_computed_after_it(kafka_bootstrap, new_topic, pg_clean):
+    """Batches are computed while the one before is written (a writer thread): when that write
+    fails (its PostgreSQL connection is terminated), nothing computed after it is written, the
+    consumer ends with the error, and what is stored is exactly the records before the stored
+    offsets; a new consumer then completes the stream, equal to a full recompute."""
+    import psycopg2
+
+    topic = new_topic("live", partitions=2)
+    rows = in_poll_order(irregular_rows(seed=5, coins=10, polls=60))
+    polls = sorted({r[2] for r in rows})
+    head = [r for r in rows if r[2] <= polls[29]]
+    written: list[int] = []
+    with pytest.raises((psycopg2.OperationalError, psycopg2.InterfaceError)):
+        with running_consumer(kafka_bootstrap, topic, pg_clean) as consumer:
+            publish(kafka_bootstrap, topic, head)
+            wait_for(lambda: consumed_all(pg_clean, topic, len(head)), what="the first half")
+            write = consumer.store.write_batch
+
+            submit = consumer.writer.submit
+            submitted: list[int] = []
+
+            gate = threading.Event()
+
+            def slow_write(*args, **kwargs):  # held until the next batch was computed
+                written.append(len(args[1]))
+                gate.wait(60)
+                return write(*args, **kwargs)
+
+            def counted_submit(*args):
+                submitted.append(len(args[0]))
+                submit(*args)
+
+            consumer.store.write_batch = slow_write
+            consumer.writer.submit = counted_submit
+            query(
+                pg_clean,
+                "SELECT pg_terminate_backend(%s)",
+                (consumer.store.conn.get_backend_pid(),),
+            )
+            # one batch (its write will fail), then the next computed during that write
+            publish(kafka_bootstrap, topic, [r for r in rows if r[2] == polls[30]])
+            wait_for(lambda: len(submitted) == 1, what="the first batch after the failure")
+            publish(kafka_bootstrap, topic, [r for r in rows if r[2] == polls[31]])
+            wait_for(lambda: len(submitted) == 2, what="a batch computed during the write")
+            gate.set()
+            publish(kafka_bootstrap, topic, [r for r in rows if r[2] > polls[31]])
+            wait_for(lambda: consumer.writer.error is not None, what="the failed write")
+    assert len(written) == 1  # the failed write; the batches after it were never written
+    stored = stored_offsets(pg_clean, topic)
+    assert sum(stored.values()) == len(head)
+    assert query(pg_clean, "SELECT count(*) FROM price_indicators")[0][0] == len(head)
+    with running_consumer(kafka_bootstrap, topic, pg_clean):
+        wait_for(lambda: consumed_all(pg_clean, topic, len(rows)), what="the rest")
+    assert_equal_to_full_recompute(pg_clean, rows)
 
 
 def assert_coin_market_is_each_coins_newest(url: str, rows: list[tuple]) -> None:
