@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 
 from marketflow_assets.schema import TABLES, column_names
@@ -181,6 +182,25 @@ def raw_key_counts(raw_dir: Path):
         return Counter()
     frame = read_files([f.path for f in snap.files_all], ("id", "ts"))
     return Counter(zip(frame["id"], pd.to_datetime(frame["ts"], utc=True), strict=True))
+
+
+def assert_same_indicator_rows(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    """``got`` holds ``expected``'s indicator rows: the same ``(coin_id, ts)`` keys (and
+    symbols, when both carry them), values equal to 1e-9 relative, NULL where NULL."""
+    from marketflow_assets import indicators as ind
+
+    got = got.sort_values(["coin_id", "ts"]).reset_index(drop=True)
+    expected = expected.sort_values(["coin_id", "ts"]).reset_index(drop=True)
+    assert list(got["coin_id"]) == list(expected["coin_id"])
+    assert (ind.to_ns(got["ts"]) == ind.to_ns(expected["ts"])).all()
+    if "symbol" in got and "symbol" in expected:
+        assert list(got["symbol"]) == list(expected["symbol"])
+    for column in ind.INDICATOR_COLUMNS[3:]:
+        a = got[column].to_numpy(dtype=float)
+        b = expected[column].to_numpy(dtype=float)
+        assert (np.isnan(a) == np.isnan(b)).all(), column
+        ok = ~np.isnan(b)
+        np.testing.assert_allclose(a[ok], b[ok], rtol=1e-9, atol=0, err_msg=column)
 
 
 def read_table(url: str, table: str) -> pd.DataFrame:

@@ -12,13 +12,17 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from benchmarks.pathway_baseline import TABLE, advance, pathway_python, ts_ns
 from marketflow_assets import indicators as ind
-from marketflow_assets_tests.helpers import BASE, irregular_rows, unavailable
+from marketflow_assets_tests.helpers import (
+    BASE,
+    assert_same_indicator_rows,
+    irregular_rows,
+    unavailable,
+)
 
 VALUES = list(ind.INDICATOR_COLUMNS[3:])
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,20 +32,6 @@ def _frame(rows) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["id", "symbol", "ts", "current_price"])
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     return frame
-
-
-def _compare(got: pd.DataFrame, expected: pd.DataFrame) -> None:
-    got = got.sort_values(["coin_id", "ts"]).reset_index(drop=True)
-    expected = expected.sort_values(["coin_id", "ts"]).reset_index(drop=True)
-    assert list(got["coin_id"]) == list(expected["coin_id"])
-    assert (ind.to_ns(got["ts"]) == ind.to_ns(expected["ts"])).all()
-    assert list(got["symbol"]) == list(expected["symbol"])
-    for column in VALUES:
-        a = got[column].to_numpy(dtype=float)
-        b = expected[column].to_numpy(dtype=float)
-        assert (np.isnan(a) == np.isnan(b)).all(), column
-        ok = ~np.isnan(b)
-        np.testing.assert_allclose(a[ok], b[ok], rtol=1e-9, atol=0, err_msg=column)
 
 
 def _advance_all(batches) -> pd.DataFrame:
@@ -81,7 +71,7 @@ def test_reducer_equals_a_full_recompute(seed):
         batches.append(batch)
         i += n
     got = _advance_all(batches)
-    _compare(got, expected)
+    assert_same_indicator_rows(got, expected)
     # the state is bounded: what a next observation needs (within 300 s + the one before)
     state = None
     for k in range(100):
@@ -178,4 +168,4 @@ def test_processor_writes_the_rows_of_compute_indicators(
     assert "ready: consuming" in log_text
     assert " rows upserted in " in log_text
     got["ts"] = pd.to_datetime(got["ts"], utc=True)
-    _compare(got, expected)
+    assert_same_indicator_rows(got, expected)

@@ -6,34 +6,18 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from benchmarks.quix_baseline import TABLE, IndicatorState, Upserter
 from marketflow_assets import indicators as ind
-from marketflow_assets_tests.helpers import irregular_rows
-
-VALUES = list(ind.INDICATOR_COLUMNS[3:])
+from marketflow_assets_tests.helpers import assert_same_indicator_rows, irregular_rows
 
 
 def _raw() -> pd.DataFrame:
     frame = pd.DataFrame(irregular_rows(), columns=["id", "symbol", "ts", "current_price"])
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     return frame.sort_values("ts", kind="mergesort").reset_index(drop=True)
-
-
-def _compare(got: pd.DataFrame, expected: pd.DataFrame) -> None:
-    got = got.sort_values(["coin_id", "ts"]).reset_index(drop=True)
-    expected = expected.sort_values(["coin_id", "ts"]).reset_index(drop=True)
-    assert list(got["coin_id"]) == list(expected["coin_id"])
-    assert (got["ts"].to_numpy() == expected["ts"].to_numpy()).all()
-    for column in VALUES:
-        a = got[column].to_numpy(dtype=float)
-        b = expected[column].to_numpy(dtype=float)
-        assert (np.isnan(a) == np.isnan(b)).all(), column
-        ok = ~np.isnan(b)
-        np.testing.assert_allclose(a[ok], b[ok], rtol=1e-9, atol=0, err_msg=column)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -66,7 +50,7 @@ def test_streamed_batches_equal_a_full_recompute(seed, cut):
         emitted.append(rows)
         i += n
     got = pd.concat(emitted).drop_duplicates(["coin_id", "ts"], keep="last")
-    _compare(got, expected)
+    assert_same_indicator_rows(got, expected)
 
 
 def test_upserts_are_idempotent_and_match(pg_clean):
@@ -94,4 +78,4 @@ def test_upserts_are_idempotent_and_match(pg_clean):
         conn.close()
     assert len(got) == len(expected)
     got["ts"] = pd.to_datetime(got["ts"], utc=True)
-    _compare(got, expected)
+    assert_same_indicator_rows(got, expected)
