@@ -232,6 +232,17 @@ _BEYOND_64_BITS = float(2**63)
 def _holds_big_float(obj: Any) -> bool:
     """Whether a float of magnitude >= 2**63 is anywhere in the decoded ``obj`` (iterative: no
     recursion limit on deep nesting)."""
+    if type(obj) is dict:  # a flat object (most messages): one pass over its values
+        nested = False
+        for item in obj.values():
+            kind = type(item)
+            if kind is float:
+                if not -_BEYOND_64_BITS < item < _BEYOND_64_BITS:
+                    return True
+            elif kind is dict or kind is list:
+                nested = True
+        if not nested:
+            return False
     stack = [obj]
     while stack:
         item = stack.pop()
