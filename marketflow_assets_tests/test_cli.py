@@ -255,3 +255,33 @@ def test_spark_standalone_module_entry_point_still_works():
     )
     assert res.returncode == 2
     assert "--cores must be at least 1" in res.stderr
+
+
+def test_a_command_imports_only_its_own_module():
+    """``marketflow live`` (and ingest, up, the dashboard launcher) build their command line
+    without importing Dagster, Spark or pandas: each such process of ``up`` stays small."""
+    probe = (
+        "import sys; from marketflow_assets.cli import build_parser; "
+        "build_parser(only=[sys.argv[1]]); "
+        "print(sorted(m for m in ('dagster', 'pyspark', 'pandas') if m in sys.modules))"
+    )
+    for command in ("live", "ingest", "up", "dashboard"):
+        res = subprocess.run(
+            [sys.executable, "-c", probe, command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.strip() == "[]", (command, res.stdout)
+
+
+def test_top_level_help_lists_every_command_without_loading_them():
+    res = marketflow("--help")
+    assert res.returncode == 0, res.stderr
+    for command in (*SUBCOMMANDS, "live"):
+        assert command in res.stdout
+    res = marketflow("no-such-command")
+    assert res.returncode == 2
+    assert "invalid choice: 'no-such-command'" in res.stderr
