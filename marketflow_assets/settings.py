@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,16 @@ COINGECKO_PLANS = {
 ENV_POSTGRES_URL = "MARKETFLOW_POSTGRES_URL"
 ENV_DATA_DIR = "MARKETFLOW_DATA_DIR"
 ENV_SPARK_REMOTE = "MARKETFLOW_SPARK_REMOTE"
+ENV_SPARK_DRIVER_MEMORY = "MARKETFLOW_SPARK_DRIVER_MEMORY"
+ENV_SPARK_CONNECT_MEMORY = "MARKETFLOW_SPARK_CONNECT_MEMORY"
+ENV_SPARK_MAX_OFFSETS = "MARKETFLOW_SPARK_MAX_OFFSETS_PER_TRIGGER"
+#: Heap of the streaming job's driver JVM: its micro-batches are bounded by
+#: DEFAULT_SPARK_MAX_OFFSETS (a catch-up after an outage proceeds in several batches).
+DEFAULT_SPARK_DRIVER_MEMORY = "512m"
+#: Heap of the Spark Connect server's JVM (the Dagster runs' backfills): Spark's default.
+DEFAULT_SPARK_CONNECT_MEMORY = "1g"
+#: Records per micro-batch of the streaming job at most: 2 whole-market polls (15,000 coins).
+DEFAULT_SPARK_MAX_OFFSETS = 30000
 ENV_PARTITION_START = "MARKETFLOW_PARTITION_START"
 ENV_FRESHNESS_WARN = "MARKETFLOW_FRESHNESS_WARN_SECONDS"
 ENV_FRESHNESS_ERROR = "MARKETFLOW_FRESHNESS_ERROR_SECONDS"
@@ -366,6 +377,12 @@ class Settings:
     spark_shuffle_partitions: str = "4"
     spark_ui: str = "false"
     spark_log_level: str = "WARN"
+    #: Heap (``spark.driver.memory``) of the streaming job's driver and of the Spark Connect server.
+    spark_driver_memory: str = DEFAULT_SPARK_DRIVER_MEMORY
+    spark_connect_memory: str = DEFAULT_SPARK_CONNECT_MEMORY
+    #: Cap on the records of one micro-batch of the streaming job (its default
+    #: ``--max-offsets-per-trigger``).
+    spark_max_offsets_per_trigger: int = DEFAULT_SPARK_MAX_OFFSETS
     #: First hourly partition (explicit); None: the first hour of raw data, else today.
     partition_start: datetime | None = None
     dagster_home: str | None = None
@@ -460,6 +477,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         spark_shuffle_partitions=get("MARKETFLOW_SPARK_SHUFFLE_PARTITIONS") or "4",
         spark_ui=get("MARKETFLOW_SPARK_UI") or "false",
         spark_log_level=get("MARKETFLOW_SPARK_LOG_LEVEL") or "WARN",
+        spark_driver_memory=_jvm_memory(env, ENV_SPARK_DRIVER_MEMORY, DEFAULT_SPARK_DRIVER_MEMORY),
+        spark_connect_memory=_jvm_memory(
+            env, ENV_SPARK_CONNECT_MEMORY, DEFAULT_SPARK_CONNECT_MEMORY
+        ),
+        spark_max_offsets_per_trigger=_positive_int(
+            env, ENV_SPARK_MAX_OFFSETS, DEFAULT_SPARK_MAX_OFFSETS
+        ),
         partition_start=(
             None if start is None else floor_hour(parse_utc(start, ENV_PARTITION_START))
         ),
@@ -495,6 +519,21 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name}={raw!r} must be an integer >= 1")
     return int(raw)
+
+
+def _jvm_memory(env: Mapping[str, str], name: str, default: str) -> str:
+    """A JVM heap size as ``spark.driver.memory`` takes it (``512m``, ``2g``); at least 512m, as
+    Spark refuses a driver with less than 450 MB."""
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    match = re.fullmatch(r"(\d+)([kmgt])b?", raw)
+    mb = {"k": 2**-10, "m": 1, "g": 2**10, "t": 2**20}
+    if match is None or int(match.group(1)) * mb[match.group(2)] < 512:
+        raise ConfigError(
+            f"{name}={raw!r} must be a JVM size of at least 512m (Spark needs 450 MB), e.g. 1g"
+        )
+    return match.group(1) + match.group(2)
 
 
 def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -15,6 +15,12 @@ from marketflow_assets.settings import (
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 #: The drivers' log4j2 configuration (WARN and up; known non-problems at ERROR).
 LOG4J2 = Path(__file__).with_name("spark_log4j2.properties").as_uri()
+#: JVM options of the long-running drivers (the streaming job, the Spark Connect server): the
+#: serial collector (no per-region bookkeeping, no GC threads; its pauses are milliseconds at
+#: these heap sizes) and a small initial heap (the JVM's default is 1/64 of the machine's RAM,
+#: committed and touched whether the driver needs it or not); the heap grows up to
+#: ``spark.driver.memory`` when a batch or a backfill needs it.
+LEAN_JVM_OPTIONS = "-XX:+UseSerialGC -Xms48m"
 
 
 def ensure_pyspark_python() -> None:
@@ -73,11 +79,25 @@ def spark_conf(master: str | None = None, settings: Settings | None = None) -> d
     return conf
 
 
-def get_spark(master: str | None = None, app_name: str = "marketflow"):
-    """Return a (possibly shared) SparkSession configured with :func:`spark_conf`."""
+def long_running_driver_conf(conf: dict[str, str], memory: str) -> dict[str, str]:
+    """``conf`` (:func:`spark_conf`) for a driver that runs as long as ``marketflow up``: a heap of
+    ``memory`` (``spark.driver.memory``) and :data:`LEAN_JVM_OPTIONS`. Applies when the driver's
+    JVM is launched with this configuration (``spark-submit --conf``, or a Python driver
+    starting its own JVM), not to a JVM that already runs."""
+    java = f"{conf.get('spark.driver.extraJavaOptions', '')} {LEAN_JVM_OPTIONS}".strip()
+    return {**conf, "spark.driver.memory": memory, "spark.driver.extraJavaOptions": java}
+
+
+def get_spark(
+    master: str | None = None, app_name: str = "marketflow", driver_memory: str | None = None
+):
+    """Return a (possibly shared) SparkSession configured with :func:`spark_conf`; with
+    ``driver_memory``, for a long-running driver (:func:`long_running_driver_conf`)."""
     settings = load_settings()
     export_pyspark_python()
     conf = spark_conf(master, settings)
+    if driver_memory:
+        conf = long_running_driver_conf(conf, driver_memory)
     if is_loopback_master(conf["spark.master"]):
         # a remote cluster's executors must reach the driver on a routable address
         export_spark_local_ip()

@@ -292,11 +292,26 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             recreated = sorted(end)
         result: Offsets = {}
         budget = limit.max_rows if isinstance(limit, ReadMaxRows) else None
+        from_earliest = [
+            p
+            for p, e in end.items()
+            if begin_state.get(p) is None or e < begin_state[p] or p in recreated
+        ]
+        earliest = (
+            self.probe.beginning_offsets(sorted(from_earliest))
+            if budget is not None and from_earliest
+            else {}
+        )
         for p, e in sorted(end.items()):
             s = begin_state.get(p)
-            if s is None or e < s or p in recreated:
+            if p in from_earliest:
                 # New partition, or the broker lost the topic (e.g. memory-only broker restart):
-                # the range is planned from the earliest offset in partitions().
+                # the range is planned from the earliest offset in partitions(), bounded by the
+                # read limit too (a recreated topic refilled from the ingest spool can be large).
+                if budget is not None:
+                    take = max(0, min(e - earliest.get(p, 0), budget))
+                    budget -= take
+                    e = earliest.get(p, 0) + take
                 result[p] = e
                 continue
             if budget is not None:

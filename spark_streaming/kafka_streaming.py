@@ -122,6 +122,70 @@ def parse_messages(kafka_df, rejected_at: dt.datetime | None = None):
     )
 
 
+def kafka_columns(kafka_df):
+    """The Kafka source columns a micro-batch is collected with (:func:`parse_collected`)."""
+    import pyspark.sql.functions as F
+
+    return kafka_df.select(
+        F.col("topic").cast("string").alias("topic"),
+        F.col("partition").cast("int").alias("partition"),
+        F.col("offset").cast("long").alias("offset"),
+        F.col("key").cast("string").alias("key"),
+        F.col("value").cast("binary").alias("value"),
+    )
+
+
+def _text(values):
+    """Binary Kafka values as text, as Spark's cast to string gives them (bytes that are not
+    UTF-8 replaced, so a reject is always storable)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        return pc.cast(values, pa.string())
+    except pa.ArrowInvalid:
+        return pa.array(
+            [None if v is None else v.decode("utf-8", "replace") for v in values.to_pylist()],
+            type=pa.string(),
+        )
+
+
+def parse_collected(kafka_table, schema, rejected_at: dt.datetime | None = None):
+    """The driver-side twin of :func:`parse_messages`, on a collected batch: ``kafka_table``
+    holds :func:`kafka_columns` (a pyarrow table), ``schema`` is the Arrow schema of
+    ``parse_messages(...).toArrow()``; returns the same table that would give. The sink parses
+    here, in the driver that needs the batch anyway: no Python worker (~100 MB) kept for it."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = kafka_table.column("value")
+    table, reasons = contract.parse_values(values.to_pylist())
+    rejected_at = rejected_at or dt.datetime.now(dt.UTC)
+    columns = {name: kafka_table.column(name) for name in ("topic", "partition", "offset", "key")}
+    columns["value"] = _text(values)
+    columns.update({name: table.column(name) for name in RAW_COLUMN_NAMES})
+    columns[RAW_PARTITION_COLUMN] = pc.cast(table.column("ts"), pa.date32())
+    columns["reason"] = pa.array(reasons, type=pa.string())
+    columns["rejected_at"] = pa.array(
+        [rejected_at] * kafka_table.num_rows, type=pa.timestamp("us", tz="UTC")
+    )
+    return pa.table(columns).select(schema.names).cast(schema)
+
+
+def arrow_schema_of(df):
+    """The Arrow schema ``df.toArrow()`` gives (the session's time zone, UTC here)."""
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    spark = df.sparkSession
+    return to_arrow_schema(
+        df.schema,
+        error_on_duplicated_field_names_in_struct=True,
+        timezone="UTC",
+        prefers_large_types=spark.conf.get("spark.sql.execution.arrow.useLargeVarTypes", "false")
+        == "true",
+    )
+
+
 def split_batch(parsed):
     """A collected micro-batch (``parse_messages``' columns, a pyarrow table) -> ``(good,
     rejects)`` (pure, in the driver): ``good`` holds the raw columns and ``date`` of the usable
@@ -178,6 +242,7 @@ class RawPricesSink:
         self.on_commit = on_commit  # callable(metrics dict) after each commit (Prometheus)
         (self.state / "batches").mkdir(parents=True, exist_ok=True)
         self._app_id: str | None = None
+        self._schema = None  # Arrow schema of parse_messages' columns (the same every batch)
 
     @property
     def app_id(self) -> str:
@@ -204,7 +269,8 @@ class RawPricesSink:
 
     def process(self, df, batch_id: int) -> dict:
         """Commit micro-batch ``batch_id`` exactly once (see the class docstring)."""
-        import pyspark.sql.functions as F
+        import pyarrow as pa
+        import pyarrow.compute as pc
 
         from marketflow_assets.raw_dataset import append_batch, append_rejects, committed_batch
 
@@ -226,10 +292,19 @@ class RawPricesSink:
         # is collected (the commit below needs it in the driver anyway) and split and deduplicated
         # there (split_batch; a window dedup + two more actions cost 1-2 s per batch). The JSON
         # text is kept for the rejects only.
-        parsed = parse_messages(df)
-        collected = parsed.withColumn(
-            "value", F.when(F.col("reason").isNull(), F.lit(None)).otherwise(F.col("value"))
-        ).toArrow()
+        # The Kafka rows are collected as they are (one task reads every partition's range: one
+        # Python worker of the source stays warm between batches, not one per task slot; a batch
+        # is bounded by --max-offsets-per-trigger) and go through the record contract here, in
+        # the driver (parse_collected, the twin of parse_messages), not in another worker.
+        if self._schema is None:
+            self._schema = arrow_schema_of(parse_messages(df))
+        parsed = parse_collected(kafka_columns(df.coalesce(1)).toArrow(), self._schema)
+        usable = pc.is_null(parsed["reason"])
+        collected = parsed.set_column(
+            parsed.schema.get_field_index("value"),
+            "value",
+            pc.if_else(usable, pa.scalar(None, pa.string()), parsed["value"]),
+        )
         good, rejects = split_batch(collected)
         metrics["rows_in"] = collected.num_rows
         metrics["rejects"] = rejects.num_rows
@@ -247,8 +322,6 @@ class RawPricesSink:
         metrics["duplicates"] = metrics["rows_in"] - metrics["rejects"] - result.rows_written
         metrics["version"] = result.version
         if good.num_rows:
-            import pyarrow.compute as pc
-
             metrics["dates"] = sorted({d.isoformat() for d in pc.unique(good["date"]).to_pylist()})
             newest = pc.max(good["ts"]).as_py()
             metrics["ts_max"] = newest.timestamp()  # newest poll ts of the batch: latency
@@ -400,7 +473,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-offsets-per-trigger",
         type=int,
         default=None,
-        help="cap on records per micro-batch (default: no cap)",
+        help="cap on records per micro-batch; a larger backlog (a catch-up after an outage) is "
+        "read in several micro-batches (default: $MARKETFLOW_SPARK_MAX_OFFSETS_PER_TRIGGER, "
+        "else 30000)",
     )
 
 
@@ -448,7 +523,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("MARKETFLOW_KAFKA_BOOTSTRAP is not set (or pass --bootstrap host:port)")
     if args.trigger_seconds <= 0:
         raise ConfigError("--trigger-seconds must be > 0")
-    if args.max_offsets_per_trigger is not None and args.max_offsets_per_trigger <= 0:
+    if args.max_offsets_per_trigger is None:  # a bounded batch: the driver collects it
+        args.max_offsets_per_trigger = settings.spark_max_offsets_per_trigger
+    if args.max_offsets_per_trigger <= 0:
         raise ConfigError("--max-offsets-per-trigger must be > 0")
     metrics_port = getattr(args, "metrics_port", None)
     if metrics_port is not None and not 0 <= metrics_port <= 65535:
@@ -472,7 +549,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from marketflow_assets.spark_session import get_spark
     from spark_streaming.kafka_source import FORMAT_NAME, KafkaDataSource
 
-    spark = get_spark(_resolve_master(args.master), app_name="marketflow-kafka-streaming")
+    spark = get_spark(
+        _resolve_master(args.master),
+        app_name="marketflow-kafka-streaming",
+        driver_memory=settings.spark_driver_memory,
+    )
     # adaptive execution does not apply to streaming queries (Spark warns and disables it)
     spark.conf.set("spark.sql.adaptive.enabled", "false")
     use_jvm = args.source == "kafka" or (args.source == "auto" and jvm_kafka_available(spark))

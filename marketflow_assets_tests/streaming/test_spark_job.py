@@ -121,6 +121,46 @@ def test_sigkill_midway_then_restart_with_spark_submit(
     assert not (commits.parent / "pending").exists() and not (commits.parent / "commits").exists()
 
 
+def test_a_backlog_beyond_the_default_cap_is_caught_up_in_bounded_batches(
+    kafka_bootstrap, new_topic, data_dir, job_cwd
+):
+    """A catch-up after an outage: more records than the default cap per micro-batch
+    (MARKETFLOW_SPARK_MAX_OFFSETS_PER_TRIGGER) wait in the topic. The job, with its default
+    driver heap (MARKETFLOW_SPARK_DRIVER_MEMORY), reads them in several bounded micro-batches,
+    each committed once; every record lands, none twice."""
+    import json
+
+    from confluent_kafka import Producer
+
+    from marketflow_assets.settings import DEFAULT_SPARK_MAX_OFFSETS
+    from marketflow_assets_tests.streaming.streaming_helpers import _ts, message
+
+    topic = new_topic("catchup", partitions=2)
+    coins, polls = 2000, DEFAULT_SPARK_MAX_OFFSETS // 2000 * 2 + 2  # 2 caps and 2 polls
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 50, "acks": "all"})
+    expected = {}
+    for poll in range(polls):
+        for coin in range(coins):
+            msg = dict(message(coin, poll, 1.0 + coin + poll / 100), id=f"coin-{coin:05d}")
+            producer.produce(topic, key=msg["id"].encode(), value=json.dumps(msg).encode())
+            expected[(msg["id"], _ts(poll))] = msg["current_price"]
+            producer.poll(0)
+    assert producer.flush(60) == 0
+    assert len(expected) > 2 * DEFAULT_SPARK_MAX_OFFSETS
+
+    env = job_env(kafka_bootstrap, topic, data_dir)
+    done = run_job(env, "--available-now", cwd=job_cwd, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    logs = batch_logs(done.stderr)
+    assert len(logs) >= 3, [b["rows_in"] for b in logs]
+    assert all(0 < b["rows_in"] <= DEFAULT_SPARK_MAX_OFFSETS for b in logs)
+    assert sum(b["rows_written"] for b in logs) == len(expected)
+    assert logs[-1]["lag"] == 0
+    df = read_raw(data_dir)
+    got = {(r.id, r.ts.to_pydatetime()): r.current_price for r in df.itertuples()}
+    assert len(df) == len(expected) and got == expected
+
+
 def test_missing_bootstrap_is_a_one_line_config_error(data_dir, job_cwd):
     env = job_env(None, "crypto_prices", data_dir)
     res = run_job(env, "--available-now", cwd=job_cwd, timeout=60)

@@ -132,6 +132,31 @@ def test_broker_reset_restarts_from_earliest(kafka_bootstrap, new_topic):
         r.stop()
 
 
+def test_read_limit_bounds_a_reread_from_the_earliest_offset(kafka_bootstrap, new_topic):
+    """After a broker reset (a checkpoint beyond the topic's end) or on a new partition, the
+    re-read from the earliest offset is bounded by the read limit too: the refilled topic comes
+    in several micro-batches, every record once."""
+    topic = new_topic("src_reset_limit", partitions=2)
+    produce(kafka_bootstrap, topic, 17, partition=0)
+    produce(kafka_bootstrap, topic, 9, partition=1)
+    r = reader(kafka_bootstrap, topic, maxOffsetsPerTrigger="10")
+    try:
+        start = {topic: {"0": 1000}}  # partition 0 reset by the broker, partition 1 new
+        seen, sizes = [], []
+        for _ in range(10):
+            end = r.latestOffset(start, ReadMaxRows(10))
+            if end == start:
+                break
+            batch = read_all(r, start, end)
+            sizes.append(len(batch))
+            seen += [(row[3], row[4]) for row in batch]
+            start = end
+        assert sizes == [10, 10, 6]
+        assert sorted(seen) == [(0, i) for i in range(17)] + [(1, i) for i in range(9)]
+    finally:
+        r.stop()
+
+
 @pytest.mark.skipif(not EMBEDDED, reason="restarts an embedded broker of its own")
 def test_broker_restart_detected_when_the_new_topic_grew_past_the_checkpoint(tmp_path, monkeypatch):
     """The memory-only broker restarts and the recreated topic already holds more records than

@@ -160,3 +160,24 @@ def test_split_batch_keeps_the_lowest_topic_partition_offset_of_each_id_ts():
     assert rejects.to_pylist()[0]["reason"] == "invalid_json" and rejects.num_rows == 1
     empty_good, empty_rejects = split_batch(parsed.slice(0, 0))
     assert empty_good.num_rows == 0 and empty_rejects.num_rows == 0
+
+
+def test_driver_side_parse_gives_what_parse_messages_gives(spark):
+    """The sink parses a collected batch in the driver (parse_collected); the result equals
+    ``parse_messages(...).toArrow()`` of Spark, column for column and type for type, for good
+    records, duplicates, every kind of garbage and a null value; bytes that are not UTF-8 are
+    rejected and kept as text."""
+    from spark_streaming.kafka_streaming import arrow_schema_of, kafka_columns, parse_collected
+
+    values = [json.dumps(message(c, p, 10.0 + c)).encode() for p in range(2) for c in range(3)]
+    values += [v for v, _ in GARBAGE] + [None]
+    df = kafka_df(spark, values, first_offset=5, partition=1)
+    expected = parse_messages(df, rejected_at=T0).toArrow()
+    schema = arrow_schema_of(parse_messages(df))
+    got = parse_collected(kafka_columns(df).toArrow(), schema, rejected_at=T0)
+    assert got.schema == expected.schema
+    assert got.to_pylist() == expected.to_pylist()
+
+    odd = parse_collected(kafka_columns(kafka_df(spark, [b"\xff\xfe{"])).toArrow(), schema)
+    assert odd.column("reason").to_pylist() == ["invalid_json"]
+    assert odd.column("value").to_pylist() == ["\ufffd\ufffd{"]
