@@ -28,6 +28,18 @@ TARGET_MB = 2048
 READY = ("ingest", "spark", "dagster", "indicators", "dashboard")
 
 
+def _owner_jvm(proc) -> str:
+    """`` (streaming)`` / `` (connect)``: which Spark driver a Python worker belongs to."""
+    try:
+        for parent in proc.parents():
+            text = " ".join(parent.cmdline())
+            if Path((parent.cmdline() or [""])[0]).name.startswith("java"):
+                return " (connect)" if "SparkConnectServer" in text else " (streaming)"
+    except Exception:  # noqa: BLE001 - gone meanwhile
+        pass
+    return ""
+
+
 def describe(proc) -> str:
     """A short name for one process of the stack, from its command line."""
     try:
@@ -44,10 +56,12 @@ def describe(proc) -> str:
         ("spark_streaming", "streaming job (Python driver)"),
         ("pyspark.daemon", "Spark Python worker"),
         ("pyspark.worker", "Spark Python worker"),
+        ("python_streaming_source_runner", "Spark Python data source runner"),
         (" ingest", "ingest"),
         (" live", "live path"),
         (" follow", "follower"),
         ("streamlit", "dashboard"),
+        (" dashboard", "dashboard launcher"),
         ("dagster-webserver", "dagster webserver"),
         ("dagster_webserver", "dagster webserver"),
         ("dagster-daemon", "dagster daemon"),
@@ -61,7 +75,7 @@ def describe(proc) -> str:
         ("tansu", "Kafka (Tansu)"),
     ):
         if needle in f" {text} ":
-            return label
+            return label + (_owner_jvm(proc) if label.startswith("Spark Python") else "")
     if "postgres" in name:
         return "PostgreSQL"
     return " ".join([name, *cmd[1:3]])[:60]

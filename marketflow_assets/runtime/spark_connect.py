@@ -12,10 +12,12 @@ zstandard).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,8 +27,8 @@ from marketflow_assets.runtime.services import (
     free_port,
     stop_process,
 )
-from marketflow_assets.settings import ENV_SPARK_REMOTE, child_environment
-from marketflow_assets.spark_session import spark_conf
+from marketflow_assets.settings import ENV_SPARK_REMOTE, child_environment, load_settings
+from marketflow_assets.spark_session import long_running_driver_conf, spark_conf
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +40,17 @@ def connect_server_command(port: int, master: str | None = None) -> list[str]:
     import pyspark
 
     spark_home = Path(pyspark.__file__).parent
-    conf = spark_conf(master)
+    settings = load_settings()
+    conf = long_running_driver_conf(spark_conf(master, settings), settings.spark_connect_memory)
     cmd = [str(spark_home / "bin" / "spark-submit"), "--class", SERVER_CLASS]
     cmd += ["--master", conf.pop("spark.master")]
     conf.update(
         {
             "spark.connect.grpc.binding.address": "127.0.0.1",
             "spark.connect.grpc.binding.port": str(port),
+            # Dagster runs come now and then (backfills): one idle Python worker kept between
+            # them, not one per task slot of the last run
+            "spark.python.factory.idleWorkerMaxPoolSize": "1",
         }
     )
     for key, value in conf.items():
@@ -140,3 +146,71 @@ class EmbeddedSparkConnect:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class StartOnConnect:
+    """The Spark Connect URL of ``marketflow up`` before its server runs: ``up`` listens on
+    127.0.0.1:``port`` itself, and the server's JVM (~250 MB, started on ``backend_port``) only
+    starts when a client first connects (a Dagster run that computes on Spark: a backfill, a
+    large input). That first connection sets :attr:`wanted` (the supervisor then starts the
+    server), is held until the server listens (at most ``wait_s``; the Spark Connect client
+    retries after that, as it does while any server starts), then relayed both ways byte for
+    byte, like every later connection. The server is restarted by the supervisor like any
+    child; connections during a restart wait for it the same way."""
+
+    def __init__(self, port: int, backend_port: int, wait_s: float = 120.0):
+        self.port = port
+        self.backend_port = backend_port
+        self.wait_s = wait_s
+        self.wanted = threading.Event()
+        self._closed = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", port))
+        threading.Thread(target=self._accept, name="spark-connect-relay", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self.wanted.set()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _backend(self) -> socket.socket | None:
+        deadline = time.monotonic() + self.wait_s
+        while not self._closed.is_set() and time.monotonic() < deadline:
+            try:
+                return socket.create_connection(("127.0.0.1", self.backend_port), timeout=2)
+            except OSError:
+                time.sleep(0.25)
+        return None
+
+    def _serve(self, client: socket.socket) -> None:
+        backend = self._backend()
+        if backend is None:
+            client.close()
+            return
+        backend.settimeout(None)
+        for sock in (client, backend):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        other = threading.Thread(target=_pipe, args=(backend, client), daemon=True)
+        other.start()
+        _pipe(client, backend)
+        other.join()
+        client.close()
+        backend.close()
+
+
+def _pipe(source: socket.socket, target: socket.socket) -> None:
+    """Copy ``source`` to ``target`` until ``source`` ends, then end ``target``'s writing side."""
+    with contextlib.suppress(OSError):
+        while data := source.recv(1 << 16):
+            target.sendall(data)
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)

@@ -1,8 +1,9 @@
 """``marketflow up``: the whole pipeline on one machine, supervised, stopped cleanly by a signal.
 
 Order of start-up: PostgreSQL and Kafka (embedded unless configured), the tables and topics, then
-the child processes — the ingest loop, the Spark streaming job, a Spark Connect server for the
-Dagster runs and ``dagster dev`` on 127.0.0.1:3000. Each child runs in its own process group with
+the child processes — the ingest loop, the Spark streaming job, ``dagster dev`` on 127.0.0.1:3000
+and a Spark Connect server for the Dagster runs (its URL is served from the start, its JVM started
+when a run first connects: :class:`OnDemandConnect`). Each child runs in its own process group with
 its output in ``$MARKETFLOW_DATA_DIR/logs/<name>.log``; one line is printed per component when it
 is ready. A child that exits is restarted with exponential backoff; one that exits while a service
 it needs (Kafka, PostgreSQL) is down waits for it instead; a crash loop (more than
@@ -39,6 +40,7 @@ from marketflow_assets.runtime.services import (
 )
 from marketflow_assets.runtime.spark_connect import (
     SPARK_REMOTE_ENV,
+    StartOnConnect,
     connect_server_command,
     wait_for_port,
 )
@@ -251,7 +253,7 @@ def live_child(settings: Settings) -> Child:
 def spark_connect_child(settings: Settings, args) -> tuple[Child, str]:
     """The Spark Connect server that Dagster runs use for large inputs (backfills): one warm
     driver instead of a JVM per run, on a fixed free port (a restart keeps its URL). Returns the
-    child and its ``sc://`` URL."""
+    child and its ``sc://`` URL (:class:`OnDemandConnect` starts it when first needed)."""
     import pyspark
 
     port = free_port()
@@ -462,18 +464,51 @@ def _supervise(
     children.append(dashboard_child(args, settings))
     policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window)
     supervisor = Supervisor([], env, policy, cwd=REPO_ROOT, dependencies=dependencies(settings))
-    connect: Child | None = None
+    connect: OnDemandConnect | None = None
     with contextlib.ExitStack() as stack:
         stack.callback(_stop_all, supervisor, settings, broker is not None, hurry)
         for child in children:
             if stop_requested.is_set():
                 return 0
             if child.name == "dagster" and not env.get(SPARK_REMOTE_ENV):
-                connect, env[SPARK_REMOTE_ENV] = spark_connect_child(settings, args)
-                supervisor.start(connect)  # its JVM starts alongside dagster dev
+                connect = OnDemandConnect(settings, args)
+                stack.callback(connect.close)
+                env[SPARK_REMOTE_ENV] = connect.url
+                logger.info(
+                    "spark-connect: %s for Dagster runs; its JVM starts with the first run "
+                    "that computes on Spark (a backfill, a large input)",
+                    connect.url,
+                )
             supervisor.start(child)
-        connect_url = env.get(SPARK_REMOTE_ENV) if connect else None
-        return _watch(supervisor, settings, args, stop_requested, connect_url, broker, postgres)
+        return _watch(supervisor, settings, args, stop_requested, connect, broker, postgres)
+
+
+class OnDemandConnect:
+    """``up``'s Spark Connect server, started when a client first connects
+    (:class:`~marketflow_assets.runtime.spark_connect.StartOnConnect`): its URL is ``up``'s
+    own port, the server listens on another one."""
+
+    def __init__(self, settings: Settings, args):
+        self.child, backend = spark_connect_child(settings, args)
+        self.backend_port = int(backend.rsplit(":", 1)[1])
+        self.relay = StartOnConnect(free_port(), self.backend_port)
+        self.url = f"sc://127.0.0.1:{self.relay.port}"
+        self.started = self.ready = False
+        self.child.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.child.log_path.touch()  # its log exists from the start, like every child's
+
+    def check(self, supervisor: Supervisor) -> None:
+        """Start the server once a client asked for it; say once when it is ready."""
+        if not self.started and self.relay.wanted.is_set():
+            logger.info("spark-connect: a Dagster run needs Spark; starting the server")
+            supervisor.start(self.child)
+            self.started = True
+        if self.started and not self.ready and wait_for_port("127.0.0.1", self.backend_port, 0.1):
+            logger.info("spark-connect: ready at %s for Dagster runs", self.url)
+            self.ready = True
+
+    def close(self) -> None:
+        self.relay.close()
 
 
 def _watch(
@@ -481,7 +516,7 @@ def _watch(
     settings: Settings,
     args,
     stop_requested,
-    connect: str | None,
+    connect: OnDemandConnect | None,
     broker: EmbeddedKafka | None = None,
     postgres: EmbeddedPostgres | None = None,
 ) -> int:
@@ -499,9 +534,8 @@ def _watch(
         supervisor.poll()
         probes.check()
         locations.check()  # every 30 s: one alert per load failure, one when it loads again
-        if connect and wait_for_port("127.0.0.1", int(connect.rsplit(":", 1)[1]), 0.1):
-            logger.info("spark-connect: ready at %s for Dagster runs", connect)
-            connect = None
+        if connect is not None:
+            connect.check(supervisor)
     for reason in supervisor.given_up.values():
         logger.error("stopped while crash-looping: %s", reason)
     return 1 if supervisor.given_up else 0

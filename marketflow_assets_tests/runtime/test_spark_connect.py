@@ -54,3 +54,46 @@ def test_refresh_runs_on_a_spark_connect_server(tmp_path, data_dir, pg_clean):
         proc = server.proc
     assert proc.poll() is not None  # the server is stopped, no orphan
     assert_indicators_match_reference(read_table(pg_clean, "price_indicators"), rows)
+
+
+def test_refresh_through_a_server_started_on_the_first_connection(tmp_path, data_dir, pg_clean):
+    """``marketflow up``'s Spark Connect URL before the server runs: nothing starts until a
+    client connects; the first client (a refresh computing on Spark, as a backfill does) makes
+    the server start, waits for it and is relayed to it; the result is the same."""
+    from marketflow_assets.runtime.services import free_port
+    from marketflow_assets.runtime.spark_connect import EmbeddedSparkConnect, StartOnConnect
+
+    rows = irregular_rows(seed=9, coins=4, polls=30)
+    write_raw_parquet(data_dir / "raw_prices", rows)
+    server = EmbeddedSparkConnect(tmp_path / "spark-connect", master="local[2]")
+    relay = StartOnConnect(free_port(), server.port)
+    assert not relay.wanted.wait(2)  # nobody asked: no JVM
+    env = dict(os.environ)
+    env.pop("DAGSTER_HOME", None)
+    env.update(
+        MARKETFLOW_SPARK_REMOTE=f"sc://127.0.0.1:{relay.port}",
+        MARKETFLOW_POSTGRES_URL=pg_clean,
+        MARKETFLOW_DATA_DIR=str(data_dir),
+        MARKETFLOW_LOCAL_MAX_ROWS="0",
+    )
+    refresh = subprocess.Popen(
+        [sys.executable, "-c", CLI, "refresh"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert relay.wanted.wait(120), "the refresh never connected"
+        server.launch()  # what `up`'s supervisor does then; the relay waits for its port
+        out, err = refresh.communicate(timeout=300)
+        assert refresh.returncode == 0, err[-6000:]
+        assert "coins, spark)" in out  # computed on the server, through the relay
+        assert server.proc is not None and server.proc.poll() is None
+    finally:
+        if refresh.poll() is None:
+            refresh.kill()
+            refresh.wait()
+        relay.close()
+        server.stop()
+    assert_indicators_match_reference(read_table(pg_clean, "price_indicators"), rows)
