@@ -258,6 +258,23 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             )
         return recreated
 
+    def _under_reported(self, start: dict, end: Offsets, recreated: list[int]) -> list[int]:
+        """Partitions whose end the broker reports below the checkpointed offset while the
+        record before that offset is still the one stamped then: the broker reports its end
+        short of records already read (Tansu leaves its last record batch out of it, and that
+        batch's size varies), the topic was not reset. Re-reading them from the earliest offset
+        would read the whole partition again at every such report."""
+        begin_state, stamps = self._unwrap(start), self._stamps(start)
+        check = {
+            p: s - 1
+            for p, s in begin_state.items()
+            if p in stamps and s > 0 and p in end and end[p] < s and p not in recreated
+        }
+        if not check:
+            return []
+        now = self.probe.record_stamps(check)
+        return sorted(p for p in check if now.get(p) == stamps[p])
+
     def _current_end(self) -> Offsets:
         return self.probe.end_offsets(self.probe.partitions())
 
@@ -290,6 +307,8 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 now,
             )
             recreated = sorted(end)
+        for p in self._under_reported(start, end, recreated):
+            end[p] = begin_state[p]  # nothing new there yet; not a reset
         result: Offsets = {}
         budget = limit.max_rows if isinstance(limit, ReadMaxRows) else None
         from_earliest = [
