@@ -15,6 +15,7 @@ from marketflow_assets.settings import lent_test_services
 from spark_streaming import kafka_source
 from spark_streaming.kafka_source import (
     RESET,
+    TOPIC_ID,
     KafkaOffsetProbe,
     KafkaRange,
     KafkaStreamReader,
@@ -143,10 +144,14 @@ def test_an_end_reported_short_of_the_checkpoint_is_not_a_reset(kafka_bootstrap,
     try:
         checkpointed = r.latestOffset(r.initialOffset(), ReadAllAvailable())
         assert checkpointed[topic] == {"0": 20}
-        true_end = r.probe.end_offsets
+        true_end, topic_id = r.probe.end_offsets, r.probe.topic_id
         r.probe.end_offsets = lambda parts: {p: 15 for p in parts}  # the broker's short answer
         assert r.latestOffset(checkpointed, ReadAllAvailable()) == checkpointed  # no batch
-        r.probe.end_offsets = true_end
+        # a broker that reports no topic ids: the record before the checkpoint tells
+        r.probe.topic_id = lambda: None
+        without_id = {k: v for k, v in checkpointed.items() if k != TOPIC_ID}
+        assert r.latestOffset(without_id, ReadAllAvailable()) == without_id
+        r.probe.end_offsets, r.probe.topic_id = true_end, topic_id
         produce(kafka_bootstrap, topic, 3, partition=0)
         later = r.latestOffset(checkpointed, ReadAllAvailable())
         assert later[topic] == {"0": 23} and RESET not in later
