@@ -8,14 +8,16 @@ settings on Dagster's SQLite default for a plain ``dagster dev``.
 
 from __future__ import annotations
 
+import functools
+import logging
 import shutil
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from dagster_postgres import DagsterPostgresStorage
-from dagster_postgres.utils import pg_url_from_config
-
 from marketflow_assets.settings import ConfigError
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_INSTANCE_YAML = REPO_ROOT / "deploy" / "dagster_postgres.yaml"
@@ -36,20 +38,37 @@ def dagster_storage_url(postgres_url: str) -> str:
     return urlunsplit(parts._replace(scheme="postgresql+psycopg2"))
 
 
-class MarketflowPostgresStorage(DagsterPostgresStorage):
-    """dagster-postgres storage that accepts the plain ``postgresql://`` Marketflow URL.
+@functools.cache
+def _storage_class() -> type:
+    from dagster_postgres import DagsterPostgresStorage
+    from dagster_postgres.utils import pg_url_from_config
 
-    Configured in ``deploy/dagster_postgres.yaml`` as ``storage: custom:`` with the same
-    ``postgres_url`` / ``postgres_db`` config as ``storage: postgres:``.
-    """
+    class MarketflowPostgresStorage(DagsterPostgresStorage):
+        """dagster-postgres storage that accepts the plain ``postgresql://`` Marketflow URL.
 
-    @classmethod
-    def from_config_value(cls, inst_data, config_value):
-        return cls(
-            inst_data=inst_data,
-            postgres_url=dagster_storage_url(pg_url_from_config(config_value)),
-            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
-        )
+        Configured in ``deploy/dagster_postgres.yaml`` as ``storage: custom:`` with the same
+        ``postgres_url`` / ``postgres_db`` config as ``storage: postgres:``.
+        """
+
+        @classmethod
+        def from_config_value(cls, inst_data, config_value):
+            return cls(
+                inst_data=inst_data,
+                postgres_url=dagster_storage_url(pg_url_from_config(config_value)),
+                should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            )
+
+    MarketflowPostgresStorage.__module__ = __name__
+    MarketflowPostgresStorage.__qualname__ = "MarketflowPostgresStorage"
+    return MarketflowPostgresStorage
+
+
+def __getattr__(name: str):
+    # The storage class is defined on first use (Dagster looks it up by name): importing this
+    # module -- ``marketflow up`` does, for prepare_dagster_home -- loads no Dagster (~90 MB).
+    if name == "MarketflowPostgresStorage":
+        return _storage_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def prepare_dagster_home(home: Path, postgres: bool = True) -> dict[str, str]:
@@ -83,6 +102,8 @@ def seed_daemon_cursors(postgres_url: str) -> dict[str, str]:
     retried. The daemon logs "No cursor for event type ..., ignoring older events" as a WARNING
     whenever it has to choose that itself, i.e. on every fresh instance. Cursors already stored
     are kept. Returns the cursors set (none when all were there)."""
+    from dagster_postgres import DagsterPostgresStorage
+
     storage = DagsterPostgresStorage(postgres_url=dagster_storage_url(postgres_url))
     try:
         keys = run_retry_cursor_keys()
@@ -95,3 +116,32 @@ def seed_daemon_cursors(postgres_url: str) -> dict[str, str]:
         return cursors
     finally:
         storage.event_log_storage.dispose()
+
+
+def seed_in_child(env: dict[str, str], timeout_s: float = 120.0) -> None:
+    """:func:`seed_daemon_cursors` in a short child process on ``env``'s
+    ``MARKETFLOW_POSTGRES_URL`` (never on its command line): the caller -- ``marketflow up``,
+    which lives as long as the stack -- never loads Dagster. Only spares a warning: a failure is
+    logged, never raised."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", __name__],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        logger.debug("could not seed the run-retry daemon's cursors: %s", exc)
+        return
+    if done.returncode:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        logger.debug("could not seed the run-retry daemon's cursors: %s", tail)
+
+
+if __name__ == "__main__":  # seed_in_child
+    from marketflow_assets.settings import load_settings
+
+    seed_daemon_cursors(load_settings().postgres_url)

@@ -37,9 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
-
-import pandas as pd
+from typing import TYPE_CHECKING, TypeVar
 
 from marketflow_assets.schema import (
     RAW_CHECK_COLUMNS,
@@ -49,6 +47,9 @@ from marketflow_assets.schema import (
     raw_table_schema,
     spark_ddl,
 )
+
+if TYPE_CHECKING:  # pandas is imported where frames are built: opening the table needs none
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -431,6 +432,13 @@ def snapshot(raw_dir: Path | RawSnapshot, version: int | None = None) -> RawSnap
     return snapshot_of(table, root)
 
 
+def has_files(raw_dir: Path) -> bool:
+    """True when the newest version of the table holds a data file (rows were committed); cheap:
+    neither pyarrow nor pandas is loaded (``marketflow up``'s readiness probe)."""
+    table = open_table(Path(raw_dir))
+    return table is not None and bool(table.file_uris())
+
+
 def table_version(raw_dir: Path) -> int | None:
     """The newest committed version of the table (None when there is no table)."""
     table = open_table(Path(raw_dir))
@@ -526,11 +534,14 @@ def oldest_raw_ts(raw_dir: Path | RawSnapshot) -> datetime | None:
 
 
 def _to_utc(series: pd.Series) -> pd.Series:
+    import pandas as pd
+
     ts = pd.to_datetime(series)
     return ts.dt.tz_localize(UTC) if ts.dt.tz is None else ts.dt.tz_convert(UTC)
 
 
 def _ts_filter(start: datetime | None, end: datetime | None):
+    import pandas as pd
     import pyarrow as pa
 
     ts_type = raw_arrow_schema().field("ts").type
@@ -551,6 +562,7 @@ def read_files(
     """Read ``columns`` of ``files`` (of one snapshot) into one DataFrame, ``ts`` as UTC; with
     ``start``/``end``, row groups outside ``[start, end)`` are skipped (rows inside a kept row
     group are returned as they are: filter them)."""
+    import pandas as pd
     import pyarrow.parquet as pq
 
     filters = _ts_filter(start, end)
@@ -601,6 +613,7 @@ def read_rows_spark(
 ):
     """Spark DataFrame of ``columns`` of the rows of ``files`` (one snapshot's file list) with
     ``ts`` in ``[start, end)`` and a non-NULL ``current_price``; None when ``files`` is empty."""
+    import pandas as pd
     import pyspark.sql.functions as F
 
     from marketflow_assets.schema import RAW_COLUMNS
@@ -805,6 +818,7 @@ def append_rejects(rejects_dir: Path, rows, app_id: str, batch_id: int) -> bool:
 
 def read_rejects(rejects_dir: Path) -> pd.DataFrame:
     """All rejected messages (newest table version); empty when there is no table."""
+    import pandas as pd
     from deltalake import DeltaTable
 
     if not is_table(Path(rejects_dir)):

@@ -405,3 +405,9 @@ RAW_CHECK_COLUMNS = ("id", "current_price", "ts")
 #: Per-coin state an incremental refresh reads back from ``price_indicators``: the last stored
 #: row at least 300 s before the period (``ref_*``) and the last ``(ts, ema_3min)`` before it.
 INDICATOR_STATE_COLUMNS = ("coin_id", "ref_ts", "ref_price", "ema_ts", "ema_3min")
+
+
+def create_tables(cursor) -> None:
+    """Run :func:`create_all_sql` on a DB-API cursor (idempotent)."""
+    for statement in create_all_sql():
+        cursor.execute(statement)

@@ -24,7 +24,7 @@ from marketflow_assets.schema import (
     SOURCE_DAGSTER,
     SOURCE_LIVE,
     column_names,
-    create_all_sql,
+    create_tables,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,7 @@ class LiveStore:
         self.url = url
         self.conn = psycopg2.connect(url, connect_timeout=10)
         with self.conn, self.conn.cursor() as cur:
-            for statement in create_all_sql():
-                cur.execute(statement)
+            create_tables(cur)
         with self.conn, self.conn.cursor() as cur:
             cur.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS _live_indicators "

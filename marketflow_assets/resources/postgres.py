@@ -32,7 +32,7 @@ from marketflow_assets.schema import (
     SOURCE_TABLES,
     TABLES,
     column_names,
-    create_all_sql,
+    create_tables,
     distinct_values_cte,
     stored_column_names,
 )
@@ -147,8 +147,7 @@ class PostgresResource(dg.ConfigurableResource):
     def ensure_tables(self) -> None:
         """Create the Marketflow tables and indexes if they do not exist (idempotent)."""
         with self.get_connection() as conn, conn.cursor() as cur:
-            for statement in create_all_sql():
-                cur.execute(statement)
+            create_tables(cur)
 
     def fetch_indicator_state(
         self, coin_ids: Sequence[str] | None, start: datetime, lookback_start: datetime

@@ -300,9 +300,9 @@ class ReadinessProbes:
             consumer.close()
 
     def _parquet_written(self) -> bool:
-        from marketflow_assets.raw_dataset import snapshot
+        from marketflow_assets.raw_dataset import has_files
 
-        return bool(snapshot(self.settings.raw_dir).files_all)  # a committed table version
+        return has_files(self.settings.raw_dir)
 
     def _ui_serves(self) -> bool:
         url = f"http://{self.args.host}:{self.args.port}/server_info"
@@ -438,6 +438,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         logger.info("all components stopped")
 
 
+def create_marketflow_tables(postgres_url: str) -> None:
+    """The Marketflow tables (idempotent), over plain psycopg2: ``up`` lives as long as the
+    stack and loads neither Dagster nor pandas (the children do)."""
+    import psycopg2
+
+    from marketflow_assets.schema import create_tables
+
+    conn = psycopg2.connect(postgres_url, connect_timeout=10)
+    try:
+        with conn, conn.cursor() as cur:
+            create_tables(cur)
+    finally:
+        conn.close()
+
+
 def _supervise(
     args,
     settings: Settings,
@@ -448,18 +463,14 @@ def _supervise(
 ) -> int:
     """Start the children, announce readiness, restart the ones that exit, stop them all in
     reverse order on exit."""
-    from marketflow_assets.instance import seed_daemon_cursors
-    from marketflow_assets.resources.postgres import PostgresResource
+    from marketflow_assets.instance import seed_in_child
 
-    PostgresResource(url=settings.postgres_url).ensure_tables()
-    try:  # the run-retry daemon's first start then logs no warning
-        seed_daemon_cursors(settings.postgres_url)
-    except Exception as exc:  # noqa: BLE001 - only spares a warning: never stops `up`
-        logger.debug("could not seed the run-retry daemon's cursors: %s", exc)
+    create_marketflow_tables(settings.postgres_url)
     source = resolve_source(args, settings)
     if source == "replay":  # a new `up` replays the file from its start
         replay_progress_path(settings).unlink(missing_ok=True)
     env = child_env(settings, args)
+    seed_in_child(env)  # the run-retry daemon's first start then logs no warning
     children = build_children(args, settings, source)
     children.append(dashboard_child(args, settings))
     policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window)

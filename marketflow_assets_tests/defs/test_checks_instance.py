@@ -124,6 +124,53 @@ def test_the_run_retry_daemon_starts_quietly_after_the_newest_event(
         assert _fetch_persisted_cursors(instance, DAGSTER_EVENT_TYPES, daemon_log)[first] == 1
 
 
+def test_up_prepares_postgres_and_seeds_the_cursors_without_loading_dagster(tmp_path, dagster_db):
+    """``marketflow up`` lives as long as the stack: its table creation, Dagster home, cursor
+    seeding (a short child) and the raw table readiness probe load neither Dagster nor pandas."""
+    import os
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+
+    from dagster_postgres import DagsterPostgresStorage
+
+    from marketflow_assets.instance import run_retry_cursor_keys
+    from marketflow_assets.raw_dataset import append_frame
+
+    raw = tmp_path / "raw_prices"
+    append_frame(raw, make_raw(datetime.now(UTC), polls=2, coins=2))
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from marketflow_assets import instance, raw_dataset\n"
+        "from marketflow_assets.runtime import up\n"
+        "url = os.environ['MARKETFLOW_POSTGRES_URL']\n"
+        "up.create_marketflow_tables(url)\n"
+        "env = {**os.environ, **instance.prepare_dagster_home(Path(sys.argv[1]))}\n"
+        "instance.seed_in_child(env)\n"
+        "print(*(raw_dataset.has_files(Path(p)) for p in sys.argv[2:]))\n"
+        "heavy = ('dagster', 'pandas', 'pyarrow', 'pyspark')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "home"), str(raw), str(tmp_path / "none")],
+        env={**os.environ, "MARKETFLOW_POSTGRES_URL": dagster_db},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True False", "[]"]
+    with psycopg2.connect(dagster_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM price_indicators")  # the Marketflow tables exist
+    storage = DagsterPostgresStorage(postgres_url=dagster_storage_url(dagster_db))
+    try:
+        stored = storage.run_storage.get_cursor_values(run_retry_cursor_keys())
+    finally:
+        storage.event_log_storage.dispose()
+    assert set(stored) == run_retry_cursor_keys()
+
+
 def test_postgres_config_needs_its_env_var(tmp_path, monkeypatch):
     prepare_dagster_home(tmp_path / "home")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
