@@ -50,12 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     args.mode = args.mode or "quick"
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("alembic", "py4j", "dagster"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from marketflow_assets.cli import configure_logging
+
+    configure_logging(args.verbose)  # the CLI's: kafka-python, py4j, alembic ... at WARNING
+    logging.getLogger("dagster").setLevel(logging.WARNING)
     from marketflow_assets.settings import export_default, export_pyspark_python
 
     export_pyspark_python()

@@ -565,6 +565,7 @@ def run(
             env = up.child_env(resolved, args)
             built = {child.name: child for child in up.build_children(args, resolved, "simulate")}
             ingest, spark, dagster = built["ingest"], built["spark"], built["dagster"]
+            code_server, daemon = built["dagster-code"], built["dagster-daemon"]
             follow = built.get("follow")
             warmup = up.Child("ingest-warmup", [*ingest.argv, "--max-polls", "1"], ingest.log_path)
             # Not started here: the Spark Connect server that ``up`` keeps for backfills. Runs of
@@ -572,7 +573,7 @@ def run(
             # child but ingest (the follower, and any live path ``up`` starts by default).
             started = {
                 "up": [c for name, c in built.items() if name != "ingest"],
-                "daemon": [spark, dagster],
+                "daemon": [spark, code_server, dagster, daemon],
             }.get(path, [spark])
             extra = []
             if "quix" in found:

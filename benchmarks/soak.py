@@ -100,24 +100,16 @@ def _own_rss(proc) -> int:
         return 0
 
 
-def rss(spark_pid: int, dagster_pid: int) -> dict[str, int]:
+def rss(spark_pid: int, webserver_pid: int, daemon_pid: int) -> dict[str, int]:
     """RSS in bytes of the Spark driver tree (Python driver + JVM), the Dagster daemon and the
-    webserver processes."""
+    webserver processes (``up``'s ``dagster-daemon`` and ``dagster`` children)."""
     import psutil
 
-    out = {"spark driver (python + JVM)": _tree_rss(psutil.Process(spark_pid))}
-    daemon = web = None
-    for child in psutil.Process(dagster_pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            cmd = " ".join(child.cmdline())
-            # dagster dev runs `python -m dagster._daemon run` and `python -m dagster_webserver`
-            if daemon is None and ("dagster._daemon" in cmd or "dagster-daemon" in cmd):
-                daemon = child
-            elif web is None and ("dagster_webserver" in cmd or "dagster-webserver" in cmd):
-                web = child
-    out["dagster daemon"] = _own_rss(daemon)
-    out["dagster webserver"] = _own_rss(web)
-    return out
+    return {
+        "spark driver (python + JVM)": _tree_rss(psutil.Process(spark_pid)),
+        "dagster daemon": _own_rss(psutil.Process(daemon_pid)),
+        "dagster webserver": _own_rss(psutil.Process(webserver_pid)),
+    }
 
 
 def run() -> None:
@@ -157,7 +149,7 @@ def run() -> None:
             ingest, spark, dagster = built["ingest"], built["spark"], built["dagster"]
             # many micro-batches, as many hours of a live run would bring (time-compressed too)
             spark.argv += ["--trigger-seconds", str(TRIGGER_S)]
-            for child in (spark, dagster):
+            for child in (spark, built["dagster-code"], dagster, built["dagster-daemon"]):
                 up.start_child(child, env)
                 children.append(child)
             probes = up.ReadinessProbes(resolved, args)
@@ -171,7 +163,7 @@ def run() -> None:
                 children,
             )
             time.sleep(20)  # let the daemon load the code location and start ticking
-            at_start = rss(spark.proc.pid, dagster.proc.pid)
+            at_start = rss(spark.proc.pid, dagster.proc.pid, built["dagster-daemon"].proc.pid)
             up.start_child(ingest, env)
             children.append(ingest)
             last_compaction = time.monotonic()
@@ -191,7 +183,7 @@ def run() -> None:
                 time.sleep(5)
             time.sleep(60)
             compaction.compact(resolved.raw_dir)
-            after = rss(spark.proc.pid, dagster.proc.pid)
+            after = rss(spark.proc.pid, dagster.proc.pid, built["dagster-daemon"].proc.pid)
             files = len(snapshot(resolved.raw_dir).files_all)  # data files of the table
             rows = _raw_rows(resolved.raw_dir)
             stop_children(children)

@@ -677,11 +677,6 @@ def child_environment(
     return env
 
 
-def python_warnings_with(extra: str) -> str:
-    """``PYTHONWARNINGS`` for a child: this environment's filters plus ``extra``."""
-    return ",".join(f for f in (os.environ.get("PYTHONWARNINGS", ""), extra) if f)
-
-
 def fresh_stack_environment(data_dir: Path, **extra: str) -> dict[str, str]:
     """The environment of a ``marketflow up`` that a test, a benchmark or a docs script starts on
     a data directory of its own: this process's environment without any Marketflow, CoinGecko or

@@ -69,6 +69,9 @@ class Child:
     # on every start and that says nothing to a user (see JVM_NOISE)
     quiet_lines: tuple[bytes, ...] = ()
     output_pump: threading.Thread | None = None  # copies its output to the log (quiet_lines)
+    # a port it serves on 127.0.0.1 that the children after it need: ``up`` starts them once it
+    # listens (the Dagster code server, for the webserver and the daemon)
+    listens_on: int | None = None
 
 
 #: What every JVM Spark starts prints first: Spark's launcher always adds the incubating Vector

@@ -132,7 +132,10 @@ def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
             "PYSPARK_PYTHON": sys.executable,
             "PYSPARK_DRIVER_PYTHON": sys.executable,
             "PYTHONUNBUFFERED": "1",
-        }
+        },
+        # glibc's malloc keeps up to 8 arenas per core in every multi-threaded process (the
+        # JVM, the gRPC servers): two are enough here, ~25 MB less across the stack
+        defaults={"MALLOC_ARENA_MAX": "2"},
     )
     security = settings.kafka_security
     for name, path in (
@@ -156,20 +159,6 @@ def replay_progress_path(settings: Settings) -> Path:
     return settings.data_dir / "ingest" / "replay_progress.json"
 
 
-#: ``dagster dev`` warns on every start that ``dg dev`` supersedes it (``dg`` needs a
-#: ``dg``-scaffolded project; ``dagster dev`` is what this one runs).
-DAGSTER_DEV_SUPERSEDED = "ignore:Function `dev_command` is superseded"
-
-
-def quiet_dagster_dev_warnings() -> str:
-    """``PYTHONWARNINGS`` for the ``dagster dev`` child: the user's filters plus one that drops
-    the "superseded" warning (by its message: naming the category would import dagster in every
-    Python process the child starts)."""
-    from marketflow_assets.settings import python_warnings_with
-
-    return python_warnings_with(DAGSTER_DEV_SUPERSEDED)
-
-
 def build_children(args, settings: Settings, source: str) -> list[Child]:
     logs = settings.data_dir / "logs"
     ingest = [sys.executable, "-m", "marketflow_assets.cli", "ingest", "--source", source]
@@ -191,16 +180,6 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
         metrics["spark"],
     )
     follow = [sys.executable, "-m", "marketflow_assets.cli", "follow"]
-    dagster = [
-        str(Path(sys.executable).with_name("dagster")),
-        "dev",
-        "-w",
-        str(REPO_ROOT / "workspace.yaml"),
-        "-h",
-        args.host,
-        "-p",
-        str(args.port),
-    ]
     children = [
         # a replay that reached the end of its file is done; other sources run until stopped
         Child(
@@ -214,22 +193,77 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
         Child(
             "spark", spark, logs / "spark_streaming.log", needs=("kafka",), quiet_lines=JVM_NOISE
         ),
-        Child(
-            "dagster",
-            dagster,
-            logs / "dagster.log",
-            stop_signal=signal.SIGINT,
-            needs=("postgres",),
-            env={"PYTHONWARNINGS": quiet_dagster_dev_warnings()},
-            # in its DAGSTER_HOME: `dagster dev` warns about the repository's SQLite dagster.yaml
-            # when started beside it (every path it is given is absolute)
-            cwd=settings.data_dir / "dagster_home",
-        ),
+        *dagster_children(args, settings),
         Child("follow", follow, logs / "follow.log", needs=("postgres",)),
     ]
     if load_live_settings().enabled:  # MARKETFLOW_LIVE=0 turns the live path off
         children.append(live_child(settings))
     return children
+
+
+#: The code location's name in the UI (as ``workspace.yaml`` names it for a plain ``dagster dev``).
+LOCATION_NAME = "marketflow"
+
+
+def dagster_children(args, settings: Settings) -> list[Child]:
+    """Dagster as three children, what ``dagster dev`` would start under a process of its own
+    plus a code-server proxy (~170 MB for the two): ``dagster-code``, the code location's gRPC
+    server on 127.0.0.1 (webserver, daemon and runs talk to it; runs start in its processes);
+    ``dagster``, the webserver (the UI on ``--host``:``--port``); ``dagster-daemon`` (sensors,
+    schedules, run queue and retries). One workspace file in the Dagster home points both at the
+    code server; all three log to ``logs/dagster.log`` and run in the Dagster home (beside the
+    repository's SQLite ``dagster.yaml`` Dagster would warn about it). A code change needs
+    ``dagster-code`` restarted (or ``up``): the UI's "Reload" re-reads the running server."""
+    port = free_port()
+    home = settings.data_dir / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    workspace = home / "workspace.yaml"
+    workspace.write_text(
+        "# written by `marketflow up`: the code server it supervises (child dagster-code)\n"
+        "load_from:\n"
+        "  - grpc_server:\n"
+        "      host: 127.0.0.1\n"
+        f"      port: {port}\n"
+        f"      location_name: {LOCATION_NAME}\n"
+    )
+    bin_dir = Path(sys.executable).parent
+    code = [sys.executable, "-m", "dagster", "api", "grpc", "-m", "marketflow_assets.definitions"]
+    code += ["-d", str(REPO_ROOT), "--location-name", LOCATION_NAME]
+    # lazy: the server listens at once and a definitions error is shown in the UI, not a crash
+    code += ["-h", "127.0.0.1", "-p", str(port), "--lazy-load-user-code"]
+    webserver = [str(bin_dir / "dagster-webserver"), "-w", str(workspace)]
+    webserver += ["-h", args.host, "-p", str(args.port)]
+    daemon = [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)]
+    log = settings.data_dir / "logs" / "dagster.log"
+    children = [
+        Child(name, argv, log, stop_signal=signal.SIGINT, needs=("postgres",), cwd=home)
+        for name, argv in (
+            ("dagster-code", code),
+            ("dagster", webserver),
+            ("dagster-daemon", daemon),
+        )
+    ]
+    children[0].listens_on = port  # the webserver and the daemon start once it listens
+    return children
+
+
+def wait_listening(child: Child, stop_requested: threading.Event, timeout_s: float = 120.0) -> None:
+    """Wait until ``child`` listens on its port (:attr:`Child.listens_on`), it exited (the
+    supervisor restarts it), a stop is requested or ``timeout_s`` passed (said, not raised)."""
+    deadline = time.monotonic() + timeout_s
+    while not stop_requested.is_set() and time.monotonic() < deadline:
+        if wait_for_port("127.0.0.1", child.listens_on, 0.2):
+            return
+        if child.proc is None or child.proc.poll() is not None:
+            return
+    if not stop_requested.is_set():
+        logger.warning(
+            "%s: not listening on 127.0.0.1:%s after %.0f s; starting the rest anyway (see %s)",
+            child.name,
+            child.listens_on,
+            timeout_s,
+            child.log_path,
+        )
 
 
 def dashboard_child(args, settings: Settings) -> Child:
@@ -481,7 +515,8 @@ def _supervise(
         for child in children:
             if stop_requested.is_set():
                 return 0
-            if child.name == "dagster" and not env.get(SPARK_REMOTE_ENV):
+            # runs start in the code server's processes: it needs the Spark Connect URL
+            if child.name == "dagster-code" and not env.get(SPARK_REMOTE_ENV):
                 connect = OnDemandConnect(settings, args)
                 stack.callback(connect.close)
                 env[SPARK_REMOTE_ENV] = connect.url
@@ -491,6 +526,8 @@ def _supervise(
                     connect.url,
                 )
             supervisor.start(child)
+            if child.listens_on:
+                wait_listening(child, stop_requested)
         return _watch(supervisor, settings, args, stop_requested, connect, broker, postgres)
 
 

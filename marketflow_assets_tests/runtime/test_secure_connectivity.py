@@ -272,7 +272,7 @@ def test_up_end_to_end_over_verified_tls_and_stops_cleanly(tls_kafka, tls_postgr
     for component in ("ingest", "spark", "dagster"):
         assert f"ready: {component}" in text
     assert f"ready: dashboard — http://127.0.0.1:{dashboard_port}" in text
-    # quiet logs: `dagster dev` runs in its DAGSTER_HOME (no warning about the repository's
+    # quiet logs: Dagster runs in its DAGSTER_HOME (no warning about the repository's
     # dagster.yaml), says nothing about `dg dev`, its run-retry daemon found its cursor; no JVM
     # line about incubator modules
     dagster_log = (data_dir / "logs" / "dagster.log").read_text(errors="replace")

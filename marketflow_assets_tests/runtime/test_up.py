@@ -175,8 +175,8 @@ def _spark_restarted(up: psutil.Process, old_pid: int) -> bool:
 
 
 def test_up_restarts_killed_children_loses_nothing_and_stops_only_a_crash_loop(tmp_path):
-    """kill -9 of the Spark job and `dagster dev`, then of ingest: `up` restarts them, the UI
-    serves again and every poll recorded by `--record` (acknowledged by the broker) is in the raw
+    """kill -9 of the Spark job and the Dagster webserver, then of ingest: `up` restarts them, the
+    UI serves again and every poll recorded by `--record` (acknowledged by the broker) is in the raw
     Parquet exactly once; kill -9 of the embedded broker: `up` restarts it, ingest (not
     restarted) recreates the topic, and the polls published to the new broker reach the Parquet
     exactly once; more kills of the Spark job exceed --max-restarts 2: `up` stops that job only
@@ -197,9 +197,9 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_only_a_crash_loop(t
         spark = _child(up, "kafka_streaming.py")
         spark.kill()
         _child(up, "kafka_streaming.py", not_pid=spark.pid)
-        dagster = _child(up, "dagster dev")
-        dagster.kill()  # its webserver, daemon and code server go with its process group
-        _child(up, "dagster dev", not_pid=dagster.pid)
+        dagster = _child(up, "dagster-webserver")
+        dagster.kill()  # the UI: the code server and the daemon run on
+        _child(up, "dagster-webserver", not_pid=dagster.pid)
         ingest = _child(up, " ingest ")
         ingest.kill()
         ingest = _child(up, " ingest ", not_pid=ingest.pid)
