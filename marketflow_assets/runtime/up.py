@@ -1,18 +1,20 @@
 """``marketflow up``: the whole pipeline on one machine, supervised, stopped cleanly by a signal.
 
 Order of start-up: PostgreSQL and Kafka (embedded unless configured), the tables and topics, then
-the child processes — the ingest loop, the Spark streaming job, ``dagster dev`` on 127.0.0.1:3000
-and a Spark Connect server for the Dagster runs (its URL is served from the start, its JVM started
-when a run first connects: :class:`OnDemandConnect`). Each child runs in its own process group with
-its output in ``$MARKETFLOW_DATA_DIR/logs/<name>.log``; one line is printed per component when it
-is ready. A child that exits is restarted with exponential backoff; one that exits while a service
-it needs (Kafka, PostgreSQL) is down waits for it instead; a crash loop (more than
-``--max-restarts`` restarts within ``--restart-window`` seconds while its services are up) stops
-that child only, and ingest never (see :mod:`marketflow_assets.runtime.supervisor`). An embedded
-broker or PostgreSQL that dies is started again on the same port / data directory. Each service
-outage and each crash loop is alerted (``MARKETFLOW_ALERT_WEBHOOK_URL``). On SIGINT (Ctrl-C),
-SIGTERM or SIGHUP (a closed terminal) the children are stopped in reverse order (whole process
-groups, so Dagster's run workers and Spark's JVM go too), then the broker and PostgreSQL.
+the child processes — the ingest loop, the Spark streaming job, Dagster (:func:`dagster_children`:
+its code server, then the webserver on 127.0.0.1:3000 and the daemon), a Spark Connect server for
+the Dagster runs (its URL is served from the start, its JVM started when a run first connects:
+:class:`OnDemandConnect`), the follower, the live path and the dashboard. Each child runs in its
+own process group with its output in ``$MARKETFLOW_DATA_DIR/logs/<name>.log`` (Dagster's three:
+``dagster.log``); one line is printed per component when it is ready. A child that exits is
+restarted with exponential backoff; one that exits while a service it needs (Kafka, PostgreSQL) is
+down waits for it instead; a crash loop (more than ``--max-restarts`` restarts within
+``--restart-window`` seconds while its services are up) stops that child only, and ingest never
+(see :mod:`marketflow_assets.runtime.supervisor`). An embedded broker or PostgreSQL that dies is
+started again on the same port / data directory. Each service outage and each crash loop is alerted
+(``MARKETFLOW_ALERT_WEBHOOK_URL``). On SIGINT (Ctrl-C), SIGTERM or SIGHUP (a closed terminal) the
+children are stopped in reverse order (whole process groups, so Dagster's run workers and Spark's
+JVM go too), then the broker and PostgreSQL.
 """
 
 from __future__ import annotations
