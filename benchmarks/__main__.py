@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=("up", "daemon", "inprocess"),
         default="up",
         help="Parquet->Postgres hop of the latency benchmark: what `marketflow up` runs (the "
-        "live follower + dagster dev, default), dagster dev with its sensors only, or an "
+        "live follower + Dagster, default), Dagster's daemon with its sensors only, or an "
         "in-process refresh loop",
     )
     parser.add_argument(

@@ -2,12 +2,12 @@
 
 The whole pipeline runs as ``marketflow up`` runs it (the same helpers of
 :mod:`marketflow_assets.runtime.up`): embedded Kafka (Tansu) and PostgreSQL, the Spark streaming job
-(2 s trigger), ``dagster dev`` (daemon, sensors) and the live follower (``marketflow follow``:
-in-process runs of ``refresh_indicators_job`` as soon as a raw file appears) as child processes;
-not the Spark Connect server ``up`` keeps for backfills, since runs of the newest hour compute in
-process and open no Spark session. Once the streaming job, the UI and the follower are up, the
-simulator (``marketflow ingest --source simulate``) publishes the polls; ``ts`` is the wall-clock
-time of each poll.
+(2 s trigger), Dagster (code server, webserver, daemon with its sensors) and the live follower
+(``marketflow follow``: in-process runs of ``refresh_indicators_job`` as soon as a raw file appears)
+as child processes; not the Spark Connect server ``up`` keeps for backfills, since runs of the
+newest hour compute in process and open no Spark session. Once the streaming job, the UI and the
+follower are up, the simulator (``marketflow ingest --source simulate``) publishes the polls; ``ts``
+is the wall-clock time of each poll.
 
 From the outside, this process watches
 
@@ -87,9 +87,10 @@ MARKET = {
 }
 PATHS = {
     "up": "what `marketflow up` runs: the live path (marketflow live, straight from the topic), "
-    "the follower (marketflow follow, in-process runs) and dagster dev's sensors",
-    "daemon": "dagster dev only: observation sensor -> automation sensor -> run launcher",
-    "inprocess": "in-process refresh loop (dg.materialize) instead of dagster dev",
+    "the follower (marketflow follow, in-process runs) and Dagster's daemon with its sensors",
+    "daemon": "Dagster only (code server, webserver, daemon): observation sensor -> automation "
+    "sensor -> run launcher",
+    "inprocess": "in-process refresh loop (dg.materialize) instead of Dagster's daemon",
 }
 DRAIN_TIMEOUT_S = 240.0
 #: The baseline processors (same topic, same PostgreSQL, same indicators): their tables, names.

@@ -1,7 +1,7 @@
 """Accelerated soak (full mode only): RSS of the long-running processes over many hours of polls.
 
 The pipeline runs as ``marketflow up`` runs it (embedded broker and PostgreSQL, the Spark
-streaming job, ``dagster dev`` with its daemon, webserver, sensors and schedules), then
+streaming job, Dagster's code server, webserver and daemon with its sensors and schedules), then
 ``marketflow ingest --source replay`` publishes ``HOURS`` hours of recorded-format polls
 (``COINS`` coins every 30 s, ``ts`` ending now) at ``SPEED`` times real time, the streaming job
 triggering a micro-batch every ``TRIGGER_S`` seconds (many batches, as hours of a live run bring,

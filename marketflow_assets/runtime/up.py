@@ -152,8 +152,11 @@ def child_env(settings: Settings, args: argparse.Namespace) -> dict[str, str]:
 
 
 def start_child(child: Child, env: dict[str, str]) -> None:
-    """Start ``child`` unsupervised (benchmarks), in the repository root like ``up`` does."""
+    """Start ``child`` unsupervised (benchmarks), in the repository root like ``up`` does (and,
+    like ``up``, wait until it listens when the children after it need its port)."""
     _supervisor.start_child(child, env, REPO_ROOT)
+    if child.listens_on:
+        wait_listening(child, threading.Event())
 
 
 def replay_progress_path(settings: Settings) -> Path:
