@@ -86,11 +86,12 @@ def free_port(host: str = LOOPBACK) -> int:
         return sock.getsockname()[1]
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` for children: deliver SIGTERM to the child when its parent dies (Linux)."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """``preexec_fn`` for children: deliver ``sig`` (SIGTERM) to the child when its parent dies
+    (Linux)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
     except OSError:  # pragma: no cover - not Linux
         pass
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -72,6 +73,10 @@ class Child:
     # a port it serves on 127.0.0.1 that the children after it need: ``up`` starts them once it
     # listens (the Dagster code server, for the webserver and the daemon)
     listens_on: int | None = None
+    # what it gets when `up` dies (kill -9): SIGTERM, or SIGKILL for a child that must go even
+    # when a SIGTERM reaches it at a moment it does not act on (the Dagster webserver and daemon
+    # were seen to live on: their state is in PostgreSQL, nothing to finish)
+    death_signal: int = signal.SIGTERM
 
 
 #: What every JVM Spark starts prints first: Spark's launcher always adds the incubating Vector
@@ -199,7 +204,7 @@ def start_child(child: Child, env: dict[str, str], cwd: Path | None = None) -> N
             stdout=subprocess.PIPE if child.quiet_lines else log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # signals of the terminal reach `up` only
-            preexec_fn=die_with_parent,
+            preexec_fn=functools.partial(die_with_parent, child.death_signal),
         )
     if child.quiet_lines:
         child.output_pump = threading.Thread(

@@ -249,6 +249,8 @@ def dagster_children(args, settings: Settings) -> list[Child]:
         )
     ]
     children[0].listens_on = port  # the webserver and the daemon start once it listens
+    for child in children[1:]:
+        child.death_signal = signal.SIGKILL  # when `up` dies: see Child.death_signal
     return children
 
 

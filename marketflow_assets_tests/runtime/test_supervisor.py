@@ -5,11 +5,13 @@ order."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -251,3 +253,48 @@ def test_quiet_lines_are_left_out_of_a_childs_log_even_from_its_grandchild(tmp_p
     finally:
         supervisor.stop_all()
     assert log.read_text().splitlines() == ["first", "WARNING: a real one", "late"]
+
+
+def test_a_child_gets_its_death_signal_when_its_parent_is_killed(tmp_path):
+    """kill -9 of the supervising process: a child with ``death_signal=SIGKILL`` goes even when
+    it ignores SIGTERM; one with the default SIGTERM that ignores it lives on."""
+    ignoring = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    parent = (
+        "import signal, sys, time\n"
+        "from pathlib import Path\n"
+        "from marketflow_assets.runtime.supervisor import Child, start_child\n"
+        "log = Path(sys.argv[1])\n"
+        "for name, sig in (('hard', signal.SIGKILL), ('soft', signal.SIGTERM)):\n"
+        f"    child = Child(name, [sys.executable, '-c', {ignoring!r}], log, death_signal=sig)\n"
+        "    start_child(child, {})\n"
+        "    print(name, child.proc.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = psutil.Popen(
+        [PY, "-c", parent, str(tmp_path / "child.log")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    pids = {}
+    try:
+        for _ in range(2):
+            name, pid = proc.stdout.readline().split()
+            pids[name] = int(pid)
+        time.sleep(1.0)  # both have set their SIGTERM handler
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(pids["hard"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        hard_alive = psutil.pid_exists(pids["hard"]) and (
+            psutil.Process(pids["hard"]).status() != psutil.STATUS_ZOMBIE
+        )
+        assert not hard_alive
+        assert psutil.Process(pids["soft"]).is_running()  # SIGTERM ignored: it lives on
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        if proc.poll() is None:
+            proc.kill()
