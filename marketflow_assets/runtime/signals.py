@@ -31,8 +31,10 @@ def stop_after_work_in_hand(
     def handler(signum, _frame) -> None:
         if second_sigint_interrupts and stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        log.info("received %s; stopping after %s", signal.Signals(signum).name, work)
+        # set before the log line: Python runs a signal arriving meanwhile inside this handler,
+        # and that one must see the stop (a second Ctrl-C interrupts, not "received" again)
         stop.set()
+        log.info("received %s; stopping after %s", signal.Signals(signum).name, work)
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
