@@ -24,7 +24,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from marketflow_assets.settings import (
     ENV_KAFKA_CAFILE,
@@ -447,6 +447,53 @@ def preflight(bootstrap: str, security: KafkaSecurity | None, timeout_s: float =
     return False
 
 
+def read_each(
+    consumer,
+    topic: str,
+    offsets: Mapping[int, int],
+    take: Callable[[int, list], bool],
+    timeout_s: float,
+    max_records: int | None = None,
+) -> set[int]:
+    """Fetch each partition of ``topic`` from its offset in ``offsets`` and hand what arrives to
+    ``take(partition, records)`` until it says that partition is done (True) or ``timeout_s``
+    passes; returns the partitions done. The consumer's assignment is emptied afterwards.
+
+    A finished partition leaves the assignment (the others keep their positions); it is never
+    paused: kafka-python 3 parks what a paused partition's in-flight fetch brings back
+    (KAFKA-7548) and gives it back only while no other partition's drained records are in hand,
+    so on a long-lived consumer that partition is never fetched again, whatever it is assigned
+    and seeked to later. That starved the next :meth:`KafkaOffsetProbe.end_offsets` of a
+    partition for its whole timeout while a producer was writing: the Spark source then planned
+    micro-batches without a poll's last records, which waited for the next poll."""
+    from kafka import TopicPartition
+
+    pending = {p: TopicPartition(topic, p) for p in offsets}
+    done: set[int] = set()
+    if not pending:
+        return done
+    consumer.assign(list(pending.values()))
+    for p, tp in pending.items():
+        consumer.seek(tp, offsets[p])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while pending and time.monotonic() < deadline:
+            polled = consumer.poll(timeout_ms=200, max_records=max_records, update_offsets=True)
+            finished = [
+                tp.partition
+                for tp, records in polled.items()
+                if tp.partition in pending and take(tp.partition, records)
+            ]
+            if finished:
+                for p in finished:
+                    del pending[p]
+                done.update(finished)
+                consumer.assign(list(pending.values()))  # the others keep their positions
+    finally:
+        consumer.assign([])
+    return done
+
+
 class KafkaOffsetProbe:
     """Driver-side view of a topic's partitions and their *true* beginning/end offsets."""
 
@@ -501,35 +548,20 @@ class KafkaOffsetProbe:
         key>"``); partitions whose record did not arrive within ``timeout_s`` are left out."""
         import zlib
 
-        from kafka import TopicPartition
-
         present = set(self.existing(offsets))
         offsets = {p: o for p, o in offsets.items() if p in present}
-        if not offsets:
-            return {}
-        c = self.consumer
-        tps = {p: TopicPartition(self.topic, p) for p in offsets}
-        c.assign(list(tps.values()))
-        for p, off in offsets.items():
-            c.seek(tps[p], off)
         stamps: dict[int, str] = {}
-        deadline = time.monotonic() + timeout_s
-        try:
-            while len(stamps) < len(offsets) and time.monotonic() < deadline:
-                for tp, recs in c.poll(timeout_ms=200, update_offsets=True).items():
-                    for r in recs:
-                        if r.offset == offsets[tp.partition]:
-                            stamps[tp.partition] = f"{r.timestamp}:{zlib.crc32(r.key or b'')}"
-                    if tp.partition not in stamps:  # past it (compacted away): stop waiting
-                        if recs and recs[-1].offset >= offsets[tp.partition]:
-                            stamps.setdefault(tp.partition, "")
-                            c.pause(tp)
-                    else:
-                        c.pause(tp)
-        finally:
-            c.resume(*tps.values())
-            c.assign([])
-        return {p: v for p, v in stamps.items() if v}
+
+        def take(partition: int, records: list) -> bool:
+            target = offsets[partition]
+            for r in records:
+                if r.offset == target:
+                    stamps[partition] = f"{r.timestamp}:{zlib.crc32(r.key or b'')}"
+                    return True
+            return bool(records) and records[-1].offset >= target  # past it: compacted away
+
+        read_each(self.consumer, self.topic, offsets, take, timeout_s)
+        return stamps
 
     def beginning_offsets(self, partitions: Sequence[int]) -> Offsets:
         """Earliest offsets of those of ``partitions`` that exist (the others are left out)."""

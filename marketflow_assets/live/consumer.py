@@ -173,37 +173,29 @@ class LiveConsumer:
         earlier incarnation of the topic (a memory-only broker restarted and ingest recreated
         and refilled the topic while this process was down). A record consumed before -
         written, or skipped as late - is never newer than its coin's last row."""
-        from kafka import TopicPartition
-
         wanted = {p: o - 1 for p, o in stored.items() if o > 0}
         if not wanted:
             return []
-        probe = self._consumer()
         unseen: list[int] = []
+
+        def take(partition: int, records: list) -> bool:
+            record = next((r for r in records if r.offset == wanted[partition]), None)
+            if record is None:
+                # nothing yet: wait; past it (out of range / compacted: kafka-python goes to the
+                # earliest offset): nothing to tell
+                return bool(records)
+            row = contract.parse_value(record.value)
+            if type(row) is contract.Invalid:
+                return True  # an invalid record: nothing to tell
+            coin, ts_ns = row[0], row[-1] * 1000  # raw row: id first, ts (us) last
+            last = self.state.last
+            if coin not in last.index or ts_ns > int(last.at[coin, "t"]):
+                unseen.append(partition)
+            return True
+
+        probe = self._consumer()
         try:
-            tps = {p: TopicPartition(self.topic, p) for p in wanted}
-            probe.assign(list(tps.values()))
-            for p, off in wanted.items():
-                probe.seek(tps[p], off)
-            pending = dict(wanted)
-            deadline = time.monotonic() + timeout_s
-            while pending and time.monotonic() < deadline:
-                for tp, recs in probe.poll(timeout_ms=200).items():
-                    target = pending.get(tp.partition)
-                    record = next((r for r in recs if r.offset == target), None)
-                    if target is None or (record is None and not recs):
-                        continue
-                    pending.pop(tp.partition)
-                    probe.pause(tp)
-                    if record is None:
-                        continue  # out of range / compacted: kafka-python goes to the earliest
-                    row = contract.parse_value(record.value)
-                    if type(row) is contract.Invalid:
-                        continue  # an invalid record: nothing to tell
-                    coin, ts_ns = row[0], row[-1] * 1000  # raw row: id first, ts (us) last
-                    last = self.state.last
-                    if coin not in last.index or ts_ns > int(last.at[coin, "t"]):
-                        unseen.append(tp.partition)
+            kafka_client.read_each(probe, self.topic, wanted, take, timeout_s)
         except Exception as exc:  # noqa: BLE001 - the check is best effort
             logger.warning("live: could not check the stored offsets (%s)", exc)
         finally:

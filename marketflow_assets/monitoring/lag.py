@@ -146,26 +146,16 @@ def first_record_timestamps(
     probe, starts: dict[int, int], timeout_s: float = 3.0
 ) -> dict[int, float]:
     """Unix time (broker record timestamp) of the first record at or after each start offset."""
-    from kafka import TopicPartition
+    from marketflow_assets.kafka_client import read_each
 
-    if not starts:
-        return {}
-    consumer = probe.consumer
-    tps = {p: TopicPartition(probe.topic, p) for p in starts}
-    consumer.assign(list(tps.values()))
-    for p, tp in tps.items():
-        consumer.seek(tp, starts[p])
     found: dict[int, float] = {}
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(found) < len(tps) and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=200, max_records=500).items():
-                if records and tp.partition not in found:
-                    found[tp.partition] = records[0].timestamp / 1000.0
-                    consumer.pause(tp)
-    finally:
-        consumer.resume(*tps.values())
-        consumer.assign([])
+
+    def take(partition: int, records: list) -> bool:
+        if records:
+            found[partition] = records[0].timestamp / 1000.0
+        return bool(records)
+
+    read_each(probe.consumer, probe.topic, starts, take, timeout_s, max_records=500)
     return found
 
 

@@ -68,6 +68,56 @@ def test_probe_finds_the_true_end_offset(kafka_bootstrap, new_topic):
         probe.close()
 
 
+def test_probe_finds_every_end_while_a_producer_writes(kafka_bootstrap, new_topic):
+    """The source's probe reads stamps (one record per partition) and end offsets on one
+    long-lived consumer, trigger after trigger, while ingest publishes a poll. Every end it
+    reports after the publish must be the true one: a partition stamped while its fetch was in
+    flight once went unfetched for the probe's whole timeout (kafka-python parks what a paused
+    partition fetched), and the micro-batch was planned without the poll's last records."""
+    import threading
+
+    from marketflow_assets.kafka_client import fast_producer
+
+    topic = new_topic("src_busy", partitions=3)
+    producer = fast_producer(kafka_bootstrap)
+    delivered: dict[int, int] = {}
+
+    def acked(err, msg) -> None:
+        assert err is None, err
+        delivered[msg.partition()] = max(delivered.get(msg.partition(), 0), msg.offset() + 1)
+
+    probe = KafkaOffsetProbe(kafka_bootstrap, topic)
+    try:
+        for poll in range(3):
+            done = threading.Event()
+
+            def publish(poll=poll, done=done) -> None:
+                for chunk in range(15):
+                    for i in range(chunk * 1000, chunk * 1000 + 1000):
+                        value = f'{{"poll": {poll}, "i": {i}, "pad": "{"x" * 500}"}}'.encode()
+                        producer.produce(
+                            topic, key=f"c{i}".encode(), value=value, on_delivery=acked
+                        )
+                    producer.flush(30)
+                    time.sleep(0.05)
+                done.set()
+
+            writer = threading.Thread(target=publish)
+            writer.start()
+            while not done.is_set():  # triggers during the publish
+                ends = probe.end_offsets([0, 1, 2])
+                probe.record_stamps({p: o - 1 for p, o in ends.items() if o > 0})
+            writer.join()
+            started = time.monotonic()
+            ends = probe.end_offsets([0, 1, 2])
+            took = time.monotonic() - started
+            assert ends == delivered, f"poll {poll}: probe {ends}, written {delivered}"
+            assert took < 1.5, f"poll {poll}: the probe waited {took:.1f} s for a record"
+            probe.record_stamps({p: o - 1 for p, o in ends.items()})
+    finally:
+        probe.close()
+
+
 def test_reader_reads_every_record_once_across_partitions(kafka_bootstrap, new_topic):
     topic = new_topic("src_all", partitions=2)
     produce(kafka_bootstrap, topic, 12, partition=0)
