@@ -106,7 +106,7 @@ def test_compaction_concurrent_with_streaming_then_replay(
             "--trigger-seconds",
             "0.5",
             "--max-offsets-per-trigger",
-            "80",
+            "40",
         ],
         env=env,
         cwd=job_cwd,

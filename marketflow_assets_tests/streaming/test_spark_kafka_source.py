@@ -68,6 +68,25 @@ def test_probe_finds_the_true_end_offset(kafka_bootstrap, new_topic):
         probe.close()
 
 
+def test_probe_metadata_is_at_most_metadata_fresh_s_old(kafka_bootstrap, new_topic):
+    """The probe reuses metadata for a short while (one request per trigger, not one per
+    question): a topic created meanwhile is seen once that while is over, never later."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    probe = KafkaOffsetProbe(kafka_bootstrap, f"src_late_{os.getpid()}_{time.monotonic_ns()}")
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        assert probe.partitions() == []
+        admin.create_topics([NewTopic(probe.topic, num_partitions=2, replication_factor=1)])
+        time.sleep(probe.metadata_fresh_s + 0.05)
+        assert probe.partitions() == [0, 1]
+    finally:
+        admin.delete_topics([probe.topic])
+        admin.close()
+        probe.close()
+
+
 def test_probe_finds_every_end_while_a_producer_writes(kafka_bootstrap, new_topic):
     """The source's probe reads stamps (one record per partition) and end offsets on one
     long-lived consumer, trigger after trigger, while ingest publishes a poll. Every end it
