@@ -74,7 +74,7 @@ from benchmarks.report import print_table, ratio_line
 logger = logging.getLogger(__name__)
 
 MODES = {
-    "quick": {"polls": 20, "interval": 2.0, "warmup": False},
+    "quick": {"polls": 20, "interval": 2.0, "warmup": True},
     "full": {"polls": 20, "interval": 30.0, "warmup": True},
 }
 COINS = 250
@@ -324,6 +324,10 @@ class Phase:
     total_rows: int = 0
     stats: dict = field(default_factory=dict)
     samples: dict = field(default_factory=dict)
+    #: the streaming job's micro-batches during the phase, and Spark's "falling behind"
+    #: warnings among them (a micro-batch that took longer than the trigger interval)
+    micro_batches: int = 0
+    falling_behind: int = 0
 
     def p95(self, watcher: Watcher | None, samples: list[float]) -> float:
         """p95 of ``samples``, infinite when a poll never became visible."""
@@ -459,6 +463,29 @@ def breakdown(logs: Path, phase: Phase) -> list[list[str]]:
             ["follower: in-process Dagster run (refresh + checks + events)", med(run_s[-n:])]
         )
     return rows
+
+
+def _dagster_rows(url: str) -> int:
+    """Rows of ``price_indicators`` Dagster recomputed from raw (the exact path)."""
+    import psycopg2
+
+    conn = psycopg2.connect(url, connect_timeout=3)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM price_indicators WHERE source = 'dagster'")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def spark_log_counts(log: Path, offset: int) -> tuple[int, int]:
+    """(micro-batches, "falling behind" warnings) in the streaming job's log after ``offset``."""
+    if not log.exists():
+        return 0, 0
+    with log.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    return text.count("micro-batch {"), text.count("Current batch is falling behind")
 
 
 def quix_child(up, resolved, work: Path):
@@ -628,6 +655,13 @@ def run(
                     "the warm-up poll in price_indicators",
                     children,
                 )
+                if path in ("up", "daemon"):  # and through Spark and Dagster (the exact path)
+                    wait_for(
+                        lambda: _dagster_rows(resolved.postgres_url) >= COINS,
+                        300,
+                        "the warm-up poll's rows recomputed by Dagster",
+                        children,
+                    )
             for child in extra:  # its consumer group has the topic's partitions
                 wait_for(
                     lambda c=child: "ready: consuming" in c.log_path.read_text(errors="replace"),
@@ -636,9 +670,12 @@ def run(
                     children,
                 )
             setup_s = time.monotonic() - started_at
+            spark_log = work / "logs" / "spark_streaming.log"
             for phase in phases:
                 tables = {c.name: BASELINE_TABLES[c.name] for c in extra}
+                log_from = spark_log.stat().st_size if spark_log.exists() else 0
                 _poll_phase(phase, up, ingest, env, resolved, children, tables, commit_times)
+                phase.micro_batches, phase.falling_behind = spark_log_counts(spark_log, log_from)
                 with contextlib.suppress(Exception):
                     breakdowns[phase.coins] = breakdown(work / "logs", phase)
             if loop is not None:
@@ -700,6 +737,11 @@ def run(
             exact,
             exact_target and f"<= {exact_target:g}",
             load,
+        )
+        print(
+            f"{prefix}streaming falling_behind_warnings = {phase.falling_behind}   (target 0; "
+            f"{phase.micro_batches} micro-batches)",
+            flush=True,
         )
         for name, watcher in phase.baselines.items():
             other = phase.p95(watcher, phase.samples[f"{name} total"])
