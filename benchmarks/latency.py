@@ -70,6 +70,7 @@ import numpy as np
 from benchmarks.loadavg import LoadSampler
 from benchmarks.processes import clean_up, create_topics, scratch_run, stop_children, wait_for
 from benchmarks.report import print_table, ratio_line
+from marketflow_assets.schema import SOURCE_DAGSTER
 
 logger = logging.getLogger(__name__)
 
@@ -465,19 +466,6 @@ def breakdown(logs: Path, phase: Phase) -> list[list[str]]:
     return rows
 
 
-def _dagster_rows(url: str) -> int:
-    """Rows of ``price_indicators`` Dagster recomputed from raw (the exact path)."""
-    import psycopg2
-
-    conn = psycopg2.connect(url, connect_timeout=3)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM price_indicators WHERE source = 'dagster'")
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
-
-
 def spark_log_counts(log: Path, offset: int) -> tuple[int, int]:
     """(micro-batches, "falling behind" warnings) in the streaming job's log after ``offset``."""
     if not log.exists():
@@ -657,7 +645,7 @@ def run(
                 )
                 if path in ("up", "daemon"):  # and through Spark and Dagster (the exact path)
                     wait_for(
-                        lambda: _dagster_rows(resolved.postgres_url) >= COINS,
+                        lambda: probes._indicator_rows(SOURCE_DAGSTER) >= COINS,
                         300,
                         "the warm-up poll's rows recomputed by Dagster",
                         children,

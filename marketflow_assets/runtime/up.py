@@ -350,13 +350,18 @@ class ReadinessProbes:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
 
-    def _indicator_rows(self) -> int:
+    def _indicator_rows(self, source: str | None = None) -> int:
+        """Rows of ``price_indicators`` (only those of ``source``: 'live' or 'dagster')."""
         import psycopg2
 
         conn = psycopg2.connect(self.settings.postgres_url, connect_timeout=3)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM price_indicators")
+                sql = "SELECT count(*) FROM price_indicators"
+                if source is None:
+                    cur.execute(sql)
+                else:
+                    cur.execute(f"{sql} WHERE source = %s", (source,))
                 return int(cur.fetchone()[0])
         finally:
             conn.close()
