@@ -149,9 +149,17 @@ class LiveStore:
         if not mine:
             return 0
         cols = ", ".join(MOVER_INPUT_COLUMNS)
+        # only the candidates: the rows ranked within the top N either way at their ts, ties
+        # included (``rank``), so compute_movers picks among them exactly what it would pick
+        # among all of the snapshot's rows (a whole market: 10+ rows read instead of 15,000).
+        # NaN is never written (NULL in the COPY payload) and is left out as compute_movers does.
         cur.execute(
-            f"SELECT {cols} FROM price_indicators WHERE ts = ANY(%s) AND change_5min IS NOT NULL",
-            (mine,),
+            f"SELECT {cols} FROM (SELECT {cols}, "
+            "rank() OVER (PARTITION BY ts ORDER BY change_5min DESC) AS high, "
+            "rank() OVER (PARTITION BY ts ORDER BY change_5min) AS low "
+            "FROM price_indicators WHERE ts = ANY(%(ts)s) AND change_5min IS NOT NULL "
+            "AND change_5min <> 'NaN'::float8) ranked WHERE high <= %(n)s OR low <= %(n)s",
+            {"ts": mine, "n": ind.TOP_N},
         )
         source = pd.DataFrame(cur.fetchall(), columns=list(MOVER_INPUT_COLUMNS))
         source["ts"] = pd.to_datetime(source["ts"], utc=True)
