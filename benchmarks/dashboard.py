@@ -183,6 +183,9 @@ def _calls(db, snapshot, previous, coins: list[str], newest, rng) -> dict:
     """name -> zero-argument callable running that page query with realistic parameters."""
     from marketflow_assets.dashboard import queries as q
 
+    # the market page's sparklines: the first coins of its table, as the page asks for them
+    top = tuple(q.market_table(db, newest)["coin_id"].head(q.SPARKLINE_COINS))
+
     def coin_range():
         coin = coins[int(rng.integers(len(coins)))]
         return coin, newest - q.RANGES["7 days"], newest
@@ -203,6 +206,11 @@ def _calls(db, snapshot, previous, coins: list[str], newest, rng) -> dict:
         "recent_failed_checks": lambda: q.recent_failed_checks(db, newest - timedelta(days=7)),
         "alerts": lambda: q.alerts(db),
         "rows_per_poll": lambda: q.rows_per_poll(db, newest - q.ROWS_PER_POLL_WINDOW),
+        "recent_poll_times": lambda: q.recent_poll_times(db),
+        "market_table": lambda: q.market_table(db, newest),
+        "sparklines": lambda: q.sparklines(db, top, newest),
+        "price_alerts": lambda: q.price_alerts(db),
+        "failed_runs": lambda: q.failed_runs(db, newest - timedelta(hours=24)),
     }
 
 

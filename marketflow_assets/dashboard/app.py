@@ -169,9 +169,6 @@ MARKET_WIDTHS = {
     "last hour": 130,
 }  # fmt: skip
 
-#: Coins of the market table with a sparkline (the first by rank; the others show none).
-SPARKLINE_COINS = 100
-
 
 def market_table_panel(url: str) -> None:
     """Every coin of the newest snapshot, CoinGecko style: rank, name, price, 1 min / 5 min /
@@ -182,7 +179,7 @@ def market_table_panel(url: str) -> None:
     if newest is None:
         return
     table = read("market_table", url, newest)
-    top = tuple(table["coin_id"].head(SPARKLINE_COINS))
+    top = tuple(table["coin_id"].head(q.SPARKLINE_COINS))
     rows = view.market_rows(table, read("sparklines", url, top, newest))
     search = st.text_input("Search coins", key="market_search", placeholder="name, symbol or id")
     shown = view.search_market(rows, search)

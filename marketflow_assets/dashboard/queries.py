@@ -391,6 +391,10 @@ def market_table(db: Database, snapshot: datetime) -> pd.DataFrame:
     return frame
 
 
+#: Coins of the market table with a sparkline (the first by rank; the others show none).
+SPARKLINE_COINS = 100
+
+
 def sparklines(db: Database, coins: list[str], end: datetime) -> pd.DataFrame:
     """``coin_id``, ``ts``, ``price`` of ``coins`` over the hour before ``end``."""
     start = pd.Timestamp(end) - timedelta(hours=1)
