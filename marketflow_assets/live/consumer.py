@@ -3,9 +3,12 @@
 Partitions are assigned manually (``KafkaConsumer.assign``: no consumer group, no group join -
 a Tansu group join takes ~20 s) and positioned at the offsets stored in ``live_offsets`` (the
 beginning of a partition never seen). Every batch - the records one poll returns plus what is
-already fetched, at most ``max_batch_records`` - becomes one transaction, written by a writer
-thread (:class:`_Writer`) in the order the batches were computed, while the next batch is
-fetched and computed (PostgreSQL works on another core meanwhile). The next batch is computed
+already fetched, at most ``max_batch_records`` - is written by a writer thread
+(:class:`_Writer`) in the order the batches were computed, while the next batch is fetched and
+computed (PostgreSQL works on another core meanwhile): its indicator rows and movers in one
+transaction; the records' market data and the stored offsets in another, for every batch
+written since, once no batch waits (both idempotent and the offsets last, so a stop in between
+loses and doubles nothing: :mod:`marketflow_assets.live.store`). The next batch is computed
 from the state the previous one leads to, before that one committed; if a write fails, the
 batches computed after it are dropped and the consumer ends, so what resumes - a new consumer -
 starts from what was committed (state and offsets are read from the tables). A lost PostgreSQL
@@ -71,12 +74,13 @@ class BatchStats:
 
 class _Writer:
     """The live consumer's PostgreSQL writes on a thread of their own, one batch at a time in
-    submission order; at most one computed batch waits while another is written. After a failed
-    write nothing more is written, and the error is raised in the consumer's thread
-    (:meth:`check`)."""
+    submission order; at most one computed batch waits while another is written. ``idle`` runs
+    after a write when no batch waits (and before the thread ends). After a failed write
+    nothing more is written, and the error is raised in the consumer's thread (:meth:`check`)."""
 
-    def __init__(self, write):
+    def __init__(self, write, idle):
         self._write = write
+        self._idle = idle
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="live-writer", daemon=True)
@@ -87,9 +91,13 @@ class _Writer:
             item = self._queue.get()
             try:
                 if item is None:
+                    if self.error is None:
+                        self._idle()
                     return
                 if self.error is None:
                     self._write(*item)
+                    if self._queue.empty():
+                        self._idle()
             except BaseException as exc:  # noqa: BLE001 - raised in the consumer's thread
                 self.error = exc
             finally:
@@ -144,7 +152,10 @@ class LiveConsumer:
         self.alerting = LiveAlerts(self.alerts_file, self.webhook_url)
         self.alerting.prime(self.store.conn)
         self.consumer = self._consumer()
-        self.writer = _Writer(self._write)
+        #: Market data and next offsets of the batches whose indicators are committed, not
+        #: yet written (:meth:`_write_market`); the writer thread's.
+        self._unstored: list[tuple[pd.DataFrame, dict[int, int]]] = []
+        self.writer = _Writer(self._write, self._write_market)
         self.assigned: set[int] = set()
         self._assigned_topic_id: str | None = None
 
@@ -334,10 +345,14 @@ class LiveConsumer:
         self.state = state
 
     def _write(self, rows, next_offsets, frame, records, skipped, invalid, started) -> None:
-        """The writer thread's part of one batch: its transaction, then its price alerts and
-        its log line."""
-        inserted, movers = self.store.write_batch(self.topic, rows, next_offsets, market=frame)
+        """The writer thread's part of one batch: its indicator transaction, its price alerts
+        and its log line; its market data and offsets follow when no batch waits
+        (:meth:`_write_market`), so a poll's last rows are not held up by its first ones'."""
+        inserted, movers = self.store.write_indicators(rows)
         self.alerting.after_batch(self.store.conn, rows)
+        self._unstored.append((frame, next_offsets))
+        if sum(len(f) for f, _ in self._unstored) >= self.max_batch_records:
+            self._write_market()  # catching up (a batch always waits): bounded all the same
         stats = BatchStats(
             records, inserted, skipped, invalid, movers, time.perf_counter() - started
         )
@@ -352,6 +367,22 @@ class LiveConsumer:
             stats.invalid,
             stats.seconds,
         )
+
+    def _write_market(self) -> None:
+        """The writer thread's second transaction, for every batch written since the last one:
+        the records' market data and the next offsets (:meth:`LiveStore.write_market`)."""
+        if not self._unstored:
+            return
+        frames = [f for f, _ in self._unstored if len(f)]
+        offsets: dict[int, int] = {}
+        for _, batch_offsets in self._unstored:
+            for p, o in batch_offsets.items():
+                offsets[p] = max(o, offsets.get(p, -1))
+        market = (
+            pd.concat(frames, ignore_index=True) if len(frames) > 1 else next(iter(frames), None)
+        )
+        self.store.write_market(self.topic, market, offsets)
+        self._unstored.clear()
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop``; the batches in hand are written before it returns (after an

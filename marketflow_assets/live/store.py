@@ -1,9 +1,14 @@
 """PostgreSQL side of the live path: state on start, stored offsets, and the batch write.
 
-Everything a batch changes - new ``price_indicators`` rows, the ``market_movers`` of the
-snapshots they touch, the next offset per partition in ``live_offsets`` - is written in ONE
-transaction (:meth:`LiveStore.write_batch`), so the stored offsets always describe exactly the
-records whose rows are in the tables.
+A batch is written in two transactions: first its new ``price_indicators`` rows and the
+``market_movers`` of the snapshots they touch (:meth:`LiveStore.write_indicators`: what the
+latency is measured to), then - the live consumer does this when no batch waits, for all the
+batches written since - the records' market data and the next offset per partition in
+``live_offsets`` (:meth:`LiveStore.write_market`). Both are idempotent, so the stored offsets
+never pass a record whose rows are not in the tables: a consumer stopped in between reads the
+records again, skips their indicators (already there: not newer than each coin's last row) and
+writes their market data once more, to the same result. :meth:`LiveStore.write_batch` does both
+in one transaction.
 """
 
 from __future__ import annotations
@@ -103,39 +108,65 @@ class LiveStore:
         next_offsets: Mapping[int, int],
         market: pd.DataFrame | None = None,
     ) -> tuple[int, int]:
-        """One transaction: insert ``rows`` (source 'live'; an existing row - Dagster's - wins),
-        recompute ``market_movers`` for every snapshot ``ts`` of ``rows`` from the table's rows
-        at that ``ts`` (snapshots Dagster already wrote movers for are left to Dagster), move
-        ``coin_market`` on to the newest records of ``market`` (raw records), store
-        ``next_offsets``. Returns (indicator rows inserted, mover rows written)."""
-        inserted = movers_written = 0
+        """Both writes of a batch in ONE transaction: :meth:`write_indicators`' and
+        :meth:`write_market`'s. Returns (indicator rows inserted, mover rows written)."""
         with self.conn, self.conn.cursor() as cur:
+            counts = self._indicators(cur, rows)
+            self._market(cur, topic, market, next_offsets)
+        return counts
+
+    def write_indicators(self, rows: pd.DataFrame) -> tuple[int, int]:
+        """One transaction: insert ``rows`` (source 'live'; an existing row - Dagster's - wins)
+        and recompute ``market_movers`` for every snapshot ``ts`` of ``rows`` from the table's
+        rows at that ``ts`` (snapshots Dagster already wrote movers for are left to Dagster).
+        The offsets do not move: a consumer that stops before :meth:`write_market` reads these
+        records again, and ``advance_indicators`` skips them (not newer than their coin's last
+        row). Returns (indicator rows inserted, mover rows written)."""
+        if not len(rows):
+            return 0, 0
+        with self.conn, self.conn.cursor() as cur:
+            return self._indicators(cur, rows)
+
+    def write_market(
+        self, topic: str, market: pd.DataFrame | None, next_offsets: Mapping[int, int]
+    ) -> None:
+        """One transaction: move ``coin_market`` on to the newest records of ``market`` (raw
+        records; a row never moves back in time), add them to ``coin_market_history`` (a stored
+        ``(coin_id, ts)`` is kept) and store ``next_offsets``. Idempotent: written again after
+        a stop, it changes nothing."""
+        with self.conn, self.conn.cursor() as cur:
+            self._market(cur, topic, market, next_offsets)
+
+    def _indicators(self, cur, rows: pd.DataFrame) -> tuple[int, int]:
+        if not len(rows):
+            return 0, 0
+        cur.execute("SET LOCAL TIME ZONE 'UTC'; " + _lock_sql("price_indicators"))
+        frame = rows.loc[:, list(INDICATOR_COLS)].assign(**{SOURCE_COLUMN: SOURCE_LIVE})
+        cols = ", ".join((*INDICATOR_COLS, SOURCE_COLUMN))
+        cur.copy_expert(
+            f"COPY _live_indicators ({cols}) FROM STDIN WITH (FORMAT csv)", csv_payload(frame)
+        )
+        cur.execute(
+            f"INSERT INTO price_indicators ({cols}) SELECT {cols} FROM _live_indicators "
+            "ON CONFLICT (coin_id, ts) DO NOTHING"
+        )
+        inserted = cur.rowcount
+        snapshots = [t.to_pydatetime() for t in pd.unique(rows["ts"])]
+        return inserted, self._write_movers(cur, snapshots)
+
+    def _market(
+        self, cur, topic: str, market: pd.DataFrame | None, next_offsets: Mapping[int, int]
+    ) -> None:
+        if market is not None and len(market):
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
-            if len(rows):
-                cur.execute(_lock_sql("price_indicators"))
-                frame = rows.loc[:, list(INDICATOR_COLS)].assign(**{SOURCE_COLUMN: SOURCE_LIVE})
-                cols = ", ".join((*INDICATOR_COLS, SOURCE_COLUMN))
-                cur.copy_expert(
-                    f"COPY _live_indicators ({cols}) FROM STDIN WITH (FORMAT csv)",
-                    csv_payload(frame),
-                )
-                cur.execute(
-                    f"INSERT INTO price_indicators ({cols}) SELECT {cols} FROM _live_indicators "
-                    "ON CONFLICT (coin_id, ts) DO NOTHING"
-                )
-                inserted = cur.rowcount
-                snapshots = [t.to_pydatetime() for t in pd.unique(rows["ts"])]
-                movers_written = self._write_movers(cur, snapshots)
-            if market is not None and len(market):
-                write_coin_market(cur, market)
-            if next_offsets:
-                cur.executemany(
-                    f"INSERT INTO {LIVE_OFFSETS_TABLE} AS o (topic, partition, next_offset) "
-                    "VALUES (%s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET "
-                    "next_offset = EXCLUDED.next_offset, updated_at = now()",
-                    [(topic, int(p), int(o)) for p, o in sorted(next_offsets.items())],
-                )
-        return inserted, movers_written
+            write_coin_market(cur, market)
+        if next_offsets:
+            cur.executemany(
+                f"INSERT INTO {LIVE_OFFSETS_TABLE} AS o (topic, partition, next_offset) "
+                "VALUES (%s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET "
+                "next_offset = EXCLUDED.next_offset, updated_at = now()",
+                [(topic, int(p), int(o)) for p, o in sorted(next_offsets.items())],
+            )
 
     def _write_movers(self, cur, snapshots: list[datetime]) -> int:
         cur.execute(_lock_sql("market_movers"))
