@@ -580,8 +580,8 @@ LIVE_REBUILD_SECONDS = 2 * LOOKBACK_SECONDS
 class LiveState:
     """State of the live path for many coins, enough to compute the next rows exactly.
 
-    ``obs``: retained observations, columns ``coin_id``, ``t`` (int64 ns), ``p`` (price), sorted
-    by ``coin_id, t`` (see :data:`LIVE_RETAIN_SECONDS`); ``last``: per coin (index ``coin_id``)
+    ``obs``: retained observations, columns ``coin_id``, ``t`` (int64 ns), ``p`` (price), each
+    coin's in time order (see :data:`LIVE_RETAIN_SECONDS`); ``last``: per coin (index ``coin_id``)
     the newest observation's ``t`` and its ``ema_3min`` (the EMA continues from it).
     Immutable: :func:`advance_indicators` returns a new state, so a caller can keep the old one
     until the rows computed with the new one are committed.
@@ -654,6 +654,20 @@ def _prune(obs: pd.DataFrame) -> pd.DataFrame:
     return obs.loc[keep].reset_index(drop=True)
 
 
+def _prune_sorted(obs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`_prune` of observations sorted by ``coin_id``, then ``t`` (no grouping needed)."""
+    if obs.empty:
+        return obs.reset_index(drop=True)
+    ids = obs["coin_id"].to_numpy(dtype=object)
+    t = obs["t"].to_numpy()
+    last_of_coin = np.append(ids[1:] != ids[:-1], True)
+    newest = t[last_of_coin][np.cumsum(np.append(True, last_of_coin[:-1])) - 1]
+    recent = t > newest - np.int64(LIVE_RETAIN_SECONDS) * _NS
+    # the latest observation before the window: not recent, and the next row of its coin is
+    ref = ~recent & np.append(recent[1:] | last_of_coin[:-1], True)
+    return obs.loc[recent | ref].reset_index(drop=True)
+
+
 def advance_indicators(
     state: LiveState, batch: pd.DataFrame
 ) -> tuple[pd.DataFrame, LiveState, pd.DataFrame]:
@@ -671,7 +685,8 @@ def advance_indicators(
     """
     usable = batch["current_price"].notna() & batch["ts"].notna() & batch["id"].notna()
     batch = batch.loc[usable]
-    ts = pd.to_datetime(batch["ts"], utc=True)
+    # cache=False: the cache check walks tz-aware times as Python objects (7 ms per 15,000)
+    ts = pd.to_datetime(batch["ts"], utc=True, cache=False)
     t_new = to_ns(ts)
     coins = batch["id"].to_numpy(dtype=object)
     fresh = t_new > state.last_ts(coins)
@@ -687,14 +702,15 @@ def advance_indicators(
         }
     )
     touched = pd.unique(new["id"])
-    old = state.obs.loc[state.obs["coin_id"].isin(touched)]
+    is_touched = state.obs["coin_id"].isin(touched).to_numpy()
+    old = state.obs.loc[is_touched]
     raw = pd.concat(
         [
             pd.DataFrame(
                 {
                     "id": old["coin_id"].to_numpy(dtype=object),
                     "symbol": None,
-                    "ts": pd.to_datetime(old["t"].to_numpy(), utc=True),
+                    "ts": pd.to_datetime(old["t"].to_numpy(), unit="ns", utc=True),
                     "current_price": old["p"].to_numpy(),
                 }
             ),
@@ -712,29 +728,26 @@ def advance_indicators(
         }
     )
     out = compute_indicators(raw, ema_state)
-    after = to_ns(out["ts"]) > state.last_ts(out["coin_id"].to_numpy(dtype=object))
+    out_t = to_ns(out["ts"])
+    out_ids = out["coin_id"].to_numpy(dtype=object)
+    after = out_t > state.last_ts(out_ids)
     rows = out.loc[after].reset_index(drop=True)
-    # the new state: retained + new observations, pruned; the newest row's EMA per coin
+    # the new state: the touched coins' observations are ``out``'s (retained + new, sorted by
+    # coin and time), pruned; the other coins' are kept as they are (their newest is unchanged)
     obs = pd.concat(
         [
-            state.obs,
-            pd.DataFrame(
-                {
-                    "coin_id": rows["coin_id"].to_numpy(dtype=object),
-                    "t": to_ns(rows["ts"]),
-                    "p": rows["price"].to_numpy(),
-                }
-            ),
+            state.obs.loc[~is_touched],
+            _prune_sorted(pd.DataFrame({"coin_id": out_ids, "t": out_t, "p": out["price"]})),
         ],
         ignore_index=True,
-    ).sort_values(["coin_id", "t"], kind="mergesort")
+    )
     newest = rows.groupby("coin_id", sort=False).tail(1)
     last_new = pd.DataFrame(
         {"t": to_ns(newest["ts"]), "ema_3min": newest["ema_3min"].to_numpy()},
         index=pd.Index(newest["coin_id"].to_numpy(dtype=object), name="coin_id"),
     )
     last = pd.concat([state.last.loc[~state.last.index.isin(last_new.index)], last_new])
-    return rows, LiveState(_prune(obs), last), skipped
+    return rows, LiveState(obs, last), skipped
 
 
 def step_indicators(state: LiveState, coin_id: str, ts: Any, price: float, symbol: Any = None):

@@ -72,7 +72,7 @@ def _first_records(raw: pd.DataFrame, columns=RAW_SOURCE_COLUMNS) -> pd.DataFram
     """``raw``'s records with a coin id, ``ts`` as UTC times, the first of each ``(id, ts)``
     (as in the raw table)."""
     frame = raw.loc[raw["id"].notna(), list(columns)].copy()
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True, cache=False)  # see advance_indicators
     return frame.drop_duplicates(["id", "ts"], keep="first")
 
 

@@ -293,3 +293,8 @@ def test_live_batches_with_new_coins_jumps_and_gaps_equal_full_recompute(seed):
     assert diff.attrs["compared"] == len(full)
     assert diff.empty, diff.head()
     assert diff.attrs["max_diff"] <= REL
+    # the state kept batch by batch is the one rebuilt from the table on a restart
+    rebuilt = ind.LiveState.from_rows(full)
+    kept = state.obs.sort_values(["coin_id", "t"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, rebuilt.obs.reset_index(drop=True))
+    pd.testing.assert_series_equal(state.last["t"].sort_index(), rebuilt.last["t"].sort_index())

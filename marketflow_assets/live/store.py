@@ -193,7 +193,7 @@ class LiveStore:
             {"ts": mine, "n": ind.TOP_N},
         )
         source = pd.DataFrame(cur.fetchall(), columns=list(MOVER_INPUT_COLUMNS))
-        source["ts"] = pd.to_datetime(source["ts"], utc=True)
+        source["ts"] = pd.to_datetime(source["ts"], utc=True, cache=False)
         source["change_5min"] = source["change_5min"].astype("float64")
         source["price"] = source["price"].astype("float64")
         movers = ind.compute_movers(source)
