@@ -100,6 +100,8 @@ BASELINE_NAMES = {"quix": "Quix Streams 3.28", "pathway": "Pathway 0.33 (own vir
 #: targets of issue 30 (poll ts -> row visible in price_indicators, p95; issue 21's were 3 s and
 #: 10 s), and below both baselines at both scales
 TARGETS = {COINS: 0.3, MARKET["quick"]["coins"]: 1.0}
+#: p95 seconds from ingest's acknowledgement of a poll to its last live row committed (issue 30)
+AFTER_PUBLISH_TARGETS = {MARKET["quick"]["coins"]: 0.2}
 #: Full mode: the scale curve's middle steps between 250 and 15,000 coins (issue 30).
 SCALE_STEPS = {
     "quick": [],
@@ -329,6 +331,10 @@ class Phase:
     #: warnings among them (a micro-batch that took longer than the trigger interval)
     micro_batches: int = 0
     falling_behind: int = 0
+    #: CPU seconds (user + system, the process and its children) each stream processor spent
+    #: from the phase's first poll to the drain's end: "marketflow" (``marketflow live``) and
+    #: the baselines by name
+    cpu_s: dict = field(default_factory=dict)
 
     def p95(self, watcher: Watcher | None, samples: list[float]) -> float:
         """p95 of ``samples``, infinite when a poll never became visible."""
@@ -346,12 +352,15 @@ def _poll_phase(
     children,
     baselines: dict[str, str],
     commit_times: bool = False,
+    processors: dict[str, int] | None = None,
 ) -> None:
     """Publish ``phase.polls`` polls of ``phase.coins`` coins; wait until they are visible (in
-    ``price_indicators`` and in the table of each baseline: ``baselines`` = name -> table)."""
+    ``price_indicators`` and in the table of each baseline: ``baselines`` = name -> table).
+    ``processors`` (name -> pid): the stream processors whose CPU time is taken."""
     import psycopg2
 
     since = datetime.now(UTC)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in (processors or {}).items()}
     phase.load = LoadSampler().start()
     url, timed = resolved.postgres_url, {"commit_times": commit_times}
     phase.watcher = Watcher(resolved.raw_dir, url, phase.coins, since, **timed)
@@ -382,6 +391,9 @@ def _poll_phase(
     for watcher in watchers:
         watcher.stop()
     phase.load.stop()
+    phase.cpu_s = {
+        name: cpu_seconds(pid) - cpu_before[name] for name, pid in (processors or {}).items()
+    }
     conn = psycopg2.connect(resolved.postgres_url)
     try:
         with conn.cursor() as cur:
@@ -409,7 +421,42 @@ def _poll_phase(
         phase.samples[f"{name} total"] = [
             seen - ts.timestamp() for ts, seen in watcher.pg_seen.items()
         ]
+    acked = publish_times(log_path)  # poll ts -> s from the poll's ts to its acknowledgement
+    phase.samples["after publish"] = [
+        seen - ts.timestamp() - acked[ts]
+        for ts, seen in phase.watcher.pg_seen.items()
+        if ts in acked
+    ]
     phase.stats = {name: _stats(values) for name, values in phase.samples.items()}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process and its children have used so far, ended children
+    included (0 when the process is gone)."""
+    import psutil
+
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def publish_times(ingest_log: Path) -> dict[datetime, float]:
+    """Each poll's seconds from its ``ts`` to its acknowledgement, from ingest's log."""
+    out: dict[datetime, float] = {}
+    if not ingest_log.exists():
+        return out
+    for line in ingest_log.read_text(errors="replace").splitlines():
+        match = _INGEST_LINE.search(line)
+        if match:
+            with contextlib.suppress(ValueError):
+                ts = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+                out[ts] = float(match.group(3))
+    return out
 
 
 #: ingest's line per poll (``collector.py``): "poll <ts>: <good> + <dead letters> acknowledged
@@ -662,7 +709,13 @@ def run(
             for phase in phases:
                 tables = {c.name: BASELINE_TABLES[c.name] for c in extra}
                 log_from = spark_log.stat().st_size if spark_log.exists() else 0
-                _poll_phase(phase, up, ingest, env, resolved, children, tables, commit_times)
+                processors = {c.name: c.proc.pid for c in extra if c.proc is not None}
+                live = built.get("live")
+                if live is not None and live.proc is not None and live in children:
+                    processors["marketflow"] = live.proc.pid
+                _poll_phase(
+                    phase, up, ingest, env, resolved, children, tables, commit_times, processors
+                )
                 phase.micro_batches, phase.falling_behind = spark_log_counts(spark_log, log_from)
                 with contextlib.suppress(Exception):
                     breakdowns[phase.coins] = breakdown(work / "logs", phase)
@@ -735,6 +788,20 @@ def run(
             other = phase.p95(watcher, phase.samples[f"{name} total"])
             ratio_line(f"{name} {prefix}latency_p95_seconds", other, None, load)
             ratio_line(f"{prefix}latency_p95 marketflow / {name}", value / other, "< 1")
+        after = phase.p95(phase.watcher, phase.samples.get("after publish", []))
+        target = AFTER_PUBLISH_TARGETS.get(phase.coins)
+        ratio_line(f"{prefix}live_after_publish_p95_seconds", after, target and f"<= {target:g}")
+        records = phase.coins * phase.polls
+        per_record = {n: 1e6 * cpu / records for n, cpu in phase.cpu_s.items()}
+        fastest = min((v for n, v in per_record.items() if n != "marketflow"), default=None)
+        for name, value in sorted(per_record.items(), key=lambda kv: kv[0] != "marketflow"):
+            limit = f"< {fastest:.1f}, the fastest baseline" if fastest else None
+            label = "live" if name == "marketflow" else name
+            ratio_line(
+                f"{label} {prefix}cpu_us_per_record",
+                value,
+                limit if name == "marketflow" else None,
+            )
     if len(phases) > 2:
         scale_curve(phases)
     return base.stats

@@ -169,38 +169,36 @@ class LiveStore:
             )
 
     def _write_movers(self, cur, snapshots: list[datetime]) -> int:
-        cur.execute(_lock_sql("market_movers"))
-        cur.execute(
-            "SELECT DISTINCT snapshot_ts FROM market_movers "
-            f"WHERE snapshot_ts = ANY(%s) AND {SOURCE_COLUMN} = %s",
-            (snapshots, SOURCE_DAGSTER),
-        )
-        owned = {pd.Timestamp(r[0]) for r in cur.fetchall()}
-        mine = [s for s in snapshots if pd.Timestamp(s) not in owned]
-        if not mine:
-            return 0
         cols = ", ".join(MOVER_INPUT_COLUMNS)
-        # only the candidates: the rows ranked within the top N either way at their ts, ties
+        # Dagster's snapshots (it wrote movers there) are left to Dagster
+        not_dagsters = (
+            "NOT EXISTS (SELECT 1 FROM market_movers d WHERE d.snapshot_ts = {ts} "
+            f"AND d.{SOURCE_COLUMN} = %(dagster)s)"
+        )
+        # One round trip: the lock; the live movers of the other snapshots deleted; their
+        # candidates read: the rows ranked within the top N either way at their ts, ties
         # included (``rank``), so compute_movers picks among them exactly what it would pick
         # among all of the snapshot's rows (a whole market: 10+ rows read instead of 15,000).
         # NaN is never written (NULL in the COPY payload) and is left out as compute_movers does.
         cur.execute(
-            f"SELECT {cols} FROM (SELECT {cols}, "
+            _lock_sql("market_movers") + "; "
+            "DELETE FROM market_movers m WHERE m.snapshot_ts = ANY(%(ts)s) "
+            f"AND m.{SOURCE_COLUMN} = %(live)s AND "
+            + not_dagsters.format(ts="m.snapshot_ts")
+            + f"; SELECT {cols} FROM (SELECT {cols}, "
             "rank() OVER (PARTITION BY ts ORDER BY change_5min DESC) AS high, "
             "rank() OVER (PARTITION BY ts ORDER BY change_5min) AS low "
-            "FROM price_indicators WHERE ts = ANY(%(ts)s) AND change_5min IS NOT NULL "
-            "AND change_5min <> 'NaN'::float8) ranked WHERE high <= %(n)s OR low <= %(n)s",
-            {"ts": mine, "n": ind.TOP_N},
+            "FROM price_indicators p WHERE p.ts = ANY(%(ts)s) AND "
+            + not_dagsters.format(ts="p.ts")
+            + " AND change_5min IS NOT NULL AND change_5min <> 'NaN'::float8) ranked "
+            "WHERE high <= %(n)s OR low <= %(n)s",
+            {"ts": snapshots, "n": ind.TOP_N, "live": SOURCE_LIVE, "dagster": SOURCE_DAGSTER},
         )
         source = pd.DataFrame(cur.fetchall(), columns=list(MOVER_INPUT_COLUMNS))
         source["ts"] = pd.to_datetime(source["ts"], utc=True, cache=False)
         source["change_5min"] = source["change_5min"].astype("float64")
         source["price"] = source["price"].astype("float64")
         movers = ind.compute_movers(source)
-        cur.execute(
-            f"DELETE FROM market_movers WHERE snapshot_ts = ANY(%s) AND {SOURCE_COLUMN} = %s",
-            (mine, SOURCE_LIVE),
-        )
         if movers.empty:
             return 0
         frame = movers.loc[:, list(MOVER_COLS)].assign(**{SOURCE_COLUMN: SOURCE_LIVE})

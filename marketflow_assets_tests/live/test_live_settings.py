@@ -16,15 +16,15 @@ from marketflow_assets.settings import ConfigError, load_live_settings, load_set
 def test_defaults_and_values():
     assert load_live_settings({}) == load_live_settings({"MARKETFLOW_LIVE": "1"})
     live = load_live_settings({})
-    assert (live.enabled, live.poll_timeout_s, live.max_batch_records) == (True, 0.1, 100_000)
+    assert (live.enabled, live.poll_timeout_s, live.max_batch_records) == (True, 0.5, 100_000)
     live = load_live_settings(
         {
             "MARKETFLOW_LIVE": "0",
-            "MARKETFLOW_LIVE_POLL_TIMEOUT": "0.5",
+            "MARKETFLOW_LIVE_POLL_TIMEOUT": "0.25",
             "MARKETFLOW_LIVE_MAX_BATCH": "2000",
         }
     )
-    assert (live.enabled, live.poll_timeout_s, live.max_batch_records) == (False, 0.5, 2000)
+    assert (live.enabled, live.poll_timeout_s, live.max_batch_records) == (False, 0.25, 2000)
 
 
 @pytest.mark.parametrize(

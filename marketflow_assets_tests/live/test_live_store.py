@@ -10,6 +10,7 @@ import pandas as pd
 from marketflow_assets import indicators as ind
 from marketflow_assets.live.store import INDICATOR_COLS, LiveStore
 from marketflow_assets_tests.helpers import read_table
+from marketflow_assets_tests.live.live_helpers import query
 
 
 def indicator_rows(ts: pd.Timestamp, changes: list[float | None], seed: int) -> pd.DataFrame:
@@ -58,3 +59,51 @@ def test_movers_from_the_candidates_equal_movers_from_all_rows(pg_clean):
     key = ["snapshot_ts", "direction", "rank", "coin_id"]
     assert got[key].astype(str).values.tolist() == expected[key].astype(str).values.tolist()
     assert got["change_5min"].tolist() == expected["change_5min"].tolist()
+
+
+def test_snapshots_with_dagsters_movers_are_left_to_dagster(pg_clean):
+    """A live write recomputes the movers of the snapshots it touches, except where Dagster has
+    written movers (its recompute owns them); the live movers it wrote before are replaced."""
+    import psycopg2
+
+    t0 = pd.Timestamp("2026-03-02T10:00:00Z")
+    t1 = t0 + pd.Timedelta(seconds=30)
+    changes = [float(c) for c in range(-8, 9)]
+    store = LiveStore(pg_clean)
+    try:
+        store.write_batch("t", indicator_rows(t0, changes, seed=3).iloc[:3], {0: 1})
+        store.write_batch("t", indicator_rows(t1, changes, seed=4).iloc[:12], {0: 2})
+        conn = psycopg2.connect(pg_clean)
+        with conn, conn.cursor() as cur:  # Dagster recomputed t0: its movers replace the live ones
+            cur.execute("UPDATE market_movers SET source = 'dagster' WHERE snapshot_ts = %s", (t0,))
+        conn.close()
+        dagsters = query(
+            pg_clean,
+            "SELECT snapshot_ts, direction, rank, coin_id, source FROM market_movers "
+            "ORDER BY snapshot_ts, direction, rank",
+        )
+        # the rest of both snapshots' coins come in: t1's movers change, t0's stay Dagster's
+        store.write_batch(
+            "t",
+            pd.concat(
+                [
+                    indicator_rows(t0, changes, seed=3).iloc[3:],
+                    indicator_rows(t1, changes, seed=4).iloc[12:],
+                ],
+                ignore_index=True,
+            ),
+            {0: 3},
+        )
+    finally:
+        store.close()
+    got = query(
+        pg_clean,
+        "SELECT snapshot_ts, direction, rank, coin_id, source FROM market_movers "
+        "ORDER BY snapshot_ts, direction, rank",
+    )
+    kept = [(d, r, c, s) for ts, d, r, c, s in got if ts == t0]
+    assert kept == [(d, r, c, s) for ts, d, r, c, s in dagsters if ts == t0]
+    assert {s for *_, s in kept} == {"dagster"}
+    live = [(c, s) for ts, d, r, c, s in got if ts == t1]
+    expected = ind.compute_movers(indicator_rows(t1, changes, seed=4))
+    assert live == [(c, "live") for c in expected["coin_id"]]

@@ -1,0 +1,49 @@
+"""``benchmarks/latency.py``: what the stream processors' lines are made of - each poll's
+acknowledgement time from ingest's log (the start of "after the publish") and the CPU seconds
+of a process and its children."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+
+from benchmarks.latency import cpu_seconds, publish_times
+
+
+def test_publish_times_are_read_per_poll_from_ingests_log(tmp_path):
+    log = tmp_path / "ingest-250.log"
+    assert publish_times(log) == {}  # no log: nothing
+    log.write_text(
+        "04:53:58 INFO marketflow.ingest: simulate: 250 coins every 2 s\n"
+        "04:53:59 INFO marketflow_assets.ingest.collector: poll 2026-12-06T04:53:59.532Z: "
+        "250 + 0 acknowledged (0.01 s after it was taken)\n"
+        "04:54:01 INFO marketflow_assets.ingest.collector: poll 2026-12-06T04:54:01.532Z: "
+        "249 + 1 acknowledged, 1 NOT acknowledged (0.42 s after it was taken)\n"
+    )
+    first = datetime(2026, 12, 6, 4, 53, 59, 532000, tzinfo=UTC)
+    second = datetime(2026, 12, 6, 4, 54, 1, 532000, tzinfo=UTC)
+    assert publish_times(log) == {first: 0.01, second: 0.42}
+
+
+def test_cpu_seconds_count_a_process_and_its_children():
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys, time; subprocess.run([sys.executable, '-c', {busy!r}]); "
+            "time.sleep(30)",
+        ]
+    )
+    try:
+        deadline = datetime.now(UTC).timestamp() + 20
+        while cpu_seconds(parent.pid) < 0.5:  # the child's busy loop, counted while it runs
+            assert datetime.now(UTC).timestamp() < deadline, cpu_seconds(parent.pid)
+        time.sleep(1.0)  # the child has ended (its parent waited for it): still counted
+        assert 0.5 <= cpu_seconds(parent.pid) < 5
+    finally:
+        parent.kill()
+        parent.wait()
+    assert cpu_seconds(parent.pid) == 0.0  # gone: nothing to count
