@@ -28,6 +28,7 @@ from marketflow_assets.schema import (
     SOURCE_COLUMN,
     SOURCE_DAGSTER,
     SOURCE_LIVE,
+    TABLES,
     column_names,
     create_tables,
 )
@@ -141,16 +142,7 @@ class LiveStore:
         if not len(rows):
             return 0, 0
         cur.execute("SET LOCAL TIME ZONE 'UTC'; " + _lock_sql("price_indicators"))
-        frame = rows.loc[:, list(INDICATOR_COLS)].assign(**{SOURCE_COLUMN: SOURCE_LIVE})
-        cols = ", ".join((*INDICATOR_COLS, SOURCE_COLUMN))
-        cur.copy_expert(
-            f"COPY _live_indicators ({cols}) FROM STDIN WITH (FORMAT csv)", csv_payload(frame)
-        )
-        cur.execute(
-            f"INSERT INTO price_indicators ({cols}) SELECT {cols} FROM _live_indicators "
-            "ON CONFLICT (coin_id, ts) DO NOTHING"
-        )
-        inserted = cur.rowcount
+        inserted = _insert_new(cur, rows, "price_indicators", INDICATOR_COLS, "_live_indicators")
         snapshots = [t.to_pydatetime() for t in pd.unique(rows["ts"])]
         return inserted, self._write_movers(cur, snapshots)
 
@@ -201,13 +193,18 @@ class LiveStore:
         movers = ind.compute_movers(source)
         if movers.empty:
             return 0
-        frame = movers.loc[:, list(MOVER_COLS)].assign(**{SOURCE_COLUMN: SOURCE_LIVE})
-        mcols = ", ".join((*MOVER_COLS, SOURCE_COLUMN))
-        cur.copy_expert(
-            f"COPY _live_movers ({mcols}) FROM STDIN WITH (FORMAT csv)", csv_payload(frame)
-        )
-        cur.execute(
-            f"INSERT INTO market_movers ({mcols}) SELECT {mcols} FROM _live_movers "
-            "ON CONFLICT (snapshot_ts, direction, rank) DO NOTHING"
-        )
-        return cur.rowcount
+        return _insert_new(cur, movers, "market_movers", MOVER_COLS, "_live_movers")
+
+
+def _insert_new(cur, rows: pd.DataFrame, table: str, columns, staging: str) -> int:
+    """Insert ``rows`` (``columns``, source 'live') into ``table`` where its key is free (an
+    existing row - Dagster's - wins), through the temporary table ``staging`` (one COPY);
+    returns the rows inserted."""
+    frame = rows.loc[:, list(columns)].assign(**{SOURCE_COLUMN: SOURCE_LIVE})
+    cols = ", ".join((*columns, SOURCE_COLUMN))
+    cur.copy_expert(f"COPY {staging} ({cols}) FROM STDIN WITH (FORMAT csv)", csv_payload(frame))
+    cur.execute(
+        f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {staging} "
+        f"ON CONFLICT ({', '.join(TABLES[table][1])}) DO NOTHING"
+    )
+    return cur.rowcount
