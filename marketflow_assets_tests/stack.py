@@ -240,14 +240,26 @@ def stop_embedded_postgres(data_dir: Path) -> None:
                     p.wait(30)
 
 
-def stop_ingest_between_polls(stack: Stack) -> psutil.Process:
-    """SIGSTOP ingest right after it recorded a poll (its next poll is an interval away), so no
-    poll is ever published without being recorded. Returns the stopped process."""
+def stop_ingest_between_polls(stack: Stack, attempts: int = 5) -> psutil.Process:
+    """SIGSTOP ingest right after the broker acknowledged the poll it recorded last (its next
+    poll is an interval away), so no poll is recorded without being published. A poll is
+    recorded when it is spooled, before it is sent: stopped in between, it would stay unsent
+    until ingest continues. Returns the stopped process."""
     ingest = stack.child(" ingest ")
-    size = stack.record.stat().st_size
-    stack.wait_for(lambda: stack.record.stat().st_size > size, 60, "a new recorded poll")
-    ingest.send_signal(signal.SIGSTOP)
-    return ingest
+    log = stack.data_dir / "logs" / "ingest.log"
+    for _ in range(attempts):
+        size = stack.record.stat().st_size
+        stack.wait_for(lambda s=size: stack.record.stat().st_size > s, 60, "a new recorded poll")
+        ts = json.loads(stack.record.read_text().splitlines()[-1])["ts"]
+        acked = re.compile(rf"poll {re.escape(ts)}: \d+ \+ \d+ acknowledged \(")
+        stack.wait_for(
+            lambda a=acked: a.search(log.read_text(errors="replace")), 60, f"poll {ts} acknowledged"
+        )
+        ingest.send_signal(signal.SIGSTOP)
+        if json.loads(stack.record.read_text().splitlines()[-1])["ts"] == ts:
+            return ingest  # stopped before its next poll was recorded
+        ingest.send_signal(signal.SIGCONT)  # the next poll is on its way: wait for that one
+    raise AssertionError(f"could not stop ingest between two polls in {attempts} attempts")
 
 
 def settle(stack: Stack, url: str, limit: float = 480) -> float:
