@@ -797,7 +797,7 @@ class LiveSettings:
     """Settings of the live consumer (README: live path)."""
 
     enabled: bool = True
-    poll_timeout_s: float = 0.5
+    poll_timeout_s: float = 0.1
     max_batch_records: int = 100_000
 
 
@@ -812,6 +812,6 @@ def load_live_settings(env: Mapping[str, str] | None = None) -> LiveSettings:
         raise ConfigError(f"{ENV_LIVE_MAX_BATCH}={batch_raw!r} must be an integer >= 1")
     return LiveSettings(
         enabled=raw in ("1", "true", "yes", "on"),
-        poll_timeout_s=_positive_float(env, ENV_LIVE_POLL_TIMEOUT, 0.5),
+        poll_timeout_s=_positive_float(env, ENV_LIVE_POLL_TIMEOUT, 0.1),
         max_batch_records=int(batch_raw) if batch_raw else 100_000,
     )

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--poll-timeout",
         type=float,
         default=None,
-        help="seconds a Kafka poll waits (default: MARKETFLOW_LIVE_POLL_TIMEOUT, else 0.5)",
+        help="seconds a Kafka poll waits (default: MARKETFLOW_LIVE_POLL_TIMEOUT, else 0.1)",
     )
 
 

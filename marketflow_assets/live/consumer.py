@@ -130,7 +130,7 @@ class LiveConsumer:
     bootstrap: str
     topic: str
     postgres_url: str
-    poll_timeout_s: float = 0.5
+    poll_timeout_s: float = 0.1
     max_batch_records: int = 100_000
     client_id: str = "marketflow-live"
     stats: list[BatchStats] = field(default_factory=list)
@@ -160,9 +160,9 @@ class LiveConsumer:
         self._assigned_topic_id: str | None = None
 
     def _consumer(self):
-        # the broker holds a fetch up to wait_ms and answers as soon as records come: the wait
-        # costs no latency; shorter ones only cost idle round trips (0.1 s: 24 ms CPU a second
-        # idle, 0.5 s: 4 ms)
+        # the broker holds a fetch up to wait_ms: idle, each round trip costs CPU (0.1 s: 24 ms a
+        # second, 0.5 s: 4 ms), but a produce does not always end a parked fetch on Tansu (0.5 s
+        # raised the benchmark's 250-coin p95 from 0.16-0.22 to 0.26-0.32 s), so it stays short
         wait_ms = max(10, int(self.poll_timeout_s * 1000))
         # never auto-creates the topic: Tansu ignores allow_auto_topic_creation, and a metadata
         # request naming a missing topic would create it (4 partitions) -- after a broker

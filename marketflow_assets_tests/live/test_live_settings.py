@@ -16,7 +16,7 @@ from marketflow_assets.settings import ConfigError, load_live_settings, load_set
 def test_defaults_and_values():
     assert load_live_settings({}) == load_live_settings({"MARKETFLOW_LIVE": "1"})
     live = load_live_settings({})
-    assert (live.enabled, live.poll_timeout_s, live.max_batch_records) == (True, 0.5, 100_000)
+    assert (live.enabled, live.poll_timeout_s, live.max_batch_records) == (True, 0.1, 100_000)
     live = load_live_settings(
         {
             "MARKETFLOW_LIVE": "0",
