@@ -794,14 +794,11 @@ def run(
         records = phase.coins * phase.polls
         per_record = {n: 1e6 * cpu / records for n, cpu in phase.cpu_s.items()}
         fastest = min((v for n, v in per_record.items() if n != "marketflow"), default=None)
-        for name, value in sorted(per_record.items(), key=lambda kv: kv[0] != "marketflow"):
-            limit = f"< {fastest:.1f}, the fastest baseline" if fastest else None
-            label = "live" if name == "marketflow" else name
-            ratio_line(
-                f"{label} {prefix}cpu_us_per_record",
-                value,
-                limit if name == "marketflow" else None,
-            )
+        limit = f"< {fastest:.1f}, the fastest baseline" if fastest else None
+        if "marketflow" in per_record:
+            ratio_line(f"live {prefix}cpu_us_per_record", per_record.pop("marketflow"), limit)
+        for name, value in per_record.items():
+            ratio_line(f"{name} {prefix}cpu_us_per_record", value)
     if len(phases) > 2:
         scale_curve(phases)
     return base.stats

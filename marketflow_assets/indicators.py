@@ -644,18 +644,8 @@ def _take(values: np.ndarray, pos: np.ndarray, missing: Any) -> np.ndarray:
 
 
 def _prune(obs: pd.DataFrame) -> pd.DataFrame:
-    """Keep, per coin, the observations after ``newest - 300 s`` and the latest one before."""
-    if obs.empty:
-        return obs.reset_index(drop=True)
-    newest = obs.groupby("coin_id", sort=False)["t"].transform("max").to_numpy()
-    recent = obs["t"].to_numpy() > newest - np.int64(LIVE_RETAIN_SECONDS) * _NS
-    ref = obs.loc[~recent].groupby("coin_id", sort=False).tail(1).index
-    keep = recent | obs.index.isin(ref)
-    return obs.loc[keep].reset_index(drop=True)
-
-
-def _prune_sorted(obs: pd.DataFrame) -> pd.DataFrame:
-    """:func:`_prune` of observations sorted by ``coin_id``, then ``t`` (no grouping needed)."""
+    """Keep, per coin, the observations after ``newest - 300 s`` and the latest one before;
+    ``obs`` sorted by ``coin_id``, then ``t``."""
     if obs.empty:
         return obs.reset_index(drop=True)
     ids = obs["coin_id"].to_numpy(dtype=object)
@@ -737,7 +727,7 @@ def advance_indicators(
     obs = pd.concat(
         [
             state.obs.loc[~is_touched],
-            _prune_sorted(pd.DataFrame({"coin_id": out_ids, "t": out_t, "p": out["price"]})),
+            _prune(pd.DataFrame({"coin_id": out_ids, "t": out_t, "p": out["price"]})),
         ],
         ignore_index=True,
     )

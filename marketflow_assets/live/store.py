@@ -123,8 +123,6 @@ class LiveStore:
         The offsets do not move: a consumer that stops before :meth:`write_market` reads these
         records again, and ``advance_indicators`` skips them (not newer than their coin's last
         row). Returns (indicator rows inserted, mover rows written)."""
-        if not len(rows):
-            return 0, 0
         with self.conn, self.conn.cursor() as cur:
             return self._indicators(cur, rows)
 
