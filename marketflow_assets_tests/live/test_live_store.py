@@ -107,3 +107,32 @@ def test_snapshots_with_dagsters_movers_are_left_to_dagster(pg_clean):
     live = [(c, s) for ts, d, r, c, s in got if ts == t1]
     expected = ind.compute_movers(indicator_rows(t1, changes, seed=4))
     assert live == [(c, "live") for c in expected["coin_id"]]
+
+
+def test_rows_whose_key_is_taken_keep_the_stored_row(pg_clean):
+    """A batch goes into price_indicators by one COPY when none of its keys is taken; where one
+    is (Dagster's row, or a row written before a stop), the stored row wins and the batch's
+    other rows are inserted all the same."""
+    import psycopg2
+
+    t0 = pd.Timestamp("2026-03-02T10:00:00Z")
+    changes = [float(c) for c in range(-6, 7)]
+    first = indicator_rows(t0, changes, seed=5)
+    store = LiveStore(pg_clean)
+    try:
+        assert store.write_indicators(first.iloc[:4])[0] == 4  # keys free: the direct COPY
+        with psycopg2.connect(pg_clean) as conn, conn.cursor() as cur:
+            cur.execute("UPDATE price_indicators SET source = 'dagster', price = -1")
+        conn.close()
+        again = store.write_indicators(first)  # 4 keys taken, 9 free
+    finally:
+        store.close()
+    assert again[0] == len(first) - 4
+    got = query(pg_clean, "SELECT coin_id, price, source FROM price_indicators ORDER BY coin_id")
+    taken = set(first["coin_id"].iloc[:4])
+    assert len(got) == len(first)
+    assert {(c, p, s) for c, p, s in got if c in taken} == {(c, -1.0, "dagster") for c in taken}
+    expected = dict(zip(first["coin_id"], first["price"], strict=True))
+    assert {(c, p, s) for c, p, s in got if c not in taken} == {
+        (c, expected[c], "live") for c in set(expected) - taken
+    }
