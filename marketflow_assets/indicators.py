@@ -110,39 +110,41 @@ def price_change(t: np.ndarray, p: np.ndarray, seconds: int) -> np.ndarray:
 
 
 def window_mean_std(
-    t: np.ndarray, p: np.ndarray, seconds: int = WINDOW_SECONDS
+    t: np.ndarray, p: np.ndarray, seconds: int = WINDOW_SECONDS, at: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sample std (ddof=1) of ``p_j`` over ``t_j`` in ``(t_i - seconds, t_i]``.
 
     Computed directly over each window (vectorised over rows, looping over the position inside
     the window), two-pass, so the result is as accurate as a per-window reference. Windows whose
     prices are all equal give exactly ``mean = p_i`` and ``std = 0``. Std is NaN for windows with
-    fewer than 2 observations.
+    fewer than 2 observations. ``at`` (row positions, optional): only those rows' windows are
+    computed and returned (the same operations in the same order: the same values).
     """
-    n_rows = len(t)
-    if n_rows == 0:
+    if at is None:
+        at = np.arange(len(t))
+    if len(at) == 0:
         return np.empty(0), np.empty(0)
-    idx = np.arange(n_rows)
-    lo = np.searchsorted(t, t - np.int64(seconds) * _NS, side="right")
-    count = idx - lo + 1
-    total = p.copy()
-    low = p.copy()
-    high = p.copy()
+    lo = np.searchsorted(t, t[at] - np.int64(seconds) * _NS, side="right")
+    count = at - lo + 1
+    own = p[at]
+    total = own.copy()
+    low = own.copy()
+    high = own.copy()
     for k in range(1, int(count.max())):
         rows = np.nonzero(count > k)[0]
-        vals = p[rows - k]
+        vals = p[at[rows] - k]
         total[rows] += vals
         low[rows] = np.minimum(low[rows], vals)
         high[rows] = np.maximum(high[rows], vals)
     mean = total / count
-    squares = (p - mean) ** 2
+    squares = (own - mean) ** 2
     for k in range(1, int(count.max())):
         rows = np.nonzero(count > k)[0]
-        squares[rows] += (p[rows - k] - mean[rows]) ** 2
+        squares[rows] += (p[at[rows] - k] - mean[rows]) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
         std = np.sqrt(squares / (count - 1))
     flat = low == high
-    mean[flat] = p[flat]
+    mean[flat] = own[flat]
     std[flat] = 0.0
     std[count < 2] = np.nan
     return mean, std
@@ -261,11 +263,26 @@ def compute_indicators(
     lookback. Returns :data:`INDICATOR_COLUMNS`, sorted by ``coin_id, ts``; ``ts`` keeps the input
     dtype.
     """
-    usable = raw["current_price"].notna() & raw["ts"].notna()
+    return _compute(raw, state, start, end)[0]
+
+
+def _compute(
+    raw: pd.DataFrame,
+    state: Any = None,
+    start: Any = None,
+    end: Any = None,
+    emit: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+    """:func:`compute_indicators`, and the observations it computed from: ``(coin_id, t, price)``
+    arrays sorted by coin and time (duplicates dropped; None when there were none). ``emit``
+    (bool per row of ``raw``, optional): only those rows are computed and returned, the others
+    serving as lookback only (the live path's retained observations)."""
+    usable = (raw["current_price"].notna() & raw["ts"].notna()).to_numpy()
     if not usable.all():
         raw = raw.loc[usable]
+        emit = None if emit is None else emit[usable]
     if raw.empty:
-        return _empty_indicators(raw["ts"].dtype)
+        return _empty_indicators(raw["ts"].dtype), None
     t_all = to_ns(raw["ts"])
     codes, _ = pd.factorize(raw["id"], sort=True)  # integer coin codes, in coin_id order
     order = _sort_order(codes, t_all)
@@ -281,31 +298,33 @@ def compute_indicators(
     starts = np.concatenate(([0], boundaries))
     stops = np.concatenate((boundaries, [len(order)]))
     coin_ids = id_values[order[starts]]
-    columns = _all_coins(codes, t_all, prices, starts, _state_arrays(state, coin_ids))
-    if columns is None:  # keys would overflow int64 (very long ranges): coin by coin
-        states = _state_mapping(state)
-        coin_states = [states.get(coin) for coin in coin_ids]
-        columns = {name: np.empty(len(order)) for name in INDICATOR_COLUMNS[4:]}
-        for a, b, coin_state in zip(starts, stops, coin_states, strict=True):
-            values = coin_indicators(t_all[a:b], prices[a:b], coin_state)
-            for name, arr in values.items():
-                columns[name][a:b] = arr
-
-    mask = np.ones(len(order), dtype=bool)
+    mask = np.ones(len(order), dtype=bool) if emit is None else emit[order]
     if start is not None:
         mask &= t_all >= to_ns(start)
     if end is not None:
         mask &= t_all < to_ns(end)
+    columns = _all_coins(codes, t_all, prices, starts, _state_arrays(state, coin_ids), mask)
+    if columns is None:  # keys would overflow int64 (very long ranges): coin by coin
+        states = _state_mapping(state)
+        coin_states = [states.get(coin) for coin in coin_ids]
+        every = {name: np.empty(len(order)) for name in INDICATOR_COLUMNS[4:]}
+        for a, b, coin_state in zip(starts, stops, coin_states, strict=True):
+            values = coin_indicators(t_all[a:b], prices[a:b], coin_state)
+            for name, arr in values.items():
+                every[name][a:b] = arr
+        columns = {name: values[mask] for name, values in every.items()}
+
     rows = order[mask]
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "coin_id": id_values[rows],
             "symbol": raw["symbol"].to_numpy()[rows],
             "ts": raw["ts"].iloc[rows].reset_index(drop=True),
             "price": prices[mask],
-            **{name: columns[name][mask] for name in INDICATOR_COLUMNS[4:]},
+            **columns,
         }
     )
+    return frame, (id_values[order], t_all, prices)
 
 
 def _all_coins(
@@ -314,8 +333,10 @@ def _all_coins(
     p: np.ndarray,
     starts: np.ndarray,
     state_arrays: tuple[np.ndarray, ...],
+    want: np.ndarray,
 ) -> dict[str, np.ndarray] | None:
-    """:func:`coin_indicators` of every coin at once (rows sorted by coin, then ``t``).
+    """:func:`coin_indicators` of every coin at once (rows sorted by coin, then ``t``), for the
+    rows where ``want`` is set (the others are lookback only; in :data:`INDICATOR_COLUMNS`' order).
 
     The same formulas, vectorised across coins instead of a Python loop per coin: each coin's
     state observation is inserted before its rows, rows get the key ``k = coin * span + (t -
@@ -354,20 +375,21 @@ def _all_coins(
     if n_coins * span >= 2**62:
         return None
     key = cc * np.int64(span) + rel
+    at = np.flatnonzero(~extra)[want]  # the wanted rows' positions among the observations
+    at_p, at_seg_start = pp[at], row_seg_start[at]
     result = {}
     for name, seconds in (
         ("change_1min", CHANGE_1MIN_SECONDS),
         ("change_5min", CHANGE_5MIN_SECONDS),
     ):
-        j = np.searchsorted(key, key - np.int64(seconds) * _NS, side="right") - 1
-        out = np.full(m, np.nan)
-        ok = j >= row_seg_start
-        out[ok] = 100.0 * (pp[ok] / pp[j[ok]] - 1.0)
+        j = np.searchsorted(key, key[at] - np.int64(seconds) * _NS, side="right") - 1
+        out = np.full(len(at), np.nan)
+        ok = j >= at_seg_start
+        out[ok] = 100.0 * (at_p[ok] / pp[j[ok]] - 1.0)
         result[name] = out
-    result["sma_5min"], result["volatility_5min"] = window_mean_std(key, pp, WINDOW_SECONDS)
-    result["ema_3min"] = _ema_all(cc, tt, pp, row_seg_start, ema_t, ema_v, has_ema)
-    keep = ~extra
-    return {name: values[keep] for name, values in result.items()}
+    result["sma_5min"], result["volatility_5min"] = window_mean_std(key, pp, WINDOW_SECONDS, at)
+    result["ema_3min"] = _ema_all(cc, tt, pp, row_seg_start, ema_t, ema_v, has_ema)[at]
+    return {name: result[name] for name in INDICATOR_COLUMNS[4:]}
 
 
 def _ema_all(
@@ -667,8 +689,9 @@ def advance_indicators(
     (the raw columns), any order, several observations per coin allowed. An observation whose
     ``ts`` is not newer than the coin's newest one in ``state`` is not computed (a duplicate
     ``(coin, ts)``, or a late row: the exact recompute from raw owns it) and comes back in the
-    third frame. The others are computed by :func:`compute_indicators` on the coin's retained
-    observations + the new ones, the EMA continued from the stored value - the same formulas and
+    third frame. The others are computed as :func:`compute_indicators` computes them, with the
+    coin's retained observations as their lookback (only the new rows are computed) and the EMA
+    continued from the stored value - the same formulas and
     windows as a full recompute, so the rows equal it (EMA up to rounding, ``<= 1e-12``
     relative). Duplicates inside ``batch`` keep the last one. Returns ``(rows, new_state,
     skipped)``; ``rows`` has :data:`INDICATOR_COLUMNS` sorted by ``coin_id, ts``.
@@ -717,17 +740,16 @@ def advance_indicators(
             "ema_3min": state.last["ema_3min"].to_numpy(dtype=np.float64)[known],
         }
     )
-    out = compute_indicators(raw, ema_state)
-    out_t = to_ns(out["ts"])
-    out_ids = out["coin_id"].to_numpy(dtype=object)
-    after = out_t > state.last_ts(out_ids)
-    rows = out.loc[after].reset_index(drop=True)
-    # the new state: the touched coins' observations are ``out``'s (retained + new, sorted by
-    # coin and time), pruned; the other coins' are kept as they are (their newest is unchanged)
+    # only the new rows are computed; the retained observations are their lookback
+    emit = np.concatenate((np.zeros(len(old), dtype=bool), np.ones(len(new), dtype=bool)))
+    rows, observed = _compute(raw, ema_state, emit=emit)
+    # the new state: the touched coins' observations are the ones computed from (retained +
+    # new, sorted by coin and time), pruned; the other coins' are kept as they are
+    obs_ids, obs_t, obs_p = observed
     obs = pd.concat(
         [
             state.obs.loc[~is_touched],
-            _prune(pd.DataFrame({"coin_id": out_ids, "t": out_t, "p": out["price"]})),
+            _prune(pd.DataFrame({"coin_id": obs_ids, "t": obs_t, "p": obs_p})),
         ],
         ignore_index=True,
     )

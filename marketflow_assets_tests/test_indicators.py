@@ -170,6 +170,21 @@ def test_poll_by_poll_append_and_late_rows_equal_full_recompute(seed):
         np.testing.assert_allclose(spliced[col], full[col], rtol=REL, atol=0, equal_nan=True)
 
 
+def test_window_of_some_rows_equals_the_same_rows_of_all_windows():
+    """``window_mean_std(..., at=rows)`` (the live path computes only its new rows) gives
+    exactly - bit for bit - those rows of the windows of every row."""
+    rng = np.random.default_rng(11)
+    t = np.cumsum(rng.integers(1, 90, 400)).astype(np.int64) * 1_000_000_000
+    p = 10.0 ** rng.uniform(-4, 5, 400)
+    p[100:140] = 3.0  # a flat stretch: mean = p, std = 0 exactly
+    mean, std = ind.window_mean_std(t, p)
+    for at in (np.arange(400), np.flatnonzero(rng.random(400) < 0.2), np.array([0, 139, 399])):
+        some_mean, some_std = ind.window_mean_std(t, p, at=at)
+        np.testing.assert_array_equal(some_mean, mean[at])
+        np.testing.assert_array_equal(some_std, std[at])
+    assert ind.window_mean_std(t, p, at=np.array([], dtype=np.int64))[0].size == 0
+
+
 def test_ema_long_history_and_huge_gaps():
     """The blocked closed-form EMA matches the recursion over days, across huge gaps."""
     rng = random.Random(5)
