@@ -135,6 +135,17 @@ def _non_finite(value: Any) -> bool:
 
 def check_message(message: Any) -> RawRow | Invalid:
     """The raw row of one decoded message value, or why it is invalid (see the module doc)."""
+    return _check(message, strict=False)
+
+
+#: Per numeric field other than the price: (name, integral, stored as a double in the raw row).
+_NUMERIC_PLAN = tuple((f, f in _INTEGER_FIELDS, f in _RAW_NUMERIC) for f in _OTHER_NUMERIC)
+
+
+def _check(message: Any, strict: bool) -> RawRow | Invalid:
+    """:func:`check_message`; ``strict``: ``message`` came from orjson, which never yields a
+    NaN or an infinity (it refuses ``NaN`` literals and numbers that overflow a double), so the
+    last check - a non-finite number anywhere - is known to pass and is skipped."""
     if type(message) is not dict:
         return Invalid(INVALID_JSON, f"not a JSON object but {type(message).__name__}")
     get = message.get
@@ -169,7 +180,7 @@ def check_message(message: Any) -> RawRow | Invalid:
     if price <= 0:
         return Invalid(NON_POSITIVE_PRICE, f"current_price: must be positive, got {price!r}")
     numbers: dict[str, Any] = {}
-    for name in _OTHER_NUMERIC:
+    for name, integral, raw_double in _NUMERIC_PLAN:
         value = get(name)
         if value is None:
             numbers[name] = None
@@ -180,14 +191,14 @@ def check_message(message: Any) -> RawRow | Invalid:
                 return Invalid(INVALID_FIELD, f"{name}: not finite ({_short(value)})")
         elif kind is not int:
             return Invalid(INVALID_FIELD, f"{name}: expected a number, got {_short(value)}")
-        if name in _INTEGER_FIELDS:
+        if integral:
             if kind is float:
                 if not value.is_integer():
                     return Invalid(INVALID_FIELD, f"{name}: expected an integer, got {value!r}")
                 value = int(value)
             if not -_INT64_MAX - 1 <= value <= _INT64_MAX:
                 return Invalid(INVALID_FIELD, f"{name}: out of the int64 range")
-        elif kind is int and name in _RAW_NUMERIC:
+        elif kind is int and raw_double:
             try:
                 value = float(value)
             except OverflowError:
@@ -204,9 +215,10 @@ def check_message(message: Any) -> RawRow | Invalid:
             updated = time_us(updated)
         except (ValueError, TypeError, OverflowError):
             return Invalid(INVALID_FIELD, f"last_updated: not an ISO-8601 time: {_short(updated)}")
-    for key, value in message.items():
-        if type(value) in (float, dict, list) and _non_finite(value):
-            return Invalid(INVALID_FIELD, f"{key}: holds NaN or an infinity (not strict JSON)")
+    if not strict:
+        for key, value in message.items():
+            if type(value) in (float, dict, list) and _non_finite(value):
+                return Invalid(INVALID_FIELD, f"{key}: holds NaN or an infinity (not strict JSON)")
     return (
         coin,
         symbol,
@@ -261,13 +273,19 @@ def loads(value: bytes | str) -> Any:
     orjson refuses (``NaN`` literals, non-UTF-8 encodings, invalid JSON) or may have read
     otherwise (a float of magnitude >= 2**63 in its result: an integer beyond 64 bits, which
     json.loads keeps exact) is decoded, or refused, by :func:`json.loads` itself."""
+    return _decode(value)[0]
+
+
+def _decode(value: bytes | str) -> tuple[Any, bool]:
+    """:func:`loads` of ``value`` and whether orjson decoded it (then no number in it is NaN or
+    infinite)."""
     try:
         decoded = _orjson_loads(value)
     except ValueError:  # orjson.JSONDecodeError is one
-        return json.loads(value)
+        return json.loads(value), False
     if _holds_big_float(decoded):
-        return json.loads(value)
-    return decoded
+        return json.loads(value), False
+    return decoded, True
 
 
 def _no_orjson(value: bytes | str) -> Any:
@@ -285,10 +303,10 @@ def parse_value(value: bytes | str | None) -> RawRow | Invalid:
     if value is None or not value.strip():
         return Invalid(EMPTY_VALUE, "empty value")
     try:
-        message = loads(value)
+        message, strict = _decode(value)
     except (ValueError, RecursionError) as exc:
         return Invalid(INVALID_JSON, f"not JSON: {_short(str(exc), 80)}")
-    return check_message(message)
+    return _check(message, strict)
 
 
 def parse_values(values: Iterable[bytes | str | None]):
