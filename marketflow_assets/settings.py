@@ -53,6 +53,11 @@ DEFAULT_SPARK_DRIVER_MEMORY = "512m"
 DEFAULT_SPARK_CONNECT_MEMORY = "1g"
 #: Records per micro-batch of the streaming job at most: 2 whole-market polls (15,000 coins).
 DEFAULT_SPARK_MAX_OFFSETS = 30000
+ENV_BATCH_NICE = "MARKETFLOW_BATCH_NICE"
+#: Niceness ``marketflow up`` adds to the batch work - the streaming job, the Dagster daemon and
+#: code server (runs, backfills), the Spark Connect server: on a busy machine they yield the cores
+#: to ingest, the live path, the follower's refresh and the UI (0: all equal).
+DEFAULT_BATCH_NICE = 5
 ENV_PARTITION_START = "MARKETFLOW_PARTITION_START"
 ENV_FRESHNESS_WARN = "MARKETFLOW_FRESHNESS_WARN_SECONDS"
 ENV_FRESHNESS_ERROR = "MARKETFLOW_FRESHNESS_ERROR_SECONDS"
@@ -383,6 +388,8 @@ class Settings:
     #: Cap on the records of one micro-batch of the streaming job (its default
     #: ``--max-offsets-per-trigger``).
     spark_max_offsets_per_trigger: int = DEFAULT_SPARK_MAX_OFFSETS
+    #: Niceness added to the batch children of ``marketflow up`` (0..19; see DEFAULT_BATCH_NICE).
+    batch_nice: int = DEFAULT_BATCH_NICE
     #: First hourly partition (explicit); None: the first hour of raw data, else today.
     partition_start: datetime | None = None
     dagster_home: str | None = None
@@ -484,6 +491,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         spark_max_offsets_per_trigger=_positive_int(
             env, ENV_SPARK_MAX_OFFSETS, DEFAULT_SPARK_MAX_OFFSETS
         ),
+        batch_nice=_nice(env, ENV_BATCH_NICE, DEFAULT_BATCH_NICE),
         partition_start=(
             None if start is None else floor_hour(parse_utc(start, ENV_PARTITION_START))
         ),
@@ -518,6 +526,15 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         return default
     if not raw.isdigit() or int(raw) < 1:
         raise ConfigError(f"{name}={raw!r} must be an integer >= 1")
+    return int(raw)
+
+
+def _nice(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) > 19:
+        raise ConfigError(f"{name}={raw!r} must be an integer from 0 (off) to 19")
     return int(raw)
 
 

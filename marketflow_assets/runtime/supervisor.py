@@ -77,6 +77,9 @@ class Child:
     # when a SIGTERM reaches it at a moment it does not act on (the Dagster webserver and daemon
     # were seen to live on: their state is in PostgreSQL, nothing to finish)
     death_signal: int = signal.SIGTERM
+    # added to its scheduling niceness (os.nice): the batch work (the streaming job, Dagster)
+    # yields the cores to the latency-critical live path and ingest when they compete
+    nice: int = 0
 
 
 #: What every JVM Spark starts prints first: Spark's launcher always adds the incubating Vector
@@ -204,7 +207,7 @@ def start_child(child: Child, env: dict[str, str], cwd: Path | None = None) -> N
             stdout=subprocess.PIPE if child.quiet_lines else log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # signals of the terminal reach `up` only
-            preexec_fn=functools.partial(die_with_parent, child.death_signal),
+            preexec_fn=functools.partial(_prepare_child, child.death_signal, child.nice),
         )
     if child.quiet_lines:
         child.output_pump = threading.Thread(
@@ -216,6 +219,13 @@ def start_child(child: Child, env: dict[str, str], cwd: Path | None = None) -> N
         child.output_pump.start()
     child.started_at = time.monotonic()
     logger.info("%s: started (pid %s, log %s)", child.name, child.proc.pid, child.log_path)
+
+
+def _prepare_child(death_signal: int, nice: int) -> None:
+    """``preexec_fn`` of a child: its death signal (:func:`die_with_parent`) and niceness."""
+    die_with_parent(death_signal)
+    if nice:
+        os.nice(nice)
 
 
 def _copy_output(pipe, log_path: Path, quiet: tuple[bytes, ...]) -> None:

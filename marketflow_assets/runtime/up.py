@@ -201,10 +201,19 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
         *dagster_children(args, settings),
         Child("follow", follow, logs / "follow.log", needs=("postgres",)),
     ]
+    for child in children:
+        if child.name in BATCH_CHILDREN:
+            child.nice = settings.batch_nice
     if load_live_settings().enabled:  # MARKETFLOW_LIVE=0 turns the live path off
         children.append(live_child(settings))
     return children
 
+
+#: The children doing batch work, started with ``settings.batch_nice`` added to their niceness:
+#: the streaming job and the Dagster processes that run materializations (the daemon; runs start
+#: in the code server's processes). The live path, ingest, the follower (the exact path's last
+#: step), the webserver and the dashboard keep the default priority.
+BATCH_CHILDREN = ("spark", "dagster-code", "dagster-daemon", "spark-connect")
 
 #: The code location's name in the UI (as ``workspace.yaml`` names it for a plain ``dagster dev``).
 LOCATION_NAME = "marketflow"
@@ -309,6 +318,7 @@ def spark_connect_child(settings: Settings, args) -> tuple[Child, str]:
     child = Child(
         "spark-connect", argv, logs / "spark-connect.log", env=env, cwd=logs, quiet_lines=JVM_NOISE
     )
+    child.nice = settings.batch_nice  # one of BATCH_CHILDREN
     return child, f"sc://127.0.0.1:{port}"
 
 

@@ -298,3 +298,25 @@ def test_a_child_gets_its_death_signal_when_its_parent_is_killed(tmp_path):
                 psutil.Process(pid).kill()
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_child_and_what_it_starts_run_with_its_niceness(tmp_path):
+    """``Child.nice`` (``marketflow up``'s batch children: MARKETFLOW_BATCH_NICE) is added to the
+    child's niceness, inherited by the processes it starts; other children keep the default."""
+    script = (
+        "import os, subprocess, sys; print(os.nice(0), flush=True); "
+        "subprocess.run([sys.executable, '-c', 'import os; print(os.nice(0))'])"
+    )
+    base = os.nice(0)
+    niced = Child("niced", [PY, "-c", script], tmp_path / "niced.log", finished_on_success=True)
+    niced.nice = 7
+    plain = Child("plain", [PY, "-c", script], tmp_path / "plain.log", finished_on_success=True)
+    supervisor = Supervisor([], dict(os.environ), RestartPolicy(backoff_s=0.2))
+    supervisor.start(niced)
+    supervisor.start(plain)
+    try:
+        _run_until(supervisor, lambda: niced.finished and plain.finished, timeout=20)
+    finally:
+        supervisor.stop_all()
+    assert (tmp_path / "niced.log").read_text().split() == [str(min(base + 7, 19))] * 2
+    assert (tmp_path / "plain.log").read_text().split() == [str(base)] * 2

@@ -63,6 +63,7 @@ def test_unreachable_postgres_exits_2_with_one_line(tmp_path):
         ("MARKETFLOW_KAFKA_BOOTSTRAP", "h:notaport"),
         ("MARKETFLOW_KAFKA_SECURITY_PROTOCOL", "TLS"),
         ("MARKETFLOW_ALERT_WEBHOOK_URL", "ftp://hooks.example.com/t0k3n"),
+        ("MARKETFLOW_BATCH_NICE", "20"),
     ],
 )
 def test_bad_config_is_config_error(tmp_path, name, value):
@@ -194,7 +195,12 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_only_a_crash_loop(t
         up = psutil.Process(proc.pid)
         _wait_for(lambda: "ready: spark" in log_path.read_text(), 400, "Parquet", proc, log_path)
 
+        # the batch work runs niced (MARKETFLOW_BATCH_NICE, default 5), its JVM too; ingest and
+        # the UI keep the default priority
         spark = _child(up, "kafka_streaming.py")
+        assert {p.nice() for p in [spark, *spark.children(recursive=True)]} == {5}
+        assert _child(up, "dagster-daemon").nice() == 5
+        assert _child(up, " ingest ").nice() == _child(up, "dagster-webserver").nice() == 0
         spark.kill()
         _child(up, "kafka_streaming.py", not_pid=spark.pid)
         dagster = _child(up, "dagster-webserver")
