@@ -715,7 +715,12 @@ def advance_indicators(
         }
     )
     touched = pd.unique(new["id"])
-    is_touched = state.obs["coin_id"].isin(touched).to_numpy()
+    pos = state.last.index.get_indexer(pd.Index(touched, dtype=object))
+    known = pos[pos >= 0]
+    if len(known) == len(state.last):  # every coin of the state touched (a whole-market poll)
+        is_touched = np.ones(len(state.obs), dtype=bool)  # (obs and last hold the same coins)
+    else:
+        is_touched = state.obs["coin_id"].isin(touched).to_numpy()
     old = state.obs.loc[is_touched]
     raw = pd.concat(
         [
@@ -731,8 +736,6 @@ def advance_indicators(
         ],
         ignore_index=True,
     )
-    pos = state.last.index.get_indexer(pd.Index(touched, dtype=object))
-    known = pos[pos >= 0]
     ema_state = pd.DataFrame(
         {
             "coin_id": state.last.index.to_numpy(dtype=object)[known],
