@@ -1,9 +1,12 @@
-"""The provenance column on tables created before the live path existed."""
+"""The provenance column on tables created before the live path existed; coin_market's room
+for in-place updates."""
 
 from __future__ import annotations
 
+import pandas as pd
 import psycopg2
 
+from marketflow_assets.market import RAW_SOURCE_COLUMNS
 from marketflow_assets.resources.postgres import PostgresResource
 from marketflow_assets.schema import TABLES, column_names, stored_column_names
 
@@ -42,3 +45,45 @@ def test_existing_tables_get_the_source_column_once(pg_clean):
             assert cur.fetchone()[0] == 1
         cur.execute("SELECT source FROM price_indicators")
         assert cur.fetchall() == [("dagster",)]
+
+
+def test_coin_market_leaves_room_for_in_place_updates_old_tables_too(pg_clean):
+    """``coin_market`` is rewritten at every poll: its pages keep free room (fillfactor 50) so an
+    update stays on its page without a new index entry (HOT), on a new database and on one whose
+    table was created before: the upserts of the polls after the first are nearly all HOT."""
+    from marketflow_assets.live.store import LiveStore
+    from marketflow_assets.market import write_coin_market
+
+    with psycopg2.connect(pg_clean) as conn, conn.cursor() as cur:
+        cur.execute(old_ddl("coin_market"))
+    PostgresResource(url=pg_clean).ensure_tables()
+    PostgresResource(url=pg_clean).ensure_tables()  # idempotent
+    store = LiveStore(pg_clean)
+    try:
+        for minute in range(4):
+            raw = pd.DataFrame(
+                {
+                    "id": [f"coin-{i}" for i in range(2000)],
+                    "symbol": "c",
+                    "name": "Coin",
+                    "current_price": 1.0 + minute,
+                    "ts": pd.Timestamp("2026-03-01T00:00:00Z") + pd.Timedelta(minutes=minute),
+                }
+            )
+            for column in RAW_SOURCE_COLUMNS:
+                if column not in raw:
+                    raw[column] = None
+            with store.conn, store.conn.cursor() as cur:
+                write_coin_market(cur, raw, history=False)
+    finally:
+        store.close()
+    with psycopg2.connect(pg_clean) as conn, conn.cursor() as cur:
+        cur.execute("SELECT reloptions FROM pg_class WHERE oid = 'coin_market'::regclass")
+        assert cur.fetchone()[0] == ["fillfactor=50"]
+        cur.execute("SELECT pg_stat_force_next_flush()")
+    with psycopg2.connect(pg_clean) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'coin_market'"
+        )
+        updated, hot = cur.fetchone()
+    assert updated == 3 * 2000 and hot >= 0.9 * updated, (updated, hot)
