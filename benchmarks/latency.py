@@ -445,14 +445,15 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def publish_times(ingest_log: Path) -> dict[datetime, float]:
-    """Each poll's seconds from its ``ts`` to its acknowledgement, from ingest's log."""
+def publish_times(ingest_log: Path, min_records: int = 0) -> dict[datetime, float]:
+    """Each poll's seconds from its ``ts`` to its acknowledgement, from ingest's log (the polls
+    of at least ``min_records`` acknowledged records)."""
     out: dict[datetime, float] = {}
     if not ingest_log.exists():
         return out
     for line in ingest_log.read_text(errors="replace").splitlines():
         match = _INGEST_LINE.search(line)
-        if match:
+        if match and int(match.group(2)) >= min_records:
             with contextlib.suppress(ValueError):
                 ts = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
                 out[ts] = float(match.group(3))
@@ -476,11 +477,7 @@ def breakdown(logs: Path, phase: Phase) -> list[list[str]]:
     def med(values) -> str:
         return f"{statistics.median(values):.2f}" if values else "n/a"
 
-    publish = []
-    for line in (logs / f"ingest-{phase.coins}.log").read_text(errors="replace").splitlines():
-        match = _INGEST_LINE.search(line)
-        if match and int(match.group(2)) >= phase.coins:
-            publish.append(float(match.group(3)))
+    publish = list(publish_times(logs / f"ingest-{phase.coins}.log", phase.coins).values())
     rows.append(["ingest: fetch/simulate + validate + publish (acks=all)", med(publish)])
     batches = []
     text = (logs / "spark_streaming.log").read_text(errors="replace")

@@ -353,6 +353,12 @@ WITH RECURSIVE {name}({column}) AS (
 """
 
 
+def _reloptions(params: str) -> str:
+    """``fillfactor = 50, ...`` as PostgreSQL lists them in ``pg_class.reloptions``:
+    ``'fillfactor=50', ...`` (SQL string literals)."""
+    return ", ".join(f"'{option.replace(' ', '')}'" for option in params.split(","))
+
+
 def create_all_sql() -> list[str]:
     """DDL for every table plus the secondary indexes queries rely on."""
     body = ",\n  ".join(f"{name} {kind}" for name, kind in REFRESH_LEDGER_COLUMNS)
@@ -387,7 +393,7 @@ def create_all_sql() -> list[str]:
         # written from now on; guarded: ALTER TABLE locks the table even when nothing changes)
         *(
             "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = "
-            f"to_regclass('{t}') AND '{params.replace(' ', '')}' = ANY(reloptions)) THEN "
+            f"to_regclass('{t}') AND ARRAY[{_reloptions(params)}]::text[] <@ reloptions) THEN "
             f"ALTER TABLE {t} SET ({params}); END IF; END $$"
             for t, params in TABLE_STORAGE.items()
         ),

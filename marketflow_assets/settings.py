@@ -521,21 +521,26 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{name}={raw!r} must be an integer >= 1")
-    return int(raw)
+    return _int_in(env, name, default, 1)
 
 
 def _nice(env: Mapping[str, str], name: str, default: int) -> int:
+    return _int_in(env, name, default, 0, 19)
+
+
+def _int_in(
+    env: Mapping[str, str], name: str, default: int, low: int, high: int | None = None
+) -> int:
+    """The integer ``name`` of ``env`` within ``low`` .. ``high`` (no upper bound when None);
+    ``default`` when unset; ConfigError otherwise."""
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or int(raw) > 19:
-        raise ConfigError(f"{name}={raw!r} must be an integer from 0 (off) to 19")
-    return int(raw)
+    value = int(raw) if raw.isdigit() else None
+    if value is None or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"from {low} to {high}"
+        raise ConfigError(f"{name}={raw!r} must be an integer {bounds}")
+    return value
 
 
 def _jvm_memory(env: Mapping[str, str], name: str, default: str) -> str:

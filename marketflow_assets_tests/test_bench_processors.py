@@ -25,6 +25,7 @@ def test_publish_times_are_read_per_poll_from_ingests_log(tmp_path):
     first = datetime(2026, 12, 6, 4, 53, 59, 532000, tzinfo=UTC)
     second = datetime(2026, 12, 6, 4, 54, 1, 532000, tzinfo=UTC)
     assert publish_times(log) == {first: 0.01, second: 0.42}
+    assert publish_times(log, min_records=250) == {first: 0.01}  # whole polls (the breakdown)
 
 
 def test_cpu_seconds_count_a_process_and_its_children():
