@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--poll-timeout",
         type=float,
         default=None,
-        help="seconds a Kafka poll waits (default: MARKETFLOW_LIVE_POLL_TIMEOUT, else 0.1)",
+        help="seconds each Kafka fetch waits at the broker for records "
+        "(default: MARKETFLOW_LIVE_POLL_TIMEOUT, else 0.1)",
     )
 
 

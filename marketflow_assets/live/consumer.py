@@ -42,6 +42,12 @@ logger = logging.getLogger("marketflow.live")
 #: How often the consumer looks for partitions added to the topic.
 PARTITION_REFRESH_SECONDS = 30.0
 
+#: How long one poll waits when nothing comes. It returns as soon as a fetch brings records
+#: (the broker answers each fetch within ``poll_timeout_s`` and kafka-python sends the next
+#: one), so this bounds only how soon an idle consumer sees a stop or runs its checks; a poll
+#: call per fetch cost idle about half as much CPU again (22 vs 15 ms a second at 0.1 s).
+IDLE_POLL_SECONDS = 1.0
+
 
 #: The raw columns the indicators read (``advance_indicators``' batch) ...
 _COLUMNS = ["id", "symbol", "ts", "current_price"]
@@ -130,6 +136,8 @@ class LiveConsumer:
     bootstrap: str
     topic: str
     postgres_url: str
+    #: How long each fetch waits at the broker for records (on Tansu the longest a new record
+    #: waits: it answers a waiting fetch when the wait ends).
     poll_timeout_s: float = 0.1
     max_batch_records: int = 100_000
     client_id: str = "marketflow-live"
@@ -311,8 +319,9 @@ class LiveConsumer:
     # ------------------------------------------------------------------------------------
     def poll_batch(self) -> list:
         records: list = []
+        wait_s = max(self.poll_timeout_s, IDLE_POLL_SECONDS)
         polled = self.consumer.poll(
-            timeout_ms=int(self.poll_timeout_s * 1000), max_records=self.max_batch_records
+            timeout_ms=int(wait_s * 1000), max_records=self.max_batch_records
         )
         while polled:
             for batch in polled.values():

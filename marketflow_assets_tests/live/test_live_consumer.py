@@ -73,6 +73,46 @@ def test_stream_of_polls_equals_full_recompute(kafka_bootstrap, new_topic, pg_cl
     assert_coin_market_is_each_coins_newest(pg_clean, rows)
 
 
+def test_an_idle_consumer_polls_once_a_second_and_a_record_ends_the_wait(
+    kafka_bootstrap, new_topic, pg_clean
+):
+    """Idle, the consumer's poll waits up to IDLE_POLL_SECONDS (its fetches keep going every
+    ``poll_timeout_s`` inside it: fewer round trips through the loop, less idle CPU), yet a
+    record published while a poll waits ends that poll at once, not at its timeout."""
+    from marketflow_assets.live.consumer import IDLE_POLL_SECONDS
+
+    topic = new_topic("live_idle", partitions=3)
+    rows = in_poll_order(irregular_rows(seed=5, coins=4, polls=2))
+    first = [r for r in rows if r[2] == rows[0][2]]
+    with running_consumer(kafka_bootstrap, topic, pg_clean) as consumer:
+        calls: list[tuple[float, float, int]] = []  # (started, seconds, records)
+        started_one = threading.Event()
+        poll = consumer.consumer.poll
+
+        def timed_poll(*args, **kwargs):
+            started = time.monotonic()
+            started_one.set()
+            got = poll(*args, **kwargs)
+            calls.append((started, time.monotonic() - started, sum(map(len, got.values()))))
+            return got
+
+        wait_for(lambda: consumer.assigned, what="the partitions assigned")
+        consumer.consumer.poll = timed_poll
+        time.sleep(3.5)
+        idle = [c for c in calls if c[0] > calls[0][0] + 0.5] if calls else []
+        assert idle and all(records == 0 for _, _, records in idle)
+        assert len(idle) <= 4, f"{len(idle)} polls in 3 s idle"
+        assert all(seconds >= IDLE_POLL_SECONDS * 0.9 for _, seconds, _ in idle)
+
+        started_one.clear()
+        started_one.wait(5)  # a poll has just begun to wait
+        publish(kafka_bootstrap, topic, first)
+        wait_for(lambda: consumed_all(pg_clean, topic, len(first)), what="the poll consumed")
+        with_records = [c for c in calls if c[2]]
+        assert with_records, calls
+        assert with_records[0][1] < IDLE_POLL_SECONDS * 0.75, with_records
+
+
 def test_a_failed_write_drops_the_batches_computed_after_it(kafka_bootstrap, new_topic, pg_clean):
     """Batches are computed while the one before is written (a writer thread): when that write
     fails (its PostgreSQL connection is terminated), nothing computed after it is written, the
