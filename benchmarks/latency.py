@@ -468,10 +468,11 @@ _INGEST_LINE = re.compile(
 _FOLLOW_LINE = re.compile(r"in ([\d.]+) s \(file seen ([\d.]+) s after its newest ts\)")
 
 
-def breakdown(logs: Path, phase: Phase) -> list[list[str]]:
+def breakdown(logs: Path, phase: Phase, spark_text: str) -> list[list[str]]:
     """Where the seconds of one phase went, from the components' own log lines: ingest's
-    publish time per poll, the streaming job's micro-batch duration, the follower's detection
-    lag and run time (medians over the phase's polls)."""
+    publish time per poll, the streaming job's micro-batch duration (``spark_text``: what its
+    log gained during the phase, :func:`spark_phase_log`), the follower's detection lag and run
+    time (medians over the phase's polls)."""
     rows: list[list[str]] = []
 
     def med(values) -> str:
@@ -480,8 +481,7 @@ def breakdown(logs: Path, phase: Phase) -> list[list[str]]:
     publish = list(publish_times(logs / f"ingest-{phase.coins}.log", phase.coins).values())
     rows.append(["ingest: fetch/simulate + validate + publish (acks=all)", med(publish)])
     batches = []
-    text = (logs / "spark_streaming.log").read_text(errors="replace")
-    for line in text.splitlines():
+    for line in spark_text.splitlines():
         if "micro-batch {" in line:
             metrics = json.loads(line.split("micro-batch ", 1)[1])
             if metrics.get("rows_written", 0) >= phase.coins:
@@ -510,13 +510,18 @@ def breakdown(logs: Path, phase: Phase) -> list[list[str]]:
     return rows
 
 
-def spark_log_counts(log: Path, offset: int) -> tuple[int, int]:
-    """(micro-batches, "falling behind" warnings) in the streaming job's log after ``offset``."""
+def spark_phase_log(log: Path, offset: int) -> str:
+    """The streaming job's log after ``offset`` (its size when a phase began): the phase's part."""
     if not log.exists():
-        return 0, 0
+        return ""
     with log.open("rb") as f:
         f.seek(offset)
-        text = f.read().decode(errors="replace")
+        return f.read().decode(errors="replace")
+
+
+def spark_log_counts(text: str) -> tuple[int, int]:
+    """(micro-batches, "falling behind" warnings) in ``text``, a part of the streaming job's
+    log."""
     return text.count("micro-batch {"), text.count("Current batch is falling behind")
 
 
@@ -682,14 +687,14 @@ def run(
                 warmup.proc.wait(120)
                 children.remove(warmup)
                 wait_for(
-                    lambda: probes._indicator_rows() >= COINS,
+                    lambda: probes.indicator_rows() >= COINS,
                     300,
                     "the warm-up poll in price_indicators",
                     children,
                 )
                 if path in ("up", "daemon"):  # and through Spark and Dagster (the exact path)
                     wait_for(
-                        lambda: probes._indicator_rows(SOURCE_DAGSTER) >= COINS,
+                        lambda: probes.indicator_rows(SOURCE_DAGSTER) >= COINS,
                         300,
                         "the warm-up poll's rows recomputed by Dagster",
                         children,
@@ -713,9 +718,10 @@ def run(
                 _poll_phase(
                     phase, up, ingest, env, resolved, children, tables, commit_times, processors
                 )
-                phase.micro_batches, phase.falling_behind = spark_log_counts(spark_log, log_from)
+                spark_text = spark_phase_log(spark_log, log_from)
+                phase.micro_batches, phase.falling_behind = spark_log_counts(spark_text)
                 with contextlib.suppress(Exception):
-                    breakdowns[phase.coins] = breakdown(work / "logs", phase)
+                    breakdowns[phase.coins] = breakdown(work / "logs", phase, spark_text)
             if loop is not None:
                 loop.stop()
             stop_children(children)

@@ -454,10 +454,10 @@ def read_each(
     take: Callable[[int, list], bool],
     timeout_s: float,
     max_records: int | None = None,
-) -> set[int]:
+) -> None:
     """Fetch each partition of ``topic`` from its offset in ``offsets`` and hand what arrives to
     ``take(partition, records)`` until it says that partition is done (True) or ``timeout_s``
-    passes; returns the partitions done. The consumer's assignment is emptied afterwards.
+    passes. The consumer's assignment is emptied afterwards.
 
     A finished partition leaves the assignment (the others keep their positions); it is never
     paused: kafka-python 3 parks what a paused partition's in-flight fetch brings back
@@ -469,9 +469,8 @@ def read_each(
     from kafka import TopicPartition
 
     pending = {p: TopicPartition(topic, p) for p in offsets}
-    done: set[int] = set()
     if not pending:
-        return done
+        return
     consumer.assign(list(pending.values()))
     for p, tp in pending.items():
         consumer.seek(tp, offsets[p])
@@ -487,11 +486,9 @@ def read_each(
             if finished:
                 for p in finished:
                     del pending[p]
-                done.update(finished)
                 consumer.assign(list(pending.values()))  # the others keep their positions
     finally:
         consumer.assign([])
-    return done
 
 
 class KafkaOffsetProbe:

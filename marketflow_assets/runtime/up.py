@@ -360,7 +360,7 @@ class ReadinessProbes:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status == 200
 
-    def _indicator_rows(self, source: str | None = None) -> int:
+    def indicator_rows(self, source: str | None = None) -> int:
         """Rows of ``price_indicators`` (only those of ``source``: 'live' or 'dagster')."""
         import psycopg2
 
@@ -396,7 +396,7 @@ class ReadinessProbes:
                 self._ui_serves,
                 f"UI serving on http://{self.args.host}:{self.args.port}",
             ),
-            "indicators": (self._indicator_rows, "price_indicators has rows in PostgreSQL"),
+            "indicators": (self.indicator_rows, "price_indicators has rows in PostgreSQL"),
             "dashboard": (
                 self._dashboard_serves,
                 f"http://127.0.0.1:{getattr(self.args, 'dashboard_port', '')}",
