@@ -540,7 +540,7 @@ def _empty_indicators(ts_dtype: Any) -> pd.DataFrame:
 
 def compute_movers(indicators: pd.DataFrame, top_n: int = TOP_N) -> pd.DataFrame:
     """Top gainers and losers per snapshot ``ts`` (movers, docs/INDICATORS.md) as
-    :data:`MOVER_COLUMNS`.
+    :data:`MOVER_COLUMNS`, ordered by ``snapshot_ts``, ``direction``, ``rank``.
 
     Among rows with non-NULL ``change_5min`` at each ``ts``: the ``top_n`` highest (``gainer``,
     rank 1 = highest) and the ``top_n`` lowest (``loser``, rank 1 = lowest), ties by ``coin_id``
@@ -548,22 +548,28 @@ def compute_movers(indicators: pd.DataFrame, top_n: int = TOP_N) -> pd.DataFrame
     """
     cols = ["ts", "coin_id", "symbol", "change_5min", "price"]
     eligible = indicators.loc[indicators["change_5min"].notna(), cols]
-    eligible = eligible.assign(_key=to_ns(eligible["ts"]))
-    frames = []
-    for direction, descending in (("gainer", True), ("loser", False)):
-        ranked = eligible.sort_values(
-            ["_key", "change_5min", "coin_id"],
-            ascending=[True, not descending, True],
-            kind="mergesort",
-        )
-        top = ranked.groupby("_key", sort=False).head(top_n)
-        top = top.assign(
-            direction=direction,
-            rank=top.groupby("_key", sort=False).cumcount().astype("int64") + 1,
-        )
-        frames.append(top)
-    movers = pd.concat(frames, ignore_index=True).rename(columns={"ts": "snapshot_ts"})
-    movers = movers.sort_values(["_key", "direction", "rank"], kind="mergesort")
+    key = np.asarray(to_ns(eligible["ts"]), dtype="int64")
+    change = eligible["change_5min"].to_numpy(dtype="float64")
+    coin = pd.factorize(eligible["coin_id"], sort=True)[0]  # codes in coin_id order
+    picked, ranks, directions = [], [], []
+    for code, sign in ((0, -1.0), (1, 1.0)):  # gainer: change descending, loser: ascending
+        order = np.lexsort((coin, sign * change, key))  # by ts, change, then coin_id
+        sorted_key = key[order]
+        position = np.arange(len(order))
+        first = np.ones(len(order), dtype=bool)  # the first row of each ts
+        first[1:] = sorted_key[1:] != sorted_key[:-1]
+        rank = position - np.maximum.accumulate(np.where(first, position, 0)) + 1
+        keep = rank <= top_n
+        picked.append(order[keep])
+        ranks.append(rank[keep])
+        directions.append(np.full(int(keep.sum()), code))
+    rows, rank, direction = (np.concatenate(x) for x in (picked, ranks, directions))
+    final = np.lexsort((rank, direction, key[rows]))
+    movers = eligible.iloc[rows[final]].rename(columns={"ts": "snapshot_ts"})
+    movers = movers.assign(
+        direction=np.array(["gainer", "loser"], dtype=object)[direction[final]],
+        rank=rank[final].astype("int64"),
+    )
     return movers.loc[:, list(MOVER_COLUMNS)].reset_index(drop=True)
 
 

@@ -244,6 +244,49 @@ def test_movers_match_reference(rows, reference):
     assert counts.max() == 5 and counts.min() < 5
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_movers_of_shuffled_rows_with_many_ties(seed):
+    """compute_movers on rows in any order, with changes drawn from a few values (ties, 0.0 and
+    -0.0, NULLs), equals a plain sort per snapshot; rows come ordered by snapshot, direction,
+    rank, with the input's values and types."""
+    rng = random.Random(seed)
+    rows = [
+        (
+            BASE + timedelta(seconds=30 * t),
+            f"coin-{rng.randrange(1000):03d}-{c}",
+            rng.choice(["s", None]),
+            rng.choice([None, 0.0, -0.0, 1.5, -1.5, 2.25, rng.uniform(-9, 9)]),
+            rng.uniform(0.1, 9),
+        )
+        for t in range(rng.randrange(1, 5))
+        for c in range(rng.randrange(0, 14))
+    ]
+    rng.shuffle(rows)
+    frame = pd.DataFrame(rows, columns=["ts", "coin_id", "symbol", "change_5min", "price"])
+    frame = frame.astype({"change_5min": "float64", "price": "float64"})
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    movers = ind.compute_movers(frame)
+    expected = []
+    for ts in sorted({r[0] for r in rows}):
+        items = [(r[1], r[3]) for r in rows if r[0] == ts and r[3] is not None]
+        for direction, sign in (("gainer", -1), ("loser", 1)):
+            ranked = sorted(items, key=lambda x, s=sign: (s * x[1], x[0]))[: ind.TOP_N]
+            expected += [(ts, direction, k + 1, coin, v) for k, (coin, v) in enumerate(ranked)]
+    got = [
+        (m.snapshot_ts.to_pydatetime(), m.direction, m.rank, m.coin_id, m.change_5min)
+        for m in movers.itertuples(index=False)
+    ]
+    assert got == expected
+    assert list(movers.index) == list(range(len(movers)))
+    assert str(movers["snapshot_ts"].dtype) == "datetime64[ns, UTC]"
+    assert movers["rank"].dtype == np.int64
+    by_coin = {(r[0], r[1]): (r[2], r[4]) for r in rows}
+    assert all(
+        by_coin[(m.snapshot_ts.to_pydatetime(), m.coin_id)] == (m.symbol, m.price)
+        for m in movers.itertuples(index=False)
+    )
+
+
 def test_all_coins_at_once_and_coin_by_coin_agree_including_the_overflow_fallback():
     """Coins are computed together (one key axis); ranges too long for int64 keys fall back to
     the per-coin functions. Both match the reference."""
