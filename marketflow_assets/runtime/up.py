@@ -202,8 +202,7 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
         Child("follow", follow, logs / "follow.log", needs=("postgres",)),
     ]
     for child in children:
-        if child.name in BATCH_CHILDREN:
-            child.nice = settings.batch_nice
+        with_batch_priority(child, settings)
     if load_live_settings().enabled:  # MARKETFLOW_LIVE=0 turns the live path off
         children.append(live_child(settings))
     return children
@@ -214,6 +213,14 @@ def build_children(args, settings: Settings, source: str) -> list[Child]:
 #: in the code server's processes). The live path, ingest, the follower (the exact path's last
 #: step), the webserver and the dashboard keep the default priority.
 BATCH_CHILDREN = ("spark", "dagster-code", "dagster-daemon", "spark-connect")
+
+
+def with_batch_priority(child: Child, settings: Settings) -> Child:
+    """``child``, started at ``settings.batch_nice`` when it is one of :data:`BATCH_CHILDREN`."""
+    if child.name in BATCH_CHILDREN:
+        child.nice = settings.batch_nice
+    return child
+
 
 #: The code location's name in the UI (as ``workspace.yaml`` names it for a plain ``dagster dev``).
 LOCATION_NAME = "marketflow"
@@ -318,8 +325,7 @@ def spark_connect_child(settings: Settings, args) -> tuple[Child, str]:
     child = Child(
         "spark-connect", argv, logs / "spark-connect.log", env=env, cwd=logs, quiet_lines=JVM_NOISE
     )
-    child.nice = settings.batch_nice  # one of BATCH_CHILDREN
-    return child, f"sc://127.0.0.1:{port}"
+    return with_batch_priority(child, settings), f"sc://127.0.0.1:{port}"
 
 
 class ReadinessProbes:

@@ -79,6 +79,30 @@ def test_bad_config_is_config_error(tmp_path, name, value):
     assert len(lines) == 1 and name in lines[0] and "Traceback" not in proc.stderr
 
 
+def test_every_batch_child_and_only_they_get_the_batch_niceness(tmp_path):
+    """The children ``up`` builds and the Spark Connect server it starts on demand: those of
+    BATCH_CHILDREN at MARKETFLOW_BATCH_NICE, the others at the default."""
+    import argparse
+
+    from marketflow_assets.runtime import up
+    from marketflow_assets.settings import load_settings
+
+    settings = load_settings(
+        {"MARKETFLOW_DATA_DIR": str(tmp_path), "MARKETFLOW_BATCH_NICE": "7", "MARKETFLOW_LIVE": "1"}
+    )
+    args = argparse.Namespace(
+        interval=30, coins=10, spark_master="local[1]", host="127.0.0.1", port=free_port()
+    )
+    children = up.build_children(args, settings, "simulate")
+    children.append(up.spark_connect_child(settings, args)[0])
+    niceness = {child.name: child.nice for child in children}
+    assert set(up.BATCH_CHILDREN) <= set(niceness)
+    assert {n: v for n, v in niceness.items() if n in up.BATCH_CHILDREN} == dict.fromkeys(
+        up.BATCH_CHILDREN, 7
+    )
+    assert {v for n, v in niceness.items() if n not in up.BATCH_CHILDREN} == {0}
+
+
 def _stack_processes(up: psutil.Process, data_dir: Path) -> list[psutil.Process]:
     """`up`, everything below it (broker, JVMs, Dagster's processes) and its PostgreSQL."""
     postgres = [
