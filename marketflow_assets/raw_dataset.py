@@ -439,6 +439,17 @@ def has_files(raw_dir: Path) -> bool:
     return table is not None and bool(table.file_uris())
 
 
+def log_marker(raw_dir: Path) -> int | None:
+    """A mark of the table's transaction log that changes when a commit lands: the modification
+    time (ns) of ``_delta_log/`` - every commit file created in it moves it. A few microseconds,
+    where opening the table and listing its files takes milliseconds: pollers list only when
+    it moved. None without a log."""
+    try:
+        return os.stat(Path(raw_dir) / "_delta_log").st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def table_version(raw_dir: Path) -> int | None:
     """The newest committed version of the table (None when there is no table)."""
     table = open_table(Path(raw_dir))

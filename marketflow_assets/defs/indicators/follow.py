@@ -1,8 +1,9 @@
 """``marketflow follow``: the live fast path from new raw Parquet to ``price_indicators``.
 
-It keeps the project loaded (why a process beside the daemon: ``docs/DECISIONS.md``), lists the
-newest raw files every ``--poll`` seconds (names only; the streaming job's file names carry their
-time range) and, as soon as one appears, executes ``refresh_indicators_job`` for the
+It keeps the project loaded (why a process beside the daemon: ``docs/DECISIONS.md``), looks at
+the raw table's log every ``--poll`` seconds and lists the newest raw files when a commit landed
+(:func:`~marketflow_assets.raw_dataset.log_marker`; at least every :data:`FULL_LOOK_SECONDS`
+anyway) and, as soon as one appears, executes ``refresh_indicators_job`` for the
 hours it touches in process (``execute_in_process`` on the Dagster instance of ``$DAGSTER_HOME``),
 so every refresh is still a Dagster run with its materializations, metadata and blocking checks,
 visible in the UI and seen by the alert sensor. The refresh itself is incremental
@@ -24,19 +25,23 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from marketflow_assets.raw_dataset import RawFile, file_ts_range, list_raw_files
+from marketflow_assets.raw_dataset import RawFile, file_ts_range, list_raw_files, log_marker
 from marketflow_assets.runtime.signals import stop_after_work_in_hand
 from marketflow_assets.settings import ConfigError, Settings
 
 logger = logging.getLogger("marketflow.follow")
+
+#: The follower lists the table's files at least this often, even when its log looks unchanged.
+FULL_LOOK_SECONDS = 5.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--poll",
         type=float,
-        default=0.5,
-        help="seconds between two listings of the raw directory",
+        default=0.1,
+        help="seconds between two looks at the raw table's log (its files are listed when a "
+        "commit landed)",
     )
     # test knob: stop after this many refresh runs (hidden from --help)
     parser.add_argument("--max-runs", type=int, default=None, help=argparse.SUPPRESS)
@@ -54,6 +59,8 @@ class Follower:
         self.horizon = timedelta(hours=horizon_hours or LIVE_HORIZON_HOURS)
         self.known: set[Path] = set()
         self.runs: list[dict] = []
+        self._marker: object = object()  # the log's mark at the last listing (none yet)
+        self._listed_at = 0.0
 
     def _recent_files(self) -> list[RawFile]:
         return list_raw_files(self.raw_dir, datetime.now(UTC) - self.horizon)
@@ -62,12 +69,24 @@ class Follower:
         files = [f for f in self._recent_files() if f.path not in self.known]
         return files
 
+    def log_moved(self) -> bool:
+        """Whether the table's files are worth listing: a commit landed since the last listing
+        (the log's mark moved), or :data:`FULL_LOOK_SECONDS` passed. Taking the mark before the
+        listing, a commit landing in between is listed now and once more next time."""
+        marker, now = log_marker(self.raw_dir), time.monotonic()
+        if marker == self._marker and now - self._listed_at < FULL_LOOK_SECONDS:
+            return False
+        self._marker, self._listed_at = marker, now
+        return True
+
     def step(self) -> dict | None:
         """One look; when there are new files, one refresh run. Returns the run's summary."""
         from marketflow_assets.defs.common.launch import FOLLOW, LAUNCHED_BY_TAG
         from marketflow_assets.defs.indicators.jobs import partition_range_tags
         from marketflow_assets.defs.indicators.sensors import LIVE_TRIGGER_TAG, partition_range
 
+        if not self.log_moved():
+            return None
         new = self.new_files()
         if not new:
             return None

@@ -12,6 +12,7 @@ from marketflow_assets import definitions
 from marketflow_assets.defs.indicators.follow import Follower
 from marketflow_assets.defs.indicators.sensors import LIVE_TRIGGER_TAG, indicators_follow_raw_prices
 from marketflow_assets.defs.raw_prices.assets import RAW_PRICES_KEY
+from marketflow_assets.raw_dataset import list_raw_files
 from marketflow_assets_tests.helpers import (
     assert_indicators_match_reference,
     read_table,
@@ -159,3 +160,29 @@ def test_follow_process_refreshes_a_new_file_and_stops_cleanly_on_sigterm(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_follower_lists_the_table_only_when_a_commit_landed(data_dir, monkeypatch):
+    """Its look every ``--poll`` seconds is the log's mark (a stat); the files are listed after
+    a commit, and at least every FULL_LOOK_SECONDS."""
+    from marketflow_assets.defs.indicators import follow
+
+    listings = []
+    monkeypatch.setattr(
+        follow, "list_raw_files", lambda *a, **k: listings.append(a) or list_raw_files(*a, **k)
+    )
+    raw_dir = data_dir / "raw_prices"
+    follower = Follower(raw_dir, dg.DagsterInstance.ephemeral(), job=None)
+    assert follower.step() is None and len(listings) == 1  # the first look lists (no table)
+    assert follower.step() is None and len(listings) == 1  # nothing new: no listing
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    write_poll(raw_dir, now - timedelta(seconds=60), 0)
+    assert follower.log_moved()  # the commit moved the log's mark
+    follower.known.update(f.path for f in follower.new_files())
+    assert not follower.log_moved() and not follower.log_moved()
+    write_poll(raw_dir, now - timedelta(seconds=30), 1)
+    assert follower.log_moved() and not follower.log_moved()
+
+    monkeypatch.setattr(follow, "FULL_LOOK_SECONDS", 0.0)
+    assert follower.log_moved()  # the periodic full look, with or without a commit
