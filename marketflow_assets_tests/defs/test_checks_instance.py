@@ -1,5 +1,6 @@
 """The Dagster instance configurations: PostgreSQL-backed (``marketflow up``) and SQLite default."""
 
+import contextlib
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -208,3 +209,53 @@ def test_storage_url_has_explicit_driver():
         == "postgresql+psycopg2://postgres:@/postgres?host=/tmp/pg"
     )
     assert dagster_storage_url("postgres://u:p@h:5/db") == "postgresql+psycopg2://u:p@h:5/db"
+
+
+def test_the_follower_keeps_its_postgres_connections_and_replaces_a_dropped_one(
+    tmp_path, dagster_db, monkeypatch
+):
+    """dagster-postgres opens a connection per query; ``hold_connections`` (what ``marketflow
+    follow`` does) keeps one open; a connection PostgreSQL terminated fails one query, and the
+    next one reconnects."""
+    import sqlalchemy
+
+    from marketflow_assets.defs.indicators.follow import hold_connections
+
+    env = prepare_dagster_home(tmp_path / "dagster_home")
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+    monkeypatch.setenv("MARKETFLOW_POSTGRES_URL", dagster_db)
+    opened: list[int] = []
+
+    def count(*_args) -> None:
+        opened.append(1)
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "connect", count)
+    try:
+        with dg.DagsterInstance.get() as instance:
+            instance.get_runs()
+            opened.clear()
+            for _ in range(4):
+                instance.get_runs()
+            assert len(opened) == 4  # Dagster's default: a new connection for every query
+
+            hold_connections(instance)
+            instance.get_runs()
+            opened.clear()
+            for _ in range(4):
+                instance.get_runs()
+            assert opened == []
+
+            with psycopg2.connect(dagster_db) as conn, conn.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            conn.close()
+            with contextlib.suppress(Exception):
+                instance.get_runs()  # may find the dropped connection
+            assert instance.get_runs() == []
+            assert len(opened) == 1  # one new connection, kept again
+            instance.get_runs()
+            assert len(opened) == 1
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "connect", count)
