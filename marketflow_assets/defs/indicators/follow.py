@@ -172,7 +172,9 @@ def hold_connections(instance) -> None:
     them; no statement timeout here). dagster-postgres otherwise opens a connection for every
     query - a backend started and authenticated each time: 28 % of a follower's run at 250
     coins went into connecting. A connection PostgreSQL dropped (a restart) fails the query that
-    finds it and is replaced; that file's hour is refreshed by the next run. No-op on SQLite."""
+    finds it, and so that run, like any failed refresh, and is replaced; the refresh ledger is
+    written with the rows, so a later refresh of the hour folds in what that run did not commit.
+    No-op on SQLite."""
     instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=4)
 
 
