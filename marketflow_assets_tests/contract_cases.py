@@ -104,6 +104,15 @@ CASES: list[tuple[str, bytes | None, str | None]] = [
     ("boolean total_volume", encoded(total_volume=True), c.INVALID_FIELD),
     ("1e999 high_24h", encoded(high_24h="@@").replace(b'"@@"', b"1e999"), c.INVALID_FIELD),
     ("fractional rank", encoded(market_cap_rank=1.5), c.INVALID_FIELD),
+    # orjson reads it as the float -2**63, which is an int64; json.loads keeps it exact
+    ("rank below int64", encoded(market_cap_rank=-(2**63) - 1), c.INVALID_FIELD),
+    ("rank beyond uint64", encoded(market_cap_rank=2**64), c.INVALID_FIELD),
+    ("rank at int64 min", encoded(id="rank-min", market_cap_rank=-(2**63)), None),
+    # integers beyond 64 bits where both readings are the same double (or only the type counts)
+    ("70-bit price", encoded(id="wide", current_price=2**70 + 1), None),
+    ("70-bit market_cap", encoded(id="wide", market_cap=-(2**70) - 3), None),
+    ("70-bit extra fields", encoded(id="wide", ath=2**70, roi={"n": [-(2**90)]}), None),
+    ("70-bit negative price", encoded(current_price=-(2**70)), c.NON_POSITIVE_PRICE),
     ("numeric string max_supply", encoded(max_supply="21000000"), c.INVALID_FIELD),
     ("bad last_updated", encoded(last_updated="later"), c.INVALID_FIELD),
     ("NaN in an extra field", encoded(ath=float("nan")), c.INVALID_FIELD),

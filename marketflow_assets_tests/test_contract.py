@@ -93,6 +93,27 @@ def test_batch_form_one_row_per_value_nulls_for_invalid_ones():
     assert none == [] and empty.num_rows == 0 and empty.schema == raw_arrow_schema()
 
 
+def test_integers_beyond_64_bits_anywhere_get_json_loads_answer():
+    """orjson reads an integer literal beyond 64 bits as a float where json.loads keeps it
+    exact; whatever field holds one, a value gets the answer ``json.loads`` leads to."""
+    import random
+
+    rng = random.Random(7)
+    fields = ["current_price", "market_cap", "market_cap_rank", "total_volume", "ath", "roi"]
+    for _ in range(400):
+        field = rng.choice(fields)
+        bits = rng.choice([62, 63, 64, 65, 70, 200])
+        number = rng.choice([-1, 1]) * (2**bits + rng.randint(-3, 3))
+        value = encoded(**{field: "@@"}).replace(b'"@@"', str(number).encode())
+        got = c.parse_value(value)
+        assert got == c.check_message(json.loads(value)), (field, number, got)
+        assert c.parse_values([value])[1] == [got.reason if type(got) is c.Invalid else None]
+    # not an object: the reason names json.loads' type
+    assert c.parse_value(str(2**70).encode()) == c.Invalid(
+        c.INVALID_JSON, "not a JSON object but int"
+    )
+
+
 def test_batch_form_is_fast_enough_for_a_15000_coin_poll():
     import time
 

@@ -80,16 +80,36 @@ def csv_payload(frame: pd.DataFrame) -> io.BytesIO:
     About 10x faster than ``DataFrame.to_csv`` for an hour of indicators. Doubles are written in
     shortest round-trip form (values survive exactly); NaN/None become unquoted empty fields
     (``NULL`` in PostgreSQL's CSV format) while strings are always quoted, so an empty string
-    stays an empty string; tz-aware times carry a ``Z``.
+    stays an empty string; tz-aware times are written as their UTC time with a ``Z``
+    (:func:`_utc_text`).
+
+    The frame is converted on the calling thread (``nthreads=1``): Arrow's default spawns a
+    thread pool per call for a frame of more than 100 rows a column, whose string conversions
+    contend for the GIL (14.6 against 20 ms of CPU for 10,000 indicator rows).
     """
     import pyarrow as pa
     import pyarrow.csv as pa_csv
 
     buf = io.BytesIO()
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type) and field.type.tz is not None:
+            table = table.set_column(i, field.name, _utc_text(table.column(i)))
     pa_csv.write_csv(table, buf, pa_csv.WriteOptions(include_header=False))
     buf.seek(0)
     return buf
+
+
+def _utc_text(times):
+    """A tz-aware Arrow time column as text, ``YYYY-MM-DD HH:MM:SS.fff...Z`` in UTC (what
+    Arrow's CSV writer writes for it, but 20x faster: the writer looks up the zone for every
+    value, 13.4 of the 20.6 ms a 15,000-coin ``coin_market`` payload took). Arrow keeps times
+    as UTC instants, so the zone-less cast is the UTC wall time; a null stays null."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wall = times.cast(pa.timestamp(times.type.unit)).cast(pa.string())
+    return pc.binary_join_element_wise(wall, "Z", "")
 
 
 class PostgresResource(dg.ConfigurableResource):

@@ -94,3 +94,41 @@ def test_rows_outside_the_period_are_refused(postgres, pg_clean):
     with pytest.raises(ValueError, match="outside"):
         postgres.replace_period("price_indicators", frame, START, START + timedelta(minutes=1))
     assert stored(pg_clean) == []  # nothing written
+
+
+def test_copy_payload_times_are_instants_whatever_the_session_time_zone(pg_clean):
+    """tz-aware times (UTC or another zone, ns precision, before 1970, missing) reach a
+    ``timestamptz`` column as the same instants under a session time zone far from UTC; a
+    missing one is NULL, strings beside them stay as they were."""
+    from marketflow_assets.resources.postgres import csv_payload
+
+    utc = pd.Series(
+        pd.to_datetime(
+            ["2026-12-06 10:00:30.123456", "1969-07-20 20:17:40.5", None, "2262-04-11 23:47:16.0"],
+            utc=True,
+        )
+    )
+    frame = pd.DataFrame(
+        {
+            "n": [1, 2, 3, 4],
+            "utc": utc,
+            "paris": utc.dt.tz_convert("Europe/Paris"),
+            "label": ["a", "", None, 'q"z'],
+        }
+    )
+    with psycopg2.connect(pg_clean) as conn, conn.cursor() as cur:
+        cur.execute("SET TIME ZONE 'Pacific/Chatham'")  # +12:45 / +13:45
+        cur.execute(
+            "CREATE TEMP TABLE times (n int, utc timestamptz, paris timestamptz, label text)"
+        )
+        cur.copy_expert("COPY times FROM STDIN WITH (FORMAT csv)", csv_payload(frame))
+        cur.execute("SELECT utc, paris, label FROM times ORDER BY n")
+        rows = cur.fetchall()
+    for (got_utc, got_paris, label), want, want_label in zip(
+        rows, utc, frame["label"], strict=True
+    ):
+        if pd.isna(want):
+            assert got_utc is None and got_paris is None
+        else:
+            assert got_utc == want.to_pydatetime() == got_paris
+        assert label == want_label
