@@ -63,7 +63,10 @@ def _up():
 def _ingest():
     from marketflow_assets.ingest import command
 
-    return command.add_arguments, command.run
+    def run(args, settings) -> int:
+        return command.run(args, settings, own_process=True)
+
+    return command.add_arguments, run
 
 
 def _follow():

@@ -604,6 +604,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         checkpoint,
         "available-now" if args.available_now else f"every {args.trigger_seconds:g} s",
     )
+    from marketflow_assets.runtime.heap import settle_startup_heap
+
+    # the driver's Python: the micro-batches' records are parsed here
+    settle_startup_heap(
+        "stream",
+        preload=(
+            "deltalake",
+            "marketflow_assets.raw_dataset",
+            "pyarrow.compute",
+            "pyspark.sql.pandas.types",
+        ),
+    )
     query = writer.start()
 
     stop_requested: list[str] = []

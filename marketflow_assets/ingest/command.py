@@ -254,8 +254,17 @@ def _connect(
         return _make_publisher(args, settings, connect=False), str(exc)
 
 
-def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | None = None) -> int:
-    """Run ``marketflow ingest``; returns the exit code (raises ConfigError for bad config)."""
+def run(
+    args: argparse.Namespace,
+    settings: Settings,
+    stop: threading.Event | None = None,
+    *,
+    own_process: bool = False,
+) -> int:
+    """Run ``marketflow ingest``; returns the exit code (raises ConfigError for bad config).
+    ``own_process``: the process runs only this (the command line), so once it is connected
+    and about to poll, its start-up objects leave the garbage collector's view
+    (``runtime/heap.py``)."""
     if logging.getLogger("kafka").level == logging.NOTSET:
         logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python is chatty at INFO
     if getattr(args, "replay_spool", False):
@@ -302,6 +311,10 @@ def run(args: argparse.Namespace, settings: Settings, stop: threading.Event | No
             settings.kafka_bootstrap,
             settings.kafka_security.describe(),
         )
+        if own_process:
+            from marketflow_assets.runtime.heap import settle_startup_heap
+
+            settle_startup_heap("ingest")
         with stop_after_work_in_hand(
             stop, work="the current poll", log=log, second_sigint_interrupts=True
         ):

@@ -19,6 +19,9 @@ from marketflow_assets.settings import (
 
 logger = logging.getLogger("marketflow.live")
 
+#: What the consumer imports on first use: imported before the start-up heap is settled.
+LIVE_PRELOAD = ("kafka.consumer", "psycopg2", "pyarrow.compute", "pyarrow.csv")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -33,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from marketflow_assets.live.consumer import LiveConsumer
     from marketflow_assets.resources.postgres import PostgresResource
+    from marketflow_assets.runtime.heap import settle_startup_heap
 
     live = load_live_settings()
     timeout = live.poll_timeout_s if args.poll_timeout is None else args.poll_timeout
@@ -42,11 +46,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("marketflow live needs a running broker: set MARKETFLOW_KAFKA_BOOTSTRAP")
     url = PostgresResource(url=settings.postgres_url).resolved_url()
     stop = threading.Event()
+    settled: list[bool] = []
 
     def consumer() -> LiveConsumer:
         # a refused certificate or password is a configuration error: one line, exit 2 (also
         # after an outage: not a wait)
         kafka_client.preflight(settings.kafka_bootstrap, settings.kafka_security)
+        if not settled:  # once, with the configuration known to be good
+            settle_startup_heap("live", preload=LIVE_PRELOAD)
+            settled.append(True)
         return LiveConsumer(
             settings.kafka_bootstrap,
             settings.kafka_topic,

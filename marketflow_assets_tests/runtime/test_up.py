@@ -199,6 +199,14 @@ def _spark_restarted(up: psutil.Process, old_pid: int) -> bool:
     return False
 
 
+def _settled_lines(path: Path) -> str:
+    """The lines of a child's log saying its start-up heap was settled (``runtime/heap.py``)."""
+    if not path.exists():
+        return ""
+    text = path.read_text(errors="replace")
+    return "\n".join(line for line in text.splitlines() if "start-up objects left out" in line)
+
+
 def test_up_restarts_killed_children_loses_nothing_and_stops_only_a_crash_loop(tmp_path):
     """kill -9 of the Spark job and the Dagster webserver, then of ingest: `up` restarts them, the
     UI serves again and every poll recorded by `--record` (acknowledged by the broker) is in the raw
@@ -225,6 +233,15 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_only_a_crash_loop(t
         assert {p.nice() for p in [spark, *spark.children(recursive=True)]} == {5}
         assert _child(up, "dagster-daemon").nice() == 5
         assert _child(up, " ingest ").nice() == _child(up, "dagster-webserver").nice() == 0
+        # the stream processes took their start-up objects out of the garbage collector's view
+        # (runtime/heap.py) once configured: ingest before its first poll, the Spark job before
+        # its query, the follower before its loop
+        logs = data_dir / "logs"
+        for name, process in (("ingest", "ingest"), ("spark_streaming", "stream")):
+            assert f"{process}: " in _settled_lines(logs / f"{name}.log"), name
+        _wait_for(
+            lambda: "follow: " in _settled_lines(logs / "follow.log"), 120, "follow", proc, log_path
+        )
         spark.kill()
         _child(up, "kafka_streaming.py", not_pid=spark.pid)
         dagster = _child(up, "dagster-webserver")

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from marketflow_assets.raw_dataset import RawFile, file_ts_range, list_raw_files, log_marker
+from marketflow_assets.runtime.heap import settle_startup_heap
 from marketflow_assets.runtime.signals import stop_after_work_in_hand
 from marketflow_assets.settings import ConfigError, Settings
 
@@ -213,6 +214,7 @@ def run(
     # Runs execute in a worker thread: Dagster then leaves the signal handlers alone, so
     # SIGINT/SIGTERM reach this thread, which lets the run in hand finish and stops the loop.
     worker = threading.Thread(target=loop, name="marketflow-follow", daemon=True)
+    settle_startup_heap("follow")
     with stop_after_work_in_hand(stop, work="the run in hand", log=logger):
         worker.start()
         while worker.is_alive():

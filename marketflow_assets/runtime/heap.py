@@ -1,0 +1,53 @@
+"""Python's cyclic garbage collector in the long-running stream processes.
+
+A ``marketflow live`` process holds about 190,000 objects the collector tracks once its modules
+are imported (pandas, pyarrow, kafka-python, psycopg2: functions, classes, their dicts), and
+every whole-market poll creates tens of thousands more that live through a batch (the fetched
+records, the decoded messages, the rows). With the default thresholds (700, 10, 10) those
+survivors set off a full collection on most 15,000-coin polls, and a full collection walks all
+of them: 66-89 ms of the poll's critical path each time, plus about 100 young collections
+(8-15 ms), measured in the process with ``gc.callbacks``.
+
+:func:`settle_startup_heap` takes what is alive at the end of start-up out of the collector's
+view (:func:`gc.freeze`: those objects stay as long as the process, so walking them finds
+nothing) and collects the young generation after 50,000 new objects instead of 700. Garbage
+cycles created afterwards are still collected (tested); only their collection comes later, by
+at most that many objects.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+from collections.abc import Iterable
+
+logger = logging.getLogger("marketflow.heap")
+
+#: Young objects (allocations minus deallocations of tracked objects) between two collections
+#: of the youngest generation; Python's default is 700.
+YOUNG_THRESHOLD = 50_000
+#: Collections of a generation before the next older one is collected (Python's default: 10).
+OLDER_THRESHOLD = 20
+
+
+def settle_startup_heap(process: str, preload: Iterable[str] = ()) -> int:
+    """Collect once, then leave every object alive now out of future collections and collect
+    less often (see the module docstring). Call it once per process, when ``process`` has
+    imported what it runs with (``preload``: modules it imports only on first use, imported
+    here first) and before its steady work; returns how many objects were set aside. Not for
+    code that runs inside another program (a test process): its objects would stay too."""
+    for name in preload:
+        importlib.import_module(name)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, OLDER_THRESHOLD, OLDER_THRESHOLD)
+    frozen = gc.get_freeze_count()
+    logger.info(
+        "%s: %d start-up objects left out of garbage collection (young generation collected "
+        "every %d objects)",
+        process,
+        frozen,
+        YOUNG_THRESHOLD,
+    )
+    return frozen
