@@ -46,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -608,30 +609,33 @@ LIVE_REBUILD_SECONDS = 2 * LOOKBACK_SECONDS
 class LiveState:
     """State of the live path for many coins, enough to compute the next rows exactly.
 
-    ``obs``: retained observations, columns ``coin_id``, ``t`` (int64 ns), ``p`` (price), each
-    coin's in time order (see :data:`LIVE_RETAIN_SECONDS`); ``last``: per coin (index ``coin_id``)
-    the newest observation's ``t`` and its ``ema_3min`` (the EMA continues from it).
-    Immutable: :func:`advance_indicators` returns a new state, so a caller can keep the old one
-    until the rows computed with the new one are committed.
+    Arrays, so a batch costs numpy work on the retained observations, not a re-sort and
+    re-hash of them: ``coin_ids`` (object, sorted, unique) is the coin table and a coin's code
+    is its position in it; ``obs_code``, ``obs_t`` (int64 ns) and ``obs_p`` (price) are the
+    retained observations sorted by code, then ``t`` (see :data:`LIVE_RETAIN_SECONDS`);
+    ``last_t`` and ``last_ema`` are, per code, the newest observation's ``t`` and its
+    ``ema_3min`` (the EMA continues from it; NaN: it starts again). :attr:`obs` and :attr:`last`
+    show the same as frames. Immutable: :func:`advance_indicators` returns a new state, so a
+    caller can keep the old one until the rows computed with the new one are committed.
     """
 
-    obs: pd.DataFrame
-    last: pd.DataFrame
+    coin_ids: np.ndarray
+    obs_code: np.ndarray
+    obs_t: np.ndarray
+    obs_p: np.ndarray
+    last_t: np.ndarray
+    last_ema: np.ndarray
 
     @classmethod
     def empty(cls) -> LiveState:
-        obs = pd.DataFrame(
-            {
-                "coin_id": pd.Series(dtype=object),
-                "t": pd.Series(dtype=np.int64),
-                "p": pd.Series(dtype=np.float64),
-            }
+        return cls(
+            np.empty(0, dtype=object),
+            np.empty(0, dtype=np.int64),
+            np.empty(0, dtype=np.int64),
+            np.empty(0, dtype=np.float64),
+            np.empty(0, dtype=np.int64),
+            np.empty(0, dtype=np.float64),
         )
-        last = pd.DataFrame(
-            {"t": pd.Series(dtype=np.int64), "ema_3min": pd.Series(dtype=np.float64)},
-            index=pd.Index([], dtype=object, name="coin_id"),
-        )
-        return cls(obs, last)
 
     @classmethod
     def from_rows(cls, rows: pd.DataFrame) -> LiveState:
@@ -642,23 +646,48 @@ class LiveState:
         :data:`LIVE_REBUILD_SECONDS` of the table plus each coin's last older row)."""
         if rows.empty:
             return cls.empty()
-        frame = pd.DataFrame(
-            {
-                "coin_id": rows["coin_id"].to_numpy(dtype=object),
-                "t": to_ns(rows["ts"]),
-                "p": rows["price"].to_numpy(dtype=np.float64),
-                "ema_3min": rows["ema_3min"].to_numpy(dtype=np.float64),
-            }
+        codes, coin_ids = pd.factorize(rows["coin_id"].to_numpy(dtype=object), sort=True)
+        codes = codes.astype(np.int64)
+        t = to_ns(rows["ts"])
+        p = rows["price"].to_numpy(dtype=np.float64)
+        ema = rows["ema_3min"].to_numpy(dtype=np.float64)
+        order = np.lexsort((t, codes))  # stable: of equal (coin, t), the last row stays last
+        codes, t, p, ema = codes[order], t[order], p[order], ema[order]
+        keep = np.ones(len(codes), dtype=bool)  # duplicates (coin, t): keep the last one
+        keep[:-1] = (codes[:-1] != codes[1:]) | (t[:-1] != t[1:])
+        codes, t, p, ema = codes[keep], t[keep], p[keep], ema[keep]
+        newest = _segment_ends(codes)
+        kept = _retained(codes, t)
+        return cls(
+            np.asarray(coin_ids, dtype=object),
+            codes[kept],
+            t[kept],
+            p[kept],
+            t[newest],
+            ema[newest],
         )
-        frame = frame.sort_values(["coin_id", "t"], kind="mergesort")
-        frame = frame.drop_duplicates(["coin_id", "t"], keep="last")
-        last = frame.groupby("coin_id", sort=True).tail(1).set_index("coin_id")
-        return cls(_prune(frame.loc[:, ["coin_id", "t", "p"]]), last.loc[:, ["t", "ema_3min"]])
+
+    @cached_property
+    def index(self) -> pd.Index:
+        """``coin_ids`` as an index (a code by coin id: ``index.get_indexer(ids)``)."""
+        return pd.Index(self.coin_ids, dtype=object, name="coin_id")
+
+    @property
+    def obs(self) -> pd.DataFrame:
+        """The retained observations: ``coin_id``, ``t``, ``p``, sorted by coin, then time."""
+        return pd.DataFrame(
+            {"coin_id": self.coin_ids[self.obs_code], "t": self.obs_t, "p": self.obs_p}
+        )
+
+    @property
+    def last(self) -> pd.DataFrame:
+        """Per coin (index ``coin_id``): the newest observation's ``t`` and ``ema_3min``."""
+        return pd.DataFrame({"t": self.last_t, "ema_3min": self.last_ema}, index=self.index)
 
     def last_ts(self, coin_ids: np.ndarray) -> np.ndarray:
         """Newest ``t`` (int64 ns) of each of ``coin_ids``; int64 min for unknown coins."""
-        pos = self.last.index.get_indexer(pd.Index(coin_ids, dtype=object))
-        return _take(self.last["t"].to_numpy(dtype=np.int64), pos, np.iinfo(np.int64).min)
+        pos = self.index.get_indexer(pd.Index(coin_ids, dtype=object))
+        return _take(self.last_t, pos, np.iinfo(np.int64).min)
 
 
 def _take(values: np.ndarray, pos: np.ndarray, missing: Any) -> np.ndarray:
@@ -671,19 +700,21 @@ def _take(values: np.ndarray, pos: np.ndarray, missing: Any) -> np.ndarray:
     return out
 
 
-def _prune(obs: pd.DataFrame) -> pd.DataFrame:
-    """Keep, per coin, the observations after ``newest - 300 s`` and the latest one before;
-    ``obs`` sorted by ``coin_id``, then ``t``."""
-    if obs.empty:
-        return obs.reset_index(drop=True)
-    ids = obs["coin_id"].to_numpy(dtype=object)
-    t = obs["t"].to_numpy()
-    last_of_coin = np.append(ids[1:] != ids[:-1], True)
+def _segment_ends(codes: np.ndarray) -> np.ndarray:
+    """Positions of the last row of each run of equal ``codes``."""
+    return np.flatnonzero(np.append(codes[1:] != codes[:-1], True)) if len(codes) else codes
+
+
+def _retained(codes: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Which observations a coin keeps (sorted by code, then ``t``): those after its newest
+    ``t - 300 s`` and the latest one before."""
+    if not len(codes):
+        return np.zeros(0, dtype=bool)
+    last_of_coin = np.append(codes[1:] != codes[:-1], True)
     newest = t[last_of_coin][np.cumsum(np.append(True, last_of_coin[:-1])) - 1]
     recent = t > newest - np.int64(LIVE_RETAIN_SECONDS) * _NS
     # the latest observation before the window: not recent, and the next row of its coin is
-    ref = ~recent & np.append(recent[1:] | last_of_coin[:-1], True)
-    return obs.loc[recent | ref].reset_index(drop=True)
+    return recent | (~recent & np.append(recent[1:] | last_of_coin[:-1], True))
 
 
 def advance_indicators(
@@ -700,7 +731,11 @@ def advance_indicators(
     continued from the stored value - the same formulas and
     windows as a full recompute, so the rows equal it (EMA up to rounding, ``<= 1e-12``
     relative). Duplicates inside ``batch`` keep the last one. Returns ``(rows, new_state,
-    skipped)``; ``rows`` has :data:`INDICATOR_COLUMNS` sorted by ``coin_id, ts``.
+    skipped)``; ``rows`` has :data:`INDICATOR_COLUMNS` sorted by ``coin_id, ts`` (``ts`` in
+    ns, UTC).
+
+    The new observations are merged into the retained ones (both sorted by coin code, then
+    time; a new one follows its coin's retained ones) instead of sorting them all again.
     """
     usable = batch["current_price"].notna() & batch["ts"].notna() & batch["id"].notna()
     batch = batch.loc[usable]
@@ -708,67 +743,101 @@ def advance_indicators(
     ts = pd.to_datetime(batch["ts"], utc=True, cache=False)
     t_new = to_ns(ts)
     coins = batch["id"].to_numpy(dtype=object)
-    fresh = t_new > state.last_ts(coins)
+    pos = state.index.get_indexer(pd.Index(coins, dtype=object))
+    fresh = t_new > _take(state.last_t, pos, np.iinfo(np.int64).min)
     skipped = batch.loc[~fresh]
     if not fresh.any():
         return _empty_indicators(ts.dtype), state, skipped
-    new = pd.DataFrame(
+    src = np.flatnonzero(fresh)  # the computed rows' positions in ``batch``
+    code = pos[src].astype(np.int64)
+    coin_ids, obs_code, last_t, last_ema = (
+        state.coin_ids,
+        state.obs_code,
+        state.last_t,
+        state.last_ema,
+    )
+    if (code < 0).any():  # coins new to the state: a new coin table, codes in coin id order
+        added = pd.unique(coins[src][code < 0])
+        coin_ids = np.sort(np.concatenate((state.coin_ids, added)))
+        index = pd.Index(coin_ids, dtype=object)
+        moved = index.get_indexer(state.index).astype(np.int64)  # old code -> new code
+        obs_code = moved[state.obs_code]
+        last_t = np.full(len(coin_ids), np.iinfo(np.int64).min, dtype=np.int64)
+        last_ema = np.full(len(coin_ids), np.nan)
+        last_t[moved], last_ema[moved] = state.last_t, state.last_ema
+        code = index.get_indexer(pd.Index(coins[src], dtype=object)).astype(np.int64)
+    t = t_new[src]
+    p = batch["current_price"].to_numpy(dtype=np.float64)[src]
+    order = np.lexsort((t, code))  # stable: of equal (coin, t) in the batch, the last stays last
+    src, code, t, p = src[order], code[order], t[order], p[order]
+    keep = np.ones(len(code), dtype=bool)  # duplicates inside the batch: keep the last one
+    keep[:-1] = (code[:-1] != code[1:]) | (t[:-1] != t[1:])
+    src, code, t, p = src[keep], code[keep], t[keep], p[keep]
+    # the touched coins' retained observations, then the new ones merged in after them
+    touched = np.zeros(len(coin_ids), dtype=bool)
+    touched[code] = True
+    mine = touched[obs_code]
+    every = bool(mine.all())
+    o_code = obs_code if every else obs_code[mine]
+    o_t = state.obs_t if every else state.obs_t[mine]
+    o_p = state.obs_p if every else state.obs_p[mine]
+    at = np.searchsorted(o_code, code, side="right")
+    m_code = np.insert(o_code, at, code)
+    m_t = np.insert(o_t, at, t)
+    m_p = np.insert(o_p, at, p)
+    emit = np.insert(np.zeros(len(o_code), dtype=bool), at, True)
+    starts = np.flatnonzero(np.append(True, m_code[1:] != m_code[:-1]))
+    seg_code = m_code[starts]
+    has_ema = (last_t[seg_code] != np.iinfo(np.int64).min) & ~np.isnan(last_ema[seg_code])
+    state_arrays = (
+        np.full(len(starts), np.iinfo(np.int64).max, dtype=np.int64),  # no reference: retained
+        np.full(len(starts), np.nan),
+        np.where(has_ema, last_t[seg_code], np.iinfo(np.int64).min),
+        np.where(has_ema, last_ema[seg_code], np.nan),
+        has_ema,
+    )
+    columns = _all_coins(m_code, m_t, m_p, starts, state_arrays, emit)
+    if columns is None:  # keys would overflow int64 (times centuries apart): coin by coin
+        lookback = pd.DataFrame(
+            {
+                "id": coin_ids[m_code],
+                "symbol": None,
+                "ts": pd.to_datetime(m_t, unit="ns", utc=True),
+                "current_price": m_p,
+            }
+        )
+        ema_state = pd.DataFrame(
+            {
+                "coin_id": coin_ids[seg_code][has_ema],
+                "ema_ts": last_t[seg_code][has_ema],
+                "ema_3min": last_ema[seg_code][has_ema],
+            }
+        )
+        computed = _compute(lookback, ema_state, emit=emit)[0]  # same order: coin, then time
+        columns = {name: computed[name].to_numpy() for name in INDICATOR_COLUMNS[4:]}
+    rows = pd.DataFrame(
         {
-            "id": coins[fresh],
-            "symbol": batch["symbol"].to_numpy(dtype=object)[fresh],
-            "ts": ts.array[fresh],  # stays a UTC datetime array (to_numpy: Timestamp objects)
-            "current_price": batch["current_price"].to_numpy(dtype=np.float64)[fresh],
+            "coin_id": coin_ids[code],
+            "symbol": batch["symbol"].to_numpy(dtype=object)[src],
+            "ts": pd.to_datetime(t, unit="ns", utc=True),
+            "price": p,
+            **columns,
         }
     )
-    touched = pd.unique(new["id"])
-    pos = state.last.index.get_indexer(pd.Index(touched, dtype=object))
-    known = pos[pos >= 0]
-    if len(known) == len(state.last):  # every coin of the state touched (a whole-market poll)
-        is_touched = np.ones(len(state.obs), dtype=bool)  # (obs and last hold the same coins)
-    else:
-        is_touched = state.obs["coin_id"].isin(touched).to_numpy()
-    old = state.obs.loc[is_touched]
-    raw = pd.concat(
-        [
-            pd.DataFrame(
-                {
-                    "id": old["coin_id"].to_numpy(dtype=object),
-                    "symbol": None,
-                    "ts": pd.to_datetime(old["t"].to_numpy(), unit="ns", utc=True),
-                    "current_price": old["p"].to_numpy(),
-                }
-            ),
-            new,
-        ],
-        ignore_index=True,
-    )
-    ema_state = pd.DataFrame(
-        {
-            "coin_id": state.last.index.to_numpy(dtype=object)[known],
-            "ema_ts": state.last["t"].to_numpy(dtype=np.int64)[known],
-            "ema_3min": state.last["ema_3min"].to_numpy(dtype=np.float64)[known],
-        }
-    )
-    # only the new rows are computed; the retained observations are their lookback
-    emit = np.concatenate((np.zeros(len(old), dtype=bool), np.ones(len(new), dtype=bool)))
-    rows, observed = _compute(raw, ema_state, emit=emit)
-    # the new state: the touched coins' observations are the ones computed from (retained +
-    # new, sorted by coin and time), pruned; the other coins' are kept as they are
-    obs_ids, obs_t, obs_p = observed
-    obs = pd.concat(
-        [
-            state.obs.loc[~is_touched],
-            _prune(pd.DataFrame({"coin_id": obs_ids, "t": obs_t, "p": obs_p})),
-        ],
-        ignore_index=True,
-    )
-    newest = rows.groupby("coin_id", sort=False).tail(1)
-    last_new = pd.DataFrame(
-        {"t": to_ns(newest["ts"]), "ema_3min": newest["ema_3min"].to_numpy()},
-        index=pd.Index(newest["coin_id"].to_numpy(dtype=object), name="coin_id"),
-    )
-    last = pd.concat([state.last.loc[~state.last.index.isin(last_new.index)], last_new])
-    return rows, LiveState(obs, last), skipped
+    # the new state: the touched coins' observations pruned, the others' kept as they are
+    kept = _retained(m_code, m_t)
+    n_code, n_t, n_p = m_code[kept], m_t[kept], m_p[kept]
+    if not every:
+        rest = ~mine
+        back = np.searchsorted(obs_code[rest], n_code, side="left")
+        n_code = np.insert(obs_code[rest], back, n_code)
+        n_t = np.insert(state.obs_t[rest], back, n_t)
+        n_p = np.insert(state.obs_p[rest], back, n_p)
+    ends = _segment_ends(code)  # each touched coin's newest new row (the newest of the coin)
+    last_t, last_ema = last_t.copy(), last_ema.copy()
+    last_t[code[ends]] = t[ends]
+    last_ema[code[ends]] = columns["ema_3min"][ends]
+    return rows, LiveState(coin_ids, n_code, n_t, n_p, last_t, last_ema), skipped
 
 
 def step_indicators(state: LiveState, coin_id: str, ts: Any, price: float, symbol: Any = None):

@@ -311,6 +311,61 @@ def test_all_coins_at_once_and_coin_by_coin_agree_including_the_overflow_fallbac
     assert_matches_reference(ind.compute_indicators(to_frame(far)), reference_indicators(far))
 
 
+def test_live_batch_keeps_the_last_duplicate_skips_late_rows_and_spans_centuries():
+    """One ``advance_indicators`` batch with a coin polled twice at the same time (the later
+    message wins, as in a full recompute), a row older than its coin's state (skipped, the
+    exact recompute owns it), a row without a price (dropped), a coin the state does not know
+    yet and one left out; then observations two centuries later (the coin-by-coin path):
+    every computed row equals one full recompute of what was kept, in ``coin_id, ts`` order."""
+    t0 = pd.Timestamp("2026-03-01T00:00:00.5Z")
+    first = [("b", "B", t0, 2.0), ("a", "A", t0, 1.0), ("c", "C", t0, 5.0)]
+    state = ind.advance_indicators(ind.LiveState.empty(), to_frame(first))[1]
+    t1, t2 = t0 + pd.Timedelta(seconds=30), t0 + pd.Timedelta(seconds=61)
+    batch = pd.DataFrame(
+        [
+            ("a", "A", t1, 1.5),
+            ("a", "A", t1, 1.6),  # the same (coin, ts) again: this one counts
+            ("b", "B", t0 - pd.Timedelta(seconds=30), 9.0),  # older than b's state: skipped
+            ("b", "B", t2, 2.2),
+            ("b", "B", t1, float("nan")),  # no price: dropped
+            ("d", "D", t1, 7.0),  # a new coin; c is left out of this batch
+            ("d", "D", t2, 7.7),
+        ],
+        columns=["id", "symbol", "ts", "current_price"],
+    )
+    rows, state, skipped = ind.advance_indicators(state, batch)
+    assert skipped[["id", "current_price"]].values.tolist() == [["b", 9.0]]
+    assert list(zip(rows["coin_id"], rows["ts"], strict=True)) == [
+        ("a", t1),
+        ("b", t2),
+        ("d", t1),
+        ("d", t2),
+    ]
+    kept = [*first, ("a", "A", t1, 1.6), ("b", "B", t2, 2.2), ("d", "D", t1, 7.0)]
+    kept.append(("d", "D", t2, 7.7))
+    full = ind.compute_indicators(to_frame(kept))
+    diff = ind.compare_indicator_rows(rows, full, tol=REL)
+    assert diff.attrs["compared"] == len(rows) and diff.empty, diff
+    assert rows.loc[rows["coin_id"] == "a", "price"].tolist() == [1.6]
+    assert sorted(state.last.index) == ["a", "b", "c", "d"]
+    # two centuries on: int64 keys would overflow, the rows come coin by coin, still exact
+    far = t2.replace(year=2250)
+    later = [
+        ("a", "A", far, 3.0),
+        ("d", "D", far, 8.0),
+        ("d", "D", far + pd.Timedelta(seconds=30), 8.8),
+    ]
+    rows, state, _ = ind.advance_indicators(state, to_frame(later))
+    full = ind.compute_indicators(to_frame([*kept, *later]))
+    diff = ind.compare_indicator_rows(rows, full, tol=REL)
+    assert diff.attrs["compared"] == len(later) == len(rows) and diff.empty, diff
+    assert rows["coin_id"].tolist() == ["a", "d", "d"]
+    # what is kept is what a restart rebuilds from the rows so far
+    rebuilt = ind.LiveState.from_rows(full)
+    pd.testing.assert_frame_equal(state.obs, rebuilt.obs)
+    pd.testing.assert_frame_equal(state.last, rebuilt.last)
+
+
 @pytest.mark.parametrize("seed", [7, 8])
 def test_live_batches_with_new_coins_jumps_and_gaps_equal_full_recompute(seed):
     """``advance_indicators`` batch by batch - coins appearing mid-stream next to known ones,
