@@ -332,6 +332,7 @@ def test_kill_9_mid_stream_then_restart_loses_and_duplicates_nothing(
     assert "beginning" not in resumed, resumed
     # both processes ran with their start-up objects out of the collector's view (runtime/heap)
     assert log.count("start-up objects left out of garbage collection") == 2
+    assert log.count("live: Arrow allocates with system") == 2
     assert proc.returncode == 0
     assert_equal_to_full_recompute(pg_clean, rows)
     assert sum(stored_offsets(pg_clean, topic).values()) == len(rows)

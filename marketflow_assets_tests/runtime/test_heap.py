@@ -4,6 +4,7 @@ interpreter (a frozen heap would stay frozen in the test process)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,35 @@ def test_start_up_objects_leave_the_collectors_view_and_new_cycles_are_still_col
     assert result["walked"] < 0.02 * result["tracked"]
     assert result["explicit_freed"] and result["automatic_freed"]
     assert result["threshold"] == [YOUNG_THRESHOLD, OLDER_THRESHOLD, OLDER_THRESHOLD]
+
+
+ARROW = """
+import json, sys
+from marketflow_assets.runtime.heap import arrow_on_system_malloc
+import pyarrow as pa
+backend = arrow_on_system_malloc("test")
+column = pa.array([float(i) for i in range(15_000)])  # allocated by the chosen pool
+print(json.dumps({"backend": backend, "pool": pa.default_memory_pool().backend_name,
+                  "column_pool_bytes": pa.default_memory_pool().bytes_allocated()}))
+"""
+
+
+def _arrow_pool(env: dict[str, str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", ARROW],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_arrow_allocates_with_malloc_unless_the_environment_chooses():
+    chosen = _arrow_pool({"ARROW_DEFAULT_MEMORY_POOL": None})
+    assert chosen["backend"] == chosen["pool"] == "system"
+    assert chosen["column_pool_bytes"] >= 15_000 * 8  # the column lives in that pool
+    # an operator's ARROW_DEFAULT_MEMORY_POOL stands
+    kept = _arrow_pool({"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"})
+    assert kept["backend"] == kept["pool"] == "jemalloc"
