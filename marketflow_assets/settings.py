@@ -812,6 +812,9 @@ ENV_LIVE = "MARKETFLOW_LIVE"
 ENV_LIVE_POLL_TIMEOUT = "MARKETFLOW_LIVE_POLL_TIMEOUT"
 #: Most records the live consumer folds into one transaction (default 100000).
 ENV_LIVE_MAX_BATCH = "MARKETFLOW_LIVE_MAX_BATCH"
+#: Arrow's allocator in ``marketflow live`` (Arrow's own variable; see runtime/heap.py).
+ENV_ARROW_POOL = "ARROW_DEFAULT_MEMORY_POOL"
+ARROW_POOLS = ("system", "mimalloc", "jemalloc")
 
 
 @dataclass(frozen=True)
@@ -821,6 +824,8 @@ class LiveSettings:
     enabled: bool = True
     poll_timeout_s: float = 0.1
     max_batch_records: int = 100_000
+    #: Arrow's allocator: ``system`` (malloc) unless ``ARROW_DEFAULT_MEMORY_POOL`` names another
+    arrow_memory_pool: str = "system"
 
 
 def load_live_settings(env: Mapping[str, str] | None = None) -> LiveSettings:
@@ -832,8 +837,12 @@ def load_live_settings(env: Mapping[str, str] | None = None) -> LiveSettings:
     batch_raw = (env.get(ENV_LIVE_MAX_BATCH) or "").strip()
     if batch_raw and (not batch_raw.isdigit() or int(batch_raw) < 1):
         raise ConfigError(f"{ENV_LIVE_MAX_BATCH}={batch_raw!r} must be an integer >= 1")
+    pool = (env.get(ENV_ARROW_POOL) or "").strip().lower() or "system"
+    if pool not in ARROW_POOLS:
+        raise ConfigError(f"{ENV_ARROW_POOL}={pool!r} must be one of {', '.join(ARROW_POOLS)}")
     return LiveSettings(
         enabled=raw in ("1", "true", "yes", "on"),
         poll_timeout_s=_positive_float(env, ENV_LIVE_POLL_TIMEOUT, 0.1),
         max_batch_records=int(batch_raw) if batch_raw else 100_000,
+        arrow_memory_pool=pool,
     )

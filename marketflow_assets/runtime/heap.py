@@ -1,4 +1,5 @@
-"""Python's cyclic garbage collector in the long-running stream processes.
+"""Memory management in the long-running stream processes: Python's cyclic garbage collector
+(:func:`settle_startup_heap`) and Arrow's allocator (:func:`set_arrow_allocator`).
 
 A ``marketflow live`` process holds about 190,000 objects the collector tracks once its modules
 are imported (pandas, pyarrow, kafka-python, psycopg2: functions, classes, their dicts), and
@@ -20,7 +21,6 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
-import os
 from collections.abc import Iterable
 
 logger = logging.getLogger("marketflow.heap")
@@ -54,9 +54,10 @@ def settle_startup_heap(process: str, preload: Iterable[str] = ()) -> int:
     return frozen
 
 
-def arrow_on_system_malloc(process: str) -> str:
-    """Arrow's buffers from the C library's malloc instead of Arrow's bundled mimalloc, unless
-    ``ARROW_DEFAULT_MEMORY_POOL`` chooses; returns the backend in use.
+def set_arrow_allocator(process: str, backend: str = "system") -> str:
+    """Arrow's buffers from ``backend`` (``system``: the C library's malloc; ``mimalloc``,
+    Arrow's default; ``jemalloc``); returns the backend in use. ``marketflow live`` passes
+    ``system`` unless ``ARROW_DEFAULT_MEMORY_POOL`` names another (settings.LiveSettings).
 
     Measured in ``marketflow live`` (docs/PERFORMANCE.md, eighth round): with mimalloc, on
     about one poll in two, building a 15,000-value column took 26-68 ms of CPU instead of 1.5;
@@ -66,8 +67,12 @@ def arrow_on_system_malloc(process: str) -> str:
     """
     import pyarrow as pa
 
-    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-        pa.set_memory_pool(pa.system_memory_pool())
-    backend = pa.default_memory_pool().backend_name
-    logger.info("%s: Arrow allocates with %s", process, backend)
-    return backend
+    pools = {
+        "system": pa.system_memory_pool,
+        "mimalloc": pa.mimalloc_memory_pool,
+        "jemalloc": pa.jemalloc_memory_pool,
+    }
+    pa.set_memory_pool(pools[backend]())
+    in_use = pa.default_memory_pool().backend_name
+    logger.info("%s: Arrow allocates with %s", process, in_use)
+    return in_use

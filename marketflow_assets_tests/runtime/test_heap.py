@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
@@ -57,32 +59,42 @@ def test_start_up_objects_leave_the_collectors_view_and_new_cycles_are_still_col
 
 
 ARROW = """
-import json, sys
-from marketflow_assets.runtime.heap import arrow_on_system_malloc
+import json
 import pyarrow as pa
-backend = arrow_on_system_malloc("test")
+from marketflow_assets.runtime.heap import set_arrow_allocator
+from marketflow_assets.settings import load_live_settings
+backend = set_arrow_allocator("test", load_live_settings().arrow_memory_pool)
 column = pa.array([float(i) for i in range(15_000)])  # allocated by the chosen pool
 print(json.dumps({"backend": backend, "pool": pa.default_memory_pool().backend_name,
                   "column_pool_bytes": pa.default_memory_pool().bytes_allocated()}))
 """
 
 
-def _arrow_pool(env: dict[str, str]) -> dict:
+def _arrow_pool(tmp_path, env: dict[str, str | None]) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", ARROW],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=tmp_path,  # no .env
         check=True,
-        env={k: v for k, v in {**os.environ, **env}.items() if v is not None},
+        env={
+            k: v for k, v in {**os.environ, "PYTHONPATH": str(REPO), **env}.items() if v is not None
+        },
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_arrow_allocates_with_malloc_unless_the_environment_chooses():
-    chosen = _arrow_pool({"ARROW_DEFAULT_MEMORY_POOL": None})
+def test_live_arrow_allocates_with_malloc_unless_the_environment_chooses(tmp_path):
+    chosen = _arrow_pool(tmp_path, {"ARROW_DEFAULT_MEMORY_POOL": None})
     assert chosen["backend"] == chosen["pool"] == "system"
     assert chosen["column_pool_bytes"] >= 15_000 * 8  # the column lives in that pool
     # an operator's ARROW_DEFAULT_MEMORY_POOL stands
-    kept = _arrow_pool({"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"})
+    kept = _arrow_pool(tmp_path, {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc"})
     assert kept["backend"] == kept["pool"] == "jemalloc"
+
+
+def test_an_unknown_arrow_pool_is_a_config_error():
+    from marketflow_assets.settings import ConfigError, load_live_settings
+
+    with pytest.raises(ConfigError, match="ARROW_DEFAULT_MEMORY_POOL='tcmalloc' must be one of"):
+        load_live_settings({"ARROW_DEFAULT_MEMORY_POOL": "tcmalloc"})
