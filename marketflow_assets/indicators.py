@@ -289,8 +289,7 @@ def _compute(
     order = _sort_order(codes, t_all)
     t_all, codes = t_all[order], codes[order]
     # duplicates (id, ts): keep the last one
-    keep = np.ones(len(order), dtype=bool)
-    keep[:-1] = (codes[:-1] != codes[1:]) | (t_all[:-1] != t_all[1:])
+    keep = _last_of_each_key(codes, t_all)
     order, t_all, codes = order[keep], t_all[keep], codes[keep]
     prices = raw["current_price"].to_numpy(dtype=np.float64)[order]
     id_values = raw["id"].to_numpy()
@@ -451,6 +450,14 @@ def _ema_all(
         carry_v[c[lasts]] = vals[lasts]
         carry_t[c[lasts]] = t[r[lasts]]
     return out
+
+
+def _last_of_each_key(codes: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Rows sorted (stably) by ``codes``, then ``t``: which one is the last of its ``(code,
+    t)`` (the one a duplicate key keeps)."""
+    keep = np.ones(len(codes), dtype=bool)
+    keep[:-1] = (codes[:-1] != codes[1:]) | (t[:-1] != t[1:])
+    return keep
 
 
 def _sort_order(codes: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -653,8 +660,7 @@ class LiveState:
         ema = rows["ema_3min"].to_numpy(dtype=np.float64)
         order = np.lexsort((t, codes))  # stable: of equal (coin, t), the last row stays last
         codes, t, p, ema = codes[order], t[order], p[order], ema[order]
-        keep = np.ones(len(codes), dtype=bool)  # duplicates (coin, t): keep the last one
-        keep[:-1] = (codes[:-1] != codes[1:]) | (t[:-1] != t[1:])
+        keep = _last_of_each_key(codes, t)  # duplicates (coin, t): keep the last one
         codes, t, p, ema = codes[keep], t[keep], p[keep], ema[keep]
         newest = _segment_ends(codes)
         kept = _retained(codes, t)
@@ -684,10 +690,14 @@ class LiveState:
         """Per coin (index ``coin_id``): the newest observation's ``t`` and ``ema_3min``."""
         return pd.DataFrame({"t": self.last_t, "ema_3min": self.last_ema}, index=self.index)
 
-    def last_ts(self, coin_ids: np.ndarray) -> np.ndarray:
-        """Newest ``t`` (int64 ns) of each of ``coin_ids``; int64 min for unknown coins."""
-        pos = self.index.get_indexer(pd.Index(coin_ids, dtype=object))
-        return _take(self.last_t, pos, np.iinfo(np.int64).min)
+    def codes_of(self, coin_ids: np.ndarray) -> np.ndarray:
+        """The code of each of ``coin_ids``; -1 for coins the state does not know."""
+        return self.index.get_indexer(pd.Index(coin_ids, dtype=object))
+
+    def last_ts(self, codes: np.ndarray) -> np.ndarray:
+        """Newest ``t`` (int64 ns) of the coins of ``codes`` (:meth:`codes_of`); int64 min
+        for unknown coins (code -1)."""
+        return _take(self.last_t, codes, np.iinfo(np.int64).min)
 
 
 def _take(values: np.ndarray, pos: np.ndarray, missing: Any) -> np.ndarray:
@@ -743,8 +753,8 @@ def advance_indicators(
     ts = pd.to_datetime(batch["ts"], utc=True, cache=False)
     t_new = to_ns(ts)
     coins = batch["id"].to_numpy(dtype=object)
-    pos = state.index.get_indexer(pd.Index(coins, dtype=object))
-    fresh = t_new > _take(state.last_t, pos, np.iinfo(np.int64).min)
+    pos = state.codes_of(coins)
+    fresh = t_new > state.last_ts(pos)
     skipped = batch.loc[~fresh]
     if not fresh.any():
         return _empty_indicators(ts.dtype), state, skipped
@@ -770,8 +780,7 @@ def advance_indicators(
     p = batch["current_price"].to_numpy(dtype=np.float64)[src]
     order = np.lexsort((t, code))  # stable: of equal (coin, t) in the batch, the last stays last
     src, code, t, p = src[order], code[order], t[order], p[order]
-    keep = np.ones(len(code), dtype=bool)  # duplicates inside the batch: keep the last one
-    keep[:-1] = (code[:-1] != code[1:]) | (t[:-1] != t[1:])
+    keep = _last_of_each_key(code, t)  # duplicates inside the batch: keep the last one
     src, code, t, p = src[keep], code[keep], t[keep], p[keep]
     # the touched coins' retained observations, then the new ones merged in after them
     touched = np.zeros(len(coin_ids), dtype=bool)
