@@ -159,19 +159,7 @@ class LiveConsumer:
         )
         self.alerting = LiveAlerts(self.alerts_file, self.webhook_url)
         self.alerting.prime(self.store.conn)
-        #: kafka-python, never assigned: the topic's partitions and id (fresh metadata)
         self.consumer = self._consumer()
-        #: aiokafka: the records (:class:`~marketflow_assets.kafka_client.RecordFetcher`)
-        self.fetcher = kafka_client.RecordFetcher(
-            self.bootstrap,
-            self.topic,
-            self.security,
-            client_id=self.client_id,
-            fetch_max_wait_ms=self._wait_ms(),
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
-            metadata_max_age_ms=5000,
-        )
         #: Market data and next offsets of the batches whose indicators are committed, not
         #: yet written (:meth:`_write_market`); the writer thread's.
         self._unstored: list[tuple[pd.DataFrame, dict[int, int]]] = []
@@ -179,15 +167,11 @@ class LiveConsumer:
         self.assigned: set[int] = set()
         self._assigned_topic_id: str | None = None
 
-    def _wait_ms(self) -> int:
-        # the broker holds a fetch up to wait_ms: idle, each round trip costs CPU (0.1 s: 7 ms a
-        # second, 0.5 s: 2 ms), but a produce does not always end a parked fetch on Tansu (0.5 s
-        # raised the benchmark's 250-coin p95 from 0.16-0.22 to 0.26-0.32 s), so it stays short
-        return max(10, int(self.poll_timeout_s * 1000))
-
     def _consumer(self):
-        """A kafka-python consumer of the topic's metadata (and of the stored-offset check)."""
-        wait_ms = self._wait_ms()
+        # the broker holds a fetch up to wait_ms: idle, each round trip costs CPU (0.1 s: 24 ms a
+        # second, 0.5 s: 4 ms), but a produce does not always end a parked fetch on Tansu (0.5 s
+        # raised the benchmark's 250-coin p95 from 0.16-0.22 to 0.26-0.32 s), so it stays short
+        wait_ms = max(10, int(self.poll_timeout_s * 1000))
         # never auto-creates the topic: Tansu ignores allow_auto_topic_creation, and a metadata
         # request naming a missing topic would create it (4 partitions) -- after a broker
         # restart, before ingest creates it with the configured count (kafka_client)
@@ -272,6 +256,8 @@ class LiveConsumer:
         """Assign every partition of the topic (new ones too) at its stored offset (from the
         beginning when ``fresh``: the topic was recreated). Partitions the topic no longer has
         (recreated with fewer) are dropped from the assignment."""
+        from kafka import TopicPartition
+
         self.consumer.topics()  # fresh metadata of all topics (never creates one)
         partitions = self.consumer.partitions_for_topic(self.topic) or set()
         if not partitions:
@@ -301,13 +287,24 @@ class LiveConsumer:
                 p,
             )
             del stored[p]
-        starts: dict[int, int | None] = {}
-        for p in sorted(partitions):
-            # a partition read before goes on from where it is; beyond the end of a recreated
-            # partition the broker answers "out of range" and the fetcher starts it over
-            current = self.fetcher.position(p) if p in self.assigned else None
-            starts[p] = current if current is not None else stored.get(p)
-        self.fetcher.assign(starts)
+        positions = {}
+        for p in self.assigned & partitions:
+            with_position = TopicPartition(self.topic, p)
+            try:
+                positions[p] = self.consumer.position(with_position, timeout_ms=5000)
+            except Exception:  # noqa: BLE001 - unknown: the stored offset is used
+                pass
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self.consumer.assign(tps)
+        for tp in tps:
+            if tp.partition in positions and positions[tp.partition] is not None:
+                self.consumer.seek(tp, positions[tp.partition])
+            elif tp.partition in stored:
+                # Beyond the end of a recreated partition the broker answers "out of range":
+                # kafka-python goes back to the earliest offset (auto_offset_reset).
+                self.consumer.seek(tp, stored[tp.partition])
+            else:
+                self.consumer.seek_to_beginning(tp)
         new = sorted(partitions - self.assigned)
         self.assigned = set(partitions)
         self._assigned_topic_id = self._topic_id()
@@ -321,12 +318,18 @@ class LiveConsumer:
 
     # ------------------------------------------------------------------------------------
     def poll_batch(self) -> list:
+        records: list = []
         wait_s = max(self.poll_timeout_s, IDLE_POLL_SECONDS)
-        records = self.fetcher.poll(wait_s, self.max_batch_records)
-        more = records
-        while more and len(records) < self.max_batch_records:
-            more = self.fetcher.poll(0, self.max_batch_records - len(records))
-            records.extend(more)
+        polled = self.consumer.poll(
+            timeout_ms=int(wait_s * 1000), max_records=self.max_batch_records
+        )
+        while polled:
+            for batch in polled.values():
+                records.extend(batch)
+            room = self.max_batch_records - len(records)
+            if room <= 0:
+                break
+            polled = self.consumer.poll(timeout_ms=0, max_records=room)
         return records
 
     def process(self, records: list) -> None:
@@ -421,7 +424,6 @@ class LiveConsumer:
     def close(self) -> None:
         try:
             self.writer.close()
-            self.fetcher.close()
             self.consumer.close()
         finally:
             self.store.close()

@@ -87,17 +87,17 @@ def test_an_idle_consumer_polls_once_a_second_and_a_record_ends_the_wait(
     with running_consumer(kafka_bootstrap, topic, pg_clean) as consumer:
         calls: list[tuple[float, float, int]] = []  # (started, seconds, records)
         started_one = threading.Event()
-        poll = consumer.fetcher.poll
+        poll = consumer.consumer.poll
 
         def timed_poll(*args, **kwargs):
             started = time.monotonic()
             started_one.set()
             got = poll(*args, **kwargs)
-            calls.append((started, time.monotonic() - started, len(got)))
+            calls.append((started, time.monotonic() - started, sum(map(len, got.values()))))
             return got
 
         wait_for(lambda: consumer.assigned, what="the partitions assigned")
-        consumer.fetcher.poll = timed_poll
+        consumer.consumer.poll = timed_poll
         time.sleep(3.5)
         idle = [c for c in calls if c[0] > calls[0][0] + 0.5] if calls else []
         assert idle and all(records == 0 for _, _, records in idle)
