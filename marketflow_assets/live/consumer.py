@@ -159,7 +159,10 @@ class LiveConsumer:
         )
         self.alerting = LiveAlerts(self.alerts_file, self.webhook_url)
         self.alerting.prime(self.store.conn)
+        #: kafka-python, never assigned: the topic's partitions and id (fresh metadata)
         self.consumer = self._consumer()
+        #: aiokafka: the records (:class:`~marketflow_assets.kafka_client.RecordFetcher`)
+        self.fetcher = self._fetcher()
         #: Market data and next offsets of the batches whose indicators are committed, not
         #: yet written (:meth:`_write_market`); the writer thread's.
         self._unstored: list[tuple[pd.DataFrame, dict[int, int]]] = []
@@ -167,11 +170,27 @@ class LiveConsumer:
         self.assigned: set[int] = set()
         self._assigned_topic_id: str | None = None
 
-    def _consumer(self):
-        # the broker holds a fetch up to wait_ms: idle, each round trip costs CPU (0.1 s: 24 ms a
-        # second, 0.5 s: 4 ms), but a produce does not always end a parked fetch on Tansu (0.5 s
+    def _wait_ms(self) -> int:
+        # the broker holds a fetch up to wait_ms: idle, each round trip costs CPU (0.1 s: 6.6 ms
+        # a second with aiokafka), but a produce does not always end a parked fetch on Tansu (0.5 s
         # raised the benchmark's 250-coin p95 from 0.16-0.22 to 0.26-0.32 s), so it stays short
-        wait_ms = max(10, int(self.poll_timeout_s * 1000))
+        return max(10, int(self.poll_timeout_s * 1000))
+
+    def _fetcher(self) -> kafka_client.RecordFetcher:
+        return kafka_client.RecordFetcher(
+            self.bootstrap,
+            self.topic,
+            self.security,
+            client_id=self.client_id,
+            fetch_max_wait_ms=self._wait_ms(),
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            metadata_max_age_ms=5000,
+        )
+
+    def _consumer(self):
+        """A kafka-python consumer of the topic's metadata (and of the stored-offset check)."""
+        wait_ms = self._wait_ms()
         # never auto-creates the topic: Tansu ignores allow_auto_topic_creation, and a metadata
         # request naming a missing topic would create it (4 partitions) -- after a broker
         # restart, before ingest creates it with the configured count (kafka_client)
@@ -229,12 +248,15 @@ class LiveConsumer:
         one); None when unknown or when the broker reports no topic ids."""
         return kafka_client.topic_id(self.consumer, self.topic)  # the cached cluster view
 
-    def check_recreated(self) -> bool:
+    def check_recreated(self, fresh: bool = False) -> bool:
         """When the topic's id changed since the assignment (deleted and recreated: a broker
         restart, an operator), read every partition again from the beginning: stored offsets
         mean nothing in the new topic. Rows already in price_indicators are skipped by
         ``advance_indicators`` (not newer than their coin's last row), so this re-read writes
-        only what is new. Returns True when it repositioned."""
+        only what is new. Returns True when it repositioned. ``fresh``: ask the broker first
+        (the fetcher is another client, whose reconnects do not refresh this one's view)."""
+        if fresh:
+            self.consumer.topics()  # metadata of all topics (never creates one)
         current = self._topic_id()
         if current is None or self._assigned_topic_id is None or current == self._assigned_topic_id:
             if current is not None and self._assigned_topic_id is None and self.assigned:
@@ -249,6 +271,9 @@ class LiveConsumer:
         )
         self.assigned = set()
         self._assigned_topic_id = None
+        # a new fetcher: nothing fetched from the old topic (buffered, in flight) carries over
+        self.fetcher.close()
+        self.fetcher = self._fetcher()
         self.assign(fresh=True)
         return True
 
@@ -256,8 +281,6 @@ class LiveConsumer:
         """Assign every partition of the topic (new ones too) at its stored offset (from the
         beginning when ``fresh``: the topic was recreated). Partitions the topic no longer has
         (recreated with fewer) are dropped from the assignment."""
-        from kafka import TopicPartition
-
         self.consumer.topics()  # fresh metadata of all topics (never creates one)
         partitions = self.consumer.partitions_for_topic(self.topic) or set()
         if not partitions:
@@ -287,24 +310,13 @@ class LiveConsumer:
                 p,
             )
             del stored[p]
-        positions = {}
-        for p in self.assigned & partitions:
-            with_position = TopicPartition(self.topic, p)
-            try:
-                positions[p] = self.consumer.position(with_position, timeout_ms=5000)
-            except Exception:  # noqa: BLE001 - unknown: the stored offset is used
-                pass
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-        self.consumer.assign(tps)
-        for tp in tps:
-            if tp.partition in positions and positions[tp.partition] is not None:
-                self.consumer.seek(tp, positions[tp.partition])
-            elif tp.partition in stored:
-                # Beyond the end of a recreated partition the broker answers "out of range":
-                # kafka-python goes back to the earliest offset (auto_offset_reset).
-                self.consumer.seek(tp, stored[tp.partition])
-            else:
-                self.consumer.seek_to_beginning(tp)
+        starts: dict[int, int | None] = {}
+        for p in sorted(partitions):
+            # a partition read before goes on from where it is; beyond the end of a recreated
+            # partition the broker answers "out of range" and the fetcher starts it over
+            current = self.fetcher.position(p) if p in self.assigned else None
+            starts[p] = current if current is not None else stored.get(p)
+        self.fetcher.assign(starts)
         new = sorted(partitions - self.assigned)
         self.assigned = set(partitions)
         self._assigned_topic_id = self._topic_id()
@@ -318,18 +330,12 @@ class LiveConsumer:
 
     # ------------------------------------------------------------------------------------
     def poll_batch(self) -> list:
-        records: list = []
         wait_s = max(self.poll_timeout_s, IDLE_POLL_SECONDS)
-        polled = self.consumer.poll(
-            timeout_ms=int(wait_s * 1000), max_records=self.max_batch_records
-        )
-        while polled:
-            for batch in polled.values():
-                records.extend(batch)
-            room = self.max_batch_records - len(records)
-            if room <= 0:
-                break
-            polled = self.consumer.poll(timeout_ms=0, max_records=room)
+        records = self.fetcher.poll(wait_s, self.max_batch_records)
+        more = records
+        while more and len(records) < self.max_batch_records:
+            more = self.fetcher.poll(0, self.max_batch_records - len(records))
+            records.extend(more)
         return records
 
     def process(self, records: list) -> None:
@@ -416,14 +422,17 @@ class LiveConsumer:
             if self.check_recreated():
                 continue
             records = self.poll_batch()
-            if records and self.check_recreated():
-                continue  # fetched at offsets of the old topic: read again from the beginning
+            if records and self.check_recreated(fresh=True):
+                # fetched at offsets of the old topic - in the new one they may skip records
+                # that later ones would then make look late: read again from the beginning
+                continue
             if records:
                 self.process(records)
 
     def close(self) -> None:
         try:
             self.writer.close()
+            self.fetcher.close()
             self.consumer.close()
         finally:
             self.store.close()
