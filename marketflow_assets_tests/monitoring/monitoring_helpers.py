@@ -78,11 +78,18 @@ def count_messages(bootstrap: str, topic: str, quiet_s: float = 1.5) -> int:
     """Messages readable in ``topic`` now (read until nothing new arrives for ``quiet_s``)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    # a short fetch wait: the broker (Tansu) hands over records a held fetch waited for only when
+    # the wait ends, and kafka-python's default (0.5 s) is as long as a short quiet window
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100
+    )
     try:
         parts = consumer.partitions_for_topic(topic) or set()
-        consumer.assign([TopicPartition(topic, p) for p in parts])
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
         consumer.seek_to_beginning()
+        for tp in tps:
+            consumer.position(tp)  # the beginning looked up before the quiet window starts
         n, last = 0, time.monotonic()
         while time.monotonic() - last < quiet_s:
             got = sum(len(r) for r in consumer.poll(timeout_ms=200).values())
