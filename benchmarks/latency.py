@@ -421,7 +421,7 @@ def _poll_phase(
         phase.samples[f"{name} total"] = [
             seen - ts.timestamp() for ts, seen in watcher.pg_seen.items()
         ]
-    acked = publish_times(log_path)  # poll ts -> s from the poll's ts to its acknowledgement
+    acked = publish_times(log_path, since_ts=True)  # poll ts -> s from it to its acknowledgement
     phase.samples["after publish"] = [
         seen - ts.timestamp() - acked[ts]
         for ts, seen in phase.watcher.pg_seen.items()
@@ -445,25 +445,34 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def publish_times(ingest_log: Path, min_records: int = 0) -> dict[datetime, float]:
-    """Each poll's seconds from its ``ts`` to its acknowledgement, from ingest's log (the polls
-    of at least ``min_records`` acknowledged records)."""
+def publish_times(
+    ingest_log: Path, min_records: int = 0, since_ts: bool = False
+) -> dict[datetime, float]:
+    """Each poll's seconds from when ingest took it to its acknowledgement (validate, spool,
+    publish), or with ``since_ts`` from its ``ts`` to its acknowledgement (a poll taken just now
+    only: the source's own time included), from ingest's log (the polls of at least
+    ``min_records`` acknowledged records)."""
     out: dict[datetime, float] = {}
     if not ingest_log.exists():
         return out
     for line in ingest_log.read_text(errors="replace").splitlines():
         match = _INGEST_LINE.search(line)
         if match and int(match.group(2)) >= min_records:
+            seconds = match.group(4) if since_ts else match.group(3)
+            if seconds is None:
+                continue
             with contextlib.suppress(ValueError):
                 ts = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
-                out[ts] = float(match.group(3))
+                out[ts] = float(seconds)
     return out
 
 
 #: ingest's line per poll (``collector.py``): "poll <ts>: <good> + <dead letters> acknowledged
-#: ... (<s> s after it was taken)" -- fetch/simulate, validate, spool and publish until acked
+#: ... (<s> s after it was taken[, <s> s after its ts])" -- validate, spool and publish until
+#: acknowledged; then the same from the poll's ``ts`` (the source's fetch or simulation too)
 _INGEST_LINE = re.compile(
-    r"poll (\S+): (\d+) \+ \d+ acknowledged.*\(([\d.]+) s after it was taken\)$"
+    r"poll (\S+): (\d+) \+ \d+ acknowledged.*\(([\d.]+) s after it was taken"
+    r"(?:, ([\d.]+) s after its ts)?\)$"
 )
 _FOLLOW_LINE = re.compile(r"in ([\d.]+) s \(file seen ([\d.]+) s after its newest ts\)")
 
@@ -479,7 +488,7 @@ def breakdown(logs: Path, phase: Phase, spark_text: str) -> list[list[str]]:
         return f"{statistics.median(values):.2f}" if values else "n/a"
 
     publish = list(publish_times(logs / f"ingest-{phase.coins}.log", phase.coins).values())
-    rows.append(["ingest: fetch/simulate + validate + publish (acks=all)", med(publish)])
+    rows.append(["ingest: validate + spool + publish (acks=all)", med(publish)])
     batches = []
     for line in spark_text.splitlines():
         if "micro-batch {" in line:

@@ -20,12 +20,14 @@ def test_publish_times_are_read_per_poll_from_ingests_log(tmp_path):
         "04:53:59 INFO marketflow_assets.ingest.collector: poll 2026-12-06T04:53:59.532Z: "
         "250 + 0 acknowledged (0.01 s after it was taken)\n"
         "04:54:01 INFO marketflow_assets.ingest.collector: poll 2026-12-06T04:54:01.532Z: "
-        "249 + 1 acknowledged, 1 NOT acknowledged (0.42 s after it was taken)\n"
+        "249 + 1 acknowledged, 1 NOT acknowledged (0.42 s after it was taken, 0.61 s after its "
+        "ts)\n"
     )
     first = datetime(2026, 12, 6, 4, 53, 59, 532000, tzinfo=UTC)
     second = datetime(2026, 12, 6, 4, 54, 1, 532000, tzinfo=UTC)
     assert publish_times(log) == {first: 0.01, second: 0.42}
     assert publish_times(log, min_records=250) == {first: 0.01}  # whole polls (the breakdown)
+    assert publish_times(log, since_ts=True) == {second: 0.61}  # a poll of the line's age only
 
 
 def test_cpu_seconds_count_a_process_and_its_children():

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import time
 
+from marketflow_assets import contract
 from marketflow_assets.ingest.delivery import Delivery
 from marketflow_assets.ingest.publish import PublishResult
 from marketflow_assets.ingest.sender import Pending, Sender, unsent
@@ -20,6 +21,20 @@ from marketflow_assets.ingest.sources import Poll, ReplayRecorder
 from marketflow_assets.ingest.validate import ValidatedPoll, validate_poll
 
 log = logging.getLogger(__name__)
+
+#: A poll whose ``ts`` is at most this old when acknowledged was taken now (a live or simulated
+#: poll, not a replayed one): its acknowledgement line says how long after its ``ts`` it came.
+LIVE_POLL_AGE_S = 3600.0
+
+
+def poll_age(ts: str | None, now: float | None = None) -> float | None:
+    """Seconds from a poll's ``ts`` to ``now`` (default: the wall clock) when the poll was taken
+    just now (0 to :data:`LIVE_POLL_AGE_S`), else None (a replayed poll, an unreadable ``ts``)."""
+    try:
+        age = (time.time() if now is None else now) - contract.time_us(ts) / 1e6
+    except (ValueError, TypeError):
+        return None
+    return age if 0.0 <= age <= LIVE_POLL_AGE_S else None
 
 
 @dataclasses.dataclass
@@ -64,6 +79,7 @@ class Collector:
     def take(self, poll: Poll, sender: Sender) -> None:
         """Validate, spool (fsynced) and queue one poll for the sender: polling never waits
         on Kafka."""
+        taken = time.monotonic()  # validation, spool and publish count from here
         self.totals.polls += 1
         if poll.records is None:
             self._take_failed(poll, sender)
@@ -85,7 +101,7 @@ class Collector:
                 message.value["reason"],
                 message.value["detail"],
             )
-        for ready in self.delivery.spool_poll(Pending(validated, poll)):
+        for ready in self.delivery.spool_poll(Pending(validated, poll, taken=taken)):
             self._record_spooled(ready)
             sender.submit(ready)
         if poll.error:
@@ -169,13 +185,15 @@ class Collector:
             time.time(),
             spooled=bool(result.failures) and waits and pending.spooled,
         )
+        age = poll_age(poll.ts)
         log.info(
-            "poll %s: %d + %d acknowledged%s (%.2f s after it was taken)",
+            "poll %s: %d + %d acknowledged%s (%.2f s after it was taken%s)",
             poll.ts,
             result.good_acked,
             result.bad_acked,
             f", {len(result.failures)} NOT acknowledged" if result.failures else "",
             took,
+            f", {age:.2f} s after its ts" if age is not None else "",
         )
 
     # -- the end ----------------------------------------------------------------------------

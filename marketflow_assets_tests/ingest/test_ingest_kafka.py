@@ -347,3 +347,44 @@ def test_a_cached_answer_is_published_again_with_the_new_ts(
     messages = topic_reader(settings.kafka_topic, expected=18)
     assert len(messages) == 18
     assert len({m["value"]["ts"] for m in messages}) == 2
+
+
+def test_an_acknowledged_poll_says_how_long_ingest_took_and_since_its_ts(
+    tmp_path, settings, ingest_args, topic_reader, caplog, monkeypatch
+):
+    """The acknowledgement line counts validation, spool and publish ("after it was taken") and,
+    for a poll taken just now, the seconds since its ``ts`` (the source's time too); the latency
+    benchmark reads both from it. A replayed poll (an old ``ts``) gets no age."""
+    from benchmarks.latency import publish_times
+    from marketflow_assets.ingest import collector
+
+    validate = collector.validate_poll
+
+    def slow_validate(*args, **kwargs):  # validation is part of what ingest takes
+        time.sleep(0.4)
+        return validate(*args, **kwargs)
+
+    monkeypatch.setattr(collector, "validate_poll", slow_validate)
+    caplog.set_level(logging.INFO)
+    args = ingest_args("--source", "simulate", "--once", "--coins", "20", "--seed", "2")
+    before = time.time()
+    assert command.run(args, settings) == 0
+    after = time.time()
+    log = tmp_path / "ingest.log"
+    log.write_text(caplog.text)
+    taken, since_ts = publish_times(log), publish_times(log, since_ts=True)
+    assert len(taken) == len(since_ts) == 1, caplog.text
+    (ts, took), age = next(iter(taken.items())), since_ts[next(iter(taken))]
+    assert 0.4 <= took <= age <= after - ts.timestamp() + 0.01
+    assert ts.timestamp() >= before - 0.01
+
+    caplog.clear()
+    polls = list(simulate_polls(5, seed=3, start=START, interval_s=30, count=1))
+    path = tmp_path / "replay.jsonl"
+    path.write_text("".join(json.dumps({"ts": t, "coins": recs}) + "\n" for t, recs in polls))
+    replay = ingest_args("--source", "replay", "--replay-file", str(path), "--once")
+    assert (
+        command.run(replay, dataclasses.replace(settings, kafka_topic=f"r{uuid.uuid4().hex}")) == 0
+    )
+    log.write_text(caplog.text)
+    assert len(publish_times(log)) == 1 and publish_times(log, since_ts=True) == {}
