@@ -289,14 +289,38 @@ def _decode(value: bytes | str, look: bool = True) -> tuple[Any, bool]:
     return decoded, True
 
 
-def _no_orjson(value: bytes | str) -> Any:
-    raise ValueError("orjson is not installed")
+def dumps(value: Any, finite: bool = False) -> bytes:
+    """Compact strict JSON of ``value`` as UTF-8: what ``json.dumps(value, separators=(",",
+    ":"), allow_nan=False)`` writes, up to the spelling of numbers and of non-ASCII text (both
+    decode to the same object: ``1e-05`` / ``1e-5``, ``\\u00e9`` / ``é``), through orjson
+    (a 15,000-coin poll's messages in 66 against 142 ms) where it can write ``value``.
+
+    orjson writes NaN and the infinities as ``null``; json.dumps refuses them (ValueError), and
+    so does this: ``value`` is first looked through for one (2 us a message) unless ``finite``
+    (the caller knows it holds none: a message the contract accepted, a dead letter made JSON
+    safe). What orjson refuses (an integer beyond 64 bits, a key that is not a string) is
+    written by json.dumps."""
+    if not finite and _non_finite(value):
+        raise ValueError("Out of range float values are not JSON compliant")
+    try:
+        return _orjson_dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+class _NoOrjson(TypeError, ValueError):
+    """orjson is not installed: every caller falls back to the json module."""
+
+
+def _no_orjson(value: Any) -> Any:
+    raise _NoOrjson("orjson is not installed")
 
 
 try:
+    from orjson import dumps as _orjson_dumps
     from orjson import loads as _orjson_loads
 except ImportError:  # pragma: no cover - a dependency of confluent-kafka
-    _orjson_loads = _no_orjson
+    _orjson_dumps = _orjson_loads = _no_orjson
 
 
 def _big_integral(message: dict) -> bool:

@@ -163,3 +163,36 @@ def test_loads_decodes_exactly_as_json_loads(value):
     got = c.loads(value)
     assert json.dumps(got, sort_keys=True) == json.dumps(expected, sort_keys=True)
     assert repr(got) == repr(expected)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"id": "a", "current_price": 1.5, "n": [1, 2.0, -0.0, 1e-320, 1e-05, 1e16, 5e-324]},
+        {"big": 1180591620717411303424, "u64": 18446744073709551615, "neg": -(2**63) - 1},
+        {"name": "caf\u00e9 \u20bf", "quote": 'a"b\\c\n', "control": "\x00\x1f"},
+        {"surrogate": "\ud800"},
+        {"nested": [[{"x": None, "t": True, "f": False}]], "empty": {}, "list": []},
+        {"deep": [[[[1e300]]]] * 3},
+        {"keys": {1: "int key", "s": "str key"}},
+        [1, "two", 3.0],
+        "text",
+    ],
+    ids=lambda v: repr(v)[:30],
+)
+def test_dumps_writes_what_json_dumps_writes_decoded(value):
+    """The faster encoding (orjson) decodes to the object json.dumps' text decodes to."""
+    expected = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    got = c.dumps(value)
+    assert isinstance(got, bytes)
+    assert repr(json.loads(got)) == repr(json.loads(expected))
+    assert repr(c.loads(got)) == repr(json.loads(expected))  # the contract reads it the same
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_dumps_refuses_nan_and_infinities_as_json_dumps_does(bad):
+    value = {"id": "a", "nested": [{"x": bad}]}
+    with pytest.raises(ValueError):
+        json.dumps(value, separators=(",", ":"), allow_nan=False)
+    with pytest.raises(ValueError):
+        c.dumps(value)  # never orjson's null

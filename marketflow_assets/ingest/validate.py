@@ -16,7 +16,6 @@ reason code (:data:`marketflow_assets.contract.REASONS`), ``detail`` one line na
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -50,11 +49,13 @@ class InvalidRecord(ValueError):
 
 @dataclass(frozen=True)
 class Message:
-    """One Kafka message: ``key`` (coin id or None) and a JSON-serialisable ``value``."""
+    """One Kafka message: ``key`` (coin id or None) and a JSON-serialisable ``value``
+    (``finite``: known to hold no NaN or infinity, as :func:`validate_poll`'s messages)."""
 
     key: str | None
     value: dict[str, Any]
     raw: Any = field(default=None, compare=False, repr=False)  # the record as received
+    finite: bool = field(default=False, compare=False, repr=False)
     _encoded: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def key_bytes(self) -> bytes | None:
@@ -64,8 +65,7 @@ class Message:
         """The value as compact JSON, encoded once (the spool line and every send of the
         message reuse it; ``value`` is not changed after validation)."""
         if self._encoded is None:
-            encoded = json.dumps(self.value, separators=(",", ":"), allow_nan=False)
-            object.__setattr__(self, "_encoded", encoded.encode("utf-8"))
+            object.__setattr__(self, "_encoded", contract.dumps(self.value, self.finite))
         return self._encoded
 
 
@@ -98,8 +98,11 @@ def normalise_record(record: Any, ts: str) -> dict[str, Any]:
     return value
 
 
-def dead_letter(payload: Any, reason: str, ts: str, detail: str = "") -> Message:
-    """The DLQ message for ``payload`` (kept as received) rejected for ``reason`` (a code)."""
+def dead_letter(
+    payload: Any, reason: str, ts: str, detail: str = "", finite: bool = False
+) -> Message:
+    """The DLQ message for ``payload`` (kept as received) rejected for ``reason`` (a code);
+    ``finite``: ``payload`` holds no NaN or infinity (made JSON safe)."""
     key = None
     if isinstance(payload, dict) and isinstance(payload.get("id"), str) and payload["id"]:
         key = payload["id"]
@@ -110,7 +113,7 @@ def dead_letter(payload: Any, reason: str, ts: str, detail: str = "") -> Message
         "ts": ts,
         "schema_version": SCHEMA_VERSION,
     }
-    return Message(key=key, value=value)
+    return Message(key=key, value=value, finite=finite)
 
 
 def _json_safe(payload: Any) -> Any:
@@ -142,8 +145,10 @@ def validate_poll(records: Iterable[Any], ts: str) -> ValidatedPoll:
                     contract.DUPLICATE_IN_POLL, f"id: duplicate {value['id']!r} within one poll"
                 )
         except InvalidRecord as exc:
-            result.bad.append(dead_letter(_json_safe(record), exc.reason, ts, exc.detail))
+            safe = _json_safe(record)
+            result.bad.append(dead_letter(safe, exc.reason, ts, exc.detail, finite=True))
             continue
         seen.add(value["id"])
-        result.good.append(Message(key=value["id"], value=value, raw=record))
+        # the contract refused any NaN or infinity in it (check_message)
+        result.good.append(Message(key=value["id"], value=value, raw=record, finite=True))
     return result
