@@ -184,7 +184,10 @@ class LiveStore:
             "WHERE high <= %(n)s OR low <= %(n)s",
             {"ts": snapshots, "n": ind.TOP_N, "live": SOURCE_LIVE, "dagster": SOURCE_DAGSTER},
         )
-        source = pd.DataFrame(cur.fetchall(), columns=list(MOVER_INPUT_COLUMNS))
+        candidates = cur.fetchall()
+        if not candidates:  # no 5-minute change yet at these snapshots: no movers
+            return 0
+        source = pd.DataFrame(candidates, columns=list(MOVER_INPUT_COLUMNS))
         source["ts"] = pd.to_datetime(source["ts"], utc=True, cache=False)
         source["change_5min"] = source["change_5min"].astype("float64")
         source["price"] = source["price"].astype("float64")
