@@ -183,14 +183,11 @@ class LiveConsumer:
             self.security,
             client_id=self.client_id,
             fetch_max_wait_ms=self._wait_ms(),
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
-            metadata_max_age_ms=5000,
         )
 
     def _consumer(self):
-        """A kafka-python consumer of the topic's metadata (and of the stored-offset check)."""
-        wait_ms = self._wait_ms()
+        """A kafka-python consumer of the topic's metadata and of the stored-offset check's one
+        record per partition (the records are the fetcher's)."""
         # never auto-creates the topic: Tansu ignores allow_auto_topic_creation, and a metadata
         # request naming a missing topic would create it (4 partitions) -- after a broker
         # restart, before ingest creates it with the configured count (kafka_client)
@@ -201,10 +198,7 @@ class LiveConsumer:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self.max_batch_records,
-            fetch_max_wait_ms=wait_ms,
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_wait_ms=self._wait_ms(),
             metadata_max_age_ms=5000,  # a recreated topic (new topic id) is noticed quickly
         )
 

@@ -23,6 +23,8 @@ import importlib
 import logging
 from collections.abc import Iterable
 
+from marketflow_assets.settings import ARROW_POOLS
+
 logger = logging.getLogger("marketflow.heap")
 
 #: Young objects (allocations minus deallocations of tracked objects) between two collections
@@ -67,12 +69,9 @@ def set_arrow_allocator(process: str, backend: str = "system") -> str:
     """
     import pyarrow as pa
 
-    pools = {
-        "system": pa.system_memory_pool,
-        "mimalloc": pa.mimalloc_memory_pool,
-        "jemalloc": pa.jemalloc_memory_pool,
-    }
-    pa.set_memory_pool(pools[backend]())
+    if backend not in ARROW_POOLS:
+        raise ValueError(f"Arrow memory pool {backend!r}: one of {', '.join(ARROW_POOLS)}")
+    pa.set_memory_pool(getattr(pa, f"{backend}_memory_pool")())  # pa.system_memory_pool, ...
     in_use = pa.default_memory_pool().backend_name
     logger.info("%s: Arrow allocates with %s", process, in_use)
     return in_use
