@@ -68,40 +68,65 @@ HISTORY_FROM_STAGE_SQL = (
 )
 
 
-def _first_records(raw: pd.DataFrame, columns=RAW_SOURCE_COLUMNS) -> pd.DataFrame:
-    """``raw``'s records with a coin id, ``ts`` as UTC times, the first of each ``(id, ts)``
-    (as in the raw table)."""
-    frame = raw.loc[raw["id"].notna(), list(columns)].copy()
-    frame["ts"] = pd.to_datetime(frame["ts"], utc=True, cache=False)  # see advance_indicators
-    return frame.drop_duplicates(["id", "ts"], keep="first")
+def _first_records(raw, columns=RAW_SOURCE_COLUMNS):
+    """``raw``'s records with a coin id, the first of each ``(id, ts)`` (as in the raw table),
+    as an Arrow table of ``columns`` with ``ts`` as UTC times. ``raw``: a DataFrame or an Arrow
+    table of raw columns (the live path's records stay in Arrow: no Python object per value)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(raw, pd.DataFrame):
+        frame = raw.loc[:, list(columns)]
+        # cache=False: see advance_indicators
+        frame = frame.assign(ts=pd.to_datetime(frame["ts"], utc=True, cache=False))
+        table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1)
+    else:
+        table = raw.select(list(columns))
+    table = table.filter(pc.is_valid(table["id"]))
+    rows = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    firsts = (
+        table.select(["id", "ts"])
+        .append_column("row", rows)
+        .group_by(["id", "ts"], use_threads=False)
+        .aggregate([("row", "min")])
+    )
+    if firsts.num_rows < table.num_rows:  # a repeated (id, ts): its first record counts
+        kept = firsts["row_min"]
+        table = table.take(kept.take(pc.sort_indices(kept)))  # in their order in ``raw``
+    return table
 
 
-def market_records(raw: pd.DataFrame) -> pd.DataFrame:
-    """Every ``(coin, ts)`` of ``raw`` (its first record) as :data:`COLUMNS`; each coin's newest
-    of them is its ``coin_market`` row."""
-    if raw.empty:
-        return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
-    out = _first_records(raw).rename(columns=_RENAME)
-    out["market_cap_rank"] = out["market_cap_rank"].astype("Int64")
-    return out.loc[:, list(COLUMNS)].reset_index(drop=True)
+def _renamed(table):
+    return table.rename_columns([_RENAME.get(c, c) for c in table.column_names])
 
 
-def market_history_rows(raw: pd.DataFrame) -> pd.DataFrame:
-    """One row per ``(coin, ts)`` of ``raw`` in :data:`HISTORY_COLUMNS` order."""
-    if raw.empty:
-        return pd.DataFrame({c: pd.Series(dtype="object") for c in HISTORY_COLUMNS})
-    out = _first_records(raw, HISTORY_SOURCE_COLUMNS).rename(columns=_RENAME)
-    return out.loc[:, list(HISTORY_COLUMNS)].sort_values(["coin_id", "ts"]).reset_index(drop=True)
+def market_records(raw):
+    """Every ``(coin, ts)`` of ``raw`` (a DataFrame or an Arrow table of raw columns; its first
+    record) as an Arrow table of :data:`COLUMNS`; each coin's newest of them is its
+    ``coin_market`` row."""
+    import pyarrow as pa
+
+    table = _renamed(_first_records(raw))
+    rank = table.schema.get_field_index("market_cap_rank")
+    table = table.set_column(rank, "market_cap_rank", table["market_cap_rank"].cast(pa.int64()))
+    return table.select(list(COLUMNS))
 
 
-def write_market_history(cur, raw: pd.DataFrame) -> int:
+def market_history_rows(raw):
+    """One row per ``(coin, ts)`` of ``raw`` in :data:`HISTORY_COLUMNS` order (Arrow)."""
+    table = _renamed(_first_records(raw, HISTORY_SOURCE_COLUMNS)).select(list(HISTORY_COLUMNS))
+    return table.sort_by([("coin_id", "ascending"), ("ts", "ascending")])
+
+
+def write_market_history(cur, raw) -> int:
     """Add each record's volume and market cap of ``raw`` to ``coin_market_history`` on ``cur``
     (in the caller's transaction; a stored ``(coin_id, ts)`` is kept); returns the rows
     offered."""
     from marketflow_assets.resources.postgres import csv_payload
 
     rows = market_history_rows(raw)
-    if rows.empty:
+    if not rows.num_rows:
         return 0
     cur.execute(HISTORY_STAGE_SQL)
     cur.copy_expert(
@@ -109,18 +134,21 @@ def write_market_history(cur, raw: pd.DataFrame) -> int:
         csv_payload(rows),
     )
     cur.execute(HISTORY_INSERT_SQL)
-    return len(rows)
+    return rows.num_rows
 
 
-def write_coin_market(cur, raw: pd.DataFrame, history: bool = True) -> int:
-    """Upsert the coins of ``raw`` into ``coin_market`` (each coin's newest record; and, with
+def write_coin_market(cur, raw, history: bool = True) -> int:
+    """Upsert the coins of ``raw`` (raw records: a DataFrame or an Arrow table) into
+    ``coin_market`` (each coin's newest record; and, with
     ``history``, add its records to ``coin_market_history``) on ``cur``, in the caller's
     transaction: the records are staged once for both. Returns the ``coin_market`` rows offered
     (one per coin)."""
+    import pyarrow.compute as pc
+
     from marketflow_assets.resources.postgres import csv_payload
 
     records = market_records(raw)
-    if records.empty:
+    if not records.num_rows:
         return 0
     cur.execute(STAGE_SQL)
     cur.copy_expert(
@@ -130,4 +158,4 @@ def write_coin_market(cur, raw: pd.DataFrame, history: bool = True) -> int:
     if history:
         cur.execute(HISTORY_FROM_STAGE_SQL)
     cur.execute(UPSERT_SQL)
-    return int(records["coin_id"].nunique())
+    return pc.count_distinct(records["coin_id"]).as_py()

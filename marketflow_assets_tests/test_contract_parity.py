@@ -53,7 +53,7 @@ def spark_rows(spark):
 
 def test_spark_live_and_ingest_give_the_same_reason(spark_rows):
     spark = [r["reason"] for r in spark_rows]
-    frame, live = parse_records(VALUES)
+    frame, market, live = parse_records(VALUES)
     ingest = [ingest_reason(v) if decodable(v) else "n/a" for v in VALUES]
     table = [
         (label, expected, s, lv, ing)
@@ -96,6 +96,6 @@ def test_ingest_publishes_exactly_what_spark_and_live_accept():
             records.append(record)
     poll = validate_poll(records, "2026-03-01T23:58:00.000Z")
     published = [m.value_bytes() for m in poll.good]
-    frame, reasons = parse_records(published)
-    assert reasons == [None] * len(published) and len(frame) == len(published)
+    frame, market, reasons = parse_records(published)
+    assert reasons == [None] * len(published) and len(frame) == len(market) == len(published)
     assert {m.value["reason"] for m in poll.bad} <= set(EXPECTED) - {None} | {DUPLICATE_IN_POLL}

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -36,6 +37,9 @@ from marketflow_assets.live.alerting import LiveAlerts
 from marketflow_assets.live.store import LiveStore
 from marketflow_assets.market import RAW_SOURCE_COLUMNS
 from marketflow_assets.settings import KafkaSecurity
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger("marketflow.live")
 
@@ -55,17 +59,20 @@ _COLUMNS = ["id", "symbol", "ts", "current_price"]
 _READ = list(dict.fromkeys([*_COLUMNS, *RAW_SOURCE_COLUMNS]))
 
 
-def parse_records(values: list) -> tuple[pd.DataFrame, list[str | None]]:
-    """Kafka message values -> the valid ones' ``id``, ``symbol``, ``ts``, ``current_price``
-    (in order, then the market columns of ``coin_market``) and each value's reason code (None =
-    valid): the record contract (:func:`marketflow_assets.contract.parse_values`), so a live row
-    exists only for a message the Spark job writes to the raw dataset."""
+def parse_records(values: list) -> tuple[pd.DataFrame, pa.Table, list[str | None]]:
+    """Kafka message values -> the valid ones' ``id``, ``symbol``, ``ts``, ``current_price`` (a
+    DataFrame, in order: what ``advance_indicators`` reads), the same records' raw columns of
+    ``coin_market`` (an Arrow table: they are written as they are) and each value's reason code
+    (None = valid): the record contract (:func:`marketflow_assets.contract.parse_values`), so a
+    live row exists only for a message the Spark job writes to the raw dataset."""
     import pyarrow as pa
 
     table, reasons = contract.parse_values(values)
-    valid = pa.array([reason is None for reason in reasons], type=pa.bool_())
-    frame = table.select(_READ).filter(valid).to_pandas(coerce_temporal_nanoseconds=True)
-    return frame, reasons
+    table = table.select(_READ)
+    if any(reason is not None for reason in reasons):
+        table = table.filter(pa.array([reason is None for reason in reasons], type=pa.bool_()))
+    frame = table.select(_COLUMNS).to_pandas(coerce_temporal_nanoseconds=True)
+    return frame, table, reasons
 
 
 @dataclass
@@ -165,7 +172,7 @@ class LiveConsumer:
         self.fetcher = self._fetcher()
         #: Market data and next offsets of the batches whose indicators are committed, not
         #: yet written (:meth:`_write_market`); the writer thread's.
-        self._unstored: list[tuple[pd.DataFrame, dict[int, int]]] = []
+        self._unstored: list[tuple[pa.Table, dict[int, int]]] = []
         self.writer = _Writer(self._write, self._write_market)
         self.assigned: set[int] = set()
         self._assigned_topic_id: str | None = None
@@ -341,11 +348,11 @@ class LiveConsumer:
             nxt = record.offset + 1
             if nxt > next_offsets.get(record.partition, -1):
                 next_offsets[record.partition] = nxt
-        frame, reasons = parse_records([record.value for record in records])
+        frame, market, reasons = parse_records([record.value for record in records])
         invalid = len(reasons) - len(frame)
         if invalid:
             logger.debug("live: invalid record(s) by reason: %s", Counter(filter(None, reasons)))
-        rows, state, skipped = ind.advance_indicators(self.state, frame.loc[:, _COLUMNS])
+        rows, state, skipped = ind.advance_indicators(self.state, frame)
         if len(skipped):
             logger.debug(
                 "live: %d record(s) not newer than their coin's last row (late or duplicate; "
@@ -353,16 +360,16 @@ class LiveConsumer:
                 len(skipped),
                 skipped.head(5)[["id", "ts"]].to_dict("records"),
             )
-        self.writer.submit(rows, next_offsets, frame, len(records), len(skipped), invalid, started)
+        self.writer.submit(rows, next_offsets, market, len(records), len(skipped), invalid, started)
         self.state = state
 
-    def _write(self, rows, next_offsets, frame, records, skipped, invalid, started) -> None:
+    def _write(self, rows, next_offsets, market, records, skipped, invalid, started) -> None:
         """The writer thread's part of one batch: its indicator transaction, its price alerts
         and its log line; its market data and offsets follow when no batch waits
         (:meth:`_write_market`), so a poll's last rows are not held up by its first ones'."""
         inserted, movers = self.store.write_indicators(rows)
         self.alerting.after_batch(self.store.conn, rows)
-        self._unstored.append((frame, next_offsets))
+        self._unstored.append((market, next_offsets))
         if sum(len(f) for f, _ in self._unstored) >= self.max_batch_records:
             self._write_market()  # catching up (a batch always waits): bounded all the same
         stats = BatchStats(
@@ -385,14 +392,14 @@ class LiveConsumer:
         the records' market data and the next offsets (:meth:`LiveStore.write_market`)."""
         if not self._unstored:
             return
-        frames = [f for f, _ in self._unstored if len(f)]
+        import pyarrow as pa
+
+        tables = [t for t, _ in self._unstored if len(t)]
         offsets: dict[int, int] = {}
         for _, batch_offsets in self._unstored:
             for p, o in batch_offsets.items():
                 offsets[p] = max(o, offsets.get(p, -1))
-        market = (
-            pd.concat(frames, ignore_index=True) if len(frames) > 1 else next(iter(frames), None)
-        )
+        market = pa.concat_tables(tables) if len(tables) > 1 else next(iter(tables), None)
         self.store.write_market(self.topic, market, offsets)
         self._unstored.clear()
 

@@ -107,7 +107,7 @@ class LiveStore:
         topic: str,
         rows: pd.DataFrame,
         next_offsets: Mapping[int, int],
-        market: pd.DataFrame | None = None,
+        market=None,
     ) -> tuple[int, int]:
         """Both writes of a batch in ONE transaction: :meth:`write_indicators`' and
         :meth:`write_market`'s. Returns (indicator rows inserted, mover rows written)."""
@@ -126,9 +126,7 @@ class LiveStore:
         with self.conn, self.conn.cursor() as cur:
             return self._indicators(cur, rows)
 
-    def write_market(
-        self, topic: str, market: pd.DataFrame | None, next_offsets: Mapping[int, int]
-    ) -> None:
+    def write_market(self, topic: str, market, next_offsets: Mapping[int, int]) -> None:
         """One transaction: move ``coin_market`` on to the newest records of ``market`` (raw
         records; a row never moves back in time), add them to ``coin_market_history`` (a stored
         ``(coin_id, ts)`` is kept) and store ``next_offsets``. Idempotent: written again after
@@ -144,9 +142,7 @@ class LiveStore:
         snapshots = [t.to_pydatetime() for t in pd.unique(rows["ts"])]
         return inserted, self._write_movers(cur, snapshots)
 
-    def _market(
-        self, cur, topic: str, market: pd.DataFrame | None, next_offsets: Mapping[int, int]
-    ) -> None:
+    def _market(self, cur, topic: str, market, next_offsets: Mapping[int, int]) -> None:
         if market is not None and len(market):
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
             write_coin_market(cur, market)
