@@ -406,11 +406,9 @@ class Spool:
         Raises :class:`SpoolFull` (nothing written) when the disk lacks the room; makes room
         under the cap by dropping the oldest polls (logged, alerted once)."""
         line = encoded_poll_line(ts, [m.value_bytes() for m in good]) if good else b""
-        letters = "".join(
-            json.dumps(m.value, separators=(",", ":"), allow_nan=False) + "\n" for m in bad
-        )
+        letters = b"".join(m.value_bytes() + b"\n" for m in bad)  # the bytes sent, encoded once
         with self._mutex:
-            self._check_disk(len(line) + len(letters.encode("utf-8")))
+            self._check_disk(len(line) + len(letters))
             if line:
                 self._make_room(len(line), ts)
                 self._append(self.polls_path, line)

@@ -69,8 +69,9 @@ def parse_records(values: list) -> tuple[pd.DataFrame, pa.Table, list[str | None
 
     table, reasons = contract.parse_values(values)
     table = table.select(_READ)
-    if any(reason is not None for reason in reasons):
-        table = table.filter(pa.array([reason is None for reason in reasons], type=pa.bool_()))
+    valid = [reason is None for reason in reasons]
+    if not all(valid):
+        table = table.filter(pa.array(valid, type=pa.bool_()))
     frame = table.select(_COLUMNS).to_pandas(coerce_temporal_nanoseconds=True)
     return frame, table, reasons
 
