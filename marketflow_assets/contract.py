@@ -13,6 +13,8 @@ floats and are then refused below; :func:`loads` tries orjson first, ~2x faster,
 value orjson refuses to :func:`json.loads`, so the outcome is the same). It is valid when
 
 * ``id`` is a string that is not blank;
+* ``id``, ``symbol`` and ``name`` are text UTF-8 can hold (no lone surrogate such as
+  ``"\\ud800"``, which JSON allows: no table could store it);
 * ``ts`` is an ISO-8601 time string (``Z`` or an offset; without one it means UTC) within the
   int64-nanosecond range (years 1677 to 2262) the indicators compute in;
 * ``current_price`` is a JSON number (not a string, not a boolean), finite and positive;
@@ -58,13 +60,14 @@ REASONS: dict[str, str] = {
     EMPTY_VALUE: "no value, or only whitespace",
     INVALID_JSON: "not JSON, or JSON that is not an object",
     MISSING_ID: "id absent, null or blank",
-    INVALID_ID: "id not a string",
+    INVALID_ID: "id not a string, or not UTF-8 text (a lone surrogate)",
     MISSING_TS: "ts absent or null",
     INVALID_TS: "ts not an ISO-8601 time string",
     MISSING_PRICE: "current_price absent or null",
     INVALID_PRICE: "current_price not a finite JSON number (strings, booleans, NaN, infinities)",
     NON_POSITIVE_PRICE: "current_price zero or negative",
-    INVALID_FIELD: "another field of the wrong type, or a NaN/infinite number anywhere",
+    INVALID_FIELD: "another field of the wrong type (symbol or name not UTF-8 text too), or a "
+    "NaN/infinite number anywhere",
     DUPLICATE_IN_POLL: "ingest only: a second record of the same id in one poll",
 }
 
@@ -133,6 +136,15 @@ def _non_finite(value: Any) -> bool:
     return False
 
 
+def _utf8(text: str) -> bool:
+    """Whether UTF-8 can encode ``text`` (it cannot a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_message(message: Any) -> RawRow | Invalid:
     """The raw row of one decoded message value, or why it is invalid (see the module doc)."""
     return _check(message, strict=False)
@@ -156,6 +168,8 @@ def _check(message: Any, strict: bool) -> RawRow | Invalid:
         return Invalid(INVALID_ID, f"id: expected a string, got {type(coin).__name__}")
     if not coin.strip():
         return Invalid(MISSING_ID, f"id: blank ({_short(coin)})")
+    if not coin.isascii() and not _utf8(coin):
+        return Invalid(INVALID_ID, f"id: not UTF-8 text (a lone surrogate): {_short(coin)}")
     ts = get("ts")
     if ts is None:
         return Invalid(MISSING_TS, "ts: missing or null")
@@ -209,6 +223,11 @@ def _check(message: Any, strict: bool) -> RawRow | Invalid:
         return Invalid(INVALID_FIELD, f"symbol: expected a string, got {type(symbol).__name__}")
     if name is not None and type(name) is not str:
         return Invalid(INVALID_FIELD, f"name: expected a string, got {type(name).__name__}")
+    for field, text in (("symbol", symbol), ("name", name)):
+        if text is not None and not text.isascii() and not _utf8(text):
+            return Invalid(
+                INVALID_FIELD, f"{field}: not UTF-8 text (a lone surrogate): {_short(text)}"
+            )
     updated = get("last_updated")
     if updated is not None:
         try:
@@ -357,31 +376,247 @@ def parse_value(value: bytes | str | None) -> RawRow | Invalid:
 
 
 def parse_values(values: Iterable[bytes | str | None]):
-    """Batch form of :func:`parse_value`: ``(table, reasons)``.
+    """Batch form of :func:`parse_value`: ``(table, reasons)``, the same answers.
 
     ``table`` is a pyarrow table with one row per value and the raw columns
     (:func:`~marketflow_assets.schema.raw_arrow_schema`); the row of an invalid value is all
     nulls. ``reasons[i]`` is None for a valid value, else its reason code.
+
+    Values are decoded in bulk and checked column by column (:func:`_read_batch`); a value
+    the bulk reading or a column check does not accept gets :func:`parse_value`'s answer one by
+    one (which is where every reason comes from).
     """
+    values = values if isinstance(values, list) else list(values)
+    fast, slow = _read_batch(values)
+    if not slow:
+        return fast, [None] * len(values)
+    return _merge(values, fast, slow)
+
+
+def _merge(values: list, fast, slow: list[int]):
+    """``(table, reasons)`` of ``values`` whose rows outside ``slow`` (sorted indices) are
+    ``fast``'s, in order, and whose ``slow`` rows get :func:`parse_value`'s answers."""
+    import numpy as np
     import pyarrow as pa
 
     from marketflow_assets.schema import raw_arrow_schema
 
     schema = raw_arrow_schema()
-    width = len(schema)
-    empty = (None,) * width
+    empty = (None,) * len(schema)
+    reasons: list[str | None] = [None] * len(values)
     rows: list[tuple] = []
-    reasons: list[str | None] = []
-    for value in values:
-        result = parse_value(value)
+    for i in slow:
+        result = parse_value(values[i])
         if type(result) is Invalid:
             rows.append(empty)
-            reasons.append(result.reason)
+            reasons[i] = result.reason
         else:
             rows.append(result)
-            reasons.append(None)
-    columns = list(zip(*rows, strict=True)) if rows else [()] * width
-    arrays = [
-        pa.array(column, type=field.type) for column, field in zip(columns, schema, strict=True)
-    ]
-    return pa.Table.from_arrays(arrays, schema=schema), reasons
+    columns = list(zip(*rows, strict=True))
+    table = pa.Table.from_arrays(
+        [pa.array(column, type=field.type) for column, field in zip(columns, schema, strict=True)],
+        schema=schema,
+    )
+    if fast.num_rows:
+        keep = np.ones(len(values), dtype=bool)
+        keep[slow] = False
+        where = np.concatenate([np.flatnonzero(keep), np.asarray(slow, dtype=np.int64)])
+        table = pa.concat_tables([fast, table]).take(np.argsort(where, kind="stable"))
+    return table, reasons
+
+
+# --------------------------------------------------------------------------------------------
+# The bulk reader behind parse_values.
+# --------------------------------------------------------------------------------------------
+#: A time string Arrow's cast to ``timestamp[us, UTC]`` reads as :func:`time_us` does (checked
+#: against it in the tests); any other form is read by :func:`time_us` itself.
+_CANONICAL_TIME = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$"
+#: Chunks of at most this many values that orjson does not read as one array are parsed one
+#: by one.
+_LEAF = 32
+_NONE = type(None)
+_NUMBER = {int, float}
+_NUMBER_OR_NONE = {int, float, _NONE}
+_TEXT_OR_NONE = {str, _NONE}
+#: The fields the contract checks, in the order _accepted reads them.
+_COLUMN_FIELDS = ("id", "symbol", "name", "ts", "last_updated", *MESSAGE_NUMERIC_FIELDS)
+
+
+def _read_chunk(values: list) -> list | None:
+    """The decoded objects of ``values`` read as one JSON array by orjson - each what
+    ``_decode(value, look=False)`` gives - or None when orjson refuses the array or it does not
+    hold exactly one object per value (a value like ``1, 2`` is two elements)."""
+    try:
+        decoded = _orjson_loads(b"[" + b",".join(values) + b"]")
+    except ValueError:  # orjson.JSONDecodeError; _NoOrjson
+        return None
+    if len(decoded) != len(values) or set(map(type, decoded)) != {dict}:
+        return None
+    return decoded
+
+
+def _times(strings):
+    """Integer microseconds (int64, null where :func:`time_us` raises) of an Arrow string
+    array: each distinct string once, by Arrow's cast where all are in the canonical form, else
+    by time_us."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = strings.dictionary_encode()
+    distinct = encoded.dictionary
+    if pc.all(pc.match_substring_regex(distinct, _CANONICAL_TIME)).as_py():
+        try:
+            micros = pc.cast(distinct, pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        except pa.ArrowInvalid:  # a day that does not exist: time_us says which
+            pass
+        else:
+            inside = pc.and_(pc.greater_equal(micros, _MIN_US), pc.less_equal(micros, _MAX_US))
+            if not pc.all(inside).as_py():
+                micros = pc.if_else(inside, micros, pa.scalar(None, pa.int64()))
+            return micros.take(encoded.indices)
+    out = np.zeros(len(distinct), dtype=np.int64)
+    valid = np.zeros(len(distinct), dtype=bool)
+    for i, text in enumerate(distinct.to_pylist()):
+        try:
+            out[i] = time_us(text)
+            valid[i] = True
+        except (ValueError, TypeError, OverflowError):
+            pass
+    return pa.array(out, mask=~valid).take(encoded.indices)
+
+
+def _misfits(column: list, allowed: set, check=None) -> set[int]:
+    """Positions of ``column`` whose value's type is not in ``allowed`` (or, with ``check``, of
+    an allowed type but failing it)."""
+    if set(map(type, column)) <= allowed and (check is None or check(column)):
+        return set()
+    return {
+        i
+        for i, value in enumerate(column)
+        if type(value) not in allowed or (check is not None and not check([value]))
+    }
+
+
+def _fits_int64(column: list) -> bool:
+    return all(-_INT64_MAX - 1 <= value <= _INT64_MAX for value in column if value is not None)
+
+
+def _accepted(objects: list) -> tuple[dict, set[int]]:
+    """The columns of the decoded ``objects`` as Python lists, and the positions of the objects
+    the column checks do not accept (decided one by one: every accepted one is a valid message
+    whose raw row these columns hold)."""
+    from operator import itemgetter
+
+    try:  # every object has every field (as the ingest writes them): at C speed
+        rows = list(map(itemgetter(*_COLUMN_FIELDS), objects))
+    except KeyError:
+        rows = [tuple(map(o.get, _COLUMN_FIELDS)) for o in objects]
+    columns = dict(zip(_COLUMN_FIELDS, map(list, zip(*rows, strict=True)), strict=True))
+    bad = _misfits(columns["id"], {str}, lambda ids: all(map(str.strip, ids)))
+    bad |= _misfits(columns["ts"], {str})
+    bad |= _misfits(columns["current_price"], _NUMBER)
+    for name in ("symbol", "name", "last_updated"):
+        bad |= _misfits(columns[name], _TEXT_OR_NONE)
+    for name in _OTHER_NUMERIC:
+        if name in _INTEGER_FIELDS:  # a float here: 2.0, or an integer beyond 64 bits (orjson)
+            bad |= _misfits(columns[name], {int, _NONE}, _fits_int64)
+        else:
+            bad |= _misfits(columns[name], _NUMBER_OR_NONE)
+    return columns, bad
+
+
+def _array(column: list, kind):
+    """``pa.array(column, kind)``; a double column's integers as ``float()`` reads them (Arrow
+    refuses one beyond 2**53, where a double is no longer exact)."""
+    import pyarrow as pa
+
+    try:
+        return pa.array(column, type=kind)
+    except pa.ArrowInvalid:
+        if not pa.types.is_floating(kind):
+            raise
+        return pa.array([float(v) if type(v) is int else v for v in column], type=kind)
+
+
+def _arrays(columns: dict, schema) -> tuple[dict, set[int]]:
+    """The Arrow arrays of the raw columns (``ts`` and ``last_updated`` in microseconds) and
+    the positions of the rows the value checks refuse: a price not above zero, a time
+    :func:`time_us` refuses, an integral field beyond int64."""
+    import numpy as np
+    import pyarrow as pa
+
+    arrays = {
+        field.name: _array(columns[field.name], field.type)
+        for field in schema
+        if field.name not in ("ts", "last_updated")
+    }
+    arrays["ts"] = _times(pa.array(columns["ts"], type=pa.string()))
+    updated = pa.array(columns["last_updated"], type=pa.string())
+    arrays["last_updated"] = _times(updated)
+    refused = ~(arrays["current_price"].to_numpy(zero_copy_only=False) > 0)
+    refused |= arrays["ts"].is_null().to_numpy(zero_copy_only=False)
+    refused |= arrays["last_updated"].is_null().to_numpy(
+        zero_copy_only=False
+    ) & updated.is_valid().to_numpy(zero_copy_only=False)
+    return arrays, set(np.flatnonzero(refused).tolist())
+
+
+def _read_batch(values: list):
+    """``(table, slow)``: the raw rows of the values read in bulk and accepted by the column
+    checks, in order, and the sorted indices of the others (for :func:`parse_value`).
+
+    In bulk: orjson reads chunks of the values as one JSON array (halved where it refuses one:
+    what it refuses alone, parse_value decides), then each column is checked at once; orjson
+    never yields a NaN or an infinity, so only the types, the price's sign, the times and the
+    integral fields' range are left to check, as :func:`_check` does with ``strict``."""
+    from itertools import compress
+
+    import numpy as np
+    import pyarrow as pa
+
+    from marketflow_assets.schema import raw_arrow_schema
+
+    schema = raw_arrow_schema()
+    slow: set[int] = set()
+    if set(map(type, values)) == {bytes}:
+        bulk, at = values, None
+    else:  # a value that is not bytes is decided one by one
+        at = [i for i, v in enumerate(values) if type(v) is bytes]
+        slow = set(range(len(values))) - set(at)
+        bulk = [values[i] for i in at]
+    pieces: list[tuple[int, list]] = []
+    todo = [(0, len(bulk))] if bulk else []
+    while todo:
+        lo, hi = todo.pop()
+        objects = _read_chunk(bulk[lo:hi])
+        if objects is not None:
+            pieces.append((lo, objects))
+        elif hi - lo <= _LEAF:
+            slow.update(range(lo, hi) if at is None else at[lo:hi])
+        else:  # halves: what orjson refuses is found in a few more reads
+            mid = (lo + hi) // 2
+            todo += [(mid, hi), (lo, mid)]
+    if not pieces:
+        return schema.empty_table(), sorted(slow)
+    pieces.sort(key=lambda piece: piece[0])
+    objects = [o for _, chunk in pieces for o in chunk] if len(pieces) > 1 else pieces[0][1]
+    where = np.concatenate([np.arange(lo, lo + len(chunk)) for lo, chunk in pieces])
+    if at is not None:
+        where = np.asarray(at, dtype=np.int64)[where]
+    columns, bad = _accepted(objects)
+    while True:  # twice at most: the rows the value checks refuse are left out of the second
+        if bad:
+            keep = np.ones(len(where), dtype=bool)
+            keep[list(bad)] = False
+            slow.update(where[~keep].tolist())
+            where = where[keep]
+            columns = {k: list(compress(c, keep)) for k, c in columns.items()}
+        arrays, bad = _arrays(columns, schema)
+        if not bad:
+            break
+    stamp = schema.field("ts").type
+    arrays["ts"] = arrays["ts"].cast(stamp)
+    arrays["last_updated"] = arrays["last_updated"].cast(stamp)
+    table = pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)
+    return table, sorted(slow)

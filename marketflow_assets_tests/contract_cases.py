@@ -75,6 +75,11 @@ CASES: list[tuple[str, bytes | None, str | None]] = [
     ("numeric id", encoded(id=5), c.INVALID_ID),
     ("boolean id", encoded(id=True), c.INVALID_ID),
     ("list id", encoded(id=["bitcoin"]), c.INVALID_ID),
+    # JSON allows a lone surrogate escape; no UTF-8 table (Parquet, PostgreSQL) can hold it
+    ("lone surrogate id", encoded(id="btc\ud800"), c.INVALID_ID),
+    ("lone surrogate symbol", encoded(symbol="\udfff"), c.INVALID_FIELD),
+    ("lone surrogate name", encoded(name="Bit\ud83dcoin"), c.INVALID_FIELD),
+    ("surrogate pair name", encoded(id="pair", name="Bit \ud83d\ude00 coin"), None),
     ("missing ts", encoded(ts=DROP), c.MISSING_TS),
     ("null ts", encoded(ts=None), c.MISSING_TS),
     ("word ts", encoded(ts="yesterday"), c.INVALID_TS),

@@ -196,3 +196,133 @@ def test_dumps_refuses_nan_and_infinities_as_json_dumps_does(bad):
         json.dumps(value, separators=(",", ":"), allow_nan=False)
     with pytest.raises(ValueError):
         c.dumps(value)  # never orjson's null
+
+
+def _same_answers(values: list) -> None:
+    """``parse_values(values)`` gives each value exactly :func:`parse_value`'s answer: its
+    reason, or its raw row with the same values and Python types."""
+    table, reasons = c.parse_values(values)
+    assert table.schema == raw_arrow_schema() and table.num_rows == len(values)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    for value, row, reason in zip(values, table.to_pylist(), reasons, strict=True):
+        single = c.parse_value(value)
+        if type(single) is c.Invalid:
+            assert reason == single.reason, (value, reason, single)
+            assert set(row.values()) == {None}, value
+            continue
+        assert reason is None, (value, reason)
+        expected = dict(zip(RAW_COLUMN_NAMES, single, strict=True))
+        for name in ("last_updated", "ts"):
+            if expected[name] is not None:
+                expected[name] = epoch + dt.timedelta(microseconds=expected[name])
+        assert row == expected, value
+        assert [type(v) for v in row.values()] == [type(v) for v in expected.values()], value
+
+
+#: Values a field may be given in the fuzzed messages below: every JSON type, the numbers at
+#: the edges of int64, uint64 and a double's exact integers, and times in every form.
+_FIELD_VALUES = [
+    None,
+    True,
+    False,
+    "",
+    "  ",
+    "5",
+    "btc",
+    "\u00e9\u20bf",
+    0,
+    -1,
+    1,
+    2,
+    1.5,
+    -0.0,
+    3.0,
+    2**53 + 1,
+    2**63 - 1,
+    2**63,
+    2**64 - 1,
+    2**64,
+    -(2**63),
+    -(2**63) - 1,
+    2**70 + 1,
+    1e308,
+    5e-324,
+    1e-9,
+    [1],
+    {"a": 1},
+    {"times": 1.5, "currency": "usd"},
+    TS,
+    "2026-03-01T23:58:00Z",
+    "2026-03-01T23:58:00.123456Z",
+    "2026-03-01T23:58:00.1234567Z",
+    "2026-03-01T23:58:00+01:00",
+    "2026-03-01T23:58:00",
+    " 2026-03-01T23:58:00.000Z ",
+    "2026-03-01t23:58:00z",
+    "2026-02-30T00:00:00Z",
+    "2026-03-01T24:00:00Z",
+    "2262-04-12T00:00:00Z",
+    "1677-09-21T00:12:44Z",
+    "1500-01-01T00:00:00Z",
+    "0000-01-01T00:00:00Z",
+    "later",
+]
+_FUZZED_FIELDS = [
+    "id",
+    "symbol",
+    "name",
+    "ts",
+    "last_updated",
+    "current_price",
+    "market_cap",
+    "market_cap_rank",
+    "total_volume",
+    "high_24h",
+    "low_24h",
+    "price_change_24h",
+    "price_change_percentage_24h",
+    "circulating_supply",
+    "total_supply",
+    "max_supply",
+    "ath",
+    "roi",
+]
+
+
+def test_batch_form_gives_every_value_the_answer_of_the_single_form():
+    """The bulk reading (orjson over the whole batch, column checks) accepts only what
+    ``parse_value`` accepts, with the same row, and leaves everything else to it: checked on
+    every poison case and on thousands of messages with fields of every type, mixed into large
+    batches of valid messages (so the bulk path is taken and halved around the odd ones)."""
+    import random
+
+    rng = random.Random(11)
+    fuzzed: list[bytes | str | None] = []
+    for i in range(3000):
+        change = {"id": f"coin-{i}"}
+        for name in rng.sample(_FUZZED_FIELDS, rng.choice([1, 1, 2, 3])):
+            change[name] = rng.choice(_FIELD_VALUES)
+        value = encoded(**change)
+        fuzzed.append(value if rng.random() < 0.9 else value.replace(b", ", b","))
+    poison = [value for _, value, _ in CASES] + [
+        b'{"id": "a", "ts": "' + TS.encode() + b'", "current_price": 1}, {"id": "b"}',
+        b'{"id": "a", "id": "b", "ts": "' + TS.encode() + b'", "current_price": 1}',
+        b'{"id": "x\\ud800", "ts": "' + TS.encode() + b'", "current_price": 1}',
+        b"\xef\xbb\xbf" + encoded(id="bom"),
+        encoded(id="text").decode(),
+        b'{"id": "deep", "ts": "'
+        + TS.encode()
+        + b'", "current_price": 1, "x": '
+        + b"[" * 1100
+        + b"]" * 1100
+        + b"}",
+    ]
+    _same_answers(fuzzed + poison)
+    valid = [encoded(id=f"coin-{i}", current_price=1.0 + i) for i in range(3000)]
+    for odd in poison:  # one odd value among many valid ones, at a random place
+        batch = valid[:300]
+        batch.insert(rng.randrange(len(batch)), odd)
+        _same_answers(batch)
+    mixed = valid + fuzzed + poison
+    rng.shuffle(mixed)
+    _same_answers(mixed)
