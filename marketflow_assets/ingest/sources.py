@@ -413,9 +413,22 @@ class MarketSimulator:
         volume = cap * self.turnover * np.exp(self.rng.normal(0, 0.05, len(price)))
         lag_ms = self.rng.integers(0, int(min(self.interval_s, 60.0) * 1000) + 1, len(price))
         order = np.argsort(-cap, kind="stable")
+        # whole columns at once (Python numbers, in rank order): a 15,000-coin snapshot in a
+        # fraction of the time a conversion per value takes, with the same values
+        prices = price[order].tolist()
+        caps = np.rint(cap[order]).astype(np.int64).tolist()  # round(): half to even too
+        volumes = np.rint(volume[order]).astype(np.int64).tolist()
+        highs, lows = high[order].tolist(), low[order].tolist()
+        changes = change[order].tolist()
+        percents = (100.0 * change[order] / open_24h[order]).tolist()
+        supplies = self.supply[order].tolist()
+        moment = np.datetime64(ts.astimezone(UTC).replace(tzinfo=None), "us")
+        updated = np.datetime_as_string(
+            moment - lag_ms[order].astype("timedelta64[ms]"), unit="ms", timezone="UTC"
+        ).tolist()  # format_ts' text: milliseconds (truncated) and "Z"
         records = []
-        for rank, i in enumerate(order.tolist(), start=1):
-            p = float(price[i])
+        for k, i in enumerate(order.tolist()):
+            p = prices[k]
             max_supply = self.max_supply[i]
             records.append(
                 {
@@ -423,21 +436,21 @@ class MarketSimulator:
                     "symbol": self.symbols[i],
                     "name": self.names[i],
                     "current_price": p,
-                    "market_cap": round(float(cap[i])),
-                    "market_cap_rank": rank,
+                    "market_cap": caps[k],
+                    "market_cap_rank": k + 1,
                     "fully_diluted_valuation": (
                         round(p * max_supply) if max_supply is not None else None
                     ),
-                    "total_volume": round(float(volume[i])),
-                    "high_24h": float(high[i]),
-                    "low_24h": float(low[i]),
-                    "price_change_24h": float(change[i]),
-                    "price_change_percentage_24h": float(100.0 * change[i] / open_24h[i]),
-                    "circulating_supply": float(self.supply[i]),
-                    "total_supply": float(max_supply or self.supply[i]),
+                    "total_volume": volumes[k],
+                    "high_24h": highs[k],
+                    "low_24h": lows[k],
+                    "price_change_24h": changes[k],
+                    "price_change_percentage_24h": percents[k],
+                    "circulating_supply": supplies[k],
+                    "total_supply": float(max_supply or supplies[k]),
                     "max_supply": max_supply,
                     "roi": None,
-                    "last_updated": format_ts(ts - timedelta(milliseconds=int(lag_ms[i]))),
+                    "last_updated": updated[k],
                 }
             )
         return records
