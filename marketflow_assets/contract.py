@@ -526,9 +526,10 @@ def _accepted(objects: list) -> tuple[dict, set[int]]:
     return columns, bad
 
 
-def _array(column: list, kind):
+def _array(column: list, kind, refused: set[int]):
     """``pa.array(column, kind)``; a double column's integers as ``float()`` reads them (Arrow
-    refuses one beyond 2**53, where a double is no longer exact)."""
+    refuses one beyond 2**53, where a double is no longer exact), and the positions of the
+    integers too large for a double (json.loads' exact integers) added to ``refused``."""
     import pyarrow as pa
 
     try:
@@ -536,7 +537,16 @@ def _array(column: list, kind):
     except pa.ArrowInvalid:
         if not pa.types.is_floating(kind):
             raise
-        return pa.array([float(v) if type(v) is int else v for v in column], type=kind)
+    doubles = []
+    for i, value in enumerate(column):
+        if type(value) is int:
+            try:
+                value = float(value)
+            except OverflowError:
+                refused.add(i)
+                value = None
+        doubles.append(value)
+    return pa.array(doubles, type=kind)
 
 
 def _arrays(columns: dict, schema) -> tuple[dict, set[int]]:
@@ -546,8 +556,9 @@ def _arrays(columns: dict, schema) -> tuple[dict, set[int]]:
     import numpy as np
     import pyarrow as pa
 
+    overflow: set[int] = set()
     arrays = {
-        field.name: _array(columns[field.name], field.type)
+        field.name: _array(columns[field.name], field.type, overflow)
         for field in schema
         if field.name not in ("ts", "last_updated")
     }
@@ -559,7 +570,100 @@ def _arrays(columns: dict, schema) -> tuple[dict, set[int]]:
     refused |= arrays["last_updated"].is_null().to_numpy(
         zero_copy_only=False
     ) & updated.is_valid().to_numpy(zero_copy_only=False)
-    return arrays, set(np.flatnonzero(refused).tolist())
+    return arrays, set(np.flatnonzero(refused).tolist()) | overflow
+
+
+def _column_check(objects: list[dict], strict: bool):
+    """``(arrays, kept)``: the raw columns' Arrow arrays of the decoded ``objects`` the column
+    checks accept (``ts`` and ``last_updated`` in microseconds), and their positions (a numpy
+    array); the others are left to :func:`_check`. ``strict``: the objects come from orjson,
+    which never yields a NaN or an infinity; else every value of every object is looked at."""
+    from itertools import compress
+
+    import numpy as np
+
+    from marketflow_assets.schema import raw_arrow_schema
+
+    schema = raw_arrow_schema()
+    columns, bad = _accepted(objects)
+    if not strict:
+        bad |= _non_finite_rows(objects)
+    kept = np.arange(len(objects))
+    while True:  # twice at most: the rows the value checks refuse are left out of the second
+        if bad:
+            keep = np.ones(len(kept), dtype=bool)
+            keep[list(bad)] = False
+            kept = kept[keep]
+            columns = {k: list(compress(c, keep)) for k, c in columns.items()}
+        arrays, bad = _arrays(columns, schema)
+        if not bad:
+            return arrays, kept
+
+
+_FLOAT_OR_NESTED = (float, dict, list)
+
+
+def _non_finite_rows(objects: list[dict]) -> set[int]:
+    """Positions of the objects holding a NaN or an infinity anywhere (:func:`_non_finite`):
+    field by field where every object has the same fields (as one source's records do), else
+    object by object."""
+    from operator import itemgetter
+
+    fields = tuple(objects[0]) if objects else ()
+    try:
+        same = len(fields) > 1 and set(map(len, objects)) == {len(fields)}
+        rows = list(map(itemgetter(*fields), objects)) if same else None
+    except KeyError:
+        rows = None
+    if rows is None:
+        return {
+            i
+            for i, o in enumerate(objects)
+            if any(type(v) in _FLOAT_OR_NESTED and _non_finite(v) for v in o.values())
+        }
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    bad: set[int] = set()
+    for column in zip(*rows, strict=True):
+        types = set(map(type, column))
+        if types.isdisjoint(_FLOAT_OR_NESTED):
+            continue
+        if types <= _NUMBER_OR_NONE:  # numbers: at once (unless an integer is beyond 2**53)
+            try:
+                finite = pc.fill_null(pc.is_finite(pa.array(column, type=pa.float64())), True)
+            except pa.ArrowInvalid:
+                pass
+            else:
+                if not pc.all(finite).as_py():
+                    bad.update(pc.indices_nonzero(pc.invert(finite)).to_pylist())
+                continue
+        bad.update(
+            i for i, v in enumerate(column) if type(v) in _FLOAT_OR_NESTED and _non_finite(v)
+        )
+    return bad
+
+
+def refusals(messages: list) -> dict[int, Invalid]:
+    """The decoded messages :func:`check_message` refuses, by position, with its answer: the
+    column checks first (a 15,000-coin poll in a fraction of the time of a check per message),
+    then :func:`check_message` for the messages they do not accept."""
+    if not messages:
+        return {}
+    at = [i for i, m in enumerate(messages) if type(m) is dict]
+    doubtful = set(range(len(messages))) - set(at)
+    if at:
+        import numpy as np
+
+        objects = messages if len(at) == len(messages) else [messages[i] for i in at]
+        _, kept = _column_check(objects, strict=False)
+        doubtful.update(np.delete(np.asarray(at), kept).tolist())
+    refused = {}
+    for i in sorted(doubtful):
+        result = check_message(messages[i])
+        if type(result) is Invalid:
+            refused[i] = result
+    return refused
 
 
 def _read_batch(values: list):
@@ -570,8 +674,6 @@ def _read_batch(values: list):
     what it refuses alone, parse_value decides), then each column is checked at once; orjson
     never yields a NaN or an infinity, so only the types, the price's sign, the times and the
     integral fields' range are left to check, as :func:`_check` does with ``strict``."""
-    from itertools import compress
-
     import numpy as np
     import pyarrow as pa
 
@@ -604,17 +706,8 @@ def _read_batch(values: list):
     where = np.concatenate([np.arange(lo, lo + len(chunk)) for lo, chunk in pieces])
     if at is not None:
         where = np.asarray(at, dtype=np.int64)[where]
-    columns, bad = _accepted(objects)
-    while True:  # twice at most: the rows the value checks refuse are left out of the second
-        if bad:
-            keep = np.ones(len(where), dtype=bool)
-            keep[list(bad)] = False
-            slow.update(where[~keep].tolist())
-            where = where[keep]
-            columns = {k: list(compress(c, keep)) for k, c in columns.items()}
-        arrays, bad = _arrays(columns, schema)
-        if not bad:
-            break
+    arrays, kept = _column_check(objects, strict=True)
+    slow.update(np.delete(where, kept).tolist())
     stamp = schema.field("ts").type
     arrays["ts"] = arrays["ts"].cast(stamp)
     arrays["last_updated"] = arrays["last_updated"].cast(stamp)

@@ -326,3 +326,40 @@ def test_batch_form_gives_every_value_the_answer_of_the_single_form():
     mixed = valid + fuzzed + poison
     rng.shuffle(mixed)
     _same_answers(mixed)
+
+
+def _same_refusals(messages: list) -> None:
+    expected = {}
+    for i, m in enumerate(messages):
+        result = c.check_message(m)
+        if type(result) is c.Invalid:
+            expected[i] = result
+    assert c.refusals(messages) == expected
+
+
+def test_refusals_give_every_decoded_message_the_answer_of_check_message():
+    """The ingest's check of a whole poll (column by column) refuses exactly the messages
+    ``check_message`` refuses, with its reason and detail: fuzzed messages as a lax JSON parser
+    or a Python source gives them (NaN and infinities anywhere, integers beyond any double),
+    polls whose records all have the same fields and polls whose records do not."""
+    import random
+
+    rng = random.Random(5)
+    lax = [float("nan"), float("inf"), -float("inf"), 2**1100, -(2**1100), {"n": [float("nan")]}]
+    pool = _FIELD_VALUES + lax
+    uniform, ragged = [], []
+    for i in range(2000):
+        change = {"id": f"coin-{i}"}
+        for name in rng.sample(_FUZZED_FIELDS, rng.choice([0, 1, 1, 2])):
+            change[name] = rng.choice(pool)
+        uniform.append(message(**change))
+        ragged.append(message(**{k: v for k, v in change.items() if rng.random() < 0.8}))
+    ragged += [None, 5, "text", [message()], message(extra=float("nan"))]
+    _same_refusals(uniform)
+    _same_refusals(ragged)
+    valid = [message(id=f"coin-{i}") for i in range(2000)]
+    assert c.refusals(valid) == {}
+    for odd in [message(ath=v) for v in lax] + [message(current_price=v) for v in lax]:
+        batch = valid[:]
+        batch.insert(rng.randrange(len(batch)), odd)
+        _same_refusals(batch)

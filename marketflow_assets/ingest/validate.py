@@ -132,23 +132,28 @@ def _json_safe(payload: Any) -> Any:
 def validate_poll(records: Iterable[Any], ts: str) -> ValidatedPoll:
     """Split one poll's records into good messages (key = coin id) and dead letters.
 
-    A coin id seen twice in one poll keeps its first record; the repeat is a dead letter, so the
-    raw dataset never receives two rows for one (id, ts).
+    Each record gets :func:`normalise_record`'s answer, for the whole poll at once
+    (:func:`marketflow_assets.contract.refusals`: column by column). A coin id seen twice in one
+    poll keeps its first record; the repeat is a dead letter, so the raw dataset never receives
+    two rows for one (id, ts).
     """
+    records = records if isinstance(records, list) else list(records)
+    stamp = {"ts": ts, "schema_version": SCHEMA_VERSION}
+    values = [{**r, **stamp} if isinstance(r, dict) else r for r in records]
+    refused = contract.refusals(values)
     result = ValidatedPoll(ts=ts)
     seen: set[str] = set()
-    for record in records:
-        try:
-            value = normalise_record(record, ts)
-            if value["id"] in seen:
-                raise InvalidRecord(
-                    contract.DUPLICATE_IN_POLL, f"id: duplicate {value['id']!r} within one poll"
-                )
-        except InvalidRecord as exc:
+    for i, (record, value) in enumerate(zip(records, values, strict=True)):
+        invalid = refused.get(i)
+        if invalid is None and value["id"] in seen:
+            invalid = contract.Invalid(
+                contract.DUPLICATE_IN_POLL, f"id: duplicate {value['id']!r} within one poll"
+            )
+        if invalid is not None:
             safe = _json_safe(record)
-            result.bad.append(dead_letter(safe, exc.reason, ts, exc.detail, finite=True))
+            result.bad.append(dead_letter(safe, invalid.reason, ts, invalid.detail, finite=True))
             continue
         seen.add(value["id"])
-        # the contract refused any NaN or infinity in it (check_message)
+        # the contract refused any NaN or infinity in it
         result.good.append(Message(key=value["id"], value=value, raw=record, finite=True))
     return result
