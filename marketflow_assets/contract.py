@@ -502,17 +502,36 @@ def _fits_int64(column: list) -> bool:
     return all(-_INT64_MAX - 1 <= value <= _INT64_MAX for value in column if value is not None)
 
 
-def _accepted(objects: list) -> tuple[dict, set[int]]:
-    """The columns of the decoded ``objects`` as Python lists, and the positions of the objects
-    the column checks do not accept (decided one by one: every accepted one is a valid message
-    whose raw row these columns hold)."""
+def _uniform_columns(objects: list[dict]) -> dict[str, tuple] | None:
+    """Every field's values, by field, when every object has the fields of the first (as one
+    source's records do: read at C speed); else None."""
     from operator import itemgetter
 
-    try:  # every object has every field (as the ingest writes them): at C speed
-        rows = list(map(itemgetter(*_COLUMN_FIELDS), objects))
+    fields = tuple(objects[0]) if objects else ()
+    if len(fields) < 2 or set(map(len, objects)) != {len(fields)}:
+        return None
+    try:
+        rows = list(map(itemgetter(*fields), objects))
     except KeyError:
-        rows = [tuple(map(o.get, _COLUMN_FIELDS)) for o in objects]
-    columns = dict(zip(_COLUMN_FIELDS, map(list, zip(*rows, strict=True)), strict=True))
+        return None
+    return dict(zip(fields, zip(*rows, strict=True), strict=True))
+
+
+def _accepted(objects: list, uniform: dict[str, tuple] | None = None) -> tuple[dict, set[int]]:
+    """The columns of the decoded ``objects`` as Python lists, and the positions of the objects
+    the column checks do not accept (decided one by one: every accepted one is a valid message
+    whose raw row these columns hold). ``uniform``: :func:`_uniform_columns` of ``objects``."""
+    from operator import itemgetter
+
+    if uniform is not None:
+        absent = (None,) * len(objects)
+        columns = {name: list(uniform.get(name, absent)) for name in _COLUMN_FIELDS}
+    else:
+        try:  # every object has every checked field: at C speed
+            rows = list(map(itemgetter(*_COLUMN_FIELDS), objects))
+        except KeyError:
+            rows = [tuple(map(o.get, _COLUMN_FIELDS)) for o in objects]
+        columns = dict(zip(_COLUMN_FIELDS, map(list, zip(*rows, strict=True)), strict=True))
     bad = _misfits(columns["id"], {str}, lambda ids: all(map(str.strip, ids)))
     bad |= _misfits(columns["ts"], {str})
     bad |= _misfits(columns["current_price"], _NUMBER)
@@ -585,9 +604,10 @@ def _column_check(objects: list[dict], strict: bool):
     from marketflow_assets.schema import raw_arrow_schema
 
     schema = raw_arrow_schema()
-    columns, bad = _accepted(objects)
+    uniform = None if strict else _uniform_columns(objects)  # strict: the checked fields only
+    columns, bad = _accepted(objects, uniform)
     if not strict:
-        bad |= _non_finite_rows(objects)
+        bad |= _non_finite_rows(objects, uniform)
     kept = np.arange(len(objects))
     while True:  # twice at most: the rows the value checks refuse are left out of the second
         if bad:
@@ -603,19 +623,11 @@ def _column_check(objects: list[dict], strict: bool):
 _FLOAT_OR_NESTED = (float, dict, list)
 
 
-def _non_finite_rows(objects: list[dict]) -> set[int]:
+def _non_finite_rows(objects: list[dict], uniform: dict[str, tuple] | None) -> set[int]:
     """Positions of the objects holding a NaN or an infinity anywhere (:func:`_non_finite`):
-    field by field where every object has the same fields (as one source's records do), else
-    object by object."""
-    from operator import itemgetter
-
-    fields = tuple(objects[0]) if objects else ()
-    try:
-        same = len(fields) > 1 and set(map(len, objects)) == {len(fields)}
-        rows = list(map(itemgetter(*fields), objects)) if same else None
-    except KeyError:
-        rows = None
-    if rows is None:
+    field by field where every object has the same fields (``uniform``: their
+    :func:`_uniform_columns`), else object by object."""
+    if uniform is None:
         return {
             i
             for i, o in enumerate(objects)
@@ -625,7 +637,7 @@ def _non_finite_rows(objects: list[dict]) -> set[int]:
     import pyarrow.compute as pc
 
     bad: set[int] = set()
-    for column in zip(*rows, strict=True):
+    for column in uniform.values():
         types = set(map(type, column))
         if types.isdisjoint(_FLOAT_OR_NESTED):
             continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import time
 
 from marketflow_assets import contract
@@ -21,6 +22,10 @@ from marketflow_assets.ingest.sources import Poll, ReplayRecorder
 from marketflow_assets.ingest.validate import ValidatedPoll, validate_poll
 
 log = logging.getLogger(__name__)
+
+_KEY = operator.attrgetter("key")
+_VALUE = operator.attrgetter("value")
+_LAST_UPDATED = operator.methodcaller("get", "last_updated")  # optional in the contract
 
 #: A poll whose ``ts`` is at most this old when acknowledged was taken now (a live or simulated
 #: poll, not a replayed one): its acknowledgement line says how long after its ``ts`` it came.
@@ -120,8 +125,10 @@ class Collector:
             sender.submit(ready)
 
     def _log_taken(self, poll: Poll, validated: ValidatedPoll, sender: Sender) -> None:
-        updates = {m.key: m.value["last_updated"] for m in validated.good}
-        unchanged = sum(1 for k, v in updates.items() if self._last_updates.get(k) == v)
+        # C-level maps: this runs while the sender publishes the poll (15,000 coins: ~5 ms)
+        good = validated.good
+        updates = dict(zip(map(_KEY, good), map(_LAST_UPDATED, map(_VALUE, good)), strict=True))
+        unchanged = sum(map(operator.eq, map(self._last_updates.get, updates), updates.values()))
         self._last_updates = updates
         log.info(
             "poll %s: %d good, %d bad%s; %d poll(s) queued for Kafka",
