@@ -53,6 +53,9 @@ PARTITION_REFRESH_SECONDS = 30.0
 IDLE_POLL_SECONDS = 1.0
 
 
+#: The least time between two metadata refreshes of the consumer's kafka-python client.
+METADATA_BACKOFF_MS = 5
+
 #: The raw columns the indicators read (``advance_indicators``' batch) ...
 _COLUMNS = ["id", "symbol", "ts", "current_price"]
 #: ... and those of the coins' market data (``coin_market``), read too.
@@ -199,7 +202,7 @@ class LiveConsumer:
         # never auto-creates the topic: Tansu ignores allow_auto_topic_creation, and a metadata
         # request naming a missing topic would create it (4 partitions) -- after a broker
         # restart, before ingest creates it with the configured count (kafka_client)
-        return kafka_client.consumer(
+        consumer = kafka_client.consumer(
             self.bootstrap,
             self.security,
             client_id=self.client_id,
@@ -209,6 +212,9 @@ class LiveConsumer:
             fetch_max_wait_ms=self._wait_ms(),
             metadata_max_age_ms=5000,  # a recreated topic (new topic id) is noticed quickly
         )
+        # fresh metadata before each batch (check_recreated) in a round trip, not after
+        # kafka-python's 100 ms refresh backoff
+        return kafka_client.metadata_backoff(consumer, METADATA_BACKOFF_MS)
 
     def _unseen_before(self, stored: dict[int, int], timeout_s: float = 3.0) -> list[int]:
         """Partitions whose record just before the stored offset is newer than its coin's last

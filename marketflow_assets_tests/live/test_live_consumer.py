@@ -113,6 +113,32 @@ def test_an_idle_consumer_polls_once_a_second_and_a_record_ends_the_wait(
         assert with_records[0][1] < IDLE_POLL_SECONDS * 0.75, with_records
 
 
+def test_the_topic_check_before_each_batch_does_not_wait_out_a_refresh_backoff(
+    kafka_bootstrap, new_topic, pg_clean
+):
+    """Before computing each fetched batch the consumer asks the broker for the topic's id
+    (``check_recreated(fresh=True)``: a recreated topic is read again from the beginning).
+    kafka-python's cluster view holds back a refresh until 100 ms after the last one, so at the
+    whole market (a batch every 0.1-0.2 s) each check waited 50-100 ms for a 2 ms round trip;
+    the consumer's view may refresh again METADATA_BACKOFF_MS after the last one. Eight checks
+    in a row took at least 0.8 s before."""
+    from marketflow_assets.live.consumer import METADATA_BACKOFF_MS, LiveConsumer
+
+    assert METADATA_BACKOFF_MS <= 10
+    topic = new_topic("live_topic_check", partitions=2)
+    consumer = LiveConsumer(kafka_bootstrap, topic, pg_clean)
+    try:
+        assert consumer.assign()
+        consumer.check_recreated(fresh=True)
+        started = time.monotonic()
+        for _ in range(8):
+            assert consumer.check_recreated(fresh=True) is False
+        elapsed = time.monotonic() - started
+    finally:
+        consumer.close()
+    assert elapsed < 0.6, f"8 topic checks took {elapsed:.2f} s"
+
+
 def test_a_failed_write_drops_the_batches_computed_after_it(kafka_bootstrap, new_topic, pg_clean):
     """Batches are computed while the one before is written (a writer thread): when that write
     fails (its PostgreSQL connection is terminated), nothing computed after it is written, the
