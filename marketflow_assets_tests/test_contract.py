@@ -10,7 +10,12 @@ import pyarrow as pa
 import pytest
 
 from marketflow_assets import contract as c
-from marketflow_assets.schema import RAW_COLUMN_NAMES, raw_arrow_schema
+from marketflow_assets.schema import (
+    MESSAGE_NUMERIC_FIELDS,
+    MESSAGE_STRING_FIELDS,
+    RAW_COLUMN_NAMES,
+    raw_arrow_schema,
+)
 from marketflow_assets_tests.contract_cases import CASES, TS, encoded, message
 
 
@@ -267,26 +272,8 @@ _FIELD_VALUES = [
     "0000-01-01T00:00:00Z",
     "later",
 ]
-_FUZZED_FIELDS = [
-    "id",
-    "symbol",
-    "name",
-    "ts",
-    "last_updated",
-    "current_price",
-    "market_cap",
-    "market_cap_rank",
-    "total_volume",
-    "high_24h",
-    "low_24h",
-    "price_change_24h",
-    "price_change_percentage_24h",
-    "circulating_supply",
-    "total_supply",
-    "max_supply",
-    "ath",
-    "roi",
-]
+#: Every field the contract checks, and two it carries as they are.
+_FUZZED_FIELDS = [*MESSAGE_STRING_FIELDS, *MESSAGE_NUMERIC_FIELDS, "ath", "roi"]
 
 
 def test_batch_form_gives_every_value_the_answer_of_the_single_form():
