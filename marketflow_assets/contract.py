@@ -546,13 +546,22 @@ def _accepted(objects: list, uniform: dict[str, tuple] | None = None) -> tuple[d
 
 
 def _array(column: list, kind, refused: set[int]):
-    """``pa.array(column, kind)``; a double column's integers as ``float()`` reads them (Arrow
-    refuses one beyond 2**53, where a double is no longer exact), and the positions of the
-    integers too large for a double (json.loads' exact integers) added to ``refused``."""
+    """``pa.array(column, kind)``, and the positions of values Arrow cannot hold added to
+    ``refused`` (as nulls): text with a lone surrogate (json.loads gives one), integers too
+    large for a double (json.loads' exact integers). A double column's integers are read as
+    ``float()`` reads them (Arrow refuses one beyond 2**53, where a double is no longer exact)."""
     import pyarrow as pa
 
     try:
         return pa.array(column, type=kind)
+    except UnicodeEncodeError:
+        texts = []
+        for i, value in enumerate(column):
+            if type(value) is str and not value.isascii() and not _utf8(value):
+                refused.add(i)
+                value = None
+            texts.append(value)
+        return pa.array(texts, type=kind)
     except pa.ArrowInvalid:
         if not pa.types.is_floating(kind):
             raise
@@ -571,25 +580,25 @@ def _array(column: list, kind, refused: set[int]):
 def _arrays(columns: dict, schema) -> tuple[dict, set[int]]:
     """The Arrow arrays of the raw columns (``ts`` and ``last_updated`` in microseconds) and
     the positions of the rows the value checks refuse: a price not above zero, a time
-    :func:`time_us` refuses, an integral field beyond int64."""
+    :func:`time_us` refuses, a value Arrow cannot hold (:func:`_array`)."""
     import numpy as np
     import pyarrow as pa
 
-    overflow: set[int] = set()
+    unfit: set[int] = set()  # values Arrow cannot hold
     arrays = {
-        field.name: _array(columns[field.name], field.type, overflow)
+        field.name: _array(columns[field.name], field.type, unfit)
         for field in schema
         if field.name not in ("ts", "last_updated")
     }
-    arrays["ts"] = _times(pa.array(columns["ts"], type=pa.string()))
-    updated = pa.array(columns["last_updated"], type=pa.string())
+    arrays["ts"] = _times(_array(columns["ts"], pa.string(), unfit))
+    updated = _array(columns["last_updated"], pa.string(), unfit)
     arrays["last_updated"] = _times(updated)
     refused = ~(arrays["current_price"].to_numpy(zero_copy_only=False) > 0)
     refused |= arrays["ts"].is_null().to_numpy(zero_copy_only=False)
     refused |= arrays["last_updated"].is_null().to_numpy(
         zero_copy_only=False
     ) & updated.is_valid().to_numpy(zero_copy_only=False)
-    return arrays, set(np.flatnonzero(refused).tolist()) | overflow
+    return arrays, set(np.flatnonzero(refused).tolist()) | unfit
 
 
 def _column_check(objects: list[dict], strict: bool):

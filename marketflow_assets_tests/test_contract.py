@@ -271,6 +271,9 @@ _FIELD_VALUES = [
     "1500-01-01T00:00:00Z",
     "0000-01-01T00:00:00Z",
     "later",
+    "btc\ud800",
+    "\udfff",
+    "2026-03-01T23:58:00\ud800Z",
 ]
 #: Every field the contract checks, and two it carries as they are.
 _FUZZED_FIELDS = [*MESSAGE_STRING_FIELDS, *MESSAGE_NUMERIC_FIELDS, "ath", "roi"]
