@@ -36,7 +36,10 @@ Options (``spark.readStream.format("marketflow_kafka").option(...)``):
 ``kafka.bootstrap.servers`` (required), ``subscribe`` (one topic, required),
 ``startingOffsets`` (``earliest`` | ``latest``, default ``earliest``),
 ``maxOffsetsPerTrigger`` (optional cap on records per micro-batch),
-``pollTimeoutMs`` (executor fetch timeout without progress before the task fails, default 60000);
+``pollTimeoutMs`` (executor fetch timeout without progress before the task fails, default 60000),
+``waitForRecordsMs`` (default 0: with a trigger of 0, ``latestOffset`` holds up to this long
+until the broker's end offsets move, so a micro-batch starts when records arrive, not on a
+clock; a batch the read limit cut short is not held);
 security: ``kafka.security.protocol``, ``kafka.sasl.mechanism``, ``kafka.sasl.username``,
 ``kafka.sasl.password``, ``kafka.ssl.cafile``, ``kafka.ssl.certfile``, ``kafka.ssl.keyfile``,
 ``kafka.ssl.check.hostname`` (:func:`marketflow_assets.kafka_client.source_options` writes them
@@ -96,6 +99,12 @@ class KafkaRange(InputPartition):
     poll_timeout_ms: int = 60000
     security: KafkaSecurity | None = field(default=None, repr=False)
 
+
+# With waitForRecordsMs: a wait that saw the broker's reported ends hold still answers "nothing
+# new" without the full look (true ends past Tansu's short report, stamps, the topic's id) when
+# the last full look is younger than this; so a case only the full look sees (a true-end probe
+# that timed out under load, a topic recreated to the very same ends) waits at most this long.
+FULL_LOOK_EVERY_S = 5.0
 
 # The planned offsets may no longer exist (broker restarted, topic recreated): a range without
 # new records for this long is finished when the broker answered "out of range" (the consumer
@@ -184,6 +193,13 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         max_offsets = opts.get("maxoffsetspertrigger")
         self.max_offsets = int(max_offsets) if max_offsets else None
         self.poll_timeout_ms = int(opts.get("polltimeoutms") or 60000)
+        wait_ms = int(opts.get("waitforrecordsms") or 0)
+        if wait_ms < 0:
+            raise ValueError("waitForRecordsMs must be >= 0")
+        self.wait_s = wait_ms / 1000.0
+        self._seen: Offsets | None = None  # reported end offsets at the last look
+        self._backlog = False  # the last batch left records for the next (read limit)
+        self._full_look_at = float("-inf")  # monotonic time of the last full look (below)
         self.security = security_from_options(opts)
         self._probe: KafkaOffsetProbe | None = None
         self._target: Offsets | None = None  # Trigger.AvailableNow target
@@ -300,6 +316,15 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         logger.info("availableNow target offsets for %s: %s", self.topic, self._target)
 
     def latestOffset(self, start: dict, limit: ReadLimit | None = None) -> dict:
+        if self.wait_s and self._target is None and not self._backlog:
+            # Spark asks again as soon as this returns (trigger 0): hold the question until
+            # records arrive (or wait_s passed), so a micro-batch starts when a poll is in
+            before = self._seen
+            self._seen = self.probe.await_records(before, self.wait_s)
+            quiet = before is not None and self._seen == before
+            if quiet and time.monotonic() < self._full_look_at + FULL_LOOK_EVERY_S:
+                return start  # the broker's ends did not move: nothing new
+        self._full_look_at = time.monotonic()
         begin_state = self._unwrap(start)
         end = self._target if self._target is not None else self._current_end()
         self._latest = dict(end)
@@ -319,6 +344,7 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             end[p] = begin_state[p]  # nothing new there yet; not a reset
         result: Offsets = {}
         budget = limit.max_rows if isinstance(limit, ReadMaxRows) else None
+        self._backlog = False
         from_earliest = [
             p
             for p, e in end.items()
@@ -338,12 +364,14 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 if budget is not None:
                     take = max(0, min(e - earliest.get(p, 0), budget))
                     budget -= take
+                    self._backlog |= earliest.get(p, 0) + take < e
                     e = earliest.get(p, 0) + take
                 result[p] = e
                 continue
             if budget is not None:
                 take = max(0, min(e - s, budget))
                 budget -= take
+                self._backlog |= s + take < e
                 e = s + take
             result[p] = e
         # Partitions we know of but which vanished from metadata: while the whole topic is

@@ -59,6 +59,12 @@ DESCRIPTION = "Kafka -> the raw_prices Delta table (Spark Structured Streaming)"
 QUERY_NAME = "marketflow_raw_prices"
 SINK_STATE = "marketflow_sink"  # sub-directory of the Spark checkpoint holding the sink's log
 KEEP_COMMITS = 100
+#: ``--trigger-seconds 0``: the project's source holds Spark's "anything new?" up to this long,
+#: answering as soon as the broker's end offsets move (and have held still for 50 ms: a large
+#: poll is published in pieces), so a micro-batch starts when a poll is in, not on a clock.
+ON_ARRIVAL_WAIT_MS = 1000
+#: ``--trigger-seconds 0`` with Spark's own connector: how often Spark asks (its default 10 ms).
+ON_ARRIVAL_POLL_MS = 100
 
 # Reject reasons (column ``reason`` of raw_prices_rejects): the record contract's codes
 # (:data:`marketflow_assets.contract.REASONS`), shared with the ingest and the live consumer.
@@ -436,7 +442,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--trigger-seconds",
         type=float,
         default=10.0,
-        help="micro-batch interval in seconds",
+        help="micro-batch interval in seconds; 0 = a micro-batch as soon as records arrive "
+        "(as `marketflow up` runs it)",
     )
     parser.add_argument(
         "--master",
@@ -521,8 +528,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     topic = args.topic or settings.kafka_topic
     if not bootstrap:
         raise ConfigError("MARKETFLOW_KAFKA_BOOTSTRAP is not set (or pass --bootstrap host:port)")
-    if args.trigger_seconds <= 0:
-        raise ConfigError("--trigger-seconds must be > 0")
+    if args.trigger_seconds < 0:
+        raise ConfigError("--trigger-seconds must be >= 0 (0: as soon as records arrive)")
     if args.max_offsets_per_trigger is None:  # a bounded batch: the driver collects it
         args.max_offsets_per_trigger = settings.spark_max_offsets_per_trigger
     if args.max_offsets_per_trigger <= 0:
@@ -562,7 +569,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "--source kafka needs spark-sql-kafka on the classpath (spark-submit --packages "
             "org.apache.spark:spark-sql-kafka-0-10_2.13:<spark version>)"
         )
+    on_arrival = not args.available_now and args.trigger_seconds == 0
     if use_jvm:
+        if on_arrival:  # Spark's connector cannot hold the question: ask every 100 ms, not 10
+            spark.conf.set("spark.sql.streaming.pollingDelay", f"{ON_ARRIVAL_POLL_MS}ms")
         reader = spark.readStream.format("kafka").option("failOnDataLoss", "false")
         reader = reader.options(**spark_connector_options(security))
         if args.max_offsets_per_trigger:
@@ -572,6 +582,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         reader = spark.readStream.format(FORMAT_NAME).options(**source_options(security))
         if args.max_offsets_per_trigger:
             reader = reader.option("maxOffsetsPerTrigger", str(args.max_offsets_per_trigger))
+        if on_arrival:
+            reader = reader.option("waitForRecordsMs", str(ON_ARRIVAL_WAIT_MS))
     stream = (
         reader.option("kafka.bootstrap.servers", bootstrap)
         .option("subscribe", topic)
@@ -602,7 +614,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "spark-sql-kafka" if use_jvm else "python-datasource",
         settings.raw_dir,
         checkpoint,
-        "available-now" if args.available_now else f"every {args.trigger_seconds:g} s",
+        "available-now"
+        if args.available_now
+        else "as records arrive"
+        if on_arrival
+        else f"every {args.trigger_seconds:g} s",
     )
     from marketflow_assets.runtime.heap import settle_startup_heap
 

@@ -68,9 +68,10 @@ logger = logging.getLogger("marketflow.up")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPARK_JOB = REPO_ROOT / "spark_streaming" / "kafka_streaming.py"
-#: Micro-batch trigger of the streaming job under ``up``: a new poll waits at most this long
-#: before its micro-batch starts (docs/PERFORMANCE.md, "Where the seconds go").
-STREAMING_TRIGGER_SECONDS = 2
+#: Micro-batch trigger of the streaming job under ``up``: 0 = a micro-batch as soon as a poll's
+#: records are in (``--trigger-seconds 0``), not on the next tick of a clock (a 2 s trigger
+#: held a poll up to 2 s before its micro-batch started; docs/PERFORMANCE.md, twelfth round).
+STREAMING_TRIGGER_SECONDS = 0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -84,7 +84,7 @@ def test_sigkill_midway_then_restart_with_spark_submit(
             "--master",
             "local[2]",
             "--trigger-seconds",
-            "0.5",
+            "0",  # as records arrive (as under `up`): batches back to back through the backlog
             "--max-offsets-per-trigger",
             "12",
         ],
@@ -171,7 +171,7 @@ def test_missing_bootstrap_is_a_one_line_config_error(data_dir, job_cwd):
 
 def test_bad_option_is_exit_2(kafka_bootstrap, data_dir, job_cwd):
     env = job_env(kafka_bootstrap, "crypto_prices", data_dir)
-    res = run_job(env, "--trigger-seconds", "0", cwd=job_cwd, timeout=60)
+    res = run_job(env, "--trigger-seconds", "-1", cwd=job_cwd, timeout=60)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("kafka_streaming: --trigger-seconds")
 

@@ -166,6 +166,60 @@ def test_reader_reads_every_record_once_across_partitions(kafka_bootstrap, new_t
         r.stop()
 
 
+def test_waiting_reader_answers_when_records_arrive_and_holds_when_none_do(
+    kafka_bootstrap, new_topic
+):
+    """``waitForRecordsMs`` (``--trigger-seconds 0``): with nothing new, ``latestOffset`` holds
+    about that long and answers "nothing new"; records sent during the hold end it early."""
+    import threading
+
+    topic = new_topic("src_wait", partitions=2)
+    produce(kafka_bootstrap, topic, 5, partition=0)
+    r = reader(kafka_bootstrap, topic, waitForRecordsMs="1500")
+    try:
+        start = r.initialOffset()
+        first = r.latestOffset(start, ReadAllAvailable())  # no earlier look: no wait
+        assert first[topic] == {"0": 5, "1": 0}
+        began = time.monotonic()
+        assert r.latestOffset(first, ReadAllAvailable()) == first
+        held = time.monotonic() - began
+        assert 1.4 <= held < 5, held
+
+        sender = threading.Timer(0.3, produce, (kafka_bootstrap, topic, 3, 1))
+        began = time.monotonic()
+        sender.start()
+        end = r.latestOffset(first, ReadAllAvailable())
+        answered = time.monotonic() - began
+        sender.join()
+        assert end[topic] == {"0": 5, "1": 3}
+        assert 0.3 <= answered < 1.2, answered  # the records' arrival, not the 1.5 s hold
+        assert [(row[3], row[4]) for row in read_all(r, first, end)] == [(1, 0), (1, 1), (1, 2)]
+    finally:
+        r.stop()
+
+
+def test_waiting_reader_does_not_hold_a_backlog_the_read_limit_left(kafka_bootstrap, new_topic):
+    topic = new_topic("src_wait_backlog")
+    produce(kafka_bootstrap, topic, 23, partition=0)
+    r = reader(kafka_bootstrap, topic, maxOffsetsPerTrigger="10", waitForRecordsMs="3000")
+    try:
+        start, seen = r.initialOffset(), []
+        began = time.monotonic()
+        for _ in range(3):
+            end = r.latestOffset(start, ReadMaxRows(10))
+            seen += [row[4] for row in read_all(r, start, end)]
+            start = end
+        assert seen == list(range(23))
+        assert time.monotonic() - began < 3, "a batch left for the next one waited for records"
+    finally:
+        r.stop()
+
+
+def test_negative_wait_is_refused():
+    with pytest.raises(ValueError, match="waitForRecordsMs"):
+        reader("127.0.0.1:9", "t", waitForRecordsMs="-1")
+
+
 def test_read_limit_splits_batches_without_gaps(kafka_bootstrap, new_topic):
     topic = new_topic("src_limit")
     produce(kafka_bootstrap, topic, 23, partition=0)

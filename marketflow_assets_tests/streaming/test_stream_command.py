@@ -47,8 +47,10 @@ def test_stream_available_now_writes_the_topic_to_raw_parquet(
 
 def test_stream_bad_option_is_exit_2_with_one_line(kafka_bootstrap, data_dir, job_cwd):
     env = job_env(kafka_bootstrap, "crypto_prices", data_dir)
-    res = marketflow_stream(env, "--trigger-seconds", "0", cwd=job_cwd, timeout=60)
+    res = marketflow_stream(env, "--trigger-seconds", "-1", cwd=job_cwd, timeout=60)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
-    assert lines[-1] == "marketflow stream: --trigger-seconds must be > 0"
+    assert lines[-1] == (
+        "marketflow stream: --trigger-seconds must be >= 0 (0: as soon as records arrive)"
+    )
     assert not any("Traceback" in line for line in lines)
