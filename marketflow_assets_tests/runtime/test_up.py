@@ -247,6 +247,8 @@ def test_up_restarts_killed_children_loses_nothing_and_stops_only_a_crash_loop(t
         # (runtime/heap.py) once configured: ingest before its first poll, the Spark job before
         # its query, the follower before its loop
         logs = data_dir / "logs"
+        # its micro-batches start as records arrive (`--trigger-seconds 0`), not on a clock
+        assert "mode=as records arrive" in (logs / "spark_streaming.log").read_text()
         for name, process in (("ingest", "ingest"), ("spark_streaming", "stream")):
             assert f"{process}: " in _settled_lines(logs / f"{name}.log"), name
         _wait_for(
