@@ -604,13 +604,14 @@ class KafkaOffsetProbe:
             return {}
         return {tp.partition: off for tp, off in self.consumer.beginning_offsets(tps).items()}
 
-    def reported_end_offsets(self) -> Offsets:
-        """The end offsets the broker reports for the topic's partitions (one list-offsets
-        request; no fetch past them, so short by Tansu's last record batch): a cheap sign of
-        new records, which move them."""
+    def reported_end_offsets(self, partitions: Sequence[int] | None = None) -> Offsets:
+        """The end offsets the broker reports for ``partitions`` (default: the topic's; one
+        list-offsets request; no fetch past them, so short by Tansu's last record batch): a
+        cheap sign of new records, which move them."""
         from kafka import TopicPartition
 
-        tps = [TopicPartition(self.topic, p) for p in self.partitions()]
+        parts = self.partitions() if partitions is None else partitions
+        tps = [TopicPartition(self.topic, p) for p in parts]
         if not tps:
             return {}
         return {tp.partition: off for tp, off in self.consumer.end_offsets(tps).items()}
@@ -660,7 +661,7 @@ class KafkaOffsetProbe:
             return {}
         c = self.consumer
         tps = [TopicPartition(self.topic, p) for p in partitions]
-        reported = {tp.partition: off for tp, off in c.end_offsets(tps).items()}
+        reported = self.reported_end_offsets(partitions)
         begin = self.beginning_offsets(partitions)
         probe = [tp for tp in tps if reported[tp.partition] > begin.get(tp.partition, 0)]
         true_end = dict(reported)

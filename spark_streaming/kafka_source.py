@@ -356,23 +356,15 @@ class KafkaStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             else {}
         )
         for p, e in sorted(end.items()):
-            s = begin_state.get(p)
-            if p in from_earliest:
-                # New partition, or the broker lost the topic (e.g. memory-only broker restart):
-                # the range is planned from the earliest offset in partitions(), bounded by the
-                # read limit too (a recreated topic refilled from the ingest spool can be large).
-                if budget is not None:
-                    take = max(0, min(e - earliest.get(p, 0), budget))
-                    budget -= take
-                    self._backlog |= earliest.get(p, 0) + take < e
-                    e = earliest.get(p, 0) + take
-                result[p] = e
-                continue
             if budget is not None:
-                take = max(0, min(e - s, budget))
+                # The read limit bounds every range, also one from the earliest offset (a new
+                # partition, or a topic the broker lost, e.g. a memory-only broker restart:
+                # partitions() plans it from there; refilled from the ingest spool it can be large)
+                base = earliest.get(p, 0) if p in from_earliest else begin_state[p]
+                take = max(0, min(e - base, budget))
                 budget -= take
-                self._backlog |= s + take < e
-                e = s + take
+                self._backlog |= base + take < e
+                e = base + take
             result[p] = e
         # Partitions we know of but which vanished from metadata: while the whole topic is
         # missing (broker restarted, producer has not recreated it yet) keep them (nothing new,
