@@ -11,12 +11,13 @@ export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 install: $(STAMP)
 
 # Re-installs only when pyproject.toml or the lock changes (or the venv is missing): every
-# package at the version pinned in requirements.lock, then the project itself without resolving.
+# package at the version pinned in requirements.lock, then the project itself, neither resolved
+# again (the lock is complete; it carries pyproject's [tool.uv] override, which pip would refuse).
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (pyspark 4); set PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
@@ -26,7 +27,7 @@ lock:
 	@test -x $(BIN)/uv || $(MAKE) install
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --universal --python-version 3.11 \
 		$(if $(UPGRADE),--upgrade) --quiet -o requirements.lock
-	$(BIN)/uv pip compile benchmarks/pathway-requirements.in --python-version 3.11 \
+	$(BIN)/uv pip compile --no-config benchmarks/pathway-requirements.in --python-version 3.11 \
 		$(if $(UPGRADE),--upgrade) --quiet -o benchmarks/pathway-requirements.lock
 
 # The Pathway baseline of the latency benchmark runs in a virtualenv of its own (Pathway is

@@ -692,18 +692,37 @@ class KafkaOffsetProbe:
 
 
 # ------------------------------------------------------------------------------------------------
-# The live path's record fetch: aiokafka on an event loop of its own
+# The live path's record fetch: librdkafka (confluent-kafka)
 # ------------------------------------------------------------------------------------------------
-class RecordFetcher:
-    """Records of assigned partitions of one topic, fetched by aiokafka (asyncio; its record
-    batches decoded in C) on an event loop running in a thread of its own, so fetching goes on
-    while the caller computes; the methods are plain blocking calls.
+class Fetched:
+    """Records fetched: their values in offset order per partition and each partition's next
+    offset after them."""
 
-    Measured against kafka-python 3.0 on the embedded broker (docs/PERFORMANCE.md): idle with a
-    100 ms fetch wait 6.6 against 10.8 ms of CPU a second, and 15,000 records decoded in about
-    30 against 66-100 ms. Group-less (manual assignment; nothing is committed), ``earliest``
-    where an offset is out of range, and it never causes a topic to be auto-created: every
-    metadata request it sends asks for all topics (:func:`no_auto_create` says why)."""
+    __slots__ = ("values", "next_offsets")
+
+    def __init__(self, values: list | None = None, next_offsets: dict | None = None):
+        self.values = values if values is not None else []
+        self.next_offsets = next_offsets if next_offsets is not None else {}
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def extend(self, other: Fetched) -> None:
+        self.values.extend(other.values)
+        for p, o in other.next_offsets.items():
+            if o > self.next_offsets.get(p, -1):
+                self.next_offsets[p] = o
+
+
+class RecordFetcher:
+    """Records of assigned partitions of one topic, fetched by librdkafka (confluent-kafka): its
+    fetch and record decoding run in C threads of their own, so fetching goes on while the
+    caller computes and an idle fetch round trip costs no Python (measured beside aiokafka, the
+    fetcher before it: docs/PERFORMANCE.md, thirteenth round). Group-less in effect (partitions
+    assigned by hand, nothing committed; the group id only satisfies the client), ``earliest``
+    where an offset is out of range, and it never causes a topic to be auto-created (the
+    recreated-topic tests restart Tansu under it). Known limit (docs/DECISIONS.md): librdkafka
+    2.16 crashes (SIGSEGV) when a topic it fetches is deleted on a running Tansu broker."""
 
     def __init__(
         self,
@@ -717,102 +736,76 @@ class RecordFetcher:
         max_partition_fetch_bytes: int = 16 * 1024 * 1024,
         metadata_max_age_ms: int = 5000,
     ):
-        import asyncio
-        import threading
+        from confluent_kafka import Consumer
 
         self.topic = topic
-        self._config = {
-            "bootstrap_servers": servers(bootstrap),
-            "client_id": client_id,
-            "group_id": None,
-            "enable_auto_commit": False,
-            "auto_offset_reset": "earliest",
-            "fetch_max_wait_ms": fetch_max_wait_ms,
-            "fetch_max_bytes": fetch_max_bytes,
-            "max_partition_fetch_bytes": max_partition_fetch_bytes,
-            "metadata_max_age_ms": metadata_max_age_ms,
-            **client_config(security),
-        }
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="kafka-fetch", daemon=True
+        self._positions: dict[int, int | None] = {}
+        self._consumer = Consumer(
+            {
+                **librdkafka_config(bootstrap, security),
+                "client.id": client_id,
+                "group.id": client_id,  # required by the client; never joined nor committed
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+                "auto.offset.reset": "earliest",
+                "allow.auto.create.topics": False,
+                "fetch.wait.max.ms": fetch_max_wait_ms,
+                "fetch.max.bytes": fetch_max_bytes,
+                "max.partition.fetch.bytes": max_partition_fetch_bytes,
+                "topic.metadata.refresh.interval.ms": metadata_max_age_ms,
+                "fetch.error.backoff.ms": 100,
+                "reconnect.backoff.ms": 50,
+                "reconnect.backoff.max.ms": 1000,
+            },
+            logger=_LibrdkafkaLog(__name__),
         )
-        self._thread.start()
-        self._consumer = None
-        try:
-            self._consumer = self._call(self._start())
-        except BaseException:
-            self._stop_loop()
-            raise
-
-    def _call(self, coro, timeout_s: float | None = None):
-        import asyncio
-
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout_s)
-
-    async def _start(self):
-        from aiokafka import AIOKafkaConsumer
-
-        consumer = AIOKafkaConsumer(**self._config)
-        client = consumer._client
-        update = client._metadata_update
-
-        async def all_topics(cluster_metadata, topics):
-            # Tansu creates any topic a metadata request names (no_auto_create)
-            return await update(cluster_metadata, None)
-
-        client._metadata_update = all_topics
-        await consumer.start()
-        return consumer
 
     def assign(self, starts: Mapping[int, int | None]) -> None:
         """Read exactly the partitions of ``starts``, each from its offset (None: from the
         beginning)."""
-        from aiokafka import TopicPartition
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-        async def assign():
-            tps = {p: TopicPartition(self.topic, p) for p in sorted(starts)}
-            self._consumer.assign(list(tps.values()))
-            for p, tp in tps.items():
-                if starts[p] is None:
-                    await self._consumer.seek_to_beginning(tp)
-                else:
-                    self._consumer.seek(tp, starts[p])
-
-        self._call(assign())
+        self._consumer.assign(
+            [
+                TopicPartition(self.topic, p, OFFSET_BEGINNING if o is None else o)
+                for p, o in sorted(starts.items())
+            ]
+        )
+        self._positions = dict(starts)
 
     def position(self, partition: int, timeout_s: float = 5.0) -> int | None:
-        """The next offset to read of an assigned partition (None when unknown in time)."""
-        from aiokafka import TopicPartition
+        """The next offset to read of an assigned partition (None when unknown)."""
+        return self._positions.get(partition)
 
-        try:
-            return self._call(
-                self._consumer.position(TopicPartition(self.topic, partition)), timeout_s
-            )
-        except Exception:  # noqa: BLE001 - unknown: the caller decides
-            return None
+    def poll(self, timeout_s: float, max_records: int) -> Fetched:
+        """The records fetched so far (waiting up to ``timeout_s`` for the first one), at most
+        ``max_records``, in offset order per partition. librdkafka's ``consume`` waits until it
+        has all ``max_records`` or the timeout ends, so one ``poll`` waits for the first record
+        and ``consume`` without waiting takes what is already fetched."""
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            return Fetched()
+        records = [first]
+        if max_records > 1:
+            records.extend(self._consumer.consume(max_records - 1, 0))
+        good = []
+        for record in records:
+            error = record.error()
+            if error is None:
+                good.append(record)
+            elif error.fatal():
+                from confluent_kafka import KafkaException
 
-    def poll(self, timeout_s: float, max_records: int) -> list:
-        """The records fetched so far (waiting up to ``timeout_s`` for the first ones), at most
-        ``max_records``, in offset order per partition; each has ``partition``, ``offset`` and
-        ``value``."""
-        polled = self._call(
-            self._consumer.getmany(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        )
-        records: list = []
-        for batch in polled.values():
-            records.extend(batch)
-        return records
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        if not self._thread.is_alive():
-            self._loop.close()
+                raise KafkaException(error)
+            else:  # a broker away, a partition gone: librdkafka retries; the caller's metadata
+                logger.debug("record fetch: %s", error)  # check decides what it means
+        positions = self._positions
+        values = []
+        for record in good:
+            positions[record.partition()] = record.offset() + 1
+            values.append(record.value())
+        return Fetched(values, {p: positions[p] for p in {r.partition() for r in good}})
 
     def close(self) -> None:
-        try:
-            if self._consumer is not None:
-                self._call(self._consumer.stop(), 10)
-        finally:
-            self._stop_loop()
+        self._consumer.close()

@@ -172,7 +172,7 @@ class LiveConsumer:
         self.alerting.prime(self.store.conn)
         #: kafka-python, never assigned: the topic's partitions and id (fresh metadata)
         self.consumer = self._consumer()
-        #: aiokafka: the records (:class:`~marketflow_assets.kafka_client.RecordFetcher`)
+        #: librdkafka: the records (:class:`~marketflow_assets.kafka_client.RecordFetcher`)
         self.fetcher = self._fetcher()
         #: Market data and next offsets of the batches whose indicators are committed, not
         #: yet written (:meth:`_write_market`); the writer thread's.
@@ -182,9 +182,9 @@ class LiveConsumer:
         self._assigned_topic_id: str | None = None
 
     def _wait_ms(self) -> int:
-        # the broker holds a fetch up to wait_ms: idle, each round trip costs CPU (0.1 s: 6.6 ms
-        # a second with aiokafka), but a produce does not always end a parked fetch on Tansu (0.5 s
-        # raised the benchmark's 250-coin p95 from 0.16-0.22 to 0.26-0.32 s), so it stays short
+        # the broker holds a fetch up to wait_ms; a produce does not always end a parked fetch on
+        # Tansu (0.5 s raised the benchmark's 250-coin p95 from 0.16-0.22 to 0.26-0.32 s), so it
+        # stays short (librdkafka's idle round trips cost no Python; 20 ms: more CPU, no gain)
         return max(10, int(self.poll_timeout_s * 1000))
 
     def _fetcher(self) -> kafka_client.RecordFetcher:
@@ -337,7 +337,7 @@ class LiveConsumer:
         return True
 
     # ------------------------------------------------------------------------------------
-    def poll_batch(self) -> list:
+    def poll_batch(self) -> kafka_client.Fetched:
         wait_s = max(self.poll_timeout_s, IDLE_POLL_SECONDS)
         records = self.fetcher.poll(wait_s, self.max_batch_records)
         more = records
@@ -346,16 +346,12 @@ class LiveConsumer:
             records.extend(more)
         return records
 
-    def process(self, records: list) -> None:
+    def process(self, records: kafka_client.Fetched) -> None:
         """Compute one batch and hand it to the writer (one transaction); the state moves on
         (the next batch continues from it; see the module docstring)."""
         started = time.perf_counter()
-        next_offsets: dict[int, int] = {}
-        for record in records:
-            nxt = record.offset + 1
-            if nxt > next_offsets.get(record.partition, -1):
-                next_offsets[record.partition] = nxt
-        frame, market, reasons = parse_records([record.value for record in records])
+        next_offsets = dict(records.next_offsets)
+        frame, market, reasons = parse_records(records.values)
         invalid = len(reasons) - len(frame)
         if invalid:
             logger.debug("live: invalid record(s) by reason: %s", Counter(filter(None, reasons)))
