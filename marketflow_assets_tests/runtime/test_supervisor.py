@@ -14,11 +14,19 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
+import pytest
 
 from marketflow_assets.runtime.services import free_port
-from marketflow_assets.runtime.supervisor import Child, Dependencies, RestartPolicy, Supervisor
+from marketflow_assets.runtime.supervisor import (
+    AUTOGROUP,
+    Child,
+    Dependencies,
+    RestartPolicy,
+    Supervisor,
+)
 
 PY = sys.executable
 
@@ -320,3 +328,36 @@ def test_a_child_and_what_it_starts_run_with_its_niceness(tmp_path):
         supervisor.stop_all()
     assert (tmp_path / "niced.log").read_text().split() == [str(min(base + 7, 19))] * 2
     assert (tmp_path / "plain.log").read_text().split() == [str(base)] * 2
+
+
+def _autogroups_on() -> bool:
+    flag = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    return flag.exists() and flag.read_text().strip() == "1" and AUTOGROUP.exists()
+
+
+@pytest.mark.skipif(not _autogroups_on(), reason="the kernel does not group processes by session")
+def test_a_niced_child_yields_the_cpu_to_children_of_other_sessions(tmp_path):
+    """Each child runs in a session of its own, and with autogroups the kernel shares the CPU
+    between sessions before it looks at a process's niceness: the niced child's session gets
+    the niceness too, so two children spinning on one core share it about 3:1 (niceness 5), not
+    50/50 as they did with ``os.nice`` alone."""
+    script = (
+        "import os, time; t = time.monotonic()\n"
+        "while time.monotonic() - t < 2.0: pass\n"
+        "print(os.times().user, open('/proc/self/autogroup').read().split()[-1], flush=True)"
+    )
+    argv = ["taskset", "-c", "0", PY, "-c", script]  # both on one core: they must share it
+    niced = Child("niced", argv, tmp_path / "niced.log", finished_on_success=True)
+    niced.nice = 5
+    plain = Child("plain", argv, tmp_path / "plain.log", finished_on_success=True)
+    supervisor = Supervisor([], dict(os.environ), RestartPolicy(backoff_s=0.2))
+    supervisor.start(plain)
+    supervisor.start(niced)
+    try:
+        _run_until(supervisor, lambda: niced.finished and plain.finished, timeout=20)
+    finally:
+        supervisor.stop_all()
+    niced_cpu, niced_group = (tmp_path / "niced.log").read_text().split()
+    plain_cpu, plain_group = (tmp_path / "plain.log").read_text().split()
+    assert (niced_group, plain_group) == (str(min(os.nice(0) + 5, 19)), "0")
+    assert float(plain_cpu) > 2 * float(niced_cpu), (plain_cpu, niced_cpu)
