@@ -308,6 +308,21 @@ def test_a_child_gets_its_death_signal_when_its_parent_is_killed(tmp_path):
             proc.kill()
 
 
+def _niced_and_plain(argv: list[str], tmp_path, nice: int) -> None:
+    """Run ``argv`` as two children of one supervisor until both end: ``niced`` with ``nice``
+    (output in niced.log), ``plain`` without (plain.log)."""
+    niced = Child("niced", argv, tmp_path / "niced.log", finished_on_success=True)
+    niced.nice = nice
+    plain = Child("plain", argv, tmp_path / "plain.log", finished_on_success=True)
+    supervisor = Supervisor([], dict(os.environ), RestartPolicy(backoff_s=0.2))
+    supervisor.start(niced)
+    supervisor.start(plain)
+    try:
+        _run_until(supervisor, lambda: niced.finished and plain.finished, timeout=20)
+    finally:
+        supervisor.stop_all()
+
+
 def test_a_child_and_what_it_starts_run_with_its_niceness(tmp_path):
     """``Child.nice`` (``marketflow up``'s batch children: MARKETFLOW_BATCH_NICE) is added to the
     child's niceness, inherited by the processes it starts; other children keep the default."""
@@ -316,16 +331,7 @@ def test_a_child_and_what_it_starts_run_with_its_niceness(tmp_path):
         "subprocess.run([sys.executable, '-c', 'import os; print(os.nice(0))'])"
     )
     base = os.nice(0)
-    niced = Child("niced", [PY, "-c", script], tmp_path / "niced.log", finished_on_success=True)
-    niced.nice = 7
-    plain = Child("plain", [PY, "-c", script], tmp_path / "plain.log", finished_on_success=True)
-    supervisor = Supervisor([], dict(os.environ), RestartPolicy(backoff_s=0.2))
-    supervisor.start(niced)
-    supervisor.start(plain)
-    try:
-        _run_until(supervisor, lambda: niced.finished and plain.finished, timeout=20)
-    finally:
-        supervisor.stop_all()
+    _niced_and_plain([PY, "-c", script], tmp_path, nice=7)
     assert (tmp_path / "niced.log").read_text().split() == [str(min(base + 7, 19))] * 2
     assert (tmp_path / "plain.log").read_text().split() == [str(base)] * 2
 
@@ -346,17 +352,8 @@ def test_a_niced_child_yields_the_cpu_to_children_of_other_sessions(tmp_path):
         "while time.monotonic() - t < 2.0: pass\n"
         "print(os.times().user, open('/proc/self/autogroup').read().split()[-1], flush=True)"
     )
-    argv = ["taskset", "-c", "0", PY, "-c", script]  # both on one core: they must share it
-    niced = Child("niced", argv, tmp_path / "niced.log", finished_on_success=True)
-    niced.nice = 5
-    plain = Child("plain", argv, tmp_path / "plain.log", finished_on_success=True)
-    supervisor = Supervisor([], dict(os.environ), RestartPolicy(backoff_s=0.2))
-    supervisor.start(plain)
-    supervisor.start(niced)
-    try:
-        _run_until(supervisor, lambda: niced.finished and plain.finished, timeout=20)
-    finally:
-        supervisor.stop_all()
+    # both on one core: they must share it
+    _niced_and_plain(["taskset", "-c", "0", PY, "-c", script], tmp_path, nice=5)
     niced_cpu, niced_group = (tmp_path / "niced.log").read_text().split()
     plain_cpu, plain_group = (tmp_path / "plain.log").read_text().split()
     assert (niced_group, plain_group) == (str(min(os.nice(0) + 5, 19)), "0")
