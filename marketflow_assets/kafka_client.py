@@ -774,7 +774,7 @@ class RecordFetcher:
         )
         self._positions = dict(starts)
 
-    def position(self, partition: int, timeout_s: float = 5.0) -> int | None:
+    def position(self, partition: int) -> int | None:
         """The next offset to read of an assigned partition (None when unknown)."""
         return self._positions.get(partition)
 
@@ -789,23 +789,21 @@ class RecordFetcher:
         records = [first]
         if max_records > 1:
             records.extend(self._consumer.consume(max_records - 1, 0))
-        good = []
+        fetched = Fetched()
+        values, next_offsets = fetched.values, fetched.next_offsets
         for record in records:
             error = record.error()
             if error is None:
-                good.append(record)
+                next_offsets[record.partition()] = record.offset() + 1  # offset order
+                values.append(record.value())
             elif error.fatal():
                 from confluent_kafka import KafkaException
 
                 raise KafkaException(error)
             else:  # a broker away, a partition gone: librdkafka retries; the caller's metadata
                 logger.debug("record fetch: %s", error)  # check decides what it means
-        positions = self._positions
-        values = []
-        for record in good:
-            positions[record.partition()] = record.offset() + 1
-            values.append(record.value())
-        return Fetched(values, {p: positions[p] for p in {r.partition() for r in good}})
+        self._positions.update(next_offsets)
+        return fetched
 
     def close(self) -> None:
         self._consumer.close()

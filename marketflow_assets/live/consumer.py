@@ -350,7 +350,6 @@ class LiveConsumer:
         """Compute one batch and hand it to the writer (one transaction); the state moves on
         (the next batch continues from it; see the module docstring)."""
         started = time.perf_counter()
-        next_offsets = dict(records.next_offsets)
         frame, market, reasons = parse_records(records.values)
         invalid = len(reasons) - len(frame)
         if invalid:
@@ -363,7 +362,9 @@ class LiveConsumer:
                 len(skipped),
                 skipped.head(5)[["id", "ts"]].to_dict("records"),
             )
-        self.writer.submit(rows, next_offsets, market, len(records), len(skipped), invalid, started)
+        self.writer.submit(
+            rows, records.next_offsets, market, len(records), len(skipped), invalid, started
+        )
         self.state = state
 
     def _write(self, rows, next_offsets, market, records, skipped, invalid, started) -> None:
