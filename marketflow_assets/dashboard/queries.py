@@ -14,7 +14,7 @@ snapshot coins            price_indicators_ts_idx (ts = snapshot)
 newest indicator ts       price_indicators_ts_idx (max)
 coins                     price_indicators primary key (coin_id, ts): loose index scan + one
                           backward probe per coin
-coin candles              price_indicators_coin_series_idx (index-only range scan);
+coin candles              price_indicators primary key, covering (index-only range scan);
                           coin_market_history primary key (the 24 h volume at each close)
 coin latest rows          price_indicators primary key range, backwards, LIMIT
 rows per poll             price_indicators_ts_idx range (index-only)
@@ -25,7 +25,7 @@ forecasts                 price_forecasts primary key (coin_id, origin_ts, horiz
 forecast evaluation       forecast_evaluation, newest evaluated_at
 market table              price_indicators_ts_idx (ts = snapshot); coin_market primary key;
                           price_indicators primary key, one backward probe per coin (1 h ago)
-sparklines                price_indicators_coin_series_idx (index-only, a few coins)
+sparklines                price_indicators primary key, covering (index-only, a few coins)
 recent poll times         price_indicators_ts_idx (newest row), primary key range of its coin
 failed runs               run_failures_failed_at_idx
 price alerts              price_alert_events_alerted_at_idx (newest first, LIMIT)

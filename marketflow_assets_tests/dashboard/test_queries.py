@@ -150,3 +150,18 @@ def test_every_query_is_served_from_an_index(seeded, db):
                 assert '"Seq Scan"' not in plan, (name, plan)
     finally:
         conn.close()
+
+
+def test_a_coins_series_is_read_from_the_key_alone(seeded, db):
+    """The 7-day candles come from an index-only scan of price_indicators' key (it carries the
+    indicator columns), never from the heap."""
+    url = seeded[0]
+    params = q.example_params(db)
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("EXPLAIN (FORMAT JSON) " + q.SQL["candles"], params["candles"])
+            plan = json.dumps(cur.fetchone()[0])
+    finally:
+        conn.close()
+    assert '"Index Only Scan"' in plan and '"price_indicators_pkey"' in plan, plan

@@ -1,0 +1,64 @@
+"""The tables' DDL on a real PostgreSQL: the indexes a new database gets and those an older one
+is given."""
+
+from __future__ import annotations
+
+import psycopg2
+
+from marketflow_assets.schema import KEY_INCLUDE, create_tables
+
+SERIES_INDEX = "price_indicators_coin_series_idx"
+
+
+def _indexes(url: str) -> dict[str, str]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'price_indicators'"
+            )
+            return dict(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def _create(url: str) -> None:
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            create_tables(cur)
+    finally:
+        conn.close()
+
+
+def test_a_new_indicator_table_keeps_one_index_per_coin_series(pg_clean):
+    """The key carries the indicator columns; no second (coin_id, ts) index is made."""
+    _create(pg_clean)
+    _create(pg_clean)  # idempotent
+    indexes = _indexes(pg_clean)
+    key = indexes["price_indicators_pkey"]
+    assert "(coin_id, ts) INCLUDE (" + ", ".join(KEY_INCLUDE["price_indicators"]) + ")" in key
+    assert SERIES_INDEX not in indexes
+    assert [d for d in indexes.values() if "(coin_id, ts)" in d] == [key]
+
+
+def test_an_older_indicator_table_gets_the_series_index_of_its_own(pg_clean):
+    """A table made when the key was plain keeps it, and gets the covering index beside it."""
+    conn = psycopg2.connect(pg_clean)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "CREATE TABLE price_indicators (coin_id text NOT NULL, symbol text, "
+                "ts timestamptz NOT NULL, price double precision, change_1min double precision, "
+                "change_5min double precision, sma_5min double precision, "
+                "ema_3min double precision, volatility_5min double precision, "
+                "PRIMARY KEY (coin_id, ts))"
+            )
+    finally:
+        conn.close()
+    _create(pg_clean)
+    indexes = _indexes(pg_clean)
+    assert "INCLUDE" not in indexes["price_indicators_pkey"]
+    assert indexes[SERIES_INDEX].endswith(
+        "(coin_id, ts) INCLUDE (" + ", ".join(KEY_INCLUDE["price_indicators"]) + ")"
+    )
