@@ -7,13 +7,13 @@ already fetched, at most ``max_batch_records`` - is written by a writer thread
 (:class:`_Writer`) in the order the batches were computed, while the next batch is fetched and
 computed (PostgreSQL works on another core meanwhile): its indicator rows and movers in one
 transaction; the records' market data and the stored offsets in another, for every batch
-written since, once no batch waits (both idempotent and the offsets last, so a stop in between
-loses and doubles nothing: :mod:`marketflow_assets.live.store`). The next batch is computed
-from the state the previous one leads to, before that one committed; if a write fails, the
-batches computed after it are dropped and the consumer ends, so what resumes - a new consumer -
-starts from what was committed (state and offsets are read from the tables). A lost PostgreSQL
-or broker connection ends this consumer; ``marketflow live`` waits for the service with backoff
-and starts a new one, which resumes from what was committed
+written since, once no batch came for half a second (both idempotent and the offsets last, so a
+stop in between loses and doubles nothing: :mod:`marketflow_assets.live.store`). The next batch
+is computed from the state the previous one leads to, before that one committed; if a write
+fails, the batches computed after it are dropped and the consumer ends, so what resumes - a new
+consumer - starts from what was committed (state and offsets are read from the tables). A lost
+PostgreSQL or broker connection ends this consumer; ``marketflow live`` waits for the service
+with backoff and starts a new one, which resumes from what was committed
 (:func:`~marketflow_assets.live.command.run_waiting`). Any other error ends the process (exit
 1), and the supervisor's restart resumes the same way.
 """
@@ -89,36 +89,62 @@ class BatchStats:
     seconds: float = 0.0
 
 
+#: How long the writer waits, after a batch is written, for the next one before it writes the
+#: market data and offsets of the batches written so far (:meth:`LiveConsumer._write_market`):
+#: a poll comes in several batches, and that second transaction (0.1-0.4 s for a whole market)
+#: written between two of them held up the next batch's rows and took PostgreSQL's CPU while
+#: the poll's last rows were still to come.
+QUIET_SECONDS = 0.5
+
+#: ... and at the latest this long after the first of them was written (batches that never
+#: pause - a busy topic - still get their offsets stored).
+MARKET_MAX_DELAY_SECONDS = 5.0
+
+#: A marker on the writer's queue: run the idle step now (:meth:`_Writer.flush`).
+_FLUSH = object()
+
+
 class _Writer:
     """The live consumer's PostgreSQL writes on a thread of their own, one batch at a time in
     submission order; at most one computed batch waits while another is written. ``idle`` runs
-    after a write when no batch waits (and before the thread ends). After a failed write
-    nothing more is written, and the error is raised in the consumer's thread (:meth:`check`)."""
+    once no batch came for ``quiet`` seconds after a write, at :meth:`flush` and before the
+    thread ends. After a failed write nothing more is written, and the error is raised in the
+    consumer's thread (:meth:`check`)."""
 
-    def __init__(self, write, idle):
+    def __init__(self, write, idle, quiet: float = QUIET_SECONDS):
         self._write = write
         self._idle = idle
+        self._quiet = quiet
         self._queue: queue.Queue = queue.Queue(maxsize=1)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="live-writer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        written = False  # a batch was written since the idle step last ran
         while True:
-            item = self._queue.get()
             try:
-                if item is None:
-                    if self.error is None:
+                item = self._queue.get(timeout=self._quiet if written else None)
+            except queue.Empty:
+                item = _FLUSH
+                done = None
+            else:
+                done = self._queue.task_done
+            try:
+                if item is None or item is _FLUSH:
+                    if written and self.error is None:
+                        written = False
                         self._idle()
-                    return
-                if self.error is None:
+                    if item is None:
+                        return
+                elif self.error is None:
                     self._write(*item)
-                    if self._queue.empty():
-                        self._idle()
+                    written = True
             except BaseException as exc:  # noqa: BLE001 - raised in the consumer's thread
                 self.error = exc
             finally:
-                self._queue.task_done()
+                if done is not None:
+                    done()
 
     def check(self) -> None:
         """Raise the error of a failed write, if any (then nothing more was written)."""
@@ -131,12 +157,16 @@ class _Writer:
         self._queue.put(item)
 
     def flush(self) -> None:
-        """Wait until every submitted batch is written (or a write failed); then :meth:`check`."""
+        """Wait until every submitted batch is written and the idle step ran (or a write
+        failed); then :meth:`check`."""
+        if self._thread.is_alive():
+            self._queue.put(_FLUSH)
         self._queue.join()
         self.check()
 
     def close(self) -> None:
-        """Finish the submitted writes and end the thread (errors are not raised here)."""
+        """Finish the submitted writes, run the idle step and end the thread (errors are not
+        raised here)."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
@@ -177,6 +207,7 @@ class LiveConsumer:
         #: Market data and next offsets of the batches whose indicators are committed, not
         #: yet written (:meth:`_write_market`); the writer thread's.
         self._unstored: list[tuple[pa.Table, dict[int, int]]] = []
+        self._unstored_since = 0.0
         self.writer = _Writer(self._write, self._write_market)
         self.assigned: set[int] = set()
         self._assigned_topic_id: str | None = None
@@ -369,13 +400,19 @@ class LiveConsumer:
 
     def _write(self, rows, next_offsets, market, records, skipped, invalid, started) -> None:
         """The writer thread's part of one batch: its indicator transaction, its price alerts
-        and its log line; its market data and offsets follow when no batch waits
-        (:meth:`_write_market`), so a poll's last rows are not held up by its first ones'."""
+        and its log line; its market data and offsets follow once no batch came for a while
+        (:meth:`_write_market`, :data:`QUIET_SECONDS`), so a poll's last rows are not held up
+        by its first ones'."""
         inserted, movers = self.store.write_indicators(rows)
         self.alerting.after_batch(self.store.conn, rows)
+        if not self._unstored:
+            self._unstored_since = time.monotonic()
         self._unstored.append((market, next_offsets))
-        if sum(len(f) for f, _ in self._unstored) >= self.max_batch_records:
-            self._write_market()  # catching up (a batch always waits): bounded all the same
+        if (
+            sum(len(f) for f, _ in self._unstored) >= self.max_batch_records
+            or time.monotonic() - self._unstored_since >= MARKET_MAX_DELAY_SECONDS
+        ):
+            self._write_market()  # catching up (batches never pause): bounded all the same
         stats = BatchStats(
             records, inserted, skipped, invalid, movers, time.perf_counter() - started
         )

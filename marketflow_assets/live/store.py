@@ -2,13 +2,13 @@
 
 A batch is written in two transactions: first its new ``price_indicators`` rows and the
 ``market_movers`` of the snapshots they touch (:meth:`LiveStore.write_indicators`: what the
-latency is measured to), then - the live consumer does this when no batch waits, for all the
-batches written since - the records' market data and the next offset per partition in
-``live_offsets`` (:meth:`LiveStore.write_market`). Both are idempotent, so the stored offsets
-never pass a record whose rows are not in the tables: a consumer stopped in between reads the
-records again, skips their indicators (already there: not newer than each coin's last row) and
-writes their market data once more, to the same result. :meth:`LiveStore.write_batch` does both
-in one transaction.
+latency is measured to), then - the live consumer does this once no batch came for half a
+second, for all the batches written since - the records' market data and the next offset per
+partition in ``live_offsets`` (:meth:`LiveStore.write_market`). Both are idempotent, so the
+stored offsets never pass a record whose rows are not in the tables: a consumer stopped in
+between reads the records again, skips their indicators (already there: not newer than each
+coin's last row) and writes their market data once more, to the same result.
+:meth:`LiveStore.write_batch` does both in one transaction.
 """
 
 from __future__ import annotations

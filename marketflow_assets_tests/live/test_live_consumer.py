@@ -384,3 +384,33 @@ def records_before(bootstrap: str, topic: str, offsets: dict[int, int]) -> int:
         return sum(seen.values())
     finally:
         consumer.close()
+
+
+def test_the_writer_stores_market_data_once_the_batches_pause():
+    """A poll's batches are written back to back; the idle step (market data and offsets) runs
+    once they pause for ``quiet`` seconds, not between them; flush runs it at once, close only
+    when something was written since."""
+    from marketflow_assets.live.consumer import _Writer
+
+    events: list[tuple] = []
+    writer = _Writer(
+        lambda i: events.append(("write", i, time.monotonic())),
+        lambda: events.append(("idle", None, time.monotonic())),
+        quiet=0.4,
+    )
+    try:
+        for i in range(4):
+            writer.submit(i)
+            time.sleep(0.1)
+        wait_for(lambda: any(e[0] == "idle" for e in events), timeout=5, what="the idle step")
+        kinds = [(kind, i) for kind, i, _ in events]
+        assert kinds == [("write", 0), ("write", 1), ("write", 2), ("write", 3), ("idle", None)]
+        assert events[-1][2] - events[-2][2] >= 0.4 * 0.9
+        writer.submit(4)
+        writer.flush()  # the idle step ran before flush returned, without waiting for quiet
+        assert [(kind, i) for kind, i, _ in events[-2:]] == [("write", 4), ("idle", None)]
+        assert events[-1][2] - events[-2][2] < 0.4
+    finally:
+        writer.close()
+    assert len(events) == 7  # nothing written since the last idle step: close adds none
+    writer.check()
