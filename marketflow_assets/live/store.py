@@ -21,7 +21,7 @@ import pandas as pd
 
 from marketflow_assets import indicators as ind
 from marketflow_assets.market import write_coin_market
-from marketflow_assets.resources.postgres import ALL_COINS_STATE_SQL, csv_payload
+from marketflow_assets.resources.postgres import ALL_COINS_STATE_SQL, binary_payload
 from marketflow_assets.schema import (
     LIVE_OFFSETS_TABLE,
     MOVER_INPUT_COLUMNS,
@@ -197,23 +197,24 @@ def _insert_new(cur, rows: pd.DataFrame, table: str, columns, staging: str) -> i
     """Insert ``rows`` (``columns``, source 'live') into ``table`` where its key is free (an
     existing row - Dagster's - wins); returns the rows inserted.
 
-    One COPY straight into ``table`` (no row of the batch taken yet: the usual case, ~30 % less
-    time than through a staging table at 15,000 rows); when a key is taken, that COPY is undone
-    (a savepoint) and the rows go through the temporary table ``staging`` with ``ON CONFLICT DO
-    NOTHING``, so the outcome is the same either way."""
+    One binary COPY (:func:`~marketflow_assets.resources.postgres.binary_payload`: a quarter
+    less time than CSV) straight into ``table`` (no row of the batch taken yet: the usual case,
+    ~30 % less time than through a staging table at 15,000 rows); when a key is taken, that COPY
+    is undone (a savepoint) and the rows go through the temporary table ``staging`` with ``ON
+    CONFLICT DO NOTHING``, so the outcome is the same either way."""
     import psycopg2.errors
 
     frame = rows.loc[:, list(columns)].assign(**{SOURCE_COLUMN: SOURCE_LIVE})
     cols = ", ".join((*columns, SOURCE_COLUMN))
-    payload = csv_payload(frame)
+    payload = binary_payload(frame, table)
     cur.execute("SAVEPOINT live_copy")
     try:
-        cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT csv)", payload)
+        cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN WITH (FORMAT binary)", payload)
         return cur.rowcount
     except psycopg2.errors.UniqueViolation:
         cur.execute("ROLLBACK TO SAVEPOINT live_copy")
     payload.seek(0)
-    cur.copy_expert(f"COPY {staging} ({cols}) FROM STDIN WITH (FORMAT csv)", payload)
+    cur.copy_expert(f"COPY {staging} ({cols}) FROM STDIN WITH (FORMAT binary)", payload)
     cur.execute(
         f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {staging} "
         f"ON CONFLICT ({', '.join(TABLES[table][1])}) DO NOTHING"

@@ -132,3 +132,61 @@ def test_copy_payload_times_are_instants_whatever_the_session_time_zone(pg_clean
         else:
             assert got_utc == want.to_pydatetime() == got_paris
         assert label == want_label
+
+
+def test_a_binary_payload_stores_what_the_csv_payload_stores(pg_clean):
+    """The live path's binary COPY (pgpq) and the CSV COPY store the same rows: doubles exactly
+    (also integral ones, cast to the column's type), NaN as NULL, times (ns, another zone, before
+    1970) as the same instants, text with quotes, commas, an empty string and non-ASCII; a
+    column type it has no binary form for is refused by name."""
+    from marketflow_assets.resources.postgres import binary_payload, csv_payload
+    from marketflow_assets.schema import SOURCE_COLUMN, create_tables, stored_column_names
+
+    ts = pd.Series(
+        pd.to_datetime(
+            [
+                "2026-12-06 10:00:30.123456789",
+                "1969-07-20 20:17:40.5",
+                "2026-12-06 10:00:30.000000500",  # half a microsecond: to even (0)
+                "2026-12-06 10:00:30.000001500",  # (2)
+                "1969-12-31 23:59:59.9999995",  # (1970-01-01)
+                "2026-12-06 10:00:30.000002500",  # (2)
+            ]
+        )
+    )
+    frame = pd.DataFrame(
+        {
+            "coin_id": ["bitcoin", 'q"z,1', "ünï-€", "", "a\nb", "x"],
+            "symbol": ["btc", None, "ü", "", "s", "t"],
+            "ts": ts.dt.tz_localize("UTC").dt.tz_convert("Europe/Paris"),
+            "price": [1e-300, 123456789.123456789, 0.1 + 0.2, 3.0, 2.5e15, 7.0],
+            "change_1min": [np.nan, -0.0, 1 / 3, np.nan, 1e300, -5.5],
+            "change_5min": [1, 2, 3, 4, 5, 6],  # integers: cast to double precision
+            "sma_5min": [np.nan] * 6,
+            "ema_3min": [math.pi, math.e, 1.0, 2.0, 3.0, 4.0],
+            "volatility_5min": [0.0, np.nan, 5e-324, 1.7976931348623157e308, 1.0, 2.0],
+            SOURCE_COLUMN: ["live"] * 6,
+        }
+    )
+    cols = ", ".join(stored_column_names("price_indicators"))
+    with psycopg2.connect(pg_clean) as conn, conn.cursor() as cur:
+        create_tables(cur)
+        cur.execute("SET TIME ZONE 'Pacific/Chatham'")
+        cur.execute("CREATE TEMP TABLE via_csv (LIKE price_indicators)")
+        cur.copy_expert(f"COPY via_csv ({cols}) FROM STDIN WITH (FORMAT csv)", csv_payload(frame))
+        cur.copy_expert(
+            f"COPY price_indicators ({cols}) FROM STDIN WITH (FORMAT binary)",
+            binary_payload(frame, "price_indicators"),
+        )
+        cur.execute(f"SELECT {cols} FROM via_csv ORDER BY coin_id")
+        via_csv = cur.fetchall()
+        cur.execute(f"SELECT {cols} FROM price_indicators ORDER BY coin_id")
+        via_binary = cur.fetchall()
+    assert via_binary == via_csv
+    assert len(via_binary) == 6
+    nulls = {row[0]: row[4] for row in via_binary}  # change_1min: NaN -> NULL
+    assert nulls["bitcoin"] is None and nulls["x"] == -5.5
+    with pytest.raises(ValueError, match="'jsonb'"):
+        from marketflow_assets.resources import postgres
+
+        postgres._binary_type("jsonb")
