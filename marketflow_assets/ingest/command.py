@@ -317,9 +317,10 @@ def run(
             settings.kafka_security.describe(),
         )
         if own_process:
-            from marketflow_assets.runtime.heap import settle_startup_heap
+            from marketflow_assets.runtime.heap import keep_freed_memory, settle_startup_heap
 
             settle_startup_heap("ingest", preload=INGEST_PRELOAD)
+            keep_freed_memory("ingest")
         with stop_after_work_in_hand(
             stop, work="the current poll", log=log, second_sigint_interrupts=True
         ):

@@ -36,7 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from marketflow_assets.live.consumer import LiveConsumer
     from marketflow_assets.resources.postgres import PostgresResource
-    from marketflow_assets.runtime.heap import set_arrow_allocator, settle_startup_heap
+    from marketflow_assets.runtime.heap import (
+        keep_freed_memory,
+        set_arrow_allocator,
+        settle_startup_heap,
+    )
 
     live = load_live_settings()
     timeout = live.poll_timeout_s if args.poll_timeout is None else args.poll_timeout
@@ -55,6 +59,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not settled:  # once, with the configuration known to be good
             settle_startup_heap("live", preload=LIVE_PRELOAD)
             set_arrow_allocator("live", live.arrow_memory_pool)
+            keep_freed_memory("live")
             settled.append(True)
         return LiveConsumer(
             settings.kafka_bootstrap,

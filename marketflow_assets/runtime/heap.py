@@ -1,5 +1,6 @@
 """Memory management in the long-running stream processes: Python's cyclic garbage collector
-(:func:`settle_startup_heap`) and Arrow's allocator (:func:`set_arrow_allocator`).
+(:func:`settle_startup_heap`), Arrow's allocator (:func:`set_arrow_allocator`) and the C
+library's return of freed memory (:func:`keep_freed_memory`).
 
 A ``marketflow live`` process holds about 190,000 objects the collector tracks once its modules
 are imported (pandas, pyarrow, kafka-python, psycopg2: functions, classes, their dicts), and
@@ -54,6 +55,49 @@ def settle_startup_heap(process: str, preload: Iterable[str] = ()) -> int:
         YOUNG_THRESHOLD,
     )
     return frozen
+
+
+#: glibc's ``mallopt`` parameters (malloc.h) and what :func:`keep_freed_memory` sets them to: no
+#: trim of the heap's free top below 256 MiB, and blocks below 32 MiB (glibc's upper limit for
+#: it) from the heap rather than from a mapping of their own, which ``free`` unmaps at once.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEEP_FREED = {
+    "MALLOC_TRIM_THRESHOLD_": 256 * 1024 * 1024,
+    "MALLOC_MMAP_THRESHOLD_": 32 * 1024 * 1024,
+}
+
+
+def keep_freed_memory(process: str) -> bool:
+    """Let glibc's malloc keep the memory a poll frees for the next poll (:data:`KEEP_FREED`);
+    True when set. By default it gives the free top of its heap back to the system, and every
+    block of 128 KiB or more is a mapping of its own, unmapped when freed: the next poll faults
+    the same pages in again, one by one. Measured in ingest (``orjson.dumps`` of a 15,000-coin
+    poll's messages, in process): 0.08 s on every other poll instead of 0.02 s; with the memory
+    kept, 0.02 s on every poll after the first two. The process keeps its largest poll's worth
+    of heap (it would fault it in again anyway). An operator's ``MALLOC_TRIM_THRESHOLD_`` /
+    ``MALLOC_MMAP_THRESHOLD_`` stand; elsewhere than on glibc nothing changes."""
+    import ctypes
+    import os
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        logger.info("%s: not on glibc; the C library's defaults for freed memory stand", process)
+        return False
+    if any(name in os.environ for name in KEEP_FREED):
+        logger.info("%s: the C library's freed-memory settings from the environment stand", process)
+        return False
+    libc = ctypes.CDLL(None)
+    done = all(
+        libc.mallopt(param, KEEP_FREED[name]) == 1
+        for param, name in (
+            (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_"),
+            (_M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_"),
+        )
+    )
+    logger.info("%s: freed memory kept for reuse (trim above %d MiB, mappings from %d MiB)",
+                process, KEEP_FREED["MALLOC_TRIM_THRESHOLD_"] >> 20,
+                KEEP_FREED["MALLOC_MMAP_THRESHOLD_"] >> 20)  # fmt: skip
+    return done
 
 
 def set_arrow_allocator(process: str, backend: str = "system") -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,58 @@ def test_an_unknown_arrow_pool_is_a_config_error():
 
     with pytest.raises(ConfigError, match="ARROW_DEFAULT_MEMORY_POOL='tcmalloc' must be one of"):
         load_live_settings({"ARROW_DEFAULT_MEMORY_POOL": "tcmalloc"})
+
+
+KEEP_SCRIPT = """
+import ctypes, json, platform, sys
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+from marketflow_assets.runtime.heap import keep_freed_memory
+kept = keep_freed_memory("test") if sys.argv[1] == "keep" else None
+before = libc.mallinfo2()
+blocks = [libc.malloc(4 << 20) for _ in range(8)]  # 8 blocks of 4 MiB, as a poll's buffers
+during = libc.mallinfo2()
+for block in blocks:
+    libc.free(block)
+after = libc.mallinfo2()
+print(json.dumps({"kept": kept, "mapped": during.hblks - before.hblks,
+                  "heap_after_free": after.arena, "free_after_free": after.fordblks}))
+"""
+
+
+def _freed_memory(env_extra: dict[str, str], mode: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
+        if name not in env_extra:
+            env.pop(name, None)
+    out = subprocess.run(
+        [sys.executable, "-c", KEEP_SCRIPT, mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_stream_processes_keep_freed_memory_for_the_next_poll():
+    """By default glibc maps each 4 MiB block on its own and unmaps it when freed (the next
+    poll faults those pages in again); with keep_freed_memory the blocks come from the heap and
+    stay there, free, once released. An operator's MALLOC_* settings stand."""
+    default = _freed_memory({}, "default")
+    assert default["mapped"] == 8
+    kept = _freed_memory({}, "keep")
+    assert kept["kept"] is True
+    assert kept["mapped"] == 0
+    assert kept["free_after_free"] >= 8 * (4 << 20)  # freed, still the process's
+    operator = _freed_memory({"MALLOC_MMAP_THRESHOLD_": "131072"}, "keep")
+    assert operator["kept"] is False and operator["mapped"] == 8
