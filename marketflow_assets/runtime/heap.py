@@ -24,7 +24,7 @@ import importlib
 import logging
 from collections.abc import Iterable
 
-from marketflow_assets.settings import ARROW_POOLS
+from marketflow_assets.settings import ARROW_POOLS, malloc_set_by_environment
 
 logger = logging.getLogger("marketflow.heap")
 
@@ -77,13 +77,12 @@ def keep_freed_memory(process: str) -> bool:
     of heap (it would fault it in again anyway). An operator's ``MALLOC_TRIM_THRESHOLD_`` /
     ``MALLOC_MMAP_THRESHOLD_`` stand; elsewhere than on glibc nothing changes."""
     import ctypes
-    import os
     import platform
 
     if platform.libc_ver()[0] != "glibc":
         logger.info("%s: not on glibc; the C library's defaults for freed memory stand", process)
         return False
-    if any(name in os.environ for name in KEEP_FREED):
+    if malloc_set_by_environment():
         logger.info("%s: the C library's freed-memory settings from the environment stand", process)
         return False
     libc = ctypes.CDLL(None)
