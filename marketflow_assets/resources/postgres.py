@@ -28,6 +28,7 @@ from pydantic import Field
 from marketflow_assets.schema import (
     INDICATOR_STATE_COLUMNS,
     SOURCE_COLUMN,
+    SOURCE_COLUMN_DDL,
     SOURCE_LIVE,
     SOURCE_TABLES,
     TABLES,
@@ -104,28 +105,22 @@ def csv_payload(frame) -> io.BytesIO:
     return buf
 
 
-#: The Arrow type of each PostgreSQL column type :func:`binary_payload` writes (the first words of
-#: the column's DDL in :data:`~marketflow_assets.schema.TABLES`).
-_BINARY_TYPES = {
-    "double precision": "float64",
-    "bigint": "int64",
-    "int": "int32",
-    "integer": "int32",
-    "text": "string",
-    "timestamptz": "timestamp_us_utc",
-}
-
-
 def _binary_type(ddl: str):
+    """The Arrow type :func:`binary_payload` writes for a column of this DDL (its first words,
+    as in :data:`~marketflow_assets.schema.TABLES`)."""
     import pyarrow as pa
 
-    for sql, arrow in _BINARY_TYPES.items():
+    kinds = {
+        "double precision": pa.float64(),
+        "bigint": pa.int64(),
+        "int": pa.int32(),
+        "integer": pa.int32(),
+        "text": pa.string(),
+        "timestamptz": pa.timestamp("us", tz="UTC"),
+    }
+    for sql, kind in kinds.items():
         if ddl == sql or ddl.startswith(sql + " "):
-            return (
-                pa.timestamp("us", tz="UTC")
-                if arrow == "timestamp_us_utc"
-                else getattr(pa, arrow)()
-            )
+            return kind
     raise ValueError(f"binary_payload: no binary form for a column of type {ddl!r}")
 
 
@@ -158,8 +153,6 @@ def binary_payload(frame, table: str) -> io.BytesIO:
     import pyarrow as pa
     import pyarrow.compute as pc
     from pgpq import ArrowToPostgresBinaryEncoder
-
-    from marketflow_assets.schema import SOURCE_COLUMN, SOURCE_COLUMN_DDL
 
     ddl = dict(TABLES[table][0])
     if table in SOURCE_TABLES:

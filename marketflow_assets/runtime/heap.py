@@ -57,13 +57,13 @@ def settle_startup_heap(process: str, preload: Iterable[str] = ()) -> int:
     return frozen
 
 
-#: glibc's ``mallopt`` parameters (malloc.h) and what :func:`keep_freed_memory` sets them to: no
-#: trim of the heap's free top below 256 MiB, and blocks below 32 MiB (glibc's upper limit for
-#: it) from the heap rather than from a mapping of their own, which ``free`` unmaps at once.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: What :func:`keep_freed_memory` sets, by the environment variable an operator would set it
+#: with: glibc's ``mallopt`` parameter (malloc.h) and its value. No trim of the heap's free top
+#: below 256 MiB, and blocks below 32 MiB (glibc's upper limit for it) from the heap rather than
+#: from a mapping of their own, which ``free`` unmaps at once.
 KEEP_FREED = {
-    "MALLOC_TRIM_THRESHOLD_": 256 * 1024 * 1024,
-    "MALLOC_MMAP_THRESHOLD_": 32 * 1024 * 1024,
+    "MALLOC_TRIM_THRESHOLD_": (-1, 256 * 1024 * 1024),  # M_TRIM_THRESHOLD
+    "MALLOC_MMAP_THRESHOLD_": (-3, 32 * 1024 * 1024),  # M_MMAP_THRESHOLD
 }
 
 
@@ -86,16 +86,12 @@ def keep_freed_memory(process: str) -> bool:
         logger.info("%s: the C library's freed-memory settings from the environment stand", process)
         return False
     libc = ctypes.CDLL(None)
-    done = all(
-        libc.mallopt(param, KEEP_FREED[name]) == 1
-        for param, name in (
-            (_M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_"),
-            (_M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_"),
-        )
+    done = all(libc.mallopt(param, value) == 1 for param, value in KEEP_FREED.values())
+    logger.info(
+        "%s: freed memory kept for reuse (%s)",
+        process,
+        ", ".join(f"{name}={value}" for name, (_, value) in KEEP_FREED.items()),
     )
-    logger.info("%s: freed memory kept for reuse (trim above %d MiB, mappings from %d MiB)",
-                process, KEEP_FREED["MALLOC_TRIM_THRESHOLD_"] >> 20,
-                KEEP_FREED["MALLOC_MMAP_THRESHOLD_"] >> 20)  # fmt: skip
     return done
 
 
