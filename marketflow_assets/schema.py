@@ -33,6 +33,24 @@ MESSAGE_NUMERIC_FIELDS = (
     "total_supply",
     "max_supply",
 )
+#: The other fields of a CoinGecko ``/coins/markets`` record, which the ingest publishes as they
+#: are (the contract refuses only a NaN or an infinity in them), and ``schema_version``: each
+#: with its JSON type, so that a whole message can be read typed in bulk
+#: (``contract._arrow_layout``; a message with any other field is read field by field instead).
+MESSAGE_CARRIED_FIELDS: tuple[tuple[str, str], ...] = (
+    ("image", "string"),
+    ("fully_diluted_valuation", "double"),
+    ("market_cap_change_24h", "double"),
+    ("market_cap_change_percentage_24h", "double"),
+    ("ath", "double"),
+    ("ath_change_percentage", "double"),
+    ("ath_date", "string"),
+    ("atl", "double"),
+    ("atl_change_percentage", "double"),
+    ("atl_date", "string"),
+    ("roi", "roi"),
+    ("schema_version", "double"),
+)
 DLQ_FIELDS = ("reason", "detail", "payload", "ts", "schema_version")
 
 # --------------------------------------------------------------------------------------------

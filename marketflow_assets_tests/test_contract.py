@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 
 import pyarrow as pa
 import pytest
@@ -221,6 +222,8 @@ def _same_answers(values: list) -> None:
             if expected[name] is not None:
                 expected[name] = epoch + dt.timedelta(microseconds=expected[name])
         assert row == expected, value
+        floats = [repr(v) for v in row.values() if type(v) is float]
+        assert floats == [repr(v) for v in expected.values() if type(v) is float], value  # -0.0
         assert [type(v) for v in row.values()] == [type(v) for v in expected.values()], value
 
 
@@ -316,6 +319,143 @@ def test_batch_form_gives_every_value_the_answer_of_the_single_form():
     mixed = valid + fuzzed + poison
     rng.shuffle(mixed)
     _same_answers(mixed)
+
+
+#: JSON texts a field is given in the batches Arrow's reader reads (below): the literals where
+#: Arrow and json.loads could part - non-finite and overflowing numbers, ``-0``, integers beyond
+#: 64 bits and beyond a double, escapes, nesting, every JSON type.
+_LITERALS = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e400",
+    "-1e400",
+    "9.99e308",
+    "1.7976931348623157e308",
+    "1.7976931348623159e308",
+    "1" + "0" * 400,
+    "1" + "0" * 400 + ".0",
+    "1" + "0" * 300 + "e10",
+    "-0",
+    "-0.0",
+    "0",
+    "0.0",
+    "1E2",
+    "1e-400",
+    "5e-324",
+    "2.2250738585072011e-308",
+    "0.1",
+    "123456789012345678901234567890",
+    "18446744073709551616",
+    "9223372036854775808",
+    "-9223372036854775809",
+    "9007199254740993",
+    "true",
+    "null",
+    '"x"',
+    '"5"',
+    '""',
+    '" "',
+    '"\\u0020btc"',
+    '"btc\\u0009"',
+    '"a\\u0000b"',
+    '"\\ud800"',
+    '"\\ud83d\\ude00"',
+    '"caf\\u00e9"',
+    '"café"',
+    '"2026-03-01T23:58:00Z"',
+    '"2026-03-01T23:58:00.1234567Z"',
+    '"2026-03-01T23:58:00+01:00"',
+    '"2026-02-30T00:00:00Z"',
+    '"2262-04-12T00:00:00Z"',
+    "{}",
+    "[]",
+    "[1, NaN]",
+    '{"times": NaN}',
+    '{"times": 1e400, "currency": "usd"}',
+    '{"times": 1, "currency": "usd", "percentage": -0}',
+    '{"times": 1' + "0" * 400 + "}",
+    '{"times": 1, "other": 2}',
+    "[" * 1100 + "]" * 1100,
+]
+#: The fields those literals go to: the checked ones, carried ones, and one no layout has.
+_LITERAL_FIELDS = [
+    *MESSAGE_STRING_FIELDS,
+    *MESSAGE_NUMERIC_FIELDS,
+    "roi",
+    "ath",
+    "image",
+    "schema_version",
+    "unknown",
+]
+
+
+def _literal_message(rng) -> bytes:
+    """A valid message with one to three fields given a :data:`_LITERALS` text (or a random
+    double in one of its spellings), in one of several JSON spellings."""
+    import struct
+
+    change = {}
+    for name in rng.sample(_LITERAL_FIELDS, rng.choice([1, 1, 2, 3])):
+        change[name] = f"@@{len(change)}"
+    value = encoded(**change)
+    for i in range(len(change)):
+        if rng.random() < 0.3:  # any finite double, spelled as repr, %.17e or %.25g do
+            number = struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0]
+            while not math.isfinite(number):
+                number = struct.unpack("<d", struct.pack("<Q", rng.getrandbits(64)))[0]
+            literal = rng.choice([repr(number), f"{number:.17e}", f"{number:.25g}"])
+        else:
+            literal = rng.choice(_LITERALS)
+        value = value.replace(f'"@@{i}"'.encode(), literal.encode())
+    if rng.random() < 0.3:
+        value = value.replace(b", ", b",")
+    if rng.random() < 0.1:
+        value = value.replace(b"{", b"{\t", 1)
+    if rng.random() < 0.05:
+        value = value.replace(b"}", b', "id": "twice"}', 1) if value.endswith(b"}") else value
+    return value
+
+
+def test_arrows_json_reader_gives_every_value_the_answer_of_the_single_form():
+    """A batch Arrow's JSON reader reads (every value a line of UTF-8 beginning with ``{``)
+    gets the answers parse_value gives - the rows it may not decide left to it - whatever one
+    of its values holds: thousands of messages with literals where Arrow's reading and
+    json.loads' could part, each in a batch of valid messages; Arrow reads most of them (the
+    rest: orjson, as tested above)."""
+    import random
+
+    rng = random.Random(5)
+    schema = raw_arrow_schema()
+    valid = [encoded(id=f"coin-{i}", current_price=1.0 + i) for i in range(20)]
+    read_by_arrow = slow_in_arrow = 0
+    for _ in range(2500):
+        batch = list(valid)
+        batch.insert(rng.randrange(len(batch)), _literal_message(rng))
+        arrow = c._read_arrow(batch, schema)
+        if arrow is not None:
+            read_by_arrow += 1
+            slow_in_arrow += bool(arrow[1])
+        _same_answers(batch)
+    assert read_by_arrow > 500 and slow_in_arrow > 100, (read_by_arrow, slow_in_arrow)
+
+
+def test_arrows_json_reader_reads_a_whole_market_and_the_recorded_coingecko_records(shared_dir):
+    """The layout is the published one: a simulated whole-market poll and CoinGecko's recorded
+    records (every field, ``roi`` objects) are read by Arrow, with parse_value's rows."""
+    from marketflow_assets.ingest.sources import simulate_polls
+    from marketflow_assets.ingest.validate import validate_poll
+
+    schema = raw_arrow_schema()
+    markets = shared_dir / "coingecko" / "markets_top9_2023-03-15_usd.json"
+    ts, records = next(simulate_polls(2000, 3, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), 30, 1))
+    simulated = [m.value_bytes() for m in validate_poll(records, ts).good]
+    recorded = [m.value_bytes() for m in validate_poll(json.loads(markets.read_text()), TS).good]
+    assert any(json.loads(v)["roi"] for v in recorded)
+    for values in (simulated, recorded, simulated + recorded):
+        table, slow = c._read_arrow(values, schema)
+        assert slow == [] and table.num_rows == len(values)
+        _same_answers(values)
 
 
 def _same_refusals(messages: list) -> None:
