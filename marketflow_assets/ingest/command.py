@@ -49,10 +49,12 @@ from marketflow_assets.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
-#: What the first poll's validation imports on first use (``contract.refusals``' column checks:
-#: pyarrow.compute alone took 0.23 s), imported at start-up instead: a fresh ingest acknowledged
-#: its first 15,000-coin poll 0.62-0.67 s after taking it, the next ones 0.19-0.25 s.
-INGEST_PRELOAD = ("pyarrow.compute",)
+#: What the first poll's validation imports on first use, imported at start-up instead:
+#: ``contract.refusals``' column checks use pyarrow.compute (0.23 s to import) and pyarrow's
+#: first array from a Python list imports pandas and its pandas shim (0.2-0.4 s); with
+#: pyarrow.compute alone a fresh ingest still validated its first 15,000-coin poll in 0.29 s
+#: against 0.09-0.10 s for the next ones (docs/PERFORMANCE.md, fifteenth round).
+INGEST_PRELOAD = ("pyarrow.compute", "pandas", "pyarrow.pandas_compat")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

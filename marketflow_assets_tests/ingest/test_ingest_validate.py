@@ -137,3 +137,32 @@ def test_time_parsing_and_formatting():
     assert format_ts(parse_time("2023-03-15T09:49:56.713999Z")) == "2023-03-15T09:49:56.713Z"
     with pytest.raises(ValueError):
         parse_time("15/03/2023")
+
+
+def test_the_first_polls_validation_imports_nothing_left_after_start_up():
+    """What validating a poll imports on first use, ingest imports at start-up
+    (``INGEST_PRELOAD``), so its first poll is not late by the imports: checked in a fresh
+    interpreter, with the start-up's preload."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from datetime import UTC, datetime
+from marketflow_assets.ingest.command import INGEST_PRELOAD
+from marketflow_assets.ingest.sources import MarketSimulator
+from marketflow_assets.ingest.validate import format_ts, validate_poll
+from marketflow_assets.runtime.heap import settle_startup_heap
+settle_startup_heap("test", preload=INGEST_PRELOAD)
+now = datetime.now(UTC)
+records = MarketSimulator(300, 1, 30.0).step(now)
+before = set(sys.modules)
+validated = validate_poll(records, format_ts(now))
+[message.value_bytes() for message in validated.good]
+assert len(validated.good) == 300, len(validated.good)
+print(sorted(name for name in set(sys.modules) - before if "." not in name))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
