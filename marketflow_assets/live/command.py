@@ -20,7 +20,14 @@ from marketflow_assets.settings import (
 logger = logging.getLogger("marketflow.live")
 
 #: What the consumer imports on first use: imported before the start-up heap is settled.
-LIVE_PRELOAD = ("kafka.consumer", "confluent_kafka", "psycopg2", "pyarrow.compute", "pyarrow.csv")
+LIVE_PRELOAD = (
+    "kafka.consumer",
+    "confluent_kafka",
+    "psycopg2",
+    "pyarrow.compute",
+    "pyarrow.csv",
+    "pyarrow.json",  # the record contract's bulk reader (contract._read_arrow)
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
