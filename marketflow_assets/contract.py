@@ -813,8 +813,9 @@ def _finite(array):
 
 def _read_arrow(values: list[bytes], schema):
     """:func:`_read_batch`'s answer for ``values`` (bytes, not empty) read by Arrow's JSON
-    reader - in C++ threads, typing every field, a third of the time of orjson into Python
-    objects and the column checks - or None when Arrow cannot answer: the batch is not
+    reader - typing every field, in C++ threads: half the time of orjson into Python objects
+    and the column checks for the simulated messages, a quarter for CoinGecko's full records
+    (docs/PERFORMANCE.md, fifteenth round) - or None when Arrow cannot answer: the batch is not
     :func:`_plain_batch`, or Arrow refuses it (a field the layout does not have
     (:func:`_arrow_layout`), a value of another type - ``2.0`` as ``market_cap_rank`` too -,
     a key twice, a lone surrogate, any invalid JSON). orjson reads it then.
