@@ -417,7 +417,7 @@ def _literal_message(rng) -> bytes:
     return value
 
 
-def test_arrows_json_reader_gives_every_value_the_answer_of_the_single_form():
+def test_arrows_json_reader_gives_every_value_the_answer_of_the_single_form(monkeypatch):
     """A batch Arrow's JSON reader reads (every value a line of UTF-8 beginning with ``{``)
     gets the answers parse_value gives - the rows it may not decide left to it - whatever one
     of its values holds: thousands of messages with literals where Arrow's reading and
@@ -425,6 +425,7 @@ def test_arrows_json_reader_gives_every_value_the_answer_of_the_single_form():
     rest: orjson, as tested above)."""
     import random
 
+    monkeypatch.setattr(c, "_ARROW_MIN_VALUES", 1)  # these small batches too
     rng = random.Random(5)
     schema = raw_arrow_schema()
     valid = [encoded(id=f"coin-{i}", current_price=1.0 + i) for i in range(20)]
@@ -440,12 +441,15 @@ def test_arrows_json_reader_gives_every_value_the_answer_of_the_single_form():
     assert read_by_arrow > 500 and slow_in_arrow > 100, (read_by_arrow, slow_in_arrow)
 
 
-def test_arrows_json_reader_reads_a_whole_market_and_the_recorded_coingecko_records(shared_dir):
+def test_arrows_json_reader_reads_a_whole_market_and_the_recorded_coingecko_records(
+    shared_dir, monkeypatch
+):
     """The layout is the published one: a simulated whole-market poll and CoinGecko's recorded
     records (every field, ``roi`` objects) are read by Arrow, with parse_value's rows."""
     from marketflow_assets.ingest.sources import simulate_polls
     from marketflow_assets.ingest.validate import validate_poll
 
+    monkeypatch.setattr(c, "_ARROW_MIN_VALUES", 1)  # the recorded records alone too
     schema = raw_arrow_schema()
     markets = shared_dir / "coingecko" / "markets_top9_2023-03-15_usd.json"
     ts, records = next(simulate_polls(2000, 3, dt.datetime(2026, 1, 1, tzinfo=dt.UTC), 30, 1))
