@@ -36,7 +36,7 @@ MESSAGE_NUMERIC_FIELDS = (
 #: The other fields of a CoinGecko ``/coins/markets`` record, which the ingest publishes as they
 #: are (the contract refuses only a NaN or an infinity in them), and ``schema_version``: each
 #: with its JSON type, so that a whole message can be read typed in bulk
-#: (``contract._arrow_layout``; a message with any other field is read field by field instead).
+#: (``contract._arrow_layout``; a batch with a message with any other field is read by orjson).
 MESSAGE_CARRIED_FIELDS: tuple[tuple[str, str], ...] = (
     ("image", "string"),
     ("fully_diluted_valuation", "double"),
