@@ -462,6 +462,25 @@ def test_arrows_json_reader_reads_a_whole_market_and_the_recorded_coingecko_reco
         _same_answers(values)
 
 
+def test_a_large_batch_is_read_by_arrow_and_a_small_one_by_orjson(monkeypatch):
+    """parse_values asks Arrow's reader for a batch of at least ``_ARROW_MIN_VALUES`` messages
+    (and takes its answer), never for a smaller one, whose answers come from orjson's reading."""
+    calls: list[int] = []
+    read_arrow = c._read_arrow
+
+    def spied(values, schema):
+        answer = read_arrow(values, schema)
+        calls.append(answer is not None)
+        return answer
+
+    monkeypatch.setattr(c, "_read_arrow", spied)
+    values = [encoded(id=f"coin-{i}", current_price=1.0 + i) for i in range(c._ARROW_MIN_VALUES)]
+    table, reasons = c.parse_values(values)
+    assert calls == [True] and reasons == [None] * len(values) and table.num_rows == len(values)
+    small, _ = c.parse_values(values[:-1])
+    assert calls == [True] and small == table.slice(0, len(values) - 1)
+
+
 def _same_refusals(messages: list) -> None:
     expected = {}
     for i, m in enumerate(messages):
