@@ -591,15 +591,33 @@ def _arrays(columns: dict, schema) -> tuple[dict, set[int]]:
         for field in schema
         if field.name not in ("ts", "last_updated")
     }
-    arrays["ts"] = _times(_array(columns["ts"], pa.string(), unfit))
-    updated = _array(columns["last_updated"], pa.string(), unfit)
-    arrays["last_updated"] = _times(updated)
-    refused = ~(arrays["current_price"].to_numpy(zero_copy_only=False) > 0)
-    refused |= arrays["ts"].is_null().to_numpy(zero_copy_only=False)
-    refused |= arrays["last_updated"].is_null().to_numpy(
-        zero_copy_only=False
-    ) & updated.is_valid().to_numpy(zero_copy_only=False)
+    arrays["ts"], arrays["last_updated"], refused = _time_columns(
+        _array(columns["ts"], pa.string(), unfit),
+        _array(columns["last_updated"], pa.string(), unfit),
+    )
+    refused |= ~(arrays["current_price"].to_numpy(zero_copy_only=False) > 0)
     return arrays, set(np.flatnonzero(refused).tolist()) | unfit
+
+
+def _time_columns(ts, updated):
+    """``(ts, last_updated, refused)``: the two time columns (Arrow strings) in microseconds
+    (:func:`_times`), and per row (numpy) whether a time the contract requires is missing or
+    unread: ``ts`` null or not read, ``last_updated`` given but not read."""
+    ts_us, updated_us = _times(ts), _times(updated)
+    refused = ts_us.is_null().to_numpy(zero_copy_only=False)
+    refused |= updated_us.is_null().to_numpy(zero_copy_only=False) & updated.is_valid().to_numpy(
+        zero_copy_only=False
+    )
+    return ts_us, updated_us, refused
+
+
+def _raw_table(arrays: dict, schema):
+    """The raw table of ``arrays`` (the raw columns, the times in integer microseconds)."""
+    import pyarrow as pa
+
+    for name in ("ts", "last_updated"):
+        arrays[name] = arrays[name].cast(schema.field(name).type)
+    return pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)
 
 
 def _column_check(objects: list[dict], strict: bool):
@@ -700,7 +718,6 @@ def _read_batch(values: list):
     infinity, so only the types, the price's sign, the times and the integral fields' range
     are left to check, as :func:`_check` does with ``strict``."""
     import numpy as np
-    import pyarrow as pa
 
     from marketflow_assets.schema import raw_arrow_schema
 
@@ -736,11 +753,7 @@ def _read_batch(values: list):
         where = np.asarray(at, dtype=np.int64)[where]
     arrays, kept = _column_check(objects, strict=True)
     slow.update(np.delete(where, kept).tolist())
-    stamp = schema.field("ts").type
-    arrays["ts"] = arrays["ts"].cast(stamp)
-    arrays["last_updated"] = arrays["last_updated"].cast(stamp)
-    table = pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)
-    return table, sorted(slow)
+    return _raw_table(arrays, schema), sorted(slow)
 
 
 # --------------------------------------------------------------------------------------------
@@ -837,7 +850,7 @@ def _read_arrow(values: list[bytes], schema):
     import pyarrow.compute as pc
     import pyarrow.json as pj
 
-    joined = _plain_batch(values) if values else None
+    joined = _plain_batch(values)
     if joined is None:
         return None
     try:
@@ -869,14 +882,11 @@ def _read_arrow(values: list[bytes], schema):
         if name in schema.names and pa.types.is_floating(array.type):
             column = array.to_numpy(zero_copy_only=False)
             good &= ~((column == 0) & np.signbit(column))
-    good &= arrays["ts"].is_valid().to_numpy(zero_copy_only=False)
-    for name in ("ts", "last_updated"):
-        text = arrays[name]
-        micros = _times(text)
-        unread = micros.is_null().to_numpy(zero_copy_only=False)
-        good &= ~(unread & text.is_valid().to_numpy(zero_copy_only=False))
-        arrays[name] = micros.cast(schema.field(name).type)
-    raw = pa.Table.from_arrays([arrays[field.name] for field in schema], schema=schema)
+    arrays["ts"], arrays["last_updated"], unread = _time_columns(
+        arrays["ts"], arrays["last_updated"]
+    )
+    good &= ~unread
+    raw = _raw_table(arrays, schema)
     slow = np.flatnonzero(~good)
     if len(slow):
         raw = raw.filter(pa.array(good))
