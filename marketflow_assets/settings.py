@@ -21,7 +21,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -816,15 +816,13 @@ ENV_LIVE_MAX_BATCH = "MARKETFLOW_LIVE_MAX_BATCH"
 ENV_ARROW_POOL = "ARROW_DEFAULT_MEMORY_POOL"
 ARROW_POOLS = ("system", "mimalloc", "jemalloc")
 
-#: glibc's freed-memory parameters an operator may set for the stream processes themselves
-#: (``runtime/heap.keep_freed_memory`` then leaves them alone).
-MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 
-
-def malloc_set_by_environment(env: Mapping[str, str] | None = None) -> bool:
-    """Whether the environment sets any of :data:`MALLOC_ENV`."""
+def malloc_set_by_environment(names: Iterable[str], env: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment sets any of ``names``: glibc's freed-memory parameters an
+    operator may set for the stream processes themselves (``runtime/heap.keep_freed_memory``
+    then leaves them alone)."""
     env = os.environ if env is None else env
-    return any(name in env for name in MALLOC_ENV)
+    return any(name in env for name in names)
 
 
 @dataclass(frozen=True)

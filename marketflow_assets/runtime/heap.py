@@ -82,7 +82,7 @@ def keep_freed_memory(process: str) -> bool:
     if platform.libc_ver()[0] != "glibc":
         logger.info("%s: not on glibc; the C library's defaults for freed memory stand", process)
         return False
-    if malloc_set_by_environment():
+    if malloc_set_by_environment(KEEP_FREED):
         logger.info("%s: the C library's freed-memory settings from the environment stand", process)
         return False
     libc = ctypes.CDLL(None)
