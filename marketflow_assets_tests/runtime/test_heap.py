@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from marketflow_assets.runtime.heap import KEEP_FREED
+
 REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
@@ -128,7 +130,7 @@ print(json.dumps({"kept": kept, "mapped": during.hblks - before.hblks,
 
 def _freed_memory(env_extra: dict[str, str], mode: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), **env_extra}
-    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
+    for name in KEEP_FREED:  # the operator's settings are the test's own
         if name not in env_extra:
             env.pop(name, None)
     out = subprocess.run(
