@@ -302,17 +302,21 @@ class Database:
             columns = [d.name for d in cur.description]
             return pd.DataFrame(cur.fetchall(), columns=columns)
 
-    def query_csv(self, name: str, **params: Any) -> pd.DataFrame:
+    def query_csv(self, name: str, dtype: Mapping[str, str], **params: Any) -> pd.DataFrame:
         """Like :meth:`query` for long numeric results (a coin's week of candles): the rows
         travel as ``COPY ... TO STDOUT`` CSV (parameters bound by the driver, as in ``execute``)
-        and are parsed by pandas' C reader, exact to the last bit (``round_trip``), instead
-        of one Python object per value."""
+        and are parsed by Arrow's CSV reader into the columns' ``dtype`` (column -> pandas
+        dtype), instead of one Python object per value. Arrow reads every double exactly
+        (correctly rounded, as Python's ``float``: PostgreSQL prints the shortest exact form),
+        ``Infinity``/``NaN`` included; an empty field is NULL (``NaN``), and so is an empty
+        line (a row of one NULL: kept, not skipped as blank). A week of candles parses in
+        ~6 ms where pandas' exact (``round_trip``) C reader took ~45 ms."""
         with self.cursor() as cur:
             statement = cur.mogrify(SQL[name], params).decode()
             buf = io.BytesIO()
             cur.copy_expert(f"COPY ({statement}) TO STDOUT WITH (FORMAT csv, HEADER)", buf)
         buf.seek(0)
-        return pd.read_csv(buf, float_precision="round_trip")
+        return pd.read_csv(buf, engine="pyarrow", dtype=dict(dtype), skip_blank_lines=False)
 
     def scalar(self, name: str, **params: Any) -> Any:
         with self.cursor() as cur:
@@ -424,23 +428,27 @@ def coins(db: Database) -> pd.DataFrame:
     return _times(db.query("coins"), "newest_ts")
 
 
+#: The candles' columns (``SQL["candles"]``) as read from PostgreSQL's CSV.
+CANDLE_DTYPES = {
+    "minute": "float64",  # epoch seconds
+    "open": "float64",
+    "high": "float64",
+    "low": "float64",
+    "close": "float64",
+    "sma_5min": "float64",
+    "ema_3min": "float64",
+    "volatility_5min": "float64",
+    "change_1min": "float64",
+    "change_5min": "float64",
+    "observations": "int64",
+    "total_volume": "float64",
+}
+
+
 def candles(db: Database, coin: str, start: datetime, end: datetime) -> pd.DataFrame:
-    frame = db.query_csv("candles", coin=coin, start=start, end=end)
-    frame["minute"] = pd.to_datetime(frame["minute"].astype("float64"), unit="s", utc=True)
-    frame["observations"] = frame["observations"].astype("int64")
-    return _floats(
-        frame,
-        "open",
-        "high",
-        "low",
-        "close",
-        "sma_5min",
-        "ema_3min",
-        "volatility_5min",
-        "change_1min",
-        "change_5min",
-        "total_volume",
-    )
+    frame = db.query_csv("candles", CANDLE_DTYPES, coin=coin, start=start, end=end)
+    frame["minute"] = pd.to_datetime(frame["minute"], unit="s", utc=True)
+    return frame
 
 
 def latest_rows(

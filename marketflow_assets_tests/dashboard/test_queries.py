@@ -4,7 +4,9 @@ truth from the seeded frames, every statement is servable from an index, errors 
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import psycopg2
 import pytest
 
@@ -77,6 +79,27 @@ def test_candles_are_one_minute_ohlc_of_the_30s_prices(seeded, db):
     assert got["total_volume"].notna().all()
     latest = q.latest_rows(db, coin, start, end, limit=5)
     assert latest["ts"].to_list() == window["ts"].iloc[::-1].head(5).to_list()
+
+
+def test_long_numeric_results_read_every_double_exactly(empty_db, monkeypatch):
+    """``Database.query_csv`` (the candles' route: PostgreSQL's CSV read by Arrow) gives each
+    double PostgreSQL holds bit for bit, as psycopg2's row fetch does: random bit patterns,
+    subnormals, the extremes, -0, infinities, NaN and NULL."""
+    rng = np.random.default_rng(30)
+    values = rng.integers(0, 2**64, 20_000, dtype=np.uint64).view(np.float64)
+    special = [5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 0.1 + 0.2, 1e23,
+               -0.0, math.inf, -math.inf, math.nan, None]  # fmt: skip
+    column = [None if np.isnan(v) else float(v) for v in values] + special
+    monkeypatch.setitem(q.SQL, "doubles", "SELECT x FROM unnest(%(xs)s::float8[]) x")
+    db = q.Database(empty_db)
+    try:
+        got = db.query_csv("doubles", {"x": "float64"}, xs=column)["x"].to_numpy()
+        want = db.query("doubles", xs=column)["x"].to_numpy(dtype="float64")
+    finally:
+        db.close()
+    assert got.dtype == np.float64 and len(got) == len(column)
+    assert (got.view(np.uint64) == want.view(np.uint64)).all()  # NaN and -0 bits included
+    assert np.isnan(got[-2]) and np.isnan(got[-1])  # NaN, and NULL read as NaN
 
 
 def test_coins_lists_every_coin_with_its_newest_row(seeded, db):
