@@ -338,6 +338,9 @@ class Phase:
     #: from the phase's first poll to the drain's end: "marketflow" (``marketflow live``) and
     #: the baselines by name
     cpu_s: dict = field(default_factory=dict)
+    #: poll ts (ISO) -> seconds from it to its acknowledgement ("acked") and to each
+    #: processor's last row committed (saved as ``last-polls.json`` beside ``last-logs``)
+    per_poll: dict = field(default_factory=dict)
 
     def p95(self, watcher: Watcher | None, samples: list[float]) -> float:
         """p95 of ``samples``, infinite when a poll never became visible."""
@@ -425,6 +428,15 @@ def _poll_phase(
             seen - ts.timestamp() for ts, seen in watcher.pg_seen.items()
         ]
     acked = publish_times(log_path, since_ts=True)  # poll ts -> s from it to its acknowledgement
+    watchers = {"marketflow": phase.watcher, "exact": phase.exact, **phase.baselines}
+    watchers = {name: w for name, w in watchers.items() if w is not None}
+    phase.per_poll = {
+        ts.isoformat(): {
+            "acked": acked.get(ts),
+            **{n: w.pg_seen[ts] - ts.timestamp() for n, w in watchers.items() if ts in w.pg_seen},
+        }
+        for ts in sorted(set().union(*(w.pg_seen for w in watchers.values())))
+    }
     phase.samples["after publish"] = [
         seen - ts.timestamp() - acked[ts]
         for ts, seen in phase.watcher.pg_seen.items()
@@ -751,6 +763,9 @@ def run(
         if loop is not None:
             loop.stop()
         clean_up(children, work, scratch)
+        (scratch / "last-polls.json").write_text(
+            json.dumps({str(p.coins): p.per_poll for p in phases}, indent=1)
+        )
 
     totals = [f"{name} total" for name in BASELINE_TABLES]
     for phase in phases:

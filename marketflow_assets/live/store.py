@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 
 from marketflow_assets import indicators as ind
@@ -139,7 +140,9 @@ class LiveStore:
             return 0, 0
         cur.execute("SET LOCAL TIME ZONE 'UTC'; " + _lock_sql("price_indicators"))
         inserted = _insert_new(cur, rows, "price_indicators", INDICATOR_COLS, "_live_indicators")
-        snapshots = [t.to_pydatetime() for t in pd.unique(rows["ts"])]
+        snapshots = list(
+            pd.DatetimeIndex(np.unique(ind.to_ns(rows["ts"])), tz="UTC").to_pydatetime()
+        )
         return inserted, self._write_movers(cur, snapshots)
 
     def _market(self, cur, topic: str, market, next_offsets: Mapping[int, int]) -> None:
@@ -183,10 +186,16 @@ class LiveStore:
         candidates = cur.fetchall()
         if not candidates:  # no 5-minute change yet at these snapshots: no movers
             return 0
-        source = pd.DataFrame(candidates, columns=list(MOVER_INPUT_COLUMNS))
-        source["ts"] = pd.to_datetime(source["ts"], utc=True, cache=False)
-        source["change_5min"] = source["change_5min"].astype("float64")
-        source["price"] = source["price"].astype("float64")
+        values = dict(zip(MOVER_INPUT_COLUMNS, zip(*candidates, strict=True), strict=True))
+        source = pd.DataFrame(
+            {
+                "coin_id": np.array(values["coin_id"], dtype=object),
+                "symbol": np.array(values["symbol"], dtype=object),
+                "ts": pd.to_datetime(values["ts"], utc=True, cache=False),
+                "price": np.array(values["price"], dtype=np.float64),
+                "change_5min": np.array(values["change_5min"], dtype=np.float64),
+            }
+        )
         movers = ind.compute_movers(source)
         if movers.empty:
             return 0
@@ -205,12 +214,15 @@ def _insert_new(cur, rows: pd.DataFrame, table: str, columns, staging: str) -> i
     import psycopg2.errors
     import pyarrow as pa
 
-    frame = rows.loc[:, list(columns)].assign(**{SOURCE_COLUMN: SOURCE_LIVE})
     cols = ", ".join((*columns, SOURCE_COLUMN))
-    # in key order: each row's key lands next to the one before it in the key's B-tree (15,000
-    # rows: 4 ms to sort, 11 ms less in the server)
+    # column by column (pandas' whole-frame conversion and a frame copy to add the source cost
+    # 1.5 ms more a batch, at 250 rows as at 15,000), then in key order: each row's key lands
+    # next to the one before it in the key's B-tree (15,000 rows: 4 ms to sort, 11 ms less in
+    # the server)
+    arrays = [pa.Array.from_pandas(rows[name]) for name in columns]
+    arrays.append(pa.array(np.full(len(rows), SOURCE_LIVE, dtype=object), pa.string()))
     key = [(name, "ascending") for name in TABLES[table][1]]
-    ordered = pa.Table.from_pandas(frame, preserve_index=False, nthreads=1).sort_by(key)
+    ordered = pa.Table.from_arrays(arrays, names=[*columns, SOURCE_COLUMN]).sort_by(key)
     payload = binary_payload(ordered, table)
     cur.execute("SAVEPOINT live_copy")
     try:
