@@ -482,13 +482,29 @@ def publish_times(
     return out
 
 
+def ingest_steps(ingest_log: Path, min_records: int = 0) -> dict[str, list[float]]:
+    """Seconds of each of ingest's steps (validate, spool, queue, publish), poll by poll, from
+    the acknowledgement lines of ``ingest_log`` (polls of at least ``min_records`` records)."""
+    out: dict[str, list[float]] = {}
+    if not ingest_log.exists():
+        return out
+    for line in ingest_log.read_text(errors="replace").splitlines():
+        match = _INGEST_LINE.search(line)
+        if match and int(match.group(2)) >= min_records and match.group(5):
+            for name, seconds in _INGEST_STEP.findall(match.group(5)):
+                out.setdefault(name, []).append(float(seconds))
+    return out
+
+
 #: ingest's line per poll (``collector.py``): "poll <ts>: <good> + <dead letters> acknowledged
-#: ... (<s> s after it was taken[, <s> s after its ts])" -- validate, spool and publish until
-#: acknowledged; then the same from the poll's ``ts`` (the source's fetch or simulation too)
+#: ... (<s> s after it was taken[, <s> s after its ts][: validate <s>, spool <s>, queue <s>,
+#: publish <s>])" -- validate, spool and publish until acknowledged; then the same from the
+#: poll's ``ts`` (the source's fetch or simulation too); then the steps one by one
 _INGEST_LINE = re.compile(
     r"poll (\S+): (\d+) \+ \d+ acknowledged.*\(([\d.]+) s after it was taken"
-    r"(?:, ([\d.]+) s after its ts)?\)$"
+    r"(?:, ([\d.]+) s after its ts)?(?:: ([^)]*))?\)$"
 )
+_INGEST_STEP = re.compile(r"(\w+) ([\d.]+)")
 _FOLLOW_LINE = re.compile(r"in ([\d.]+) s \(file seen ([\d.]+) s after its newest ts\)")
 
 
@@ -504,6 +520,8 @@ def breakdown(logs: Path, phase: Phase, spark_text: str) -> list[list[str]]:
 
     publish = list(publish_times(logs / f"ingest-{phase.coins}.log", phase.coins).values())
     rows.append(["ingest: validate + spool + publish (acks=all)", med(publish)])
+    for name, seconds in ingest_steps(logs / f"ingest-{phase.coins}.log", phase.coins).items():
+        rows.append([f"  ingest: {name}", med(seconds)])
     batches = []
     for line in spark_text.splitlines():
         if "micro-batch {" in line:

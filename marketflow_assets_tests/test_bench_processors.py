@@ -9,7 +9,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from benchmarks.latency import cpu_seconds, publish_times
+from benchmarks.latency import cpu_seconds, ingest_steps, publish_times
 
 
 def test_publish_times_are_read_per_poll_from_ingests_log(tmp_path):
@@ -21,13 +21,16 @@ def test_publish_times_are_read_per_poll_from_ingests_log(tmp_path):
         "250 + 0 acknowledged (0.01 s after it was taken)\n"
         "04:54:01 INFO marketflow_assets.ingest.collector: poll 2026-12-06T04:54:01.532Z: "
         "249 + 1 acknowledged, 1 NOT acknowledged (0.42 s after it was taken, 0.61 s after its "
-        "ts)\n"
+        "ts: validate 0.10, spool 0.02, queue 0.00, publish 0.30)\n"
     )
     first = datetime(2026, 12, 6, 4, 53, 59, 532000, tzinfo=UTC)
     second = datetime(2026, 12, 6, 4, 54, 1, 532000, tzinfo=UTC)
     assert publish_times(log) == {first: 0.01, second: 0.42}
     assert publish_times(log, min_records=250) == {first: 0.01}  # whole polls (the breakdown)
     assert publish_times(log, since_ts=True) == {second: 0.61}  # a poll of the line's age only
+    steps = {"validate": [0.10], "spool": [0.02], "queue": [0.0], "publish": [0.30]}
+    assert ingest_steps(log) == steps  # the lines that name them
+    assert ingest_steps(log, min_records=250) == {}
 
 
 def test_cpu_seconds_count_a_process_and_its_children():

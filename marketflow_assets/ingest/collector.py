@@ -98,6 +98,7 @@ class Collector:
                 poll.error,
             )
         validated = validate_poll(poll.records, poll.ts)
+        steps = {"validated": time.monotonic()}
         for message in validated.bad:
             log.warning(
                 "poll %s: rejected %s: %s (%s)",
@@ -106,7 +107,8 @@ class Collector:
                 message.value["reason"],
                 message.value["detail"],
             )
-        for ready in self.delivery.spool_poll(Pending(validated, poll, taken=taken)):
+        for ready in self.delivery.spool_poll(Pending(validated, poll, taken=taken, steps=steps)):
+            ready.steps.setdefault("spooled", time.monotonic())
             self._record_spooled(ready)
             sender.submit(ready)
         if poll.error:
@@ -183,7 +185,8 @@ class Collector:
                 " (kept in the spool)" if pending.spooled and self.spool is not None else "",
                 result.failures[0],
             )
-        took = time.monotonic() - pending.taken
+        now = time.monotonic()
+        took = now - pending.taken
         self.metrics.poll_published(
             result.good_acked,
             result.bad_acked,
@@ -193,14 +196,16 @@ class Collector:
             spooled=bool(result.failures) and waits and pending.spooled,
         )
         age = poll_age(poll.ts)
+        steps = pending.step_times(now)
         log.info(
-            "poll %s: %d + %d acknowledged%s (%.2f s after it was taken%s)",
+            "poll %s: %d + %d acknowledged%s (%.2f s after it was taken%s%s)",
             poll.ts,
             result.good_acked,
             result.bad_acked,
             f", {len(result.failures)} NOT acknowledged" if result.failures else "",
             took,
             f", {age:.2f} s after its ts" if age is not None else "",
+            f": {steps}" if steps else "",
         )
 
     # -- the end ----------------------------------------------------------------------------

@@ -353,9 +353,10 @@ def test_an_acknowledged_poll_says_how_long_ingest_took_and_since_its_ts(
     tmp_path, settings, ingest_args, topic_reader, caplog, monkeypatch
 ):
     """The acknowledgement line counts validation, spool and publish ("after it was taken") and,
-    for a poll taken just now, the seconds since its ``ts`` (the source's time too); the latency
-    benchmark reads both from it. A replayed poll (an old ``ts``) gets no age."""
-    from benchmarks.latency import publish_times
+    for a poll taken just now, the seconds since its ``ts`` (the source's time too), then each
+    step's seconds; the latency benchmark reads them from it. A replayed poll (an old ``ts``)
+    gets no age."""
+    from benchmarks.latency import ingest_steps, publish_times
     from marketflow_assets.ingest import collector
 
     validate = collector.validate_poll
@@ -377,6 +378,10 @@ def test_an_acknowledged_poll_says_how_long_ingest_took_and_since_its_ts(
     (ts, took), age = next(iter(taken.items())), since_ts[next(iter(taken))]
     assert 0.4 <= took <= age <= after - ts.timestamp() + 0.01
     assert ts.timestamp() >= before - 0.01
+    steps = {name: seconds for name, (seconds,) in ingest_steps(log).items()}
+    assert list(steps) == ["validate", "spool", "queue", "publish"], caplog.text
+    assert steps["validate"] >= 0.4 > steps["spool"] + steps["queue"] + steps["publish"]
+    assert abs(sum(steps.values()) - took) <= 0.03  # the steps add up (two-decimal rounding)
 
     caplog.clear()
     polls = list(simulate_polls(5, seed=3, start=START, interval_s=30, count=1))
