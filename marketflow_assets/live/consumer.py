@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,6 +78,19 @@ def parse_records(values: list) -> tuple[pd.DataFrame, pa.Table, list[str | None
         table = table.filter(pa.array(valid, type=pa.bool_()))
     frame = table.select(_COLUMNS).to_pandas(coerce_temporal_nanoseconds=True)
     return frame, table, reasons
+
+
+@dataclass
+class _Computed:
+    """A batch computed and not yet handed to the writer (:meth:`LiveConsumer.compute`)."""
+
+    records: kafka_client.Fetched
+    rows: pd.DataFrame
+    state: ind.LiveState
+    skipped: pd.DataFrame
+    market: pa.Table
+    reasons: list[str | None]
+    started: float
 
 
 @dataclass
@@ -209,6 +223,9 @@ class LiveConsumer:
         self._unstored: list[tuple[pa.Table, dict[int, int]]] = []
         self._unstored_since = 0.0
         self.writer = _Writer(self._write, self._write_market)
+        #: the kafka-python consumer's metadata requests made while a batch is computed (the
+        #: consumer is used by one thread at a time: this one, or the caller's between them)
+        self._metadata = ThreadPoolExecutor(1, thread_name_prefix="live-metadata")
         self.assigned: set[int] = set()
         self._assigned_topic_id: str | None = None
 
@@ -380,12 +397,24 @@ class LiveConsumer:
     def process(self, records: kafka_client.Fetched) -> None:
         """Compute one batch and hand it to the writer (one transaction); the state moves on
         (the next batch continues from it; see the module docstring)."""
+        self.submit(self.compute(records))
+
+    def compute(self, records: kafka_client.Fetched) -> _Computed:
+        """One batch's rows and the state they lead to (pure: nothing moves until
+        :meth:`submit`)."""
         started = time.perf_counter()
         frame, market, reasons = parse_records(records.values)
-        invalid = len(reasons) - len(frame)
-        if invalid:
-            logger.debug("live: invalid record(s) by reason: %s", Counter(filter(None, reasons)))
         rows, state, skipped = ind.advance_indicators(self.state, frame)
+        return _Computed(records, rows, state, skipped, market, reasons, started)
+
+    def submit(self, batch: _Computed) -> None:
+        """Hand a computed batch to the writer; the state moves on to the one it leads to."""
+        invalid = len(batch.reasons) - len(batch.market)
+        if invalid:
+            logger.debug(
+                "live: invalid record(s) by reason: %s", Counter(filter(None, batch.reasons))
+            )
+        skipped = batch.skipped
         if len(skipped):
             logger.debug(
                 "live: %d record(s) not newer than their coin's last row (late or duplicate; "
@@ -393,10 +422,17 @@ class LiveConsumer:
                 len(skipped),
                 skipped.head(5)[["id", "ts"]].to_dict("records"),
             )
+        records = batch.records
         self.writer.submit(
-            rows, records.next_offsets, market, len(records), len(skipped), invalid, started
+            batch.rows,
+            records.next_offsets,
+            batch.market,
+            len(records),
+            len(skipped),
+            invalid,
+            batch.started,
         )
-        self.state = state
+        self.state = batch.state
 
     def _write(self, rows, next_offsets, market, records, skipped, invalid, started) -> None:
         """The writer thread's part of one batch: its indicator transaction, its price alerts
@@ -464,15 +500,25 @@ class LiveConsumer:
             if self.check_recreated():
                 continue
             records = self.poll_batch()
-            if records and self.check_recreated(fresh=True):
+            if not records:
+                continue
+            # the broker's view of the topic, asked for while the batch is computed (a round
+            # trip of 2-30 ms under load, which came before the computation)
+            asked = self._metadata.submit(self.consumer.topics)
+            try:
+                batch = self.compute(records)
+            finally:
+                asked.result()  # the broker's answer, or its error
+            if self.check_recreated():
                 # fetched at offsets of the old topic - in the new one they may skip records
                 # that later ones would then make look late: read again from the beginning
+                # (the computed batch is dropped: nothing moved)
                 continue
-            if records:
-                self.process(records)
+            self.submit(batch)
 
     def close(self) -> None:
         try:
+            self._metadata.shutdown(wait=True)
             self.writer.close()
             self.fetcher.close()
             self.consumer.close()

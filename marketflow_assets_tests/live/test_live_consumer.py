@@ -116,7 +116,7 @@ def test_an_idle_consumer_polls_once_a_second_and_a_record_ends_the_wait(
 def test_the_topic_check_before_each_batch_does_not_wait_out_a_refresh_backoff(
     kafka_bootstrap, new_topic, pg_clean
 ):
-    """Before computing each fetched batch the consumer asks the broker for the topic's id
+    """While it computes each fetched batch the consumer asks the broker for the topic's id
     (``check_recreated(fresh=True)``: a recreated topic is read again from the beginning).
     kafka-python's cluster view holds back a refresh until 100 ms after the last one, so at the
     whole market (a batch every 0.1-0.2 s) each check waited 50-100 ms for a 2 ms round trip;
@@ -137,6 +137,34 @@ def test_the_topic_check_before_each_batch_does_not_wait_out_a_refresh_backoff(
     finally:
         consumer.close()
     assert elapsed < 0.6, f"8 topic checks took {elapsed:.2f} s"
+
+
+def test_a_batch_computed_while_the_topic_turns_out_recreated_is_dropped_and_read_again(
+    kafka_bootstrap, new_topic, pg_clean
+):
+    """The broker's view of the topic is asked for while each fetched batch is computed; when it
+    says the topic was recreated (a new topic id), the computed batch is not written and the
+    state does not move: every partition is read again from the beginning (rows already stored
+    are skipped) and the result equals a full recompute. The new id is the one thing faked:
+    deleting a topic under a running librdkafka fetcher crashes it (a known limit)."""
+    topic = new_topic("live", partitions=2)
+    rows = in_poll_order(irregular_rows(seed=8, coins=6, polls=30))
+    polls = sorted({r[2] for r in rows})
+    head = [r for r in rows if r[2] <= polls[14]]
+    computed, submitted = [], []
+    with running_consumer(kafka_bootstrap, topic, pg_clean) as consumer:
+        n = publish(kafka_bootstrap, topic, head)
+        wait_for(lambda: consumed_all(pg_clean, topic, n), what="the first half")
+        compute, submit, topic_id = consumer.compute, consumer.submit, consumer._topic_id
+        consumer.compute = lambda records: computed.append(len(records)) or compute(records)
+        consumer.submit = lambda batch: submitted.append(len(batch.records)) or submit(batch)
+        consumer._topic_id = lambda: f"{topic_id()}-recreated"  # from now on
+        n += publish(kafka_bootstrap, topic, [r for r in rows if r[2] > polls[14]])
+        wait_for(lambda: consumed_all(pg_clean, topic, n), what="the second half")
+    assert submitted and len(computed) == len(submitted) + 1, (computed, submitted)
+    assert sum(submitted) == len(rows)  # the partitions were read again from the beginning
+    assert sum(stored_offsets(pg_clean, topic).values()) == len(rows)
+    assert_equal_to_full_recompute(pg_clean, rows)
 
 
 def test_a_failed_write_drops_the_batches_computed_after_it(kafka_bootstrap, new_topic, pg_clean):
