@@ -35,7 +35,7 @@ import pandas as pd
 from marketflow_assets import contract, kafka_client
 from marketflow_assets import indicators as ind
 from marketflow_assets.live.alerting import LiveAlerts
-from marketflow_assets.live.store import LiveStore
+from marketflow_assets.live.store import LiveStore, snapshot_times
 from marketflow_assets.market import RAW_SOURCE_COLUMNS
 from marketflow_assets.settings import KafkaSecurity
 
@@ -159,6 +159,12 @@ class _Writer:
             finally:
                 if done is not None:
                     done()
+
+    def waiting(self) -> tuple | None:
+        """The batch waiting to be written next (its ``submit`` arguments), if any."""
+        with self._queue.mutex:
+            item = self._queue.queue[0] if self._queue.queue else None
+        return item if isinstance(item, tuple) else None
 
     def check(self) -> None:
         """Raise the error of a failed write, if any (then nothing more was written)."""
@@ -438,8 +444,15 @@ class LiveConsumer:
         """The writer thread's part of one batch: its indicator transaction, its price alerts
         and its log line; its market data and offsets follow once no batch came for a while
         (:meth:`_write_market`, :data:`QUIET_SECONDS`), so a poll's last rows are not held up
-        by its first ones'."""
-        inserted, movers = self.store.write_indicators(rows)
+        by its first ones'. The movers of its snapshots are left to the next batch when that
+        one is already waiting with rows of every one of them (a whole-market poll comes in
+        several batches: only the last one's ranking of the snapshot counts, and each ranking
+        reads the snapshot's rows so far)."""
+        waiting = self.writer.waiting()
+        superseded = waiting is not None and set(snapshot_times(rows)) <= set(
+            snapshot_times(waiting[0])
+        )
+        inserted, movers = self.store.write_indicators(rows, movers=not superseded)
         self.alerting.after_batch(self.store.conn, rows)
         if not self._unstored:
             self._unstored_since = time.monotonic()

@@ -117,15 +117,16 @@ class LiveStore:
             self._market(cur, topic, market, next_offsets)
         return counts
 
-    def write_indicators(self, rows: pd.DataFrame) -> tuple[int, int]:
+    def write_indicators(self, rows: pd.DataFrame, movers: bool = True) -> tuple[int, int]:
         """One transaction: insert ``rows`` (source 'live'; an existing row - Dagster's - wins)
         and recompute ``market_movers`` for every snapshot ``ts`` of ``rows`` from the table's
-        rows at that ``ts`` (snapshots Dagster already wrote movers for are left to Dagster).
+        rows at that ``ts`` (snapshots Dagster already wrote movers for are left to Dagster;
+        none when not ``movers``: the caller writes rows of every one of these snapshots next).
         The offsets do not move: a consumer that stops before :meth:`write_market` reads these
         records again, and ``advance_indicators`` skips them (not newer than their coin's last
         row). Returns (indicator rows inserted, mover rows written)."""
         with self.conn, self.conn.cursor() as cur:
-            return self._indicators(cur, rows)
+            return self._indicators(cur, rows, movers)
 
     def write_market(self, topic: str, market, next_offsets: Mapping[int, int]) -> None:
         """One transaction: move ``coin_market`` on to the newest records of ``market`` (raw
@@ -135,14 +136,14 @@ class LiveStore:
         with self.conn, self.conn.cursor() as cur:
             self._market(cur, topic, market, next_offsets)
 
-    def _indicators(self, cur, rows: pd.DataFrame) -> tuple[int, int]:
+    def _indicators(self, cur, rows: pd.DataFrame, movers: bool = True) -> tuple[int, int]:
         if not len(rows):
             return 0, 0
         cur.execute("SET LOCAL TIME ZONE 'UTC'; " + _lock_sql("price_indicators"))
         inserted = _insert_new(cur, rows, "price_indicators", INDICATOR_COLS, "_live_indicators")
-        snapshots = list(
-            pd.DatetimeIndex(np.unique(ind.to_ns(rows["ts"])), tz="UTC").to_pydatetime()
-        )
+        if not movers:
+            return inserted, 0
+        snapshots = list(pd.DatetimeIndex(snapshot_times(rows), tz="UTC").to_pydatetime())
         return inserted, self._write_movers(cur, snapshots)
 
     def _market(self, cur, topic: str, market, next_offsets: Mapping[int, int]) -> None:
@@ -200,6 +201,12 @@ class LiveStore:
         if movers.empty:
             return 0
         return _insert_new(cur, movers, "market_movers", MOVER_COLS, "_live_movers")
+
+
+def snapshot_times(rows: pd.DataFrame):
+    """The distinct ``ts`` of indicator ``rows`` (int64 ns, ascending): the snapshots whose
+    movers a write of them recomputes."""
+    return np.unique(ind.to_ns(rows["ts"]))
 
 
 def _insert_new(cur, rows: pd.DataFrame, table: str, columns, staging: str) -> int:

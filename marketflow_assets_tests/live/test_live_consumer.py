@@ -167,6 +167,56 @@ def test_a_batch_computed_while_the_topic_turns_out_recreated_is_dropped_and_rea
     assert_equal_to_full_recompute(pg_clean, rows)
 
 
+def test_a_poll_in_several_batches_ranks_its_movers_once_the_last_one_is_written(
+    kafka_bootstrap, new_topic, pg_clean
+):
+    """When the next batch is already waiting with rows of every snapshot of the one being
+    written (a whole-market poll comes in several batches), that write leaves the snapshot's
+    movers to it: the movers are ranked once, over all of the snapshot's rows, and equal a full
+    recompute. A batch with no such successor ranks its own."""
+    topic = new_topic("live", partitions=1)
+    rows = in_poll_order(irregular_rows(seed=6, coins=12, polls=30))
+    polls = sorted({r[2] for r in rows})
+    head = [r for r in rows if r[2] < polls[-1]]
+    last = [r for r in rows if r[2] == polls[-1]]
+    calls: list[tuple[int, bool]] = []
+    gate, queued = threading.Event(), threading.Event()
+    with running_consumer(kafka_bootstrap, topic, pg_clean) as consumer:
+        n = publish(kafka_bootstrap, topic, head)
+        wait_for(lambda: consumed_all(pg_clean, topic, n), what="the polls before the last")
+        write, write_indicators = consumer.writer._write, consumer.store.write_indicators
+        submit = consumer.writer.submit
+
+        def held_write(*args):  # the last poll's first part waits until its rest is queued
+            gate.wait(60)
+            return write(*args)
+
+        def counted(rows, movers=True):
+            calls.append((len(rows), movers))
+            return write_indicators(rows, movers=movers)
+
+        def noted_submit(*args):
+            submit(*args)
+            if len(args[0]) < len(last):  # a part of the last poll was handed over
+                queued.set()
+
+        consumer.writer._write = held_write
+        consumer.store.write_indicators = counted
+        consumer.writer.submit = noted_submit
+        half = len(last) // 2
+        n += publish(kafka_bootstrap, topic, last[:half])
+        wait_for(queued.is_set, what="the first part handed to the writer")
+        queued.clear()
+        n += publish(kafka_bootstrap, topic, last[half:])
+        wait_for(lambda: consumer.writer.waiting() is not None, what="the rest waiting")
+        gate.set()
+        wait_for(lambda: consumed_all(pg_clean, topic, n), what="the last poll")
+    assert sum(n for n, _ in calls) == len(last), calls  # the last poll's parts, in order
+    assert calls[0][1] is False, calls  # held until the rest waited behind it: left to it
+    assert calls[-1][1] is True, calls  # nothing behind the last part: ranked there
+    assert_equal_to_full_recompute(pg_clean, rows)
+
+
 def test_a_failed_write_drops_the_batches_computed_after_it(kafka_bootstrap, new_topic, pg_clean):
     """Batches are computed while the one before is written (a writer thread): when that write
     fails (its PostgreSQL connection is terminated), nothing computed after it is written, the
