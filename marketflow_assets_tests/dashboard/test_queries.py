@@ -50,27 +50,30 @@ def test_latest_snapshot_movers_and_tiles(seeded, db):
     assert tiles.decliners == int((at["change_5min"] < 0).sum())
 
 
-def test_candles_are_one_minute_ohlc_of_the_30s_prices(seeded, db):
+@pytest.mark.parametrize("span", ["15 min", "7 days"])
+def test_candles_are_one_minute_ohlc_of_the_30s_prices(seeded, db, span):
     _url, raw, indicators, _movers = seeded
     coin = "coin-05"
     rows = indicators[indicators["coin_id"] == coin].sort_values("ts")
     end = rows["ts"].max()
-    start = end - q.RANGES["15 min"]
+    start = end - q.RANGES[span]
     got = q.candles(db, coin, start, end)
     window = rows[(rows["ts"] > start) & (rows["ts"] <= end)]
     minute = window["ts"].dt.floor("min")
+    at_close = ("sma_5min", "ema_3min", "volatility_5min", "change_1min", "change_5min")
     want = window.groupby(minute).agg(
         open=("price", "first"),
         high=("price", "max"),
         low=("price", "min"),
         close=("price", "last"),
-        sma_5min=("sma_5min", "last"),
-        volatility_5min=("volatility_5min", "last"),
         observations=("price", "size"),
+        **{name: (name, lambda x: x.iloc[-1]) for name in at_close},  # NaN kept
     )
+    assert list(got.columns) == ["minute", "open", "high", "low", "close", *at_close,
+                                 "observations", "total_volume"]  # fmt: skip
     assert got["minute"].to_list() == want.index.to_list()
-    for col in ("open", "high", "low", "close", "sma_5min"):
-        assert got[col].to_list() == want[col].to_list(), col
+    for col in ("open", "high", "low", "close", *at_close):  # exact doubles, NaN where NULL
+        assert got[col].to_numpy().tobytes() == want[col].to_numpy("float64").tobytes(), col
     assert got["observations"].to_list() == want["observations"].to_list()
     # the volume pane: CoinGecko's 24 h volume as recorded at each minute's close
     close_ts = window.groupby(minute)["ts"].max()
