@@ -107,7 +107,8 @@ SQL: dict[str, str] = {
         ORDER BY m.market_cap_rank NULLS LAST, p.coin_id""",
     # The last hour of prices of a few coins (the market table's sparklines).
     "sparklines": """
-        SELECT coin_id, ts, price FROM price_indicators
+        SELECT coin_id, (extract(epoch FROM ts) * 1000000)::int8 AS ts_us, price
+        FROM price_indicators
         WHERE coin_id = ANY(%(coins)s) AND ts > %(start)s AND ts <= %(end)s
         ORDER BY coin_id, ts""",
     # the poll times of the coin of the newest row over a window (the warm-up states): one
@@ -293,20 +294,35 @@ class Database:
             return pd.DataFrame(cur.fetchall(), columns=columns)
 
     def query_csv(self, name: str, dtype: Mapping[str, str], **params: Any) -> pd.DataFrame:
-        """Like :meth:`query` for long numeric results (a coin's week of candles): the rows
-        travel as ``COPY ... TO STDOUT`` CSV (parameters bound by the driver, as in ``execute``)
-        and are parsed by Arrow's CSV reader into the columns' ``dtype`` (column -> pandas
-        dtype), instead of one Python object per value. Arrow reads every double exactly
-        (correctly rounded, as Python's ``float``: PostgreSQL prints the shortest exact form),
-        ``Infinity``/``NaN`` included; an empty field is NULL (``NaN``), and so is an empty
-        line (a row of one NULL: kept, not skipped as blank). A week of candles parses in
-        ~6 ms where pandas' exact (``round_trip``) C reader took ~45 ms."""
+        """Like :meth:`query` for long results (a coin's week of candles, the sparklines): the
+        rows travel as ``COPY ... TO STDOUT`` CSV (parameters bound by the driver, as in
+        ``execute``) and are parsed by Arrow's CSV reader as ``dtype`` says (column ->
+        ``"float64"``, ``"int64"`` or ``"str"``; every column of the statement), instead of one
+        Python object per value. Arrow reads every double exactly (correctly rounded, as
+        Python's ``float``: PostgreSQL prints the shortest exact form), ``Infinity``/``NaN``
+        included. NULLs as PostgreSQL writes them: an unquoted empty field is NULL (``NaN``,
+        ``None`` for text), a quoted one the empty text, and an empty line a row of one NULL
+        (kept, not skipped as blank). A week of candles parses in ~6 ms where pandas' exact
+        (``round_trip``) C reader took ~45 ms."""
+        import pyarrow as pa
+        from pyarrow import csv
+
         with self.cursor() as cur:
             statement = cur.mogrify(SQL[name], params).decode()
             buf = io.BytesIO()
             cur.copy_expert(f"COPY ({statement}) TO STDOUT WITH (FORMAT csv, HEADER)", buf)
         buf.seek(0)
-        return pd.read_csv(buf, engine="pyarrow", dtype=dict(dtype), skip_blank_lines=False)
+        kinds = {"float64": pa.float64(), "int64": pa.int64(), "str": pa.string()}
+        table = csv.read_csv(
+            buf,
+            parse_options=csv.ParseOptions(ignore_empty_lines=False),
+            convert_options=csv.ConvertOptions(
+                column_types={column: kinds[kind] for column, kind in dtype.items()},
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        return table.to_pandas()
 
     def scalar(self, name: str, **params: Any) -> Any:
         with self.cursor() as cur:
@@ -392,8 +408,15 @@ SPARKLINE_COINS = 100
 def sparklines(db: Database, coins: list[str], end: datetime) -> pd.DataFrame:
     """``coin_id``, ``ts``, ``price`` of ``coins`` over the hour before ``end``."""
     start = pd.Timestamp(end) - timedelta(hours=1)
-    frame = db.query("sparklines", coins=list(coins), start=start, end=end)
-    return _floats(_times(frame, "ts"), "price")
+    frame = db.query_csv(
+        "sparklines",
+        {"coin_id": "str", "ts_us": "int64", "price": "float64"},
+        coins=list(coins),
+        start=start,
+        end=end,
+    )
+    ts = pd.to_datetime(frame.pop("ts_us"), unit="us", utc=True)
+    return frame.assign(ts=ts).loc[:, ["coin_id", "ts", "price"]]
 
 
 #: How far back the warm-up states look (the forecasts' first training needs well under that).

@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import psycopg2
 import pytest
 
@@ -103,6 +104,39 @@ def test_long_numeric_results_read_every_double_exactly(empty_db, monkeypatch):
     assert got.dtype == np.float64 and len(got) == len(column)
     assert (got.view(np.uint64) == want.view(np.uint64)).all()  # NaN and -0 bits included
     assert np.isnan(got[-2]) and np.isnan(got[-1])  # NaN, and NULL read as NaN
+
+
+def test_long_text_results_read_every_text_as_it_is(empty_db, monkeypatch):
+    """Text through ``Database.query_csv``: digits stay text ("007"), the empty text stays
+    empty and NULL is None (as psycopg2 fetches them), commas, quotes, newlines and non-ASCII
+    as they are; a column of one NULL per row keeps every row."""
+    texts = ["007", "1inch", "", None, "a,b", 'say "hi"', "two\nlines", "été", " padded "]
+    monkeypatch.setitem(q.SQL, "texts", "SELECT t FROM unnest(%(ts)s::text[]) t")
+    db = q.Database(empty_db)
+    try:
+        got = db.query_csv("texts", {"t": "str"}, ts=texts)["t"].to_list()
+        assert got == db.query("texts", ts=texts)["t"].to_list() == texts
+        nulls = db.query_csv("texts", {"t": "str"}, ts=[None, None, None])["t"].to_list()
+    finally:
+        db.close()
+    assert nulls == [None, None, None]
+
+
+def test_sparklines_are_each_coins_last_hour(seeded, db):
+    indicators = seeded[2]
+    coins = ["coin-01", "coin-04"]
+    end = indicators["ts"].max()
+    got = q.sparklines(db, coins, end)
+    window = indicators[
+        indicators["coin_id"].isin(coins)
+        & (indicators["ts"] > end - pd.Timedelta(hours=1))
+        & (indicators["ts"] <= end)
+    ].sort_values(["coin_id", "ts"])
+    assert len(got) > 20 and list(got.columns) == ["coin_id", "ts", "price"]
+    assert str(got["ts"].dtype) == "datetime64[ns, UTC]"
+    assert got["coin_id"].to_list() == window["coin_id"].to_list()
+    assert got["ts"].to_list() == window["ts"].to_list()  # to the microsecond
+    assert got["price"].to_list() == window["price"].to_list()  # exact doubles
 
 
 def test_coins_lists_every_coin_with_its_newest_row(seeded, db):
