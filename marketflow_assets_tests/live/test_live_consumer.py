@@ -156,9 +156,16 @@ def test_a_batch_computed_while_the_topic_turns_out_recreated_is_dropped_and_rea
         n = publish(kafka_bootstrap, topic, head)
         wait_for(lambda: consumed_all(pg_clean, topic, n), what="the first half")
         compute, submit, topic_id = consumer.compute, consumer.submit, consumer._topic_id
-        consumer.compute = lambda records: computed.append(len(records)) or compute(records)
+        fetched = threading.Event()  # the new id shows once a batch of the rest is computed
+
+        def counted_compute(records):
+            computed.append(len(records))
+            fetched.set()
+            return compute(records)
+
+        consumer.compute = counted_compute
         consumer.submit = lambda batch: submitted.append(len(batch.records)) or submit(batch)
-        consumer._topic_id = lambda: f"{topic_id()}-recreated"  # from now on
+        consumer._topic_id = lambda: f"{topic_id()}-recreated" if fetched.is_set() else topic_id()
         n += publish(kafka_bootstrap, topic, [r for r in rows if r[2] > polls[14]])
         wait_for(lambda: consumed_all(pg_clean, topic, n), what="the second half")
     assert submitted and len(computed) == len(submitted) + 1, (computed, submitted)
