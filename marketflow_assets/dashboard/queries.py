@@ -452,9 +452,8 @@ CANDLE_ROW_DTYPES = {
     "change_5min": "float64",
     "total_volume": "float64",
 }
-#: What a candle carries of the row at its close.
-_AT_CLOSE = ("close", "sma_5min", "ema_3min", "volatility_5min", "change_1min", "change_5min",
-             "total_volume")  # fmt: skip
+#: What a candle carries of the row at its close, besides its price.
+_AT_CLOSE = ("sma_5min", "ema_3min", "volatility_5min", "change_1min", "change_5min")
 _MINUTE_US = 60_000_000
 
 
@@ -467,19 +466,21 @@ def candles(db: Database, coin: str, start: datetime, end: datetime) -> pd.DataF
     a week is 20,160 rows into 10,080 candles."""
     rows = db.query_csv("candles", CANDLE_ROW_DTYPES, coin=coin, start=start, end=end)
     minute = rows["ts_us"].to_numpy() // _MINUTE_US  # floor: also before 1970
-    first = np.flatnonzero(np.diff(minute, prepend=minute[:1] - 1)) if len(rows) else minute
-    last = np.append(first[1:], len(rows)) - 1
+    first = np.flatnonzero(np.diff(minute, prepend=minute[:1] - 1))  # each minute's first row
+    last = np.flatnonzero(np.diff(minute, append=minute[-1:] + 1))  # ... and last row
     price = rows["price"].to_numpy()
-    columns = {
-        "minute": pd.to_datetime(minute[first] * _MINUTE_US, unit="us", utc=True),
-        "open": price[first],
-        "high": np.maximum.reduceat(price, first) if len(rows) else price,
-        "low": np.minimum.reduceat(price, first) if len(rows) else price,
-        **{name: rows["price" if name == "close" else name].to_numpy()[last] for name in _AT_CLOSE},
-        "observations": (last - first + 1).astype("int64"),
-    }
-    order = ["minute", "open", "high", "low", *_AT_CLOSE[:6], "observations", "total_volume"]
-    return pd.DataFrame({name: columns[name] for name in order})
+    return pd.DataFrame(
+        {
+            "minute": pd.to_datetime(minute[first] * _MINUTE_US, unit="us", utc=True),
+            "open": price[first],
+            "high": np.maximum.reduceat(price, first),
+            "low": np.minimum.reduceat(price, first),
+            "close": price[last],
+            **{name: rows[name].to_numpy()[last] for name in _AT_CLOSE},
+            "observations": (last - first + 1).astype("int64"),
+            "total_volume": rows["total_volume"].to_numpy()[last],
+        }
+    )
 
 
 def latest_rows(

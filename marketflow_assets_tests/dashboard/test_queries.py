@@ -81,6 +81,9 @@ def test_candles_are_one_minute_ohlc_of_the_30s_prices(seeded, db, span):
     volume = raw[raw["id"] == coin].set_index("ts")["total_volume"]
     assert got["total_volume"].to_list() == volume.loc[close_ts.to_list()].to_list()
     assert got["total_volume"].notna().all()
+    empty = q.candles(db, coin, end + q.RANGES["15 min"], end + q.RANGES["1 hour"])  # no rows
+    assert empty.empty and list(empty.columns) == list(got.columns)
+    assert empty.dtypes.to_dict() == got.dtypes.to_dict()
     latest = q.latest_rows(db, coin, start, end, limit=5)
     assert latest["ts"].to_list() == window["ts"].iloc[::-1].head(5).to_list()
 
