@@ -400,14 +400,10 @@ class LiveConsumer:
             records.extend(more)
         return records
 
-    def process(self, records: kafka_client.Fetched) -> None:
-        """Compute one batch and hand it to the writer (one transaction); the state moves on
-        (the next batch continues from it; see the module docstring)."""
-        self.submit(self.compute(records))
-
     def compute(self, records: kafka_client.Fetched) -> _Computed:
         """One batch's rows and the state they lead to (pure: nothing moves until
-        :meth:`submit`)."""
+        :meth:`submit`, which hands it to the writer - one transaction - and moves the state
+        on: the next batch continues from it; see the module docstring)."""
         started = time.perf_counter()
         frame, market, reasons = parse_records(records.values)
         rows, state, skipped = ind.advance_indicators(self.state, frame)
