@@ -62,6 +62,7 @@ import re
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -468,17 +469,13 @@ def publish_times(
     only: the source's own time included), from ingest's log (the polls of at least
     ``min_records`` acknowledged records)."""
     out: dict[datetime, float] = {}
-    if not ingest_log.exists():
-        return out
-    for line in ingest_log.read_text(errors="replace").splitlines():
-        match = _INGEST_LINE.search(line)
-        if match and int(match.group(2)) >= min_records:
-            seconds = match.group(4) if since_ts else match.group(3)
-            if seconds is None:
-                continue
-            with contextlib.suppress(ValueError):
-                ts = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
-                out[ts] = float(seconds)
+    for match in _acknowledgements(ingest_log, min_records):
+        seconds = match.group(4) if since_ts else match.group(3)
+        if seconds is None:
+            continue
+        with contextlib.suppress(ValueError):
+            ts = datetime.fromisoformat(match.group(1).replace("Z", "+00:00"))
+            out[ts] = float(seconds)
     return out
 
 
@@ -486,14 +483,21 @@ def ingest_steps(ingest_log: Path, min_records: int = 0) -> dict[str, list[float
     """Seconds of each of ingest's steps (validate, spool, queue, publish), poll by poll, from
     the acknowledgement lines of ``ingest_log`` (polls of at least ``min_records`` records)."""
     out: dict[str, list[float]] = {}
+    for match in _acknowledgements(ingest_log, min_records):
+        for name, seconds in _INGEST_STEP.findall(match.group(5) or ""):
+            out.setdefault(name, []).append(float(seconds))
+    return out
+
+
+def _acknowledgements(ingest_log: Path, min_records: int) -> Iterator[re.Match]:
+    """The acknowledgement lines of ``ingest_log`` (:data:`_INGEST_LINE`) of polls of at least
+    ``min_records`` acknowledged records; none when there is no log."""
     if not ingest_log.exists():
-        return out
+        return
     for line in ingest_log.read_text(errors="replace").splitlines():
         match = _INGEST_LINE.search(line)
-        if match and int(match.group(2)) >= min_records and match.group(5):
-            for name, seconds in _INGEST_STEP.findall(match.group(5)):
-                out.setdefault(name, []).append(float(seconds))
-    return out
+        if match and int(match.group(2)) >= min_records:
+            yield match
 
 
 #: ingest's line per poll (``collector.py``): "poll <ts>: <good> + <dead letters> acknowledged
