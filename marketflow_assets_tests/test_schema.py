@@ -62,3 +62,46 @@ def test_an_older_indicator_table_gets_the_series_index_of_its_own(pg_clean):
     assert indexes[SERIES_INDEX].endswith(
         "(coin_id, ts) INCLUDE (" + ", ".join(KEY_INCLUDE["price_indicators"]) + ")"
     )
+
+
+def test_the_index_of_live_rows_by_ts_is_dropped_and_the_live_comparison_uses_the_ts_index(
+    pg_clean,
+):
+    """Earlier versions kept the live rows in an index of their own (every live insert paid for
+    it); a table that has it loses it, and the comparison before Dagster replaces a period's
+    rows (``source = 'live'`` over a range of ``ts``) is served by ``price_indicators_ts_idx``."""
+    _create(pg_clean)
+    conn = psycopg2.connect(pg_clean)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "CREATE INDEX price_indicators_live_idx ON price_indicators (ts) "
+                "WHERE source = 'live'"
+            )
+    finally:
+        conn.close()
+    assert "price_indicators_live_idx" in _indexes(pg_clean)
+    _create(pg_clean)
+    _create(pg_clean)  # idempotent
+    indexes = _indexes(pg_clean)
+    assert "price_indicators_live_idx" not in indexes
+    assert sorted(indexes) == ["price_indicators_pkey", "price_indicators_ts_idx"]
+    conn = psycopg2.connect(pg_clean)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO price_indicators (coin_id, ts, price, source) SELECT "
+                "'coin-' || (i % 500), timestamptz '2026-12-07' + (i / 500) * interval '30 s', "
+                "1.0, CASE WHEN i >= 49500 THEN 'live' ELSE 'dagster' END "
+                "FROM generate_series(0, 49999) i"
+            )
+            cur.execute("ANALYZE price_indicators")
+            cur.execute(
+                "EXPLAIN SELECT coin_id, ts, price FROM price_indicators WHERE ts >= %s "
+                "AND ts < %s AND (source = 'live')",
+                ("2026-12-07T00:49:30Z", "2026-12-07T00:50:00Z"),
+            )
+            plan = "\n".join(row[0] for row in cur.fetchall())
+    finally:
+        conn.close()
+    assert "price_indicators_ts_idx" in plan, plan
