@@ -124,9 +124,16 @@ class LiveStore:
         none when not ``movers``: the caller writes rows of every one of these snapshots next).
         The offsets do not move: a consumer that stops before :meth:`write_market` reads these
         records again, and ``advance_indicators`` skips them (not newer than their coin's last
-        row). Returns (indicator rows inserted, mover rows written)."""
+        row). Returns (indicator rows inserted, mover rows written).
+
+        Committed without waiting for the WAL flush (``synchronous_commit = off`` for this
+        transaction: visible at once, durable within PostgreSQL's WAL writer delay, 0.2 s by
+        default). The next synchronous commit of this connection - :meth:`write_market`, which
+        stores the offsets, or a price alert's record - flushes the WAL up to itself, so stored
+        offsets never pass rows that a PostgreSQL crash could take back; rows taken back are
+        computed again from the records after the stored offsets."""
         with self.conn, self.conn.cursor() as cur:
-            return self._indicators(cur, rows, movers)
+            return self._indicators(cur, rows, movers, durable=False)
 
     def write_market(self, topic: str, market, next_offsets: Mapping[int, int]) -> None:
         """One transaction: move ``coin_market`` on to the newest records of ``market`` (raw
@@ -136,10 +143,13 @@ class LiveStore:
         with self.conn, self.conn.cursor() as cur:
             self._market(cur, topic, market, next_offsets)
 
-    def _indicators(self, cur, rows: pd.DataFrame, movers: bool = True) -> tuple[int, int]:
+    def _indicators(
+        self, cur, rows: pd.DataFrame, movers: bool = True, durable: bool = True
+    ) -> tuple[int, int]:
         if not len(rows):
             return 0, 0
-        cur.execute("SET LOCAL TIME ZONE 'UTC'; " + _lock_sql("price_indicators"))
+        flush = "" if durable else "SET LOCAL synchronous_commit = off; "
+        cur.execute(flush + "SET LOCAL TIME ZONE 'UTC'; " + _lock_sql("price_indicators"))
         inserted = _insert_new(cur, rows, "price_indicators", INDICATOR_COLS, "_live_indicators")
         if not movers:
             return inserted, 0

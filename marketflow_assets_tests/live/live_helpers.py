@@ -9,9 +9,12 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
+import numpy as np
+import pandas as pd
 import psycopg2
 
 from marketflow_assets.live.consumer import LiveConsumer
+from marketflow_assets.live.store import INDICATOR_COLS
 
 
 def message(coin: str, symbol: str, ts: datetime, price: float) -> bytes:
@@ -106,3 +109,24 @@ def running_consumer(bootstrap: str, topic: str, url: str, **kwargs) -> Iterator
         consumer.close()
     if errors:
         raise errors[0]
+
+
+def indicator_rows(ts: pd.Timestamp, changes: list[float | None], seed: int) -> pd.DataFrame:
+    """Indicator rows of one snapshot ``ts``: ``change_5min`` as given (None: NULL), the
+    other indicators random."""
+    rng = np.random.default_rng(seed)
+    n = len(changes)
+    frame = pd.DataFrame(
+        {
+            # coin ids not in index order, so ties are broken by id, not by insertion
+            "coin_id": [f"coin-{(i * 37) % n:03d}" for i in range(n)],
+            "symbol": [f"s{i}" for i in range(n)],
+            "ts": ts,
+            "price": rng.uniform(1, 100, n),
+            "change_5min": pd.array(changes, dtype="Float64").astype("float64"),
+        }
+    )
+    for col in INDICATOR_COLS:
+        if col not in frame:
+            frame[col] = rng.uniform(0, 1, n)
+    return frame

@@ -4,32 +4,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from marketflow_assets import indicators as ind
-from marketflow_assets.live.store import INDICATOR_COLS, LiveStore
+from marketflow_assets.live.store import LiveStore
 from marketflow_assets_tests.helpers import read_table
-from marketflow_assets_tests.live.live_helpers import query
-
-
-def indicator_rows(ts: pd.Timestamp, changes: list[float | None], seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    n = len(changes)
-    frame = pd.DataFrame(
-        {
-            # coin ids not in index order, so ties are broken by id, not by insertion
-            "coin_id": [f"coin-{(i * 37) % n:03d}" for i in range(n)],
-            "symbol": [f"s{i}" for i in range(n)],
-            "ts": ts,
-            "price": rng.uniform(1, 100, n),
-            "change_5min": pd.array(changes, dtype="Float64").astype("float64"),
-        }
-    )
-    for col in INDICATOR_COLS:
-        if col not in frame:
-            frame[col] = rng.uniform(0, 1, n)
-    return frame
+from marketflow_assets_tests.live.live_helpers import indicator_rows, query
 
 
 def test_movers_from_the_candidates_equal_movers_from_all_rows(pg_clean):
