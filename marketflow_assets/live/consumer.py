@@ -91,6 +91,7 @@ class _Computed:
     market: pa.Table
     reasons: list[str | None]
     started: float
+    computed: float
 
 
 @dataclass
@@ -100,7 +101,13 @@ class BatchStats:
     skipped: int = 0
     invalid: int = 0
     movers: int = 0
+    #: from the start of its computation to its indicator transaction committed ...
     seconds: float = 0.0
+    #: ... of which computing it (record contract and indicators), waiting for the writer
+    #: (the batches before it) and its transaction
+    compute_s: float = 0.0
+    queued_s: float = 0.0
+    write_s: float = 0.0
 
 
 #: How long the writer waits, after a batch is written, for the next one before it writes the
@@ -113,6 +120,9 @@ QUIET_SECONDS = 0.5
 #: ... and at the latest this long after the first of them was written (batches that never
 #: pause - a busy topic - still get their offsets stored).
 MARKET_MAX_DELAY_SECONDS = 5.0
+
+#: ... or once this many records' market data waits (whatever the batches' size).
+MARKET_MAX_RECORDS = 100_000
 
 #: A marker on the writer's queue: run the idle step now (:meth:`_Writer.flush`).
 _FLUSH = object()
@@ -407,7 +417,8 @@ class LiveConsumer:
         started = time.perf_counter()
         frame, market, reasons = parse_records(records.values)
         rows, state, skipped = ind.advance_indicators(self.state, frame)
-        return _Computed(records, rows, state, skipped, market, reasons, started)
+        computed = time.perf_counter()
+        return _Computed(records, rows, state, skipped, market, reasons, started, computed)
 
     def submit(self, batch: _Computed) -> None:
         """Hand a computed batch to the writer; the state moves on to the one it leads to."""
@@ -433,10 +444,13 @@ class LiveConsumer:
             len(skipped),
             invalid,
             batch.started,
+            batch.computed,
         )
         self.state = batch.state
 
-    def _write(self, rows, next_offsets, market, records, skipped, invalid, started) -> None:
+    def _write(
+        self, rows, next_offsets, market, records, skipped, invalid, started, computed
+    ) -> None:
         """The writer thread's part of one batch: its indicator transaction, its price alerts
         and its log line; its market data and offsets follow once no batch came for a while
         (:meth:`_write_market`, :data:`QUIET_SECONDS`), so a poll's last rows are not held up
@@ -444,33 +458,47 @@ class LiveConsumer:
         one is already waiting with rows of every one of them (a whole-market poll comes in
         several batches: only the last one's ranking of the snapshot counts, and each ranking
         reads the snapshot's rows so far)."""
+        writing = time.perf_counter()
         waiting = self.writer.waiting()
         superseded = waiting is not None and set(snapshot_times(rows)) <= set(
             snapshot_times(waiting[0])
         )
         inserted, movers = self.store.write_indicators(rows, movers=not superseded)
+        written = time.perf_counter()
         self.alerting.after_batch(self.store.conn, rows)
         if not self._unstored:
             self._unstored_since = time.monotonic()
         self._unstored.append((market, next_offsets))
         if (
-            sum(len(f) for f, _ in self._unstored) >= self.max_batch_records
+            sum(len(f) for f, _ in self._unstored) >= MARKET_MAX_RECORDS
             or time.monotonic() - self._unstored_since >= MARKET_MAX_DELAY_SECONDS
         ):
             self._write_market()  # catching up (batches never pause): bounded all the same
         stats = BatchStats(
-            records, inserted, skipped, invalid, movers, time.perf_counter() - started
+            records,
+            inserted,
+            skipped,
+            invalid,
+            movers,
+            seconds=written - started,
+            compute_s=computed - started,
+            queued_s=writing - computed,
+            write_s=written - writing,
         )
         self.stats.append(stats)
         del self.stats[:-1000]  # the last batches only (tests and benchmarks read them)
         logger.info(
-            "live: %d record(s) -> %d row(s), %d mover row(s), %d skipped, %d invalid, %.3f s",
+            "live: %d record(s) -> %d row(s), %d mover row(s), %d skipped, %d invalid, %.3f s "
+            "(compute %.3f, queued %.3f, write %.3f)",
             stats.records,
             stats.rows,
             stats.movers,
             stats.skipped,
             stats.invalid,
             stats.seconds,
+            stats.compute_s,
+            stats.queued_s,
+            stats.write_s,
         )
 
     def _write_market(self) -> None:

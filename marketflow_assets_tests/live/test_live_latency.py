@@ -87,7 +87,14 @@ def test_latency_15000_coin_poll(kafka_bootstrap, new_topic, pg_clean):
             kafka_bootstrap, topic, pg_clean, 15_000, 3, pause=1.0, step=150
         )
     for s in consumer.stats:
-        print(f"batch: {s.records} records, {s.rows} rows, {s.movers} movers, {s.seconds:.2f} s")
+        print(
+            f"batch: {s.records} records, {s.rows} rows, {s.movers} movers, {s.seconds:.2f} s "
+            f"(compute {s.compute_s:.2f}, queued {s.queued_s:.2f}, write {s.write_s:.2f})"
+        )
+        # a batch's time is its computation, its wait for the writer and its transaction
+        assert min(s.compute_s, s.queued_s, s.write_s) >= 0
+        assert s.compute_s + s.queued_s + s.write_s == pytest.approx(s.seconds, abs=1e-6)
+    assert sum(s.rows for s in consumer.stats) == 45_000
     print(
         f"\nlive latency, 15,000-coin poll: first {first:.2f} s, then (with state) "
         f"{second:.2f} s, {third:.2f} s (with movers)"
