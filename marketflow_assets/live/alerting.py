@@ -72,15 +72,13 @@ class LiveAlerts:
         self.alerts.prime(rows)
 
     def after_batch(self, conn, rows: pd.DataFrame) -> list[PriceAlert]:
-        """Send and record the crossings of a committed batch (best effort: an alert that
-        cannot be recorded is still sent)."""
+        """Record and send the crossings of a committed batch. Recorded first: that commit is
+        synchronous and flushes the batch's rows too (they were committed without waiting for
+        the flush: ``LiveStore.write_indicators``), so an alert goes out only for rows a
+        PostgreSQL crash cannot take back - best effort: an alert that cannot be recorded is
+        still sent."""
         self._reload()
         fired = self.alerts.update(rows) if len(rows) else []
-        for event in fired:
-            emit_alert(
-                Alert(f"price:{event.rule}:{event.coin_id}", "armed", "CROSSED", event.message),
-                self.webhook_url,
-            )
         if fired:
             now = datetime.now(UTC)
             try:
@@ -93,6 +91,11 @@ class LiveAlerts:
                             for e in fired
                         ],
                     )  # fmt: skip
-            except Exception as exc:  # noqa: BLE001 - the alert went out; the record is extra
-                logger.warning("live: price alerts sent but not recorded: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - the alert goes out; the record is extra
+                logger.warning("live: price alerts not recorded (sent all the same): %s", exc)
+        for event in fired:
+            emit_alert(
+                Alert(f"price:{event.rule}:{event.coin_id}", "armed", "CROSSED", event.message),
+                self.webhook_url,
+            )
         return fired

@@ -1,7 +1,8 @@
 """The live path's two commits against a PostgreSQL crash (``kill -9`` of the whole server): the
 indicator transaction does not wait for the WAL flush (``synchronous_commit = off``: rows
-visible at once, durable shortly after), the offsets' transaction does - and flushes everything
-before it - so stored offsets never pass rows that a crash took back."""
+visible at once, durable shortly after), the offsets' transaction and a price alert's record do -
+and flush everything before them - so stored offsets never pass rows that a crash took back, and
+no alert is sent about such rows."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import psutil
 import psycopg2
 import pytest
 
+from marketflow_assets.live import alerting
+from marketflow_assets.live.alerting import LiveAlerts
 from marketflow_assets.live.store import LiveStore
 from marketflow_assets.runtime.services import EmbeddedPostgres, ServiceError
 from marketflow_assets_tests.live.live_helpers import indicator_rows
@@ -77,7 +80,7 @@ def _stored(url: str, ts: datetime) -> tuple[int, dict[int, int]]:
 
 
 @pytest.mark.timeout(300)
-def test_stored_offsets_never_pass_rows_a_postgresql_crash_took_back(tmp_path):
+def test_stored_offsets_never_pass_rows_a_postgresql_crash_took_back(tmp_path, monkeypatch):
     pg = EmbeddedPostgres(tmp_path / "pgdata")
     url = pg.start()
     try:
@@ -111,6 +114,29 @@ def test_stored_offsets_never_pass_rows_a_postgresql_crash_took_back(tmp_path):
         store.write_market(TOPIC, None, {0: 17, 1: 23})
         _crash(pg)
         assert _stored(url, second.to_pydatetime()) == (40, {0: 17, 1: 23})
+
+        # 3. rows, then a price alert they fire, and the server crashes as the alert goes out:
+        # the alert was recorded first (a synchronous commit), so the rows it is about survive
+        third = second + pd.Timedelta(seconds=30)
+        rules = tmp_path / "price_alerts.txt"
+        rules.write_text("coin-000 price > 500\n")  # 1-100 at the second snapshot
+        store = LiveStore(url)
+        alerts = LiveAlerts(rules, None)
+        alerts.prime(store.conn)
+        _hold_background_writers(pg)
+        rows = indicator_rows(third, [None] * 40, seed=3)
+        rows.loc[rows["coin_id"] == "coin-000", "price"] = 1000.0
+        store.write_indicators(rows)
+        sent = []
+
+        def crash_as_sent(alert, webhook_url):
+            sent.append(alert.text)
+            _crash(pg)
+
+        monkeypatch.setattr(alerting, "emit_alert", crash_as_sent)
+        assert [a.coin_id for a in alerts.after_batch(store.conn, rows)] == ["coin-000"]
+        assert len(sent) == 1 and "coin-000" in sent[0]
+        assert _stored(url, third.to_pydatetime()) == (40, {0: 17, 1: 23})
     finally:
         for proc in _server(pg) if pg.alive() else []:  # a failure left them held
             with contextlib.suppress(psutil.Error):
