@@ -446,9 +446,10 @@ def create_all_sql() -> list[str]:
         # an index of the live rows by ts, made by earlier versions for the comparison before
         # Dagster replaces a period's rows (a range of ``ts``: price_indicators_ts_idx serves
         # it): every live insert paid for it (15,000 rows: ~15 % of the COPY), so it goes
-        # (guarded: DROP INDEX locks the table even when nothing is dropped)
+        # (guarded: DROP INDEX locks the table even when nothing is dropped; IF EXISTS: two
+        # processes starting at once may both see it)
         "DO $$ BEGIN IF to_regclass('price_indicators_live_idx') IS NOT NULL THEN "
-        "DROP INDEX price_indicators_live_idx; END IF; END $$",
+        "DROP INDEX IF EXISTS price_indicators_live_idx; END IF; END $$",
         f"CREATE TABLE IF NOT EXISTS {LIVE_OFFSETS_TABLE} (\n  {offsets},\n"
         f"  PRIMARY KEY ({', '.join(LIVE_OFFSETS_KEY)})\n)",
     ]
