@@ -22,7 +22,7 @@ import pandas as pd
 
 from marketflow_assets import indicators as ind
 from marketflow_assets.market import write_coin_market
-from marketflow_assets.resources.postgres import ALL_COINS_STATE_SQL, binary_payload
+from marketflow_assets.resources.postgres import binary_payload
 from marketflow_assets.schema import (
     LIVE_OFFSETS_TABLE,
     MOVER_INPUT_COLUMNS,
@@ -32,12 +32,34 @@ from marketflow_assets.schema import (
     TABLES,
     column_names,
     create_tables,
+    distinct_values_cte,
 )
 
 logger = logging.getLogger(__name__)
 
 INDICATOR_COLS = column_names("price_indicators")
 MOVER_COLS = column_names("market_movers")
+
+
+#: Each stored coin's rows within ``%(window)s`` seconds before its newest ``ts``, and its last
+#: row before them (:meth:`LiveStore.load_state`).
+STATE_ROWS_SQL = (
+    distinct_values_cte("stored", "price_indicators", "coin_id")
+    + """
+SELECT p.coin_id, p.ts, p.price, p.ema_3min
+FROM stored s
+CROSS JOIN LATERAL (
+    SELECT max(q.ts) AS newest FROM price_indicators q WHERE q.coin_id = s.coin_id
+) n
+CROSS JOIN LATERAL (
+    SELECT max(q.ts) AS first FROM price_indicators q
+    WHERE q.coin_id = s.coin_id AND q.ts < n.newest - make_interval(secs => %(window)s)
+) b
+JOIN price_indicators p ON p.coin_id = s.coin_id
+    AND p.ts >= coalesce(b.first, n.newest - make_interval(secs => %(window)s))
+WHERE s.coin_id IS NOT NULL
+"""
+)
 
 
 def _lock_sql(table: str) -> str:
@@ -78,25 +100,19 @@ class LiveStore:
             return {int(p): int(o) for p, o in cur.fetchall()}
 
     def load_state(self) -> ind.LiveState:
-        """The live state as the tables hold it: the rows of the last
-        :data:`~marketflow_assets.indicators.LIVE_REBUILD_SECONDS` before the newest ``ts``, and
-        each coin's last row before them (reference price and EMA of quieter coins)."""
+        """The live state as the tables hold it: per coin, its rows of the last
+        :data:`~marketflow_assets.indicators.LIVE_REBUILD_SECONDS` before ITS newest ``ts``
+        and its last row before them (reference price and EMA). Per coin, not before the
+        table's newest ``ts``: the coins of a partition read minutes behind the others (then
+        the consumer restarted) need their own recent rows for their next windows and changes.
+        One loose index scan of the coins, then two index probes per coin."""
         with self.conn, self.conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
-            cur.execute("SELECT max(ts) FROM price_indicators")
-            newest = cur.fetchone()[0]
-            if newest is None:
-                return ind.LiveState.empty()
-            cut = pd.Timestamp(newest) - pd.Timedelta(seconds=ind.LIVE_REBUILD_SECONDS)
-            cut = cut.to_pydatetime()
-            cur.execute(
-                "SELECT coin_id, ts, price, ema_3min FROM price_indicators WHERE ts >= %s",
-                (cut,),
-            )
-            recent = cur.fetchall()
-            cur.execute(ALL_COINS_STATE_SQL, {"ref_before": cut, "ema_before": cut})
-            older = [(c, e_ts, r_price, e_val) for c, _, r_price, e_ts, e_val in cur.fetchall()]
-        rows = pd.DataFrame(recent + older, columns=["coin_id", "ts", "price", "ema_3min"])
+            cur.execute(STATE_ROWS_SQL, {"window": float(ind.LIVE_REBUILD_SECONDS)})
+            stored = cur.fetchall()
+        if not stored:
+            return ind.LiveState.empty()
+        rows = pd.DataFrame(stored, columns=["coin_id", "ts", "price", "ema_3min"])
         rows["ts"] = pd.to_datetime(rows["ts"], utc=True)
         rows["price"] = rows["price"].astype("float64")
         rows["ema_3min"] = rows["ema_3min"].astype("float64")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from marketflow_assets import indicators as ind
-from marketflow_assets.live.store import LiveStore
+from marketflow_assets.live.store import INDICATOR_COLS, LiveStore
 from marketflow_assets_tests.helpers import read_table
 from marketflow_assets_tests.live.live_helpers import indicator_rows, query
 
@@ -116,3 +116,29 @@ def test_rows_whose_key_is_taken_keep_the_stored_row(pg_clean):
     assert {(c, p, s) for c, p, s in got if c not in taken} == {
         (c, expected[c], "live") for c in set(expected) - taken
     }
+
+
+def test_the_state_rebuilt_on_start_holds_each_coins_own_recent_rows(pg_clean):
+    """A coin whose rows lag behind the others' (its partition read minutes behind, then the
+    consumer restarted) gets its own recent window back, not only the window before the
+    table's newest ``ts``: the state equals the one built from every stored row."""
+    t0 = pd.Timestamp("2026-12-07 12:00", tz="UTC")
+    rows = []
+    for k in range(120):  # one hour of 30-s polls of coin-fast
+        rows.append(("coin-fast", t0 + pd.Timedelta(seconds=30 * k), 100.0 + k, 50.0 + k))
+    for k in range(60):  # coin-slow: its partition stopped 30 minutes before the others
+        rows.append(("coin-slow", t0 + pd.Timedelta(seconds=30 * k), 10.0 + k, 5.0 + k))
+    frame = pd.DataFrame(rows, columns=["coin_id", "ts", "price", "ema_3min"])
+    stored = frame.rename(columns={"coin_id": "coin_id"}).assign(symbol="s")
+    for col in INDICATOR_COLS:
+        if col not in stored:
+            stored[col] = 0.5
+    store = LiveStore(pg_clean)
+    try:
+        store.write_indicators(stored[list(INDICATOR_COLS)], movers=False)
+        rebuilt = store.load_state()
+    finally:
+        store.close()
+    full = ind.LiveState.from_rows(frame)
+    pd.testing.assert_frame_equal(rebuilt.obs, full.obs)
+    pd.testing.assert_frame_equal(rebuilt.last, full.last)
