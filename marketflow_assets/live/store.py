@@ -49,14 +49,14 @@ STATE_ROWS_SQL = (
 SELECT p.coin_id, p.ts, p.price, p.ema_3min
 FROM stored s
 CROSS JOIN LATERAL (
-    SELECT max(q.ts) AS newest FROM price_indicators q WHERE q.coin_id = s.coin_id
+    SELECT max(q.ts) - make_interval(secs => %(window)s) AS cut
+    FROM price_indicators q WHERE q.coin_id = s.coin_id
 ) n
 CROSS JOIN LATERAL (
     SELECT max(q.ts) AS first FROM price_indicators q
-    WHERE q.coin_id = s.coin_id AND q.ts < n.newest - make_interval(secs => %(window)s)
+    WHERE q.coin_id = s.coin_id AND q.ts < n.cut
 ) b
-JOIN price_indicators p ON p.coin_id = s.coin_id
-    AND p.ts >= coalesce(b.first, n.newest - make_interval(secs => %(window)s))
+JOIN price_indicators p ON p.coin_id = s.coin_id AND p.ts >= coalesce(b.first, n.cut)
 WHERE s.coin_id IS NOT NULL
 """
 )
@@ -105,7 +105,8 @@ class LiveStore:
         and its last row before them (reference price and EMA). Per coin, not before the
         table's newest ``ts``: the coins of a partition read minutes behind the others (then
         the consumer restarted) need their own recent rows for their next windows and changes.
-        One loose index scan of the coins, then two index probes per coin."""
+        One loose index scan of the coins, then per coin two index probes (its newest ``ts``,
+        its last row before the window) and one index range scan."""
         with self.conn, self.conn.cursor() as cur:
             cur.execute("SET LOCAL TIME ZONE 'UTC'")
             cur.execute(STATE_ROWS_SQL, {"window": float(ind.LIVE_REBUILD_SECONDS)})

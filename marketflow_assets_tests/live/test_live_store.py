@@ -129,7 +129,7 @@ def test_the_state_rebuilt_on_start_holds_each_coins_own_recent_rows(pg_clean):
     for k in range(60):  # coin-slow: its partition stopped 30 minutes before the others
         rows.append(("coin-slow", t0 + pd.Timedelta(seconds=30 * k), 10.0 + k, 5.0 + k))
     frame = pd.DataFrame(rows, columns=["coin_id", "ts", "price", "ema_3min"])
-    stored = frame.rename(columns={"coin_id": "coin_id"}).assign(symbol="s")
+    stored = frame.assign(symbol="s")
     for col in INDICATOR_COLS:
         if col not in stored:
             stored[col] = 0.5
