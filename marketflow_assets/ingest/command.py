@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from kafka.errors import KafkaError
 
-from marketflow_assets import cli_defaults, kafka_client
+from marketflow_assets import cli_defaults, contract, kafka_client
 from marketflow_assets.ingest.coingecko import (
     PLAN_QUOTAS,
     CoinGeckoClient,
@@ -39,11 +40,14 @@ from marketflow_assets.ingest.publish import Publisher
 from marketflow_assets.ingest.sender import Sender
 from marketflow_assets.ingest.sources import (
     LiveSource,
+    MarketSimulator,
     ReplayRecorder,
     ReplaySource,
     SimulateSource,
     resolve_source,
+    utc_now,
 )
+from marketflow_assets.ingest.validate import format_ts, validate_poll
 from marketflow_assets.runtime.signals import stop_after_work_in_hand
 from marketflow_assets.settings import ConfigError, Settings
 
@@ -55,6 +59,16 @@ log = logging.getLogger(__name__)
 #: pyarrow.compute alone a fresh ingest still validated its first 15,000-coin poll in 0.29 s
 #: against 0.09-0.10 s for the next ones (docs/PERFORMANCE.md, fifteenth round).
 INGEST_PRELOAD = ("pyarrow.compute", "pandas", "pyarrow.pandas_compat")
+
+
+def encoded_sample_poll(coins: int) -> Callable[[], list[bytes]]:
+    """What encoding a poll of ``coins`` messages allocates, for :func:`~marketflow_assets.
+    runtime.heap.warm_heap`: one simulated record, validated, encoded ``coins`` times as each
+    message is (:meth:`~marketflow_assets.ingest.validate.Message.value_bytes`). Nothing is
+    sent or spooled."""
+    message = validate_poll(MarketSimulator(1, 0).step(utc_now()), format_ts(utc_now())).good[0]
+    value, finite = message.value, message.finite
+    return lambda: [contract.dumps(value, finite) for _ in range(coins)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -319,10 +333,15 @@ def run(
             settings.kafka_security.describe(),
         )
         if own_process:
-            from marketflow_assets.runtime.heap import keep_freed_memory, settle_startup_heap
+            from marketflow_assets.runtime.heap import (
+                keep_freed_memory,
+                settle_startup_heap,
+                warm_heap,
+            )
 
             settle_startup_heap("ingest", preload=INGEST_PRELOAD)
-            keep_freed_memory("ingest")
+            if keep_freed_memory("ingest"):
+                warm_heap("ingest", encoded_sample_poll(args.coins))
         with stop_after_work_in_hand(
             stop, work="the current poll", log=log, second_sigint_interrupts=True
         ):

@@ -22,7 +22,8 @@ from __future__ import annotations
 import gc
 import importlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from marketflow_assets.settings import ARROW_POOLS, malloc_set_by_environment
 
@@ -93,6 +94,27 @@ def keep_freed_memory(process: str) -> bool:
         ", ".join(f"{name}={value}" for name, (_, value) in KEEP_FREED.items()),
     )
     return done
+
+
+def warm_heap(process: str, make: Callable[[], object], rounds: int = 2) -> float:
+    """Call ``make`` ``rounds`` times, holding every result until the last one is made, then free
+    them all; returns the seconds it took. Call it after :func:`keep_freed_memory`: the pages
+    those allocations faulted in stay in the heap, and the steady work that allocates the same way
+    reuses them instead of faulting them in on its first ``rounds`` rounds.
+
+    Measured in ingest (``orjson.dumps`` of a 15,000-coin poll's messages, in process): each
+    call takes a fresh buffer of several KiB and gives most of it back, so the first two polls
+    (the previous poll's messages are still held while the next one is encoded) faulted in
+    ~29,000 pages each and took 90-110 ms instead of 25-30; after this warm-up with a sample
+    message, 25-26 ms from the first poll on. The process ends with the same heap either way."""
+    started = time.perf_counter()
+    held = [make() for _ in range(rounds)]
+    del held
+    took = time.perf_counter() - started
+    logger.info(
+        "%s: memory for its first %d rounds of work made ready in %.2f s", process, rounds, took
+    )
+    return took
 
 
 def set_arrow_allocator(process: str, backend: str = "system") -> str:
