@@ -261,13 +261,25 @@ class Publisher:
         pending = object()
         outcomes: list = [pending] * len(messages)
         producer = self._producer
+        topic_name, high = self.topic, self._high_offsets
 
         def delivered(i: int, error, message) -> None:
-            if error is None:
-                outcomes[i] = None
-                self._note_offset(message.topic(), message.partition(), message.offset())
-            else:
+            # one call per message (15,000 a whole-market poll, on the acknowledgement's path):
+            # the usual case - an offset past the partition's highest - without a method call
+            # (_note_offset: ~20 ms a whole-market poll); the rest through it
+            nonlocal high
+            if error is not None:
                 outcomes[i] = f"KafkaError: {error.str()}"
+                return
+            outcomes[i] = None
+            if message.topic() != topic_name:
+                return
+            key, offset = (topic_name, message.partition()), message.offset()
+            if type(offset) is int and offset > high.get(key, -1):
+                high[key] = offset
+            else:  # not past one acknowledged before (or no offset): _note_offset decides
+                self._note_offset(topic_name, key[1], offset)
+                high = self._high_offsets  # a new dict after a reset
 
         for i, (topic, message) in enumerate(messages):
             while True:

@@ -611,6 +611,43 @@ def test_a_topic_the_broker_recreated_with_other_partitions_is_said_and_resent(
         publisher.close()
 
 
+def test_acknowledged_offsets_that_go_back_flag_the_topic_as_reset(
+    tmp_path, private_broker, caplog
+):
+    """A broker that lost the topic and has it again with as many partitions (made by someone
+    else) acknowledges the next poll at offsets below those of the polls before: ingest says
+    so and flags the topic as reset (the spool is resent), whatever the topic id says."""
+    from kafka.admin import NewTopic
+
+    from marketflow_assets import kafka_client
+
+    broker = private_broker()
+    polls = list(simulate_polls(40, seed=9, start=START, interval_s=30, count=4))
+    publisher = Publisher(
+        broker.bootstrap, "prices", "prices_dlq", partitions=2, connect_timeout_s=2,
+        send_attempts=4, send_backoff_s=0.2,
+    )  # fmt: skip
+    try:
+        publisher.ensure_topics()
+        for ts, records in polls[:3]:  # 60 records a partition, give or take
+            assert publisher.publish(validate_poll(records, ts)).ok
+        assert not publisher.topic_reset
+        broker.proc.kill()
+        broker.proc.wait()
+        broker = private_broker()  # empty; the topic made again as it was, by someone else
+        admin = kafka_client.admin(broker.bootstrap)
+        admin.create_topics([NewTopic("prices", 2, 1), NewTopic("prices_dlq", 2, 1)])
+        admin.close()
+        with caplog.at_level(logging.WARNING, logger="marketflow_assets.ingest.publish"):
+            fourth = publisher.publish(validate_poll(polls[3][1], polls[3][0]))
+        assert fourth.ok and fourth.good_acked == 40
+        assert publisher.topic_reset
+        assert "the broker lost the topic (restarted?)" in caplog.text
+        assert "Kafka acknowledged offset 0 on prices[" in caplog.text
+    finally:
+        publisher.close()
+
+
 def test_a_new_producer_has_its_producer_id_before_the_first_poll_is_sent(private_broker):
     """librdkafka asks for an idempotent producer's id only after its first connection and on a
     500 ms timer (0.5-1 s against Tansu); a message produced meanwhile spends that wait out of
