@@ -110,16 +110,23 @@ def price_change(t: np.ndarray, p: np.ndarray, seconds: int) -> np.ndarray:
     return out
 
 
+#: Rows per block of :func:`window_mean_std`, as a number of window slots (rows x the widest
+#: window): bounds its temporary matrices (a few of 2**18 values, 2 MiB each).
+WINDOW_BLOCK_SLOTS = 1 << 18
+
+
 def window_mean_std(
     t: np.ndarray, p: np.ndarray, seconds: int = WINDOW_SECONDS, at: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sample std (ddof=1) of ``p_j`` over ``t_j`` in ``(t_i - seconds, t_i]``.
 
-    Computed directly over each window (vectorised over rows, looping over the position inside
-    the window), two-pass, so the result is as accurate as a per-window reference. Windows whose
-    prices are all equal give exactly ``mean = p_i`` and ``std = 0``. Std is NaN for windows with
-    fewer than 2 observations. ``at`` (row positions, optional): only those rows' windows are
-    computed and returned (the same operations in the same order: the same values).
+    Computed directly over each window, two-pass, so the result is as accurate as a per-window
+    reference: per row, its window's prices from the newest back are summed in that order, the
+    mean taken, then the squared deviations summed the same way (vectorised over rows: slot
+    ``k`` of every window at once, 0.0 where a window is shorter). Windows whose prices are all
+    equal give exactly ``mean = p_i`` and ``std = 0``. Std is NaN for windows with fewer than
+    2 observations. ``at`` (row positions, optional): only those rows' windows are computed and
+    returned (the same operations in the same order: the same values, bit for bit).
     """
     if at is None:
         at = np.arange(len(t))
@@ -127,27 +134,35 @@ def window_mean_std(
         return np.empty(0), np.empty(0)
     lo = np.searchsorted(t, t[at] - np.int64(seconds) * _NS, side="right")
     count = at - lo + 1
-    own = p[at]
-    total = own.copy()
-    low = own.copy()
-    high = own.copy()
-    for k in range(1, int(count.max())):
-        rows = np.nonzero(count > k)[0]
-        vals = p[at[rows] - k]
-        total[rows] += vals
-        low[rows] = np.minimum(low[rows], vals)
-        high[rows] = np.maximum(high[rows], vals)
-    mean = total / count
-    squares = (own - mean) ** 2
-    for k in range(1, int(count.max())):
-        rows = np.nonzero(count > k)[0]
-        squares[rows] += (p[at[rows] - k] - mean[rows]) ** 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        std = np.sqrt(squares / (count - 1))
-    flat = low == high
-    mean[flat] = own[flat]
-    std[flat] = 0.0
-    std[count < 2] = np.nan
+    width = int(count.max())
+    back = np.arange(width)[:, None]  # slot k: the observation k rows before the window's own
+    mean = np.empty(len(at))
+    std = np.empty(len(at))
+    step = max(1, WINDOW_BLOCK_SLOTS // width)
+    for start in range(0, len(at), step):
+        rows, n = at[start : start + step], count[start : start + step]
+        inside = back < n  # (slot, row)
+        # outside its window a row's slot holds its own price (neutral for the low and high)
+        values = p[np.where(inside, rows - back, rows)]
+        own = values[0]
+        low, high = values.min(axis=0), values.max(axis=0)
+        slots = np.where(inside, values, 0.0)
+        total = slots[0].copy()
+        for k in range(1, width):
+            total += slots[k]
+        block_mean = total / n
+        slots = np.where(inside, values - block_mean, 0.0)
+        slots *= slots
+        squares = slots[0].copy()
+        for k in range(1, width):
+            squares += slots[k]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            block_std = np.sqrt(squares / (n - 1))
+        flat = low == high
+        block_mean[flat] = own[flat]
+        block_std[flat] = 0.0
+        block_std[n < 2] = np.nan
+        mean[start : start + step], std[start : start + step] = block_mean, block_std
     return mean, std
 
 

@@ -185,6 +185,40 @@ def test_window_of_some_rows_equals_the_same_rows_of_all_windows():
     assert ind.window_mean_std(t, p, at=np.array([], dtype=np.int64))[0].size == 0
 
 
+def _window_one_by_one(t, p, i: int) -> tuple[float, float]:
+    """Row ``i``'s window in plain Python, as window_mean_std documents it: summed from the
+    newest member back, two-pass; a flat window gives exactly ``(p_i, 0)``."""
+    lo = int(np.searchsorted(t, t[i] - ind.WINDOW_SECONDS * 1_000_000_000, side="right"))
+    members = [float(p[k]) for k in range(i, lo - 1, -1)]
+    total = 0.0
+    for value in members:
+        total += value
+    mean = total / len(members)
+    squares = 0.0
+    for value in members:
+        squares += (value - mean) * (value - mean)
+    if min(members) == max(members):
+        return members[0], (0.0 if len(members) >= 2 else math.nan)
+    return mean, math.sqrt(squares / (len(members) - 1))
+
+
+@pytest.mark.parametrize("block_slots", [ind.WINDOW_BLOCK_SLOTS, 64])
+def test_windows_equal_a_plain_sum_from_the_newest_back_bit_for_bit(monkeypatch, block_slots):
+    """Every window's mean and std are those of the plain two-pass sums over its members from
+    the newest back - the same operations in the same order, so the same bits - with windows
+    of 1 to 150 members and flat stretches, whole or in blocks of rows."""
+    monkeypatch.setattr(ind, "WINDOW_BLOCK_SLOTS", block_slots)
+    rng = np.random.default_rng(23)
+    for gaps in (3, 30, 400):
+        t = np.cumsum(rng.integers(1, gaps, 600)).astype(np.int64) * 1_000_000_000
+        p = 10.0 ** rng.uniform(-6, 6, 600)
+        p[200:260] = 0.5
+        mean, std = ind.window_mean_std(t, p)
+        expected = [_window_one_by_one(t, p, i) for i in range(len(t))]
+        np.testing.assert_array_equal(mean, [m for m, _ in expected])
+        np.testing.assert_array_equal(std, [s for _, s in expected])
+
+
 def test_ema_long_history_and_huge_gaps():
     """The blocked closed-form EMA matches the recursion over days, across huge gaps."""
     rng = random.Random(5)
