@@ -445,21 +445,24 @@ def _ema_all(
     for b in np.unique(block):
         r = rows[block == b]  # sorted by coin, then t; one group per coin
         c = coin[r]
-        steps = (t[r] - prev_t[r]) / _NS
-        alpha = -np.expm1(-steps / tau_seconds)
         group_first = np.concatenate(([True], c[1:] != c[:-1]))
-        gid = np.cumsum(group_first) - 1
         firsts = np.flatnonzero(group_first)
         # the first row of each group continues from the coin's carry
         steps_f = (t[r[firsts]] - carry_t[c[firsts]]) / _NS
         alpha_f = -np.expm1(-steps_f / tau_seconds)
         first_v = carry_v[c[firsts]] + alpha_f * (p[r[firsts]] - carry_v[c[firsts]])
-        x = (t[r] - t[r[firsts]][gid]) / _NS / tau_seconds
-        terms = alpha * p[r] * np.exp(x)
-        terms[firsts] = 0.0
-        acc = pd.Series(terms).groupby(gid).cumsum().to_numpy()
-        vals = np.exp(-x) * (first_v[gid] + acc)
-        vals[firsts] = first_v
+        if len(firsts) == len(r):  # one row per coin (a live poll): nothing to accumulate
+            vals = first_v
+        else:
+            steps = (t[r] - prev_t[r]) / _NS
+            alpha = -np.expm1(-steps / tau_seconds)
+            gid = np.cumsum(group_first) - 1
+            x = (t[r] - t[r[firsts]][gid]) / _NS / tau_seconds
+            terms = alpha * p[r] * np.exp(x)
+            terms[firsts] = 0.0
+            acc = pd.Series(terms).groupby(gid).cumsum().to_numpy()
+            vals = np.exp(-x) * (first_v[gid] + acc)
+            vals[firsts] = first_v
         out[r] = vals
         lasts = np.append(firsts[1:] - 1, len(r) - 1)
         carry_v[c[lasts]] = vals[lasts]
