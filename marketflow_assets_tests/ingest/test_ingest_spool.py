@@ -574,6 +574,29 @@ def test_a_failed_send_is_retried_with_exponential_backoff_then_counted_lost(
         publisher.close()
 
 
+def _publisher(broker, partitions: int) -> Publisher:
+    """Ingest's publisher of topic ``prices`` on ``broker``: four attempts, 0.2 s backoff."""
+    return Publisher(
+        broker.bootstrap, "prices", "prices_dlq", partitions=partitions, connect_timeout_s=2,
+        send_attempts=4, send_backoff_s=0.2,
+    )  # fmt: skip
+
+
+def _topics_made_again(private_broker, broker, partitions: dict[str, int]) -> None:
+    """``broker`` killed and an empty one started on its port, where someone else makes the
+    topics again (name -> partitions) behind ingest's back."""
+    from kafka.admin import NewTopic
+
+    from marketflow_assets import kafka_client
+
+    broker.proc.kill()
+    broker.proc.wait()
+    broker = private_broker()
+    admin = kafka_client.admin(broker.bootstrap)
+    admin.create_topics([NewTopic(name, n, 1) for name, n in partitions.items()])
+    admin.close()
+
+
 def test_a_topic_the_broker_recreated_with_other_partitions_is_said_and_resent(
     tmp_path, private_broker, caplog
 ):
@@ -581,26 +604,15 @@ def test_a_topic_the_broker_recreated_with_other_partitions_is_said_and_resent(
     allow.auto.create.topics (Tansu) may then re-create a lost topic with its own partition
     count before ingest does. Ingest says so, sends on, and flags the topic as reset (the spool
     is resent); acks carry the topic id noted before the send."""
-    from kafka.admin import NewTopic
-
-    from marketflow_assets import kafka_client
-
     broker = private_broker()
     polls = list(simulate_polls(3, seed=9, start=START, interval_s=30, count=2))
-    publisher = Publisher(
-        broker.bootstrap, "prices", "prices_dlq", partitions=3, connect_timeout_s=2,
-        send_attempts=4, send_backoff_s=0.2,
-    )  # fmt: skip
+    publisher = _publisher(broker, partitions=3)
     try:
         publisher.ensure_topics()
         first = publisher.publish(validate_poll(polls[0][1], polls[0][0]))
         assert first.ok and first.topic_id == publisher.topic_id() is not None
-        broker.proc.kill()
-        broker.proc.wait()
-        broker = private_broker()  # empty: as Tansu's own auto-creation would, 4 partitions
-        admin = kafka_client.admin(broker.bootstrap)
-        admin.create_topics([NewTopic("prices", 4, 1), NewTopic("prices_dlq", 3, 1)])
-        admin.close()
+        # as Tansu's own auto-creation would: 4 partitions
+        _topics_made_again(private_broker, broker, {"prices": 4, "prices_dlq": 3})
         with caplog.at_level(logging.WARNING, logger="marketflow_assets.ingest.publish"):
             second = publisher.publish(validate_poll(polls[1][1], polls[1][0]))
         assert second.ok and second.good_acked == 3
@@ -617,27 +629,16 @@ def test_acknowledged_offsets_that_go_back_flag_the_topic_as_reset(
     """A broker that lost the topic and has it again with as many partitions (made by someone
     else) acknowledges the next poll at offsets below those of the polls before: ingest says
     so and flags the topic as reset (the spool is resent), whatever the topic id says."""
-    from kafka.admin import NewTopic
-
-    from marketflow_assets import kafka_client
-
     broker = private_broker()
     polls = list(simulate_polls(40, seed=9, start=START, interval_s=30, count=4))
-    publisher = Publisher(
-        broker.bootstrap, "prices", "prices_dlq", partitions=2, connect_timeout_s=2,
-        send_attempts=4, send_backoff_s=0.2,
-    )  # fmt: skip
+    publisher = _publisher(broker, partitions=2)
     try:
         publisher.ensure_topics()
         for ts, records in polls[:3]:  # 60 records a partition, give or take
             assert publisher.publish(validate_poll(records, ts)).ok
         assert not publisher.topic_reset
-        broker.proc.kill()
-        broker.proc.wait()
-        broker = private_broker()  # empty; the topic made again as it was, by someone else
-        admin = kafka_client.admin(broker.bootstrap)
-        admin.create_topics([NewTopic("prices", 2, 1), NewTopic("prices_dlq", 2, 1)])
-        admin.close()
+        # the topic made again as it was, by someone else
+        _topics_made_again(private_broker, broker, {"prices": 2, "prices_dlq": 2})
         with caplog.at_level(logging.WARNING, logger="marketflow_assets.ingest.publish"):
             fourth = publisher.publish(validate_poll(polls[3][1], polls[3][0]))
         assert fourth.ok and fourth.good_acked == 40

@@ -16,6 +16,15 @@ from marketflow_assets.runtime.heap import KEEP_FREED
 
 REPO = Path(__file__).resolve().parents[2]
 
+
+def _script_answer(script: str, *args: str, **run) -> dict:
+    """The JSON line a script prints last, run in a fresh interpreter (``run``: env, cwd)."""
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, check=True, **run
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 SCRIPT = """
 import gc, json, weakref
 import pandas, pyarrow.csv, kafka.consumer  # what a stream process loads
@@ -48,10 +57,7 @@ print(json.dumps({
 def test_start_up_objects_leave_the_collectors_view_and_new_cycles_are_still_collected():
     from marketflow_assets.runtime.heap import OLDER_THRESHOLD, YOUNG_THRESHOLD
 
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, cwd=REPO, check=True
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _script_answer(SCRIPT, cwd=REPO)
     # the imports' objects (tens of thousands) are set aside; a full collection walks only what
     # came after them
     assert result["tracked"] > 50_000
@@ -74,17 +80,13 @@ print(json.dumps({"backend": backend, "pool": pa.default_memory_pool().backend_n
 
 
 def _arrow_pool(tmp_path, env: dict[str, str | None]) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", ARROW],
-        capture_output=True,
-        text=True,
+    return _script_answer(
+        ARROW,
         cwd=tmp_path,  # no .env
-        check=True,
         env={
             k: v for k, v in {**os.environ, "PYTHONPATH": str(REPO), **env}.items() if v is not None
         },
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_live_arrow_allocates_with_malloc_unless_the_environment_chooses(tmp_path):
@@ -133,14 +135,7 @@ def _freed_memory(env_extra: dict[str, str], mode: str) -> dict:
     for name in KEEP_FREED:  # the operator's settings are the test's own
         if name not in env_extra:
             env.pop(name, None)
-    out = subprocess.run(
-        [sys.executable, "-c", KEEP_SCRIPT, mode],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _script_answer(KEEP_SCRIPT, mode, env=env)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -183,14 +178,7 @@ print(json.dumps({"faults": faults}))
 
 
 def _encoding_faults(mode: str) -> list[int]:
-    out = subprocess.run(
-        [sys.executable, "-c", WARM_SCRIPT, mode],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])["faults"]
+    return _script_answer(WARM_SCRIPT, mode, cwd=REPO)["faults"]
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
