@@ -1,6 +1,7 @@
 """Memory management in the long-running stream processes: Python's cyclic garbage collector
-(:func:`settle_startup_heap`), Arrow's allocator (:func:`set_arrow_allocator`) and the C
-library's return of freed memory (:func:`keep_freed_memory`).
+(:func:`settle_startup_heap`), Arrow's allocator (:func:`set_arrow_allocator`), the C
+library's return of freed memory (:func:`keep_freed_memory`) and the memory of the first rounds
+of work, faulted in at start-up (:func:`warm_heap`).
 
 A ``marketflow live`` process holds about 190,000 objects the collector tracks once its modules
 are imported (pandas, pyarrow, kafka-python, psycopg2: functions, classes, their dicts), and
