@@ -115,6 +115,16 @@ def price_change(t: np.ndarray, p: np.ndarray, seconds: int) -> np.ndarray:
 WINDOW_BLOCK_SLOTS = 1 << 18
 
 
+def _sum_slots(slots: np.ndarray) -> np.ndarray:
+    """Per column of ``slots`` (slot, row), the sum of its slots added in slot order: slot 0,
+    then 1, ... (the order :func:`window_mean_std` documents, which a pairwise sum would not
+    keep)."""
+    total = slots[0].copy()
+    for k in range(1, len(slots)):
+        total += slots[k]
+    return total
+
+
 def window_mean_std(
     t: np.ndarray, p: np.ndarray, seconds: int = WINDOW_SECONDS, at: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -146,16 +156,9 @@ def window_mean_std(
         values = p[np.where(inside, rows - back, rows)]
         own = values[0]
         low, high = values.min(axis=0), values.max(axis=0)
-        slots = np.where(inside, values, 0.0)
-        total = slots[0].copy()
-        for k in range(1, width):
-            total += slots[k]
-        block_mean = total / n
-        slots = np.where(inside, values - block_mean, 0.0)
-        slots *= slots
-        squares = slots[0].copy()
-        for k in range(1, width):
-            squares += slots[k]
+        block_mean = _sum_slots(np.where(inside, values, 0.0)) / n
+        deviations = np.where(inside, values - block_mean, 0.0)
+        squares = _sum_slots(deviations * deviations)
         with np.errstate(invalid="ignore", divide="ignore"):
             block_std = np.sqrt(squares / (n - 1))
         flat = low == high

@@ -66,7 +66,8 @@ def encoded_sample_poll(coins: int) -> Callable[[], list[bytes]]:
     runtime.heap.warm_heap`: one simulated record, validated, encoded ``coins`` times as each
     message is (:meth:`~marketflow_assets.ingest.validate.Message.value_bytes`). Nothing is
     sent or spooled."""
-    message = validate_poll(MarketSimulator(1, 0).step(utc_now()), format_ts(utc_now())).good[0]
+    now = utc_now()
+    message = validate_poll(MarketSimulator(1, 0).step(now), format_ts(now)).good[0]
     value, finite = message.value, message.finite
     return lambda: [contract.dumps(value, finite) for _ in range(coins)]
 
