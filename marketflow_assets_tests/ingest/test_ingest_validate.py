@@ -120,6 +120,28 @@ def test_validate_poll_splits_good_and_dead_letters(recorded_page):
     assert "duplicate" in poll.bad[3].value["detail"]
 
 
+def test_validate_poll_of_good_records_keeps_each_coin_once(recorded_page):
+    """Every record valid: each becomes its message, in order; a coin's second record (valid
+    too) is still a dead letter and the first one is kept."""
+    records = [dict(r) for r in recorded_page[:5]]
+    poll = validate_poll(records, TS)
+    assert poll.bad == []
+    assert [m.key for m in poll.good] == [r["id"] for r in records]
+    for message, record in zip(poll.good, records, strict=True):
+        assert message.raw is record
+        assert message.value == {**record, "ts": TS, "schema_version": SCHEMA_VERSION}
+        assert json.loads(message.value_bytes()) == message.value
+
+    again = dict(records[1], current_price=records[1]["current_price"] * 2)
+    poll = validate_poll([*records, again], TS)
+    assert [m.key for m in poll.good] == [r["id"] for r in records]
+    assert poll.good[1].raw is records[1]
+    assert [(m.key, m.value["reason"]) for m in poll.bad] == [
+        (records[1]["id"], contract.DUPLICATE_IN_POLL)
+    ]
+    assert poll.bad[0].value["payload"] == again
+
+
 def test_dead_letter_of_nan_payload_is_still_strict_json(recorded_page):
     record = dict(recorded_page[0], current_price=float("nan"))
     poll = validate_poll([record], TS)
