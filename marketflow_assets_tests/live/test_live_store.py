@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
 import pandas as pd
 
 from marketflow_assets import indicators as ind
@@ -39,6 +42,69 @@ def test_movers_from_the_candidates_equal_movers_from_all_rows(pg_clean):
     key = ["snapshot_ts", "direction", "rank", "coin_id"]
     assert got[key].astype(str).values.tolist() == expected[key].astype(str).values.tolist()
     assert got["change_5min"].tolist() == expected["change_5min"].tolist()
+
+
+#: The mover candidates as first written: every row of the snapshot ranked by two window
+#: functions, kept where either rank is within the top N (the definition MOVER_CANDIDATES_SQL
+#: must match).
+_RANKED_CANDIDATES = """
+SELECT coin_id, ts, change_5min FROM (
+    SELECT coin_id, ts, change_5min,
+        rank() OVER (PARTITION BY ts ORDER BY change_5min DESC) AS high,
+        rank() OVER (PARTITION BY ts ORDER BY change_5min) AS low
+    FROM price_indicators p WHERE p.ts = ANY(%(ts)s) AND NOT EXISTS (
+        SELECT 1 FROM market_movers d WHERE d.snapshot_ts = p.ts AND d.source = %(dagster)s)
+    AND change_5min IS NOT NULL AND change_5min <> 'NaN'::float8
+) ranked WHERE high <= %(n)s OR low <= %(n)s
+"""
+
+
+def test_the_mover_candidates_are_the_rows_ranked_within_the_top_n(pg_clean):
+    """The cut-off query (each snapshot's N-th change from either end, then its rows at or beyond
+    them) reads the same rows as ranking every row of the snapshot: snapshots of many tied
+    changes (drawn from a few values, infinities among them), one with fewer rows than N, one
+    with no change at all, one whose movers Dagster wrote (left out), and a ``ts`` asked twice."""
+    import psycopg2
+
+    from marketflow_assets.live.store import MOVER_CANDIDATES_SQL
+
+    t0 = pd.Timestamp("2026-03-02T10:00:00Z")
+    rng = np.random.default_rng(11)
+    levels = [-float("inf"), -2.0, -1.0, -0.0, 0.0, 0.5, 1.0, 2.0, float("inf"), None]
+    snapshots = []
+    for k in range(12):
+        picks = rng.integers(0, len(levels), int(rng.integers(1, 60)))
+        changes = [levels[i] for i in picks]
+        if k == 3:  # fewer rows than N
+            changes = [1.0, -1.0, 1.0]
+        elif k == 5:  # no change at all
+            changes = [None] * len(changes)
+        snapshots.append(indicator_rows(t0 + pd.Timedelta(seconds=30 * k), changes, seed=k))
+    rows = pd.concat(snapshots, ignore_index=True)
+    times = sorted(set(rows["ts"])) + [t0]  # t0 asked twice
+    dagsters = t0 + pd.Timedelta(seconds=30 * 7)
+    store = LiveStore(pg_clean)
+    try:
+        store.write_indicators(rows, movers=False)
+    finally:
+        store.close()
+    with psycopg2.connect(pg_clean) as conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO market_movers (snapshot_ts, direction, rank, coin_id, symbol, price, "
+            "change_5min, source) VALUES (%s, 'gainer', 1, 'x', 'x', 1, 1, 'dagster')",
+            (dagsters,),
+        )
+        params = {"ts": [t.to_pydatetime() for t in times], "n": ind.TOP_N, "dagster": "dagster"}
+        cur.execute(MOVER_CANDIDATES_SQL, params)
+        got = sorted((r[0], r[2], r[4]) for r in cur.fetchall())
+        cur.execute(_RANKED_CANDIDATES, params)
+        expected = sorted(cur.fetchall())
+    conn.close()
+    assert got == expected
+    assert {ts for _, ts, _ in got} == set(times) - {dagsters, t0 + pd.Timedelta(seconds=150)}
+    per_snapshot = Counter(ts for _, ts, _ in got)
+    assert max(per_snapshot.values()) > 2 * ind.TOP_N  # ties at a cut-off widen the top N
+    assert len([r for r in got if r[1] == t0 + pd.Timedelta(seconds=90)]) == 3
 
 
 def test_snapshots_with_dagsters_movers_are_left_to_dagster(pg_clean):
