@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from benchmarks.latency import cpu_seconds, ingest_steps, publish_times
 
@@ -53,3 +53,47 @@ def test_cpu_seconds_count_a_process_and_its_children():
         parent.kill()
         parent.wait()
     assert cpu_seconds(parent.pid) == 0.0  # gone: nothing to count
+
+
+def test_the_watcher_records_each_complete_poll_and_reads_only_polls_in_progress(pg_clean):
+    """A watcher's scan of a table on the real PostgreSQL: a poll counts as seen once all of its
+    coins' rows are there (the same rows, another ``where``: not), and each scan starts at the
+    first poll still in progress, so it never re-reads the rows of a poll it has seen."""
+    import psycopg2
+
+    from benchmarks.latency import Watcher
+
+    since = datetime(2026, 12, 8, 1, tzinfo=UTC)
+    polls = [since + timedelta(seconds=30 * k) for k in range(3)]
+    conn = psycopg2.connect(pg_clean)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("CREATE TABLE watched (coin_id text, ts timestamptz, source text)")
+
+    def add(ts, coins, source="live"):
+        cur.executemany(
+            "INSERT INTO watched VALUES (%s, %s, %s)", [(f"c{i}", ts, source) for i in coins]
+        )
+
+    watcher = Watcher(None, pg_clean, 3, since, table="watched")
+    dagster = Watcher(None, pg_clean, 3, since, table="watched", where="source = 'dagster'")
+    add(since - timedelta(seconds=30), range(3))  # a poll of the phase before: not counted
+    add(polls[0], range(3))
+    add(polls[1], range(2))  # two of three coins so far
+    watcher.scan(cur)
+    dagster.scan(cur)
+    assert set(watcher.pg_seen) == {polls[0]} and dagster.pg_seen == {}
+    assert watcher._floor == polls[1]  # the poll in progress: polls[0]'s rows are not read again
+    add(polls[1], [2])
+    watcher.scan(cur)
+    assert set(watcher.pg_seen) == {polls[0], polls[1]}
+    assert watcher._floor > polls[1]
+    first_seen = dict(watcher.pg_seen)
+    cur.execute("DELETE FROM watched WHERE ts = %s", (polls[0],))  # would be incomplete now
+    add(polls[2], range(3), source="dagster")
+    watcher.scan(cur)
+    dagster.scan(cur)
+    assert set(watcher.pg_seen) == set(polls)
+    assert {ts: watcher.pg_seen[ts] for ts in first_seen} == first_seen  # seen once, kept
+    assert set(dagster.pg_seen) == {polls[2]}
+    conn.close()
