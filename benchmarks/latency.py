@@ -872,11 +872,12 @@ def run(
             ratio_line(f"{prefix}latency_p95 marketflow / {name}", value / other, "< 1")
         published = phase.samples.get("ingest publish", [])
         target = INGEST_TARGETS.get(phase.coins)
+        p50, p95, _ = _stats(published)
         ratio_line(
             f"ingest {prefix}publish_p95_seconds",
-            _stats(published)[1] if len(published) == phase.polls else float("inf"),
+            p95 if len(published) == phase.polls else float("inf"),
             target and f"<= {target:g}",
-            load,
+            f"(median {p50:.2f})   {load}",
         )
         after = phase.p95(phase.watcher, phase.samples.get("after publish", []))
         target = AFTER_PUBLISH_TARGETS.get(phase.coins)
