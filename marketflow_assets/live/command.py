@@ -93,12 +93,15 @@ def _unavailable(exc: BaseException) -> str | None:
     if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
         return "PostgreSQL"
     # KafkaTimeoutError: "Unable to bootstrap" (the broker is down) and metadata that does not
-    # come: both mean the broker is not there to serve us
+    # come; RequestTimedOutError: a request the broker did not answer within its timeout (the
+    # broker frozen, or this process stopped for longer - SIGSTOP, a paused VM - with the
+    # request in flight): each means the broker is not there to serve us now
     names = (
         "NoBrokersAvailable",
         "KafkaConnectionError",
         "MetadataEmptyBrokerList",
         "KafkaTimeoutError",
+        "RequestTimedOutError",
     )
     if isinstance(exc, tuple(getattr(errors, n) for n in names if hasattr(errors, n))):
         return "Kafka"

@@ -74,3 +74,50 @@ def test_live_waits_for_a_broker_it_cannot_bootstrap_from(caplog):
     assert len(attempts) == 3
     assert caplog.text.count("live: Kafka unavailable") == 1
     assert "live: Kafka is back after" in caplog.text
+
+
+def test_live_waits_out_a_broker_that_stops_answering(tmp_path, caplog):
+    """A real broker frozen (SIGSTOP) with a metadata request in flight: kafka-python gives up on
+    it after its request timeout (RequestTimedOutError, what a live process stopped for two
+    minutes met on waking up); that is waited out like an outage, not a reason to exit."""
+    import os
+    import signal
+
+    from kafka import KafkaConsumer
+    from kafka.errors import RequestTimedOutError
+
+    from marketflow_assets.runtime.services import EmbeddedKafka
+
+    broker = EmbeddedKafka(tmp_path / "tansu")
+    bootstrap = broker.start()
+    stop = threading.Event()
+    raised: list[BaseException] = []
+
+    def make() -> _Consumer:
+        if not raised:
+            consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap, request_timeout_ms=1500, fetch_max_wait_ms=100
+            )
+            try:
+                consumer.topics()  # answered
+                os.kill(broker.proc.pid, signal.SIGSTOP)
+                try:
+                    consumer.topics()  # not answered
+                except RequestTimedOutError as exc:
+                    raised.append(exc)
+                    raise
+                finally:
+                    os.kill(broker.proc.pid, signal.SIGCONT)
+            finally:
+                consumer.close()
+        return _Consumer(stop)
+
+    caplog.set_level(logging.INFO, logger="marketflow.live")
+    try:
+        run_waiting(make, stop, backoff_s=0.05, max_backoff_s=0.1)
+    finally:
+        broker.stop()
+    assert len(raised) == 1
+    assert caplog.text.count("live: Kafka unavailable (") == 1
+    assert "RequestTimedOutError" in caplog.text or "timed out" in caplog.text
+    assert "live: Kafka is back after" in caplog.text
