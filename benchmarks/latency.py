@@ -545,7 +545,7 @@ def breakdown(logs: Path, phase: Phase, spark_text: str) -> list[list[str]]:
     def med(values) -> str:
         return f"{statistics.median(values):.2f}" if values else "n/a"
 
-    publish = list(publish_times(logs / f"ingest-{phase.coins}.log", phase.coins).values())
+    publish = phase.samples.get("ingest publish", [])  # read from ingest's log by _poll_phase
     rows.append(["ingest: validate + spool + publish (acks=all)", med(publish)])
     for name, seconds in ingest_steps(logs / f"ingest-{phase.coins}.log", phase.coins).items():
         rows.append([f"  ingest: {name}", med(seconds)])
